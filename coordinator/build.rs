@@ -1,0 +1,5 @@
+include!("../src/build/libtorch_link.rs");
+
+fn main() {
+    link_libtorch();
+}

@@ -1,0 +1,1 @@
+//! The diffusion process (DDPM.md sections 1-5).

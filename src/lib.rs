@@ -1,0 +1,15 @@
+//! ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain and Abbeel 2020)
+//! as a library shared by the `ddpm` tool, the `ddpm-coord` coordinator and
+//! the `ddpm-worker` worker.
+//!
+//! One module per concept: the diffusion math knows nothing of the network,
+//! the network knows nothing of diffusion, and neither knows of gRPC.
+
+pub mod diffusion;
+pub mod rng;
+pub mod unet;
+
+/// Code generated from `proto/ddpm.proto` (package `ddpm.v1`).
+pub mod proto {
+    tonic::include_proto!("ddpm.v1");
+}

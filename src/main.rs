@@ -1,0 +1,34 @@
+//! `ddpm`: the user's tool for models, datasets, checkpoints and jobs.
+
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// Denoising diffusion probabilistic models: inspect models and datasets.
+#[derive(Parser)]
+#[command(name = "ddpm", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Architecture summary and exact parameter count of a U-Net preset.
+    Model(cli::model::ModelArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    cli::init_tracing();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(args) => cli::model::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

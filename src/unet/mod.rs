@@ -1,0 +1,1 @@
+//! The paper's U-Net (DDPM.md section 6).

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up (Python env with torch and the reference
+# packages, protoc), golden fixtures from their generator scripts, a build of
+# every binary, then every test of the workspace.
+#
+#   tests/run.sh            everything
+#   tests/run.sh FILTER     only tests whose name contains FILTER
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+source deploy/env.sh
+ddpm_setup
+
+export DDPM_GOLDEN_DIR="${DDPM_GOLDEN_DIR:-$root/target/golden}"
+mkdir -p "$DDPM_GOLDEN_DIR"
+# Reference numbers come from PyTorch, diffusers and numpy, produced by the
+# scripts in tests/golden/ (each reruns only when it or its inputs change).
+for gen in tests/golden/gen_*.py; do
+    [ -e "$gen" ] || continue
+    "$DDPM_PYTHON" "$gen" --out "$DDPM_GOLDEN_DIR/$(basename "$gen" .py | sed 's/^gen_//')"
+done
+
+# Integration tests start the real binaries, so build them first.
+cargo build --workspace --bins
+cargo test --workspace --no-fail-fast -- "$@"
