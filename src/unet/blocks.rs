@@ -121,15 +121,19 @@ impl TimestepEmbedding {
         })
     }
 
-    /// Timesteps [B] (0-based, any numeric kind) -> embedding [B, 4ch].
+    /// Timesteps [B] (0-based, any numeric kind, any device) -> embedding
+    /// [B, 4ch] on the weights' device.
     pub fn forward(&self, t: &Tensor) -> Tensor {
         let half = self.ch / 2;
         // freq_i = exp(-ln(10000) i / (half - 1)), computed in float32 with the
         // same operations, in the same order, as diffusers' get_timestep_embedding
-        // (freq_shift 1), so that sin(t * freq) agrees to the last bit at t ~ 1000.
+        // (freq_shift 1): at t ~ 1000 one float32 ulp of t * freq is ~6e-5, so a
+        // different order of operations would show in the golden comparison.
+        let t = t.to_device(self.linear_1.weight.device());
         let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * -(10000f64.ln()) / (half - 1) as f64).exp();
         let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0); // [B, half]
-        let emb = Tensor::cat(&[args.sin(), args.cos()], 1); // [B, ch], layout [sin, cos]
+        // [B, ch], layout [sin, cos], in the weights' kind (as diffusers casts to the model dtype).
+        let emb = Tensor::cat(&[args.sin(), args.cos()], 1).to_kind(self.linear_1.weight.kind());
         self.linear_2.forward(&self.linear_1.forward(&emb).silu())
     }
 }
