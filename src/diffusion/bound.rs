@@ -3,7 +3,7 @@
 
 use std::f64::consts::LN_2;
 
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::config::{LossType, ModelMeanType};
 use super::gaussian::{full_t, GaussianDiffusion};
@@ -53,6 +53,7 @@ impl GaussianDiffusion {
     /// One term of the bound per sample, in bits/dim `[B]`, and `pred_x0` `[B, C, H, W]`:
     /// `L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))` for t > 0 and the
     /// decoder NLL `L_0 = -log p(x0 | x_1)` for t == 0 (eq. (5), 0-based t).
+    /// The decoder term is computed in float64 (see inside), the KL in the inputs' kind.
     pub fn vb_terms_bpd(
         &self,
         model_output: &Tensor,
@@ -69,12 +70,13 @@ impl GaussianDiffusion {
             &p.mean,
             &p.log_variance,
         )) / LN_2;
-        let log_scales = &p.log_variance * 0.5;
-        let nll = -mean_flat(&discretized_gaussian_log_likelihood(
-            x0,
-            &p.mean,
-            &log_scales,
-        )) / LN_2;
+        // The decoder in float64 whatever the input: in float32, bins holding less
+        // than ~1e-6 of the mass (pixels 5+ sigma from the mean) round to 0 and hit
+        // the 1e-12 floor, as in the official float32 code. Only t = 0 needs it.
+        let f64 = |x: &Tensor| x.to_kind(Kind::Double);
+        let log_scales = f64(&p.log_variance) * 0.5;
+        let log_px = discretized_gaussian_log_likelihood(&f64(x0), &f64(&p.mean), &log_scales);
+        let nll = (-mean_flat(&log_px) / LN_2).to_kind(kl.kind());
         let first = t.eq(0).to_device(kl.device());
         (nll.where_self(&first, &kl), p.pred_x0)
     }

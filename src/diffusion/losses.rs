@@ -4,7 +4,7 @@
 //! Each function computes in its inputs' kind, as the official code computes in
 //! float32; pass float64 tensors where more precision is wanted (in float32 a
 //! decoder bin probability below about 1e-5 keeps only a few significant digits,
-//! as in the official code).
+//! as in the official code; `vb_terms_bpd` therefore runs the decoder in float64).
 
 use tch::Tensor;
 
