@@ -105,6 +105,13 @@ impl Value {
 
 /// Runs the pickle machine over `data`; the error says what is wrong and where.
 pub fn load(data: &[u8]) -> Result<Value, String> {
+    if data.first() != Some(&0x80) {
+        let head: Vec<String> = data.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(format!(
+            "not a pickle of protocol 2 or later (those start with byte 80; this file starts with {})",
+            if head.is_empty() { "nothing, it is empty".to_string() } else { head.join(" ") }
+        ));
+    }
     Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new() }.run()
 }
 
