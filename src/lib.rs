@@ -5,7 +5,9 @@
 //! One module per concept: the diffusion math knows nothing of the network,
 //! the network knows nothing of diffusion, and neither knows of gRPC.
 
+pub mod data;
 pub mod diffusion;
+pub mod imageio;
 pub mod rng;
 pub mod unet;
 

@@ -16,6 +16,10 @@ struct Cli {
 enum Command {
     /// Architecture summary and exact parameter count of a U-Net preset.
     Model(cli::model::ModelArgs),
+    /// Inspect a dataset and export its samples as PNG.
+    Data(cli::data::DataArgs),
+    /// Throughput benchmarks (not tests).
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -23,6 +27,8 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(args) => cli::model::run(args),
+        Command::Data(args) => cli::data::run(args),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

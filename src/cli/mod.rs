@@ -1,5 +1,7 @@
 //! The `ddpm` subcommands, one file each.
 
+pub mod bench;
+pub mod data;
 pub mod model;
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
