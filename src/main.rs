@@ -23,7 +23,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
-    cli::init_tracing();
+    ddpm::runtime::init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(args) => cli::model::run(args),

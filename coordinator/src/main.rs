@@ -1,1 +1,140 @@
-fn main(){}
+//! `ddpm-coord`: parses flags, sets up logging, binds, and runs the
+//! coordinator until the run ends or SIGTERM/Ctrl-C arrives.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ddpm::config::{GradDtype, TrainConfig};
+use ddpm_coord::{run, CoordOptions};
+
+/// The coordinator of a data-parallel DDPM training run.
+///
+/// Waits for --workers workers (`ddpm-worker --coord HOST:PORT`), then trains:
+/// it shards every global batch across them, all-reduces their gradients,
+/// keeps the parameters and the EMA, saves weights under --run and draws a
+/// sample grid at the end.
+#[derive(Parser, Debug)]
+#[command(name = "ddpm-coord", version)]
+struct Args {
+    /// Number of workers to wait for before step 1.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
+    #[arg(long, default_value = "0.0.0.0:50051")]
+    listen: String,
+    /// Training recipe: cifar10, lsun256 (the paper's) or tiny (demos and tests).
+    #[arg(long, default_value = "cifar10")]
+    preset: String,
+    /// TOML file overriding the preset (any subset of [model], [diffusion],
+    /// [data], [optim], [train], [dist], [sample]).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Dataset: cifar10:PATH, lsun:PATH, folder:PATH or synthetic:shapes.
+    #[arg(long)]
+    data: Option<String>,
+    /// Optimizer steps to train for.
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Global batch size, split across the workers.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Run seed (data order, noise, timesteps, initial weights).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Gradient wire format: f32 or bf16.
+    #[arg(long, value_parser = parse_dtype)]
+    grad_dtype: Option<GradDtype>,
+    /// Images in the sample grid drawn at the end (0: none).
+    #[arg(long)]
+    samples: Option<u64>,
+    /// Directory for the run's outputs (weights, sample grids, summary).
+    #[arg(long, default_value = "runs/latest")]
+    run: PathBuf,
+    /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+fn parse_dtype(s: &str) -> Result<GradDtype, String> {
+    match s {
+        "f32" => Ok(GradDtype::F32),
+        "bf16" => Ok(GradDtype::Bf16),
+        _ => Err(format!("unknown gradient dtype {s:?}: use f32 or bf16")),
+    }
+}
+
+fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
+    let base = TrainConfig::preset(&args.preset)?;
+    let mut c = match &args.config {
+        Some(path) => TrainConfig::from_toml_file(path, &base)?,
+        None => base,
+    };
+    if let Some(d) = &args.data {
+        c.data.spec = d.clone();
+    }
+    if let Some(s) = args.steps {
+        c.train.steps = s;
+    }
+    if let Some(b) = args.batch_size {
+        c.train.batch_size = b;
+    }
+    if let Some(s) = args.seed {
+        c.train.seed = s;
+    }
+    if let Some(d) = args.grad_dtype {
+        c.dist.grad_dtype = d;
+    }
+    if let Some(n) = args.samples {
+        c.sample.at_end = n > 0;
+        c.sample.count = n.max(1);
+    }
+    c.validate()?;
+    c.check_world_size(args.workers)?;
+    Ok(c)
+}
+
+fn main() -> ExitCode {
+    ddpm::runtime::init_tracing();
+    let args = Args::parse();
+    let config = match resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        // Tests and scripts read the chosen address from this line.
+        println!("listening on {}", listener.local_addr()?);
+        let opts = CoordOptions { config, workers: args.workers, run_dir: args.run.clone() };
+        run(listener, opts, ddpm::runtime::shutdown_signal()).await
+    });
+    match result {
+        Ok(summary) => {
+            println!("run finished: {} steps, final loss {:.4}", summary.steps, summary.final_loss);
+            println!("weights: {}", summary.weights_dir.display());
+            if let Some(grid) = &summary.grid {
+                println!("sample grid: {}", grid.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,7 +1,12 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: golden fixtures, and the real
+//! `ddpm-coord` / `ddpm-worker` binaries started on loopback.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// Where `tests/run.sh` put the golden fixtures made by `tests/golden/gen_*.py`.
 pub fn golden_dir(topic: &str) -> PathBuf {
@@ -16,4 +21,131 @@ pub fn golden_dir(topic: &str) -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// A binary of the workspace, next to the test executable's directory.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`, which tests/run.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed when dropped, with its output captured.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    lines: mpsc::Receiver<String>,
+    pub log: Vec<String>,
+}
+
+impl Proc {
+    /// Starts `bin args`; stdout and stderr lines are collected.
+    pub fn start(name: &str, bin: &str, args: &[&str]) -> Proc {
+        let mut child = Command::new(binary(bin))
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let (tx, rx) = mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Proc { child, name: name.into(), lines: rx, log: Vec::new() }
+    }
+
+    fn drain(&mut self) {
+        while let Ok(l) = self.lines.try_recv() {
+            self.log.push(l);
+        }
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(l) = self.log.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.log.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("{} did not print {needle:?} within {timeout:?}; output:\n{}", self.name, self.output()),
+            }
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Collect what is left of the output.
+                std::thread::sleep(Duration::from_millis(100));
+                self.drain();
+                return status.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything it printed so far.
+    pub fn output(&mut self) -> String {
+        self.drain();
+        self.log.join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a coordinator on a free loopback port; returns it and its address.
+pub fn start_coordinator(args: &[&str]) -> (Proc, String) {
+    let mut full = vec!["--listen", "127.0.0.1:0"];
+    full.extend_from_slice(args);
+    let mut p = Proc::start("ddpm-coord", "ddpm-coord", &full);
+    let line = p.wait_for_line("listening on ", Duration::from_secs(120));
+    let addr = line.rsplit("listening on ").next().unwrap().trim().to_string();
+    (p, addr)
+}
+
+/// Starts a CPU worker for the coordinator at `addr`.
+pub fn start_worker(addr: &str, name: &str) -> Proc {
+    Proc::start(name, "ddpm-worker", &["--coord", addr, "--device", "cpu", "--threads", "1", "--name", name])
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
 }

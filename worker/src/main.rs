@@ -1,1 +1,94 @@
-fn main(){}
+//! `ddpm-worker`: parses flags, picks the device, sets up logging and runs
+//! the worker until the coordinator ends the run or SIGTERM/Ctrl-C arrives.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use ddpm_worker::{run, WorkerOptions};
+use tch::Device;
+
+/// A worker of a ddpm training run: one process per device.
+#[derive(Parser, Debug)]
+#[command(name = "ddpm-worker", version)]
+struct Args {
+    /// The coordinator, HOST:PORT.
+    #[arg(long)]
+    coord: String,
+    /// CUDA device index to run on.
+    #[arg(long, conflicts_with = "device")]
+    gpu: Option<usize>,
+    /// Device to run on: cpu or cuda:N (default: cpu unless --gpu is given).
+    #[arg(long)]
+    device: Option<String>,
+    /// Name in the coordinator's logs (default: hostname/device).
+    #[arg(long)]
+    name: Option<String>,
+    /// CPU threads for libtorch (0: its default, all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+    /// Seconds to keep trying to reach the coordinator.
+    #[arg(long, default_value_t = 120.0)]
+    connect_timeout: f64,
+}
+
+fn pick_device(args: &Args) -> Result<Device, String> {
+    let cuda = |i: usize| -> Result<Device, String> {
+        if !tch::Cuda::is_available() {
+            return Err(format!(
+                "CUDA device {i} requested but libtorch sees no CUDA device (driver missing, or a CPU-only libtorch); use --device cpu"
+            ));
+        }
+        let n = tch::Cuda::device_count() as usize;
+        if i >= n {
+            return Err(format!("CUDA device {i} requested but only {n} device(s) exist (0..{n})"));
+        }
+        Ok(Device::Cuda(i))
+    };
+    match (&args.gpu, args.device.as_deref()) {
+        (Some(i), _) => cuda(*i),
+        (None, None | Some("cpu")) => Ok(Device::Cpu),
+        (None, Some(d)) => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => cuda(i),
+            _ if d == "cuda" => cuda(0),
+            _ => Err(format!("unknown device {d:?}: use cpu or cuda:N")),
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    ddpm::runtime::init_tracing();
+    let args = Args::parse();
+    let device = match pick_device(&args) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let name = args.name.clone().unwrap_or_else(|| format!("{host}/{device:?}").to_lowercase());
+    let opts = WorkerOptions {
+        coord: args.coord.clone(),
+        device,
+        name,
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(opts, ddpm::runtime::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

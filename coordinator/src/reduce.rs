@@ -1,0 +1,412 @@
+//! One step's gradient all-reduce.
+//!
+//! Every member streams its mean shard gradient in chunks. Chunk i is summed
+//! as soon as every member's copy of it has arrived, weighted by shard size
+//! (`n_k / B`) and always in rank order, so the result does not depend on
+//! arrival order; it is streamed back to every member at once while later
+//! chunks are still coming in. After the last chunk the round decides the
+//! step's outcome (skip if not finite, clipping factor) from a float64 norm
+//! summed chunk by chunk in order.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use bytes::Bytes;
+use ddpm::config::GradDtype;
+use ddpm::proto::{self, reduced_message, ReducedMessage};
+use ddpm::train::Outcome;
+use ddpm::wire::{self, WireError};
+use tokio::sync::{mpsc, oneshot};
+use tonic::Status;
+
+/// What a member sends back on its ReduceGradients stream.
+pub type Outbound = mpsc::Sender<Result<ReducedMessage, Status>>;
+
+/// The result of a completed round.
+pub struct RoundResult {
+    /// The reduced gradient as every member decoded it, `[P]`.
+    pub reduced: Vec<f32>,
+    pub outcome: Outcome,
+    /// Shard-size-weighted mean loss.
+    pub loss: f64,
+    /// The slowest member's compute time.
+    pub compute_s: f64,
+    /// From the last member's header to the outcome: the communication the
+    /// step waited for.
+    pub allreduce_s: f64,
+}
+
+/// Why a round ended without a result.
+#[derive(Debug, Clone)]
+pub struct RoundFailure {
+    /// The member to drop (if the failure is one member's fault).
+    pub culprit: Option<u64>,
+    pub reason: String,
+}
+
+/// A step's all-reduce among a fixed set of members.
+pub struct Round {
+    pub step: u64,
+    pub attempt: u32,
+    /// Member ids in rank order.
+    pub members: Vec<u64>,
+    weights: Vec<f32>,
+    total: usize,
+    chunk_elements: usize,
+    chunks: usize,
+    dtype: GradDtype,
+    max_norm: f64,
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    /// [chunk][rank]: the members' encoded chunks until the chunk is reduced.
+    pending: Vec<Vec<Option<Bytes>>>,
+    arrived: Vec<usize>,
+    /// Next chunk index each member must send (chunks arrive in order).
+    next_index: Vec<u32>,
+    reduced: Vec<f32>,
+    /// Per chunk, the float64 sum of squares of the reduced values.
+    sumsq: Vec<f64>,
+    reduced_chunks: usize,
+    outbound: Vec<Option<Outbound>>,
+    losses: Vec<Option<(f64, u32, f64)>>,
+    last_header: Option<Instant>,
+    finished: bool,
+    done: Option<oneshot::Sender<Result<RoundResult, RoundFailure>>>,
+}
+
+impl Round {
+    /// A round for `members` (rank order) with their shard sizes.
+    pub fn new(
+        step: u64,
+        attempt: u32,
+        members: Vec<u64>,
+        shard_sizes: &[usize],
+        total: usize,
+        chunk_elements: usize,
+        dtype: GradDtype,
+        max_norm: f64,
+    ) -> (Self, oneshot::Receiver<Result<RoundResult, RoundFailure>>) {
+        let batch: usize = shard_sizes.iter().sum();
+        let weights = shard_sizes.iter().map(|&n| (n as f64 / batch as f64) as f32).collect();
+        let chunks = wire::chunk_count(total, chunk_elements);
+        let n = members.len();
+        let (tx, rx) = oneshot::channel();
+        let inner = Inner {
+            pending: vec![vec![None; n]; chunks],
+            arrived: vec![0; chunks],
+            next_index: vec![0; n],
+            reduced: vec![0.0; total],
+            sumsq: vec![0.0; chunks],
+            reduced_chunks: 0,
+            outbound: vec![None; n],
+            losses: vec![None; n],
+            last_header: None,
+            finished: false,
+            done: Some(tx),
+        };
+        let round = Self {
+            step,
+            attempt,
+            members,
+            weights,
+            total,
+            chunk_elements,
+            chunks,
+            dtype,
+            max_norm,
+            inner: Mutex::new(inner),
+        };
+        (round, rx)
+    }
+
+    pub fn rank_of(&self, worker_id: u64) -> Option<usize> {
+        self.members.iter().position(|&m| m == worker_id)
+    }
+
+    /// Validates a member's header and registers its outbound stream.
+    pub fn join(&self, header: &proto::GradientHeader, out: Outbound) -> Result<usize, Status> {
+        let rank = self.rank_of(header.worker_id).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "worker {} is not a member of step {} attempt {}",
+                header.worker_id, self.step, self.attempt
+            ))
+        })?;
+        if header.step != self.step || header.attempt != self.attempt {
+            return Err(Status::aborted(format!(
+                "gradient for step {} attempt {}, but the coordinator is reducing step {} attempt {}",
+                header.step, header.attempt, self.step, self.attempt
+            )));
+        }
+        if header.elements as usize != self.total {
+            return Err(Status::invalid_argument(format!(
+                "gradient has {} elements, the model has {} parameters",
+                header.elements, self.total
+            )));
+        }
+        let dtype = GradDtype::from_proto(header.dtype).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if dtype != self.dtype {
+            return Err(Status::invalid_argument(format!(
+                "gradient dtype {} but the run uses {}",
+                dtype.name(),
+                self.dtype.name()
+            )));
+        }
+        if !header.loss.is_finite() && header.loss.is_nan() {
+            tracing::warn!(worker = header.worker_id, step = self.step, "worker reports a NaN loss");
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if inner.finished {
+            return Err(Status::aborted(format!("step {} attempt {} is over", self.step, self.attempt)));
+        }
+        if inner.outbound[rank].is_some() {
+            return Err(Status::already_exists(format!(
+                "worker {} already streams its gradient for step {}",
+                header.worker_id, self.step
+            )));
+        }
+        inner.outbound[rank] = Some(out);
+        inner.losses[rank] = Some((header.loss, header.samples, header.compute_s));
+        inner.last_header = Some(Instant::now());
+        Ok(rank)
+    }
+
+    /// Takes chunk `index` from member `rank`. Returns the reduced messages
+    /// to send (to every member) if this completed a chunk. A malformed
+    /// chunk is the member's fault: the error names it.
+    pub fn offer(&self, rank: usize, chunk: proto::GradientChunk) -> Result<Vec<(Outbound, ReducedMessage)>, WireError> {
+        let index = chunk.index;
+        let i = index as usize;
+        if i >= self.chunks {
+            return Err(WireError::BadIndex { index, chunks: self.chunks });
+        }
+        let range = wire::chunk_ranges(self.total, self.chunk_elements).nth(i).expect("index < chunks");
+        let want = range.len() * self.dtype.bytes_per_element();
+        if chunk.data.len() != want {
+            return Err(WireError::WrongSize {
+                index,
+                got: chunk.data.len(),
+                want,
+                elements: range.len(),
+                dtype: self.dtype.name(),
+            });
+        }
+        let mut inner = self.inner.lock().unwrap();
+        if inner.finished {
+            return Ok(Vec::new());
+        }
+        if inner.pending[i][rank].is_some() || inner.next_index[rank] > index {
+            return Err(WireError::Duplicate { index });
+        }
+        inner.next_index[rank] = index + 1;
+        inner.pending[i][rank] = Some(chunk.data);
+        inner.arrived[i] += 1;
+        if inner.arrived[i] < self.members.len() {
+            return Ok(Vec::new());
+        }
+        // Every member's copy is here: sum in rank order.
+        let parts: Vec<Bytes> = inner.pending[i].iter_mut().map(|p| p.take().expect("all arrived")).collect();
+        let acc = &mut inner.reduced[range.clone()];
+        acc.fill(0.0);
+        for (part, &w) in parts.iter().zip(&self.weights) {
+            wire::accumulate(part, self.dtype, index, w, acc)?;
+        }
+        wire::round_trip(acc, self.dtype);
+        let encoded = wire::encode(acc, self.dtype);
+        inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        inner.reduced_chunks += 1;
+        let msg = ReducedMessage {
+            kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })),
+        };
+        let mut sends: Vec<(Outbound, ReducedMessage)> =
+            inner.outbound.iter().flatten().map(|o| (o.clone(), msg.clone())).collect();
+        if inner.reduced_chunks == self.chunks {
+            sends.extend(self.finish(&mut inner));
+        }
+        Ok(sends)
+    }
+
+    /// All chunks reduced: decide the outcome, hand the result over.
+    fn finish(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
+        inner.finished = true;
+        let norm = inner.sumsq.iter().sum::<f64>().sqrt();
+        let outcome = if norm.is_finite() {
+            Outcome { apply: true, grad_norm: norm, clip_scale: ddpm::train::optim::clip_scale(norm, self.max_norm) }
+        } else {
+            Outcome { apply: false, grad_norm: norm, clip_scale: 1.0 }
+        };
+        let (mut loss, mut compute_s) = (0.0, 0.0f64);
+        for (l, &w) in inner.losses.iter().zip(&self.weights) {
+            if let Some((value, _, c)) = l {
+                loss += w as f64 * value;
+                compute_s = compute_s.max(*c);
+            }
+        }
+        let allreduce_s = inner.last_header.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+        let msg = ReducedMessage {
+            kind: Some(reduced_message::Kind::Outcome(proto::StepOutcome {
+                apply: outcome.apply,
+                grad_norm: outcome.grad_norm,
+                clip_scale: outcome.clip_scale,
+            })),
+        };
+        let sends = inner.outbound.iter_mut().filter_map(|o| o.take()).map(|o| (o, msg.clone())).collect();
+        let reduced = std::mem::take(&mut inner.reduced);
+        if let Some(done) = inner.done.take() {
+            let _ = done.send(Ok(RoundResult { reduced, outcome, loss, compute_s, allreduce_s }));
+        }
+        sends
+    }
+
+    /// Ends the round without a result: every member still streaming gets
+    /// `status_for(member)`; the trainer hears `failure`.
+    pub fn fail(&self, failure: RoundFailure) -> Vec<(Outbound, Status)> {
+        let mut inner = self.inner.lock().unwrap();
+        if inner.finished {
+            return Vec::new();
+        }
+        inner.finished = true;
+        let sends = inner
+            .outbound
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(rank, o)| {
+                o.take().map(|o| {
+                    let status = if failure.culprit == Some(self.members[rank]) {
+                        Status::invalid_argument(failure.reason.clone())
+                    } else {
+                        Status::aborted(format!(
+                            "step {} attempt {} abandoned ({}); it will be redone",
+                            self.step, self.attempt, failure.reason
+                        ))
+                    };
+                    (o, status)
+                })
+            })
+            .collect();
+        if let Some(done) = inner.done.take() {
+            let _ = done.send(Err(failure));
+        }
+        sends
+    }
+
+    /// If member `rank` has not sent all its chunks (and the round is still
+    /// open), how many it sent.
+    pub fn owes(&self, rank: usize) -> Option<u32> {
+        let inner = self.inner.lock().unwrap();
+        let sent = inner.next_index[rank];
+        (!inner.finished && (sent as usize) < self.chunks).then_some(sent)
+    }
+
+    /// Members that have not delivered their whole gradient.
+    pub fn stragglers(&self) -> Vec<u64> {
+        let inner = self.inner.lock().unwrap();
+        self.members
+            .iter()
+            .zip(&inner.next_index)
+            .filter(|(_, &sent)| (sent as usize) < self.chunks)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.inner.lock().unwrap().finished
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(worker_id: u64, step: u64, elements: u64) -> proto::GradientHeader {
+        proto::GradientHeader {
+            worker_id,
+            step,
+            attempt: 0,
+            elements,
+            dtype: proto::GradDtype::F32 as i32,
+            loss: 1.0,
+            samples: 1,
+            compute_s: 0.0,
+        }
+    }
+
+    fn chunk(index: u32, v: &[f32]) -> proto::GradientChunk {
+        proto::GradientChunk { index, data: wire::encode(v, GradDtype::F32) }
+    }
+
+    #[tokio::test]
+    async fn reduces_weighted_in_rank_order_whatever_the_arrival_order() {
+        let (round, rx) = Round::new(1, 0, vec![10, 20], &[3, 1], 5, 2, GradDtype::F32, 0.0);
+        let (o1, mut r1) = mpsc::channel(16);
+        let (o2, _r2) = mpsc::channel(16);
+        let a = round.join(&header(10, 1, 5), o1).unwrap();
+        let b = round.join(&header(20, 1, 5), o2).unwrap();
+        assert!(round.offer(b, chunk(0, &[4.0, 8.0])).unwrap().is_empty());
+        let sends = round.offer(a, chunk(0, &[0.0, 4.0])).unwrap();
+        assert_eq!(sends.len(), 2);
+        for (o, m) in sends {
+            o.send(Ok(m)).await.unwrap();
+        }
+        match r1.recv().await.unwrap().unwrap().kind {
+            Some(reduced_message::Kind::Chunk(c)) => {
+                let mut out = [0f32; 2];
+                wire::decode_into(&c.data, GradDtype::F32, 0, &mut out).unwrap();
+                assert_eq!(out, [1.0, 5.0]);
+            }
+            other => panic!("{other:?}"),
+        }
+        round.offer(a, chunk(1, &[1.0, 1.0])).unwrap();
+        round.offer(a, chunk(2, &[2.0])).unwrap();
+        round.offer(b, chunk(1, &[1.0, 1.0])).unwrap();
+        let last = round.offer(b, chunk(2, &[2.0])).unwrap();
+        assert_eq!(last.len(), 4, "chunk 2 and the outcome to both members");
+        let result = rx.await.unwrap().ok().unwrap();
+        assert_eq!(result.reduced, vec![1.0, 5.0, 1.0, 1.0, 2.0]);
+        assert!(result.outcome.apply);
+        assert!((result.outcome.grad_norm - (1.0f64 + 25.0 + 1.0 + 1.0 + 4.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[tokio::test]
+    async fn bad_chunks_are_rejected_with_the_reason() {
+        let (round, _rx) = Round::new(3, 0, vec![1], &[4], 5, 2, GradDtype::F32, 1.0);
+        let (o, _r) = mpsc::channel(4);
+        let e = round.join(&header(1, 3, 6), o.clone()).unwrap_err();
+        assert!(e.message().contains("6 elements") && e.message().contains("5 parameters"), "{}", e.message());
+        assert_eq!(round.join(&header(2, 3, 5), o.clone()).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(round.join(&header(1, 4, 5), o.clone()).unwrap_err().code(), tonic::Code::Aborted);
+        let r = round.join(&header(1, 3, 5), o).unwrap();
+        assert_eq!(
+            round.offer(r, chunk(0, &[1.0])).unwrap_err().to_string(),
+            "chunk 0 has 4 bytes, expected 8 (2 f32 elements)"
+        );
+        assert!(matches!(round.offer(r, chunk(9, &[1.0])).unwrap_err(), WireError::BadIndex { .. }));
+        round.offer(r, chunk(0, &[1.0, 2.0])).unwrap();
+        assert!(matches!(round.offer(r, chunk(0, &[1.0, 2.0])).unwrap_err(), WireError::Duplicate { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_non_finite_gradient_means_skip() {
+        let (round, rx) = Round::new(1, 0, vec![1], &[2], 2, 2, GradDtype::F32, 1.0);
+        let (o, _r) = mpsc::channel(4);
+        let r = round.join(&header(1, 1, 2), o).unwrap();
+        round.offer(r, chunk(0, &[f32::NAN, 1.0])).unwrap();
+        let result = rx.await.unwrap().ok().unwrap();
+        assert!(!result.outcome.apply);
+    }
+
+    #[tokio::test]
+    async fn failing_a_round_aborts_the_others_and_blames_the_culprit() {
+        let (round, rx) = Round::new(1, 0, vec![1, 2], &[1, 1], 2, 2, GradDtype::F32, 1.0);
+        let (o1, _r1) = mpsc::channel(4);
+        let (o2, _r2) = mpsc::channel(4);
+        round.join(&header(1, 1, 2), o1).unwrap();
+        round.join(&header(2, 1, 2), o2).unwrap();
+        let sends = round.fail(RoundFailure { culprit: Some(2), reason: "bad chunk".into() });
+        let codes: Vec<_> = sends.iter().map(|(_, s)| s.code()).collect();
+        assert_eq!(codes, vec![tonic::Code::Aborted, tonic::Code::InvalidArgument]);
+        assert!(rx.await.unwrap().is_err());
+        assert!(round.is_finished());
+    }
+}

@@ -1,0 +1,554 @@
+//! The training loop of the coordinator, one step at a time:
+//!
+//! 1. gather the members that can compute the step (ready, idle, in sync);
+//! 2. split the step's global batch into shards and hand them out;
+//! 3. wait for the all-reduce to finish (or fail, and redo the step);
+//! 4. queue the update on the coordinator's own copy; check checksums; log.
+//!
+//! At the end: final checksums, weights saved, a sample grid, shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ddpm::data::{order, Dataset};
+use ddpm::proto;
+use ddpm::train::local::batch_items;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+
+use crate::membership::Work;
+use crate::reduce::{Round, RoundFailure, RoundResult};
+use crate::{Coord, CoordOptions};
+
+/// How a run ended; written to `RUN/summary.json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub final_loss: f64,
+    pub skipped_steps: u64,
+    /// Checksum of the coordinator's parameters after the last step.
+    pub coordinator_checksum: String,
+    /// Each replica's reported checksum after the last step, by worker id.
+    pub replica_checksums: BTreeMap<u64, String>,
+    /// Every replica that reported equals the coordinator.
+    pub replicas_agree: bool,
+    pub checksum_mismatches: u64,
+    pub weights_dir: PathBuf,
+    pub grid: Option<PathBuf>,
+    /// Images per second over the whole run.
+    pub images_per_s: f64,
+    pub elapsed_s: f64,
+}
+
+/// Rolling numbers for the progress line.
+#[derive(Default)]
+struct Window {
+    steps: u64,
+    images: u64,
+    seconds: f64,
+    compute_s: f64,
+    allreduce_s: f64,
+    loss: f64,
+}
+
+type Prefetch = JoinHandle<anyhow::Result<Vec<proto::Sample>>>;
+
+fn prefetch(config: &ddpm::config::TrainConfig, dataset: &Arc<dyn Dataset>, step: u64) -> Prefetch {
+    let items = batch_items(config, dataset.len(), step);
+    let dataset = dataset.clone();
+    tokio::task::spawn_blocking(move || {
+        items
+            .into_iter()
+            .map(|it| Ok(proto::Sample { position: it.position, data: dataset.encoded(it.index)? }))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+}
+
+pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOptions) -> anyhow::Result<Summary> {
+    let cfg = coord.config.clone();
+    let total = cfg.train.steps;
+    let batch = cfg.train.batch_size;
+    let params = coord.state.layout.total;
+    let chunk_elements = (cfg.dist.chunk_kib * 1024 / cfg.dist.grad_dtype.bytes_per_element()).max(1);
+    let step_timeout = Duration::from_secs_f64(cfg.dist.step_timeout_s);
+    let started = Instant::now();
+
+    let mut step = 0u64;
+    let mut active: BTreeSet<u64> = BTreeSet::new();
+    let mut resyncing: BTreeSet<u64> = BTreeSet::new();
+    let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut mismatches = 0u64;
+    let mut skipped = 0u64;
+    let mut attempt = 0u32;
+    let mut window = Window::default();
+    let mut last_loss = f64::NAN;
+    let mut next: Option<(u64, Prefetch)> = Some((1, prefetch(&cfg, &dataset, 1)));
+
+    std::fs::create_dir_all(&opts.run_dir)?;
+    let mut metrics = MetricsLog::open(&opts.run_dir.join("metrics.jsonl"))?;
+    tracing::info!(workers = opts.workers, "waiting for {} workers to join", opts.workers);
+    while step < total {
+        let s = step + 1;
+        let min = if step == 0 { opts.workers } else { 1 };
+        let members = gather(&coord, step, &active, &mut resyncing, min, step_timeout).await?;
+        if step == 0 && attempt == 0 {
+            coord.set_phase("training");
+            tracing::info!(workers = members.len(), steps = total, batch, params, "training starts");
+        }
+        let t0 = Instant::now();
+        let samples = match next.take() {
+            Some((n, handle)) if n == s => handle.await??,
+            _ => prefetch(&cfg, &dataset, s).await??,
+        };
+        if s < total {
+            next = Some((s + 1, prefetch(&cfg, &dataset, s + 1)));
+        }
+
+        let shards = order::shard_ranges(batch, members.len());
+        let sizes: Vec<usize> = shards.iter().map(|r| r.len()).collect();
+        let (round, done) = Round::new(
+            s,
+            attempt,
+            members.clone(),
+            &sizes,
+            params,
+            chunk_elements,
+            cfg.dist.grad_dtype,
+            cfg.optim.grad_clip,
+        );
+        let round = Arc::new(round);
+        *coord.round.lock().unwrap() = Some(round.clone());
+        let checksum_requested = s == total || (cfg.dist.checksum_every > 0 && s % cfg.dist.checksum_every == 0);
+        {
+            let mut ms = coord.members.lock().unwrap();
+            for (id, range) in members.iter().zip(&shards) {
+                if let Some(m) = ms.get_mut(*id) {
+                    m.send(Work::Train {
+                        assignment: proto::TrainAssignment {
+                            step: s,
+                            attempt,
+                            global_batch: batch as u32,
+                            shard_size: range.len() as u32,
+                            lr: cfg.lr_at(s),
+                            checksum_requested,
+                            grad_dtype: cfg.dist.grad_dtype.to_proto() as i32,
+                            chunk_elements: chunk_elements as u32,
+                        },
+                        samples: samples[range.clone()].to_vec(),
+                    });
+                }
+            }
+        }
+        let outcome = tokio::time::timeout(step_timeout, done).await;
+        *coord.round.lock().unwrap() = None;
+        let result: RoundResult = match outcome {
+            Ok(Ok(Ok(result))) => result,
+            Ok(Ok(Err(failure))) => {
+                if let Some(culprit) = failure.culprit {
+                    coord.members.lock().unwrap().remove(culprit);
+                }
+                tracing::warn!(step = s, attempt, "step abandoned: {}; redoing it", failure.reason);
+                attempt += 1;
+                active = members.into_iter().filter(|m| Some(*m) != failure.culprit).collect();
+                continue;
+            }
+            Ok(Err(_)) | Err(_) => {
+                let reason = format!("step {s} did not finish within {:.0} s", step_timeout.as_secs_f64());
+                let stuck = round.stragglers();
+                for (out, status) in round.fail(RoundFailure { culprit: None, reason: reason.clone() }) {
+                    let _ = out.send(Err(status)).await;
+                }
+                {
+                    let mut ms = coord.members.lock().unwrap();
+                    for id in &stuck {
+                        ms.remove(*id);
+                    }
+                }
+                tracing::warn!(step = s, attempt, dropped = ?stuck, "{reason}; dropping the members that did not deliver and redoing it");
+                attempt += 1;
+                active = members.into_iter().filter(|m| !stuck.contains(m)).collect();
+                continue;
+            }
+        };
+        attempt = 0;
+        active = members.iter().copied().collect();
+        let outcome = result.outcome;
+        coord.state.apply(s, result.reduced, outcome).await?;
+        step = s;
+        if !outcome.apply {
+            skipped += 1;
+            tracing::warn!(step = s, grad_norm = outcome.grad_norm, skipped, "non-finite gradient: every replica skipped this update");
+        }
+        if checksum_requested {
+            let (at, sum) = coord.state.checksum().await?;
+            debug_assert_eq!(at, s);
+            expected.insert(s, sum);
+        }
+        mismatches += verify_checksums(&coord, &mut expected, s);
+
+        let dt = t0.elapsed().as_secs_f64();
+        metrics.write(&serde_json::json!({
+            "step": s,
+            "loss": result.loss,
+            "grad_norm": outcome.grad_norm,
+            "applied": outcome.apply,
+            "lr": cfg.lr_at(s),
+            "workers": members.len(),
+            "step_s": dt,
+            "compute_s": result.compute_s,
+            "allreduce_s": result.allreduce_s,
+            "images_per_s": batch as f64 / dt,
+        }))?;
+        last_loss = result.loss;
+        window.steps += 1;
+        window.images += batch as u64;
+        window.seconds += dt;
+        window.compute_s += result.compute_s;
+        window.allreduce_s += result.allreduce_s;
+        window.loss += result.loss;
+        {
+            let mut st = coord.status.lock().unwrap();
+            st.step = s;
+            st.loss = result.loss;
+            st.skipped_steps = skipped;
+            st.images_per_s = window.images as f64 / window.seconds.max(1e-9);
+        }
+        if s == 1 || s == total || s % cfg.train.log_every.max(1) == 0 {
+            log_progress(&window, s, total, members.len(), params, &cfg, started);
+            window = Window::default();
+        }
+        if cfg.train.save_every > 0 && s % cfg.train.save_every == 0 && s != total {
+            let dir = opts.run_dir.join("weights").join(format!("step_{s:08}"));
+            coord.state.save(dir.clone()).await?;
+            tracing::info!(step = s, dir = %dir.display(), "weights saved");
+        }
+    }
+
+    // Final checksums: every replica reports after the last step.
+    let final_ids = wait_idle(&coord, &active, total, step_timeout).await;
+    mismatches += verify_checksums(&coord, &mut expected, total);
+    let (_, coord_sum) = coord.state.checksum().await?;
+    let replica_checksums: BTreeMap<u64, String> = {
+        let ms = coord.members.lock().unwrap();
+        final_ids
+            .iter()
+            .filter_map(|id| ms.get(*id).and_then(|m| m.checksums.get(&total)).map(|c| (*id, format!("{c:016x}"))))
+            .collect()
+    };
+    let coordinator_checksum = format!("{coord_sum:016x}");
+    let replicas_agree = !replica_checksums.is_empty() && replica_checksums.values().all(|c| *c == coordinator_checksum);
+    if replicas_agree {
+        tracing::info!(replicas = replica_checksums.len(), checksum = %coordinator_checksum, "every replica's parameters equal the coordinator's");
+    } else {
+        tracing::error!(?replica_checksums, coordinator = %coordinator_checksum, "replicas disagree with the coordinator");
+    }
+
+    let weights_dir = opts.run_dir.join("weights").join(format!("step_{total:08}"));
+    coord.state.save(weights_dir.clone()).await?;
+    tracing::info!(dir = %weights_dir.display(), "raw and EMA weights saved (safetensors, diffusers layout)");
+
+    let grid = if cfg.sample.at_end {
+        coord.set_phase("sampling");
+        Some(sample_grid(&coord, total, opts, &active).await?)
+    } else {
+        None
+    };
+    coord.set_phase("done");
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = Summary {
+        steps: total,
+        final_loss: last_loss,
+        skipped_steps: skipped,
+        coordinator_checksum,
+        replica_checksums,
+        replicas_agree,
+        checksum_mismatches: mismatches,
+        weights_dir,
+        grid,
+        images_per_s: (total * batch as u64) as f64 / elapsed,
+        elapsed_s: elapsed,
+    };
+    std::fs::create_dir_all(&opts.run_dir)?;
+    std::fs::write(opts.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    Ok(summary)
+}
+
+/// `RUN/metrics.jsonl`: one JSON object per step, appended as it happens.
+struct MetricsLog {
+    file: std::io::BufWriter<std::fs::File>,
+}
+
+impl MetricsLog {
+    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open the metrics log {}: {e}", path.display()))?;
+        Ok(Self { file: std::io::BufWriter::new(file) })
+    }
+
+    fn write(&mut self, row: &serde_json::Value) -> anyhow::Result<()> {
+        use std::io::Write;
+        writeln!(self.file, "{row}")?;
+        self.file.flush()?;
+        Ok(())
+    }
+}
+
+fn log_progress(
+    w: &Window,
+    step: u64,
+    total: u64,
+    workers: usize,
+    params: usize,
+    cfg: &ddpm::config::TrainConfig,
+    started: Instant,
+) {
+    let n = w.steps.max(1) as f64;
+    let imgs = w.images as f64 / w.seconds.max(1e-9);
+    let allreduce_ms = 1e3 * w.allreduce_s / n;
+    let bytes = (params * cfg.dist.grad_dtype.bytes_per_element()) as f64;
+    let mb_s = if w.allreduce_s > 0.0 { bytes * n / w.allreduce_s / 1e6 } else { 0.0 };
+    let elapsed = started.elapsed().as_secs_f64();
+    let eta = elapsed / step as f64 * (total - step) as f64;
+    tracing::info!(
+        step,
+        loss = w.loss / n,
+        imgs_per_s = imgs,
+        compute_ms = 1e3 * w.compute_s / n,
+        allreduce_ms,
+        allreduce_mb_s = mb_s,
+        workers,
+        "step {step}/{total}  loss {:.4}  {imgs:.1} img/s  compute {:.0} ms  all-reduce {allreduce_ms:.1} ms ({mb_s:.0} MB/s per worker)  workers {workers}  eta {}",
+        w.loss / n,
+        1e3 * w.compute_s / n,
+        format_duration(eta),
+    );
+}
+
+fn format_duration(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s / 60 % 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+/// Waits until the members that can compute step `step + 1` are known:
+/// every live member of the previous step and every resyncing joiner is
+/// idle and in sync (or `timeout` passed), and at least `min` are.
+/// Idle members that are out of sync are told to fetch the state again.
+async fn gather(
+    coord: &Coord,
+    step: u64,
+    previous: &BTreeSet<u64>,
+    resyncing: &mut BTreeSet<u64>,
+    min: usize,
+    timeout: Duration,
+) -> anyhow::Result<Vec<u64>> {
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        let notified = coord.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut ms = coord.members.lock().unwrap();
+            for m in ms.iter_mut() {
+                if m.ready && m.idle && m.applied_step != step {
+                    tracing::info!(worker = m.id, at = m.applied_step, step, "worker is out of sync: sending it the current state");
+                    m.send(Work::Resync(format!("the run is at step {step}, the worker at {}", m.applied_step)));
+                    resyncing.insert(m.id);
+                }
+            }
+            resyncing.retain(|id| ms.get(*id).is_some());
+            let in_sync = ms.in_sync(step);
+            for id in &in_sync {
+                resyncing.remove(id);
+            }
+            let missing: Vec<u64> = previous
+                .iter()
+                .chain(resyncing.iter())
+                .filter(|id| ms.get(**id).is_some() && !in_sync.contains(id))
+                .copied()
+                .collect();
+            if in_sync.len() >= min && (missing.is_empty() || started.elapsed() > timeout) {
+                if !missing.is_empty() {
+                    tracing::warn!(step = step + 1, ?missing, "going on without members that did not come back in time");
+                }
+                return Ok(in_sync);
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                tracing::info!(have = in_sync.len(), need = min, ?missing, "waiting for workers");
+                last_log = Instant::now();
+            }
+        }
+        if coord.is_shutting_down() {
+            anyhow::bail!("shutting down");
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until `ids` are idle after `step`; returns those that are.
+async fn wait_idle(coord: &Coord, ids: &BTreeSet<u64>, step: u64, timeout: Duration) -> Vec<u64> {
+    let started = Instant::now();
+    loop {
+        let notified = coord.changed.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let done: Vec<u64> = {
+            let ms = coord.members.lock().unwrap();
+            ids.iter().filter(|id| ms.get(**id).is_some_and(|m| m.idle && m.applied_step == step)).copied().collect()
+        };
+        let live = {
+            let ms = coord.members.lock().unwrap();
+            ids.iter().filter(|id| ms.get(**id).is_some()).count()
+        };
+        if done.len() == live || started.elapsed() > timeout {
+            return done;
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+    }
+}
+
+/// Compares the checksums replicas reported with the coordinator's; a
+/// mismatching replica is sent the coordinator's state. Returns the number
+/// of mismatches found.
+fn verify_checksums(coord: &Coord, expected: &mut BTreeMap<u64, u64>, step: u64) -> u64 {
+    let mut mismatches = 0;
+    let mut ms = coord.members.lock().unwrap();
+    for m in ms.iter_mut() {
+        let reported: Vec<(u64, u64)> =
+            m.checksums.iter().filter(|(s, _)| expected.contains_key(s)).map(|(s, c)| (*s, *c)).collect();
+        for (s, c) in reported {
+            let want = expected[&s];
+            if c == want {
+                tracing::debug!(worker = m.id, step = s, "replica checksum matches");
+            } else {
+                mismatches += 1;
+                tracing::error!(worker = m.id, step = s, got = %format!("{c:016x}"), want = %format!("{want:016x}"),
+                    "replica's parameters differ from the coordinator's: resending the state");
+                if m.idle {
+                    m.send(Work::Resync(format!("parameter checksum mismatch at step {s}")));
+                }
+            }
+            if s != step {
+                m.checksums.remove(&s);
+            }
+        }
+    }
+    expected.retain(|s, _| *s + 1000 > step);
+    mismatches
+}
+
+/// Has the members draw `sample.count` images from the EMA weights after
+/// `step` and writes them as a grid PNG.
+async fn sample_grid(coord: &Coord, step: u64, opts: &CoordOptions, members: &BTreeSet<u64>) -> anyhow::Result<PathBuf> {
+    let cfg = &coord.config;
+    let count = cfg.sample.count;
+    let per_batch = 16u64.min(count.max(1));
+    let ids = wait_idle(coord, members, step, Duration::from_secs_f64(cfg.dist.step_timeout_s)).await;
+    anyhow::ensure!(!ids.is_empty(), "no worker is left to draw the sample grid");
+    let job_id = 1;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    coord.results.lock().unwrap().insert(job_id, tx);
+    // Whole forward batches per worker, contiguous, so the images do not
+    // depend on the split.
+    let groups = count.div_ceil(per_batch) as usize;
+    let ranges = order::shard_ranges(groups, ids.len().min(groups));
+    {
+        let mut ms = coord.members.lock().unwrap();
+        for (id, r) in ids.iter().zip(&ranges) {
+            let first = r.start as u64 * per_batch;
+            let last = (r.end as u64 * per_batch).min(count);
+            if let Some(m) = ms.get_mut(*id) {
+                m.send(Work::Sample(proto::SampleAssignment {
+                    job_id,
+                    first,
+                    count: last - first,
+                    seed: cfg.sample.seed,
+                    sampler: cfg.sample.sampler.clone(),
+                    steps: cfg.sample.steps,
+                    eta: 0.0,
+                    weights_step: step,
+                    batch: per_batch as u32,
+                }));
+            }
+        }
+    }
+    tracing::info!(images = count, sampler = %cfg.sample.sampler, workers = ranges.len(), "drawing the sample grid from the EMA weights");
+    let res = cfg.model.image_size as usize;
+    let per = 3 * res * res;
+    let mut images = vec![0u8; count as usize * per];
+    let mut received = 0u64;
+    let deadline = Duration::from_secs_f64(cfg.dist.step_timeout_s.max(600.0) * 4.0);
+    let started = Instant::now();
+    while received < count {
+        let left = deadline.saturating_sub(started.elapsed());
+        let part = tokio::time::timeout(left, rx.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("sampling did not finish within {:.0} s", deadline.as_secs_f64()))?
+            .ok_or_else(|| anyhow::anyhow!("sampling results channel closed"))?;
+        anyhow::ensure!(
+            part.resolution as usize == res && part.first + part.count <= count,
+            "worker {} sent images outside the job",
+            part.worker_id
+        );
+        let start = part.first as usize * per;
+        images[start..start + part.data.len()].copy_from_slice(&part.data);
+        received += part.count;
+    }
+    coord.results.lock().unwrap().remove(&job_id);
+    let path = opts.run_dir.join("samples").join(format!("step_{step:08}.png"));
+    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+    let refs: Vec<&[u8]> = images.chunks_exact(per).collect();
+    let cols = (count as f64).sqrt().ceil() as usize;
+    ddpm::imageio::save_grid_png(&path, &refs, 3, res, res, cols)?;
+    tracing::info!(path = %path.display(), "sample grid written");
+    Ok(path)
+}
+
+/// Tells every member the run is over.
+pub fn shutdown_workers(coord: &Coord, reason: &str) {
+    let mut ms = coord.members.lock().unwrap();
+    for m in ms.iter_mut() {
+        m.send(Work::Shutdown(reason.to_string()));
+    }
+}
+
+/// Drops members that stopped sending heartbeats, failing the step they
+/// were part of so that the others redo it.
+pub async fn reap_silent_members(coord: Arc<Coord>) {
+    let timeout = Duration::from_secs_f64(coord.config.dist.heartbeat_timeout_s);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let dead = coord.members.lock().unwrap().reap(timeout);
+        if dead.is_empty() {
+            continue;
+        }
+        for m in &dead {
+            tracing::warn!(worker = m.id, name = %m.name, "worker silent for {:.0} s: dropped", timeout.as_secs_f64());
+            let round = coord.round.lock().unwrap().clone();
+            if let Some(round) = round {
+                if round.rank_of(m.id).is_some() {
+                    let reason = format!("worker {} stopped answering", m.id);
+                    for (out, status) in round.fail(RoundFailure { culprit: Some(m.id), reason }) {
+                        let _ = out.send(Err(status)).await;
+                    }
+                }
+            }
+        }
+        coord.changed.notify_waiters();
+    }
+}

@@ -1,0 +1,217 @@
+//! The U-Net's parameters in one flat buffer.
+//!
+//! Every parameter tensor of the VarStore becomes a view into a single
+//! contiguous `[P]` float32 tensor, in the order of the parameter names. The
+//! gradient all-reduce, the optimizer, the EMA, checksums and checkpoints all
+//! work on that buffer: a handful of kernels per step instead of a few per
+//! parameter, and one fixed order that every replica and the coordinator
+//! agree on (its hash is checked when a worker joins).
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::rng::mix64;
+use crate::unet::{UNet, UNetConfig, UNetError};
+
+/// One parameter's place in the flat buffer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayoutEntry {
+    /// The diffusers-style name, e.g. `down_blocks.0.resnets.0.conv1.weight`.
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub offset: usize,
+    pub numel: usize,
+}
+
+/// The order, shapes and offsets of the parameters (sorted by name).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub entries: Vec<LayoutEntry>,
+    pub total: usize,
+}
+
+impl Layout {
+    fn from_named(mut named: Vec<(String, Vec<i64>)>) -> Self {
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut offset = 0;
+        let entries = named
+            .into_iter()
+            .map(|(name, shape)| {
+                let numel = shape.iter().product::<i64>() as usize;
+                let e = LayoutEntry { name, shape, offset, numel };
+                offset += numel;
+                e
+            })
+            .collect();
+        Self { entries, total: offset }
+    }
+
+    /// A hash of names, shapes and order: equal layouts, equal hashes.
+    pub fn hash(&self) -> u64 {
+        let mut h = mix64(self.total as u64);
+        for e in &self.entries {
+            for b in e.name.bytes() {
+                h = mix64(h ^ b as u64);
+            }
+            for &d in &e.shape {
+                h = mix64(h ^ (d as u64).wrapping_add(0x100));
+            }
+        }
+        h
+    }
+}
+
+/// A U-Net whose parameters live in one flat buffer on its device.
+pub struct FlatModel {
+    pub vs: nn::VarStore,
+    pub unet: UNet,
+    pub layout: Layout,
+    /// `[P]` float32: the parameters; each VarStore variable is a view of it.
+    pub flat: Tensor,
+    /// The variables in layout order (shallow handles to the VarStore's).
+    vars: Vec<Tensor>,
+}
+
+impl FlatModel {
+    /// Builds the U-Net of `config` on `device` with the paper's
+    /// initialisation (drawn from torch's generator: seed it first with
+    /// `tch::manual_seed` for a reproducible start).
+    pub fn new(config: &UNetConfig, device: Device) -> Result<Self, UNetError> {
+        let vs = nn::VarStore::new(device);
+        let unet = UNet::new(&vs.root(), config)?;
+        let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let layout = Layout::from_named(named.iter().map(|(n, t)| (n.clone(), t.size())).collect());
+        let flat = Tensor::zeros([layout.total as i64], (Kind::Float, device));
+        let mut vars = Vec::with_capacity(named.len());
+        tch::no_grad(|| {
+            for ((_, mut var), e) in named.into_iter().zip(&layout.entries) {
+                let mut view = flat.narrow(0, e.offset as i64, e.numel as i64).view(e.shape.as_slice());
+                view.copy_(&var);
+                var.set_data(&view);
+                vars.push(var);
+            }
+        });
+        Ok(Self { vs, unet, layout, flat, vars })
+    }
+
+    pub fn device(&self) -> Device {
+        self.flat.device()
+    }
+
+    /// Copies `values` (`[P]`, any device) into the parameters.
+    pub fn load_flat(&mut self, values: &Tensor) {
+        tch::no_grad(|| self.flat.copy_(values));
+    }
+
+    /// Clears the parameters' gradients before a backward pass.
+    pub fn zero_grad(&mut self) {
+        for v in &mut self.vars {
+            v.zero_grad();
+        }
+    }
+
+    /// The gradients of the last backward pass as one `[P]` tensor on the
+    /// model's device (zeros for parameters the loss did not reach).
+    pub fn flat_grad(&self) -> Tensor {
+        let grads: Vec<Tensor> = self
+            .vars
+            .iter()
+            .zip(&self.layout.entries)
+            .map(|(v, e)| {
+                let g = v.grad();
+                if g.defined() {
+                    g.reshape([-1])
+                } else {
+                    Tensor::zeros([e.numel as i64], (Kind::Float, self.flat.device()))
+                }
+            })
+            .collect();
+        Tensor::cat(&grads, 0)
+    }
+}
+
+/// A hash of a flat float32 tensor's exact bits (copied to the host).
+pub fn checksum(flat: &Tensor) -> u64 {
+    let host = flat.to_device(Device::Cpu).contiguous();
+    let n = host.numel();
+    let mut bytes = vec![0u8; n * 4];
+    host.copy_data_u8(&mut bytes, n);
+    checksum_bytes(&bytes)
+}
+
+/// The same hash over raw little-endian bytes.
+pub fn checksum_bytes(bytes: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(bytes)
+}
+
+/// Copies a float32 `[n]` tensor to a host Vec.
+pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
+    let host = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = host.numel();
+    let mut out = vec![0f32; n];
+    host.copy_data(&mut out, n);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variables_are_views_of_the_flat_buffer() {
+        tch::manual_seed(0);
+        let mut cfg = UNetConfig::tiny();
+        cfg.image_size = 8;
+        let mut m = FlatModel::new(&cfg, Device::Cpu).unwrap();
+        assert_eq!(m.layout.total as i64, cfg.param_count());
+        let names: Vec<&str> = m.layout.entries.iter().map(|e| e.name.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted);
+        // Writing the flat buffer changes what the model computes.
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[3i64, 500]);
+        let before = m.unet.forward_t(&x, &t, false);
+        let vars = m.vs.variables();
+        let w = &vars["conv_in.weight"];
+        let e = m.layout.entries.iter().find(|e| e.name == "conv_in.weight").unwrap();
+        m.load_flat(&(&m.flat + 0.5));
+        let expect = to_vec_f32(&m.flat.narrow(0, e.offset as i64, e.numel as i64));
+        assert_eq!(to_vec_f32(&w.reshape([-1])), expect);
+        let after = m.unet.forward_t(&x, &t, false);
+        assert!(f64::try_from((before - after).abs().max()).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn flat_grad_matches_per_parameter_grads() {
+        tch::manual_seed(1);
+        let mut cfg = UNetConfig::tiny();
+        cfg.image_size = 8;
+        let mut m = FlatModel::new(&cfg, Device::Cpu).unwrap();
+        // Make the zero-initialised output layers non-zero so every gradient flows.
+        m.load_flat(&Tensor::randn([m.layout.total as i64], (Kind::Float, Device::Cpu)).g_mul_scalar(0.05));
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[0i64, 999]);
+        m.zero_grad();
+        m.unet.forward_t(&x, &t, true).square().mean(Kind::Float).backward();
+        let g = m.flat_grad();
+        assert_eq!(g.size(), [m.layout.total as i64]);
+        let vars = m.vs.variables();
+        for e in &m.layout.entries {
+            let want = to_vec_f32(&vars[&e.name].grad().reshape([-1]));
+            let got = to_vec_f32(&g.narrow(0, e.offset as i64, e.numel as i64));
+            assert_eq!(want, got, "{}", e.name);
+        }
+        assert!(f64::try_from(g.abs().sum(Kind::Double)).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn layout_hash_depends_on_shapes() {
+        let a = Layout::from_named(vec![("a".into(), vec![2, 3]), ("b".into(), vec![4])]);
+        let b = Layout::from_named(vec![("a".into(), vec![3, 2]), ("b".into(), vec![4])]);
+        let c = Layout::from_named(vec![("b".into(), vec![4]), ("a".into(), vec![2, 3])]);
+        assert_ne!(a.hash(), b.hash());
+        assert_eq!(a.hash(), c.hash());
+        assert_eq!(a.entries[1].offset, 6);
+    }
+}

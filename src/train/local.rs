@@ -1,0 +1,99 @@
+//! A single-process trainer: the whole global batch on one device, no
+//! network. It is the reference the distributed run must reproduce (same
+//! data order, same per-sample noise and timesteps, same optimizer), and a
+//! way to measure per-device speed without any communication.
+
+use tch::{Device, Tensor};
+
+use crate::config::TrainConfig;
+use crate::data::{self, order, Dataset, Decoder};
+use crate::diffusion::GaussianDiffusion;
+use crate::train::step::{self, DecodedSample, StepContext};
+use crate::train::{optim, Outcome, TrainError, TrainState};
+
+/// What one step did.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    pub step: u64,
+    pub loss: f64,
+    pub outcome: Outcome,
+}
+
+/// Trains on one device.
+pub struct LocalTrainer {
+    pub config: TrainConfig,
+    pub diffusion: GaussianDiffusion,
+    pub state: TrainState,
+    /// EMA of the parameters, `[P]`.
+    pub ema: Tensor,
+    dataset: Box<dyn Dataset>,
+    decoder: Decoder,
+}
+
+impl LocalTrainer {
+    pub fn new(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
+        config.validate()?;
+        let diffusion = GaussianDiffusion::new(&config.diffusion)?;
+        let dataset = open_dataset(&config)?;
+        let decoder = dataset.decoder();
+        let state = TrainState::init(&config, device)?;
+        let ema = state.model.flat.copy();
+        Ok(Self { config, diffusion, state, ema, dataset, decoder })
+    }
+
+    /// Runs the next step.
+    pub fn step(&mut self) -> Result<StepReport, TrainError> {
+        let step = self.state.step + 1;
+        let samples = read_batch(&*self.dataset, &self.decoder, &self.config, step)?;
+        let ctx = step_context(&self.config, &self.decoder, step);
+        let device = self.state.model.device();
+        let batch = step::build_batch(&samples, &ctx, self.diffusion.num_timesteps() as u64, device);
+        let (loss, grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, samples[0].position);
+        let host = crate::train::flat::to_vec_f32(&grad);
+        let outcome = Outcome::decide(&host, self.config.optim.grad_clip);
+        self.state.apply(&self.config, step, &grad, &outcome);
+        if outcome.apply {
+            optim::ema_update(&mut self.ema, &self.state.model.flat, self.config.train.ema_decay);
+        }
+        Ok(StepReport { step, loss, outcome })
+    }
+}
+
+/// Opens the run's dataset at the model's resolution.
+pub fn open_dataset(config: &TrainConfig) -> Result<Box<dyn Dataset>, TrainError> {
+    let spec: data::DatasetSpec = config.data.spec.parse()?;
+    let opts = data::OpenOptions { resolution: Some(config.model.image_size as usize), ..Default::default() };
+    Ok(data::open(&spec, &opts)?)
+}
+
+/// The step context of 1-based `step`.
+pub fn step_context(config: &TrainConfig, decoder: &Decoder, step: u64) -> StepContext {
+    StepContext {
+        seed: config.train.seed,
+        step,
+        random_flip: config.data.random_flip,
+        channels: 3,
+        resolution: decoder.resolution(),
+    }
+}
+
+/// The global batch of 1-based `step` (batch index `step - 1` of the stream).
+pub fn batch_items(config: &TrainConfig, dataset_len: usize, step: u64) -> Vec<order::BatchItem> {
+    order::global_batch(config.train.seed, dataset_len, config.train.batch_size, step - 1)
+}
+
+/// Reads and decodes the global batch of `step`.
+fn read_batch(
+    dataset: &dyn Dataset,
+    decoder: &Decoder,
+    config: &TrainConfig,
+    step: u64,
+) -> Result<Vec<DecodedSample>, TrainError> {
+    batch_items(config, dataset.len(), step)
+        .into_iter()
+        .map(|item| {
+            let bytes = dataset.encoded(item.index)?;
+            Ok(DecodedSample { position: item.position, pixels: decoder.decode(&bytes)? })
+        })
+        .collect()
+}

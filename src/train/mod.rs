@@ -1,0 +1,94 @@
+//! Training: the flat parameter buffer, the `L_simple` step, Adam and the
+//! EMA, sampling, and a single-process trainer that is the reference the
+//! distributed run must reproduce.
+//!
+//! This is single-device code; distribution lives in the coordinator and
+//! worker crates, which call [`step::loss_and_grad`] on workers and
+//! [`TrainState::apply`] everywhere.
+
+pub mod flat;
+pub mod local;
+pub mod optim;
+pub mod sample;
+pub mod step;
+
+use tch::{Device, Tensor};
+
+use crate::config::TrainConfig;
+use crate::unet::UNetError;
+use flat::FlatModel;
+use optim::Adam;
+
+/// The decision the coordinator makes for a reduced gradient; every replica
+/// applies the same one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Outcome {
+    /// False when the gradient was not finite: the update is skipped.
+    pub apply: bool,
+    /// The global norm before clipping (float64, computed once).
+    pub grad_norm: f64,
+    /// The clipping factor.
+    pub clip_scale: f32,
+}
+
+impl Outcome {
+    /// The decision for a reduced gradient.
+    pub fn decide(grad: &[f32], max_norm: f64) -> Self {
+        let grad_norm = optim::global_norm(grad);
+        if grad_norm.is_finite() {
+            Self { apply: true, grad_norm, clip_scale: optim::clip_scale(grad_norm, max_norm) }
+        } else {
+            Self { apply: false, grad_norm, clip_scale: 1.0 }
+        }
+    }
+}
+
+/// A training replica's state: parameters, Adam, and the step counter.
+pub struct TrainState {
+    /// Optimizer steps done (including skipped ones).
+    pub step: u64,
+    pub model: FlatModel,
+    pub adam: Adam,
+}
+
+impl TrainState {
+    /// The initial state of a run: the paper's initialisation drawn from
+    /// torch's generator seeded with the run seed (on the CPU, so that it
+    /// does not depend on the device), moved to `device`.
+    pub fn init(config: &TrainConfig, device: Device) -> Result<Self, UNetError> {
+        tch::manual_seed(config.train.seed as i64);
+        let cpu = FlatModel::new(&config.model, Device::Cpu)?;
+        let model = if device == Device::Cpu {
+            cpu
+        } else {
+            let mut m = FlatModel::new(&config.model, device)?;
+            m.load_flat(&cpu.flat);
+            m
+        };
+        let adam = Adam::new(&config.optim, &model.flat);
+        Ok(Self { step: 0, model, adam })
+    }
+
+    /// Applies step `step`'s reduced gradient (on any device) as `outcome`
+    /// says: Adam at the warmed-up learning rate, or nothing if skipped.
+    pub fn apply(&mut self, config: &TrainConfig, step: u64, grad: &Tensor, outcome: &Outcome) {
+        if outcome.apply {
+            let g = optim::apply_clip(&grad.to_device(self.model.device()), outcome.clip_scale);
+            self.adam.update(&mut self.model.flat, &g, config.lr_at(step));
+        }
+        self.step = step;
+    }
+}
+
+/// Why training could not start or go on.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Model(#[from] UNetError),
+    #[error(transparent)]
+    Diffusion(#[from] crate::diffusion::DiffusionError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+}

@@ -1,0 +1,145 @@
+//! Drawing images from a trained U-Net: ancestral sampling (Algorithm 2) or
+//! DDIM, in batches, with noise keyed by (seed, image index) so that the
+//! same job gives the same images however it is split across workers.
+
+use tch::{Device, Kind, Tensor};
+
+use crate::diffusion::GaussianDiffusion;
+use crate::rng::{Purpose, Stream};
+use crate::unet::UNet;
+
+/// Which reverse process to run.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// All T steps of Algorithm 2 with the configured variance.
+    Ancestral,
+    /// DDIM on `steps` evenly spaced timesteps with the given eta.
+    Ddim { steps: usize, eta: f64 },
+}
+
+impl Sampler {
+    /// From a job's words: `ancestral`, or `ddim` with steps and eta.
+    pub fn parse(name: &str, steps: usize, eta: f64) -> Result<Self, String> {
+        match name {
+            "ancestral" => Ok(Self::Ancestral),
+            "ddim" if steps > 0 => Ok(Self::Ddim { steps, eta }),
+            "ddim" => Err("the ddim sampler needs steps >= 1".into()),
+            other => Err(format!("unknown sampler {other:?}: use \"ancestral\" or \"ddim\"")),
+        }
+    }
+
+    /// Network evaluations per image.
+    pub fn evaluations(&self, num_timesteps: usize) -> usize {
+        match self {
+            Self::Ancestral => num_timesteps,
+            Self::Ddim { steps, .. } => *steps,
+        }
+    }
+}
+
+/// Images `[first, first + count)` of a sampling job.
+#[derive(Debug, Clone)]
+pub struct SampleRequest {
+    pub seed: u64,
+    pub first: u64,
+    pub count: u64,
+    pub sampler: Sampler,
+    /// Images per forward pass.
+    pub batch: usize,
+}
+
+/// Gaussian noise for images `first..first+n` at reverse step `key`
+/// (0 for x_T, t + 1 for the noise added when leaving step t).
+fn noise(seed: u64, first: u64, n: usize, key: u64, per: usize, shape: [i64; 4], device: Device) -> Tensor {
+    let mut buf = vec![0f32; n * per];
+    for (i, chunk) in buf.chunks_exact_mut(per).enumerate() {
+        Stream::for_key(seed, Purpose::Sample, first + i as u64, key).fill_normal(chunk);
+    }
+    Tensor::from_slice(&buf).view(shape).to_device(device)
+}
+
+/// Runs the reverse process for a batch; returns x_0 in [-1, 1].
+/// `progress` is called after each network evaluation.
+pub fn sample_batch(
+    unet: &UNet,
+    diffusion: &GaussianDiffusion,
+    seed: u64,
+    first: u64,
+    n: usize,
+    sampler: Sampler,
+    device: Device,
+    progress: &mut dyn FnMut(),
+) -> Result<Tensor, String> {
+    let cfg = unet.config();
+    let (c, r) = (cfg.out_channels, cfg.image_size);
+    let shape = [n as i64, c, r, r];
+    let per = (c * r * r) as usize;
+    let _guard = tch::no_grad_guard();
+    let mut x = noise(seed, first, n, 0, per, shape, device);
+    match sampler {
+        Sampler::Ancestral => {
+            for t in (0..diffusion.num_timesteps()).rev() {
+                let tt = Tensor::full([n as i64], t, (Kind::Int64, device));
+                let out = unet.forward_t(&x, &tt, false);
+                let z = if t > 0 { noise(seed, first, n, t as u64 + 1, per, shape, device) } else { x.zeros_like() };
+                x = diffusion.p_sample(&out, &x, &tt, &z, true).0;
+                progress();
+            }
+        }
+        Sampler::Ddim { steps, eta } => {
+            let ts = diffusion.ddim_timesteps(steps).map_err(|e| e.to_string())?;
+            for (k, &t) in ts.iter().enumerate() {
+                let tt = Tensor::full([n as i64], t, (Kind::Int64, device));
+                let out = unet.forward_t(&x, &tt, false);
+                let t_prev = ts.get(k + 1).copied();
+                let z = if eta > 0.0 && t_prev.is_some() {
+                    noise(seed, first, n, t as u64 + 1, per, shape, device)
+                } else {
+                    x.zeros_like()
+                };
+                x = diffusion.ddim_step(&out, &x, t, t_prev, eta, &z, true).0;
+                progress();
+            }
+        }
+    }
+    Ok(x)
+}
+
+/// Quantizes images in [-1, 1] to uint8 as when written to PNG:
+/// `round((x + 1) * 127.5)` clamped to [0, 255]. Returns the bytes in
+/// `[n, C, H, W]` order.
+pub fn to_uint8(x: &Tensor) -> Vec<u8> {
+    let q = ((x.to_device(Device::Cpu).to_kind(Kind::Float) + 1.0) * 127.5)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    let n = q.numel();
+    let mut out = vec![0u8; n];
+    q.copy_data(&mut out, n);
+    out
+}
+
+/// Draws the images of `req` in batches; returns `[count, C, H, W]` uint8.
+pub fn sample_images(
+    unet: &UNet,
+    diffusion: &GaussianDiffusion,
+    req: &SampleRequest,
+    device: Device,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let total = req.count * req.sampler.evaluations(diffusion.num_timesteps() as usize) as u64;
+    let mut done = 0u64;
+    let mut start = 0u64;
+    while start < req.count {
+        let n = (req.count - start).min(req.batch.max(1) as u64) as usize;
+        let x = sample_batch(unet, diffusion, req.seed, req.first + start, n, req.sampler, device, &mut || {
+            done += n as u64;
+            progress(done, total);
+        })?;
+        out.extend(to_uint8(&x));
+        start += n as u64;
+    }
+    Ok(out)
+}
