@@ -16,9 +16,12 @@ pub struct BpdResult {
     pub total_bpd: Tensor,
     /// `L_T = KL(q(x_T | x0) || N(0, I))`: `[B]`.
     pub prior_bpd: Tensor,
-    /// Column t is `L_0` (decoder NLL) for t = 0 and `L_t` (the KL) for t > 0: `[B, T]`.
+    /// Column t is [`vb_terms_bpd`](GaussianDiffusion::vb_terms_bpd) at t: the paper's
+    /// `L_0` (decoder NLL) for t = 0 and its KL term `L_t` for t > 0: `[B, T]`.
     pub terms_bpd: Tensor,
-    /// Column t is the mean squared error of `pred_x0` at step t against x0: `[B, T]`.
+    /// Column t is the mean squared error against x0 of `pred_x0` estimated from
+    /// `x_t` (0-based t: after t + 1 forward steps): `[B, T]`. The paper's
+    /// distortion (RMSE on the [0, 255] scale) is `127.5 * sqrt(x0_mse)`.
     pub x0_mse: Tensor,
 }
 
@@ -50,9 +53,10 @@ impl GaussianDiffusion {
         }
     }
 
-    /// One term of the bound per sample, in bits/dim `[B]`, and `pred_x0` `[B, C, H, W]`:
-    /// `L_{t-1} = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))` for t > 0 and the
-    /// decoder NLL `L_0 = -log p(x0 | x_1)` for t == 0 (eq. (5), 0-based t).
+    /// One term of the bound per sample, in bits/dim `[B]`, and `pred_x0` `[B, C, H, W]`
+    /// (eq. (5)): for t > 0 `KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t))`, the paper's
+    /// `L_t` (its t is ours + 1); for t == 0 the decoder NLL `-log p(x0 | x_t)`, the
+    /// paper's `L_0`.
     /// The decoder term is computed in float64 (see inside), the KL in the inputs' kind.
     pub fn vb_terms_bpd(
         &self,

@@ -60,7 +60,10 @@ pub struct PMeanVariance {
 /// Gathers `table[t[i]]` for each sample and shapes it `[B, 1, ..., 1]` to
 /// broadcast against `shape_like` (`[B, C, H, W]`), in `shape_like`'s kind and device.
 ///
-/// `t` is int64 `[B]`. Panics (libtorch's index check) if a t is outside `0..table.len()`.
+/// `t` is int64 `[B]` with values in `0..table.len()`. That is not checked here,
+/// since reading `t` back would synchronize a GPU on every call: on the CPU
+/// libtorch's index check panics, on CUDA it is a device-side assert. Callers
+/// draw or iterate t on the host and check it there.
 pub fn extract(table: &[f64], t: &Tensor, shape_like: &Tensor) -> Tensor {
     let mut shape = vec![1i64; shape_like.dim().max(1)];
     shape[0] = t.size()[0];
@@ -85,8 +88,7 @@ impl GaussianDiffusion {
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
         let posterior_variance = map(&|t| betas[t] * (1.0 - ac_prev[t]) / (1.0 - ac[t]));
         // beta_tilde_0 = 0, so its log borrows t = 1's value (code; DDPM.md 2).
-        let clipped_log = |v: &[f64]| map(&|t| v[t.max(1)].ln());
-        let posterior_log_variance_clipped = clipped_log(&posterior_variance);
+        let posterior_log_variance_clipped = map(&|t| posterior_variance[t.max(1)].ln());
         let (model_variance, model_log_variance) = match config.model_var_type {
             VarianceType::FixedLarge => {
                 // log(beta_tilde_1) at t = 0 "to get a better decoder log likelihood" (code).

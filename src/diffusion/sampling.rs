@@ -11,8 +11,10 @@ impl GaussianDiffusion {
     /// with `z = noise` where t > 0 and no noise where t == 0 (the paper's t = 1).
     /// Returns `(x_{t-1}, pred_x0)`, both `[B, C, H, W]`; `noise` is `[B, C, H, W]`.
     ///
-    /// This equals diffusers' `DDPMScheduler.step` for the same noise
-    /// (`fixed_large`/`fixed_small`, `clip_sample` = `clip_denoised`).
+    /// This is diffusers' `DDPMScheduler.step` for the same noise (`fixed_large` /
+    /// `fixed_small`, `clip_sample` = `clip_denoised`), with float64 tables: stock
+    /// diffusers forms `1 - abar` in float32 and is off by up to ~3e-4 at t = 1, 2
+    /// (`tests/golden_diffusion/steps.rs`).
     pub fn p_sample(
         &self,
         model_output: &Tensor,

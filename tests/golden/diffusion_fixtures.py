@@ -125,7 +125,10 @@ def ddpm_noise(replace=None):
     drawn, real = [], scheduling_ddpm.randn_tensor
 
     def fake(shape, generator=None, device=None, dtype=None, **kw):
-        out = replace.to(dtype) if replace is not None else real(shape, generator=generator, device=device, dtype=dtype, **kw)
+        if replace is not None:
+            out = replace.to(dtype)
+        else:
+            out = real(shape, generator=generator, device=device, dtype=dtype, **kw)
         drawn.append(out.clone())
         return out
 
@@ -194,10 +197,12 @@ def ddim_steps(tensors, meta):
             prev = t - T // steps
             pairs.append([t, prev if prev >= 0 else None])
             p = f"ddim/{case}/{t}"
-            tensors.update({f"{p}/xt": xt.numpy(), f"{p}/out": out.numpy(), f"{p}/noise": noise.numpy(),
-                            f"{p}/prev32": res.prev_sample.numpy(), f"{p}/x0_32": res.pred_original_sample.numpy(),
-                            f"{p}/prev64": res64.prev_sample.numpy(), f"{p}/x0_64": res64.pred_original_sample.numpy()})  # fmt: skip
-        meta["ddim"]["cases"][case] = {"steps": steps, "prediction_type": pred, "eta": eta, "clip": clip, "pairs": pairs}
+            tensors.update({f"{p}/xt": xt.numpy(), f"{p}/out": out.numpy(), f"{p}/noise": noise.numpy()})
+            tensors.update({f"{p}/prev32": res.prev_sample.numpy(), f"{p}/x0_32": res.pred_original_sample.numpy()})
+            tensors.update({f"{p}/prev64": res64.prev_sample.numpy(), f"{p}/x0_64": res64.pred_original_sample.numpy()})
+        meta["ddim"]["cases"][case] = {
+            "steps": steps, "prediction_type": pred, "eta": eta, "clip": clip, "pairs": pairs,
+        }  # fmt: skip
 
 
 def bound_functions(tensors, meta):
