@@ -162,7 +162,10 @@ pub fn config_from_json(value: &Value) -> Result<UNetConfig, UNetError> {
     let r = Reader { map };
     r.require("_class_name", &[json!("UNet2DModel")], "only UNet2DModel configs describe this U-Net")?;
     r.require("time_embedding_type", &[json!("positional")], "the timestep embedding is sinusoidal")?;
-    r.require("flip_sin_to_cos", &[json!(false)], "the embedding layout is [sin, cos] (flip_sin_to_cos false)")?;
+    // Absent flip_sin_to_cos means diffusers' true, a [cos, sin] layout.
+    if map.get("flip_sin_to_cos") != Some(&json!(false)) {
+        return Err(unsupported("flip_sin_to_cos", "must be false: the embedding layout is [sin, cos]"));
+    }
     // Absent freq_shift means diffusers' 0; ours divides by half - 1, i.e. 1.
     if r.int("freq_shift", 0)? != 1 {
         return Err(unsupported("freq_shift", "must be 1: frequencies are exp(-ln(10000) i / (ch/2 - 1))"));

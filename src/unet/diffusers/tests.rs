@@ -235,6 +235,12 @@ fn unrepresentable_diffusers_configs_are_refused_with_the_key() {
             other => panic!("{key} = {value}: expected a refusal, got {other:?}"),
         }
     }
+    // Keys whose diffusers default differs from the paper must be present.
+    for key in ["flip_sin_to_cos", "freq_shift", "downsample_padding"] {
+        let mut config = hub_cifar10();
+        config.as_object_mut().unwrap().remove(key);
+        assert!(matches!(config_from_json(&config), Err(UNetError::UnsupportedDiffusersConfig { key: k, .. }) if k == key));
+    }
     // Single-head spelled out (head dim = channels of every attention) is fine.
     let mut explicit = hub_cifar10();
     explicit["attention_head_dim"] = json!(256);
