@@ -83,6 +83,12 @@ fn bench_data(args: DataBenchArgs) -> anyhow::Result<()> {
     report_read("lsun coordinator read (encoded)", read, LSUN_NEED);
     let one = measure(budget, |i| read_decode(lsun.as_ref(), i))?;
     report_decode("lsun worker webp decode + crop/resize 256 + input, 1 thread", one, LSUN_NEED);
+    // Where a worker's time goes.
+    let sample_bytes = lsun.encoded(0)?;
+    let decode = measure(budget / 2, |_| data::decode_rgb(&sample_bytes).map(|d| d.2.len()))?;
+    let (w, h, rgb) = data::decode_rgb(&sample_bytes)?;
+    let resize = measure(budget / 2, |_| data::center_crop_resize(&rgb, w, h, 256).map(|v| v.len()))?;
+    println!("  of which: webp decode {:.2} ms, crop + Lanczos-3 resize {:.2} ms per image", 1e3 / decode, 1e3 / resize);
     if threads > 1 {
         let many = measure_parallel(budget, threads, |i| read_decode(lsun.as_ref(), i))?;
         report_decode(&format!("lsun worker decode, {threads} threads"), many, LSUN_NEED);

@@ -171,7 +171,8 @@ fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<(PathBuf, Vec
         let Some(name) = member.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
         for version in [Version::Binary, Version::Python] {
             if batch_names(split).iter().any(|b| version.file_name(b) == name) {
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                // The header's size is only a hint: a corrupt one must not allocate terabytes.
+                let mut bytes = Vec::with_capacity((entry.size() as usize).min(64 << 20));
                 entry.read_to_end(&mut bytes).map_err(corrupt)?;
                 let shown = PathBuf::from(format!("{}[{}]", path.display(), member.display()));
                 members.push((version, name.clone(), shown, bytes));

@@ -162,6 +162,9 @@ fn check_size(w: usize, h: usize) -> Result<(), DataError> {
     Ok(())
 }
 
+/// The largest image (in pixels) `decode_rgb` accepts: 64 megapixels.
+pub const MAX_PIXELS: usize = 1 << 26;
+
 /// libwebp, the decoder the LSUN tools, OpenCV and Pillow use.
 fn decode_webp(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), DataError> {
     let (mut w, mut h) = (0i32, 0i32);
@@ -172,7 +175,11 @@ fn decode_webp(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), DataError> {
         return Err(DataError::decode("corrupt or truncated WebP image (libwebp cannot read its header)"));
     }
     let (w, h) = (w as usize, h as usize);
-    // libwebp caps sides at 16383, so this cannot overflow.
+    // libwebp caps sides at 16383, so this cannot overflow; the cap keeps a
+    // hostile header from allocating 800 MB.
+    if w * h > MAX_PIXELS {
+        return Err(DataError::decode(format!("WebP image of {w}x{h} is larger than the {MAX_PIXELS} pixels this reader accepts")));
+    }
     let mut rgb = vec![0u8; w * h * 3];
     // SAFETY: `rgb` is exactly `h` rows of `3 * w` bytes; libwebp checks the
     // bitstream against the buffer size and stride before writing.
