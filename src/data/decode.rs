@@ -7,6 +7,12 @@
 //! PIL `resize(ANTIALIAS)`). The resize is `fast_image_resize`, which
 //! implements Pillow's convolution, so results match Pillow to within a
 //! level or two.
+//!
+//! WebP goes through libwebp (the `libwebp-sys` crate compiles libwebp 1.6
+//! from its vendored source with the `cc` crate: a fresh machine needs a C
+//! compiler and nothing else), the same decoder Pillow, OpenCV and the LSUN
+//! tools use, so our pixels equal Pillow's. PNG and JPEG go through the
+//! pure-Rust `image` crate. Alpha is dropped, grey is replicated to RGB.
 
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use serde::{Deserialize, Serialize};
