@@ -25,7 +25,7 @@ mod spec;
 pub mod synthetic;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use decode::{center_crop_resize, chw_to_hwc, decode_rgb, hwc_to_chw, sniff, to_model_input, Decoder, ImageKind, SampleFormat, CHANNELS};
 pub use error::DataError;
@@ -123,59 +123,4 @@ pub fn open(spec: &DatasetSpec, opts: &OpenOptions) -> Result<Box<dyn Dataset>, 
         DatasetKind::Folder => Box::new(folder::Folder::open(spec, resolution)?),
         DatasetKind::Synthetic => Box::new(synthetic::Shapes::open(spec, resolution)?),
     })
-}
-
-/// The data section of a run's configuration (`[data]` in TOML).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DataConfig {
-    /// The dataset, as `--data` takes it (see [`DatasetSpec`]). Default:
-    /// `synthetic:shapes`, which needs no download.
-    pub spec: DatasetSpec,
-    /// Side of the square training images when the spec has no `@R`.
-    pub resolution: Option<usize>,
-    /// Random horizontal flip of training samples: on by default, as in the
-    /// paper (DDPM.md section 7 turns it off for LSUN Bedroom). The flip of
-    /// a sample is drawn by [`BatchItem::draw`].
-    pub random_flip: bool,
-}
-
-impl Default for DataConfig {
-    fn default() -> Self {
-        DataConfig {
-            spec: DatasetSpec { kind: DatasetKind::Synthetic, location: "shapes".into(), split: None, resolution: None },
-            resolution: None,
-            random_flip: true,
-        }
-    }
-}
-
-impl DataConfig {
-    pub fn open_options(&self) -> OpenOptions {
-        OpenOptions { resolution: self.resolution }
-    }
-
-    /// Opens the configured dataset.
-    pub fn open(&self) -> Result<Box<dyn Dataset>, DataError> {
-        open(&self.spec, &self.open_options())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn data_config_reads_from_toml_with_defaults() {
-        let c: DataConfig = toml::from_str("spec = \"cifar10:/data/cifar-10-batches-bin:test\"").unwrap();
-        assert_eq!(c.spec.split, Some(Split::Test));
-        assert!(c.random_flip);
-        assert_eq!(c.resolution, None);
-        let d = DataConfig::default();
-        assert_eq!(d.spec.to_string(), "synthetic:shapes");
-        assert_eq!(toml::from_str::<DataConfig>(&toml::to_string(&d).unwrap()).unwrap(), d);
-        assert!(toml::from_str::<DataConfig>("spec = \"nope:/x\"").unwrap_err().to_string().contains("unknown dataset kind"));
-        assert!(toml::from_str::<DataConfig>("flip = false").is_err(), "unknown fields are refused");
-        assert_eq!(d.open().unwrap().len(), synthetic::TRAIN_COUNT);
-    }
 }
