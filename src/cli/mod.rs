@@ -5,4 +5,5 @@ pub mod bench_dist;
 pub mod bench_train;
 pub mod bench_util;
 pub mod data;
+pub mod fid_stats;
 pub mod model;
