@@ -30,7 +30,7 @@ ldd "$bin/ddpm-worker" | grep -E "libtorch|libc10|not found" | sed 's/^/  /'
 
 echo
 echo "== training step, one device (cifar10 U-Net, batch 128)"
-timeout 240 "$bin/ddpm" bench train --device cuda:0 --preset cifar10 --batch-size 128 --steps 20 --threads 8 --python "$py" \
+timeout 150 "$bin/ddpm" bench train --device cuda:0 --preset cifar10 --batch-size 128 --steps 20 --threads 8 --python "$py" \
     2>&1 | tee "$out/bench-train.txt"
 ours=$(sed -n 's/^ddpm (tch): .* per step, \([0-9.]*\) img\/s/\1/p' "$out/bench-train.txt")
 [ -n "$ours" ] && "$py" -c "print(f'against the paper\'s TPU v3-8 (2,688 img/s): {float(\"$ours\") / 2688:.2f}x')"
@@ -52,7 +52,7 @@ echo "coordinator at $addr"
 wa=$!
 "$bin/ddpm-worker" --coord "$addr" --gpu 0 --name gpu0-b 2>"$out/worker-b.log" &
 wb=$!
-( sleep 400; kill $coord $wa $wb 2>/dev/null ) &
+( sleep 200; kill $coord $wa $wb 2>/dev/null ) &
 watchdog=$!
 wait $coord
 echo "coordinator exit code $?"
