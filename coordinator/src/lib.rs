@@ -142,6 +142,7 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .initial_stream_window_size(Some(8 << 20))
                 .initial_connection_window_size(Some(32 << 20))
+                .max_frame_size(Some(wire::MAX_FRAME_BYTES))
                 .tcp_nodelay(true)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {

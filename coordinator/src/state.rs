@@ -13,7 +13,7 @@ use ddpm::config::TrainConfig;
 use ddpm::train::flat::{self, FlatModel, Layout};
 use ddpm::train::{optim, Outcome, TrainState};
 use ddpm::unet::diffusers;
-use tch::{Device, Tensor};
+use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 
 /// What a snapshot contains.
@@ -70,13 +70,16 @@ impl StateHandle {
                     return;
                 }
             };
+            // Work buffers allocated once (see optim::Adam).
+            let mut grad_buf = state.model.flat.empty_like();
+            let mut scratch = state.model.flat.empty_like();
             while let Some(cmd) = rx.blocking_recv() {
                 match cmd {
                     Cmd::Apply { step, grad, outcome } => {
-                        let g = Tensor::from_slice(&grad);
-                        state.apply(&config, step, &g, &outcome);
+                        flat::copy_from_slice(&mut grad_buf, &grad);
+                        state.apply(&config, step, &mut grad_buf, &outcome);
                         if outcome.apply {
-                            optim::ema_update(&mut ema.flat, &state.model.flat, config.train.ema_decay);
+                            optim::ema_update(&mut ema.flat, &state.model.flat, config.train.ema_decay, &mut scratch);
                         }
                     }
                     Cmd::Snapshot { kind, reply } => {

@@ -139,8 +139,14 @@ fn raw_tcp_gbps(bytes: usize) -> anyhow::Result<f64> {
 /// One fake member: joins, then for every training assignment streams a
 /// fixed gradient and times the all-reduce (header sent to outcome received).
 async fn fake_member(addr: String, dtype: GradDtype) -> anyhow::Result<Vec<f64>> {
-    let mut c = CoordinatorClient::connect(format!("http://{addr}"))
-        .await?
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(wire::MAX_FRAME_BYTES)
+        .connect()
+        .await?;
+    let mut c = CoordinatorClient::new(channel)
         .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
     let reg = c
@@ -228,7 +234,7 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let log = dir.path().join("coord.log");
         let coord_args: Vec<String> = [
-            "--preset", "cifar10", "--data", "synthetic:shapes", "--samples", "0", "--threads", "1",
+            "--preset", "cifar10", "--data", "synthetic:shapes", "--samples", "0",
             "--grad-dtype", &args.dtype,
         ]
         .iter()

@@ -95,9 +95,20 @@ pub fn python_baseline(python: &str, name: &str, source: &str, args: &[String]) 
     Ok(serde_json::from_str(line)?)
 }
 
-/// The Python with torch: `--python`, else `$DDPM_PYTHON`, else `python3`.
+/// The Python with torch: `--python`, else `$DDPM_PYTHON`, else the
+/// project's environment (`$DDPM_VENV`, default ~/.cache/ddpm/torch-2.11.0)
+/// if it exists, else `python3`.
 pub fn python(flag: &Option<String>) -> String {
-    flag.clone().or_else(|| std::env::var("DDPM_PYTHON").ok()).unwrap_or_else(|| "python3".into())
+    if let Some(p) = flag.clone().or_else(|| std::env::var("DDPM_PYTHON").ok()) {
+        return p;
+    }
+    let venv = std::env::var_os("DDPM_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ddpm/torch-2.11.0")));
+    match venv.map(|v| v.join("bin/python")) {
+        Some(p) if p.exists() => p.display().to_string(),
+        _ => "python3".into(),
+    }
 }
 
 pub fn median(xs: &[f64]) -> f64 {

@@ -144,6 +144,19 @@ pub fn checksum_bytes(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
+/// Copies `values` into a contiguous float32 CPU tensor of the same length
+/// without allocating.
+pub fn copy_from_slice(dst: &mut Tensor, values: &[f32]) {
+    assert!(
+        dst.device() == Device::Cpu && dst.kind() == Kind::Float && dst.is_contiguous() && dst.numel() == values.len(),
+        "copy_from_slice needs a contiguous f32 CPU tensor of {} elements",
+        values.len()
+    );
+    // SAFETY: `dst` is a contiguous CPU float32 buffer of exactly
+    // `values.len()` elements (checked above), and `values` cannot alias it.
+    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst.data_ptr() as *mut f32, values.len()) }
+}
+
 /// Copies a float32 `[n]` tensor to a host Vec.
 pub fn to_vec_f32(t: &Tensor) -> Vec<f32> {
     let host = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();

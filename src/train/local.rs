@@ -28,6 +28,7 @@ pub struct LocalTrainer {
     pub ema: Tensor,
     dataset: Box<dyn Dataset>,
     decoder: Decoder,
+    scratch: Option<Tensor>,
 }
 
 impl LocalTrainer {
@@ -38,7 +39,7 @@ impl LocalTrainer {
         let decoder = dataset.decoder();
         let state = TrainState::init(&config, device)?;
         let ema = state.model.flat.copy();
-        Ok(Self { config, diffusion, state, ema, dataset, decoder })
+        Ok(Self { config, diffusion, state, ema, dataset, decoder, scratch: None })
     }
 
     /// Runs the next step.
@@ -48,11 +49,12 @@ impl LocalTrainer {
         let ctx = step_context(&self.config, &self.decoder, step);
         let device = self.state.model.device();
         let batch = step::build_batch(&samples, &ctx, self.diffusion.num_timesteps() as u64, device);
-        let (loss, grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, samples[0].position);
+        let (loss, mut grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, samples[0].position);
         let outcome = Outcome::decide_tensor(&grad, self.config.optim.grad_clip);
-        self.state.apply(&self.config, step, &grad, &outcome);
+        self.state.apply(&self.config, step, &mut grad, &outcome);
         if outcome.apply {
-            optim::ema_update(&mut self.ema, &self.state.model.flat, self.config.train.ema_decay);
+            let scratch = self.scratch.get_or_insert_with(|| self.ema.empty_like());
+            optim::ema_update(&mut self.ema, &self.state.model.flat, self.config.train.ema_decay, scratch);
         }
         Ok(StepReport { step, loss, outcome })
     }

@@ -78,10 +78,15 @@ impl TrainState {
 
     /// Applies step `step`'s reduced gradient (on any device) as `outcome`
     /// says: Adam at the warmed-up learning rate, or nothing if skipped.
-    pub fn apply(&mut self, config: &TrainConfig, step: u64, grad: &Tensor, outcome: &Outcome) {
+    ///
+    /// `grad` is scaled in place by the clipping factor.
+    pub fn apply(&mut self, config: &TrainConfig, step: u64, grad: &mut Tensor, outcome: &Outcome) {
         if outcome.apply {
-            let g = optim::apply_clip(&grad.to_device(self.model.device()), outcome.clip_scale);
-            self.adam.update(&mut self.model.flat, &g, config.lr_at(step));
+            if grad.device() != self.model.device() {
+                *grad = grad.to_device(self.model.device());
+            }
+            optim::apply_clip(grad, outcome.clip_scale);
+            self.adam.update(&mut self.model.flat, grad, config.lr_at(step));
         }
         self.step = step;
     }

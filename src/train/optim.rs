@@ -1,8 +1,10 @@
 //! Adam with global-norm clipping (DDPM.md section 7) and the EMA, on flat
 //! parameter buffers.
 //!
-//! The update is written as separate elementwise kernels (mul, add, sqrt,
-//! div), never fused ones (`addcdiv`, `add` with alpha): each of those is
+//! The update is written as separate elementwise kernels (tensor mul, add,
+//! sqrt, div; multiplications by scalars already rounded to f32), never
+//! fused ones (`addcdiv`, `add` with alpha) or divisions by a scalar (which
+//! CUDA computes as a multiplication by the reciprocal): each remaining op is
 //! correctly rounded in IEEE float32 on the CPU and on CUDA alike, so every
 //! replica and the coordinator's CPU copy compute the same bits from the same
 //! reduced gradient. The clipping factor comes from one float64 norm the
@@ -21,17 +23,20 @@ pub struct Adam {
     pub v: Tensor,
     /// Updates applied so far (the bias correction uses `step + 1` next).
     pub step: u64,
+    /// Two `[P]` work buffers, allocated once: a 143 MB temporary per op
+    /// would cost a page-faulting allocation each time on the CPU.
+    scratch: Option<(Tensor, Tensor)>,
 }
 
 impl Adam {
     /// Fresh moments (zeros) shaped like `params`.
     pub fn new(config: &OptimConfig, params: &Tensor) -> Self {
-        Self { config: config.clone(), m: params.zeros_like(), v: params.zeros_like(), step: 0 }
+        Self::from_state(config, params.zeros_like(), params.zeros_like(), 0)
     }
 
     /// Restores moments and step.
     pub fn from_state(config: &OptimConfig, m: Tensor, v: Tensor, step: u64) -> Self {
-        Self { config: config.clone(), m, v, step }
+        Self { config: config.clone(), m, v, step, scratch: None }
     }
 
     /// One Adam update of `params` with `grad` (already clipped) at
@@ -46,28 +51,37 @@ impl Adam {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
         let step_size = lr / bias1;
+        // Scalars are rounded to f32 here, once, so that every device
+        // multiplies by the same float (CUDA turns a division by a scalar
+        // into a multiplication by its reciprocal; we do that everywhere).
+        let f = |x: f64| x as f32 as f64;
+        let (a, b) = self.scratch.get_or_insert_with(|| (params.empty_like(), params.empty_like()));
         tch::no_grad(|| {
-            let _ = self.m.g_mul_scalar_(c.beta1);
-            let _ = self.m.g_add_(&grad.g_mul_scalar(1.0 - c.beta1));
-            let _ = self.v.g_mul_scalar_(c.beta2);
-            let _ = self.v.g_add_(&grad.square().g_mul_scalar_(1.0 - c.beta2));
-            let mut denom = self.v.sqrt();
-            let _ = denom.g_div_scalar_(bias2_sqrt);
-            let _ = denom.g_add_scalar_(c.eps);
-            let mut upd = self.m.g_div(&denom);
-            let _ = upd.g_mul_scalar_(step_size);
-            let _ = params.g_sub_(&upd);
+            let _ = self.m.g_mul_scalar_(f(c.beta1));
+            let _ = grad.mul_scalar_out(a, f(1.0 - c.beta1));
+            let _ = self.m.g_add_(a);
+            let _ = self.v.g_mul_scalar_(f(c.beta2));
+            let _ = grad.mul_out(a, grad);
+            let _ = a.g_mul_scalar_(f(1.0 - c.beta2));
+            let _ = self.v.g_add_(a);
+            let _ = self.v.sqrt_out(a); // denominator
+            let _ = a.g_mul_scalar_(f(1.0 / bias2_sqrt));
+            let _ = a.g_add_scalar_(f(c.eps));
+            let _ = self.m.div_out(b, a); // the update
+            let _ = b.g_mul_scalar_(f(step_size));
+            let _ = params.g_sub_(b);
         });
     }
 }
 
 /// `ema = ema - (1 - decay) (ema - params)`, as TensorFlow's
-/// `ExponentialMovingAverage` in the official code.
-pub fn ema_update(ema: &mut Tensor, params: &Tensor, decay: f64) {
+/// `ExponentialMovingAverage` in the official code; `scratch` is a `[P]`
+/// work buffer.
+pub fn ema_update(ema: &mut Tensor, params: &Tensor, decay: f64, scratch: &mut Tensor) {
     tch::no_grad(|| {
-        let mut diff = ema.g_sub(params);
-        let _ = diff.g_mul_scalar_(1.0 - decay);
-        let _ = ema.g_sub_(&diff);
+        let _ = ema.sub_out(scratch, params);
+        let _ = scratch.g_mul_scalar_((1.0 - decay) as f32 as f64);
+        let _ = ema.g_sub_(scratch);
     });
 }
 
@@ -82,12 +96,12 @@ pub fn clip_scale(norm: f64, max_norm: f64) -> f32 {
     }
 }
 
-/// Scales `grad` by `scale` unless it is 1.
-pub fn apply_clip(grad: &Tensor, scale: f32) -> Tensor {
-    if scale == 1.0 {
-        grad.shallow_clone()
-    } else {
-        grad.g_mul_scalar(scale as f64)
+/// Scales `grad` by `scale` in place unless it is 1.
+pub fn apply_clip(grad: &mut Tensor, scale: f32) {
+    if scale != 1.0 {
+        tch::no_grad(|| {
+            let _ = grad.g_mul_scalar_(scale as f64);
+        });
     }
 }
 
@@ -151,13 +165,16 @@ mod tests {
         assert_eq!(clip_scale(50.0, 0.0), 1.0);
         assert!(!crate::train::Outcome::decide_tensor(&t(&[1.0, f32::NAN]), 1.0).apply);
         assert!(!crate::train::Outcome::decide_tensor(&t(&[f32::INFINITY]), 1.0).apply);
-        assert_eq!(vec(&apply_clip(&t(&g), 0.2)), vec![0.6, 0.8]);
+        let mut gt = t(&g);
+        apply_clip(&mut gt, 0.2);
+        assert_eq!(vec(&gt), vec![0.6, 0.8]);
     }
 
     #[test]
     fn ema_moves_toward_the_parameters() {
         let mut ema = t(&[0.0, 10.0]);
-        ema_update(&mut ema, &t(&[1.0, 0.0]), 0.9);
+        let mut scratch = ema.empty_like();
+        ema_update(&mut ema, &t(&[1.0, 0.0]), 0.9, &mut scratch);
         let v = vec(&ema);
         assert!((v[0] - 0.1).abs() < 1e-7 && (v[1] - 9.0).abs() < 1e-6, "{v:?}");
     }

@@ -84,7 +84,7 @@ impl DeviceHandle {
                             let _ = reply.send(Err(format!("reduced gradient has {} elements", grad.len())));
                             continue;
                         }
-                        state.apply(&run.train, step, &Tensor::from_slice(&grad), &outcome);
+                        state.apply(&run.train, step, &mut Tensor::from_slice(&grad), &outcome);
                         let _ = reply.send(Ok(()));
                     }
                     Cmd::Checksum(reply) => {

@@ -45,6 +45,7 @@ async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Client> {
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(wire::MAX_FRAME_BYTES)
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_while_idle(true);
     let started = Instant::now();
