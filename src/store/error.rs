@@ -23,6 +23,12 @@ pub enum StoreError {
     )]
     Credentials { url: String, region: String, detail: String },
 
+    /// The request was signed for another region than the server's.
+    #[error(
+        "the S3 server at {endpoint} is not in region {region:?}: set --s3-region / AWS_REGION to the server's          region (Garage: its s3_region); server said: {detail}"
+    )]
+    WrongRegion { url: String, endpoint: String, region: String, detail: String },
+
     /// The bucket of an `s3://bucket/...` URL does not exist.
     #[error("the bucket {bucket:?} does not exist at {endpoint}: create it, or fix the bucket in --run {url}")]
     NoSuchBucket { url: String, bucket: String, endpoint: String },
@@ -90,6 +96,12 @@ pub(crate) fn classify(err: object_store::Error, cx: &Context<'_>) -> StoreError
         if detail.contains("NoSuchBucket") || detail.contains("Bucket not found") {
             return StoreError::NoSuchBucket { url, bucket: bucket.to_string(), endpoint: cx.endpoint.to_string() };
         }
+        if ["AuthorizationHeaderMalformed", "IncorrectRegion", "PermanentRedirect", "incorrectly configured region"]
+            .iter()
+            .any(|m| detail.contains(m))
+        {
+            return StoreError::WrongRegion { url, endpoint: cx.endpoint.to_string(), region: cx.region.to_string(), detail };
+        }
         if matches!(err, object_store::Error::NotFound { .. }) {
             return StoreError::NotFound { url, key };
         }
@@ -143,6 +155,8 @@ mod tests {
         let e = classify(generic("Server returned 403: <Code>SignatureDoesNotMatch</Code>"), &cx());
         assert!(matches!(e, StoreError::Credentials { .. }), "{e}");
         assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        let e = classify(generic("400 <Code>AuthorizationHeaderMalformed</Code> expected garage"), &cx());
+        assert!(matches!(e, StoreError::WrongRegion { .. }) && e.to_string().contains("AWS_REGION"), "{e}");
         let e = classify(generic("404 <Code>NoSuchBucket</Code>"), &cx());
         assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e}");
         let e = classify(generic("error sending request: tcp connect error: Connection refused"), &cx());
