@@ -37,20 +37,46 @@ fn metadata(pairs: &[(&str, String)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
-/// Serializes and hashes every data file of `data` (about 1 s per 500 MB
-/// of tensors; run it on a blocking thread).
+type Hashed = Result<(Bytes, String), CheckpointError>;
+
+/// Serializes and hashes one tensor file on a scoped thread.
+fn spawn_tensors<'scope, 'env>(
+    s: &'scope std::thread::Scope<'scope, 'env>,
+    layout: &'env Layout,
+    buffers: Vec<(&'static str, &'env [f32])>,
+    meta: HashMap<String, String>,
+) -> std::thread::ScopedJoinHandle<'scope, Hashed> {
+    s.spawn(move || {
+        let bytes = format::encode_tensors(layout, &buffers, meta)?;
+        let sha = format::sha256_hex(&bytes);
+        Ok((bytes, sha))
+    })
+}
+
+/// Serializes and hashes every data file of `data`, the three tensor files
+/// on three threads (about 1 s for the 572 MB of a cifar10 checkpoint; call
+/// it from a blocking thread, as the uploader does).
 pub fn encode(data: &CheckpointData) -> Result<Encoded, CheckpointError> {
     data.validate()?;
     let layout = &data.layout;
     let step = data.step.to_string();
     let weights_meta = || metadata(&[("format", "pt".into()), ("step", step.clone())]);
-    let model = format::encode_tensors(layout, &[("", &data.params)], weights_meta())?;
-    let ema = format::encode_tensors(layout, &[("", &data.ema)], weights_meta())?;
-    let optimizer = format::encode_tensors(
-        layout,
-        &[(format::EXP_AVG, &data.adam_m), (format::EXP_AVG_SQ, &data.adam_v)],
-        metadata(&[("format", "pt".into()), ("step", data.adam_step.to_string())]),
-    )?;
+    // The three tensor files are serialized and hashed on three threads.
+    let (model, ema, optimizer) = std::thread::scope(|s| {
+        let model = spawn_tensors(s, layout, vec![("", &data.params)], weights_meta());
+        let ema = spawn_tensors(s, layout, vec![("", &data.ema)], weights_meta());
+        let optimizer = spawn_tensors(
+            s,
+            layout,
+            vec![(format::EXP_AVG, &data.adam_m), (format::EXP_AVG_SQ, &data.adam_v)],
+            metadata(&[("format", "pt".into()), ("step", data.adam_step.to_string())]),
+        );
+        let join = |h: std::thread::ScopedJoinHandle<'_, Hashed>| {
+            h.join().unwrap_or_else(|_| Err(CheckpointError::Invalid { reason: "an encoding thread panicked".into() }))
+        };
+        (join(model), join(ema), join(optimizer))
+    });
+    let (model, ema, optimizer) = (model?, ema?, optimizer?);
     let state = StateFile {
         format_version: format::FORMAT_VERSION,
         step: data.step,
@@ -65,17 +91,14 @@ pub fn encode(data: &CheckpointData) -> Result<Encoded, CheckpointError> {
     let state = serde_json::to_vec_pretty(&state).map_err(|e| CheckpointError::Invalid { reason: e.to_string() })?;
     let config = toml::to_string(&data.config)
         .map_err(|e| CheckpointError::Invalid { reason: format!("the config does not serialize to TOML: {e}") })?;
-    let parts: [(&'static str, Bytes); 5] = [
-        (format::MODEL_FILE, model),
-        (format::EMA_FILE, ema),
-        (format::OPTIMIZER_FILE, optimizer),
-        (format::STATE_FILE, Bytes::from(state)),
-        (format::CONFIG_FILE, Bytes::from(config)),
+    let small = |name: &'static str, bytes: Vec<u8>| EncodedFile { name, sha256: format::sha256_hex(&bytes), bytes: bytes.into() };
+    let files = vec![
+        EncodedFile { name: format::MODEL_FILE, bytes: model.0, sha256: model.1 },
+        EncodedFile { name: format::EMA_FILE, bytes: ema.0, sha256: ema.1 },
+        EncodedFile { name: format::OPTIMIZER_FILE, bytes: optimizer.0, sha256: optimizer.1 },
+        small(format::STATE_FILE, state),
+        small(format::CONFIG_FILE, config.into_bytes()),
     ];
-    let files = parts
-        .into_iter()
-        .map(|(name, bytes)| EncodedFile { name, sha256: format::sha256_hex(&bytes), bytes })
-        .collect();
     Ok(Encoded { step: data.step, files })
 }
 

@@ -154,13 +154,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     s
 }
 
-/// A flat f32 buffer as little-endian bytes.
+/// A flat f32 buffer as little-endian bytes (safetensors' byte order).
 fn le_bytes(values: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice(values).to_vec()
+    } else {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
-    out
+}
+
+/// Little-endian f32 bytes into `dst` (`bytes.len() == 4 * dst.len()`).
+fn read_le_f32(bytes: &[u8], dst: &mut [f32]) {
+    if cfg!(target_endian = "little") {
+        bytemuck::cast_slice_mut::<f32, u8>(dst).copy_from_slice(bytes);
+    } else {
+        for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
 }
 
 /// A safetensors file of flat buffers cut per parameter: for each
@@ -224,10 +235,7 @@ pub fn decode_tensors(
             if shape != e.shape {
                 return Err(bad(format!("tensor {name} has shape {shape:?}, expected {:?}", e.shape)));
             }
-            let dst = &mut flat[e.offset..e.offset + e.numel];
-            for (d, c) in dst.iter_mut().zip(view.data().chunks_exact(4)) {
-                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            }
+            read_le_f32(view.data(), &mut flat[e.offset..e.offset + e.numel]);
         }
         out.push(flat);
     }

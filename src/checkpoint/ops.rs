@@ -170,17 +170,14 @@ async fn fetch_verified(store: &RunStore, step: u64) -> Result<(Manifest, HashMa
         Err(e) => return Err(e.into()),
     };
     let manifest = Manifest::parse(step, &manifest_bytes).map_err(torn)?;
-    let fetches = manifest.files.iter().map(|f| async move {
-        match store.get(&key(step, &f.name)).await {
-            Ok(b) => Ok((f.clone(), b)),
-            Err(StoreError::NotFound { .. }) => Err(torn(format!("{} is missing", f.name))),
-            Err(e) => Err(e.into()),
-        }
-    });
-    let fetched = try_join_all(fetches).await?;
-    let (manifest, files) = tokio::task::spawn_blocking(move || {
-        let mut files = HashMap::new();
-        for (entry, bytes) in fetched {
+    // Each file is checked on its own blocking thread as soon as it arrives.
+    let checks = manifest.files.iter().cloned().map(|entry| async move {
+        let bytes = match store.get(&key(step, &entry.name)).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Err(torn(format!("{} is missing", entry.name))),
+            Err(e) => return Err(e.into()),
+        };
+        tokio::task::spawn_blocking(move || {
             if bytes.len() as u64 != entry.bytes {
                 return Err(torn(format!("{} has {} bytes, the manifest says {}", entry.name, bytes.len(), entry.bytes)));
             }
@@ -188,12 +185,12 @@ async fn fetch_verified(store: &RunStore, step: u64) -> Result<(Manifest, HashMa
             if sum != entry.sha256 {
                 return Err(torn(format!("{} fails its checksum (sha256 {sum}, manifest {})", entry.name, entry.sha256)));
             }
-            files.insert(entry.name, bytes);
-        }
-        Ok((manifest, files))
-    })
-    .await
-    .map_err(|e| CheckpointError::Invalid { reason: format!("verification task failed: {e}") })??;
+            Ok((entry.name, bytes))
+        })
+        .await
+        .map_err(|e| CheckpointError::Invalid { reason: format!("verification task failed: {e}") })?
+    });
+    let files: HashMap<String, Bytes> = try_join_all(checks).await?.into_iter().collect();
     Ok((manifest, files))
 }
 
