@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod diffusion;
+pub mod eval;
 pub mod imageio;
 pub mod rng;
 pub mod runtime;

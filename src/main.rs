@@ -16,7 +16,7 @@ struct Cli {
 enum Command {
     /// Architecture summary and exact parameter count of a U-Net preset.
     Model(cli::model::ModelArgs),
-    /// Inspect a dataset and export its samples as PNG.
+    /// Inspect a dataset, export its samples as PNG, compute its FID statistics.
     Data(cli::data::DataArgs),
     /// List a run's checkpoints; export one as a diffusers model.
     Checkpoints(cli::checkpoints::CheckpointsArgs),

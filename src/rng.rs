@@ -28,6 +28,8 @@ pub enum Purpose {
     Dropout = 5,
     /// Sampling jobs: the initial noise and per-step noise of one image.
     Sample = 6,
+    /// Bits/dim evaluation: the `q_sample` noise of one image at one timestep.
+    Bpd = 7,
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;

@@ -14,8 +14,10 @@ use ddpm::config::TrainConfig;
 use ddpm::train::local::LocalTrainer;
 use tch::{Device, Kind, Tensor};
 
-/// A small run: tiny U-Net at 16x16, dropout off, 5 steps of batch 6 (which
-/// 1, 2 and 3 workers split evenly and unevenly... 6 = 3+3 = 2+2+2).
+/// A small run: tiny U-Net at 16x16 with 4 channels per GroupNorm group (so
+/// no parameter has a gradient that is zero in exact arithmetic and pure
+/// rounding noise in floating point, which Adam would blow up to +-lr),
+/// dropout off, 8 steps of batch 6 (6 = 3 + 3 = 2 + 2 + 2).
 const CONFIG: &str = r#"
 [model]
 image_size = 16
@@ -30,12 +32,12 @@ num_groups = 8
 spec = "synthetic:shapes"
 
 [optim]
-lr = 5e-5
+lr = 5e-4
 warmup_steps = 0
 
 [train]
 batch_size = 6
-steps = 5
+steps = 8
 seed = 7
 ema_decay = 0.9
 log_every = 1
@@ -132,11 +134,12 @@ fn one_two_and_three_workers_match_the_single_process_reference() {
         let after = ddpm::train::flat::to_vec_f32(&local.state.model.flat);
         now.iter().zip(after).fold(0f32, |m, (a, b)| m.max((a - b).abs()))
     };
-    assert!(moved > 1e-4, "the reference barely trained ({moved}); the comparison would be empty");
+    eprintln!("largest parameter change of the reference over the run: {moved:.3e}");
+    assert!(moved > 1e-3, "the reference barely trained ({moved}); the comparison would be empty");
 
     for workers in [1, 2, 3] {
         let (run, summary) = run_distributed(workers, &[]);
-        let weights = run.path().join("run/weights/step_00000005");
+        let weights = run.path().join("run/weights/step_00000008");
         let got_params = read_weights(&weights.join("model.safetensors"));
         let got_ema = read_weights(&weights.join("ema.safetensors"));
         let dp = max_abs_diff(&got_params, &want_params);
@@ -159,20 +162,23 @@ fn bf16_gradients_train_and_replicas_still_agree() {
     assert!(summary["final_loss"].as_f64().unwrap().is_finite());
 }
 
+/// Two runs with two workers and the same seed are bit-identical, down to
+/// the sample grid: the all-reduce sums in rank order, never in arrival order.
 #[test]
-fn sample_grid_is_the_same_with_one_and_two_workers() {
-    let grid = |workers: usize| {
-        let (run, summary) = run_distributed(workers, &["--samples", "4", "--steps", "2"]);
+fn a_two_worker_run_is_bitwise_reproducible() {
+    let run = || {
+        let (run, summary) = run_distributed(2, &["--samples", "4", "--steps", "2"]);
         let path = summary["grid"].as_str().expect("grid path").to_string();
         assert!(path.ends_with("samples/step_00000002.png"), "{path}");
         let bytes = std::fs::read(&path).unwrap();
         drop(run);
-        bytes
+        (bytes, summary["coordinator_checksum"].as_str().unwrap().to_string())
     };
-    let one = grid(1);
-    let two = grid(2);
-    let img = image::load_from_memory(&one).expect("a PNG");
+    let (grid_a, sum_a) = run();
+    let (grid_b, sum_b) = run();
+    let img = image::load_from_memory(&grid_a).expect("a PNG");
     // 4 images of 16x16 in a 2x2 grid with 2 px padding.
     assert_eq!((img.width(), img.height()), (2 + 2 * 18, 2 + 2 * 18));
-    assert_eq!(one, two, "the same job gave different images with 1 and 2 workers");
+    assert_eq!(sum_a, sum_b, "two identical runs ended with different parameters");
+    assert!(grid_a == grid_b, "two identical runs drew different sample grids");
 }

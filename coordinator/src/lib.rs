@@ -129,7 +129,7 @@ pub async fn run(
         let config = config.clone();
         tokio::task::spawn_blocking(move || ddpm::train::local::open_dataset(&config)).await??.into()
     };
-    tracing::info!(data = %config.data.spec, samples = dataset.len(), "dataset opened");
+    tracing::info!(data = ?config.data.spec.as_ref().map(|s| s.to_string()), samples = dataset.len(), "dataset opened");
     let coord = Arc::new(Coord::new(config, &*dataset)?);
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, params = coord.state.layout.total, "coordinator listening");

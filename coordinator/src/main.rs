@@ -71,7 +71,7 @@ fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
         None => base,
     };
     if let Some(d) = &args.data {
-        c.data.spec = d.clone();
+        c.data.spec = Some(d.parse()?);
     }
     if let Some(s) = args.steps {
         c.train.steps = s;

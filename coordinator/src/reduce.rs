@@ -231,11 +231,7 @@ impl Round {
     fn finish(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
         inner.finished = true;
         let norm = inner.sumsq.iter().sum::<f64>().sqrt();
-        let outcome = if norm.is_finite() {
-            Outcome { apply: true, grad_norm: norm, clip_scale: ddpm::train::optim::clip_scale(norm, self.max_norm) }
-        } else {
-            Outcome { apply: false, grad_norm: norm, clip_scale: 1.0 }
-        };
+        let outcome = Outcome::from_norm(norm, self.max_norm);
         let (mut loss, mut compute_s) = (0.0, 0.0f64);
         for (l, &w) in inner.losses.iter().zip(&self.weights) {
             if let Some((value, _, c)) = l {

@@ -89,11 +89,14 @@ pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOpt
     std::fs::create_dir_all(&opts.run_dir)?;
     let mut metrics = MetricsLog::open(&opts.run_dir.join("metrics.jsonl"))?;
     tracing::info!(workers = opts.workers, "waiting for {} workers to join", opts.workers);
+    let mut started_training = false;
     while step < total {
         let s = step + 1;
-        let min = if step == 0 { opts.workers } else { 1 };
+        // The world size is awaited once; after that, whoever is left trains.
+        let min = if started_training { 1 } else { opts.workers };
         let members = gather(&coord, step, &active, &mut resyncing, min, step_timeout).await?;
-        if step == 0 && attempt == 0 {
+        if !started_training {
+            started_training = true;
             coord.set_phase("training");
             tracing::info!(workers = members.len(), steps = total, batch, params, "training starts");
         }
@@ -314,14 +317,8 @@ fn log_progress(
     let mb_s = if w.allreduce_s > 0.0 { bytes * n / w.allreduce_s / 1e6 } else { 0.0 };
     let elapsed = started.elapsed().as_secs_f64();
     let eta = elapsed / step as f64 * (total - step) as f64;
+    // One line a person can follow; the same numbers per step are in metrics.jsonl.
     tracing::info!(
-        step,
-        loss = w.loss / n,
-        imgs_per_s = imgs,
-        compute_ms = 1e3 * w.compute_s / n,
-        allreduce_ms,
-        allreduce_mb_s = mb_s,
-        workers,
         "step {step}/{total}  loss {:.4}  {imgs:.1} img/s  compute {:.0} ms  all-reduce {allreduce_ms:.1} ms ({mb_s:.0} MB/s per worker)  workers {workers}  eta {}",
         w.loss / n,
         1e3 * w.compute_s / n,

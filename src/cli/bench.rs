@@ -68,7 +68,12 @@ fn bench_data(args: DataBenchArgs) -> anyhow::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
 
     println!("ddpm bench data: {threads} thread(s) for parallel decode, {:.1} s per measurement", budget.as_secs_f64());
-    println!("needs: CIFAR-10 8 x 2,688 = {CIFAR_NEED:.0} img/s; 256x256 8 x 2.2 x 64 = {LSUN_NEED:.0} img/s\n");
+    println!(
+        "needs (paper speed per GPU): CIFAR-10 2,688 img/s per GPU, {CIFAR_NEED:.0} for 8; \
+         256x256 2.2 x 64 = {:.0} img/s per GPU, {LSUN_NEED:.0} for 8",
+        LSUN_NEED / 8.0
+    );
+    println!("the coordinator reads for all GPUs; each worker decodes its own share (its measurement includes the read)\n");
 
     // CIFAR-10: the five official train batches, random pixels.
     let cifar_dir = dir.path().join("cifar-10-batches-bin");
@@ -79,9 +84,9 @@ fn bench_data(args: DataBenchArgs) -> anyhow::Result<()> {
     let load_s = t.elapsed().as_secs_f64();
     println!("cifar10 open (5 x 30 MB batches into memory): {load_s:.2} s");
     let read = measure(budget, |i| cifar.encoded(sample(i, cifar.len())).map(|b| b.len()))?;
-    report("cifar10 coordinator read (encoded)", read, CIFAR_NEED);
+    report_read("cifar10 coordinator read (encoded)", read, CIFAR_NEED);
     let full = measure(budget, |i| read_decode(cifar.as_ref(), i))?;
-    report("cifar10 read + decode + to_model_input, 1 thread", full, CIFAR_NEED);
+    report_decode("cifar10 worker decode + to_model_input, 1 thread", full, CIFAR_NEED);
 
     // LSUN-style: lossy WebP in an LMDB, cropped and resized to 256.
     let lmdb_dir = dir.path().join("bench_train_lmdb");
@@ -91,12 +96,18 @@ fn bench_data(args: DataBenchArgs) -> anyhow::Result<()> {
     let lsun = data::open(&spec, &OpenOptions::default())?;
     println!("\nlsun open ({} 400x300 WebP images, {mean_kb:.1} KB each, quality 80): {:.3} s", lsun.len(), t.elapsed().as_secs_f64());
     let read = measure(budget, |i| lsun.encoded(sample(i, lsun.len())).map(|b| b.len()))?;
-    report("lsun coordinator read (encoded)", read, LSUN_NEED);
+    report_read("lsun coordinator read (encoded)", read, LSUN_NEED);
     let one = measure(budget, |i| read_decode(lsun.as_ref(), i))?;
-    report("lsun read + webp decode + crop/resize 256 + to_model_input, 1 thread", one, LSUN_NEED);
+    report_decode("lsun worker webp decode + crop/resize 256 + input, 1 thread", one, LSUN_NEED);
+    // Where a worker's time goes.
+    let sample_bytes = lsun.encoded(0)?;
+    let decode = measure(budget / 2, |_| data::decode_rgb(&sample_bytes).map(|d| d.2.len()))?;
+    let (w, h, rgb) = data::decode_rgb(&sample_bytes)?;
+    let resize = measure(budget / 2, |_| data::center_crop_resize(&rgb, w, h, 256).map(|v| v.len()))?;
+    println!("  of which: webp decode {:.2} ms, crop + Lanczos-3 resize {:.2} ms per image", 1e3 / decode, 1e3 / resize);
     if threads > 1 {
         let many = measure_parallel(budget, threads, |i| read_decode(lsun.as_ref(), i))?;
-        report(&format!("lsun read + decode, {threads} threads"), many, LSUN_NEED);
+        report_decode(&format!("lsun worker decode, {threads} threads"), many, LSUN_NEED);
     }
     Ok(())
 }
@@ -151,8 +162,14 @@ fn measure_parallel(budget: Duration, threads: usize, f: impl Fn(u64) -> Result<
     Ok(total as f64 / t.elapsed().as_secs_f64())
 }
 
-fn report(what: &str, per_s: f64, need: f64) {
-    println!("{what:<72} {per_s:>12.0} samples/s  {:>8.2}x 8-GPU need", per_s / need);
+/// The coordinator reads for all 8 GPUs: compare with the total need.
+fn report_read(what: &str, per_s: f64, need_8: f64) {
+    println!("{what:<64} {per_s:>11.0} samples/s  {:>8.2}x the 8-GPU need", per_s / need_8);
+}
+
+/// Each worker decodes its own GPU's share: compare with one GPU's need.
+fn report_decode(what: &str, per_s: f64, need_8: f64) {
+    println!("{what:<64} {per_s:>11.0} samples/s  {:>8.2}x one GPU's need", per_s / (need_8 / 8.0));
 }
 
 /// The official binary layout: five files of 10,000 records of 1 label byte

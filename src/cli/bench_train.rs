@@ -10,6 +10,7 @@ use tch::Device;
 use super::bench_util::{self, median};
 
 const TORCH_SCRIPT: &str = include_str!("../../tests/bench/torch_train_step.py");
+const TORCH_UNET: &str = include_str!("../../tests/bench/torch_unet.py");
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
@@ -50,7 +51,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = parse_device(&args.device)?;
     tch::set_num_threads(args.threads);
     let mut cfg = TrainConfig::preset(&args.preset)?;
-    cfg.data.spec = "synthetic:shapes".into();
+    cfg.data.spec = Some("synthetic:shapes".parse()?);
     cfg.train.batch_size = args.batch_size;
     let mut trainer = LocalTrainer::new(cfg.clone(), device)?;
     let mut times = Vec::new();
@@ -85,7 +86,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let config = dir.path().join("config.json");
     std::fs::write(&config, serde_json::to_string(&ddpm::unet::diffusers::config_json(&cfg.model))?)?;
     let py = bench_util::python(&args.python);
+    let unet_module = dir.path().join("torch_unet.py");
+    std::fs::write(&unet_module, TORCH_UNET)?;
     let a: Vec<String> = vec![
+        "--unet-module".into(),
+        unet_module.display().to_string(),
+        "--params".into(),
+        params.to_string(),
         "--config".into(),
         config.display().to_string(),
         "--batch".into(),
@@ -101,7 +108,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Ok(v) => {
             let theirs = median(&bench_util::seconds(&v));
             println!(
-                "PyTorch eager (diffusers UNet2DModel): {:.1} ms per step, {:.1} img/s",
+                "PyTorch eager ({}): {:.1} ms per step, {:.1} img/s",
+                v["model"].as_str().unwrap_or("?"),
                 theirs * 1e3,
                 args.batch_size as f64 / theirs
             );

@@ -19,6 +19,10 @@ pub enum DataCommand {
     Inspect(InspectArgs),
     /// Write one sample, decoded (cropped and resized) but not augmented, as PNG.
     Export(ExportArgs),
+    /// Reference statistics for FID: mean and covariance of the Inception
+    /// pool features of the dataset's images (as decoded, not flipped),
+    /// written as a pytorch-fid / TTUR .npz (mu, sigma).
+    FidStats(super::fid_stats::FidStatsArgs),
 }
 
 /// The dataset options shared by the subcommands.
@@ -35,7 +39,7 @@ pub struct DataOpts {
 }
 
 impl DataOpts {
-    fn open(&self) -> anyhow::Result<Box<dyn data::Dataset>> {
+    pub(crate) fn open(&self) -> anyhow::Result<Box<dyn data::Dataset>> {
         Ok(data::open(&self.spec, &OpenOptions { resolution: self.resolution })?)
     }
 }
@@ -74,6 +78,7 @@ pub fn run(args: DataArgs) -> anyhow::Result<()> {
     match args.command {
         DataCommand::Inspect(a) => inspect(a),
         DataCommand::Export(a) => export(a),
+        DataCommand::FidStats(a) => super::fid_stats::run(a),
     }
 }
 

@@ -7,4 +7,5 @@ pub mod bench_train;
 pub mod bench_util;
 pub mod checkpoints;
 pub mod data;
+pub mod fid_stats;
 pub mod model;

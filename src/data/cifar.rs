@@ -103,8 +103,11 @@ impl Cifar10 {
     }
 }
 
+/// A batch file's name (for messages) and contents.
+type BatchFile = (PathBuf, Vec<u8>);
+
 /// Finds the batches of `split` in an extracted folder (or its parent).
-fn read_folder(path: &Path, split: Split) -> Result<(Version, Vec<(PathBuf, Vec<u8>)>), DataError> {
+fn read_folder(path: &Path, split: Split) -> Result<(Version, Vec<BatchFile>), DataError> {
     let first = batch_names(split)[0];
     let mut found = None;
     'search: for dir in [path.to_path_buf(), path.join(Version::Binary.folder()), path.join(Version::Python.folder())] {
@@ -147,7 +150,7 @@ fn expected_list(version: Version, split: Split) -> String {
 
 /// Reads the batches of `split` from `cifar-10-binary.tar.gz` or
 /// `cifar-10-python.tar.gz` (or a plain `.tar` of either).
-fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<(PathBuf, Vec<u8>)>), DataError> {
+fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<BatchFile>), DataError> {
     let file = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
     let mut head = [0u8; 2];
     let gz = {
@@ -171,7 +174,8 @@ fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<(PathBuf, Vec
         let Some(name) = member.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
         for version in [Version::Binary, Version::Python] {
             if batch_names(split).iter().any(|b| version.file_name(b) == name) {
-                let mut bytes = Vec::with_capacity(entry.size() as usize);
+                // The header's size is only a hint: a corrupt one must not allocate terabytes.
+                let mut bytes = Vec::with_capacity((entry.size() as usize).min(64 << 20));
                 entry.read_to_end(&mut bytes).map_err(corrupt)?;
                 let shown = PathBuf::from(format!("{}[{}]", path.display(), member.display()));
                 members.push((version, name.clone(), shown, bytes));

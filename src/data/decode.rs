@@ -7,6 +7,12 @@
 //! PIL `resize(ANTIALIAS)`). The resize is `fast_image_resize`, which
 //! implements Pillow's convolution, so results match Pillow to within a
 //! level or two.
+//!
+//! WebP goes through libwebp (the `libwebp-sys` crate compiles libwebp 1.6
+//! from its vendored source with the `cc` crate: a fresh machine needs a C
+//! compiler and nothing else), the same decoder Pillow, OpenCV and the LSUN
+//! tools use, so our pixels equal Pillow's. PNG and JPEG go through the
+//! pure-Rust `image` crate. Alpha is dropped, grey is replicated to RGB.
 
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use serde::{Deserialize, Serialize};
@@ -162,6 +168,9 @@ fn check_size(w: usize, h: usize) -> Result<(), DataError> {
     Ok(())
 }
 
+/// The largest image (in pixels) `decode_rgb` accepts: 64 megapixels.
+pub const MAX_PIXELS: usize = 1 << 26;
+
 /// libwebp, the decoder the LSUN tools, OpenCV and Pillow use.
 fn decode_webp(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), DataError> {
     let (mut w, mut h) = (0i32, 0i32);
@@ -172,7 +181,11 @@ fn decode_webp(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), DataError> {
         return Err(DataError::decode("corrupt or truncated WebP image (libwebp cannot read its header)"));
     }
     let (w, h) = (w as usize, h as usize);
-    // libwebp caps sides at 16383, so this cannot overflow.
+    // libwebp caps sides at 16383, so this cannot overflow; the cap keeps a
+    // hostile header from allocating 800 MB.
+    if w * h > MAX_PIXELS {
+        return Err(DataError::decode(format!("WebP image of {w}x{h} is larger than the {MAX_PIXELS} pixels this reader accepts")));
+    }
     let mut rgb = vec![0u8; w * h * 3];
     // SAFETY: `rgb` is exactly `h` rows of `3 * w` bytes; libwebp checks the
     // bitstream against the buffer size and stride before writing.

@@ -112,7 +112,7 @@ pub fn load(data: &[u8]) -> Result<Value, String> {
             if head.is_empty() { "nothing, it is empty".to_string() } else { head.join(" ") }
         ));
     }
-    Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new() }.run()
+    Machine { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: Vec::new(), nested: 0 }.run()
 }
 
 struct Machine<'a> {
@@ -121,12 +121,28 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: Vec<Option<Value>>,
+    nested: usize,
 }
 
 /// A memo index far beyond what any real pickle of this data uses.
-const MAX_MEMO: usize = 1 << 24;
+const MAX_MEMO: usize = 1 << 20;
+/// Containers (lists, dicts, tuples, objects) a pickle may put inside other
+/// containers. A CIFAR-10 batch nests a few dozen; the cap bounds the
+/// nesting depth, and so the recursion when a hostile pickle's values are
+/// dropped.
+const MAX_NESTED: usize = 1024;
 
 impl Machine<'_> {
+    /// Counts the containers among `items`, which are about to be put
+    /// inside another container, against `MAX_NESTED`.
+    fn nest(&mut self, items: &[Value]) -> Result<(), String> {
+        self.nested += items.iter().filter(|v| matches!(v, Value::List(_) | Value::Tuple(_) | Value::Dict(_) | Value::Object(_))).count();
+        if self.nested > MAX_NESTED {
+            return Err(format!("more than {MAX_NESTED} nested lists, dicts, tuples or objects: not a CIFAR-10 batch"));
+        }
+        Ok(())
+    }
+
     fn take(&mut self, n: usize) -> Result<&[u8], String> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
             format!("the pickle ends early: {n} bytes needed at offset {} of {} (truncated file?)", self.pos, self.data.len())
@@ -213,6 +229,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
+        self.nest(&items)?;
         if items.len() % 2 != 0 {
             return Err("SETITEMS with an odd number of values (malformed pickle)".into());
         }
@@ -228,6 +245,7 @@ impl Machine<'_> {
     }
 
     fn append(&mut self, items: Vec<Value>) -> Result<(), String> {
+        self.nest(&items)?;
         match self.top()? {
             Value::List(l) => {
                 l.borrow_mut().extend(items);
@@ -356,6 +374,7 @@ impl Machine<'_> {
                 0x98 => {} // READONLY_BUFFER: no-op for our purposes
                 b't' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items)?;
                     self.stack.push(Value::Tuple(Rc::from(items)));
                 }
                 0x85..=0x87 => {
@@ -365,10 +384,12 @@ impl Machine<'_> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
+                    self.nest(&items)?;
                     self.stack.push(Value::Tuple(Rc::from(items)));
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items)?;
                     self.stack.push(Value::List(Rc::new(RefCell::new(items))));
                 }
                 b'd' => {
@@ -396,6 +417,7 @@ impl Machine<'_> {
                 0x91 => {
                     // FROZENSET
                     let items = self.pop_mark()?;
+                    self.nest(&items)?;
                     self.stack.push(Value::List(Rc::new(RefCell::new(items))));
                 }
                 b'q' => {
@@ -454,6 +476,7 @@ impl Machine<'_> {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let args = args.items().ok_or("REDUCE with arguments that are not a tuple (malformed pickle)")?;
+                    self.nest(&args)?;
                     let v = self.call(callable, args);
                     self.stack.push(v);
                 }
@@ -463,11 +486,13 @@ impl Machine<'_> {
                     let args = self.pop()?;
                     let callable = self.pop()?;
                     let args = args.items().ok_or("NEWOBJ_EX with arguments that are not a tuple (malformed pickle)")?;
+                    self.nest(&args)?;
                     let v = self.call(callable, args);
                     self.stack.push(v);
                 }
                 b'b' => {
                     let state = self.pop()?;
+                    self.nest(std::slice::from_ref(&state))?;
                     if let Value::Object(o) = self.top()? {
                         o.borrow_mut().state = Some(state);
                     }
@@ -591,9 +616,39 @@ mod tests {
     }
 
     #[test]
+    fn every_truncation_and_byte_flip_is_handled() {
+        let mut p = b"\x80\x02}q\x01(U\x04dataq\x02cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04K\x00\x85U\x01b\x87Rq\x05(K\x01K\x01K\x03\x86cnumpy\ndtype\nq\x06U\x02u1K\x00K\x01\x87Rq\x07(K\x03U\x01|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89U\x03".to_vec();
+        p.extend_from_slice(b"\x01\x02\x03tbU\x06labelsq\x08]q\tK\x07au.");
+        for n in 0..p.len() {
+            assert!(load(&p[..n]).is_err(), "prefix {n}");
+        }
+        for i in 0..p.len() {
+            for b in [0u8, 0x28, 0x2e, 0x68, 0x80, 0x94, 0xff] {
+                let mut q = p.clone();
+                q[i] = b;
+                if let Ok(v) = load(&q) {
+                    // Whatever it parses to, interpreting it must not panic either.
+                    if let Some(d) = v.dict_get("data") {
+                        let _ = ndarray(&d);
+                    }
+                    if let Some(l) = v.dict_get("labels") {
+                        let _ = int_list(&l);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn malformed_input_is_an_error_not_a_panic() {
         for bad in [&b""[..], b"\x80\x02", b"\x80\x02}q\x01(U\xffab", b"hello", b"\x80\x02t.", b"\x80\x02h\x05.", b"\x80\x09."] {
             assert!(load(bad).is_err(), "{bad:?}");
         }
+        // A million nested lists is refused before it is built.
+        let mut deep = b"\x80\x02".to_vec();
+        deep.extend(std::iter::repeat_n(b']', 1_000_000));
+        deep.extend(std::iter::repeat_n(b'a', 999_999));
+        deep.push(b'.');
+        assert!(load(&deep).unwrap_err().contains("more than 1024 nested"));
     }
 }

@@ -49,8 +49,7 @@ impl LocalTrainer {
         let device = self.state.model.device();
         let batch = step::build_batch(&samples, &ctx, self.diffusion.num_timesteps() as u64, device);
         let (loss, grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, samples[0].position);
-        let host = crate::train::flat::to_vec_f32(&grad);
-        let outcome = Outcome::decide(&host, self.config.optim.grad_clip);
+        let outcome = Outcome::decide_tensor(&grad, self.config.optim.grad_clip);
         self.state.apply(&self.config, step, &grad, &outcome);
         if outcome.apply {
             optim::ema_update(&mut self.ema, &self.state.model.flat, self.config.train.ema_decay);
@@ -61,9 +60,12 @@ impl LocalTrainer {
 
 /// Opens the run's dataset at the model's resolution.
 pub fn open_dataset(config: &TrainConfig) -> Result<Box<dyn Dataset>, TrainError> {
-    let spec: data::DatasetSpec = config.data.spec.parse()?;
-    let opts = data::OpenOptions { resolution: Some(config.model.image_size as usize), ..Default::default() };
-    Ok(data::open(&spec, &opts)?)
+    let spec = config.data.spec.as_ref().ok_or_else(|| crate::config::ConfigError::Invalid {
+        field: "data.spec".into(),
+        reason: "no dataset: pass --data SPEC".into(),
+    })?;
+    let opts = data::OpenOptions { resolution: Some(config.model.image_size as usize) };
+    Ok(data::open(spec, &opts)?)
 }
 
 /// The step context of 1-based `step`.

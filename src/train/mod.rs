@@ -32,9 +32,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    /// The decision for a reduced gradient.
-    pub fn decide(grad: &[f32], max_norm: f64) -> Self {
-        let grad_norm = optim::global_norm(grad);
+    /// The decision for a gradient on any device, its norm reduced there in
+    /// float64 (the single-process trainer; no copy to the host).
+    pub fn decide_tensor(grad: &Tensor, max_norm: f64) -> Self {
+        let sq = grad.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double);
+        Self::from_norm(f64::try_from(sq).unwrap_or(f64::NAN).sqrt(), max_norm)
+    }
+
+    /// The decision for a gradient of global norm `grad_norm`: skip if it is
+    /// not finite, else clip to `max_norm`.
+    pub fn from_norm(grad_norm: f64, max_norm: f64) -> Self {
         if grad_norm.is_finite() {
             Self { apply: true, grad_norm, clip_scale: optim::clip_scale(grad_norm, max_norm) }
         } else {

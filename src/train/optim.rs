@@ -8,7 +8,7 @@
 //! reduced gradient. The clipping factor comes from one float64 norm the
 //! coordinator computes, for the same reason.
 
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use crate::config::OptimConfig;
 
@@ -71,12 +71,6 @@ pub fn ema_update(ema: &mut Tensor, params: &Tensor, decay: f64) {
     });
 }
 
-/// The global L2 norm of a gradient, summed in float64 in index order (the
-/// same number wherever it is computed). Not finite if any element is not.
-pub fn global_norm(grad: &[f32]) -> f64 {
-    grad.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>().sqrt()
-}
-
 /// The factor that clips a gradient of norm `norm` to `max_norm`
 /// (TensorFlow's `clip_by_global_norm`: `max / max(norm, max)`); 1 when
 /// clipping is off (`max_norm == 0`) or the norm is within bounds.
@@ -97,15 +91,10 @@ pub fn apply_clip(grad: &Tensor, scale: f32) -> Tensor {
     }
 }
 
-/// Sum of the squares of a tensor as f64 (for logs).
-pub fn sum_sq(t: &Tensor) -> f64 {
-    f64::try_from(t.to_kind(Kind::Double).square().sum(Kind::Double)).unwrap_or(f64::NAN)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tch::Device;
+    use tch::{Device, Kind};
 
     fn t(v: &[f32]) -> Tensor {
         Tensor::from_slice(v)
@@ -155,12 +144,13 @@ mod tests {
     #[test]
     fn clipping_follows_clip_by_global_norm() {
         let g = [3.0f32, 4.0];
-        assert_eq!(global_norm(&g), 5.0);
+        let o = crate::train::Outcome::decide_tensor(&t(&g), 1.0);
+        assert!(o.apply && o.grad_norm == 5.0 && o.clip_scale == 0.2, "{o:?}");
         assert_eq!(clip_scale(5.0, 1.0), 0.2);
         assert_eq!(clip_scale(0.5, 1.0), 1.0);
         assert_eq!(clip_scale(50.0, 0.0), 1.0);
-        assert!(!global_norm(&[1.0, f32::NAN]).is_finite());
-        assert!(!global_norm(&[f32::INFINITY]).is_finite());
+        assert!(!crate::train::Outcome::decide_tensor(&t(&[1.0, f32::NAN]), 1.0).apply);
+        assert!(!crate::train::Outcome::decide_tensor(&t(&[f32::INFINITY]), 1.0).apply);
         assert_eq!(vec(&apply_clip(&t(&g), 0.2)), vec![0.6, 0.8]);
     }
 

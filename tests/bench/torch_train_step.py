@@ -2,7 +2,9 @@
 a ddpm worker's training step with.
 
 Builds diffusers' UNet2DModel from a diffusers config.json (the one ddpm
-exports for its own U-Net, so both sides run the same architecture), then
+exports for its own U-Net, so both sides run the same architecture; where
+diffusers is not installed, the plain-PyTorch port in torch_unet.py, passed
+as --unet-module), then
 times full L_simple training steps: q_sample, forward, MSE to the noise,
 backward, Adam. Prints one JSON line {"batch", "seconds": [..]} with the
 wall time of each step after WARMUP steps.
@@ -13,8 +15,22 @@ import argparse
 import json
 import time
 
+import importlib.util
+
 import torch
-from diffusers import UNet2DModel
+
+
+def build(cfg, unet_module):
+    """diffusers' UNet2DModel, or the plain-PyTorch port when diffusers is missing."""
+    try:
+        from diffusers import UNet2DModel
+
+        return UNet2DModel.from_config(cfg), "diffusers UNet2DModel", lambda m, x, t: m(x, t).sample
+    except ImportError:
+        spec = importlib.util.spec_from_file_location("torch_unet", unet_module)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.UNet(cfg), "plain PyTorch U-Net (tests/bench/torch_unet.py)", lambda m, x, t: m(x, t)
 
 
 def main():
@@ -25,12 +41,18 @@ def main():
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--unet-module", default="torch_unet.py")
+    p.add_argument("--params", type=int, default=0, help="expected parameter count (checked when > 0)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     with open(a.config) as f:
         cfg = json.load(f)
-    model = UNet2DModel.from_config(cfg).to(a.device).train()
+    model, kind, call = build(cfg, a.unet_module)
+    model = model.to(a.device).train()
+    n = sum(p.numel() for p in model.parameters())
+    if a.params and n != a.params:
+        raise SystemExit(f"{kind} has {n} parameters, expected {a.params}")
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, eps=1e-8)
     T = 1000
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
@@ -46,7 +68,7 @@ def main():
         noise = torch.randn_like(x0)
         ab = abar[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        out = model(xt, t).sample
+        out = call(model, xt, t)
         loss = ((out - noise) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -56,7 +78,7 @@ def main():
             torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - start)
-    print(json.dumps({"batch": a.batch, "seconds": times}))
+    print(json.dumps({"batch": a.batch, "model": kind, "params": n, "seconds": times}))
 
 
 if __name__ == "__main__":

@@ -92,7 +92,10 @@ impl Proc {
                         return l;
                     }
                 }
-                Err(_) => panic!("{} did not print {needle:?} within {timeout:?}; output:\n{}", self.name, self.output()),
+                Err(_) => {
+                    let out = self.output();
+                    panic!("{} did not print {needle:?} within {timeout:?}; output:\n{out}", self.name)
+                }
             }
         }
     }
@@ -110,7 +113,8 @@ impl Proc {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output());
+                let out = self.output();
+                panic!("{} did not exit within {timeout:?}; output:\n{out}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
