@@ -58,7 +58,7 @@ fn python() -> String {
 fn write_io(data: &CheckpointData, weights: &[f32], path: &Path) {
     let mut m = FlatModel::new(&data.config.model, Device::Cpu).unwrap();
     m.load_flat(&Tensor::from_slice(weights));
-    let r = data.config.model.image_size as i64;
+    let r = data.config.model.image_size;
     let mut xs = vec![0f32; (2 * 3 * r * r) as usize];
     Stream::new(5).fill_normal(&mut xs);
     let x = Tensor::from_slice(&xs).view([2, 3, r, r]);

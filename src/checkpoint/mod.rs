@@ -97,7 +97,7 @@ impl CheckpointData {
         if config.train.seed != self.order.seed {
             return bad(format!("it was trained with seed {} and this run has {}", self.order.seed, config.train.seed));
         }
-        self.order.check_resume(dataset_len, config.train.batch_size).or_else(|reason| bad(reason))
+        self.order.check_resume(dataset_len, config.train.batch_size).or_else(bad)
     }
 }
 
