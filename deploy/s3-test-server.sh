@@ -53,9 +53,6 @@ metadata_dir = "$DDPM_S3_DIR/meta"
 data_dir = "$DDPM_S3_DIR/data"
 db_engine = "sqlite"
 replication_factor = 1
-# No zstd: in a debug build its C code runs unoptimized and would be the
-# bottleneck of every upload; test data gains nothing from compression.
-compression_level = "none"
 rpc_bind_addr = "127.0.0.1:$rpc_port"
 rpc_public_addr = "127.0.0.1:$rpc_port"
 
