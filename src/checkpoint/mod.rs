@@ -14,6 +14,7 @@
 //! is a pure function of `(seed, step, sample position)`), and the resolved
 //! config.
 
+mod capture;
 mod encode;
 pub mod format;
 mod ops;
