@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use ddpm::checkpoint::{self, format, CheckpointInfo};
-use ddpm::store::{RetryOptions, RunStore, StoreArgs};
+use ddpm::store::{Location, RetryOptions, RunStore, StoreArgs};
 use ddpm::unet::diffusers;
 
 #[derive(clap::Args)]
@@ -37,6 +37,10 @@ pub struct RunOpts {
 
 impl RunOpts {
     fn open(&self) -> anyhow::Result<RunStore> {
+        // Reading a run must not create an empty directory for a mistyped path.
+        if let Location::Local(dir) = Location::parse(&self.run)? {
+            anyhow::ensure!(dir.is_dir(), "no run at {}: the directory does not exist", dir.display());
+        }
         let mut opts = self.store.options();
         opts.retry = RetryOptions::interactive();
         Ok(RunStore::open(&self.run, &opts)?)
