@@ -14,6 +14,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointConfig;
 use crate::diffusion::{DiffusionConfig, VarianceType};
 use crate::unet::UNetConfig;
 
@@ -28,6 +29,8 @@ pub struct TrainConfig {
     pub train: LoopConfig,
     pub dist: DistConfig,
     pub sample: SampleConfig,
+    /// When to checkpoint and what to keep (`crate::checkpoint::CheckpointConfig`).
+    pub checkpoint: CheckpointConfig,
 }
 
 /// Which data and how it is augmented.
@@ -190,6 +193,7 @@ impl TrainConfig {
             train: LoopConfig::default(),
             dist: DistConfig::default(),
             sample: SampleConfig::default(),
+            checkpoint: CheckpointConfig::default(),
         }
     }
 
@@ -305,6 +309,7 @@ impl TrainConfig {
                 format!("must exceed heartbeat_interval_s ({} <= {})", d.heartbeat_timeout_s, d.heartbeat_interval_s),
             );
         }
+        self.checkpoint.validate().map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
         let s = &self.sample;
         if s.sampler != "ancestral" && s.sampler != "ddim" {
             return bad("sample.sampler", format!("must be \"ancestral\" or \"ddim\", got {:?}", s.sampler));

@@ -5,6 +5,7 @@
 //! One module per concept: the diffusion math knows nothing of the network,
 //! the network knows nothing of diffusion, and neither knows of gRPC.
 
+pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod diffusion;
@@ -12,6 +13,7 @@ pub mod eval;
 pub mod imageio;
 pub mod rng;
 pub mod runtime;
+pub mod store;
 pub mod train;
 pub mod unet;
 pub mod wire;

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
-/// Denoising diffusion probabilistic models: inspect models and datasets.
+/// Denoising diffusion probabilistic models: inspect models, datasets and checkpoints.
 #[derive(Parser)]
 #[command(name = "ddpm", version, about)]
 struct Cli {
@@ -18,6 +18,8 @@ enum Command {
     Model(cli::model::ModelArgs),
     /// Inspect a dataset, export its samples as PNG, compute its FID statistics.
     Data(cli::data::DataArgs),
+    /// List a run's checkpoints; export one as a diffusers model.
+    Checkpoints(cli::checkpoints::CheckpointsArgs),
     /// Throughput benchmarks (not tests).
     Bench(cli::bench::BenchArgs),
 }
@@ -28,6 +30,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Model(args) => cli::model::run(args),
         Command::Data(args) => cli::data::run(args),
+        Command::Checkpoints(args) => cli::checkpoints::run(args),
         Command::Bench(args) => cli::bench::run(args),
     };
     match result {

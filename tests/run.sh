@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up (Python env with torch and the reference
 # packages, protoc), golden fixtures from their generator scripts, a build of
-# every binary, then every test of the workspace.
+# every binary, the S3 test server (deploy/s3-test-server.sh), then every
+# test of the workspace.
 #
 #   tests/run.sh            everything
 #   tests/run.sh FILTER     only tests whose name contains FILTER
@@ -22,4 +23,12 @@ done
 
 # Integration tests start the real binaries, so build them first.
 cargo build --workspace --bins
+
+# The store conformance tests run against a real S3-compatible server on
+# loopback: Garage, installed once into ~/.cache/ddpm/garage and started
+# here with a fresh temporary bucket (DDPM_TEST_S3_* tell the tests where).
+source deploy/s3-test-server.sh
+ddpm_s3_start
+trap ddpm_s3_stop EXIT
+
 cargo test --workspace --no-fail-fast -- "$@"

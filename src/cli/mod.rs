@@ -1,9 +1,11 @@
 //! The `ddpm` subcommands, one file each.
 
 pub mod bench;
+pub mod bench_checkpoint;
 pub mod bench_dist;
 pub mod bench_train;
 pub mod bench_util;
+pub mod checkpoints;
 pub mod data;
 pub mod fid_stats;
 pub mod model;

@@ -27,6 +27,10 @@ pub enum DataError {
     #[error("cannot decode {sample}: {problem}")]
     Decode { sample: String, problem: String },
 
+    /// A dataset in object storage could not be fetched to the local cache.
+    #[error("cannot fetch the dataset {url}: {problem}")]
+    Fetch { url: String, problem: String },
+
     /// A sample index past the end of the dataset.
     #[error("sample index {index} is out of range: the dataset has {len} samples (0..{len})")]
     IndexOutOfRange { index: usize, len: usize },

@@ -12,7 +12,8 @@
 //!
 //! Files: `spec.rs` (the `--data` grammar), `cifar.rs` + `pickle.rs`,
 //! `lsun.rs`, `folder.rs`, `synthetic.rs`, `decode.rs` (worker side),
-//! `order.rs` (sampling order), `error.rs`.
+//! `order.rs` (sampling order), `remote.rs` (datasets in object storage,
+//! fetched to a local cache), `error.rs`.
 
 mod cifar;
 mod decode;
@@ -21,6 +22,7 @@ mod folder;
 mod lsun;
 pub mod order;
 mod pickle;
+mod remote;
 mod spec;
 pub mod synthetic;
 
@@ -29,6 +31,7 @@ use serde::Serialize;
 
 pub use decode::{center_crop_resize, chw_to_hwc, decode_rgb, hwc_to_chw, sniff, to_model_input, Decoder, ImageKind, SampleFormat, CHANNELS};
 pub use error::DataError;
+pub use remote::{default_cache_dir, fetch_remote, fetch_remote_to, is_remote, FetchReport};
 pub use order::{global_batch, shard_ranges, BatchItem, OrderState, SampleOrder};
 pub use spec::{DatasetKind, DatasetSpec, Split, MAX_RESOLUTION, SYNTHETIC_NAMES};
 

@@ -30,7 +30,8 @@ pub struct Layout {
 }
 
 impl Layout {
-    fn from_named(mut named: Vec<(String, Vec<i64>)>) -> Self {
+    /// The layout of named tensors: sorted by name, packed in that order.
+    pub fn from_named(mut named: Vec<(String, Vec<i64>)>) -> Self {
         named.sort_by(|a, b| a.0.cmp(&b.0));
         let mut offset = 0;
         let entries = named

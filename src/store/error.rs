@@ -1,0 +1,167 @@
+//! The store's error type: what went wrong talking to the run's storage,
+//! classified from `object_store`'s errors into the few cases a user can act
+//! on, each saying which flag or variable to fix.
+
+/// An error of the run store. Every variant names the store (its URL) and,
+/// where it applies, the object; its message says how to fix the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The `--run` value is not a location the store understands.
+    #[error("invalid run location {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+
+    /// The options cannot describe a working store (missing credentials,
+    /// plain http not allowed, ...).
+    #[error("cannot open the run store {url}: {reason}")]
+    Config { url: String, reason: String },
+
+    /// S3 refused the access key or the signature.
+    #[error(
+        "S3 rejected the credentials for {url} (SignatureDoesNotMatch / InvalidAccessKeyId / AccessDenied): \
+         check AWS_SECRET_ACCESS_KEY and AWS_ACCESS_KEY_ID (or --s3-secret-key / --s3-access-key), and that \
+         the region ({region}) is the server's; server said: {detail}"
+    )]
+    Credentials { url: String, region: String, detail: String },
+
+    /// The request was signed for another region than the server's.
+    #[error(
+        "the S3 server at {endpoint} is not in region {region:?}: set --s3-region / AWS_REGION to the server's          region (Garage: its s3_region); server said: {detail}"
+    )]
+    WrongRegion { url: String, endpoint: String, region: String, detail: String },
+
+    /// The bucket of an `s3://bucket/...` URL does not exist.
+    #[error("the bucket {bucket:?} does not exist at {endpoint}: create it, or fix the bucket in --run {url}")]
+    NoSuchBucket { url: String, bucket: String, endpoint: String },
+
+    /// The endpoint could not be reached (connection refused, DNS, timeout).
+    #[error(
+        "cannot reach the object store at {endpoint} for {url} ({op} {key}): {detail}. \
+         Check that the server is running and --s3-endpoint / AWS_ENDPOINT_URL; plain http needs --s3-allow-http"
+    )]
+    Unreachable { url: String, endpoint: String, op: &'static str, key: String, detail: String },
+
+    /// The object does not exist.
+    #[error("{key} does not exist in {url}")]
+    NotFound { url: String, key: String },
+
+    /// Anything else the store reported, with the operation and object.
+    #[error("{op} {key} in {url} failed: {detail}")]
+    Other { url: String, op: &'static str, key: String, detail: String },
+}
+
+impl StoreError {
+    /// True for errors that may go away by themselves (the store is down or
+    /// overloaded); the uploader retries those and not, say, bad credentials.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. } | StoreError::Other { .. })
+    }
+}
+
+/// Where an error happened, for [`classify`].
+pub(crate) struct Context<'a> {
+    pub url: &'a str,
+    pub endpoint: &'a str,
+    pub region: &'a str,
+    pub bucket: Option<&'a str>,
+    pub op: &'static str,
+    pub key: &'a str,
+}
+
+/// The whole `source()` chain of an error as one string.
+fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cur = e.source();
+    }
+    text
+}
+
+/// Maps an `object_store` error to the case a user can act on. S3 servers
+/// answer a bad secret with 403 SignatureDoesNotMatch, an unknown key with
+/// 403 InvalidAccessKeyId (Garage: "Forbidden: No such key"), a missing
+/// bucket with 404 NoSuchBucket; connection failures carry no status.
+pub(crate) fn classify(err: object_store::Error, cx: &Context<'_>) -> StoreError {
+    let detail = chain(&err);
+    let url = cx.url.to_string();
+    let key = cx.key.to_string();
+    const AUTH: [&str; 6] =
+        ["SignatureDoesNotMatch", "InvalidAccessKeyId", "AccessDenied", "Invalid signature", "No such key", "Forbidden"];
+    if let Some(bucket) = cx.bucket {
+        if detail.contains("NoSuchBucket") || detail.contains("Bucket not found") {
+            return StoreError::NoSuchBucket { url, bucket: bucket.to_string(), endpoint: cx.endpoint.to_string() };
+        }
+        if ["AuthorizationHeaderMalformed", "IncorrectRegion", "PermanentRedirect", "incorrectly configured region"]
+            .iter()
+            .any(|m| detail.contains(m))
+        {
+            return StoreError::WrongRegion { url, endpoint: cx.endpoint.to_string(), region: cx.region.to_string(), detail };
+        }
+        if matches!(err, object_store::Error::NotFound { .. }) {
+            return StoreError::NotFound { url, key };
+        }
+        let auth_variant =
+            matches!(err, object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. });
+        if auth_variant || AUTH.iter().any(|a| detail.contains(a)) {
+            return StoreError::Credentials { url, region: cx.region.to_string(), detail };
+        }
+    }
+    match err {
+        object_store::Error::NotFound { .. } => StoreError::NotFound { url, key },
+        _ if is_connection_failure(&detail) => StoreError::Unreachable {
+            url,
+            endpoint: cx.endpoint.to_string(),
+            op: cx.op,
+            key,
+            detail,
+        },
+        _ => StoreError::Other { url, op: cx.op, key, detail },
+    }
+}
+
+fn is_connection_failure(detail: &str) -> bool {
+    const MARKS: [&str; 8] = [
+        "error sending request",
+        "Connection refused",
+        "connection refused",
+        "tcp connect error",
+        "dns error",
+        "timed out",
+        "connection reset",
+        "Connection reset",
+    ];
+    MARKS.iter().any(|m| detail.contains(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx() -> Context<'static> {
+        Context { url: "s3://b/run", endpoint: "http://127.0.0.1:1", region: "garage", bucket: Some("b"), op: "put", key: "k" }
+    }
+
+    fn generic(msg: &str) -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: msg.to_string().into() }
+    }
+
+    #[test]
+    fn classifies_the_cases_users_can_fix() {
+        let e = classify(generic("Server returned 403: <Code>SignatureDoesNotMatch</Code>"), &cx());
+        assert!(matches!(e, StoreError::Credentials { .. }), "{e}");
+        assert!(e.to_string().contains("AWS_SECRET_ACCESS_KEY"), "{e}");
+        let e = classify(generic("400 <Code>AuthorizationHeaderMalformed</Code> expected garage"), &cx());
+        assert!(matches!(e, StoreError::WrongRegion { .. }) && e.to_string().contains("AWS_REGION"), "{e}");
+        let e = classify(generic("404 <Code>NoSuchBucket</Code>"), &cx());
+        assert!(matches!(e, StoreError::NoSuchBucket { .. }), "{e}");
+        let e = classify(generic("error sending request: tcp connect error: Connection refused"), &cx());
+        assert!(matches!(e, StoreError::Unreachable { .. }) && e.is_transient(), "{e}");
+        let e = classify(object_store::Error::NotFound { path: "k".into(), source: "404".to_string().into() }, &cx());
+        assert!(matches!(e, StoreError::NotFound { .. }) && !e.is_transient(), "{e}");
+    }
+}
