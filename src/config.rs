@@ -73,9 +73,6 @@ pub struct LoopConfig {
     pub ema_decay: f64,
     /// Log a progress line every this many steps.
     pub log_every: u64,
-    /// Save the raw and EMA weights under the run directory every this many
-    /// steps (0: only at the end).
-    pub save_every: u64,
 }
 
 /// How the work is distributed.
@@ -143,7 +140,7 @@ impl Default for OptimConfig {
 
 impl Default for LoopConfig {
     fn default() -> Self {
-        Self { batch_size: 128, steps: 800_000, seed: 0, ema_decay: 0.9999, log_every: 100, save_every: 0 }
+        Self { batch_size: 128, steps: 800_000, seed: 0, ema_decay: 0.9999, log_every: 100 }
     }
 }
 

@@ -139,7 +139,7 @@ fn one_two_and_three_workers_match_the_single_process_reference() {
 
     for workers in [1, 2, 3] {
         let (run, summary) = run_distributed(workers, &[]);
-        let weights = run.path().join("run/weights/step_00000008");
+        let weights = run.path().join("run/checkpoints/step_0000000008");
         let got_params = read_weights(&weights.join("model.safetensors"));
         let got_ema = read_weights(&weights.join("ema.safetensors"));
         let dp = max_abs_diff(&got_params, &want_params);

@@ -2,9 +2,10 @@
 //!
 //! It owns the run: it reads the dataset and ships each worker its shard of
 //! every global batch, all-reduces the workers' gradients, keeps the source
-//! of truth for the parameters and the EMA, saves weights and has a worker
-//! draw a sample grid at the end. `main` only parses flags and calls [`run`];
-//! tests start the same `run` on `127.0.0.1:0`.
+//! of truth for the parameters and the EMA, checkpoints to the run's store
+//! (and resumes from it), and has the workers draw a sample grid at the end.
+//! `main` only parses flags and calls [`run`]; tests start the same `run` on
+//! `127.0.0.1:0`.
 
 pub mod membership;
 pub mod reduce;
@@ -14,13 +15,14 @@ pub mod trainer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use ddpm::checkpoint::{self, CheckpointData, Uploader, UploaderConfig};
 use ddpm::config::{RunConfig, TrainConfig};
 use ddpm::data::Dataset;
 use ddpm::proto::coordinator_server::CoordinatorServer;
+use ddpm::store::{RunStore, StoreOptions};
 use ddpm::wire;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
@@ -35,8 +37,13 @@ pub struct CoordOptions {
     pub config: TrainConfig,
     /// Workers to wait for before step 1.
     pub workers: usize,
-    /// Where the run's outputs go.
-    pub run_dir: PathBuf,
+    /// Where the run's outputs go: a local directory or `s3://bucket/prefix`.
+    pub run: String,
+    /// How to reach an S3-compatible store (also for `s3://` datasets).
+    pub store: StoreOptions,
+    /// Refuse to start on a run that already has checkpoints (instead of
+    /// resuming from the latest).
+    pub fresh: bool,
 }
 
 /// Images from a worker for a sampling job.
@@ -73,11 +80,27 @@ pub struct Coord {
     /// Sampling jobs waiting for results, by job id.
     pub results: Mutex<HashMap<u64, mpsc::UnboundedSender<ResultPart>>>,
     pub shutting_down: AtomicBool,
+    /// Set by SIGTERM/Ctrl-C: finish the step, checkpoint, exit.
+    pub stop_requested: AtomicBool,
+    /// The run's storage (checkpoints, metrics, samples, summary).
+    pub store: RunStore,
+    /// Samples in the training dataset.
+    pub dataset_len: usize,
+    /// Steps skipped before this start (from the resumed checkpoint).
+    pub start_skipped: u64,
 }
 
 impl Coord {
-    pub fn new(config: TrainConfig, dataset: &dyn Dataset) -> anyhow::Result<Self> {
-        let state = StateHandle::start(config.clone())?;
+    /// Builds the coordinator's state: fresh from the run seed, or from
+    /// `resume` (a checkpoint of this run).
+    pub fn new(
+        config: TrainConfig,
+        dataset: &dyn Dataset,
+        store: RunStore,
+        resume: Option<CheckpointData>,
+    ) -> anyhow::Result<Self> {
+        let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
+        let state = StateHandle::start(config.clone(), resume, dataset.len())?;
         let run_config = RunConfig {
             train: config.clone(),
             decoder: dataset.decoder(),
@@ -96,7 +119,20 @@ impl Coord {
             status: Mutex::new(StatusInfo { phase: "waiting".into(), ..Default::default() }),
             results: Mutex::new(HashMap::new()),
             shutting_down: AtomicBool::new(false),
+            stop_requested: AtomicBool::new(false),
+            store,
+            dataset_len: dataset.len(),
+            start_skipped,
         })
+    }
+
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::SeqCst)
+    }
+
+    /// Where `key` of the run's store is, for people.
+    pub fn location(&self, key: &str) -> String {
+        format!("{}/{key}", self.store.url().trim_end_matches('/'))
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -115,8 +151,10 @@ pub fn grpc_service(coord: Arc<Coord>) -> CoordinatorServer<service::CoordServic
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
 }
 
-/// Runs a training run on `listener` until it ends or `shutdown` resolves.
-/// Returns the run's summary.
+/// Opens the run's store, resumes from its latest complete checkpoint (or
+/// refuses to, with `fresh`), and trains on `listener` until the run ends.
+/// When `shutdown` resolves the current step finishes, a checkpoint is saved
+/// and the run returns early (`Summary::stopped`). Returns the run's summary.
 pub async fn run(
     listener: TcpListener,
     opts: CoordOptions,
@@ -125,14 +163,29 @@ pub async fn run(
     let config = opts.config.clone();
     config.validate()?;
     config.check_world_size(opts.workers)?;
+    let store = RunStore::open(&opts.run, &opts.store)?;
+    store.check().await?;
+
+    let spec = config.data.spec.clone().ok_or_else(|| anyhow::anyhow!("no dataset: pass --data SPEC"))?;
+    let local_spec = ddpm::data::fetch_remote(&spec, &opts.store).await?;
     let dataset: Arc<dyn Dataset> = {
-        let config = config.clone();
-        tokio::task::spawn_blocking(move || ddpm::train::local::open_dataset(&config)).await??.into()
+        let resolution = config.model.image_size as usize;
+        tokio::task::spawn_blocking(move || {
+            ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) })
+        })
+        .await??
+        .into()
     };
-    tracing::info!(data = ?config.data.spec.as_ref().map(|s| s.to_string()), samples = dataset.len(), "dataset opened");
-    let coord = Arc::new(Coord::new(config, &*dataset)?);
+    tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
+
+    let resume = resume_point(&store, opts.fresh).await?;
+    let coord = Arc::new(Coord::new(config, &*dataset, store.clone(), resume)?);
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, params = coord.state.layout.total, "coordinator listening");
+    tracing::info!(%addr, params = coord.state.layout.total, run = %store.url(), "coordinator listening");
+
+    let (uploader, mut events) = Uploader::start(store, UploaderConfig::from_config(&coord.config.checkpoint));
+    // The uploader logs every event itself; draining keeps its channel empty.
+    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
 
     let server_stop = Arc::new(Notify::new());
     let server = {
@@ -152,20 +205,52 @@ pub async fn run(
         })
     };
     let reaper = tokio::spawn(trainer::reap_silent_members(coord.clone()));
-
-    let result = tokio::select! {
-        r = trainer::train(coord.clone(), dataset, &opts) => r,
-        _ = shutdown => {
-            tracing::warn!("shutdown requested: stopping the run");
-            Err(anyhow::anyhow!("the run was stopped before it finished"))
-        }
+    let signal = {
+        let coord = coord.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::warn!("stop requested: finishing the current step, then checkpointing");
+            coord.stop_requested.store(true, Ordering::SeqCst);
+            coord.changed.notify_waiters();
+        })
     };
+
+    let result = trainer::train(coord.clone(), dataset, &opts, &uploader).await;
+    signal.abort();
     coord.shutting_down.store(true, Ordering::SeqCst);
     trainer::shutdown_workers(&coord, "the run is over");
+    uploader.close().await;
+    drain.abort();
     // Give workers a moment to pick up the shutdown before the server goes.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     reaper.abort();
     server_stop.notify_one();
     let _ = server.await;
     result
+}
+
+/// The checkpoint to resume from: the latest complete one (torn newer ones
+/// are skipped with a warning), none for a new run; with `fresh`, an error
+/// if the run already has one.
+async fn resume_point(store: &RunStore, fresh: bool) -> anyhow::Result<Option<CheckpointData>> {
+    if fresh {
+        if let Some(latest) = checkpoint::latest_complete(store).await? {
+            anyhow::bail!(
+                "--fresh: the run {} already has checkpoints (latest: step {}); use another --run, delete them, or drop --fresh to resume",
+                store.url(),
+                latest.step
+            );
+        }
+        return Ok(None);
+    }
+    match checkpoint::load_latest(store).await? {
+        Some(loaded) => {
+            for s in &loaded.skipped {
+                tracing::warn!(step = s.step, problem = %s.problem, "skipping a torn checkpoint");
+            }
+            tracing::info!(step = loaded.data.step, "resuming from the latest complete checkpoint");
+            Ok(Some(loaded.data))
+        }
+        None => Ok(None),
+    }
 }

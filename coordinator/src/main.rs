@@ -6,14 +6,17 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ddpm::config::{GradDtype, TrainConfig};
+use ddpm::store::StoreArgs;
 use ddpm_coord::{run, CoordOptions};
 
 /// The coordinator of a data-parallel DDPM training run.
 ///
 /// Waits for --workers workers (`ddpm-worker --coord HOST:PORT`), then trains:
 /// it shards every global batch across them, all-reduces their gradients,
-/// keeps the parameters and the EMA, saves weights under --run and draws a
-/// sample grid at the end.
+/// keeps the parameters and the EMA, checkpoints to --run (resuming from its
+/// latest complete checkpoint when there is one) and draws a sample grid at
+/// the end. SIGTERM or Ctrl-C: the current step finishes, a checkpoint is
+/// saved, and the same command resumes the run.
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-coord", version)]
 struct Args {
@@ -48,9 +51,16 @@ struct Args {
     /// Images in the sample grid drawn at the end (0: none).
     #[arg(long)]
     samples: Option<u64>,
-    /// Directory for the run's outputs (weights, sample grids, summary).
+    /// Where the run lives: a local directory or s3://bucket/prefix
+    /// (checkpoints, metrics, sample grids, summary).
     #[arg(long, default_value = "runs/latest")]
-    run: PathBuf,
+    run: String,
+    /// Refuse to start if --run already has checkpoints (default: resume
+    /// from the latest complete one).
+    #[arg(long)]
+    fresh: bool,
+    #[command(flatten)]
+    store: StoreArgs,
     /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
@@ -120,15 +130,27 @@ fn main() -> ExitCode {
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         // Tests and scripts read the chosen address from this line.
         println!("listening on {}", listener.local_addr()?);
-        let opts = CoordOptions { config, workers: args.workers, run_dir: args.run.clone() };
+        let opts = CoordOptions {
+            config,
+            workers: args.workers,
+            run: args.run.clone(),
+            store: args.store.options(),
+            fresh: args.fresh,
+        };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });
     match result {
         Ok(summary) => {
-            println!("run finished: {} steps, final loss {:.4}", summary.steps, summary.final_loss);
-            println!("weights: {}", summary.weights_dir.display());
+            if summary.stopped {
+                println!("run stopped after step {}; run the same command again to resume", summary.steps);
+            } else {
+                println!("run finished: {} steps, final loss {:.4}", summary.steps, summary.final_loss);
+            }
+            if let Some(c) = &summary.checkpoint {
+                println!("checkpoint: {c}");
+            }
             if let Some(grid) = &summary.grid {
-                println!("sample grid: {}", grid.display());
+                println!("sample grid: {grid}");
             }
             ExitCode::SUCCESS
         }

@@ -3,16 +3,15 @@
 //! The coordinator is the source of truth for the run: it applies every
 //! reduced gradient to its own CPU copy of the parameters with the same
 //! optimizer code as the workers (off the step's critical path), keeps the
-//! EMA from it, answers checksums, snapshots for joining workers, and saves
-//! weights. Tensors never leave this thread; async code talks to it through
-//! a bounded channel, which also stops it from falling behind unboundedly.
+//! EMA from it, answers checksums, snapshots for joining workers, and
+//! captures checkpoints. Tensors never leave this thread; async code talks
+//! to it through a bounded channel, which also stops it from falling behind
+//! unboundedly.
 
-use std::path::{Path, PathBuf};
-
+use ddpm::checkpoint::CheckpointData;
 use ddpm::config::TrainConfig;
 use ddpm::train::flat::{self, FlatModel, Layout};
 use ddpm::train::{optim, Outcome, TrainState};
-use ddpm::unet::diffusers;
 use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 
@@ -37,7 +36,7 @@ enum Cmd {
     Apply { step: u64, grad: Vec<f32>, outcome: Outcome },
     Snapshot { kind: SnapshotKind, reply: oneshot::Sender<Snapshot> },
     Checksum { reply: oneshot::Sender<(u64, u64)> },
-    Save { dir: PathBuf, reply: oneshot::Sender<Result<Vec<PathBuf>, String>> },
+    Capture { skipped: u64, dataset_len: usize, reply: oneshot::Sender<CheckpointData> },
 }
 
 /// The async side's handle on the state thread.
@@ -45,24 +44,40 @@ enum Cmd {
 pub struct StateHandle {
     tx: mpsc::Sender<Cmd>,
     pub layout: std::sync::Arc<Layout>,
+    /// The step the state started at (0, or the resumed checkpoint's).
+    pub start_step: u64,
 }
 
 impl StateHandle {
     /// Builds the initial state of `config` (the paper's initialisation from
-    /// the run seed) and starts the thread that owns it.
-    pub fn start(config: TrainConfig) -> anyhow::Result<Self> {
+    /// the run seed), or restores `resume`, and starts the thread that owns it.
+    /// A checkpoint must come from this run: same model, seed, batch size
+    /// and dataset length (`dataset_len`), or the start fails saying which.
+    pub fn start(config: TrainConfig, resume: Option<CheckpointData>, dataset_len: usize) -> anyhow::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Cmd>(2);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("state".into()).spawn(move || {
             let init = (|| -> anyhow::Result<(TrainState, FlatModel)> {
-                let state = TrainState::init(&config, Device::Cpu)?;
                 let mut ema = FlatModel::new(&config.model, Device::Cpu)?;
-                ema.load_flat(&state.model.flat);
+                let state = match &resume {
+                    Some(data) => {
+                        data.check_resume(&config, &ema.layout, dataset_len)?;
+                        let (state, ema_flat) = data.restore(&config, Device::Cpu)?;
+                        ema.load_flat(&ema_flat);
+                        state
+                    }
+                    None => {
+                        let state = TrainState::init(&config, Device::Cpu)?;
+                        ema.load_flat(&state.model.flat);
+                        state
+                    }
+                };
                 Ok((state, ema))
             })();
+            drop(resume);
             let (mut state, mut ema) = match init {
                 Ok(v) => {
-                    let _ = ready_tx.send(Ok(v.0.model.layout.clone()));
+                    let _ = ready_tx.send(Ok((v.0.model.layout.clone(), v.0.step)));
                     v
                 }
                 Err(e) => {
@@ -96,14 +111,15 @@ impl StateHandle {
                     Cmd::Checksum { reply } => {
                         let _ = reply.send((state.step, flat::checksum(&state.model.flat)));
                     }
-                    Cmd::Save { dir, reply } => {
-                        let _ = reply.send(save(&dir, &config, &state, &ema).map_err(|e| format!("{e:#}")));
+                    Cmd::Capture { skipped, dataset_len, reply } => {
+                        let _ = reply.send(CheckpointData::capture(&config, &state, &ema.flat, skipped, dataset_len));
                     }
                 }
             }
         })?;
-        let layout = ready_rx.recv().map_err(|_| anyhow::anyhow!("the state thread died while starting"))??;
-        Ok(Self { tx, layout: std::sync::Arc::new(layout) })
+        let (layout, start_step) =
+            ready_rx.recv().map_err(|_| anyhow::anyhow!("the state thread died while starting"))??;
+        Ok(Self { tx, layout: std::sync::Arc::new(layout), start_step })
     }
 
     async fn send(&self, cmd: Cmd) -> anyhow::Result<()> {
@@ -129,33 +145,11 @@ impl StateHandle {
         Ok(rx.await?)
     }
 
-    /// Writes the raw and EMA weights (diffusers layout) and the configs to `dir`.
-    pub async fn save(&self, dir: PathBuf) -> anyhow::Result<Vec<PathBuf>> {
+    /// Host copies of everything a checkpoint holds, after every update
+    /// queued so far.
+    pub async fn capture(&self, skipped: u64, dataset_len: usize) -> anyhow::Result<CheckpointData> {
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Save { dir, reply }).await?;
-        rx.await?.map_err(|e| anyhow::anyhow!(e))
+        self.send(Cmd::Capture { skipped, dataset_len, reply }).await?;
+        Ok(rx.await?)
     }
-}
-
-/// Writes into a temporary name, then renames: a reader never sees half a file.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial");
-    write(&tmp)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(())
-}
-
-fn save(dir: &Path, config: &TrainConfig, state: &TrainState, ema: &FlatModel) -> anyhow::Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(dir)?;
-    let model_path = dir.join("model.safetensors");
-    let ema_path = dir.join("ema.safetensors");
-    let unet_config = dir.join("config.json");
-    let train_config = dir.join("train_config.toml");
-    write_atomic(&model_path, |p| Ok(diffusers::save_safetensors(&state.model.vs, p)?))?;
-    write_atomic(&ema_path, |p| Ok(diffusers::save_safetensors(&ema.vs, p)?))?;
-    write_atomic(&unet_config, |p| {
-        Ok(std::fs::write(p, serde_json::to_string_pretty(&diffusers::config_json(&config.model))?)?)
-    })?;
-    write_atomic(&train_config, |p| Ok(std::fs::write(p, toml::to_string(config)?)?))?;
-    Ok(vec![model_path, ema_path, unet_config, train_config])
 }

@@ -5,14 +5,17 @@
 //! 3. wait for the all-reduce to finish (or fail, and redo the step);
 //! 4. queue the update on the coordinator's own copy; check checksums; log.
 //!
-//! At the end: final checksums, weights saved, a sample grid, shutdown.
+//! Checkpoints follow the run's policy (every N steps, every M minutes, at
+//! the end, when asked to stop); uploads run in the background. At the end:
+//! final checksums, the last checkpoint, a sample grid, shutdown.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ddpm::checkpoint::{self, CheckpointPolicy, Reason, UploadEvent, Uploader};
 use ddpm::data::{order, Dataset};
+use ddpm::store::{Location, RunStore};
 use ddpm::proto;
 use ddpm::train::local::batch_items;
 use serde::Serialize;
@@ -25,7 +28,12 @@ use crate::{Coord, CoordOptions};
 /// How a run ended; written to `RUN/summary.json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
+    /// Steps done (the run's total unless it was stopped).
     pub steps: u64,
+    /// The run was stopped (SIGTERM/Ctrl-C) before its last step.
+    pub stopped: bool,
+    /// The step this start resumed from (0 for a new run).
+    pub resumed_from: u64,
     pub final_loss: f64,
     pub skipped_steps: u64,
     /// Checksum of the coordinator's parameters after the last step.
@@ -35,9 +43,11 @@ pub struct Summary {
     /// Every replica that reported equals the coordinator.
     pub replicas_agree: bool,
     pub checksum_mismatches: u64,
-    pub weights_dir: PathBuf,
-    pub grid: Option<PathBuf>,
-    /// Images per second over the whole run.
+    /// The last checkpoint saved (a location in the run's store).
+    pub checkpoint: Option<String>,
+    /// The sample grid drawn at the end (a location in the run's store).
+    pub grid: Option<String>,
+    /// Images per second over this start.
     pub images_per_s: f64,
     pub elapsed_s: f64,
 }
@@ -66,7 +76,46 @@ fn prefetch(config: &ddpm::config::TrainConfig, dataset: &Arc<dyn Dataset>, step
     })
 }
 
-pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOptions) -> anyhow::Result<Summary> {
+/// Checkpoint bookkeeping for the training loop.
+struct Saver<'a> {
+    coord: &'a Coord,
+    uploader: &'a Uploader,
+    policy: CheckpointPolicy,
+    last_save: Instant,
+    last_saved_step: Option<u64>,
+}
+
+impl Saver<'_> {
+    /// Captures the state after `step` and hands it to the uploader (which
+    /// never blocks training).
+    async fn save(&mut self, step: u64, skipped: u64, reason: Reason) -> anyhow::Result<()> {
+        let data = self.coord.state.capture(skipped, self.coord.dataset_len).await?;
+        debug_assert_eq!(data.step, step);
+        tracing::info!(step, %reason, "checkpoint captured; uploading in the background");
+        self.uploader.submit(data, reason);
+        self.last_save = Instant::now();
+        self.last_saved_step = Some(step);
+        Ok(())
+    }
+
+    /// Waits for the uploads; an error if the last one failed.
+    async fn flush(&self) -> anyhow::Result<Option<String>> {
+        match self.uploader.flush().await {
+            Some(UploadEvent::Saved { step, .. }) => Ok(Some(self.coord.location(&checkpoint::step_dir(step)))),
+            Some(UploadEvent::Failed { step, error, .. }) => {
+                anyhow::bail!("the checkpoint of step {step} could not be saved: {error}")
+            }
+            _ => Ok(None),
+        }
+    }
+}
+
+pub async fn train(
+    coord: Arc<Coord>,
+    dataset: Arc<dyn Dataset>,
+    opts: &CoordOptions,
+    uploader: &Uploader,
+) -> anyhow::Result<Summary> {
     let cfg = coord.config.clone();
     let total = cfg.train.steps;
     let batch = cfg.train.batch_size;
@@ -75,26 +124,44 @@ pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOpt
     let step_timeout = Duration::from_secs_f64(cfg.dist.step_timeout_s);
     let started = Instant::now();
 
-    let mut step = 0u64;
+    let resumed_from = coord.state.start_step;
+    let mut step = resumed_from;
     let mut active: BTreeSet<u64> = BTreeSet::new();
     let mut resyncing: BTreeSet<u64> = BTreeSet::new();
     let mut expected: BTreeMap<u64, u64> = BTreeMap::new();
     let mut mismatches = 0u64;
-    let mut skipped = 0u64;
+    let mut skipped = coord.start_skipped;
     let mut attempt = 0u32;
     let mut window = Window::default();
     let mut last_loss = f64::NAN;
-    let mut next: Option<(u64, Prefetch)> = Some((1, prefetch(&cfg, &dataset, 1)));
-
-    std::fs::create_dir_all(&opts.run_dir)?;
-    let mut metrics = MetricsLog::open(&opts.run_dir.join("metrics.jsonl"))?;
+    let mut next: Option<(u64, Prefetch)> = (step < total).then(|| (step + 1, prefetch(&cfg, &dataset, step + 1)));
+    let mut saver = Saver {
+        coord: &coord,
+        uploader,
+        policy: CheckpointPolicy::new(&cfg.checkpoint),
+        last_save: Instant::now(),
+        last_saved_step: (resumed_from > 0).then_some(resumed_from),
+    };
+    let mut metrics = MetricsLog::open(&coord.store, &opts.run)?;
+    if resumed_from > 0 {
+        tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
+    }
     tracing::info!(workers = opts.workers, "waiting for {} workers to join", opts.workers);
     let mut started_training = false;
+    let mut stopped = false;
     while step < total {
         let s = step + 1;
         // The world size is awaited once; after that, whoever is left trains.
         let min = if started_training { 1 } else { opts.workers };
-        let members = gather(&coord, step, &active, &mut resyncing, min, step_timeout).await?;
+        let gathered = if coord.stop_requested() {
+            None
+        } else {
+            gather(&coord, step, &active, &mut resyncing, min, step_timeout).await?
+        };
+        let Some(members) = gathered else {
+            stopped = true;
+            break;
+        };
         if !started_training {
             started_training = true;
             coord.set_phase("training");
@@ -192,7 +259,7 @@ pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOpt
         mismatches += verify_checksums(&coord, &mut expected, s);
 
         let dt = t0.elapsed().as_secs_f64();
-        metrics.write(&serde_json::json!({
+        metrics.push(&serde_json::json!({
             "step": s,
             "loss": result.loss,
             "grad_norm": outcome.grad_norm,
@@ -218,15 +285,42 @@ pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOpt
             st.skipped_steps = skipped;
             st.images_per_s = window.images as f64 / window.seconds.max(1e-9);
         }
-        if s == 1 || s == total || s % cfg.train.log_every.max(1) == 0 {
+        if s == resumed_from + 1 || s == total || s % cfg.train.log_every.max(1) == 0 {
             log_progress(&window, s, total, members.len(), params, &cfg, started);
             window = Window::default();
+            metrics.flush().await?;
         }
-        if cfg.train.save_every > 0 && s % cfg.train.save_every == 0 && s != total {
-            let dir = opts.run_dir.join("weights").join(format!("step_{s:08}"));
-            coord.state.save(dir.clone()).await?;
-            tracing::info!(step = s, dir = %dir.display(), "weights saved");
+        if s < total {
+            if let Some(reason) = saver.policy.should_save(s, Instant::now(), saver.last_save) {
+                saver.save(s, skipped, reason).await?;
+            }
         }
+    }
+    metrics.flush().await?;
+
+    if stopped {
+        if let Some(reason) = saver.policy.on_signal(step, saver.last_saved_step) {
+            saver.save(step, skipped, reason).await?;
+        }
+        let checkpoint = saver.flush().await?;
+        tracing::warn!(step, "stopped after step {step}; run the same command again to resume");
+        let summary = Summary {
+            steps: step,
+            stopped: true,
+            resumed_from,
+            final_loss: last_loss,
+            skipped_steps: skipped,
+            coordinator_checksum: String::new(),
+            replica_checksums: BTreeMap::new(),
+            replicas_agree: false,
+            checksum_mismatches: mismatches,
+            checkpoint,
+            grid: None,
+            images_per_s: ((step - resumed_from) * batch as u64) as f64 / started.elapsed().as_secs_f64(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+        };
+        put_json(&coord.store, "summary.json", &summary).await?;
+        return Ok(summary);
     }
 
     // Final checksums: every replica reports after the last step.
@@ -248,13 +342,17 @@ pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOpt
         tracing::error!(?replica_checksums, coordinator = %coordinator_checksum, "replicas disagree with the coordinator");
     }
 
-    let weights_dir = opts.run_dir.join("weights").join(format!("step_{total:08}"));
-    coord.state.save(weights_dir.clone()).await?;
-    tracing::info!(dir = %weights_dir.display(), "raw and EMA weights saved (safetensors, diffusers layout)");
+    if let Some(reason) = saver.policy.at_end(total, saver.last_saved_step) {
+        saver.save(total, skipped, reason).await?;
+    }
+    let checkpoint = saver.flush().await?;
+    if let Some(c) = &checkpoint {
+        tracing::info!(checkpoint = %c, "final checkpoint saved (raw and EMA weights in the diffusers layout)");
+    }
 
-    let grid = if cfg.sample.at_end {
+    let grid = if cfg.sample.at_end && !active.is_empty() {
         coord.set_phase("sampling");
-        Some(sample_grid(&coord, total, opts, &active).await?)
+        Some(sample_grid(&coord, total, &active).await?)
     } else {
         None
     };
@@ -262,41 +360,84 @@ pub async fn train(coord: Arc<Coord>, dataset: Arc<dyn Dataset>, opts: &CoordOpt
     let elapsed = started.elapsed().as_secs_f64();
     let summary = Summary {
         steps: total,
+        stopped: false,
+        resumed_from,
         final_loss: last_loss,
         skipped_steps: skipped,
         coordinator_checksum,
         replica_checksums,
         replicas_agree,
         checksum_mismatches: mismatches,
-        weights_dir,
+        checkpoint,
         grid,
-        images_per_s: (total * batch as u64) as f64 / elapsed,
+        images_per_s: ((total - resumed_from) * batch as u64) as f64 / elapsed,
         elapsed_s: elapsed,
     };
-    std::fs::create_dir_all(&opts.run_dir)?;
-    std::fs::write(opts.run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    put_json(&coord.store, "summary.json", &summary).await?;
     Ok(summary)
 }
 
-/// `RUN/metrics.jsonl`: one JSON object per step, appended as it happens.
-struct MetricsLog {
-    file: std::io::BufWriter<std::fs::File>,
+async fn put_json(store: &RunStore, key: &str, value: &impl Serialize) -> anyhow::Result<()> {
+    store.put(key, serde_json::to_vec_pretty(value)?.into()).await?;
+    Ok(())
+}
+
+/// The per-step metrics log: one JSON object per step. A local run appends
+/// to `RUN/metrics.jsonl` as steps finish (`tail -f` works); an object
+/// store cannot append, so there the lines go up in segments,
+/// `metrics/step_<first step>.jsonl`, one per logging interval.
+enum MetricsLog {
+    Local(std::io::BufWriter<std::fs::File>),
+    Remote { store: RunStore, lines: Vec<String>, first: Option<u64> },
 }
 
 impl MetricsLog {
-    fn open(path: &std::path::Path) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| anyhow::anyhow!("cannot open the metrics log {}: {e}", path.display()))?;
-        Ok(Self { file: std::io::BufWriter::new(file) })
+    fn open(store: &RunStore, run: &str) -> anyhow::Result<Self> {
+        match Location::parse(run)? {
+            Location::Local(dir) => {
+                std::fs::create_dir_all(&dir)?;
+                let path = dir.join("metrics.jsonl");
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&path)
+                    .map_err(|e| anyhow::anyhow!("cannot open the metrics log {}: {e}", path.display()))?;
+                Ok(Self::Local(std::io::BufWriter::new(file)))
+            }
+            _ => Ok(Self::Remote { store: store.clone(), lines: Vec::new(), first: None }),
+        }
     }
 
-    fn write(&mut self, row: &serde_json::Value) -> anyhow::Result<()> {
-        use std::io::Write;
-        writeln!(self.file, "{row}")?;
-        self.file.flush()?;
+    fn push(&mut self, row: &serde_json::Value) -> anyhow::Result<()> {
+        match self {
+            Self::Local(file) => {
+                use std::io::Write;
+                writeln!(file, "{row}")?;
+            }
+            Self::Remote { lines, first, .. } => {
+                first.get_or_insert(row["step"].as_u64().unwrap_or(0));
+                lines.push(row.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        match self {
+            Self::Local(file) => {
+                use std::io::Write;
+                file.flush()?;
+            }
+            Self::Remote { store, lines, first } => {
+                if let Some(f) = first.take() {
+                    let body = lines.join("\n") + "\n";
+                    lines.clear();
+                    if let Err(e) = store.put(&format!("metrics/step_{f:010}.jsonl"), body.into()).await {
+                        tracing::warn!("could not write metrics from step {f}: {e}");
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -339,6 +480,7 @@ fn format_duration(s: f64) -> String {
 /// every live member of the previous step and every resyncing joiner is
 /// idle and in sync (or `timeout` passed), and at least `min` are.
 /// Idle members that are out of sync are told to fetch the state again.
+/// `None` when a stop was requested while waiting.
 async fn gather(
     coord: &Coord,
     step: u64,
@@ -346,7 +488,7 @@ async fn gather(
     resyncing: &mut BTreeSet<u64>,
     min: usize,
     timeout: Duration,
-) -> anyhow::Result<Vec<u64>> {
+) -> anyhow::Result<Option<Vec<u64>>> {
     let started = Instant::now();
     let mut last_log = Instant::now();
     loop {
@@ -377,15 +519,15 @@ async fn gather(
                 if !missing.is_empty() {
                     tracing::warn!(step = step + 1, ?missing, "going on without members that did not come back in time");
                 }
-                return Ok(in_sync);
+                return Ok(Some(in_sync));
             }
             if last_log.elapsed() > Duration::from_secs(10) {
                 tracing::info!(have = in_sync.len(), need = min, ?missing, "waiting for workers");
                 last_log = Instant::now();
             }
         }
-        if coord.is_shutting_down() {
-            anyhow::bail!("shutting down");
+        if coord.stop_requested() {
+            return Ok(None);
         }
         tokio::select! {
             _ = &mut notified => {}
@@ -451,7 +593,7 @@ fn verify_checksums(coord: &Coord, expected: &mut BTreeMap<u64, u64>, step: u64)
 
 /// Has the members draw `sample.count` images from the EMA weights after
 /// `step` and writes them as a grid PNG.
-async fn sample_grid(coord: &Coord, step: u64, opts: &CoordOptions, members: &BTreeSet<u64>) -> anyhow::Result<PathBuf> {
+async fn sample_grid(coord: &Coord, step: u64, members: &BTreeSet<u64>) -> anyhow::Result<String> {
     let cfg = &coord.config;
     let count = cfg.sample.count;
     let per_batch = 16u64.min(count.max(1));
@@ -507,13 +649,15 @@ async fn sample_grid(coord: &Coord, step: u64, opts: &CoordOptions, members: &BT
         received += part.count;
     }
     coord.results.lock().unwrap().remove(&job_id);
-    let path = opts.run_dir.join("samples").join(format!("step_{step:08}.png"));
-    std::fs::create_dir_all(path.parent().expect("has a parent"))?;
     let refs: Vec<&[u8]> = images.chunks_exact(per).collect();
     let cols = (count as f64).sqrt().ceil() as usize;
-    ddpm::imageio::save_grid_png(&path, &refs, 3, res, res, cols)?;
-    tracing::info!(path = %path.display(), "sample grid written");
-    Ok(path)
+    let (grid, gh, gw) = ddpm::imageio::grid_chw(&refs, 3, res, res, cols)?;
+    let png = ddpm::imageio::encode_png(&grid, 3, gh, gw)?;
+    let key = format!("samples/step_{step:08}.png");
+    coord.store.put(&key, png.into()).await?;
+    let location = coord.location(&key);
+    tracing::info!(grid = %location, "sample grid written");
+    Ok(location)
 }
 
 /// Tells every member the run is over.
