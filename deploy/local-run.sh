@@ -20,7 +20,7 @@ run_dir="runs/demo-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 log="$run_dir/coordinator.log"
 
-"$bin/ddpm-coord" --preset tiny --workers "$workers" --listen 127.0.0.1:0 --run "$run_dir" "$@" >"$log.out" 2> >(tee "$log" >&2) &
+"$bin/ddpm-coord" --preset tiny --config deploy/demo.toml --workers "$workers" --listen 127.0.0.1:0 --run "$run_dir" "$@" >"$log.out" 2> >(tee "$log" >&2) &
 coord=$!
 pids=()
 trap 'kill $coord "${pids[@]}" 2>/dev/null || true' EXIT

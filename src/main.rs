@@ -20,6 +20,8 @@ enum Command {
     Data(cli::data::DataArgs),
     /// List a run's checkpoints; export one as a diffusers model.
     Checkpoints(cli::checkpoints::CheckpointsArgs),
+    /// Submit, follow and cancel a coordinator's sampling jobs.
+    Jobs(cli::jobs::JobsArgs),
     /// Throughput benchmarks (not tests).
     Bench(cli::bench::BenchArgs),
 }
@@ -31,6 +33,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(args) => cli::model::run(args),
         Command::Data(args) => cli::data::run(args),
         Command::Checkpoints(args) => cli::checkpoints::run(args),
+        Command::Jobs(args) => cli::jobs::run(args),
         Command::Bench(args) => cli::bench::run(args),
     };
     match result {

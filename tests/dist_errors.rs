@@ -25,7 +25,7 @@ async fn client(addr: &str) -> CoordinatorClient<tonic::transport::Channel> {
 }
 
 fn register_req(version: u32) -> proto::RegisterRequest {
-    proto::RegisterRequest { protocol_version: version, name: "test".into(), device: "cpu".into(), version: "test".into() }
+    proto::RegisterRequest { protocol_version: version, name: "test".into(), device: "cpu".into(), version: "test".into(), role: String::new() }
 }
 
 #[test]
@@ -108,7 +108,7 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
     c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count })
         .await
         .unwrap();
-    let mut state = c.fetch_state(proto::FetchStateRequest { worker_id: id, kind: proto::StateKind::Training as i32 }).await.unwrap().into_inner();
+    let mut state = c.fetch_state(proto::FetchStateRequest { worker_id: id, kind: proto::StateKind::Training as i32, job_id: 0 }).await.unwrap().into_inner();
     while state.next().await.is_some() {}
     // Keep the fake member alive while the real worker starts.
     let hb = {

@@ -7,6 +7,7 @@
 //! `main` only parses flags and calls [`run`]; tests start the same `run` on
 //! `127.0.0.1:0`.
 
+pub mod jobs;
 pub mod membership;
 pub mod reduce;
 pub mod service;
@@ -15,13 +16,14 @@ pub mod trainer;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ddpm::checkpoint::{self, CheckpointData, Uploader, UploaderConfig};
 use ddpm::config::{RunConfig, TrainConfig};
 use ddpm::data::Dataset;
 use ddpm::proto::coordinator_server::CoordinatorServer;
+use ddpm::proto::jobs_server::JobsServer;
 use ddpm::store::{RunStore, StoreOptions};
 use ddpm::wire;
 use tokio::net::TcpListener;
@@ -44,6 +46,8 @@ pub struct CoordOptions {
     /// Refuse to start on a run that already has checkpoints (instead of
     /// resuming from the latest).
     pub fresh: bool,
+    /// Keep serving jobs after the last step, until SIGTERM/Ctrl-C.
+    pub serve: bool,
 }
 
 /// Images from a worker for a sampling job.
@@ -53,6 +57,8 @@ pub struct ResultPart {
     pub count: u64,
     pub resolution: u32,
     pub data: Vec<u8>,
+    /// Set when the worker could not do the task (then `data` is empty).
+    pub error: String,
 }
 
 /// Live numbers for GetStatus.
@@ -88,6 +94,13 @@ pub struct Coord {
     pub dataset_len: usize,
     /// Steps skipped before this start (from the resumed checkpoint).
     pub start_skipped: u64,
+    /// Sampling jobs submitted over gRPC.
+    pub jobs: jobs::JobQueue,
+    /// Ids of jobs (and of the end-of-training grid).
+    pub next_job_id: AtomicU64,
+    /// Set once training (and its grid) is over: training workers then take
+    /// job tasks too.
+    pub training_over: AtomicBool,
 }
 
 impl Coord {
@@ -123,6 +136,9 @@ impl Coord {
             store,
             dataset_len: dataset.len(),
             start_skipped,
+            jobs: jobs::JobQueue::default(),
+            next_job_id: AtomicU64::new(1),
+            training_over: AtomicBool::new(false),
         })
     }
 
@@ -191,6 +207,7 @@ pub async fn run(
     let server = {
         let stop = server_stop.clone();
         let svc = grpc_service(coord.clone());
+        let jobs_svc = JobsServer::new(jobs::JobsService::new(coord.clone()));
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .initial_stream_window_size(Some(8 << 20))
@@ -198,6 +215,7 @@ pub async fn run(
                 .max_frame_size(Some(wire::MAX_FRAME_BYTES))
                 .tcp_nodelay(true)
                 .add_service(svc)
+                .add_service(jobs_svc)
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
                     stop.notified().await
                 })
@@ -205,6 +223,7 @@ pub async fn run(
         })
     };
     let reaper = tokio::spawn(trainer::reap_silent_members(coord.clone()));
+    let scheduler = tokio::spawn(jobs::run_scheduler(coord.clone()));
     let signal = {
         let coord = coord.clone();
         tokio::spawn(async move {
@@ -216,6 +235,12 @@ pub async fn run(
     };
 
     let result = trainer::train(coord.clone(), dataset, &opts, &uploader).await;
+    coord.training_over.store(true, Ordering::SeqCst);
+    coord.changed.notify_waiters();
+    if result.is_ok() {
+        serve_jobs(&coord, opts.serve).await;
+    }
+    scheduler.abort();
     signal.abort();
     coord.shutting_down.store(true, Ordering::SeqCst);
     trainer::shutdown_workers(&coord, "the run is over");
@@ -227,6 +252,29 @@ pub async fn run(
     server_stop.notify_one();
     let _ = server.await;
     result
+}
+
+/// After training: with `serve`, runs jobs until SIGTERM/Ctrl-C; without,
+/// finishes the jobs already submitted (unless a stop was requested).
+async fn serve_jobs(coord: &Coord, serve: bool) {
+    if serve && !coord.stop_requested() {
+        coord.set_phase("serving");
+        tracing::info!("training is over; serving sampling jobs until SIGTERM or Ctrl-C");
+        println!("serving jobs");
+    } else if !coord.jobs.all_final() && !coord.stop_requested() {
+        tracing::info!("training is over; finishing the submitted jobs before exiting");
+    }
+    loop {
+        let idle = !serve && coord.jobs.all_final();
+        if idle || coord.stop_requested() {
+            return;
+        }
+        let notified = coord.changed.notified();
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 /// The checkpoint to resume from: the latest complete one (torn newer ones

@@ -59,6 +59,10 @@ struct Args {
     /// from the latest complete one).
     #[arg(long)]
     fresh: bool,
+    /// After the last step, keep serving sampling jobs (`ddpm jobs`) until
+    /// SIGTERM or Ctrl-C (default: finish the jobs already submitted, then exit).
+    #[arg(long)]
+    serve: bool,
     #[command(flatten)]
     store: StoreArgs,
     /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
@@ -136,6 +140,7 @@ fn main() -> ExitCode {
             run: args.run.clone(),
             store: args.store.options(),
             fresh: args.fresh,
+            serve: args.serve,
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -23,12 +23,33 @@ pub enum Work {
     Shutdown(String),
 }
 
+/// What a worker does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Training steps; job tasks once training is over.
+    Train,
+    /// Job tasks only, at any time.
+    Eval,
+}
+
+impl Role {
+    /// From RegisterRequest.role ("" means train).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "" | "train" => Ok(Self::Train),
+            "eval" => Ok(Self::Eval),
+            other => Err(format!("unknown worker role {other:?}: use \"train\" or \"eval\"")),
+        }
+    }
+}
+
 /// One worker.
 pub struct Member {
     pub id: u64,
     pub name: String,
     pub device: String,
     pub version: String,
+    pub role: Role,
     /// Built the run's model (passed the layout check).
     pub ready: bool,
     pub last_seen: Instant,
@@ -66,7 +87,7 @@ pub struct Membership {
 
 impl Membership {
     /// Adds a worker; returns its new id.
-    pub fn add(&mut self, name: String, device: String, version: String) -> u64 {
+    pub fn add(&mut self, name: String, device: String, version: String, role: Role) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
         let (mailbox, inbox) = mpsc::unbounded_channel();
@@ -77,6 +98,7 @@ impl Membership {
                 name,
                 device,
                 version,
+                role,
                 ready: false,
                 last_seen: Instant::now(),
                 idle: false,
@@ -109,15 +131,19 @@ impl Membership {
         self.members.values_mut()
     }
 
-    /// Ready members, by id.
+    /// Ready training members, by id.
     pub fn ready_ids(&self) -> Vec<u64> {
-        self.members.values().filter(|m| m.ready).map(|m| m.id).collect()
+        self.members.values().filter(|m| m.ready && m.role == Role::Train).map(|m| m.id).collect()
     }
 
-    /// Ready, idle members whose replicas are at `step` (they can compute
-    /// step `step + 1`), by id.
+    /// Ready, idle training members whose replicas are at `step` (they can
+    /// compute step `step + 1`), by id.
     pub fn in_sync(&self, step: u64) -> Vec<u64> {
-        self.members.values().filter(|m| m.ready && m.idle && m.applied_step == step).map(|m| m.id).collect()
+        self.members
+            .values()
+            .filter(|m| m.ready && m.idle && m.role == Role::Train && m.applied_step == step)
+            .map(|m| m.id)
+            .collect()
     }
 
     /// Removes members silent for longer than `timeout`; returns them.
@@ -144,10 +170,10 @@ mod tests {
     #[test]
     fn ids_are_never_reused_and_sync_is_by_step() {
         let mut ms = Membership::default();
-        let a = ms.add("a".into(), "cpu".into(), "0".into());
-        let b = ms.add("b".into(), "cpu".into(), "0".into());
+        let a = ms.add("a".into(), "cpu".into(), "0".into(), Role::Train);
+        let b = ms.add("b".into(), "cpu".into(), "0".into(), Role::Train);
         ms.remove(a);
-        let c = ms.add("c".into(), "cpu".into(), "0".into());
+        let c = ms.add("c".into(), "cpu".into(), "0".into(), Role::Train);
         assert!(c > b && b > a);
         for id in [b, c] {
             let m = ms.get_mut(id).unwrap();
@@ -164,8 +190,8 @@ mod tests {
     #[test]
     fn silent_members_are_reaped() {
         let mut ms = Membership::default();
-        let a = ms.add("a".into(), "cpu".into(), "0".into());
-        let b = ms.add("b".into(), "cpu".into(), "0".into());
+        let a = ms.add("a".into(), "cpu".into(), "0".into(), Role::Train);
+        let b = ms.add("b".into(), "cpu".into(), "0".into(), Role::Train);
         ms.get_mut(a).unwrap().last_seen = Instant::now() - Duration::from_secs(60);
         let gone: Vec<u64> = ms.reap(Duration::from_secs(30)).iter().map(|m| m.id).collect();
         assert_eq!(gone, vec![a]);

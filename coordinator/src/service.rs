@@ -13,9 +13,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::membership::Work;
+use crate::membership::{Role, Work};
 use crate::reduce::RoundFailure;
-use crate::state::SnapshotKind;
+use crate::state::{Snapshot, SnapshotKind};
 use crate::{Coord, ResultPart};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -89,8 +89,9 @@ impl Coordinator for CoordService {
         if self.coord.is_shutting_down() {
             return Err(Status::unavailable("the run is over"));
         }
-        let id = self.coord.members.lock().unwrap().add(r.name.clone(), r.device.clone(), r.version.clone());
-        tracing::info!(worker = id, name = %r.name, device = %r.device, version = %r.version, "worker registered");
+        let role = Role::parse(&r.role).map_err(|e| Status::invalid_argument(e))?;
+        let id = self.coord.members.lock().unwrap().add(r.name.clone(), r.device.clone(), r.version.clone(), role);
+        tracing::info!(worker = id, name = %r.name, device = %r.device, version = %r.version, ?role, "worker registered");
         Ok(Response::new(proto::RegisterReply {
             worker_id: id,
             run_config_json: self.coord.run_config_json.clone(),
@@ -136,11 +137,21 @@ impl Coordinator for CoordService {
         let r = req.into_inner();
         self.touch(r.worker_id)?;
         let kind = match proto::StateKind::try_from(r.kind) {
-            Ok(proto::StateKind::Training) => SnapshotKind::Training,
-            Ok(proto::StateKind::Ema) => SnapshotKind::Ema,
+            Ok(proto::StateKind::Training) => Some(SnapshotKind::Training),
+            Ok(proto::StateKind::Ema) => Some(SnapshotKind::Ema),
+            Ok(proto::StateKind::Job) => None,
             _ => return Err(RpcError::BadRequest(format!("unknown state kind {}", r.kind)).into()),
         };
-        let snap = self.coord.state.snapshot(kind).await.map_err(|e| RpcError::Internal(e.to_string()))?;
+        let snap = match kind {
+            Some(kind) => self.coord.state.snapshot(kind).await.map_err(|e| RpcError::Internal(e.to_string()))?,
+            None => {
+                let pinned = self.coord.jobs.pinned.lock().unwrap();
+                let p = pinned.get(&r.job_id).ok_or_else(|| {
+                    Status::not_found(format!("job {} has no pinned weights: it ended, was cancelled, or never existed", r.job_id))
+                })?;
+                Snapshot { step: p.step, adam_step: 0, tensors: vec![("weights".into(), p.weights.to_vec())] }
+            }
+        };
         let header = proto::StateHeader {
             step: snap.step,
             adam_step: snap.adam_step,
@@ -269,6 +280,18 @@ impl Coordinator for CoordService {
         let sink = self.coord.results.lock().unwrap().get(&header.job_id).cloned().ok_or_else(|| {
             Status::not_found(format!("unknown job id {}: it finished, was cancelled, or never existed", header.job_id))
         })?;
+        if !header.error.is_empty() {
+            let part = ResultPart {
+                worker_id: header.worker_id,
+                first: header.first,
+                count: header.count,
+                resolution: header.resolution,
+                data: Vec::new(),
+                error: header.error,
+            };
+            let _ = sink.send(part);
+            return Ok(Response::new(proto::SubmitResultReply {}));
+        }
         let res = header.resolution as u64;
         let want = header.count.checked_mul(3 * res * res).filter(|&n| n <= 1 << 34).ok_or_else(|| {
             RpcError::BadRequest(format!("result of {} images at {res}px is too large", header.count))
@@ -298,6 +321,7 @@ impl Coordinator for CoordService {
             count: header.count,
             resolution: header.resolution,
             data,
+            error: String::new(),
         };
         sink.send(part).map_err(|_| Status::not_found(format!("job {} is no longer collecting results", header.job_id)))?;
         Ok(Response::new(proto::SubmitResultReply {}))

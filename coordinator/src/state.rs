@@ -22,6 +22,8 @@ pub enum SnapshotKind {
     Training,
     /// The EMA parameters.
     Ema,
+    /// The parameters only.
+    Params,
 }
 
 /// A copy of (part of) the state on the host.
@@ -105,6 +107,7 @@ impl StateHandle {
                                 ("adam_v".to_string(), flat::to_vec_f32(&state.adam.v)),
                             ],
                             SnapshotKind::Ema => vec![("ema".to_string(), flat::to_vec_f32(&ema.flat))],
+                            SnapshotKind::Params => vec![("params".to_string(), flat::to_vec_f32(&state.model.flat))],
                         };
                         let _ = reply.send(Snapshot { step: state.step, adam_step: state.adam.step, tensors });
                     }

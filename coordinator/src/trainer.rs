@@ -498,7 +498,7 @@ async fn gather(
         {
             let mut ms = coord.members.lock().unwrap();
             for m in ms.iter_mut() {
-                if m.ready && m.idle && m.applied_step != step {
+                if m.ready && m.idle && m.role == crate::membership::Role::Train && m.applied_step != step {
                     tracing::info!(worker = m.id, at = m.applied_step, step, "worker is out of sync: sending it the current state");
                     m.send(Work::Resync(format!("the run is at step {step}, the worker at {}", m.applied_step)));
                     resyncing.insert(m.id);
@@ -595,11 +595,24 @@ fn verify_checksums(coord: &Coord, expected: &mut BTreeMap<u64, u64>, step: u64)
 /// `step` and writes them as a grid PNG.
 async fn sample_grid(coord: &Coord, step: u64, members: &BTreeSet<u64>) -> anyhow::Result<String> {
     let cfg = &coord.config;
-    let count = cfg.sample.count;
-    let per_batch = 16u64.min(count.max(1));
     let ids = wait_idle(coord, members, step, Duration::from_secs_f64(cfg.dist.step_timeout_s)).await;
     anyhow::ensure!(!ids.is_empty(), "no worker is left to draw the sample grid");
-    let job_id = 1;
+    // The grid is a job of its own: its EMA weights are pinned for the
+    // workers to fetch (FetchState, STATE_KIND_JOB).
+    let job_id = coord.next_job_id.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let mut snap = coord.state.snapshot(crate::state::SnapshotKind::Ema).await?;
+    let (_, ema) = snap.tensors.pop().ok_or_else(|| anyhow::anyhow!("empty EMA snapshot"))?;
+    coord.jobs.pinned.lock().unwrap().insert(job_id, crate::jobs::Pinned { step: snap.step, weights: Arc::new(ema) });
+    let result = draw_grid(coord, step, job_id, &ids).await;
+    coord.jobs.pinned.lock().unwrap().remove(&job_id);
+    coord.results.lock().unwrap().remove(&job_id);
+    result
+}
+
+async fn draw_grid(coord: &Coord, step: u64, job_id: u64, ids: &[u64]) -> anyhow::Result<String> {
+    let cfg = &coord.config;
+    let count = cfg.sample.count;
+    let per_batch = 16u64.min(count.max(1));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     coord.results.lock().unwrap().insert(job_id, tx);
     // Whole forward batches per worker, contiguous, so the images do not
@@ -639,6 +652,7 @@ async fn sample_grid(coord: &Coord, step: u64, members: &BTreeSet<u64>) -> anyho
             .await
             .map_err(|_| anyhow::anyhow!("sampling did not finish within {:.0} s", deadline.as_secs_f64()))?
             .ok_or_else(|| anyhow::anyhow!("sampling results channel closed"))?;
+        anyhow::ensure!(part.error.is_empty(), "worker {} could not draw its images: {}", part.worker_id, part.error);
         anyhow::ensure!(
             part.resolution as usize == res && part.first + part.count <= count,
             "worker {} sent images outside the job",
@@ -648,7 +662,6 @@ async fn sample_grid(coord: &Coord, step: u64, members: &BTreeSet<u64>) -> anyho
         images[start..start + part.data.len()].copy_from_slice(&part.data);
         received += part.count;
     }
-    coord.results.lock().unwrap().remove(&job_id);
     let refs: Vec<&[u8]> = images.chunks_exact(per).collect();
     let cols = (count as f64).sqrt().ceil() as usize;
     let (grid, gh, gw) = ddpm::imageio::grid_chw(&refs, 3, res, res, cols)?;

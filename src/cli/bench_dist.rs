@@ -155,6 +155,7 @@ async fn fake_member(addr: String, dtype: GradDtype) -> anyhow::Result<Vec<f64>>
             name: "bench".into(),
             device: "none".into(),
             version: env!("CARGO_PKG_VERSION").into(),
+            role: "train".into(),
         })
         .await?
         .into_inner();

@@ -8,4 +8,5 @@ pub mod bench_util;
 pub mod checkpoints;
 pub mod data;
 pub mod fid_stats;
+pub mod jobs;
 pub mod model;

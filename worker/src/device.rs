@@ -38,7 +38,9 @@ enum Cmd {
     Compute { step: u64, samples: Vec<(u64, Bytes)>, reply: Reply<Computed> },
     Apply { step: u64, grad: Vec<f32>, outcome: Outcome, reply: Reply<()> },
     Checksum(Reply<u64>),
-    Sample { ema: Vec<f32>, req: SampleRequest, reply: Reply<Vec<u8>> },
+    /// Draws images; `weights` replaces the sampling weights (None: keep
+    /// those of the previous task).
+    Sample { weights: Option<Vec<f32>>, req: SampleRequest, reply: Reply<Vec<u8>> },
 }
 
 /// Handle on the device thread.
@@ -90,13 +92,18 @@ impl DeviceHandle {
                     Cmd::Checksum(reply) => {
                         let _ = reply.send(Ok(flat::checksum(&state.model.flat)));
                     }
-                    Cmd::Sample { ema: weights, req, reply } => {
-                        let r = if weights.len() != ema.layout.total {
-                            Err(format!("EMA weights have {} elements, the model {}", weights.len(), ema.layout.total))
-                        } else {
-                            ema.load_flat(&Tensor::from_slice(&weights));
-                            sample::sample_images(&ema.unet, &diffusion, &req, device, &mut |_, _| {})
+                    Cmd::Sample { weights, req, reply } => {
+                        let r = match weights {
+                            Some(w) if w.len() != ema.layout.total => {
+                                Err(format!("sampling weights have {} elements, the model {}", w.len(), ema.layout.total))
+                            }
+                            Some(w) => {
+                                ema.load_flat(&Tensor::from_slice(&w));
+                                Ok(())
+                            }
+                            None => Ok(()),
                         };
+                        let r = r.and_then(|()| sample::sample_images(&ema.unet, &diffusion, &req, device, &mut |_, _| {}));
                         let _ = reply.send(r);
                     }
                 }
@@ -129,8 +136,8 @@ impl DeviceHandle {
         self.call(Cmd::Checksum).await
     }
 
-    pub async fn sample(&self, ema: Vec<f32>, req: SampleRequest) -> anyhow::Result<Vec<u8>> {
-        self.call(|reply| Cmd::Sample { ema, req, reply }).await
+    pub async fn sample(&self, weights: Option<Vec<f32>>, req: SampleRequest) -> anyhow::Result<Vec<u8>> {
+        self.call(|reply| Cmd::Sample { weights, req, reply }).await
     }
 }
 

@@ -33,6 +33,9 @@ pub struct WorkerOptions {
     pub name: String,
     /// How long to keep trying to reach the coordinator.
     pub connect_timeout: Duration,
+    /// "train" (training steps, and job tasks after training) or "eval"
+    /// (job tasks only, also while the run trains).
+    pub role: String,
 }
 
 type Client = CoordinatorClient<Channel>;
@@ -108,6 +111,7 @@ async fn session(
             name: opts.name.clone(),
             device: format!("{:?}", opts.device),
             version: env!("CARGO_PKG_VERSION").into(),
+            role: opts.role.clone(),
         })
         .await
         .map_err(|s| anyhow::anyhow!("registration refused: {}", s.message()))?
@@ -131,7 +135,7 @@ async fn session(
     tracing::info!(worker = id, coord = %opts.coord, "joined the run");
 
     let heartbeat = tokio::spawn(heartbeats(client.clone(), id, Duration::from_secs_f64(reply.heartbeat_interval_s)));
-    let result = work_loop(&mut client, id, &run, dev).await;
+    let result = work_loop(&mut client, id, &run, dev, opts.role == "eval").await;
     heartbeat.abort();
     result
 }
@@ -157,9 +161,18 @@ fn dropped_or(e: tonic::Status, what: &str) -> anyhow::Result<SessionEnd> {
     }
 }
 
-async fn work_loop(client: &mut Client, id: u64, run: &RunConfig, dev: &DeviceHandle) -> anyhow::Result<SessionEnd> {
-    let mut applied = fetch_training_state(client, id, dev).await?;
+async fn work_loop(
+    client: &mut Client,
+    id: u64,
+    run: &RunConfig,
+    dev: &DeviceHandle,
+    eval_only: bool,
+) -> anyhow::Result<SessionEnd> {
+    // An eval worker never trains: it needs no training state.
+    let mut applied = if eval_only { 0 } else { fetch_training_state(client, id, dev).await? };
     let mut checksum = 0u64;
+    // The job whose pinned weights the device holds.
+    let mut loaded_job: Option<u64> = None;
     loop {
         let req = proto::NextWorkRequest { worker_id: id, applied_step: applied, param_checksum: checksum };
         checksum = 0;
@@ -193,6 +206,7 @@ async fn work_loop(client: &mut Client, id: u64, run: &RunConfig, dev: &DeviceHa
                 match train_step(client, id, dev, &a, samples).await? {
                     StepEnd::Applied => {
                         applied = a.step;
+                        loaded_job = None;
                         if a.checksum_requested {
                             checksum = dev.checksum().await?;
                         }
@@ -202,7 +216,10 @@ async fn work_loop(client: &mut Client, id: u64, run: &RunConfig, dev: &DeviceHa
                 }
             }
             Some(work_message::Kind::Sample(a)) => {
-                sample_job(client, id, run, dev, &a).await?;
+                sample_task(client, id, run, dev, &a, &mut loaded_job).await?;
+            }
+            Some(work_message::Kind::Resync(r)) if eval_only => {
+                tracing::warn!(reason = %r.reason, "an eval worker holds no training state; ignoring a resync");
             }
             Some(work_message::Kind::Resync(r)) => {
                 tracing::info!(reason = %r.reason, "fetching the training state again");
@@ -223,8 +240,18 @@ async fn fetch_state(
     id: u64,
     kind: proto::StateKind,
 ) -> anyhow::Result<(proto::StateHeader, Vec<Vec<f32>>)> {
+    fetch_state_for(client, id, kind, 0).await
+}
+
+/// [`fetch_state`] of a job's pinned weights (`job_id`; 0 for other kinds).
+async fn fetch_state_for(
+    client: &mut Client,
+    id: u64,
+    kind: proto::StateKind,
+    job_id: u64,
+) -> anyhow::Result<(proto::StateHeader, Vec<Vec<f32>>)> {
     let mut stream = client
-        .fetch_state(proto::FetchStateRequest { worker_id: id, kind: kind as i32 })
+        .fetch_state(proto::FetchStateRequest { worker_id: id, kind: kind as i32, job_id })
         .await
         .map_err(|s| anyhow::anyhow!("fetching the state: {}", s.message()))?
         .into_inner();
@@ -360,36 +387,65 @@ fn step_error(e: tonic::Status) -> anyhow::Result<StepEnd> {
     }
 }
 
-/// Draws the assignment's images from the EMA weights and sends them back.
-async fn sample_job(
+/// Draws a job task's images from the job's pinned weights (fetched once
+/// per job) and sends them back; a failure is reported to the coordinator
+/// as the task's result, which fails the job, not this worker.
+async fn sample_task(
     client: &mut Client,
     id: u64,
     run: &RunConfig,
     dev: &DeviceHandle,
     a: &proto::SampleAssignment,
+    loaded_job: &mut Option<u64>,
 ) -> anyhow::Result<()> {
-    let (_, mut t) = fetch_state(client, id, proto::StateKind::Ema).await?;
-    let ema = t.pop().ok_or_else(|| anyhow::anyhow!("EMA state stream had no tensor"))?;
-    let sampler = Sampler::parse(&a.sampler, a.steps as usize, a.eta).map_err(|e| anyhow::anyhow!(e))?;
-    let req = SampleRequest { seed: a.seed, first: a.first, count: a.count, sampler, batch: a.batch.max(1) as usize };
     let started = Instant::now();
     tracing::info!(job = a.job_id, first = a.first, count = a.count, sampler = %a.sampler, "sampling");
-    let images = dev.sample(ema, req).await?;
-    tracing::info!(job = a.job_id, seconds = started.elapsed().as_secs_f64(), "images drawn");
-    let header = proto::ResultHeader {
+    let drawn = async {
+        let weights = if *loaded_job == Some(a.job_id) {
+            None
+        } else {
+            *loaded_job = None;
+            let (_, mut t) = fetch_state_for(client, id, proto::StateKind::Job, a.job_id).await?;
+            Some(t.pop().ok_or_else(|| anyhow::anyhow!("the job's weights stream had no tensor"))?)
+        };
+        let sampler = Sampler::parse(&a.sampler, a.steps as usize, a.eta).map_err(|e| anyhow::anyhow!(e))?;
+        let req = SampleRequest { seed: a.seed, first: a.first, count: a.count, sampler, batch: a.batch.max(1) as usize };
+        let images = dev.sample(weights, req).await?;
+        *loaded_job = Some(a.job_id);
+        anyhow::Ok(images)
+    }
+    .await;
+    let mut header = proto::ResultHeader {
         worker_id: id,
         job_id: a.job_id,
         first: a.first,
         count: a.count,
         resolution: run.train.model.image_size as u32,
+        error: String::new(),
     };
-    let mut msgs = vec![proto::ResultMessage { kind: Some(result_message::Kind::Header(header)) }];
-    for chunk in images.chunks(4 << 20) {
-        msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Data(Bytes::copy_from_slice(chunk))) });
+    let mut msgs = Vec::new();
+    match drawn {
+        Ok(images) => {
+            tracing::info!(job = a.job_id, seconds = started.elapsed().as_secs_f64(), "images drawn");
+            msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Header(header)) });
+            for chunk in images.chunks(4 << 20) {
+                msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Data(Bytes::copy_from_slice(chunk))) });
+            }
+        }
+        Err(e) => {
+            tracing::error!(job = a.job_id, "task failed: {e:#}");
+            *loaded_job = None;
+            header.error = format!("{e:#}");
+            msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Header(header)) });
+        }
     }
-    client
-        .submit_result(tokio_stream::iter(msgs))
-        .await
-        .map_err(|s| anyhow::anyhow!("sending images: {}", s.message()))?;
-    Ok(())
+    match client.submit_result(tokio_stream::iter(msgs)).await {
+        Ok(_) => Ok(()),
+        // The job was cancelled (or failed elsewhere) meanwhile.
+        Err(s) if s.code() == Code::NotFound => {
+            tracing::info!(job = a.job_id, "the job no longer wants these images: {}", s.message());
+            Ok(())
+        }
+        Err(s) => Err(anyhow::anyhow!("sending images: {}", s.message())),
+    }
 }

@@ -27,6 +27,10 @@ struct Args {
     /// CPU threads for libtorch (0: its default, all cores).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// "train": training steps, and sampling jobs once training is over;
+    /// "eval": sampling jobs only, also while the run trains.
+    #[arg(long, default_value = "train", value_parser = ["train", "eval"])]
+    role: String,
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
@@ -76,6 +80,7 @@ fn main() -> ExitCode {
         device,
         name,
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        role: args.role.clone(),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
