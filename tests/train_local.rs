@@ -5,6 +5,11 @@ use ddpm::config::TrainConfig;
 use ddpm::train::local::LocalTrainer;
 use tch::Device;
 
+/// Model initialisation and dropout draw from libtorch's global generator
+/// (seeded from the run seed), which every test in this process shares:
+/// the tests here take turns.
+static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn small() -> TrainConfig {
     let mut c = TrainConfig::tiny();
     c.model.image_size = 16;
@@ -16,6 +21,7 @@ fn small() -> TrainConfig {
 
 #[test]
 fn loss_falls_on_synthetic_shapes() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     let mut t = LocalTrainer::new(small(), Device::Cpu).unwrap();
     let losses: Vec<f64> = (0..300).map(|_| t.step().unwrap().loss).collect();
@@ -31,6 +37,7 @@ fn loss_falls_on_synthetic_shapes() {
 
 #[test]
 fn the_same_seed_gives_the_same_run() {
+    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
     // Bitwise equality needs the same reduction order in both runs: the
     // same libtorch thread count (tests share one process, and the other
     // test sets it too).
