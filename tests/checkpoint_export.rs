@@ -3,6 +3,8 @@
 //! computes what our U-Net computes (tests/golden/check_diffusers_export.py),
 //! from a local run and from the S3 test server.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
@@ -123,18 +125,8 @@ fn exported_ema_loads_in_diffusers_and_matches_our_unet() {
 
 #[test]
 fn s3_list_and_export_through_the_cli() {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set: run tests/run.sh, which starts the S3 test server"))
-    };
-    let run = format!("s3://{}/export-{}", var("DDPM_TEST_S3_BUCKET"), std::process::id());
-    let opts = ddpm::store::StoreOptions {
-        endpoint: Some(var("DDPM_TEST_S3_ENDPOINT")),
-        region: Some(var("DDPM_TEST_S3_REGION")),
-        access_key_id: Some(var("DDPM_TEST_S3_ACCESS_KEY")),
-        secret_access_key: Some(var("DDPM_TEST_S3_SECRET")),
-        allow_http: Some(true),
-        ..Default::default()
-    };
+    let var = common::s3_env;
+    let (run, opts) = common::s3_test_store("export");
     let data = tiny_checkpoint();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let store = ddpm::store::RunStore::open(&run, &opts).unwrap();

@@ -5,6 +5,8 @@
 //! test server. (The multi-process version, with a coordinator stopped and
 //! restarted, is the coordinator's test.)
 
+mod common;
+
 use ddpm::checkpoint::{self, CheckpointData};
 use ddpm::config::TrainConfig;
 use ddpm::store::{RunStore, StoreOptions};
@@ -82,18 +84,7 @@ async fn resume_from_the_local_store_is_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_from_s3_is_exact() {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set: run tests/run.sh, which starts the S3 test server"))
-    };
-    let opts = StoreOptions {
-        endpoint: Some(var("DDPM_TEST_S3_ENDPOINT")),
-        region: Some(var("DDPM_TEST_S3_REGION")),
-        access_key_id: Some(var("DDPM_TEST_S3_ACCESS_KEY")),
-        secret_access_key: Some(var("DDPM_TEST_S3_SECRET")),
-        allow_http: Some(true),
-        ..Default::default()
-    };
-    let url = format!("s3://{}/resume-{}", var("DDPM_TEST_S3_BUCKET"), std::process::id());
+    let (url, opts) = common::s3_test_store("resume");
     let store = RunStore::open(&url, &opts).unwrap();
     resume_is_exact(store.clone()).await;
     for o in store.list("").await.unwrap() {

@@ -3,6 +3,8 @@
 //! a local cache, read exactly like the originals, and reused on the next
 //! fetch unless they changed.
 
+mod common;
+
 use std::io::Write;
 use std::path::Path;
 
@@ -11,19 +13,7 @@ use ddpm::data::{self, DatasetSpec, OpenOptions};
 use ddpm::store::{RunStore, StoreOptions};
 
 fn s3() -> (String, StoreOptions) {
-    let var = |n: &str| {
-        std::env::var(n).unwrap_or_else(|_| panic!("{n} is not set: run tests/run.sh, which starts the S3 test server"))
-    };
-    let prefix = format!("s3://{}/data-{}", var("DDPM_TEST_S3_BUCKET"), std::process::id());
-    let opts = StoreOptions {
-        endpoint: Some(var("DDPM_TEST_S3_ENDPOINT")),
-        region: Some(var("DDPM_TEST_S3_REGION")),
-        access_key_id: Some(var("DDPM_TEST_S3_ACCESS_KEY")),
-        secret_access_key: Some(var("DDPM_TEST_S3_SECRET")),
-        allow_http: Some(true),
-        ..Default::default()
-    };
-    (prefix, opts)
+    common::s3_test_store("data")
 }
 
 /// `cifar-10-binary.tar.gz` with five train batches of 3 images and a test batch of 2.

@@ -153,3 +153,24 @@ pub fn start_worker(addr: &str, name: &str) -> Proc {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
+
+/// A setting of the S3 test server, which `tests/run.sh` starts and
+/// describes in `DDPM_TEST_S3_*` variables.
+pub fn s3_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run tests/run.sh, which starts the S3 test server"))
+}
+
+/// A fresh location on the S3 test server, `s3://BUCKET/<name>-<pid>`,
+/// and the options that reach it.
+pub fn s3_test_store(name: &str) -> (String, ddpm::store::StoreOptions) {
+    let url = format!("s3://{}/{name}-{}", s3_env("DDPM_TEST_S3_BUCKET"), std::process::id());
+    let opts = ddpm::store::StoreOptions {
+        endpoint: Some(s3_env("DDPM_TEST_S3_ENDPOINT")),
+        region: Some(s3_env("DDPM_TEST_S3_REGION")),
+        access_key_id: Some(s3_env("DDPM_TEST_S3_ACCESS_KEY")),
+        secret_access_key: Some(s3_env("DDPM_TEST_S3_SECRET")),
+        allow_http: Some(true),
+        ..Default::default()
+    };
+    (url, opts)
+}
