@@ -28,13 +28,28 @@
 //! ..      8 S C           sum of p per split, f64 LE
 //! end-8   8               xxh3-64 of every byte before it
 //! ```
+//!
+//! # `BpdSums`, version 1
+//!
+//! ```text
+//! 0       8               magic b"DDPMBPD" + version byte 0x01
+//! 8       8               timesteps T, u64 LE
+//! 16      8               count n, u64 LE
+//! 24      8               sum of totals, f64 LE
+//! 32      8               sum of prior terms, f64 LE
+//! 40      8 T             sum of terms per timestep, f64 LE
+//! ..      8 T             sum of pred_x0 MSEs per timestep, f64 LE
+//! end-8   8               xxh3-64 of every byte before it
+//! ```
 
+use super::bpd::BpdSums;
 use super::error::EvalError;
 use super::score::ScoreStats;
 use super::stats::FeatureStats;
 
 const FEATURE_MAGIC: &[u8; 8] = b"DDPMFST\x01";
 const SCORE_MAGIC: &[u8; 8] = b"DDPMISC\x01";
+const BPD_MAGIC: &[u8; 8] = b"DDPMBPD\x01";
 
 impl FeatureStats {
     /// The version-1 binary form (see the module docs).
@@ -103,6 +118,36 @@ impl ScoreStats {
         let plogp = (0..s).map(|_| r.f64()).collect::<Result<Vec<_>, _>>()?;
         let p = (0..s * c).map(|_| r.f64()).collect::<Result<Vec<_>, _>>()?;
         ScoreStats::from_parts(total, c, counts, plogp, p)
+    }
+}
+
+impl BpdSums {
+    /// The version-1 binary form (see the module docs).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let t = self.terms.len();
+        let mut w = Writer::new(BPD_MAGIC, 8 * (6 + 2 * t));
+        w.u64(t as u64);
+        w.u64(self.count);
+        w.f64(self.total);
+        w.f64(self.prior);
+        self.terms.iter().chain(&self.x0_mse).for_each(|&v| w.f64(v));
+        w.finish()
+    }
+
+    /// Parses [`to_bytes`](Self::to_bytes) output; refuses non-finite sums.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, EvalError> {
+        let mut r = Reader::new(bytes, BPD_MAGIC, "bits/dim sums")?;
+        let t = r.len_field("timestep count")?;
+        let count = r.u64()?;
+        let total = r.f64()?;
+        let prior = r.f64()?;
+        r.expect_remaining(t.checked_mul(16).ok_or_else(|| r.bad("timestep count too large"))?)?;
+        let terms = (0..t).map(|_| r.f64()).collect::<Result<Vec<_>, _>>()?;
+        let x0_mse = (0..t).map(|_| r.f64()).collect::<Result<Vec<_>, _>>()?;
+        if [total, prior].iter().chain(&terms).chain(&x0_mse).any(|v| !v.is_finite()) {
+            return Err(EvalError::NonFinite("serialized bits/dim sums".into()));
+        }
+        Ok(Self { count, total, prior, terms, x0_mse })
     }
 }
 

@@ -101,3 +101,17 @@ fn inception_score_refuses_logits_and_bounds() {
     let bytes = s.to_bytes();
     assert_eq!(ScoreStats::from_bytes(&bytes).unwrap(), s);
 }
+
+#[test]
+fn bpd_sums_round_trip_and_refuse_damage() {
+    let s = BpdSums { count: 3, total: 10.5, prior: 1e-5, terms: vec![0.25, 1.5, -0.0], x0_mse: vec![0.1, 0.2, 0.3] };
+    let bytes = s.to_bytes();
+    assert_eq!(BpdSums::from_bytes(&bytes).unwrap(), s);
+    let mut flipped = bytes.clone();
+    flipped[30] ^= 1;
+    assert!(BpdSums::from_bytes(&flipped).unwrap_err().to_string().contains("checksum"));
+    assert!(BpdSums::from_bytes(&bytes[..bytes.len() - 8]).is_err());
+    assert!(BpdSums::from_bytes(&FeatureStats::new(2).to_bytes()).unwrap_err().to_string().contains("magic"));
+    let nan = BpdSums { total: f64::NAN, ..s };
+    assert!(BpdSums::from_bytes(&nan.to_bytes()).unwrap_err().to_string().contains("serialized bits/dim"));
+}
