@@ -10,7 +10,10 @@
 # 2. one device's training step, cifar10 U-Net at batch 128, against PyTorch
 #    eager on the same architecture (ratio), and against the paper's TPU v3-8
 #    (2,688 images/s);
-# 3. a real run: coordinator on the CPU, two workers on GPU 0, the cifar10
+# 3. sampling on one device: cifar10 U-Net, batch 256, ancestral and DDIM 50
+#    timed over 20 evaluations each, against PyTorch eager and the paper's
+#    TPU v3-8 (256 images in 17 s);
+# 4. a real run: coordinator on the CPU, two workers on GPU 0, the cifar10
 #    model on synthetic data for 30 steps, replicas' checksums against the
 #    coordinator's CPU copy, and a sample grid (1000 ancestral steps) from
 #    the EMA weights.
@@ -34,6 +37,11 @@ timeout 150 "$bin/ddpm" bench train --device cuda:0 --preset cifar10 --batch-siz
     2>&1 | tee "$out/bench-train.txt"
 ours=$(sed -n 's/^ddpm (tch): .* per step, \([0-9.]*\) img\/s/\1/p' "$out/bench-train.txt")
 [ -n "$ours" ] && "$py" -c "print(f'against the paper\'s TPU v3-8 (2,688 img/s): {float(\"$ours\") / 2688:.2f}x')"
+
+echo
+echo "== sampling, one device (cifar10 U-Net, batch 256)"
+timeout 120 "$bin/ddpm" bench sample --device cuda:0 --presets cifar10 --batch 256 --evals 20 --threads 8 --python "$py" \
+    2>&1 | tee "$out/bench-sample.txt"
 
 echo
 echo "== distributed run: coordinator on CPU, 2 workers on GPU 0"

@@ -29,6 +29,8 @@ pub struct TrainConfig {
     pub train: LoopConfig,
     pub dist: DistConfig,
     pub sample: SampleConfig,
+    /// Evaluation every N steps while training.
+    pub eval: EvalConfig,
     /// When to checkpoint and what to keep (`crate::checkpoint::CheckpointConfig`).
     pub checkpoint: CheckpointConfig,
 }
@@ -120,6 +122,64 @@ pub struct SampleConfig {
     pub seed: u64,
 }
 
+/// Evaluation while training: every `every_steps` steps the coordinator
+/// submits a job on the EMA weights of that step that draws `samples`
+/// images (DDIM by default: fast samplers are for monitoring, DDPM.md 5),
+/// keeps their grid, and with an Inception file measures `metrics` on them;
+/// the results are appended to the run's metrics log with the step. The
+/// job runs on eval workers (`ddpm-worker --role eval`) while training goes
+/// on; without any, training pauses at that step while the training workers
+/// run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalConfig {
+    /// 0: no evaluation during training.
+    pub every_steps: u64,
+    /// Images drawn each time (the FID's sample count).
+    pub samples: u64,
+    /// `ddim` or `ancestral`.
+    pub sampler: String,
+    /// DDIM steps.
+    pub steps: u32,
+    /// Seed of the sampling noise (the same images' noise every time, so
+    /// successive grids show the same samples improving).
+    pub seed: u64,
+    /// Images per forward pass (0: the job default, 16).
+    pub batch: u32,
+    /// The Inception TorchScript file, as a path on the workers. Empty: only
+    /// the grid.
+    pub inception: String,
+    /// `fid` and/or `is`.
+    pub metrics: Vec<String>,
+    /// Inception Score splits.
+    pub is_splits: u32,
+    /// FID reference: a pytorch-fid / TTUR `.npz` on the coordinator, or a
+    /// dataset spec (empty: the training set) and how many of its images
+    /// (0: all). Computed statistics are kept for the coordinator's life.
+    pub reference_stats: String,
+    pub reference_data: String,
+    pub reference_images: u64,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            every_steps: 0,
+            samples: 1000,
+            sampler: "ddim".into(),
+            steps: 50,
+            seed: 0,
+            batch: 0,
+            inception: String::new(),
+            metrics: vec!["fid".into()],
+            is_splits: 10,
+            reference_stats: String::new(),
+            reference_data: String::new(),
+            reference_images: 0,
+        }
+    }
+}
+
 impl Default for TrainConfig {
     fn default() -> Self {
         Self::cifar10()
@@ -190,6 +250,7 @@ impl TrainConfig {
             train: LoopConfig::default(),
             dist: DistConfig::default(),
             sample: SampleConfig::default(),
+            eval: EvalConfig::default(),
             checkpoint: CheckpointConfig::default(),
         }
     }
@@ -317,6 +378,24 @@ impl TrainConfig {
                 format!("DDIM steps must be in 1..={}, got {}", self.diffusion.num_timesteps, s.steps),
             );
         }
+        let e = &self.eval;
+        if e.every_steps > 0 {
+            if e.samples == 0 {
+                return bad("eval.samples", "must be at least 1 (the images each evaluation draws)".into());
+            }
+            if e.sampler != "ancestral" && e.sampler != "ddim" {
+                return bad("eval.sampler", format!("must be \"ancestral\" or \"ddim\", got {:?}", e.sampler));
+            }
+            if e.sampler == "ddim" && (e.steps == 0 || e.steps as usize > self.diffusion.num_timesteps) {
+                return bad(
+                    "eval.steps",
+                    format!("DDIM steps must be in 1..={}, got {}", self.diffusion.num_timesteps, e.steps),
+                );
+            }
+            if let Some(m) = e.metrics.iter().find(|m| *m != "fid" && *m != "is") {
+                return bad("eval.metrics", format!("unknown metric {m:?}: use \"fid\" and/or \"is\""));
+            }
+        }
         Ok(())
     }
 
@@ -432,6 +511,19 @@ mod tests {
         c.data.spec = Some("synthetic:shapes".parse().unwrap());
         c.sample.sampler = "euler".into();
         assert!(c.validate().unwrap_err().to_string().contains("sample.sampler"));
+        let mut c = TrainConfig::tiny();
+        c.eval.metrics = vec!["kid".into()];
+        c.validate().expect("[eval] is only checked when it is on");
+        c.eval.every_steps = 100;
+        assert!(c.validate().unwrap_err().to_string().contains("eval.metrics"));
+        c.eval.metrics = vec!["fid".into()];
+        c.eval.steps = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("eval.steps"));
+        let c = TrainConfig::from_toml_str("[eval]
+every_steps = 10
+samples = 500
+", &TrainConfig::tiny()).unwrap();
+        assert_eq!((c.eval.every_steps, c.eval.samples, c.eval.sampler.as_str(), c.eval.steps), (10, 500, "ddim", 50));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum Purpose {
     Sample = 6,
     /// Bits/dim evaluation: the `q_sample` noise of one image at one timestep.
     Bpd = 7,
+    /// Interpolation jobs: the encoding noise of the two images (index 0, 1)
+    /// and the shared reverse-process noise (index 2) at each timestep.
+    Interpolate = 8,
 }
 
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;

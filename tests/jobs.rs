@@ -103,18 +103,33 @@ fn job_record(run: &Path, job: u64) -> serde_json::Value {
 /// weights of the run's checkpoint of `step`.
 fn reference_images(run: &Path, config: &TrainConfig, step: u64, count: u64, steps: usize, batch: usize) -> Vec<u8> {
     use ddpm::train::sample::{sample_images, SampleRequest, Sampler};
-    let store = ddpm::store::RunStore::open(run.to_str().unwrap(), &Default::default()).unwrap();
-    let data = rt().block_on(ddpm::checkpoint::read(&store, step)).expect("the run's checkpoint");
-    let mut model = ddpm::train::flat::FlatModel::new(&config.model, tch::Device::Cpu).unwrap();
-    model.load_flat(&tch::Tensor::from_slice(&data.ema));
-    let diffusion = ddpm::diffusion::GaussianDiffusion::new(&config.diffusion).unwrap();
+    let (model, diffusion) = checkpoint_ema(run, config, step);
     let req = SampleRequest { seed: 11, first: 0, count, sampler: Sampler::Ddim { steps, eta: 0.0 }, batch };
     sample_images(&model.unet, &diffusion, &req, tch::Device::Cpu, &mut |_, _| {}).unwrap()
 }
 
-#[test]
-fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
-    tch::set_num_threads(1);
+/// The U-Net with the EMA weights of the run's checkpoint of `step`, and the diffusion.
+fn checkpoint_ema(run: &Path, config: &TrainConfig, step: u64) -> (ddpm::train::flat::FlatModel, ddpm::diffusion::GaussianDiffusion) {
+    let store = ddpm::store::RunStore::open(run.to_str().unwrap(), &Default::default()).unwrap();
+    // On a thread of its own: callers may be inside a runtime.
+    let data = std::thread::scope(|s| s.spawn(|| rt().block_on(ddpm::checkpoint::read(&store, step))).join().unwrap())
+        .expect("the run's checkpoint");
+    let mut model = ddpm::train::flat::FlatModel::new(&config.model, tch::Device::Cpu).unwrap();
+    model.load_flat(&tch::Tensor::from_slice(&data.ema));
+    (model, ddpm::diffusion::GaussianDiffusion::new(&config.diffusion).unwrap())
+}
+
+/// A coordinator that trained 3 steps with one worker and now serves jobs.
+struct Served {
+    dir: tempfile::TempDir,
+    run: std::path::PathBuf,
+    config: TrainConfig,
+    coord: Proc,
+    addr: String,
+    worker: Proc,
+}
+
+fn serve_after_3_steps() -> Served {
     let dir = tempdir();
     let run = dir.path().join("run");
     let cfg_path = write_config(dir.path());
@@ -123,8 +138,15 @@ fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
         "--preset", "tiny", "--config", &cfg_path, "--workers", "1", "--steps", "3", "--serve",
         "--run", run.to_str().unwrap(),
     ]);
-    let _w1 = start_worker(&addr, "w1");
+    let worker = start_worker(&addr, "w1");
     coord.wait_for_line("serving jobs", Duration::from_secs(300));
+    Served { dir, run, config, coord, addr, worker }
+}
+
+#[test]
+fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
+    tch::set_num_threads(1);
+    let Served { dir: _dir, run, config, mut coord, addr, worker: _w1 } = serve_after_3_steps();
 
     // Through the CLI: submit, watch to the end, JSON statuses.
     let out = ddpm_cli(&[
@@ -268,4 +290,253 @@ fn a_sample_job_runs_during_training_on_an_eval_worker() {
     assert_eq!(summary["steps"], 400);
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 1, "the eval worker is not a replica: {summary}");
+}
+
+fn standin() -> String {
+    common::golden_dir("eval").join("standin.pt").display().to_string()
+}
+
+fn metrics_record(run: &Path, job: u64) -> serde_json::Value {
+    let text = std::fs::read_to_string(run.join(format!("jobs/{job:06}/metrics.json"))).expect("metrics.json");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-12)
+}
+
+/// Whether two arrays agree to `rel` of their largest magnitude.
+fn close_all(a: &[f64], b: &[f64], rel: f64) -> bool {
+    let scale = a.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= rel * scale)
+}
+
+/// FID, Inception Score and bits/dim computed here, in one pass, with the
+/// library: the reference statistics of the first `reference` training
+/// images, the job's samples (from its .npz) through the stand-in, and the
+/// bound of the first `bpd` test images under the checkpoint's EMA weights;
+/// 2 images per forward pass, as the jobs.
+fn eval_here(run: &Path, config: &TrainConfig, job: u64, reference: usize, bpd: usize) -> (ddpm::eval::FidStats, f64, (f64, f64), f64) {
+    use ddpm::eval::{add_images, dataset_bpd, dataset_stats, ImageEvalSums, InceptionModel};
+    let model = InceptionModel::load(Path::new(&standin()), tch::Device::Cpu).unwrap();
+    let open = |spec: &str| ddpm::data::open(&spec.parse().unwrap(), &ddpm::data::OpenOptions { resolution: Some(8) }).unwrap();
+    let reference = dataset_stats(&*open("synthetic:shapes"), &model, Some(reference), 2, &mut |_, _| {})
+        .unwrap()
+        .to_fid_stats()
+        .unwrap();
+    let samples = read_images(run, job);
+    let mut sums = ImageEvalSums::new(&model, samples.count as u64, Some(2)).unwrap();
+    add_images(&model, &samples.pixels_nchw, 8, 8, 0, 2, &mut sums).unwrap();
+    let fid = sums.features.to_fid_stats().unwrap().fid(&reference).unwrap();
+    let is = sums.scores.unwrap().score().unwrap();
+
+    let (unet, diffusion) = checkpoint_ema(run, config, 3);
+    let ds = open("synthetic:shapes:test");
+    let bound = dataset_bpd(&*ds, &unet.unet, &diffusion, 0..bpd, 2, 11, true, tch::Device::Cpu, &mut |_, _| {})
+        .unwrap()
+        .mean_total()
+        .unwrap();
+    (reference, fid, is, bound)
+}
+
+#[test]
+fn eval_jobs_measure_fid_is_and_bits_per_dim_across_workers() {
+    tch::set_num_threads(1);
+    let Served { dir: _dir, run, config, mut coord, addr, worker: _w1 } = serve_after_3_steps();
+    let inception = standin();
+
+    // Through the CLI, one worker: all three metrics, tasks of 4 samples.
+    let out = ddpm_cli(&[
+        "jobs", "--coord", &addr, "--json", "submit-eval", "--metrics", "fid,is,bpd", "--count", "10", "--sampler",
+        "ddim", "--steps", "4", "--seed", "11", "--batch", "4", "--inception", &inception, "--reference-images", "20",
+        "--bpd-data", "synthetic:shapes:test", "--bpd-images", "3", "--is-splits", "2", "--eval-batch", "2", "--watch",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "ddpm jobs submit-eval failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!((last["state"].as_str(), last["kind"].as_str()), (Some("done"), Some("eval")), "{stdout}");
+    assert_eq!((last["done"].as_u64(), last["total"].as_u64()), (Some(33), Some(33)), "10 samples + 20 reference + 3 bound");
+    let job = last["job_id"].as_u64().unwrap();
+    let rec = metrics_record(&run, job);
+    assert_eq!(rec["metrics"], last["metrics"], "metrics.json and the status disagree");
+    assert_eq!(rec["spec"]["metrics"], serde_json::json!(["fid", "is", "bpd"]));
+
+    // The samples are the sample job's images; the numbers are the library's.
+    let samples = read_images(&run, job);
+    let want = reference_images(&run, &config, 3, 10, 4, 4);
+    let worst = want.iter().zip(&samples.pixels_nchw).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+    assert!(worst <= 1, "evaluation samples differ from the sampler's: max {worst}");
+    let (reference, fid, (is_mean, is_std), bound) = eval_here(&run, &config, job, 20, 3);
+    let written = ddpm::eval::read_stats_npz(&run.join(format!("jobs/{job:06}/reference_stats.npz"))).unwrap();
+    assert!(close_all(&written.mu, &reference.mu, 1e-9), "reference mu differs");
+    assert!(close_all(&written.sigma, &reference.sigma, 1e-9), "reference sigma differs");
+    let m = &rec["metrics"];
+    assert!(close(m["fid"]["value"].as_f64().unwrap(), fid, 1e-6), "FID {} vs {fid}", m["fid"]);
+    assert!(fid > 1.0, "samples of a 3-step model should be far from the data: FID {fid}");
+    assert!(close(m["inception_score"]["mean"].as_f64().unwrap(), is_mean, 1e-9), "IS {} vs {is_mean}", m["inception_score"]);
+    assert!(close(m["inception_score"]["std"].as_f64().unwrap(), is_std, 1e-6));
+    assert!(close(m["bpd"]["bits_per_dim"].as_f64().unwrap(), bound, 1e-6), "bpd {} vs {bound}", m["bpd"]);
+    assert_eq!(m["bpd"]["terms_bits_per_dim"].as_array().unwrap().len(), 1000);
+
+    let _w2 = start_worker(&addr, "w2");
+    rt().block_on(async {
+        wait_members(&addr, 2).await;
+        let mut c = jobs_client(&addr).await;
+        let sample = proto::SampleJobRequest { count: 10, sampler: "ddim".into(), steps: 4, seed: 11, batch: 4, ..Default::default() };
+        // Two workers: the same samples and FID (the reference now comes from
+        // the coordinator's cache), split across both.
+        let req = proto::EvalJobRequest {
+            metrics: vec!["fid".into()],
+            sample: Some(sample.clone()),
+            inception: inception.clone(),
+            reference_images: 20,
+            eval_batch: 2,
+            ..Default::default()
+        };
+        let id = c.submit_eval_job(req.clone()).await.unwrap().into_inner().job_id;
+        let s = watch(&addr, id).await;
+        assert_eq!(s.state, "done", "{s:?}");
+        let two = metrics_record(&run, id);
+        assert_eq!(read_images(&run, id).pixels_nchw, samples.pixels_nchw, "1 and 2 workers drew different images");
+        assert!(close(two["metrics"]["fid"]["value"].as_f64().unwrap(), fid, 1e-9), "{two}");
+        assert_eq!(two["images_by_worker"].as_object().unwrap().len(), 2, "{two}");
+        assert!(!run.join(format!("jobs/{id:06}/reference_stats.npz")).exists(), "the cached reference was recomputed");
+
+        // A reference the workers compute together equals the single pass.
+        let id = c.submit_eval_job(proto::EvalJobRequest { reference_images: 17, ..req.clone() }).await.unwrap().into_inner().job_id;
+        assert_eq!(watch(&addr, id).await.state, "done");
+        let (reference17, fid17, _, _) = eval_here(&run, &config, id, 17, 1);
+        let written = ddpm::eval::read_stats_npz(&run.join(format!("jobs/{id:06}/reference_stats.npz"))).unwrap();
+        assert!(close_all(&written.sigma, &reference17.sigma, 1e-9), "2-worker reference differs");
+        assert!(close(metrics_record(&run, id)["metrics"]["fid"]["value"].as_f64().unwrap(), fid17, 1e-6));
+
+        // Reference statistics from a file: the job's own, so the FID is the same.
+        let stats = run.join(format!("jobs/{job:06}/reference_stats.npz")).display().to_string();
+        let id = c
+            .submit_eval_job(proto::EvalJobRequest { reference_images: 0, reference_stats: stats, ..req.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        assert_eq!(watch(&addr, id).await.state, "done");
+        assert!(close(metrics_record(&run, id)["metrics"]["fid"]["value"].as_f64().unwrap(), fid, 1e-9));
+
+        // Bad requests say what is wrong.
+        let bad = |r: proto::EvalJobRequest| {
+            let mut c = c.clone();
+            async move { c.submit_eval_job(r).await.unwrap_err() }
+        };
+        for (r, want) in [
+            (proto::EvalJobRequest { metrics: vec!["kid".into()], ..req.clone() }, "unknown metric \"kid\""),
+            (proto::EvalJobRequest { inception: String::new(), ..req.clone() }, "need the Inception TorchScript file"),
+            (proto::EvalJobRequest { reference_stats: "/nonexistent/stats.npz".into(), reference_images: 0, ..req.clone() }, "reference_stats"),
+            (
+                proto::EvalJobRequest { bpd_data: "mnist:/x".into(), metrics: vec!["bpd".into()], sample: None, reference_images: 0, ..req.clone() },
+                "bpd_data",
+            ),
+            (proto::EvalJobRequest { sample: Some(proto::SampleJobRequest { count: 1, ..sample.clone() }), ..req.clone() }, "at least 2 samples"),
+        ] {
+            let e = bad(r).await;
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(want), "{want:?} not in {:?}", e.message());
+        }
+
+        // A task that fails on the workers fails the job with their reason.
+        let id = c
+            .submit_eval_job(proto::EvalJobRequest { inception: "/nonexistent/inception.pt".into(), ..req.clone() })
+            .await
+            .unwrap()
+            .into_inner()
+            .job_id;
+        let s = watch(&addr, id).await;
+        assert_eq!(s.state, "failed");
+        assert!(s.error.contains("/nonexistent/inception.pt"), "{}", s.error);
+
+        // Analysis jobs: progressive rows split across both workers, and an
+        // interpolation, equal to the library's on the same weights.
+        let (unet, diffusion) = checkpoint_ema(&run, &config, 3);
+        let req = proto::AnalysisJobRequest { kind: "progressive".into(), seed: 11, rows: 3, snapshots: 4, batch: 1, ..Default::default() };
+        let id = c.submit_analysis_job(req).await.unwrap().into_inner().job_id;
+        let s = watch(&addr, id).await;
+        assert_eq!((s.state.as_str(), s.kind.as_str(), s.done), ("done", "analysis", 12), "{s:?}");
+        let got = read_images(&run, id);
+        let want = ddpm::train::analysis::progressive(&unet.unet, &diffusion, 11, 0, 3, 4, tch::Device::Cpu).unwrap();
+        let worst = want.iter().zip(&got.pixels_nchw).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        assert!(got.count == 12 && worst <= 1, "progressive grid differs from the library's: max {worst}");
+        assert_eq!(job_record(&run, id)["images_by_worker"].as_object().unwrap().len(), 2);
+        // The last column is the sample job's image: the same trajectory.
+        let samples = c.submit_sample_job(proto::SampleJobRequest { count: 3, seed: 11, batch: 1, ..Default::default() });
+        let sid = samples.await.unwrap().into_inner().job_id;
+        assert_eq!(watch(&addr, sid).await.state, "done");
+        let drawn = read_images(&run, sid).pixels_nchw;
+        for row in 0..3 {
+            let last = &got.pixels_nchw[(row * 4 + 3) * 192..(row * 4 + 4) * 192];
+            assert_eq!(last, &drawn[row * 192..(row + 1) * 192], "row {row}: the last snapshot is not the sample");
+        }
+
+        let req = proto::AnalysisJobRequest { kind: "interpolate".into(), seed: 2, index_a: 4, index_b: 9, t: 40, lambdas: 3, ..Default::default() };
+        let id = c.submit_analysis_job(req.clone()).await.unwrap().into_inner().job_id;
+        assert_eq!(watch(&addr, id).await.state, "done");
+        let got = read_images(&run, id);
+        let ds = ddpm::data::open(&"synthetic:shapes".parse().unwrap(), &ddpm::data::OpenOptions { resolution: Some(8) }).unwrap();
+        let (a, b) = (ddpm::data::decode_sample(&*ds, 4).unwrap(), ddpm::data::decode_sample(&*ds, 9).unwrap());
+        let want = ddpm::train::analysis::interpolate(&unet.unet, &diffusion, &a, &b, 40, 3, 2, tch::Device::Cpu).unwrap();
+        let worst = want.iter().zip(&got.pixels_nchw).map(|(x, y)| x.abs_diff(*y)).max().unwrap();
+        assert!(got.count == 5 && worst <= 1, "interpolation differs from the library's: max {worst}");
+        assert_eq!((&got.pixels_nchw[..192], &got.pixels_nchw[4 * 192..]), (&a[..], &b[..]), "the ends are the two images");
+
+        for (r, want) in [
+            (proto::AnalysisJobRequest { kind: "zoom".into(), ..Default::default() }, "unknown analysis \"zoom\""),
+            (proto::AnalysisJobRequest { index_a: 50_000, ..req.clone() }, "image index 50000 is outside"),
+            (proto::AnalysisJobRequest { t: 1001, ..req.clone() }, "t must be between 1 and the run's 1000"),
+            (proto::AnalysisJobRequest { kind: "progressive".into(), snapshots: 1, ..Default::default() }, "snapshots must be between 2"),
+        ] {
+            let e = c.submit_analysis_job(r).await.unwrap_err();
+            assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+            assert!(e.message().contains(want), "{want:?} not in {:?}", e.message());
+        }
+    });
+
+    let pid = coord.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert_eq!(coord.wait(Duration::from_secs(60)), 0, "{}", coord.output());
+}
+
+#[test]
+fn periodic_evaluation_pauses_training_and_logs_fid_with_the_step() {
+    tch::set_num_threads(1);
+    let dir = tempdir();
+    let run = dir.path().join("run");
+    let path = dir.path().join("config.toml");
+    let eval = format!(
+        "\n[eval]\nevery_steps = 2\nsamples = 4\nsteps = 3\nbatch = 2\nseed = 3\ninception = \"{}\"\nmetrics = [\"fid\", \"is\"]\nis_splits = 2\nreference_images = 12\n",
+        standin()
+    );
+    std::fs::write(&path, format!("{CONFIG}\n[checkpoint]\nat_end = true\nevery_steps = 1000000\n{eval}")).unwrap();
+    let (mut coord, _addr) = start_coordinator(&[
+        "--preset", "tiny", "--config", path.to_str().unwrap(), "--workers", "1", "--steps", "5",
+        "--run", run.to_str().unwrap(),
+    ]);
+    let _w = start_worker(&_addr, "w1");
+    assert_eq!(coord.wait(Duration::from_secs(600)), 0, "{}", coord.output());
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let evals: Vec<&serde_json::Value> = rows.iter().filter(|r| r.get("eval").is_some()).collect();
+    assert_eq!(evals.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), [2, 4], "{log}");
+    for r in &evals {
+        let e = &r["eval"];
+        assert_eq!(e["state"], "done", "{r}");
+        // Training paused for it: the weights are those of the step itself.
+        assert_eq!(e["weights_step"], r["step"], "{r}");
+        assert!(e["fid"]["value"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(e["inception_score"]["mean"].as_f64().unwrap() >= 1.0, "{r}");
+        let grid = e["grid"].as_str().unwrap();
+        assert!(Path::new(grid.trim_start_matches("file://")).exists() || run.join(format!("jobs/{:06}/grid.png", e["job_id"].as_u64().unwrap())).exists(), "{grid}");
+    }
+    // The same seed each time: the samples of step 2 and step 4 differ only by training.
+    let ids: Vec<u64> = evals.iter().map(|r| r["eval"]["job_id"].as_u64().unwrap()).collect();
+    assert_ne!(read_images(&run, ids[0]).pixels_nchw, read_images(&run, ids[1]).pixels_nchw);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!((summary["steps"].as_u64(), summary["replicas_agree"].as_bool()), (Some(5), Some(true)), "{summary}");
 }

@@ -50,15 +50,34 @@ pub struct CoordOptions {
     pub serve: bool,
 }
 
-/// Images from a worker for a sampling job.
+/// A worker's result for a job task: images and/or evaluation sums.
+#[derive(Default)]
 pub struct ResultPart {
     pub worker_id: u64,
     pub first: u64,
     pub count: u64,
     pub resolution: u32,
+    /// The images, uint8 `[count, 3, R, R]` (empty for dataset tasks).
     pub data: Vec<u8>,
-    /// Set when the worker could not do the task (then `data` is empty).
+    /// Binary sums of an evaluation task (`ddpm::eval` forms; empty: absent).
+    pub features: Vec<u8>,
+    pub scores: Vec<u8>,
+    pub bpd: Vec<u8>,
+    /// Set when the worker could not do the task (then the rest is empty).
     pub error: String,
+}
+
+impl ResultPart {
+    /// An empty part for the task `header` describes.
+    pub fn new(header: &ddpm::proto::ResultHeader) -> Self {
+        Self {
+            worker_id: header.worker_id,
+            first: header.first,
+            count: header.count,
+            resolution: header.resolution,
+            ..Default::default()
+        }
+    }
 }
 
 /// Live numbers for GetStatus.
@@ -92,6 +111,10 @@ pub struct Coord {
     pub store: RunStore,
     /// Samples in the training dataset.
     pub dataset_len: usize,
+    /// The training dataset (evaluation jobs also read it).
+    pub dataset: Arc<dyn Dataset>,
+    /// How to reach an S3-compatible store, for datasets jobs name.
+    pub store_options: StoreOptions,
     /// Steps skipped before this start (from the resumed checkpoint).
     pub start_skipped: u64,
     /// Sampling jobs submitted over gRPC.
@@ -108,8 +131,9 @@ impl Coord {
     /// `resume` (a checkpoint of this run).
     pub fn new(
         config: TrainConfig,
-        dataset: &dyn Dataset,
+        dataset: Arc<dyn Dataset>,
         store: RunStore,
+        store_options: StoreOptions,
         resume: Option<CheckpointData>,
     ) -> anyhow::Result<Self> {
         let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
@@ -135,6 +159,8 @@ impl Coord {
             stop_requested: AtomicBool::new(false),
             store,
             dataset_len: dataset.len(),
+            dataset,
+            store_options,
             start_skipped,
             jobs: jobs::JobQueue::default(),
             next_job_id: AtomicU64::new(1),
@@ -195,7 +221,7 @@ pub async fn run(
     tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
 
     let resume = resume_point(&store, opts.fresh).await?;
-    let coord = Arc::new(Coord::new(config, &*dataset, store.clone(), resume)?);
+    let coord = Arc::new(Coord::new(config, dataset.clone(), store.clone(), opts.store.clone(), resume)?);
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, params = coord.state.layout.total, run = %store.url(), "coordinator listening");
 

@@ -17,6 +17,10 @@ pub enum Work {
     Train { assignment: proto::TrainAssignment, samples: Vec<proto::Sample> },
     /// Draw images.
     Sample(proto::SampleAssignment),
+    /// An evaluation task and, for dataset images, their encoded samples.
+    Eval { assignment: proto::EvalAssignment, samples: Vec<proto::Sample> },
+    /// An analysis task and, for interpolation, the two encoded images.
+    Analysis { assignment: proto::AnalysisAssignment, samples: Vec<proto::Sample> },
     /// Fetch the training state again.
     Resync(String),
     /// The run is over.

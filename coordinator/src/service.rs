@@ -281,28 +281,25 @@ impl Coordinator for CoordService {
             Status::not_found(format!("unknown job id {}: it finished, was cancelled, or never existed", header.job_id))
         })?;
         if !header.error.is_empty() {
-            let part = ResultPart {
-                worker_id: header.worker_id,
-                first: header.first,
-                count: header.count,
-                resolution: header.resolution,
-                data: Vec::new(),
-                error: header.error,
-            };
+            let part = ResultPart { error: header.error.clone(), ..ResultPart::new(&header) };
             let _ = sink.send(part);
             return Ok(Response::new(proto::SubmitResultReply {}));
         }
         let res = header.resolution as u64;
-        let want = header.count.checked_mul(3 * res * res).filter(|&n| n <= 1 << 34).ok_or_else(|| {
-            RpcError::BadRequest(format!("result of {} images at {res}px is too large", header.count))
-        })? as usize;
+        let image_bytes = if header.no_images { Some(0) } else { header.count.checked_mul(3 * res * res) };
+        // Sums are at most a few tens of MB (2048-d features: 16.8 MB).
+        let sums = [header.feature_bytes, header.score_bytes, header.bpd_bytes];
+        let image_bytes = image_bytes.filter(|&n| n <= 1 << 34 && sums.iter().all(|&b| b <= 1 << 30)).ok_or_else(|| {
+            RpcError::BadRequest(format!("result of {} images at {res}px with {sums:?} bytes of sums is too large", header.count))
+        })?;
+        let want = (image_bytes + sums.iter().sum::<u64>()) as usize;
         let mut data = Vec::with_capacity(want.min(1 << 28));
         while let Some(msg) = inbound.next().await {
             match msg?.kind {
                 Some(result_message::Kind::Data(d)) => {
                     if data.len() + d.len() > want {
                         return Err(RpcError::BadRequest(format!(
-                            "result has more than the {want} bytes of {} images at {res}px",
+                            "result has more than the {want} bytes its header announces ({} images at {res}px and sums)",
                             header.count
                         ))
                         .into());
@@ -315,14 +312,14 @@ impl Coordinator for CoordService {
         if data.len() != want {
             return Err(RpcError::BadRequest(format!("result has {} bytes, expected {want}", data.len())).into());
         }
-        let part = ResultPart {
-            worker_id: header.worker_id,
-            first: header.first,
-            count: header.count,
-            resolution: header.resolution,
-            data,
-            error: String::new(),
-        };
+        let mut part = ResultPart::new(&header);
+        let mut rest = data.split_off(image_bytes as usize);
+        part.data = data;
+        let scores_and_bpd = rest.split_off(header.feature_bytes as usize);
+        part.features = rest;
+        let mut scores = scores_and_bpd;
+        part.bpd = scores.split_off(header.score_bytes as usize);
+        part.scores = scores;
         sink.send(part).map_err(|_| Status::not_found(format!("job {} is no longer collecting results", header.job_id)))?;
         Ok(Response::new(proto::SubmitResultReply {}))
     }
@@ -347,8 +344,21 @@ impl Coordinator for CoordService {
 fn work_messages(work: Work) -> Vec<proto::WorkMessage> {
     let msg = |kind| proto::WorkMessage { kind: Some(kind) };
     match work {
-        Work::Train { assignment, samples } => {
-            let mut out = vec![msg(work_message::Kind::Train(assignment))];
+        Work::Train { assignment, samples } => with_samples(msg(work_message::Kind::Train(assignment)), samples),
+        Work::Eval { assignment, samples } => with_samples(msg(work_message::Kind::Eval(assignment)), samples),
+        Work::Analysis { assignment, samples } => with_samples(msg(work_message::Kind::Analysis(assignment)), samples),
+        Work::Sample(a) => vec![msg(work_message::Kind::Sample(a))],
+        Work::Resync(reason) => vec![msg(work_message::Kind::Resync(proto::Resync { reason }))],
+        Work::Shutdown(reason) => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason }))],
+    }
+}
+
+/// An assignment followed by its samples in batches of about SAMPLE_BATCH_BYTES.
+fn with_samples(first: proto::WorkMessage, samples: Vec<proto::Sample>) -> Vec<proto::WorkMessage> {
+    let msg = |kind| proto::WorkMessage { kind: Some(kind) };
+    {
+        {
+            let mut out = vec![first];
             let mut batch = Vec::new();
             let mut bytes = 0;
             for s in samples {
@@ -364,8 +374,5 @@ fn work_messages(work: Work) -> Vec<proto::WorkMessage> {
             }
             out
         }
-        Work::Sample(a) => vec![msg(work_message::Kind::Sample(a))],
-        Work::Resync(reason) => vec![msg(work_message::Kind::Resync(proto::Resync { reason }))],
-        Work::Shutdown(reason) => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason }))],
     }
 }

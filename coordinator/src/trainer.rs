@@ -143,6 +143,7 @@ pub async fn train(
         last_saved_step: (resumed_from > 0).then_some(resumed_from),
     };
     let mut metrics = MetricsLog::open(&coord.store, &opts.run)?;
+    let mut evals = PeriodicEvals::new(&coord).await?;
     if resumed_from > 0 {
         tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
     }
@@ -295,7 +296,9 @@ pub async fn train(
                 saver.save(s, skipped, reason).await?;
             }
         }
+        evals.after_step(&coord, s, &mut metrics).await?;
     }
+    evals.log_finished(&coord, &mut metrics)?;
     metrics.flush().await?;
 
     if stopped {
@@ -356,6 +359,13 @@ pub async fn train(
     } else {
         None
     };
+    if evals.pending() {
+        // The training workers are free now: they finish the evaluations.
+        coord.set_phase("evaluating");
+        coord.training_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        coord.changed.notify_waiters();
+        evals.finish(&coord, &mut metrics).await?;
+    }
     coord.set_phase("done");
     let elapsed = started.elapsed().as_secs_f64();
     let summary = Summary {
@@ -375,6 +385,104 @@ pub async fn train(
     };
     put_json(&coord.store, "summary.json", &summary).await?;
     Ok(summary)
+}
+
+/// Evaluation every `eval.every_steps` steps (config `[eval]`): submits the
+/// job, pauses training until it ends when no eval worker could run it, and
+/// appends each finished one to the metrics log as
+/// `{"step", "eval": {job_id, state, weights_step, fid, inception_score, grid}}`.
+struct PeriodicEvals {
+    spec: Option<crate::jobs::JobSpec>,
+    every: u64,
+    /// (step, job id) of the evaluations not yet logged.
+    pending: Vec<(u64, u64)>,
+}
+
+impl PeriodicEvals {
+    async fn new(coord: &Coord) -> anyhow::Result<Self> {
+        let e = &coord.config.eval;
+        if e.every_steps == 0 {
+            return Ok(Self { spec: None, every: 0, pending: Vec::new() });
+        }
+        let spec = crate::jobs::periodic_spec(&coord.config).map_err(|err| anyhow::anyhow!("config [eval]: {err}"))?;
+        if !e.reference_stats.is_empty() {
+            let path = std::path::PathBuf::from(&e.reference_stats);
+            tokio::task::spawn_blocking(move || ddpm::eval::read_stats_npz(&path))
+                .await?
+                .map_err(|err| anyhow::anyhow!("config [eval] reference_stats: {err}"))?;
+        }
+        Ok(Self { spec: Some(spec), every: e.every_steps, pending: Vec::new() })
+    }
+
+    fn pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    async fn after_step(&mut self, coord: &Coord, step: u64, metrics: &mut MetricsLog) -> anyhow::Result<()> {
+        self.log_finished(coord, metrics)?;
+        let Some(spec) = &self.spec else { return Ok(()) };
+        if step % self.every != 0 || coord.stop_requested() {
+            return Ok(());
+        }
+        let id = crate::jobs::submit_internal(coord, spec.clone());
+        self.pending.push((step, id));
+        let eval_workers = coord.members.lock().unwrap().iter().any(|m| m.ready && m.role == crate::membership::Role::Eval);
+        if eval_workers {
+            return Ok(());
+        }
+        // No eval worker: the training workers run it between two steps.
+        tracing::info!(step, job = id, "pausing training for the periodic evaluation (no eval worker)");
+        coord.set_phase("evaluating");
+        coord.jobs.lend_trainers.store(true, std::sync::atomic::Ordering::SeqCst);
+        coord.jobs.wake.notify_waiters();
+        coord.changed.notify_waiters();
+        while !self.ended(coord, id) {
+            if coord.stop_requested() {
+                coord.jobs.cancel(id, "the run was asked to stop");
+                break;
+            }
+            let notified = coord.changed.notified();
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        coord.jobs.lend_trainers.store(false, std::sync::atomic::Ordering::SeqCst);
+        coord.set_phase("training");
+        self.log_finished(coord, metrics)?;
+        metrics.flush().await
+    }
+
+    fn ended(&self, coord: &Coord, id: u64) -> bool {
+        coord.jobs.status(id).map_or(true, |s| matches!(s.state.as_str(), "done" | "failed" | "cancelled"))
+    }
+
+    /// Appends the evaluations that have ended to the log.
+    fn log_finished(&mut self, coord: &Coord, metrics: &mut MetricsLog) -> anyhow::Result<()> {
+        let mut still = Vec::new();
+        for (step, id) in std::mem::take(&mut self.pending) {
+            if !self.ended(coord, id) {
+                still.push((step, id));
+                continue;
+            }
+            let Some(status) = coord.jobs.status(id) else { continue };
+            let row = crate::jobs::result_row(&status);
+            tracing::info!(step, job = id, result = %row, "periodic evaluation");
+            metrics.push(&serde_json::json!({ "step": step, "eval": row }))?;
+        }
+        self.pending = still;
+        Ok(())
+    }
+
+    /// Waits for the evaluations still running and logs them.
+    async fn finish(&mut self, coord: &Coord, metrics: &mut MetricsLog) -> anyhow::Result<()> {
+        while self.pending() && !coord.stop_requested() {
+            self.log_finished(coord, metrics)?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.log_finished(coord, metrics)?;
+        metrics.flush().await
+    }
 }
 
 async fn put_json(store: &RunStore, key: &str, value: &impl Serialize) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! `ddpm bench`: throughput measurements (not tests), each printing ratios
 //! against what users would pick instead. `ddpm bench data` measures whether
 //! reading and decoding keep up with 8 GPUs training at the paper's speed
-//! (DDPM.md section 8); `train`, `dist` and `allreduce` live in their own files.
+//! (DDPM.md section 8); `train`, `dist`, `allreduce`, `checkpoint` and
+//! `sample` live in their own files.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,6 +34,9 @@ pub enum BenchCommand {
     /// Write and read throughput of a full checkpoint (parameters, EMA,
     /// Adam's moments) to a run store: a directory or s3://bucket/prefix.
     Checkpoint(super::bench_checkpoint::CheckpointBenchArgs),
+    /// Sampling images/s, ancestral (all T steps) and DDIM 50 steps, against
+    /// PyTorch eager on the same U-Net and the paper's TPU v3-8.
+    Sample(super::bench_sample::SampleArgs),
 }
 
 #[derive(clap::Args)]
@@ -59,6 +63,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Dist(a) => super::bench_dist::run_dist(a),
         BenchCommand::Allreduce(a) => super::bench_dist::run_allreduce(a),
         BenchCommand::Checkpoint(a) => super::bench_checkpoint::run(a),
+        BenchCommand::Sample(a) => super::bench_sample::run(a),
     }
 }
 

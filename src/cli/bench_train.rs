@@ -23,33 +23,14 @@ pub struct TrainArgs {
     /// Timed steps (after 2 warm-up steps).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
-    /// libtorch CPU threads, on both sides.
-    #[arg(long, default_value_t = 1)]
-    pub threads: i32,
-    /// Device: cpu or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// Python with torch and diffusers for the baseline (default $DDPM_PYTHON or python3).
-    #[arg(long)]
-    pub python: Option<String>,
-    /// Skip the PyTorch baseline.
-    #[arg(long)]
-    pub no_baseline: bool,
+    #[command(flatten)]
+    pub on: bench_util::DeviceArgs,
 }
 
-fn parse_device(s: &str) -> anyhow::Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => Ok(Device::Cuda(i)),
-            _ => anyhow::bail!("unknown device {s:?}: use cpu or cuda:N"),
-        },
-    }
-}
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
-    let device = parse_device(&args.device)?;
-    tch::set_num_threads(args.threads);
+    let device = bench_util::parse_device(&args.on.device)?;
+    tch::set_num_threads(args.on.threads);
     let mut cfg = TrainConfig::preset(&args.preset)?;
     cfg.data.spec = Some("synthetic:shapes".parse()?);
     cfg.train.batch_size = args.batch_size;
@@ -75,17 +56,17 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         args.preset,
         args.batch_size,
         cfg.model.image_size,
-        args.device,
-        args.threads
+        args.on.device,
+        args.on.threads
     );
     println!("ddpm (tch): {:.1} ms per step, {:.1} img/s", ours * 1e3, args.batch_size as f64 / ours);
-    if args.no_baseline {
+    if args.on.no_baseline {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("config.json");
     std::fs::write(&config, serde_json::to_string(&ddpm::unet::diffusers::config_json(&cfg.model))?)?;
-    let py = bench_util::python(&args.python);
+    let py = bench_util::python(&args.on.python);
     let unet_module = dir.path().join("torch_unet.py");
     std::fs::write(&unet_module, TORCH_UNET)?;
     let a: Vec<String> = vec![
@@ -100,9 +81,9 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         "--steps".into(),
         args.steps.to_string(),
         "--threads".into(),
-        args.threads.to_string(),
+        args.on.threads.to_string(),
         "--device".into(),
-        args.device.clone(),
+        args.on.device.clone(),
     ];
     match bench_util::python_baseline(&py, "torch_train_step.py", TORCH_SCRIPT, &a) {
         Ok(v) => {

@@ -77,9 +77,24 @@ pub fn wait_ok(child: &mut Child2, what: &str, log: &Path) -> anyhow::Result<()>
 /// Runs a Python baseline script (its source embedded in the binary) with
 /// `args`; returns its last stdout line parsed as JSON.
 pub fn python_baseline(python: &str, name: &str, source: &str, args: &[String]) -> anyhow::Result<serde_json::Value> {
+    python_baseline_with(python, name, source, &[], args)
+}
+
+/// [`python_baseline`] with `modules` (file name, source) beside the script
+/// for it to import.
+pub fn python_baseline_with(
+    python: &str,
+    name: &str,
+    source: &str,
+    modules: &[(&str, &str)],
+    args: &[String],
+) -> anyhow::Result<serde_json::Value> {
     let dir = tempfile::tempdir()?;
     let script = dir.path().join(name);
     std::fs::write(&script, source)?;
+    for (file, text) in modules {
+        std::fs::write(dir.path().join(file), text)?;
+    }
     let out = Command::new(python)
         .arg(&script)
         .args(args)
@@ -128,4 +143,32 @@ pub fn median(xs: &[f64]) -> f64 {
 /// Seconds values of a baseline's `"seconds"` array.
 pub fn seconds(v: &serde_json::Value) -> Vec<f64> {
     v["seconds"].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect()).unwrap_or_default()
+}
+
+/// Where a single-device benchmark runs, and its PyTorch baseline.
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// libtorch CPU threads, on both sides.
+    #[arg(long, default_value_t = 1)]
+    pub threads: i32,
+    /// Device: cpu or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Python with torch and diffusers for the baseline (default $DDPM_PYTHON or python3).
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Skip the PyTorch baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+/// `cpu` or `cuda:N` as a tch device.
+pub fn parse_device(s: &str) -> anyhow::Result<tch::Device> {
+    match s {
+        "cpu" => Ok(tch::Device::Cpu),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(tch::Device::Cuda(i)),
+            _ => anyhow::bail!("unknown device {s:?}: use cpu or cuda:N"),
+        },
+    }
 }

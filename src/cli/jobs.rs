@@ -1,5 +1,5 @@
-//! `ddpm jobs`: submit, follow and cancel a coordinator's sampling jobs over
-//! gRPC (the `Jobs` service of `ddpm-coord`).
+//! `ddpm jobs`: submit, follow and cancel a coordinator's sampling and
+//! evaluation jobs over gRPC (the `Jobs` service of `ddpm-coord`).
 
 use std::time::Duration;
 
@@ -27,6 +27,13 @@ enum JobsCommand {
     /// Draw images from the run's weights (a grid PNG, an .npz of the
     /// uint8 images and a job.json under jobs/<id>/ in the run's store).
     SubmitSample(SampleArgs),
+    /// Measure FID, Inception Score and/or bits/dim (metrics.json, the
+    /// samples' grid and .npz, computed reference statistics under
+    /// jobs/<id>/ in the run's store).
+    SubmitEval(EvalArgs),
+    /// The paper's analysis as a grid: progressive generation (x0_hat along
+    /// ancestral trajectories) or interpolation between two dataset images.
+    SubmitAnalysis(AnalysisArgs),
     /// One job's status.
     Get { job_id: u64 },
     /// Follow a job until it ends, with a progress bar.
@@ -48,6 +55,114 @@ struct SampleArgs {
     /// Images to draw.
     #[arg(long, default_value_t = 64)]
     count: u64,
+    #[command(flatten)]
+    draw: DrawArgs,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    /// Metrics, comma-separated: fid, is (Inception Score), bpd (bits/dim).
+    #[arg(long, value_delimiter = ',', default_value = "fid")]
+    metrics: Vec<String>,
+    /// Samples to draw for fid and is (the paper: 50000).
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// The Inception TorchScript file (inception-2015-12-05.pt), as a path on the workers.
+    #[arg(long, default_value = "")]
+    inception: String,
+    /// FID reference statistics: a pytorch-fid / TTUR .npz on the coordinator
+    /// (default: computed from --reference-data).
+    #[arg(long, default_value = "")]
+    reference_stats: String,
+    /// Dataset spec for the reference statistics (default: the run's training set).
+    #[arg(long, default_value = "")]
+    reference_data: String,
+    /// Reference images to use, the first ones (default: all).
+    #[arg(long, default_value_t = 0)]
+    reference_images: u64,
+    /// Dataset spec for bits/dim (default: the run's training set).
+    #[arg(long, default_value = "")]
+    bpd_data: String,
+    /// Images for bits/dim, the first ones (default: all).
+    #[arg(long, default_value_t = 0)]
+    bpd_images: u64,
+    /// Inception Score splits (default 10).
+    #[arg(long, default_value_t = 0)]
+    is_splits: u32,
+    /// Images per forward pass of the feature network and the bound (default 50).
+    #[arg(long, default_value_t = 0)]
+    eval_batch: u32,
+    #[command(flatten)]
+    draw: DrawArgs,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+}
+
+#[derive(Args, Debug)]
+struct AnalysisArgs {
+    /// progressive or interpolate.
+    kind: String,
+    #[command(flatten)]
+    from: FromArgs,
+    /// progressive: trajectories, one row each (default 8).
+    #[arg(long, default_value_t = 0)]
+    rows: u32,
+    /// progressive: x0_hat snapshots per trajectory (default 10).
+    #[arg(long, default_value_t = 0)]
+    snapshots: u32,
+    /// progressive: trajectories per forward pass (default 8).
+    #[arg(long, default_value_t = 0)]
+    batch: u32,
+    /// interpolate: dataset spec (default: the run's training set).
+    #[arg(long, default_value = "")]
+    data: String,
+    /// interpolate: index of the first image.
+    #[arg(long, default_value_t = 0)]
+    index_a: u64,
+    /// interpolate: index of the second image.
+    #[arg(long, default_value_t = 0)]
+    index_b: u64,
+    /// interpolate: diffusion steps of the encoding (default 500, the paper's).
+    #[arg(long, default_value_t = 0)]
+    t: u32,
+    /// interpolate: mixing weights from 0 to 1 (default 11).
+    #[arg(long, default_value_t = 0)]
+    lambdas: u32,
+    /// Follow the job until it ends.
+    #[arg(long)]
+    watch: bool,
+}
+
+impl WeightsArg {
+    fn proto(self) -> i32 {
+        let w = match self {
+            WeightsArg::Ema => proto::Weights::Ema,
+            WeightsArg::Raw => proto::Weights::Raw,
+        };
+        w as i32
+    }
+}
+
+/// The seed and the weights a job draws with.
+#[derive(Args, Debug)]
+struct FromArgs {
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Which weights: the EMA (default) or the raw parameters.
+    #[arg(long, value_enum, default_value = "ema")]
+    weights: WeightsArg,
+    /// Use the weights of the checkpoint of this step (default: the live state).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_step: u64,
+}
+
+/// How images are drawn, for sample and evaluation jobs.
+#[derive(Args, Debug)]
+struct DrawArgs {
     /// ancestral (all T steps) or ddim.
     #[arg(long, default_value = "ancestral")]
     sampler: String,
@@ -57,23 +172,30 @@ struct SampleArgs {
     /// DDIM eta.
     #[arg(long, default_value_t = 0.0)]
     eta: f64,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Which weights: the EMA (default) or the raw parameters.
-    #[arg(long, value_enum, default_value = "ema")]
-    weights: WeightsArg,
-    /// Use the weights of the checkpoint of this step (default: the live state).
-    #[arg(long, default_value_t = 0)]
-    checkpoint_step: u64,
+    #[command(flatten)]
+    from: FromArgs,
     /// Images per forward pass (default 16).
     #[arg(long, default_value_t = 0)]
     batch: u32,
     /// Also write each image as its own PNG.
     #[arg(long)]
     individual_pngs: bool,
-    /// Follow the job until it ends.
-    #[arg(long)]
-    watch: bool,
+}
+
+impl DrawArgs {
+    fn request(&self, count: u64) -> proto::SampleJobRequest {
+        proto::SampleJobRequest {
+            count,
+            sampler: self.sampler.clone(),
+            steps: self.steps,
+            eta: self.eta,
+            seed: self.from.seed,
+            weights: self.from.weights.proto(),
+            checkpoint_step: self.from.checkpoint_step,
+            batch: self.batch,
+            individual_pngs: self.individual_pngs,
+        }
+    }
 }
 
 pub fn run(args: JobsArgs) -> anyhow::Result<()> {
@@ -101,25 +223,42 @@ async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
     let mut c = connect(&args.coord).await?;
     match args.command {
         JobsCommand::SubmitSample(a) => {
-            let req = proto::SampleJobRequest {
-                count: a.count,
-                sampler: a.sampler,
-                steps: a.steps,
-                eta: a.eta,
-                seed: a.seed,
-                weights: match a.weights {
-                    WeightsArg::Ema => proto::Weights::Ema,
-                    WeightsArg::Raw => proto::Weights::Raw,
-                } as i32,
-                checkpoint_step: a.checkpoint_step,
-                batch: a.batch,
-                individual_pngs: a.individual_pngs,
+            let status = c.submit_sample_job(a.draw.request(a.count)).await.map_err(rpc_err)?.into_inner();
+            submitted(&mut c, status, a.watch, args.json).await?;
+        }
+        JobsCommand::SubmitEval(a) => {
+            let req = proto::EvalJobRequest {
+                metrics: a.metrics.clone(),
+                sample: Some(a.draw.request(a.count)),
+                inception: a.inception,
+                reference_stats: a.reference_stats,
+                reference_data: a.reference_data,
+                reference_images: a.reference_images,
+                bpd_data: a.bpd_data,
+                bpd_images: a.bpd_images,
+                is_splits: a.is_splits,
+                eval_batch: a.eval_batch,
             };
-            let status = c.submit_sample_job(req).await.map_err(rpc_err)?.into_inner();
-            print_status(&status, args.json);
-            if a.watch {
-                watch(&mut c, status.job_id, args.json).await?;
-            }
+            let status = c.submit_eval_job(req).await.map_err(rpc_err)?.into_inner();
+            submitted(&mut c, status, a.watch, args.json).await?;
+        }
+        JobsCommand::SubmitAnalysis(a) => {
+            let req = proto::AnalysisJobRequest {
+                kind: a.kind,
+                seed: a.from.seed,
+                weights: a.from.weights.proto(),
+                checkpoint_step: a.from.checkpoint_step,
+                rows: a.rows,
+                snapshots: a.snapshots,
+                batch: a.batch,
+                data: a.data,
+                index_a: a.index_a,
+                index_b: a.index_b,
+                t: a.t,
+                lambdas: a.lambdas,
+            };
+            let status = c.submit_analysis_job(req).await.map_err(rpc_err)?.into_inner();
+            submitted(&mut c, status, a.watch, args.json).await?;
         }
         JobsCommand::Get { job_id } => {
             let status = c.get_job(proto::JobRef { job_id }).await.map_err(rpc_err)?.into_inner();
@@ -152,6 +291,15 @@ async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
             let status = c.cancel_job(proto::JobRef { job_id }).await.map_err(rpc_err)?.into_inner();
             print_status(&status, args.json);
         }
+    }
+    Ok(())
+}
+
+/// Prints a submitted job's status and, with `follow`, watches it.
+async fn submitted(c: &mut JobsClient<Channel>, status: proto::JobStatus, follow: bool, json: bool) -> anyhow::Result<()> {
+    print_status(&status, json);
+    if follow {
+        watch(c, status.job_id, json).await?;
     }
     Ok(())
 }
@@ -208,6 +356,7 @@ fn print_status(s: &proto::JobStatus, json: bool) {
             "weights_step": s.weights_step,
             "spec": serde_json::from_str::<serde_json::Value>(&s.spec_json).unwrap_or(serde_json::Value::Null),
             "age_s": s.age_s,
+            "metrics": serde_json::from_str::<serde_json::Value>(&s.metrics_json).unwrap_or(serde_json::Value::Null),
         });
         println!("{v}");
         return;
@@ -218,6 +367,17 @@ fn print_status(s: &proto::JobStatus, json: bool) {
     }
     if !s.error.is_empty() {
         println!("  error: {}", s.error);
+    }
+    if let Ok(serde_json::Value::Object(m)) = serde_json::from_str::<serde_json::Value>(&s.metrics_json) {
+        if let Some(v) = m.get("fid").and_then(|f| f["value"].as_f64()) {
+            println!("  FID: {v:.4}");
+        }
+        if let Some(is) = m.get("inception_score") {
+            println!("  Inception Score: {:.4} +- {:.4}", is["mean"].as_f64().unwrap_or(f64::NAN), is["std"].as_f64().unwrap_or(f64::NAN));
+        }
+        if let Some(v) = m.get("bpd").and_then(|b| b["bits_per_dim"].as_f64()) {
+            println!("  bits/dim: {v:.4}");
+        }
     }
     for o in &s.outputs {
         println!("  output: {o}");

@@ -9,6 +9,7 @@
 pub mod flat;
 pub mod local;
 pub mod optim;
+pub mod analysis;
 pub mod sample;
 pub mod step;
 

@@ -60,6 +60,7 @@ fn noise(seed: u64, first: u64, n: usize, key: u64, per: usize, shape: [i64; 4],
 
 /// Runs the reverse process for a batch; returns x_0 in [-1, 1].
 /// `progress` is called after each network evaluation.
+#[allow(clippy::too_many_arguments)]
 pub fn sample_batch(
     unet: &UNet,
     diffusion: &GaussianDiffusion,
@@ -70,6 +71,42 @@ pub fn sample_batch(
     device: Device,
     progress: &mut dyn FnMut(),
 ) -> Result<Tensor, String> {
+    sample_batch_prefix(unet, diffusion, seed, first, n, sampler, None, device, progress)
+}
+
+/// [`sample_batch`] stopped after `max_evals` network evaluations (all of
+/// them with `None`): the first steps of the same trajectory, returning
+/// the intermediate `x_t`. The sampling benchmark times a prefix.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_batch_prefix(
+    unet: &UNet,
+    diffusion: &GaussianDiffusion,
+    seed: u64,
+    first: u64,
+    n: usize,
+    sampler: Sampler,
+    max_evals: Option<usize>,
+    device: Device,
+    progress: &mut dyn FnMut(),
+) -> Result<Tensor, String> {
+    reverse(unet, diffusion, seed, first, n, sampler, max_evals, device, &mut |_, _| progress())
+}
+
+/// The reverse process of [`sample_batch_prefix`]; `observe(t, pred_x0)`
+/// after each network evaluation.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn reverse(
+    unet: &UNet,
+    diffusion: &GaussianDiffusion,
+    seed: u64,
+    first: u64,
+    n: usize,
+    sampler: Sampler,
+    max_evals: Option<usize>,
+    device: Device,
+    observe: &mut dyn FnMut(i64, &Tensor),
+) -> Result<Tensor, String> {
+    let limit = max_evals.unwrap_or(usize::MAX);
     let cfg = unet.config();
     let (c, r) = (cfg.out_channels, cfg.image_size);
     let shape = [n as i64, c, r, r];
@@ -78,17 +115,18 @@ pub fn sample_batch(
     let mut x = noise(seed, first, n, 0, per, shape, device);
     match sampler {
         Sampler::Ancestral => {
-            for t in (0..diffusion.num_timesteps()).rev() {
+            for t in (0..diffusion.num_timesteps()).rev().take(limit) {
                 let tt = Tensor::full([n as i64], t, (Kind::Int64, device));
                 let out = unet.forward_t(&x, &tt, false);
                 let z = if t > 0 { noise(seed, first, n, t as u64 + 1, per, shape, device) } else { x.zeros_like() };
-                x = diffusion.p_sample(&out, &x, &tt, &z, true).0;
-                progress();
+                let (next, pred_x0) = diffusion.p_sample(&out, &x, &tt, &z, true);
+                x = next;
+                observe(t, &pred_x0);
             }
         }
         Sampler::Ddim { steps, eta } => {
             let ts = diffusion.ddim_timesteps(steps).map_err(|e| e.to_string())?;
-            for (k, &t) in ts.iter().enumerate() {
+            for (k, &t) in ts.iter().enumerate().take(limit) {
                 let tt = Tensor::full([n as i64], t, (Kind::Int64, device));
                 let out = unet.forward_t(&x, &tt, false);
                 let t_prev = ts.get(k + 1).copied();
@@ -97,8 +135,9 @@ pub fn sample_batch(
                 } else {
                     x.zeros_like()
                 };
-                x = diffusion.ddim_step(&out, &x, t, t_prev, eta, &z, true).0;
-                progress();
+                let (next, pred_x0) = diffusion.ddim_step(&out, &x, t, t_prev, eta, &z, true);
+                x = next;
+                observe(t, &pred_x0);
             }
         }
     }

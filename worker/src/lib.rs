@@ -21,7 +21,7 @@ use tokio_stream::StreamExt;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
-use device::{DeviceHandle, TrainingState};
+use device::{DeviceHandle, EvalImages, EvalTask, TrainingState};
 
 /// What `ddpm-worker` was asked to do.
 #[derive(Debug, Clone)]
@@ -218,6 +218,26 @@ async fn work_loop(
             Some(work_message::Kind::Sample(a)) => {
                 sample_task(client, id, run, dev, &a, &mut loaded_job).await?;
             }
+            Some(work_message::Kind::Eval(a)) => {
+                let mut encoded = Vec::new();
+                while let Some(m) = stream.next().await {
+                    match m?.kind {
+                        Some(work_message::Kind::Samples(b)) => encoded.extend(b.samples),
+                        other => anyhow::bail!("unexpected message in an evaluation task: {other:?}"),
+                    }
+                }
+                eval_task(client, id, run, dev, &a, encoded, &mut loaded_job).await?;
+            }
+            Some(work_message::Kind::Analysis(a)) => {
+                let mut encoded = Vec::new();
+                while let Some(m) = stream.next().await {
+                    match m?.kind {
+                        Some(work_message::Kind::Samples(b)) => encoded.extend(b.samples),
+                        other => anyhow::bail!("unexpected message in an analysis task: {other:?}"),
+                    }
+                }
+                analysis_task(client, id, run, dev, &a, encoded, &mut loaded_job).await?;
+            }
             Some(work_message::Kind::Resync(r)) if eval_only => {
                 tracing::warn!(reason = %r.reason, "an eval worker holds no training state; ignoring a resync");
             }
@@ -401,13 +421,7 @@ async fn sample_task(
     let started = Instant::now();
     tracing::info!(job = a.job_id, first = a.first, count = a.count, sampler = %a.sampler, "sampling");
     let drawn = async {
-        let weights = if *loaded_job == Some(a.job_id) {
-            None
-        } else {
-            *loaded_job = None;
-            let (_, mut t) = fetch_state_for(client, id, proto::StateKind::Job, a.job_id).await?;
-            Some(t.pop().ok_or_else(|| anyhow::anyhow!("the job's weights stream had no tensor"))?)
-        };
+        let weights = job_weights(client, id, a.job_id, loaded_job).await?;
         let sampler = Sampler::parse(&a.sampler, a.steps as usize, a.eta).map_err(|e| anyhow::anyhow!(e))?;
         let req = SampleRequest { seed: a.seed, first: a.first, count: a.count, sampler, batch: a.batch.max(1) as usize };
         let images = dev.sample(weights, req).await?;
@@ -415,37 +429,217 @@ async fn sample_task(
         anyhow::Ok(images)
     }
     .await;
-    let mut header = proto::ResultHeader {
-        worker_id: id,
-        job_id: a.job_id,
-        first: a.first,
-        count: a.count,
-        resolution: run.train.model.image_size as u32,
-        error: String::new(),
-    };
-    let mut msgs = Vec::new();
-    match drawn {
+    let images = match drawn {
         Ok(images) => {
             tracing::info!(job = a.job_id, seconds = started.elapsed().as_secs_f64(), "images drawn");
-            msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Header(header)) });
-            for chunk in images.chunks(4 << 20) {
-                msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Data(Bytes::copy_from_slice(chunk))) });
+            Ok(device::EvalOutput { images: Some(images), ..Default::default() })
+        }
+        Err(e) => {
+            *loaded_job = None;
+            Err(e)
+        }
+    };
+    let header = result_header(id, run, a.job_id, a.first, a.count);
+    send_result(client, header, images).await
+}
+
+fn result_header(id: u64, run: &RunConfig, job_id: u64, first: u64, count: u64) -> proto::ResultHeader {
+    proto::ResultHeader {
+        worker_id: id,
+        job_id,
+        first,
+        count,
+        resolution: run.train.model.image_size as u32,
+        ..Default::default()
+    }
+}
+
+/// Sends a task's result (or why it failed) to the coordinator.
+async fn send_result(
+    client: &mut Client,
+    mut header: proto::ResultHeader,
+    result: anyhow::Result<device::EvalOutput>,
+) -> anyhow::Result<()> {
+    let job_id = header.job_id;
+    let mut data = Vec::new();
+    match result {
+        Ok(out) => {
+            header.no_images = out.images.is_none();
+            header.feature_bytes = out.features.len() as u64;
+            header.score_bytes = out.scores.len() as u64;
+            header.bpd_bytes = out.bpd.len() as u64;
+            for part in [out.images.unwrap_or_default(), out.features, out.scores, out.bpd] {
+                data.extend(part);
             }
         }
         Err(e) => {
-            tracing::error!(job = a.job_id, "task failed: {e:#}");
-            *loaded_job = None;
+            tracing::error!(job = job_id, "task failed: {e:#}");
             header.error = format!("{e:#}");
-            msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Header(header)) });
         }
+    }
+    let mut msgs = vec![proto::ResultMessage { kind: Some(result_message::Kind::Header(header)) }];
+    for chunk in data.chunks(4 << 20) {
+        msgs.push(proto::ResultMessage { kind: Some(result_message::Kind::Data(Bytes::copy_from_slice(chunk))) });
     }
     match client.submit_result(tokio_stream::iter(msgs)).await {
         Ok(_) => Ok(()),
         // The job was cancelled (or failed elsewhere) meanwhile.
         Err(s) if s.code() == Code::NotFound => {
-            tracing::info!(job = a.job_id, "the job no longer wants these images: {}", s.message());
+            tracing::info!(job = job_id, "the job no longer wants this result: {}", s.message());
             Ok(())
         }
-        Err(s) => Err(anyhow::anyhow!("sending images: {}", s.message())),
+        Err(s) => Err(anyhow::anyhow!("sending a job result: {}", s.message())),
     }
+}
+
+/// The job's pinned weights, unless the device already holds them.
+async fn job_weights(
+    client: &mut Client,
+    id: u64,
+    job_id: u64,
+    loaded_job: &mut Option<u64>,
+) -> anyhow::Result<Option<Vec<f32>>> {
+    if *loaded_job == Some(job_id) {
+        return Ok(None);
+    }
+    *loaded_job = None;
+    let (_, mut t) = fetch_state_for(client, id, proto::StateKind::Job, job_id).await?;
+    Ok(Some(t.pop().ok_or_else(|| anyhow::anyhow!("the job's weights stream had no tensor"))?))
+}
+
+/// Measures an evaluation task's images (drawn from the job's weights, or
+/// dataset images sent with the task) and sends the sums back; a failure
+/// fails the job, not this worker.
+async fn eval_task(
+    client: &mut Client,
+    id: u64,
+    run: &RunConfig,
+    dev: &DeviceHandle,
+    a: &proto::EvalAssignment,
+    encoded: Vec<proto::Sample>,
+    loaded_job: &mut Option<u64>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let (first, count) = match &a.source {
+        Some(proto::eval_assignment::Source::Sample(s)) => (s.first, s.count),
+        Some(proto::eval_assignment::Source::Dataset(d)) => (d.first, d.count),
+        None => (0, 0),
+    };
+    tracing::info!(job = a.job_id, first, count, features = a.features, bpd = a.bpd, "evaluating");
+    let measured = async {
+        let needs_weights = a.bpd || matches!(a.source, Some(proto::eval_assignment::Source::Sample(_)));
+        let images = match &a.source {
+            Some(proto::eval_assignment::Source::Sample(s)) => {
+                let sampler = Sampler::parse(&s.sampler, s.steps as usize, s.eta).map_err(|e| anyhow::anyhow!(e))?;
+                EvalImages::Sample(SampleRequest {
+                    seed: s.seed,
+                    first: s.first,
+                    count: s.count,
+                    sampler,
+                    batch: s.batch.max(1) as usize,
+                })
+            }
+            Some(proto::eval_assignment::Source::Dataset(d)) => {
+                let pixels = tokio::task::block_in_place(|| decode_dataset_images(d, &encoded))?;
+                EvalImages::Dataset { first: d.first, pixels }
+            }
+            None => anyhow::bail!("an evaluation task without images"),
+        };
+        let weights = if needs_weights { job_weights(client, id, a.job_id, loaded_job).await? } else { None };
+        let task = EvalTask {
+            images,
+            features: a.features,
+            inception_score: (a.is_splits > 0).then_some((a.is_splits as usize, a.is_total)),
+            bpd_seed: a.bpd.then_some(a.bpd_seed),
+            inception: a.inception.clone(),
+            batch: a.batch.max(1) as usize,
+        };
+        let out = dev.eval(weights, task).await;
+        if needs_weights && out.is_ok() {
+            *loaded_job = Some(a.job_id);
+        }
+        out
+    }
+    .await;
+    if measured.is_ok() {
+        tracing::info!(job = a.job_id, seconds = started.elapsed().as_secs_f64(), "task measured");
+    } else {
+        *loaded_job = None;
+    }
+    send_result(client, result_header(id, run, a.job_id, first, count), measured).await
+}
+
+/// Draws an analysis task's images (progressive rows, or an interpolation
+/// of the two dataset images sent with it) and sends them back.
+async fn analysis_task(
+    client: &mut Client,
+    id: u64,
+    run: &RunConfig,
+    dev: &DeviceHandle,
+    a: &proto::AnalysisAssignment,
+    encoded: Vec<proto::Sample>,
+    loaded_job: &mut Option<u64>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    tracing::info!(job = a.job_id, kind = %a.kind, first = a.first, count = a.count, "analysis task");
+    let drawn = async {
+        let task = match a.kind.as_str() {
+            "progressive" => {
+                let snapshots = a.snapshots.max(1) as u64;
+                anyhow::ensure!(a.first % snapshots == 0 && a.count % snapshots == 0, "a progressive task must cover whole rows");
+                device::AnalysisTask::Progressive {
+                    seed: a.seed,
+                    first_row: a.first / snapshots,
+                    rows: (a.count / snapshots) as usize,
+                    snapshots: snapshots as usize,
+                    batch: 8,
+                }
+            }
+            "interpolate" => {
+                anyhow::ensure!(encoded.len() == 2, "an interpolation needs 2 images, the task has {}", encoded.len());
+                let decoder: ddpm::data::Decoder = serde_json::from_str(&a.decoder_json)
+                    .map_err(|e| anyhow::anyhow!("the task's dataset decoder is unreadable: {e}"))?;
+                let decode = |s: &proto::Sample| {
+                    decoder.decode(&s.data).map_err(|e| anyhow::anyhow!("dataset image {}: {e}", s.position))
+                };
+                device::AnalysisTask::Interpolate {
+                    a: decode(&encoded[0])?,
+                    b: decode(&encoded[1])?,
+                    t: a.t as usize,
+                    lambdas: a.lambdas as usize,
+                    seed: a.seed,
+                }
+            }
+            other => anyhow::bail!("unknown analysis {other:?}"),
+        };
+        let weights = job_weights(client, id, a.job_id, loaded_job).await?;
+        let images = dev.analysis(weights, task).await?;
+        *loaded_job = Some(a.job_id);
+        anyhow::Ok(device::EvalOutput { images: Some(images), ..Default::default() })
+    }
+    .await;
+    match &drawn {
+        Ok(_) => tracing::info!(job = a.job_id, seconds = started.elapsed().as_secs_f64(), "analysis images drawn"),
+        Err(_) => *loaded_job = None,
+    }
+    send_result(client, result_header(id, run, a.job_id, a.first, a.count), drawn).await
+}
+
+/// Decodes the dataset images of a task, in index order.
+fn decode_dataset_images(d: &proto::DatasetImages, encoded: &[proto::Sample]) -> anyhow::Result<Vec<u8>> {
+    let decoder: ddpm::data::Decoder = serde_json::from_str(&d.decoder_json)
+        .map_err(|e| anyhow::anyhow!("the task's dataset decoder is unreadable: {e}"))?;
+    anyhow::ensure!(
+        encoded.len() as u64 == d.count,
+        "the task has {} dataset images, its assignment says {}",
+        encoded.len(),
+        d.count
+    );
+    let mut pixels = Vec::new();
+    for (k, s) in encoded.iter().enumerate() {
+        anyhow::ensure!(s.position == d.first + k as u64, "dataset images arrived out of order");
+        let img = decoder.decode(&s.data).map_err(|e| anyhow::anyhow!("dataset image {}: {e}", s.position))?;
+        pixels.extend(img);
+    }
+    Ok(pixels)
 }
