@@ -13,7 +13,7 @@ use std::time::Instant;
 use ddpm::config::TrainConfig;
 use ddpm::diffusion::GaussianDiffusion;
 use ddpm::train::flat::FlatModel;
-use ddpm::train::sample::{sample_batch_prefix, Sampler};
+use ddpm::train::sample::{reverse, Sampler};
 use tch::Device;
 
 use super::bench_util::{self, median};
@@ -78,7 +78,7 @@ fn seconds_per_eval(
 ) -> anyhow::Result<f64> {
     let mut stamps = vec![Instant::now()];
     let limit = if args.full { None } else { Some(2 + args.evals) };
-    let x = sample_batch_prefix(&model.unet, diffusion, 1, 0, args.batch, sampler, limit, device, &mut || {
+    let x = reverse(&model.unet, diffusion, 1, 0, args.batch, sampler, limit, device, &mut |_, _| {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }

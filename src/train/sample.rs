@@ -71,31 +71,16 @@ pub fn sample_batch(
     device: Device,
     progress: &mut dyn FnMut(),
 ) -> Result<Tensor, String> {
-    sample_batch_prefix(unet, diffusion, seed, first, n, sampler, None, device, progress)
+    reverse(unet, diffusion, seed, first, n, sampler, None, device, &mut |_, _| progress())
 }
 
-/// [`sample_batch`] stopped after `max_evals` network evaluations (all of
-/// them with `None`): the first steps of the same trajectory, returning
-/// the intermediate `x_t`. The sampling benchmark times a prefix.
+/// The reverse process of [`sample_batch`], stopped after `max_evals`
+/// network evaluations (all of them with `None`: then it returns x_0,
+/// otherwise the intermediate x_t of the same trajectory); `observe(t,
+/// pred_x0)` after each evaluation. The sampling benchmark times a prefix;
+/// progressive generation keeps `pred_x0`.
 #[allow(clippy::too_many_arguments)]
-pub fn sample_batch_prefix(
-    unet: &UNet,
-    diffusion: &GaussianDiffusion,
-    seed: u64,
-    first: u64,
-    n: usize,
-    sampler: Sampler,
-    max_evals: Option<usize>,
-    device: Device,
-    progress: &mut dyn FnMut(),
-) -> Result<Tensor, String> {
-    reverse(unet, diffusion, seed, first, n, sampler, max_evals, device, &mut |_, _| progress())
-}
-
-/// The reverse process of [`sample_batch_prefix`]; `observe(t, pred_x0)`
-/// after each network evaluation.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn reverse(
+pub fn reverse(
     unet: &UNet,
     diffusion: &GaussianDiffusion,
     seed: u64,
