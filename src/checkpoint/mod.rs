@@ -32,7 +32,10 @@ pub use ops::{
     latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport,
     Skipped, WriteReport,
 };
-pub use policy::{CheckpointConfig, CheckpointPolicy, Reason};
+/// `[checkpoint]` lives with the rest of the config; re-exported here for
+/// the callers that name it `ddpm::checkpoint::CheckpointConfig`.
+pub use crate::config::CheckpointConfig;
+pub use policy::{CheckpointPolicy, Reason};
 pub use uploader::{UploadEvent, Uploader, UploaderConfig};
 
 /// A checkpoint's contents in host memory: what the coordinator hands to

@@ -1,82 +1,12 @@
-//! When to take a checkpoint and what to keep: `[checkpoint]` of the
-//! training config, and the pure decision the coordinator asks after every
-//! step, at the end and on SIGTERM.
+//! When to take a checkpoint: the pure decision the coordinator asks after
+//! every step, at the end and on SIGTERM, from the `[checkpoint]` section
+//! of the training config ([`CheckpointConfig`], in `crate::config`).
 
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-/// `[checkpoint]`: saving and retention.
-///
-/// Defaults, for the paper's runs: the official code saves every 1600 s
-/// and keeps 2 (DDPM.md section 7). Here a checkpoint is taken every 30
-/// minutes of wall clock (at most half an hour of work lost to a
-/// rescheduled pod) and every 20,000 steps (predictable steps to evaluate;
-/// about 16 minutes at the paper's 21 steps/s for CIFAR-10, so about 40 per
-/// 800k-step run), at the end and on SIGTERM. The last 2 are kept, like
-/// the official code, plus every 100,000th step as a milestone (8 for
-/// CIFAR-10, 572 MB each).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct CheckpointConfig {
-    /// Save when the step is a multiple of this (0: never by steps).
-    pub every_steps: u64,
-    /// Save when this many minutes passed since the last save (0: never by time).
-    pub every_minutes: f64,
-    /// Save after the last step.
-    pub at_end: bool,
-    /// Save when asked to stop (SIGTERM, Ctrl-C) before exiting.
-    pub on_sigterm: bool,
-    /// Keep the newest this many complete checkpoints (at least 1).
-    pub keep_last: usize,
-    /// Also keep every checkpoint whose step is a multiple of this (0: none).
-    pub milestone_every: u64,
-    /// Attempts to upload one checkpoint before reporting it failed.
-    pub upload_attempts: u32,
-    /// Seconds before the first retry of a failed upload; doubles each time.
-    pub retry_initial_s: f64,
-    /// The longest wait between two attempts, in seconds.
-    pub retry_max_s: f64,
-}
-
-impl Default for CheckpointConfig {
-    fn default() -> Self {
-        Self {
-            every_steps: 20_000,
-            every_minutes: 30.0,
-            at_end: true,
-            on_sigterm: true,
-            keep_last: 2,
-            milestone_every: 100_000,
-            upload_attempts: 8,
-            retry_initial_s: 2.0,
-            retry_max_s: 120.0,
-        }
-    }
-}
-
-impl CheckpointConfig {
-    /// Checks the values; the error names the key and says what is allowed.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: String| Err((format!("checkpoint.{k}"), r));
-        if !(self.every_minutes >= 0.0 && self.every_minutes.is_finite()) {
-            return bad("every_minutes", format!("must be >= 0 (0 disables time-based saves), got {}", self.every_minutes));
-        }
-        if self.keep_last == 0 {
-            return bad("keep_last", "must be at least 1: the newest checkpoint is what a run resumes from".into());
-        }
-        if self.upload_attempts == 0 {
-            return bad("upload_attempts", "must be at least 1".into());
-        }
-        if !(self.retry_initial_s > 0.0 && self.retry_initial_s.is_finite()) {
-            return bad("retry_initial_s", format!("must be a positive number of seconds, got {}", self.retry_initial_s));
-        }
-        if !(self.retry_max_s >= self.retry_initial_s && self.retry_max_s.is_finite()) {
-            return bad("retry_max_s", format!("must be >= retry_initial_s ({}), got {}", self.retry_initial_s, self.retry_max_s));
-        }
-        Ok(())
-    }
-}
+use crate::config::CheckpointConfig;
 
 /// Why a checkpoint is taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -170,14 +100,5 @@ mod tests {
         });
         assert_eq!(off.should_save(100, t0 + Duration::from_secs(1 << 20), t0), None);
         assert_eq!((off.at_end(1, None), off.on_signal(1, None)), (None, None));
-    }
-
-    #[test]
-    fn validation_names_the_key() {
-        assert!(CheckpointConfig::default().validate().is_ok());
-        let e = CheckpointConfig { keep_last: 0, ..Default::default() }.validate().unwrap_err();
-        assert_eq!(e.0, "checkpoint.keep_last");
-        let e = CheckpointConfig { every_minutes: -1.0, ..Default::default() }.validate().unwrap_err();
-        assert_eq!(e.0, "checkpoint.every_minutes");
     }
 }

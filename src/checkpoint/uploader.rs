@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{encode, ops, CheckpointConfig, CheckpointData, CheckpointError, Reason};
+use super::{encode, ops, CheckpointData, CheckpointError, Reason};
+use crate::config::CheckpointConfig;
 use crate::store::RunStore;
 
 /// Retries and retention of the uploader.
