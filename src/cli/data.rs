@@ -3,8 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use ddpm::data::{self, DatasetSpec, OpenOptions};
+use ddpm::data;
 use ddpm::imageio;
+
+use super::data_opts::DataOpts;
 
 #[derive(clap::Args)]
 pub struct DataArgs {
@@ -23,25 +25,6 @@ pub enum DataCommand {
     /// pool features of the dataset's images (as decoded, not flipped),
     /// written as a pytorch-fid / TTUR .npz (mu, sigma).
     FidStats(super::fid_stats::FidStatsArgs),
-}
-
-/// The dataset options shared by the subcommands.
-#[derive(clap::Args)]
-pub struct DataOpts {
-    /// Dataset spec: cifar10:PATH[:train|:test], lsun:PATH, folder:PATH or
-    /// synthetic:shapes[:train|:test], each with an optional @RESOLUTION
-    /// (e.g. lsun:/data/church_outdoor_train_lmdb@256).
-    #[arg(long = "data", value_name = "SPEC")]
-    pub spec: DatasetSpec,
-    /// Side of the square images, if the spec has no @RESOLUTION.
-    #[arg(long)]
-    pub resolution: Option<usize>,
-}
-
-impl DataOpts {
-    pub(crate) fn open(&self) -> anyhow::Result<Box<dyn data::Dataset>> {
-        Ok(data::open(&self.spec, &OpenOptions { resolution: self.resolution })?)
-    }
 }
 
 #[derive(clap::Args)]

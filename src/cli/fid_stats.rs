@@ -8,7 +8,7 @@ use anyhow::Context;
 use ddpm::eval::{self, InceptionModel};
 use tch::Device;
 
-use super::data::DataOpts;
+use super::data_opts::DataOpts;
 
 #[derive(clap::Args)]
 pub struct FidStatsArgs {

@@ -8,6 +8,7 @@ pub mod bench_train;
 pub mod bench_util;
 pub mod checkpoints;
 pub mod data;
+pub mod data_opts;
 pub mod fid_stats;
 pub mod jobs;
 pub mod model;
