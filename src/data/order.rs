@@ -93,6 +93,13 @@ pub fn global_batch(seed: u64, dataset_len: usize, batch_size: usize, step: u64)
     SampleOrder::new(seed, dataset_len).batch(batch_size, step)
 }
 
+/// The global batch of 1-based training step `step`: batch index
+/// `step - 1` of the stream ([`global_batch`]). This is the data order of a
+/// run: the single-process trainer reads it and the coordinator shards it.
+pub fn step_batch(seed: u64, dataset_len: usize, batch_size: usize, step: u64) -> Vec<BatchItem> {
+    global_batch(seed, dataset_len, batch_size, step - 1)
+}
+
 /// Splits a batch of `batch_size` over `workers`: contiguous ranges whose
 /// sizes differ by at most one, the earlier ones larger. With more workers
 /// than samples the last ranges are empty.

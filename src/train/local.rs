@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use crate::config::TrainConfig;
 use crate::data::{self, order, Dataset, Decoder};
 use crate::diffusion::GaussianDiffusion;
-use crate::train::step::{self, DecodedSample, StepContext};
+use crate::train::step::{self, DecodedSample};
 use crate::train::{optim, Outcome, TrainError, TrainState};
 
 /// What one step did.
@@ -46,7 +46,7 @@ impl LocalTrainer {
     pub fn step(&mut self) -> Result<StepReport, TrainError> {
         let step = self.state.step + 1;
         let samples = read_batch(&*self.dataset, &self.decoder, &self.config, step)?;
-        let ctx = step_context(&self.config, &self.decoder, step);
+        let ctx = step::step_context(&self.config, &self.decoder, step);
         let device = self.state.model.device();
         let batch = step::build_batch(&samples, &ctx, self.diffusion.num_timesteps() as u64, device);
         let (loss, mut grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, samples[0].position);
@@ -70,20 +70,13 @@ pub fn open_dataset(config: &TrainConfig) -> Result<Box<dyn Dataset>, TrainError
     Ok(data::open(spec, &opts)?)
 }
 
-/// The step context of 1-based `step`.
-pub fn step_context(config: &TrainConfig, decoder: &Decoder, step: u64) -> StepContext {
-    StepContext {
-        seed: config.train.seed,
-        step,
-        random_flip: config.data.random_flip,
-        channels: 3,
-        resolution: decoder.resolution(),
-    }
-}
+#[doc(hidden)] // transitional: coordinator/worker are being refactored
+pub use crate::train::step::step_context;
 
-/// The global batch of 1-based `step` (batch index `step - 1` of the stream).
+/// `order::step_batch` with the seed and batch size of `config`.
+#[doc(hidden)] // transitional: coordinator/worker are being refactored
 pub fn batch_items(config: &TrainConfig, dataset_len: usize, step: u64) -> Vec<order::BatchItem> {
-    order::global_batch(config.train.seed, dataset_len, config.train.batch_size, step - 1)
+    order::step_batch(config.train.seed, dataset_len, config.train.batch_size, step)
 }
 
 /// Reads and decodes the global batch of `step`.
@@ -93,7 +86,7 @@ fn read_batch(
     config: &TrainConfig,
     step: u64,
 ) -> Result<Vec<DecodedSample>, TrainError> {
-    batch_items(config, dataset.len(), step)
+    order::step_batch(config.train.seed, dataset.len(), config.train.batch_size, step)
         .into_iter()
         .map(|item| {
             let bytes = dataset.encoded(item.index)?;

@@ -8,7 +8,8 @@
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data;
+use crate::config::TrainConfig;
+use crate::data::{self, Decoder};
 use crate::diffusion::GaussianDiffusion;
 use crate::rng::{self, Purpose};
 use crate::train::flat::FlatModel;
@@ -27,6 +28,18 @@ pub struct StepContext {
     pub random_flip: bool,
     pub channels: usize,
     pub resolution: usize,
+}
+
+/// The step context of 1-based `step` of a run with `config`, whose samples
+/// `decoder` decodes.
+pub fn step_context(config: &TrainConfig, decoder: &Decoder, step: u64) -> StepContext {
+    StepContext {
+        seed: config.train.seed,
+        step,
+        random_flip: config.data.random_flip,
+        channels: 3,
+        resolution: decoder.resolution(),
+    }
 }
 
 /// A shard ready for the device: `x0` `[n, C, H, W]`, `t` `[n]`, `noise` like `x0`.
