@@ -4,8 +4,10 @@
 //!
 //! Storage is separate from policy: this module says what a checkpoint is
 //! (`format.rs`), how to write, list, verify, read and prune them
-//! (`ops.rs`), when to take one and what to keep (`policy.rs`), and how to
-//! upload one in the background with retries (`uploader.rs`). The
+//! (`ops.rs`), when to take one (`policy.rs`), and how to upload one in the
+//! background with retries (`uploader.rs`). The settings (when to save,
+//! what to keep, upload retries) are the `[checkpoint]` section of the
+//! training config, [`CheckpointConfig`] in `crate::config`. The
 //! coordinator decides when to call which.
 //!
 //! Resume is exact because the state is complete: parameters, Adam's moments
