@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
+use ddpm::diffusion::SamplerKind;
 use ddpm::proto::{self, jobs_client::JobsClient};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
@@ -164,8 +165,8 @@ struct FromArgs {
 #[derive(Args, Debug)]
 struct DrawArgs {
     /// ancestral (all T steps) or ddim.
-    #[arg(long, default_value = "ancestral")]
-    sampler: String,
+    #[arg(long, default_value = "ancestral", value_parser = parse_sampler)]
+    sampler: SamplerKind,
     /// DDIM steps (default 50).
     #[arg(long, default_value_t = 0)]
     steps: u32,
@@ -182,11 +183,16 @@ struct DrawArgs {
     individual_pngs: bool,
 }
 
+/// `--sampler`, parsed where it enters (the request carries the word).
+fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
+    s.parse().map_err(|e: ddpm::diffusion::SamplerError| e.to_string())
+}
+
 impl DrawArgs {
     fn request(&self, count: u64) -> proto::SampleJobRequest {
         proto::SampleJobRequest {
             count,
-            sampler: self.sampler.clone(),
+            sampler: self.sampler.as_str().into(),
             steps: self.steps,
             eta: self.eta,
             seed: self.from.seed,

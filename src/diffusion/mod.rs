@@ -22,6 +22,7 @@
 //! - `schedule.rs`: beta schedules
 //! - `gaussian.rs`: [`GaussianDiffusion`], its tables, `q`, the posterior, `p_mean_variance`
 //! - `sampling.rs`: the ancestral step and DDIM
+//! - `sampler.rs`: [`SamplerKind`] and [`Sampler`], the choice of reverse process and its rules
 //! - `losses.rs`: Gaussian KL and the discretized Gaussian decoder
 //! - `bound.rs`: training losses and the bound in bits/dim
 
@@ -29,6 +30,7 @@ mod bound;
 mod config;
 mod gaussian;
 pub mod losses;
+mod sampler;
 mod sampling;
 mod schedule;
 
@@ -36,6 +38,7 @@ pub use bound::BpdResult;
 pub use config::{
     BetaSchedule, DiffusionConfig, DiffusionError, LossType, ModelMeanType, VarianceType,
 };
+pub use sampler::{Sampler, SamplerError, SamplerKind, DEFAULT_DDIM_STEPS};
 pub use gaussian::{extract, full_t, GaussianDiffusion, PMeanVariance};
 pub use schedule::{make_betas, COSINE_MAX_BETA};
 

@@ -146,6 +146,11 @@ impl RunStore {
         &self.url
     }
 
+    /// Where `key` of the store is, for people (logs, summaries, job outputs).
+    pub fn location(&self, key: &str) -> String {
+        format!("{}/{key}", self.url().trim_end_matches('/'))
+    }
+
     /// True for an S3 store.
     pub fn is_remote(&self) -> bool {
         self.bucket.is_some()

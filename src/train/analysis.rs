@@ -11,16 +11,53 @@
 
 use tch::{Device, Kind, Tensor};
 
-use super::sample::{reverse, to_uint8, Sampler};
+use super::sample::{reverse, to_uint8, SampleError, Sampler};
 use crate::diffusion::GaussianDiffusion;
 use crate::rng::{Purpose, Stream};
 use crate::unet::UNet;
 
+/// Which analysis a job runs; the words "progressive" and "interpolate" of
+/// a request are parsed into this once, where they enter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnalysisKind {
+    /// `x0_hat` along ancestral trajectories (paper 4.3).
+    Progressive,
+    /// Two images encoded, mixed and decoded (paper 4.4).
+    Interpolate,
+}
+
+impl AnalysisKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressive => "progressive",
+            Self::Interpolate => "interpolate",
+        }
+    }
+}
+
+/// A word that names no analysis.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("unknown analysis {0:?}: use \"progressive\" or \"interpolate\"")]
+pub struct UnknownAnalysis(pub String);
+
+impl std::str::FromStr for AnalysisKind {
+    type Err = UnknownAnalysis;
+
+    fn from_str(s: &str) -> Result<Self, UnknownAnalysis> {
+        match s {
+            "progressive" => Ok(Self::Progressive),
+            "interpolate" => Ok(Self::Interpolate),
+            other => Err(UnknownAnalysis(other.to_string())),
+        }
+    }
+}
+
 /// The timesteps (0-based, decreasing) at which progressive generation shows
 /// `x0_hat`: `snapshots` evenly spaced from T - 1 to 0, both included.
-pub fn progressive_timesteps(num_timesteps: usize, snapshots: usize) -> Result<Vec<i64>, String> {
+pub fn progressive_timesteps(num_timesteps: usize, snapshots: usize) -> Result<Vec<i64>, SampleError> {
     if snapshots < 2 || snapshots > num_timesteps {
-        return Err(format!("snapshots must be between 2 and the {num_timesteps} timesteps, got {snapshots}"));
+        return Err(SampleError::Snapshots { snapshots, num_timesteps });
     }
     let last = (num_timesteps - 1) as f64;
     Ok((0..snapshots).map(|k| (last * (1.0 - k as f64 / (snapshots - 1) as f64)).round() as i64).collect())
@@ -37,7 +74,7 @@ pub fn progressive(
     n: usize,
     snapshots: usize,
     device: Device,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SampleError> {
     let ts = progressive_timesteps(diffusion.num_timesteps() as usize, snapshots)?;
     // Column k: the estimates of all n images at ts[k].
     let mut columns: Vec<Vec<u8>> = Vec::with_capacity(snapshots);
@@ -47,7 +84,7 @@ pub fn progressive(
         }
     })?;
     if columns.len() != snapshots {
-        return Err(format!("the trajectory passed {} of the {snapshots} snapshot timesteps", columns.len()));
+        return Err(SampleError::Trajectory { passed: columns.len(), snapshots });
     }
     let per = columns[0].len() / n.max(1);
     let mut out = Vec::with_capacity(n * snapshots * per);
@@ -78,19 +115,19 @@ pub fn interpolate(
     count: usize,
     seed: u64,
     device: Device,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SampleError> {
     let cfg = unet.config();
     let (c, r) = (cfg.in_channels, cfg.image_size);
     let per = (c * r * r) as usize;
     let steps = diffusion.num_timesteps() as usize;
     if a.len() != per || b.len() != per {
-        return Err(format!("interpolation needs two {c}x{r}x{r} images, got {} and {} bytes", a.len(), b.len()));
+        return Err(SampleError::InterpolationImages { c, r, a: a.len(), b: b.len() });
     }
     if t == 0 || t > steps {
-        return Err(format!("t must be between 1 and {steps}, got {t}"));
+        return Err(SampleError::InterpolationT { t, steps });
     }
     if count == 0 {
-        return Err("at least one mixing weight".into());
+        return Err(SampleError::NoMixingWeights);
     }
     let _guard = tch::no_grad_guard();
     let image = |px: &[u8]| {
@@ -129,7 +166,7 @@ mod tests {
         assert_eq!(progressive_timesteps(1000, 2).unwrap(), [999, 0]);
         assert_eq!(progressive_timesteps(1000, 4).unwrap(), [999, 666, 333, 0]);
         assert_eq!(progressive_timesteps(10, 10).unwrap(), [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]);
-        assert!(progressive_timesteps(1000, 1).unwrap_err().contains("between 2 and the 1000"));
+        assert!(progressive_timesteps(1000, 1).unwrap_err().to_string().contains("between 2 and the 1000"));
         assert!(progressive_timesteps(10, 11).is_err());
         assert_eq!(lambdas(5), [0.0, 0.25, 0.5, 0.75, 1.0]);
     }

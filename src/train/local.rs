@@ -70,15 +70,6 @@ pub fn open_dataset(config: &TrainConfig) -> Result<Box<dyn Dataset>, TrainError
     Ok(data::open(spec, &opts)?)
 }
 
-#[doc(hidden)] // transitional: coordinator/worker are being refactored
-pub use crate::train::step::step_context;
-
-/// `order::step_batch` with the seed and batch size of `config`.
-#[doc(hidden)] // transitional: coordinator/worker are being refactored
-pub fn batch_items(config: &TrainConfig, dataset_len: usize, step: u64) -> Vec<order::BatchItem> {
-    order::step_batch(config.train.seed, dataset_len, config.train.batch_size, step)
-}
-
 /// Reads and decodes the global batch of `step`.
 fn read_batch(
     dataset: &dyn Dataset,

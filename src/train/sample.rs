@@ -8,33 +8,23 @@ use crate::diffusion::GaussianDiffusion;
 use crate::rng::{Purpose, Stream};
 use crate::unet::UNet;
 
-/// Which reverse process to run.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampler {
-    /// All T steps of Algorithm 2 with the configured variance.
-    Ancestral,
-    /// DDIM on `steps` evenly spaced timesteps with the given eta.
-    Ddim { steps: usize, eta: f64 },
-}
+pub use crate::diffusion::Sampler;
 
-impl Sampler {
-    /// From a job's words: `ancestral`, or `ddim` with steps and eta.
-    pub fn parse(name: &str, steps: usize, eta: f64) -> Result<Self, String> {
-        match name {
-            "ancestral" => Ok(Self::Ancestral),
-            "ddim" if steps > 0 => Ok(Self::Ddim { steps, eta }),
-            "ddim" => Err("the ddim sampler needs steps >= 1".into()),
-            other => Err(format!("unknown sampler {other:?}: use \"ancestral\" or \"ddim\"")),
-        }
-    }
-
-    /// Network evaluations per image.
-    pub fn evaluations(&self, num_timesteps: usize) -> usize {
-        match self {
-            Self::Ancestral => num_timesteps,
-            Self::Ddim { steps, .. } => *steps,
-        }
-    }
+/// Why images could not be drawn.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Diffusion(#[from] crate::diffusion::DiffusionError),
+    #[error("snapshots must be between 2 and the {num_timesteps} timesteps, got {snapshots}")]
+    Snapshots { snapshots: usize, num_timesteps: usize },
+    #[error("the trajectory passed {passed} of the {snapshots} snapshot timesteps")]
+    Trajectory { passed: usize, snapshots: usize },
+    #[error("interpolation needs two {c}x{r}x{r} images, got {a} and {b} bytes")]
+    InterpolationImages { c: i64, r: i64, a: usize, b: usize },
+    #[error("t must be between 1 and {steps}, got {t}")]
+    InterpolationT { t: usize, steps: usize },
+    #[error("at least one mixing weight")]
+    NoMixingWeights,
 }
 
 /// Images `[first, first + count)` of a sampling job.
@@ -70,7 +60,7 @@ pub fn sample_batch(
     sampler: Sampler,
     device: Device,
     progress: &mut dyn FnMut(),
-) -> Result<Tensor, String> {
+) -> Result<Tensor, SampleError> {
     reverse(unet, diffusion, seed, first, n, sampler, None, device, &mut |_, _| progress())
 }
 
@@ -90,7 +80,7 @@ pub fn reverse(
     max_evals: Option<usize>,
     device: Device,
     observe: &mut dyn FnMut(i64, &Tensor),
-) -> Result<Tensor, String> {
+) -> Result<Tensor, SampleError> {
     let limit = max_evals.unwrap_or(usize::MAX);
     let cfg = unet.config();
     let (c, r) = (cfg.out_channels, cfg.image_size);
@@ -110,7 +100,7 @@ pub fn reverse(
             }
         }
         Sampler::Ddim { steps, eta } => {
-            let ts = diffusion.ddim_timesteps(steps).map_err(|e| e.to_string())?;
+            let ts = diffusion.ddim_timesteps(steps)?;
             for (k, &t) in ts.iter().enumerate().take(limit) {
                 let tt = Tensor::full([n as i64], t, (Kind::Int64, device));
                 let out = unet.forward_t(&x, &tt, false);
@@ -151,7 +141,7 @@ pub fn sample_images(
     req: &SampleRequest,
     device: Device,
     progress: &mut dyn FnMut(u64, u64),
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SampleError> {
     let mut out = Vec::new();
     let total = req.count * req.sampler.evaluations(diffusion.num_timesteps() as usize) as u64;
     let mut done = 0u64;
