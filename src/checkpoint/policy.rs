@@ -53,7 +53,7 @@ impl CheckpointPolicy {
     /// of `every_steps`, or `every_minutes` passed since `last_save` (the
     /// time of the last save requested, or of the run's start / resume).
     pub fn should_save(&self, step: u64, now: Instant, last_save: Instant) -> Option<Reason> {
-        if self.every_steps > 0 && step > 0 && step % self.every_steps == 0 {
+        if self.every_steps > 0 && step > 0 && step.is_multiple_of(self.every_steps) {
             return Some(Reason::Steps);
         }
         match self.every {

@@ -127,7 +127,7 @@ fn read_decode(ds: &dyn Dataset, i: u64) -> Result<usize, data::DataError> {
     let bytes = ds.encoded(index)?;
     let dec = ds.decoder();
     let mut out = vec![0f32; dec.sample_len()];
-    dec.decode_to_model_input(&bytes, i % 2 == 0, &mut out)?;
+    dec.decode_to_model_input(&bytes, i.is_multiple_of(2), &mut out)?;
     Ok(out.len())
 }
 

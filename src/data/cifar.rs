@@ -209,8 +209,8 @@ fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<BatchFile>), 
 }
 
 fn parse_binary(path: &Path, bytes: &[u8], pixels: &mut Vec<u8>) -> Result<(), DataError> {
-    if bytes.is_empty() || bytes.len() % BIN_RECORD != 0 {
-        let hint = if bytes.len() % (BIN_RECORD + 1) == 0 && !bytes.is_empty() {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(BIN_RECORD) {
+        let hint = if bytes.len().is_multiple_of(BIN_RECORD + 1) && !bytes.is_empty() {
             " (it divides into 3074-byte records: is this CIFAR-100, which has two label bytes?)"
         } else {
             " (the file is truncated or not a CIFAR-10 binary batch; re-download cifar-10-binary.tar.gz)"

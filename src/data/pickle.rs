@@ -230,7 +230,7 @@ impl Machine<'_> {
 
     fn set_items(&mut self, items: Vec<Value>) -> Result<(), String> {
         self.nest(&items)?;
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of values (malformed pickle)".into());
         }
         let Value::Dict(d) = self.top()? else {

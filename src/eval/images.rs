@@ -120,7 +120,7 @@ pub fn add_images(
 ) -> Result<(), EvalError> {
     let batch = check_batch(batch)?;
     let per = 3 * height * width;
-    if per == 0 || pixels_nchw.len() % per != 0 {
+    if per == 0 || !pixels_nchw.len().is_multiple_of(per) {
         return Err(EvalError::shape(
             "images",
             format!("whole images of 3 x {height} x {width} bytes"),

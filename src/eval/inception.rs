@@ -184,7 +184,7 @@ enum Call {
 /// them) as a float32 tensor `[n, 3, h, w]` valued 0..255 on `device`.
 pub fn images_tensor(pixels_nchw: &[u8], height: usize, width: usize, device: Device) -> Result<Tensor, EvalError> {
     let per = 3 * height * width;
-    if per == 0 || pixels_nchw.is_empty() || pixels_nchw.len() % per != 0 {
+    if per == 0 || pixels_nchw.is_empty() || !pixels_nchw.len().is_multiple_of(per) {
         return Err(EvalError::shape(
             "images",
             format!("whole images of 3 x {height} x {width} bytes"),

@@ -170,7 +170,7 @@ pub fn read_samples_npz(path: &Path) -> Result<SampleImages, EvalError> {
 /// Writes uint8 images `[n, 3, h, w]` as a samples `.npz` (`arr_0`, `[n, h, w, 3]`).
 pub fn write_samples_npz(path: &Path, pixels_nchw: &[u8], height: usize, width: usize) -> Result<(), EvalError> {
     let per = 3 * height * width;
-    if per == 0 || pixels_nchw.len() % per != 0 {
+    if per == 0 || !pixels_nchw.len().is_multiple_of(per) {
         return Err(EvalError::shape(
             "samples",
             format!("a multiple of 3 x {height} x {width} bytes"),
@@ -211,7 +211,7 @@ impl SamplesNpzWriter {
     /// Appends whole images, uint8 `[k, 3, h, w]`.
     pub fn push_nchw(&mut self, pixels_nchw: &[u8]) -> Result<(), EvalError> {
         let per = 3 * self.height * self.width;
-        if pixels_nchw.len() % per.max(1) != 0 {
+        if !pixels_nchw.len().is_multiple_of(per.max(1)) {
             return Err(EvalError::shape(
                 "samples",
                 format!("whole images of 3 x {} x {} bytes", self.height, self.width),

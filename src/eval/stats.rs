@@ -105,7 +105,7 @@ impl FeatureStats {
 
     /// Adds `rows.len() / D` feature vectors stored row after row.
     pub fn add_rows(&mut self, rows: &[f32]) -> Result<(), EvalError> {
-        if self.dim == 0 || rows.len() % self.dim != 0 {
+        if self.dim == 0 || !rows.len().is_multiple_of(self.dim) {
             return Err(EvalError::shape(
                 "feature rows",
                 format!("a multiple of D = {}", self.dim),
