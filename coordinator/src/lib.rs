@@ -3,21 +3,36 @@
 //! It owns the run: it reads the dataset and ships each worker its shard of
 //! every global batch, all-reduces the workers' gradients, keeps the source
 //! of truth for the parameters and the EMA, checkpoints to the run's store
-//! (and resumes from it), and has the workers draw a sample grid at the end.
-//! `main` only parses flags and calls [`run`]; tests start the same `run` on
+//! (and resumes from it), and runs sampling and evaluation jobs. `main`
+//! only parses flags and calls [`run`]; tests start the same `run` on
 //! `127.0.0.1:0`.
+//!
+//! The coordinator is a set of components, each owning its state behind
+//! methods (ARCHITECTURE.md at the repository root maps them):
+//! [`roster::Roster`] (membership and liveness), [`round_slot::RoundSlot`]
+//! and [`round::Round`] (the step's all-reduce), [`state::StateHandle`]
+//! (parameters, Adam, EMA on their own thread), [`lifecycle::Lifecycle`]
+//! and [`run_status::RunStatus`] (phase and live numbers), the job
+//! components of [`jobs`], and the [`training::Trainer`] loop that drives
+//! them. [`run`] builds them and hands each service and loop the ones it
+//! uses.
 
+pub mod changes;
 pub mod jobs;
-pub mod membership;
-pub mod reduce;
+pub mod lifecycle;
+pub mod liveness;
+pub mod roster;
+pub mod round;
+pub mod round_slot;
+pub mod run_status;
 pub mod service;
 pub mod state;
-pub mod trainer;
+pub mod training;
+pub mod work;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ddpm::checkpoint::{self, CheckpointData, Uploader, UploaderConfig};
 use ddpm::config::{RunConfig, TrainConfig};
@@ -27,11 +42,15 @@ use ddpm::proto::jobs_server::JobsServer;
 use ddpm::store::{RunStore, StoreOptions};
 use ddpm::wire;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
-use membership::Membership;
-use reduce::Round;
+use jobs::{JobContext, JobQueue, PinnedWeights, ResultRouter};
+use lifecycle::{Lifecycle, Phase};
+use roster::Roster;
+use round_slot::RoundSlot;
+use run_status::RunStatus;
 use state::StateHandle;
+use training::{Summary, Trainer};
 
 /// What `ddpm-coord` was asked to do.
 #[derive(Debug, Clone)]
@@ -50,149 +69,6 @@ pub struct CoordOptions {
     pub serve: bool,
 }
 
-/// A worker's result for a job task: images and/or evaluation sums.
-#[derive(Default)]
-pub struct ResultPart {
-    pub worker_id: u64,
-    pub first: u64,
-    pub count: u64,
-    pub resolution: u32,
-    /// The images, uint8 `[count, 3, R, R]` (empty for dataset tasks).
-    pub data: Vec<u8>,
-    /// Binary sums of an evaluation task (`ddpm::eval` forms; empty: absent).
-    pub features: Vec<u8>,
-    pub scores: Vec<u8>,
-    pub bpd: Vec<u8>,
-    /// Set when the worker could not do the task (then the rest is empty).
-    pub error: String,
-}
-
-impl ResultPart {
-    /// An empty part for the task `header` describes.
-    pub fn new(header: &ddpm::proto::ResultHeader) -> Self {
-        Self {
-            worker_id: header.worker_id,
-            first: header.first,
-            count: header.count,
-            resolution: header.resolution,
-            ..Default::default()
-        }
-    }
-}
-
-/// Live numbers for GetStatus.
-#[derive(Debug, Clone, Default)]
-pub struct StatusInfo {
-    pub step: u64,
-    pub loss: f64,
-    pub images_per_s: f64,
-    pub skipped_steps: u64,
-    pub phase: String,
-}
-
-/// State shared by the gRPC service and the trainer.
-pub struct Coord {
-    pub config: TrainConfig,
-    pub run_config: RunConfig,
-    pub run_config_json: String,
-    pub state: StateHandle,
-    pub members: Mutex<Membership>,
-    /// Signalled whenever membership or a member's idleness changes.
-    pub changed: Notify,
-    /// The all-reduce in progress.
-    pub round: Mutex<Option<Arc<Round>>>,
-    pub status: Mutex<StatusInfo>,
-    /// Sampling jobs waiting for results, by job id.
-    pub results: Mutex<HashMap<u64, mpsc::UnboundedSender<ResultPart>>>,
-    pub shutting_down: AtomicBool,
-    /// Set by SIGTERM/Ctrl-C: finish the step, checkpoint, exit.
-    pub stop_requested: AtomicBool,
-    /// The run's storage (checkpoints, metrics, samples, summary).
-    pub store: RunStore,
-    /// Samples in the training dataset.
-    pub dataset_len: usize,
-    /// The training dataset (evaluation jobs also read it).
-    pub dataset: Arc<dyn Dataset>,
-    /// How to reach an S3-compatible store, for datasets jobs name.
-    pub store_options: StoreOptions,
-    /// Steps skipped before this start (from the resumed checkpoint).
-    pub start_skipped: u64,
-    /// Sampling jobs submitted over gRPC.
-    pub jobs: jobs::JobQueue,
-    /// Ids of jobs (and of the end-of-training grid).
-    pub next_job_id: AtomicU64,
-    /// Set once training (and its grid) is over: training workers then take
-    /// job tasks too.
-    pub training_over: AtomicBool,
-}
-
-impl Coord {
-    /// Builds the coordinator's state: fresh from the run seed, or from
-    /// `resume` (a checkpoint of this run).
-    pub fn new(
-        config: TrainConfig,
-        dataset: Arc<dyn Dataset>,
-        store: RunStore,
-        store_options: StoreOptions,
-        resume: Option<CheckpointData>,
-    ) -> anyhow::Result<Self> {
-        let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
-        let state = StateHandle::start(config.clone(), resume, dataset.len())?;
-        let run_config = RunConfig {
-            train: config.clone(),
-            decoder: dataset.decoder(),
-            param_count: state.layout.total as u64,
-            layout_hash: state.layout.hash(),
-        };
-        let run_config_json = serde_json::to_string(&run_config)?;
-        Ok(Self {
-            config,
-            run_config,
-            run_config_json,
-            state,
-            members: Mutex::new(Membership::default()),
-            changed: Notify::new(),
-            round: Mutex::new(None),
-            status: Mutex::new(StatusInfo { phase: "waiting".into(), ..Default::default() }),
-            results: Mutex::new(HashMap::new()),
-            shutting_down: AtomicBool::new(false),
-            stop_requested: AtomicBool::new(false),
-            store,
-            dataset_len: dataset.len(),
-            dataset,
-            store_options,
-            start_skipped,
-            jobs: jobs::JobQueue::default(),
-            next_job_id: AtomicU64::new(1),
-            training_over: AtomicBool::new(false),
-        })
-    }
-
-    pub fn stop_requested(&self) -> bool {
-        self.stop_requested.load(Ordering::SeqCst)
-    }
-
-    /// Where `key` of the run's store is, for people.
-    pub fn location(&self, key: &str) -> String {
-        format!("{}/{key}", self.store.url().trim_end_matches('/'))
-    }
-
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
-    }
-
-    pub fn set_phase(&self, phase: &str) {
-        self.status.lock().unwrap().phase = phase.to_string();
-    }
-}
-
-/// The gRPC server with limits and windows set for bulk transfer.
-pub fn grpc_service(coord: Arc<Coord>) -> CoordinatorServer<service::CoordService> {
-    CoordinatorServer::new(service::CoordService::new(coord))
-        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES)
-}
-
 /// Opens the run's store, resumes from its latest complete checkpoint (or
 /// refuses to, with `fresh`), and trains on `listener` until the run ends.
 /// When `shutdown` resolves the current step finishes, a checkpoint is saved
@@ -201,104 +77,167 @@ pub async fn run(
     listener: TcpListener,
     opts: CoordOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<trainer::Summary> {
+) -> anyhow::Result<Summary> {
     let config = opts.config.clone();
     config.validate()?;
     config.check_world_size(opts.workers)?;
     let store = RunStore::open(&opts.run, &opts.store)?;
     store.check().await?;
-
-    let spec = config.data.spec.clone().ok_or_else(|| anyhow::anyhow!("no dataset: pass --data SPEC"))?;
-    let local_spec = ddpm::data::fetch_remote(&spec, &opts.store).await?;
-    let dataset: Arc<dyn Dataset> = {
-        let resolution = config.model.image_size as usize;
-        tokio::task::spawn_blocking(move || {
-            ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) })
-        })
-        .await??
-        .into()
-    };
-    tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
-
+    let dataset = open_dataset(&config, &opts.store).await?;
     let resume = resume_point(&store, opts.fresh).await?;
-    let coord = Arc::new(Coord::new(config, dataset.clone(), store.clone(), opts.store.clone(), resume)?);
+    let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
+    let state = StateHandle::start(config.clone(), resume, dataset.len())?;
+    let run_config = RunConfig {
+        train: config.clone(),
+        decoder: dataset.decoder(),
+        param_count: state.layout.total as u64,
+        layout_hash: state.layout.hash(),
+    };
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, params = coord.state.layout.total, run = %store.url(), "coordinator listening");
+    tracing::info!(%addr, params = state.layout.total, run = %store.url(), "coordinator listening");
 
-    let (uploader, mut events) = Uploader::start(store, UploaderConfig::from_config(&coord.config.checkpoint));
+    // The components, each owning its state.
+    let roster = Arc::new(Roster::default());
+    let rounds = Arc::new(RoundSlot::default());
+    let lifecycle = Arc::new(Lifecycle::default());
+    let status = Arc::new(RunStatus::default());
+    let queue = Arc::new(JobQueue::default());
+    let pinned = Arc::new(PinnedWeights::default());
+    let results = Arc::new(ResultRouter::default());
+
+    let (uploader, mut events) = Uploader::start(store.clone(), UploaderConfig::from_config(&config.checkpoint));
     // The uploader logs every event itself; draining keeps its channel empty.
     let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
 
-    let server_stop = Arc::new(Notify::new());
-    let server = {
-        let stop = server_stop.clone();
-        let svc = grpc_service(coord.clone());
-        let jobs_svc = JobsServer::new(jobs::JobsService::new(coord.clone()));
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .initial_stream_window_size(Some(8 << 20))
-                .initial_connection_window_size(Some(32 << 20))
-                .max_frame_size(Some(wire::MAX_FRAME_BYTES))
-                .tcp_nodelay(true)
-                .add_service(svc)
-                .add_service(jobs_svc)
-                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
-                    stop.notified().await
-                })
-                .await
-        })
+    let coordinator = service::CoordService {
+        run_config_json: serde_json::to_string(&run_config)?,
+        run_config,
+        state: state.clone(),
+        roster: roster.clone(),
+        rounds: rounds.clone(),
+        pinned: pinned.clone(),
+        results: results.clone(),
+        status: status.clone(),
+        lifecycle: lifecycle.clone(),
     };
-    let reaper = tokio::spawn(trainer::reap_silent_members(coord.clone()));
-    let scheduler = tokio::spawn(jobs::run_scheduler(coord.clone()));
+    let jobs_service =
+        jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len());
+    let server_stop = Arc::new(Notify::new());
+    let server = tokio::spawn(serve(listener, coordinator, jobs_service, server_stop.clone()));
+    let heartbeat_timeout = Duration::from_secs_f64(config.dist.heartbeat_timeout_s);
+    let reaper = tokio::spawn(liveness::reap_silent_members(roster.clone(), rounds.clone(), heartbeat_timeout));
+    let job_context = JobContext {
+        config: config.clone(),
+        roster: roster.clone(),
+        lifecycle: lifecycle.clone(),
+        queue: queue.clone(),
+        pinned,
+        results,
+        references: Default::default(),
+        state: state.clone(),
+        store: store.clone(),
+        dataset: dataset.clone(),
+        store_options: opts.store.clone(),
+    };
+    let scheduler = tokio::spawn(jobs::scheduler::run(Arc::new(job_context)));
     let signal = {
-        let coord = coord.clone();
+        let lifecycle = lifecycle.clone();
         tokio::spawn(async move {
             shutdown.await;
             tracing::warn!("stop requested: finishing the current step, then checkpointing");
-            coord.stop_requested.store(true, Ordering::SeqCst);
-            coord.changed.notify_waiters();
+            lifecycle.request_stop();
         })
     };
 
-    let result = trainer::train(coord.clone(), dataset, &opts, &uploader).await;
-    coord.training_over.store(true, Ordering::SeqCst);
-    coord.changed.notify_waiters();
+    let trainer = Trainer {
+        config,
+        workers: opts.workers,
+        run: opts.run.clone(),
+        store,
+        dataset,
+        state,
+        start_skipped,
+        roster: roster.clone(),
+        rounds,
+        lifecycle: lifecycle.clone(),
+        status,
+        queue: queue.clone(),
+    };
+    let result = trainer.train(&uploader).await;
+    lifecycle.end_training();
     if result.is_ok() {
-        serve_jobs(&coord, opts.serve).await;
+        serve_jobs(&lifecycle, &queue, opts.serve).await;
     }
     scheduler.abort();
     signal.abort();
-    coord.shutting_down.store(true, Ordering::SeqCst);
-    trainer::shutdown_workers(&coord, "the run is over");
+    lifecycle.begin_shutdown();
+    roster.shutdown_all("the run is over");
     uploader.close().await;
     drain.abort();
     // Give workers a moment to pick up the shutdown before the server goes.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     reaper.abort();
     server_stop.notify_one();
     let _ = server.await;
     result
 }
 
+/// The gRPC server with limits and windows set for bulk transfer.
+async fn serve(
+    listener: TcpListener,
+    coordinator: service::CoordService,
+    jobs_service: jobs::service::JobsService,
+    stop: Arc<Notify>,
+) -> Result<(), tonic::transport::Error> {
+    let coordinator = CoordinatorServer::new(coordinator)
+        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(Some(wire::MAX_FRAME_BYTES))
+        .tcp_nodelay(true)
+        .add_service(coordinator)
+        .add_service(JobsServer::new(jobs_service))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+            stop.notified().await
+        })
+        .await
+}
+
+/// The run's dataset at the model's resolution (downloaded first when it
+/// lives in object storage).
+async fn open_dataset(config: &TrainConfig, store: &StoreOptions) -> anyhow::Result<Arc<dyn Dataset>> {
+    let spec = config.data.spec.clone().ok_or_else(|| anyhow::anyhow!("no dataset: pass --data SPEC"))?;
+    let local_spec = ddpm::data::fetch_remote(&spec, store).await?;
+    let resolution = config.model.image_size as usize;
+    let dataset: Arc<dyn Dataset> = tokio::task::spawn_blocking(move || {
+        ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) })
+    })
+    .await??
+    .into();
+    tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
+    Ok(dataset)
+}
+
 /// After training: with `serve`, runs jobs until SIGTERM/Ctrl-C; without,
 /// finishes the jobs already submitted (unless a stop was requested).
-async fn serve_jobs(coord: &Coord, serve: bool) {
-    if serve && !coord.stop_requested() {
-        coord.set_phase("serving");
+async fn serve_jobs(lifecycle: &Lifecycle, queue: &JobQueue, serve: bool) {
+    if serve && !lifecycle.stop_requested() {
+        lifecycle.set_phase(Phase::Serving);
         tracing::info!("training is over; serving sampling jobs until SIGTERM or Ctrl-C");
         println!("serving jobs");
-    } else if !coord.jobs.all_final() && !coord.stop_requested() {
+    } else if !queue.all_final() && !lifecycle.stop_requested() {
         tracing::info!("training is over; finishing the submitted jobs before exiting");
     }
     loop {
-        let idle = !serve && coord.jobs.all_final();
-        if idle || coord.stop_requested() {
+        let idle = !serve && queue.all_final();
+        if idle || lifecycle.stop_requested() {
             return;
         }
-        let notified = coord.changed.notified();
         tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            _ = lifecycle.changed_within(Duration::from_millis(200)) => {}
+            _ = queue.changed_within(Duration::from_millis(200)) => {}
         }
     }
 }

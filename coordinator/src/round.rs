@@ -7,6 +7,11 @@
 //! chunks are still coming in. After the last chunk the round decides the
 //! step's outcome (skip if not finite, clipping factor) from a float64 norm
 //! summed chunk by chunk in order.
+//!
+//! A round fails in one place, [`Round::fail`]: every member still streaming
+//! is told why (the culprit that it is refused, the others that the step is
+//! abandoned and will be redone) and the training loop hears the failure.
+//! Errors are [`RoundError`]s; the gRPC service maps them to statuses.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -17,10 +22,46 @@ use ddpm::proto::{self, reduced_message, ReducedMessage};
 use ddpm::train::Outcome;
 use ddpm::wire::{self, WireError};
 use tokio::sync::{mpsc, oneshot};
-use tonic::Status;
 
 /// What a member sends back on its ReduceGradients stream.
-pub type Outbound = mpsc::Sender<Result<ReducedMessage, Status>>;
+pub type Outbound = mpsc::Sender<Result<ReducedMessage, RoundError>>;
+
+/// Why a member's part in a round was refused or ended.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RoundError {
+    #[error("worker {worker} is not a member of step {step} attempt {attempt}")]
+    NotMember { worker: u64, step: u64, attempt: u32 },
+    #[error("gradient for step {got_step} attempt {got_attempt}, but the coordinator is reducing step {step} attempt {attempt}")]
+    WrongStep { got_step: u64, got_attempt: u32, step: u64, attempt: u32 },
+    #[error("gradient has {got} elements, the model has {want} parameters")]
+    WrongElements { got: u64, want: usize },
+    #[error("{0}")]
+    BadDtype(WireError),
+    #[error("gradient dtype {got} but the run uses {want}")]
+    WrongDtype { got: &'static str, want: &'static str },
+    #[error("step {step} attempt {attempt} is over")]
+    Over { step: u64, attempt: u32 },
+    #[error("worker {worker} already streams its gradient for step {step}")]
+    AlreadyStreaming { worker: u64, step: u64 },
+    #[error("no step is being reduced (worker {worker} sent step {step})")]
+    NoRound { worker: u64, step: u64 },
+    /// This member is the round's culprit: why it was refused.
+    #[error("{0}")]
+    Refused(String),
+    /// The round ended without a result through no fault of this member.
+    #[error("step {step} attempt {attempt} abandoned ({reason}); it will be redone")]
+    Abandoned { step: u64, attempt: u32, reason: String },
+}
+
+/// Statuses to deliver to members after a failure.
+pub type FailureSends = Vec<(Outbound, RoundError)>;
+
+/// Delivers what [`Round::fail`] returned.
+pub async fn deliver(sends: FailureSends) {
+    for (out, err) in sends {
+        let _ = out.send(Err(err)).await;
+    }
+}
 
 /// The result of a completed round.
 pub struct RoundResult {
@@ -78,6 +119,9 @@ struct Inner {
 
 impl Round {
     /// A round for `members` (rank order) with their shard sizes.
+    // The round's shape (members, shards, size, chunking, dtype, clipping)
+    // is fixed at creation; one call sets it all.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         step: u64,
         attempt: u32,
@@ -121,50 +165,45 @@ impl Round {
         (round, rx)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn rank_of(&self, worker_id: u64) -> Option<usize> {
         self.members.iter().position(|&m| m == worker_id)
     }
 
     /// Validates a member's header and registers its outbound stream.
-    pub fn join(&self, header: &proto::GradientHeader, out: Outbound) -> Result<usize, Status> {
-        let rank = self.rank_of(header.worker_id).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "worker {} is not a member of step {} attempt {}",
-                header.worker_id, self.step, self.attempt
-            ))
+    pub fn join(&self, header: &proto::GradientHeader, out: Outbound) -> Result<usize, RoundError> {
+        let rank = self.rank_of(header.worker_id).ok_or(RoundError::NotMember {
+            worker: header.worker_id,
+            step: self.step,
+            attempt: self.attempt,
         })?;
         if header.step != self.step || header.attempt != self.attempt {
-            return Err(Status::aborted(format!(
-                "gradient for step {} attempt {}, but the coordinator is reducing step {} attempt {}",
-                header.step, header.attempt, self.step, self.attempt
-            )));
+            return Err(RoundError::WrongStep {
+                got_step: header.step,
+                got_attempt: header.attempt,
+                step: self.step,
+                attempt: self.attempt,
+            });
         }
         if header.elements as usize != self.total {
-            return Err(Status::invalid_argument(format!(
-                "gradient has {} elements, the model has {} parameters",
-                header.elements, self.total
-            )));
+            return Err(RoundError::WrongElements { got: header.elements, want: self.total });
         }
-        let dtype = GradDtype::from_proto(header.dtype).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let dtype = GradDtype::from_proto(header.dtype).map_err(RoundError::BadDtype)?;
         if dtype != self.dtype {
-            return Err(Status::invalid_argument(format!(
-                "gradient dtype {} but the run uses {}",
-                dtype.name(),
-                self.dtype.name()
-            )));
+            return Err(RoundError::WrongDtype { got: dtype.name(), want: self.dtype.name() });
         }
         if !header.loss.is_finite() && header.loss.is_nan() {
             tracing::warn!(worker = header.worker_id, step = self.step, "worker reports a NaN loss");
         }
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         if inner.finished {
-            return Err(Status::aborted(format!("step {} attempt {} is over", self.step, self.attempt)));
+            return Err(RoundError::Over { step: self.step, attempt: self.attempt });
         }
         if inner.outbound[rank].is_some() {
-            return Err(Status::already_exists(format!(
-                "worker {} already streams its gradient for step {}",
-                header.worker_id, self.step
-            )));
+            return Err(RoundError::AlreadyStreaming { worker: header.worker_id, step: self.step });
         }
         inner.outbound[rank] = Some(out);
         inner.losses[rank] = Some((header.loss, header.samples, header.compute_s));
@@ -192,7 +231,7 @@ impl Round {
                 dtype: self.dtype.name(),
             });
         }
-        let mut inner = self.inner.lock().unwrap();
+        let mut inner = self.lock();
         if inner.finished {
             return Ok(Vec::new());
         }
@@ -255,10 +294,12 @@ impl Round {
         sends
     }
 
-    /// Ends the round without a result: every member still streaming gets
-    /// `status_for(member)`; the trainer hears `failure`.
-    pub fn fail(&self, failure: RoundFailure) -> Vec<(Outbound, Status)> {
-        let mut inner = self.inner.lock().unwrap();
+    /// Ends the round without a result: the culprit (if any) is told it is
+    /// refused, every other member still streaming that the step is
+    /// abandoned; the trainer hears `failure`. Returns what to deliver
+    /// ([`deliver`]); nothing if the round had ended already.
+    pub fn fail(&self, failure: RoundFailure) -> FailureSends {
+        let mut inner = self.lock();
         if inner.finished {
             return Vec::new();
         }
@@ -269,15 +310,12 @@ impl Round {
             .enumerate()
             .filter_map(|(rank, o)| {
                 o.take().map(|o| {
-                    let status = if failure.culprit == Some(self.members[rank]) {
-                        Status::invalid_argument(failure.reason.clone())
+                    let err = if failure.culprit == Some(self.members[rank]) {
+                        RoundError::Refused(failure.reason.clone())
                     } else {
-                        Status::aborted(format!(
-                            "step {} attempt {} abandoned ({}); it will be redone",
-                            self.step, self.attempt, failure.reason
-                        ))
+                        RoundError::Abandoned { step: self.step, attempt: self.attempt, reason: failure.reason.clone() }
                     };
-                    (o, status)
+                    (o, err)
                 })
             })
             .collect();
@@ -290,14 +328,14 @@ impl Round {
     /// If member `rank` has not sent all its chunks (and the round is still
     /// open), how many it sent.
     pub fn owes(&self, rank: usize) -> Option<u32> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.lock();
         let sent = inner.next_index[rank];
         (!inner.finished && (sent as usize) < self.chunks).then_some(sent)
     }
 
     /// Members that have not delivered their whole gradient.
     pub fn stragglers(&self) -> Vec<u64> {
-        let inner = self.inner.lock().unwrap();
+        let inner = self.lock();
         self.members
             .iter()
             .zip(&inner.next_index)
@@ -307,7 +345,7 @@ impl Round {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.inner.lock().unwrap().finished
+        self.lock().finished
     }
 }
 
@@ -369,9 +407,9 @@ mod tests {
         let (round, _rx) = Round::new(3, 0, vec![1], &[4], 5, 2, GradDtype::F32, 1.0);
         let (o, _r) = mpsc::channel(4);
         let e = round.join(&header(1, 3, 6), o.clone()).unwrap_err();
-        assert!(e.message().contains("6 elements") && e.message().contains("5 parameters"), "{}", e.message());
-        assert_eq!(round.join(&header(2, 3, 5), o.clone()).unwrap_err().code(), tonic::Code::FailedPrecondition);
-        assert_eq!(round.join(&header(1, 4, 5), o.clone()).unwrap_err().code(), tonic::Code::Aborted);
+        assert!(e.to_string().contains("6 elements") && e.to_string().contains("5 parameters"), "{e}");
+        assert!(matches!(round.join(&header(2, 3, 5), o.clone()).unwrap_err(), RoundError::NotMember { .. }));
+        assert!(matches!(round.join(&header(1, 4, 5), o.clone()).unwrap_err(), RoundError::WrongStep { .. }));
         let r = round.join(&header(1, 3, 5), o).unwrap();
         assert_eq!(
             round.offer(r, chunk(0, &[1.0])).unwrap_err().to_string(),
@@ -400,9 +438,11 @@ mod tests {
         round.join(&header(1, 1, 2), o1).unwrap();
         round.join(&header(2, 1, 2), o2).unwrap();
         let sends = round.fail(RoundFailure { culprit: Some(2), reason: "bad chunk".into() });
-        let codes: Vec<_> = sends.iter().map(|(_, s)| s.code()).collect();
-        assert_eq!(codes, vec![tonic::Code::Aborted, tonic::Code::InvalidArgument]);
+        let errs: Vec<_> = sends.iter().map(|(_, e)| e.clone()).collect();
+        assert!(matches!(&errs[0], RoundError::Abandoned { step: 1, .. }), "{errs:?}");
+        assert_eq!(errs[1], RoundError::Refused("bad chunk".into()));
         assert!(rx.await.unwrap().is_err());
         assert!(round.is_finished());
+        assert!(round.fail(RoundFailure { culprit: None, reason: "again".into() }).is_empty(), "a round fails once");
     }
 }

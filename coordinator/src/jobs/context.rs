@@ -1,0 +1,102 @@
+//! What a running job works with: the components it reads and drives,
+//! handed to the scheduler when the coordinator starts.
+
+use std::sync::Arc;
+
+use ddpm::config::TrainConfig;
+use ddpm::data::Dataset;
+use ddpm::store::{RunStore, StoreOptions};
+use ddpm::wire::WorkerRole;
+
+use super::pinned::{Pinned, PinnedWeights};
+use super::queue::JobQueue;
+use super::references::ReferenceCache;
+use super::results::ResultRouter;
+use super::spec::{SampleJobSpec, WeightsChoice};
+use crate::lifecycle::Lifecycle;
+use crate::roster::Roster;
+use crate::state::{SnapshotKind, StateHandle};
+
+pub struct JobContext {
+    pub config: TrainConfig,
+    pub roster: Arc<Roster>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub queue: Arc<JobQueue>,
+    pub pinned: Arc<PinnedWeights>,
+    pub results: Arc<ResultRouter>,
+    pub references: ReferenceCache,
+    pub state: StateHandle,
+    pub store: RunStore,
+    /// The training dataset (evaluation jobs also read it).
+    pub dataset: Arc<dyn Dataset>,
+    /// How to reach an S3-compatible store, for datasets jobs name.
+    pub store_options: StoreOptions,
+}
+
+impl JobContext {
+    /// Whether a worker of `role` may take job tasks now: eval workers at
+    /// any time, training workers once training is over (or while it
+    /// pauses for a periodic evaluation); never in the middle of a step.
+    pub fn may_take_tasks(&self, role: WorkerRole) -> bool {
+        role == WorkerRole::Eval || self.lifecycle.trainers_take_jobs()
+    }
+
+    /// The model's image side.
+    pub fn resolution(&self) -> usize {
+        self.config.model.image_size as usize
+    }
+
+    /// Copies the weights `spec` asks for: the live EMA or raw parameters,
+    /// or those of a checkpoint.
+    async fn weights(&self, spec: &SampleJobSpec) -> anyhow::Result<Pinned> {
+        if spec.checkpoint_step == 0 {
+            let kind = match spec.weights {
+                WeightsChoice::Raw => SnapshotKind::Params,
+                WeightsChoice::Ema => SnapshotKind::Ema,
+            };
+            let mut snap = self.state.snapshot(kind).await?;
+            let (_, weights) = snap.tensors.pop().ok_or_else(|| anyhow::anyhow!("empty snapshot"))?;
+            return Ok(Pinned { step: snap.step, weights: Arc::new(weights) });
+        }
+        let data = ddpm::checkpoint::read(&self.store, spec.checkpoint_step)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the checkpoint of step {}: {e}", spec.checkpoint_step))?;
+        anyhow::ensure!(
+            data.layout.total == self.state.layout.total,
+            "the checkpoint of step {} holds {} parameters, this run's model {}",
+            spec.checkpoint_step,
+            data.layout.total,
+            self.state.layout.total
+        );
+        let weights = match spec.weights {
+            WeightsChoice::Raw => data.params,
+            WeightsChoice::Ema => data.ema,
+        };
+        Ok(Pinned { step: data.step, weights: Arc::new(weights) })
+    }
+
+    /// Pins job `id`'s weights for its tasks; returns their step.
+    pub async fn pin(&self, id: u64, spec: &SampleJobSpec) -> anyhow::Result<u64> {
+        let pinned = self.weights(spec).await?;
+        let step = pinned.step;
+        self.pinned.pin(id, pinned);
+        self.queue.set_weights_step(id, step);
+        Ok(step)
+    }
+
+    /// A dataset a job reads: the run's (empty spec) or another; and its name.
+    pub async fn open_dataset(&self, spec: &str) -> anyhow::Result<(Arc<dyn Dataset>, String)> {
+        if spec.is_empty() {
+            let name = self.config.data.spec.as_ref().map_or_else(|| "the run's dataset".to_string(), |s| s.to_string());
+            return Ok((self.dataset.clone(), name));
+        }
+        let parsed: ddpm::data::DatasetSpec = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let local = ddpm::data::fetch_remote(&parsed, &self.store_options).await?;
+        let resolution = self.resolution();
+        let ds = tokio::task::spawn_blocking(move || {
+            ddpm::data::open(&local, &ddpm::data::OpenOptions { resolution: Some(resolution) })
+        })
+        .await??;
+        Ok((ds.into(), spec.to_string()))
+    }
+}

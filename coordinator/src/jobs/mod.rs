@@ -1,0 +1,43 @@
+//! Sampling, evaluation and analysis jobs.
+//!
+//! Policy. A job pins its weights when it starts (a copy of the live EMA or
+//! raw parameters, or those of a checkpoint), so training can go on while
+//! it runs and nothing a job does touches the training state. Its tasks go
+//! to workers registered with `--role eval` at any time, and to training
+//! workers once training is over (they never leave a training step for a
+//! job). A job submitted during training with no eval worker waits for the
+//! end of training; `ddpm-coord --serve` keeps the coordinator up for jobs
+//! after the last step, and without it the coordinator finishes the jobs
+//! already submitted before it exits. The end-of-training grid and the
+//! periodic evaluations are jobs too, submitted by the training loop.
+//!
+//! Image `i` of a job is drawn from noise keyed by `(seed, i)` and every
+//! task is a whole forward batch starting at a multiple of `batch`, so a
+//! job gives the same images whatever the number of workers.
+//!
+//! Files: `spec*.rs` (requests validated into typed specs), `queue.rs`
+//! (job records and states), `scheduler.rs` (one job at a time, its tasks
+//! to eligible workers), `tasks.rs` (who holds which range), `runners/`
+//! (one per kind), `results.rs` (results routed to their job),
+//! `pinned.rs`, `references.rs`, `outputs.rs`, `context.rs`, `service.rs`
+//! (the `Jobs` gRPC service).
+
+pub mod context;
+pub mod outputs;
+pub mod pinned;
+pub mod queue;
+pub mod references;
+pub mod results;
+mod runners;
+pub mod scheduler;
+pub mod service;
+pub mod spec;
+pub mod spec_analysis;
+pub mod spec_eval;
+pub mod tasks;
+
+pub use context::JobContext;
+pub use pinned::PinnedWeights;
+pub use queue::{JobEnd, JobQueue, JobState};
+pub use results::{ResultPart, ResultRouter};
+pub use spec::{periodic_spec, GridJobSpec, JobSpec};

@@ -1,0 +1,73 @@
+//! Sample jobs, and the end-of-training grid (a sample job whose only
+//! output is the run's `samples/step_N.png`).
+
+use std::time::Instant;
+
+use crate::jobs::context::JobContext;
+use crate::jobs::outputs::{grid_png, job_dir, square_cols, write_images, ImageSink, JobRecord};
+use crate::jobs::queue::JobEnd;
+use crate::jobs::results::{ResultPart, Results};
+use crate::jobs::scheduler::run_tasks;
+use crate::jobs::spec::{GridJobSpec, JobSpec, SampleJobSpec};
+use crate::jobs::tasks::{ranges, TaskBoard};
+use crate::work::Work;
+
+/// Draws the job's images on the workers; None when it was cancelled.
+async fn draw(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Results) -> anyhow::Result<Option<(u64, ImageSink)>> {
+    let weights_step = ctx.pin(id, spec).await?;
+    let mut sink = ImageSink::new(spec.count, ctx.resolution());
+    let mut done = 0u64;
+    let make = |first, count| async move { Ok::<_, anyhow::Error>(Work::Sample(spec.assignment(id, weights_step, first, count))) };
+    let mut on_part = |part: ResultPart| {
+        sink.put(&part)?;
+        done += part.count;
+        ctx.queue.set_progress(id, done);
+        Ok(())
+    };
+    let board = TaskBoard::new(ranges(spec.count, spec.batch as u64));
+    if !run_tasks(ctx, id, results, board, make, &mut on_part).await? {
+        return Ok(None);
+    }
+    Ok(Some((weights_step, sink)))
+}
+
+pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Results, started: Instant) -> anyhow::Result<JobEnd> {
+    let Some((weights_step, sink)) = draw(ctx, id, spec, results).await? else {
+        return Ok(JobEnd::Cancelled);
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let res = ctx.resolution();
+    let dir = job_dir(id);
+    let mut outputs = write_images(&ctx.store, &dir, &sink.images, res, spec.individual_pngs).await?;
+    let json_key = format!("{dir}/job.json");
+    outputs.push(ctx.store.location(&json_key));
+    let record = JobRecord {
+        job_id: id,
+        kind: "sample",
+        spec: &JobSpec::Sample(spec.clone()),
+        weights_step,
+        image_size: res,
+        images_by_worker: &sink.by_worker,
+        seconds,
+        images_per_s: spec.count as f64 / seconds.max(1e-9),
+        metrics: None,
+        outputs: &outputs,
+    };
+    record.write(&ctx.store, &json_key).await?;
+    Ok(JobEnd::Done { outputs, metrics: String::new() })
+}
+
+pub async fn run_grid(ctx: &JobContext, id: u64, spec: &GridJobSpec, results: &mut Results) -> anyhow::Result<JobEnd> {
+    let s = &spec.sample;
+    tracing::info!(images = s.count, sampler = %s.sampler, "drawing the sample grid from the EMA weights");
+    let Some((_, sink)) = draw(ctx, id, s, results).await? else {
+        return Ok(JobEnd::Cancelled);
+    };
+    let count = s.count as usize;
+    let png = grid_png(&sink.images, ctx.resolution(), square_cols(count), count)?;
+    let key = spec.key();
+    ctx.store.put(&key, png.into()).await?;
+    let location = ctx.store.location(&key);
+    tracing::info!(grid = %location, "sample grid written");
+    Ok(JobEnd::Done { outputs: vec![location], metrics: String::new() })
+}

@@ -1,0 +1,414 @@
+//! Who takes part in the run: the membership roster. Workers join and leave
+//! at any time: ids are never reused, silence beyond the heartbeat timeout
+//! drops a member, and the training loop picks each step's members afresh
+//! from those that are ready, idle and in sync with the coordinator's state.
+//!
+//! The roster owns every member's record and mailbox behind one lock that
+//! no other module sees; every change that someone may be waiting for
+//! (a join, a member going idle, a drop) wakes [`Roster::changed`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ddpm::proto;
+use ddpm::wire::WorkerRole;
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
+
+use crate::changes::Changes;
+use crate::work::Work;
+
+/// A member's mailbox, for its NextWork call to wait on.
+pub type Inbox = Arc<AsyncMutex<mpsc::UnboundedReceiver<Work>>>;
+
+/// Why the roster refused a worker's call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RosterError {
+    /// No member has this id (never registered, dropped, or refused).
+    Unknown(u64),
+    /// The member has not reported ready.
+    NotReady(u64),
+}
+
+/// What the roster knows of a member that others may read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub role: WorkerRole,
+}
+
+struct Member {
+    name: String,
+    device: String,
+    role: WorkerRole,
+    /// Built the run's model (passed the layout check).
+    ready: bool,
+    last_seen: Instant,
+    /// Waiting in NextWork for its next assignment.
+    idle: bool,
+    /// The last training step whose update it applied, as it reported.
+    applied_step: u64,
+    /// Parameter checksums it reported, by step, and whether each was
+    /// compared already.
+    checksums: BTreeMap<u64, (u64, bool)>,
+    mailbox: mpsc::UnboundedSender<Work>,
+    inbox: Inbox,
+}
+
+impl Member {
+    fn info(&self, id: u64) -> MemberInfo {
+        MemberInfo { id, name: self.name.clone(), role: self.role }
+    }
+
+    fn is_trainer(&self) -> bool {
+        self.ready && self.role == WorkerRole::Train
+    }
+
+    /// Hands the worker a piece of work (picked up by its NextWork call).
+    fn send(&mut self, work: Work) {
+        self.idle = false;
+        // The receiver lives as long as the member; a send can only fail
+        // after removal, when nobody listens any more.
+        let _ = self.mailbox.send(work);
+    }
+}
+
+#[derive(Default)]
+struct Members {
+    by_id: BTreeMap<u64, Member>,
+    next_id: u64,
+}
+
+/// The run's members.
+#[derive(Default)]
+pub struct Roster {
+    inner: Mutex<Members>,
+    changed: Changes,
+}
+
+impl Roster {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Members> {
+        // A panic while holding the lock cannot leave a member half-updated
+        // in a way later calls would misread, so a poisoned lock is used as is.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes everyone waiting for a change.
+    pub fn notify(&self) {
+        self.changed.notify();
+    }
+
+    /// A future that resolves at the next change (armed when created).
+    pub fn next_change(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.changed.next()
+    }
+
+    /// Adds a worker; returns its new id (ids are never reused).
+    pub fn register(&self, name: String, device: String, role: WorkerRole) -> u64 {
+        let mut m = self.lock();
+        m.next_id += 1;
+        let id = m.next_id;
+        let (mailbox, inbox) = mpsc::unbounded_channel();
+        m.by_id.insert(
+            id,
+            Member {
+                name,
+                device,
+                role,
+                ready: false,
+                last_seen: Instant::now(),
+                idle: false,
+                applied_step: 0,
+                checksums: BTreeMap::new(),
+                mailbox,
+                inbox: Arc::new(AsyncMutex::new(inbox)),
+            },
+        );
+        drop(m);
+        self.notify();
+        id
+    }
+
+    /// Marks a member ready (it built the run's model).
+    pub fn mark_ready(&self, id: u64) -> Result<MemberInfo, RosterError> {
+        let mut m = self.lock();
+        let member = m.by_id.get_mut(&id).ok_or(RosterError::Unknown(id))?;
+        member.ready = true;
+        member.last_seen = Instant::now();
+        let info = member.info(id);
+        drop(m);
+        self.notify();
+        Ok(info)
+    }
+
+    /// Drops a member; its info if it was one.
+    pub fn remove(&self, id: u64) -> Option<MemberInfo> {
+        let removed = self.lock().by_id.remove(&id).map(|m| m.info(id));
+        if removed.is_some() {
+            self.notify();
+        }
+        removed
+    }
+
+    /// Drops every member in `ids`.
+    pub fn remove_all(&self, ids: &[u64]) {
+        for id in ids {
+            self.remove(*id);
+        }
+    }
+
+    /// Marks a member as alive.
+    pub fn touch(&self, id: u64) -> Result<(), RosterError> {
+        let mut m = self.lock();
+        let member = m.by_id.get_mut(&id).ok_or(RosterError::Unknown(id))?;
+        member.last_seen = Instant::now();
+        Ok(())
+    }
+
+    pub fn contains(&self, id: u64) -> bool {
+        self.lock().by_id.contains_key(&id)
+    }
+
+    /// A ready member asks for work: it is idle after `applied_step`, with
+    /// the parameter checksum it reports (0: none). Returns its mailbox.
+    pub fn report_idle(&self, id: u64, applied_step: u64, checksum: u64) -> Result<Inbox, RosterError> {
+        let mut m = self.lock();
+        let member = m.by_id.get_mut(&id).ok_or(RosterError::Unknown(id))?;
+        if !member.ready {
+            return Err(RosterError::NotReady(id));
+        }
+        member.last_seen = Instant::now();
+        member.applied_step = applied_step;
+        if checksum != 0 {
+            member.checksums.insert(applied_step, (checksum, false));
+        }
+        member.idle = true;
+        let inbox = member.inbox.clone();
+        drop(m);
+        self.notify();
+        Ok(inbox)
+    }
+
+    /// Hands `work` to member `id`; false if it is not a member.
+    pub fn send(&self, id: u64, work: Work) -> bool {
+        match self.lock().by_id.get_mut(&id) {
+            Some(member) => {
+                member.send(work);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands `work` to member `id` if it is still ready, idle and `allowed`
+    /// by the caller's policy; false otherwise (the work is not sent).
+    pub fn send_if_idle(&self, id: u64, work: Work, allowed: impl Fn(WorkerRole) -> bool) -> bool {
+        match self.lock().by_id.get_mut(&id) {
+            Some(member) if member.ready && member.idle && allowed(member.role) => {
+                member.send(work);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Tells every member the run is over.
+    pub fn shutdown_all(&self, reason: &str) {
+        for member in self.lock().by_id.values_mut() {
+            member.send(Work::Shutdown(reason.to_string()));
+        }
+    }
+
+    /// Removes members silent for longer than `timeout`; returns them.
+    pub fn reap(&self, timeout: Duration) -> Vec<MemberInfo> {
+        let now = Instant::now();
+        let mut m = self.lock();
+        let dead: Vec<u64> =
+            m.by_id.iter().filter(|(_, x)| now.duration_since(x.last_seen) > timeout).map(|(id, _)| *id).collect();
+        let gone: Vec<MemberInfo> = dead.into_iter().filter_map(|id| m.by_id.remove(&id).map(|x| x.info(id))).collect();
+        drop(m);
+        if !gone.is_empty() {
+            self.notify();
+        }
+        gone
+    }
+
+    /// Ready, idle training members whose replicas are at `step` (they can
+    /// compute step `step + 1`), by id.
+    pub fn in_sync(&self, step: u64) -> Vec<u64> {
+        let m = self.lock();
+        m.by_id.iter().filter(|(_, x)| x.is_trainer() && x.idle && x.applied_step == step).map(|(id, _)| *id).collect()
+    }
+
+    /// Sends every ready, idle training member that is not at `step` the
+    /// order to fetch the state again; returns their ids.
+    pub fn resync_out_of_sync(&self, step: u64) -> Vec<u64> {
+        let mut sent = Vec::new();
+        for (id, x) in self.lock().by_id.iter_mut() {
+            if x.is_trainer() && x.idle && x.applied_step != step {
+                tracing::info!(worker = id, at = x.applied_step, step, "worker is out of sync: sending it the current state");
+                x.send(Work::Resync(format!("the run is at step {step}, the worker at {}", x.applied_step)));
+                sent.push(*id);
+            }
+        }
+        sent
+    }
+
+    /// Of `ids`, those still members.
+    pub fn live(&self, ids: &BTreeSet<u64>) -> BTreeSet<u64> {
+        let m = self.lock();
+        ids.iter().filter(|id| m.by_id.contains_key(id)).copied().collect()
+    }
+
+    /// Of `ids`, those idle after `step`.
+    pub fn idle_at(&self, ids: &BTreeSet<u64>, step: u64) -> Vec<u64> {
+        let m = self.lock();
+        ids.iter().filter(|id| m.by_id.get(id).is_some_and(|x| x.idle && x.applied_step == step)).copied().collect()
+    }
+
+    /// Ready, idle members `allowed` by the caller's policy, by id.
+    pub fn idle_members(&self, allowed: impl Fn(WorkerRole) -> bool) -> Vec<u64> {
+        let m = self.lock();
+        m.by_id.iter().filter(|(_, x)| x.ready && x.idle && allowed(x.role)).map(|(id, _)| *id).collect()
+    }
+
+    /// Whether a ready eval worker is connected.
+    pub fn has_eval_worker(&self) -> bool {
+        self.lock().by_id.values().any(|x| x.ready && x.role == WorkerRole::Eval)
+    }
+
+    /// The checksum member `id` reported after `step`.
+    pub fn checksum(&self, id: u64, step: u64) -> Option<u64> {
+        self.lock().by_id.get(&id).and_then(|x| x.checksums.get(&step).map(|(c, _)| *c))
+    }
+
+    /// Every member's reported checksums of the steps `wanted` selects that
+    /// were not read before, as `(member, step, checksum)`: each report is
+    /// read once. Read reports of steps other than `keep` are forgotten
+    /// ([`Roster::checksum`] still answers for `keep`).
+    pub fn take_checksums(&self, wanted: impl Fn(u64) -> bool, keep: u64) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        for (id, x) in self.lock().by_id.iter_mut() {
+            for (s, (c, read)) in x.checksums.iter_mut() {
+                if !*read && wanted(*s) {
+                    out.push((*id, *s, *c));
+                    *read = true;
+                }
+            }
+            x.checksums.retain(|s, (_, read)| !*read || *s == keep);
+        }
+        out
+    }
+
+    /// Sends member `id` the order to fetch the state again, if it is idle.
+    pub fn resync_if_idle(&self, id: u64, reason: String) {
+        if let Some(x) = self.lock().by_id.get_mut(&id) {
+            if x.idle {
+                x.send(Work::Resync(reason));
+            }
+        }
+    }
+
+    /// The status rows of every member.
+    pub fn status(&self) -> Vec<proto::MemberStatus> {
+        self.lock()
+            .by_id
+            .iter()
+            .map(|(id, x)| proto::MemberStatus { worker_id: *id, name: x.name.clone(), device: x.device.clone(), ready: x.ready })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roster_with(n: usize) -> (Roster, Vec<u64>) {
+        let r = Roster::default();
+        let ids = (0..n).map(|i| r.register(format!("w{i}"), "cpu".into(), WorkerRole::Train)).collect();
+        (r, ids)
+    }
+
+    #[test]
+    fn ids_are_never_reused_and_sync_is_by_step() {
+        let (r, ids) = roster_with(2);
+        let (a, b) = (ids[0], ids[1]);
+        r.remove(a);
+        let c = r.register("c".into(), "cpu".into(), WorkerRole::Train);
+        assert!(c > b && b > a);
+        for id in [b, c] {
+            r.mark_ready(id).unwrap();
+        }
+        r.report_idle(b, 0, 0).unwrap();
+        r.report_idle(c, 4, 0).unwrap();
+        assert_eq!(r.in_sync(0), vec![b]);
+        assert_eq!(r.in_sync(4), vec![c]);
+        assert!(r.send(b, Work::Resync("x".into())));
+        assert_eq!(r.in_sync(0), Vec::<u64>::new(), "a member with work is not idle");
+        assert!(!r.send(a, Work::Resync("x".into())), "a removed member gets nothing");
+    }
+
+    #[test]
+    fn only_ready_members_get_work_and_unknown_ids_are_refused() {
+        let (r, ids) = roster_with(1);
+        assert_eq!(r.report_idle(ids[0], 0, 0).unwrap_err(), RosterError::NotReady(ids[0]));
+        assert_eq!(r.report_idle(99, 0, 0).unwrap_err(), RosterError::Unknown(99));
+        assert_eq!(r.touch(99), Err(RosterError::Unknown(99)));
+        r.mark_ready(ids[0]).unwrap();
+        assert!(r.report_idle(ids[0], 0, 0).is_ok());
+    }
+
+    #[test]
+    fn silent_members_are_reaped() {
+        let (r, ids) = roster_with(2);
+        r.lock().by_id.get_mut(&ids[0]).unwrap().last_seen = Instant::now() - Duration::from_secs(60);
+        let gone: Vec<u64> = r.reap(Duration::from_secs(30)).iter().map(|m| m.id).collect();
+        assert_eq!(gone, vec![ids[0]]);
+        assert!(r.contains(ids[1]) && !r.contains(ids[0]));
+        // A heartbeat keeps a member in.
+        r.lock().by_id.get_mut(&ids[1]).unwrap().last_seen = Instant::now() - Duration::from_secs(60);
+        r.touch(ids[1]).unwrap();
+        assert!(r.reap(Duration::from_secs(30)).is_empty());
+    }
+
+    #[test]
+    fn out_of_sync_members_are_told_to_resync_and_eval_workers_never_train() {
+        let (r, ids) = roster_with(2);
+        let e = r.register("e".into(), "cpu".into(), WorkerRole::Eval);
+        for id in ids.iter().chain([&e]) {
+            r.mark_ready(*id).unwrap();
+        }
+        r.report_idle(ids[0], 3, 0).unwrap();
+        r.report_idle(ids[1], 2, 0).unwrap();
+        r.report_idle(e, 0, 0).unwrap();
+        assert_eq!(r.resync_out_of_sync(3), vec![ids[1]]);
+        assert_eq!(r.in_sync(3), vec![ids[0]]);
+        assert!(r.in_sync(0).is_empty(), "an eval worker is never a step member");
+        assert!(r.has_eval_worker());
+        assert_eq!(r.idle_members(|role| role == WorkerRole::Eval), vec![e]);
+        assert!(!r.send_if_idle(ids[1], Work::Resync("y".into()), |_| true), "busy members get no job task");
+    }
+
+    #[test]
+    fn checksums_are_read_once_except_the_kept_step() {
+        let (r, ids) = roster_with(1);
+        r.mark_ready(ids[0]).unwrap();
+        r.report_idle(ids[0], 100, 7).unwrap();
+        r.report_idle(ids[0], 200, 8).unwrap();
+        assert_eq!(r.take_checksums(|s| s == 100 || s == 200, 200), vec![(ids[0], 100, 7), (ids[0], 200, 8)]);
+        assert_eq!(r.take_checksums(|_| true, 200), vec![], "each report is read once");
+        assert_eq!((r.checksum(ids[0], 100), r.checksum(ids[0], 200)), (None, Some(8)));
+    }
+
+    #[tokio::test]
+    async fn changes_wake_waiters() {
+        let r = Arc::new(Roster::default());
+        let wait = r.next_change();
+        let id = r.register("a".into(), "cpu".into(), WorkerRole::Train);
+        tokio::time::timeout(Duration::from_secs(1), wait).await.expect("registration wakes waiters");
+        let wait = r.next_change();
+        r.mark_ready(id).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), wait).await.expect("ready wakes waiters");
+    }
+}

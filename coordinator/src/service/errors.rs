@@ -1,0 +1,134 @@
+//! Every error the Coordinator service returns, mapped to its gRPC code and
+//! to the directive that tells the worker what to do (`WorkerAction` in
+//! the proto), in one place: [`From<RpcError> for Status`].
+
+use ddpm::proto::WorkerAction;
+use ddpm::wire::directive;
+use tonic::{Code, Status};
+
+use crate::round::RoundError;
+use crate::roster::RosterError;
+
+/// Errors a peer's request can cause.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("unknown worker id {0}: it was dropped (silent too long, or refused); register again")]
+    UnknownWorker(u64),
+    #[error("worker {0} has not reported ready: call Ready after building the model")]
+    NotReady(u64),
+    #[error("protocol version {got}, but this coordinator speaks version {want}: run ddpm-worker and ddpm-coord from the same ddpm release (coordinator is {version})")]
+    ProtocolVersion { got: u32, want: u32, version: &'static str },
+    #[error("worker {worker} built a model with {got_params} parameters (layout hash {got_hash:#018x}), but the run's model has {want_params} (layout hash {want_hash:#018x}): the worker runs a different ddpm build or model config; use the coordinator's release")]
+    LayoutMismatch { worker: u64, got_params: u64, got_hash: u64, want_params: u64, want_hash: u64 },
+    #[error("{0}")]
+    UnknownRole(ddpm::wire::WireError),
+    #[error("the run is over")]
+    RunOver,
+    #[error("the coordinator is shutting down")]
+    ShuttingDown,
+    #[error("unknown state kind {0}")]
+    UnknownStateKind(i32),
+    #[error("job {0} has no pinned weights: it ended, was cancelled, or never existed")]
+    NoPinnedWeights(u64),
+    #[error("unknown job id {0}: it finished, was cancelled, or never existed")]
+    UnknownJob(u64),
+    #[error("job {0} is no longer collecting results")]
+    NotCollecting(u64),
+    /// A malformed gradient stream: the worker is refused for this step.
+    #[error("{0}")]
+    BadGradientStream(String),
+    /// A malformed result stream.
+    #[error("{0}")]
+    BadResult(String),
+    #[error(transparent)]
+    Round(#[from] RoundError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<RosterError> for RpcError {
+    fn from(e: RosterError) -> Self {
+        match e {
+            RosterError::Unknown(id) => Self::UnknownWorker(id),
+            RosterError::NotReady(id) => Self::NotReady(id),
+        }
+    }
+}
+
+impl RpcError {
+    /// The gRPC code and what the worker must do.
+    fn code_and_action(&self) -> (Code, WorkerAction) {
+        use WorkerAction::{NextWork, Quit, Rejoin, Stop, Unspecified};
+        match self {
+            Self::UnknownWorker(_) => (Code::NotFound, Rejoin),
+            Self::NotReady(_) => (Code::FailedPrecondition, Rejoin),
+            Self::ProtocolVersion { .. } | Self::LayoutMismatch { .. } => (Code::FailedPrecondition, Quit),
+            Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) => (Code::InvalidArgument, Quit),
+            Self::RunOver | Self::ShuttingDown => (Code::Unavailable, Stop),
+            Self::NoPinnedWeights(_) | Self::UnknownJob(_) | Self::NotCollecting(_) => (Code::NotFound, NextWork),
+            Self::BadGradientStream(_) => (Code::InvalidArgument, Rejoin),
+            Self::Round(r) => match r {
+                RoundError::NotMember { .. } => (Code::FailedPrecondition, Rejoin),
+                RoundError::WrongStep { .. }
+                | RoundError::Over { .. }
+                | RoundError::NoRound { .. }
+                | RoundError::Abandoned { .. } => (Code::Aborted, NextWork),
+                RoundError::WrongElements { .. }
+                | RoundError::BadDtype(_)
+                | RoundError::WrongDtype { .. }
+                | RoundError::Refused(_) => (Code::InvalidArgument, Rejoin),
+                RoundError::AlreadyStreaming { .. } => (Code::AlreadyExists, Quit),
+            },
+            Self::Internal(_) => (Code::Internal, Unspecified),
+        }
+    }
+}
+
+impl From<RpcError> for Status {
+    fn from(e: RpcError) -> Self {
+        let (code, action) = e.code_and_action();
+        directive::status(code, e.to_string(), action)
+    }
+}
+
+impl From<RoundError> for Status {
+    fn from(e: RoundError) -> Self {
+        RpcError::Round(e).into()
+    }
+}
+
+impl From<RosterError> for Status {
+    fn from(e: RosterError) -> Self {
+        RpcError::from(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(e: impl Into<Status>, code: Code, action: WorkerAction) -> Status {
+        let s = e.into();
+        assert_eq!((s.code(), directive::action(&s)), (code, action), "{}", s.message());
+        s
+    }
+
+    #[test]
+    fn each_error_has_its_code_and_directive() {
+        let s = check(RpcError::UnknownWorker(12345), Code::NotFound, WorkerAction::Rejoin);
+        assert!(s.message().contains("unknown worker id 12345"));
+        let v = RpcError::ProtocolVersion { got: 99, want: 1, version: "0.1.0" };
+        let s = check(v, Code::FailedPrecondition, WorkerAction::Quit);
+        assert!(s.message().contains("protocol version 99") && s.message().contains("version 1"));
+        check(RpcError::RunOver, Code::Unavailable, WorkerAction::Stop);
+        check(RpcError::ShuttingDown, Code::Unavailable, WorkerAction::Stop);
+        check(RpcError::UnknownJob(3), Code::NotFound, WorkerAction::NextWork);
+        check(RosterError::NotReady(2), Code::FailedPrecondition, WorkerAction::Rejoin);
+        let abandoned = RoundError::Abandoned { step: 1, attempt: 0, reason: "worker 2 stopped answering".into() };
+        check(abandoned, Code::Aborted, WorkerAction::NextWork);
+        let s = check(RoundError::Refused("chunk 0 has 10 bytes".into()), Code::InvalidArgument, WorkerAction::Rejoin);
+        assert_eq!(s.message(), "chunk 0 has 10 bytes");
+        check(RoundError::NotMember { worker: 1, step: 2, attempt: 0 }, Code::FailedPrecondition, WorkerAction::Rejoin);
+        check(RpcError::Internal("x".into()), Code::Internal, WorkerAction::Unspecified);
+    }
+}

@@ -1,0 +1,197 @@
+//! The gRPC face of the coordinator (`ddpm.v1.Coordinator`). Handlers check
+//! what a peer sent and move bytes; decisions belong to the components they
+//! call (the roster, the round, the state thread, the jobs' routers).
+//! Errors map to statuses, with the worker's directive, in `errors.rs`.
+
+mod errors;
+mod gradients;
+mod results;
+mod streams;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use ddpm::config::RunConfig;
+use ddpm::proto::{self, coordinator_server::Coordinator, gradient_message, result_message};
+use ddpm::wire::{self, WorkerRole};
+use futures::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+pub use errors::RpcError;
+
+use crate::jobs::{PinnedWeights, ResultPart, ResultRouter};
+use crate::lifecycle::Lifecycle;
+use crate::roster::Roster;
+use crate::round::RoundError;
+use crate::round_slot::RoundSlot;
+use crate::run_status::RunStatus;
+use crate::state::{Snapshot, SnapshotKind, StateHandle};
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+pub struct CoordService {
+    /// The resolved run config as JSON, and the facts workers check.
+    pub run_config: RunConfig,
+    pub run_config_json: String,
+    pub state: StateHandle,
+    pub roster: Arc<Roster>,
+    pub rounds: Arc<RoundSlot>,
+    pub pinned: Arc<PinnedWeights>,
+    pub results: Arc<ResultRouter>,
+    pub status: Arc<RunStatus>,
+    pub lifecycle: Arc<Lifecycle>,
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordService {
+    async fn register(&self, req: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterReply>, Status> {
+        let r = req.into_inner();
+        if r.protocol_version != wire::PROTOCOL_VERSION {
+            tracing::warn!(name = %r.name, got = r.protocol_version, "refused a worker speaking another protocol version");
+            return Err(RpcError::ProtocolVersion {
+                got: r.protocol_version,
+                want: wire::PROTOCOL_VERSION,
+                version: env!("CARGO_PKG_VERSION"),
+            }
+            .into());
+        }
+        if self.lifecycle.is_shutting_down() {
+            return Err(RpcError::RunOver.into());
+        }
+        let role: WorkerRole = r.role.parse().map_err(RpcError::UnknownRole)?;
+        let id = self.roster.register(r.name.clone(), r.device.clone(), role);
+        tracing::info!(worker = id, name = %r.name, device = %r.device, version = %r.version, ?role, "worker registered");
+        Ok(Response::new(proto::RegisterReply {
+            worker_id: id,
+            run_config_json: self.run_config_json.clone(),
+            heartbeat_interval_s: self.run_config.train.dist.heartbeat_interval_s,
+        }))
+    }
+
+    async fn ready(&self, req: Request<proto::ReadyRequest>) -> Result<Response<proto::ReadyReply>, Status> {
+        let r = req.into_inner();
+        let (want_params, want_hash) = (self.run_config.param_count, self.run_config.layout_hash);
+        self.roster.touch(r.worker_id)?;
+        if r.param_count != want_params || r.layout_hash != want_hash {
+            self.roster.remove(r.worker_id);
+            let e = RpcError::LayoutMismatch {
+                worker: r.worker_id,
+                got_params: r.param_count,
+                got_hash: r.layout_hash,
+                want_params,
+                want_hash,
+            };
+            tracing::warn!(worker = r.worker_id, "refused: {e}");
+            return Err(e.into());
+        }
+        let member = self.roster.mark_ready(r.worker_id)?;
+        tracing::info!(worker = r.worker_id, name = %member.name, "worker ready");
+        Ok(Response::new(proto::ReadyReply {}))
+    }
+
+    async fn heartbeat(&self, req: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatReply>, Status> {
+        let id = req.into_inner().worker_id;
+        let member = self.roster.touch(id).is_ok();
+        Ok(Response::new(proto::HeartbeatReply { member, shutdown: self.lifecycle.is_shutting_down() }))
+    }
+
+    type FetchStateStream = BoxStream<proto::StateChunk>;
+
+    async fn fetch_state(&self, req: Request<proto::FetchStateRequest>) -> Result<Response<Self::FetchStateStream>, Status> {
+        let r = req.into_inner();
+        self.roster.touch(r.worker_id)?;
+        let snap = match proto::StateKind::try_from(r.kind) {
+            Ok(proto::StateKind::Training) => self.snapshot(SnapshotKind::Training).await?,
+            Ok(proto::StateKind::Ema) => self.snapshot(SnapshotKind::Ema).await?,
+            Ok(proto::StateKind::Job) => {
+                let p = self.pinned.get(r.job_id).ok_or(RpcError::NoPinnedWeights(r.job_id))?;
+                Snapshot { step: p.step, adam_step: 0, tensors: vec![("weights".into(), p.weights.to_vec())] }
+            }
+            _ => return Err(RpcError::UnknownStateKind(r.kind).into()),
+        };
+        let header = proto::StateHeader {
+            step: snap.step,
+            adam_step: snap.adam_step,
+            tensors: snap.tensors.iter().map(|(n, _)| n.clone()).collect(),
+            elements: self.state.layout.total as u64,
+            layout_hash: self.state.layout.hash(),
+        };
+        Ok(Response::new(Box::pin(ReceiverStream::new(streams::state_stream(snap, header)))))
+    }
+
+    type NextWorkStream = BoxStream<proto::WorkMessage>;
+
+    async fn next_work(&self, req: Request<proto::NextWorkRequest>) -> Result<Response<Self::NextWorkStream>, Status> {
+        let r = req.into_inner();
+        let inbox = self.roster.report_idle(r.worker_id, r.applied_step, r.param_checksum)?;
+        let work = inbox.lock().await.recv().await.ok_or(RpcError::ShuttingDown)?;
+        let messages = streams::work_messages(work);
+        Ok(Response::new(Box::pin(tokio_stream::iter(messages.into_iter().map(Ok)))))
+    }
+
+    type ReduceGradientsStream = BoxStream<proto::ReducedMessage>;
+
+    async fn reduce_gradients(
+        &self,
+        req: Request<Streaming<proto::GradientMessage>>,
+    ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
+        let mut inbound = req.into_inner();
+        let header = match inbound.next().await {
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Header(h)) })) => h,
+            Some(Ok(_)) => return Err(RpcError::BadGradientStream("the first gradient message must be the header".into()).into()),
+            Some(Err(e)) => return Err(e),
+            None => return Err(RpcError::BadGradientStream("empty gradient stream".into()).into()),
+        };
+        self.roster.touch(header.worker_id)?;
+        let round = self.rounds.join_target(header.worker_id, header.step)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let rank = round.join(&header, tx)?;
+        tokio::spawn(gradients::pump(round, rank, header.worker_id, inbound));
+        let out = ReceiverStream::new(rx).map(|m: Result<proto::ReducedMessage, RoundError>| m.map_err(Status::from));
+        Ok(Response::new(Box::pin(out)))
+    }
+
+    async fn submit_result(
+        &self,
+        req: Request<Streaming<proto::ResultMessage>>,
+    ) -> Result<Response<proto::SubmitResultReply>, Status> {
+        let mut inbound = req.into_inner();
+        let header = match inbound.next().await {
+            Some(Ok(proto::ResultMessage { kind: Some(result_message::Kind::Header(h)) })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(RpcError::BadResult("the first result message must be the header".into()).into()),
+        };
+        self.roster.touch(header.worker_id)?;
+        if !self.results.is_open(header.job_id) {
+            return Err(RpcError::UnknownJob(header.job_id).into());
+        }
+        let part = if header.error.is_empty() {
+            results::read_parts(&header, &mut inbound).await?
+        } else {
+            ResultPart { error: header.error.clone(), ..ResultPart::new(&header) }
+        };
+        self.results.deliver(header.job_id, part).map_err(|e| RpcError::NotCollecting(e.0))?;
+        Ok(Response::new(proto::SubmitResultReply {}))
+    }
+
+    async fn get_status(&self, _req: Request<proto::StatusRequest>) -> Result<Response<proto::StatusReply>, Status> {
+        let s = self.status.get();
+        Ok(Response::new(proto::StatusReply {
+            step: s.step,
+            total_steps: self.run_config.train.train.steps,
+            loss: s.loss,
+            images_per_s: s.images_per_s,
+            members: self.roster.status(),
+            skipped_steps: s.skipped_steps,
+            phase: self.lifecycle.phase().as_str().into(),
+        }))
+    }
+}
+
+impl CoordService {
+    async fn snapshot(&self, kind: SnapshotKind) -> Result<Snapshot, RpcError> {
+        self.state.snapshot(kind).await.map_err(|e| RpcError::Internal(e.to_string()))
+    }
+}

@@ -1,0 +1,90 @@
+//! Bulk data out of the coordinator: a piece of work as its messages (the
+//! assignment, then its samples in batches), and a state snapshot as a
+//! stream of chunks.
+
+use ddpm::proto::{self, work_message};
+use ddpm::wire;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+use crate::state::Snapshot;
+use crate::work::Work;
+
+/// Bytes of sample data per WorkMessage.
+const SAMPLE_BATCH_BYTES: usize = 2 << 20;
+/// Bytes of state per StateChunk.
+const STATE_CHUNK_BYTES: usize = 4 << 20;
+
+/// The messages of one piece of work: the assignment, then for a training
+/// step (or a task on dataset images) the samples in batches of about
+/// SAMPLE_BATCH_BYTES.
+pub fn work_messages(work: Work) -> Vec<proto::WorkMessage> {
+    let msg = |kind| proto::WorkMessage { kind: Some(kind) };
+    match work {
+        Work::Train { assignment, samples } => with_samples(msg(work_message::Kind::Train(assignment)), samples),
+        Work::Eval { assignment, samples } => with_samples(msg(work_message::Kind::Eval(assignment)), samples),
+        Work::Analysis { assignment, samples } => with_samples(msg(work_message::Kind::Analysis(assignment)), samples),
+        Work::Sample(a) => vec![msg(work_message::Kind::Sample(a))],
+        Work::Resync(reason) => vec![msg(work_message::Kind::Resync(proto::Resync { reason }))],
+        Work::Shutdown(reason) => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason }))],
+    }
+}
+
+fn with_samples(first: proto::WorkMessage, samples: Vec<proto::Sample>) -> Vec<proto::WorkMessage> {
+    let msg = |batch| proto::WorkMessage { kind: Some(work_message::Kind::Samples(proto::SampleBatch { samples: batch })) };
+    let mut out = vec![first];
+    let mut batch = Vec::new();
+    let mut bytes = 0;
+    for s in samples {
+        bytes += s.data.len();
+        batch.push(s);
+        if bytes >= SAMPLE_BATCH_BYTES {
+            out.push(msg(std::mem::take(&mut batch)));
+            bytes = 0;
+        }
+    }
+    if !batch.is_empty() {
+        out.push(msg(batch));
+    }
+    out
+}
+
+/// Streams `snap` as chunks of about STATE_CHUNK_BYTES, the header first.
+pub fn state_stream(snap: Snapshot, header: proto::StateHeader) -> mpsc::Receiver<Result<proto::StateChunk, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        let per = STATE_CHUNK_BYTES / 4;
+        let mut first = Some(header);
+        for (_, values) in &snap.tensors {
+            for range in wire::chunk_ranges(values.len(), per) {
+                let chunk = proto::StateChunk { header: first.take(), data: wire::f32_bytes(&values[range]).into() };
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn samples_follow_their_assignment_in_batches() {
+        let samples: Vec<proto::Sample> =
+            (0..5).map(|i| proto::Sample { position: i, data: Bytes::from(vec![0u8; 1 << 20]) }).collect();
+        let msgs = work_messages(Work::Train { assignment: Default::default(), samples });
+        assert!(matches!(msgs[0].kind, Some(work_message::Kind::Train(_))));
+        let sizes: Vec<usize> = msgs[1..]
+            .iter()
+            .map(|m| match &m.kind {
+                Some(work_message::Kind::Samples(b)) => b.samples.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+    }
+}

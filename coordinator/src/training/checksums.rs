@@ -1,0 +1,93 @@
+//! Replica checksums against the coordinator's: every `checksum_every`
+//! steps (and after the last) each replica reports a hash of its
+//! parameters; one that differs from the coordinator's copy is counted and
+//! sent the coordinator's state.
+
+use std::collections::BTreeMap;
+
+use crate::roster::Roster;
+
+/// Checksums of steps this run still compares, kept for 1000 steps.
+const KEEP_STEPS: u64 = 1000;
+
+#[derive(Default)]
+pub struct ChecksumBook {
+    /// The coordinator's checksum by step.
+    expected: BTreeMap<u64, u64>,
+    mismatches: u64,
+}
+
+/// Whether step `step` asks the replicas for their checksum: the last step,
+/// and every `every`-th (0: only the last).
+pub fn due(step: u64, total: u64, every: u64) -> bool {
+    step == total || (every > 0 && step.is_multiple_of(every))
+}
+
+impl ChecksumBook {
+    /// The coordinator's checksum after `step`.
+    pub fn expect(&mut self, step: u64, checksum: u64) {
+        self.expected.insert(step, checksum);
+    }
+
+    /// Compares what the members reported with the coordinator's; a
+    /// mismatching replica is sent the coordinator's state. `step` is the
+    /// step just done (its reports are kept for the summary). Returns the
+    /// mismatches found now.
+    pub fn verify(&mut self, roster: &Roster, step: u64) -> u64 {
+        let mut found = 0;
+        for (id, s, c) in roster.take_checksums(|s| self.expected.contains_key(&s), step) {
+            let want = self.expected[&s];
+            if c == want {
+                tracing::debug!(worker = id, step = s, "replica checksum matches");
+            } else {
+                found += 1;
+                tracing::error!(worker = id, step = s, got = %format!("{c:016x}"), want = %format!("{want:016x}"),
+                    "replica's parameters differ from the coordinator's: resending the state");
+                roster.resync_if_idle(id, format!("parameter checksum mismatch at step {s}"));
+            }
+        }
+        self.expected.retain(|s, _| *s + KEEP_STEPS > step);
+        self.mismatches += found;
+        found
+    }
+
+    /// Mismatches found so far.
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddpm::wire::WorkerRole;
+
+    #[test]
+    fn checksums_are_asked_for_every_n_steps_and_at_the_end() {
+        let asked: Vec<u64> = (1..=25).filter(|&s| due(s, 25, 10)).collect();
+        assert_eq!(asked, vec![10, 20, 25]);
+        assert_eq!((1..=5).filter(|&s| due(s, 5, 0)).collect::<Vec<_>>(), vec![5]);
+    }
+
+    #[test]
+    fn a_replica_that_differs_is_counted_and_resynced() {
+        let roster = Roster::default();
+        let good = roster.register("good".into(), "cpu".into(), WorkerRole::Train);
+        let bad = roster.register("bad".into(), "cpu".into(), WorkerRole::Train);
+        for id in [good, bad] {
+            roster.mark_ready(id).unwrap();
+        }
+        let mut book = ChecksumBook::default();
+        book.expect(10, 0xabc);
+        roster.report_idle(good, 10, 0xabc).unwrap();
+        roster.report_idle(bad, 10, 0xdef).unwrap();
+        assert_eq!(book.verify(&roster, 10), 1);
+        assert_eq!(book.mismatches(), 1);
+        // The bad replica was sent the state: it is no longer idle.
+        assert_eq!(roster.in_sync(10), vec![good]);
+        // Read once: verifying again finds nothing new, the kept step's
+        // reports stay for the summary.
+        assert_eq!(book.verify(&roster, 10), 0);
+        assert_eq!(roster.checksum(good, 10), Some(0xabc));
+    }
+}

@@ -1,0 +1,145 @@
+//! Choosing each step's members. After the first step the world size is not
+//! awaited again: whoever is ready, idle and in sync trains, but the loop
+//! waits (up to the step timeout) for every live member of the previous
+//! step and every joiner that is fetching the state, so that a step is not
+//! started with fewer members than are about to be there.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use crate::lifecycle::Lifecycle;
+use crate::roster::Roster;
+
+/// What to do about the next step's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Start the step with these members (rank order); `missing` were
+    /// expected but did not come back in time.
+    Go { members: Vec<u64>, missing: Vec<u64> },
+    /// Wait: `have` of `need`, and who is still expected.
+    Wait { have: usize, need: usize, missing: Vec<u64> },
+}
+
+/// The decision for members `in_sync` now, when `expected` (live members
+/// of the previous step, and joiners fetching the state) should be there,
+/// at least `min` are needed, and `timed_out` says the wait is over.
+pub fn decide(in_sync: &[u64], expected: &BTreeSet<u64>, min: usize, timed_out: bool) -> Decision {
+    let missing: Vec<u64> = expected.iter().filter(|id| !in_sync.contains(id)).copied().collect();
+    if in_sync.len() >= min && (missing.is_empty() || timed_out) {
+        Decision::Go { members: in_sync.to_vec(), missing }
+    } else {
+        Decision::Wait { have: in_sync.len(), need: min, missing }
+    }
+}
+
+/// Waits until the members that can compute step `step + 1` are known.
+/// Idle members that are out of sync are told to fetch the state again
+/// (and are then expected). `None` when a stop was requested while waiting.
+pub async fn gather(
+    roster: &Roster,
+    lifecycle: &Lifecycle,
+    step: u64,
+    previous: &BTreeSet<u64>,
+    resyncing: &mut BTreeSet<u64>,
+    min: usize,
+    timeout: Duration,
+) -> Option<Vec<u64>> {
+    let started = Instant::now();
+    let mut last_log = Instant::now();
+    loop {
+        let change = roster.next_change();
+        resyncing.extend(roster.resync_out_of_sync(step));
+        *resyncing = roster.live(resyncing);
+        let in_sync = roster.in_sync(step);
+        for id in &in_sync {
+            resyncing.remove(id);
+        }
+        let expected: BTreeSet<u64> = roster.live(previous).union(resyncing).copied().collect();
+        match decide(&in_sync, &expected, min, started.elapsed() > timeout) {
+            Decision::Go { members, missing } => {
+                if !missing.is_empty() {
+                    tracing::warn!(step = step + 1, ?missing, "going on without members that did not come back in time");
+                }
+                return Some(members);
+            }
+            Decision::Wait { have, need, missing } => {
+                if last_log.elapsed() > Duration::from_secs(10) {
+                    tracing::info!(have, need, ?missing, "waiting for workers");
+                    last_log = Instant::now();
+                }
+            }
+        }
+        if lifecycle.stop_requested() {
+            return None;
+        }
+        tokio::select! {
+            _ = change => {}
+            _ = lifecycle.changed_within(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until `ids` are idle after `step`; returns those that are.
+pub async fn wait_idle(roster: &Roster, ids: &BTreeSet<u64>, step: u64, timeout: Duration) -> Vec<u64> {
+    let started = Instant::now();
+    loop {
+        let change = roster.next_change();
+        let done = roster.idle_at(ids, step);
+        if done.len() == roster.live(ids).len() || started.elapsed() > timeout {
+            return done;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), change).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ddpm::wire::WorkerRole;
+
+    fn set(ids: &[u64]) -> BTreeSet<u64> {
+        ids.iter().copied().collect()
+    }
+
+    #[test]
+    fn the_step_waits_for_the_world_size_then_for_the_previous_members() {
+        assert_eq!(decide(&[1], &set(&[]), 2, false), Decision::Wait { have: 1, need: 2, missing: vec![] });
+        assert_eq!(decide(&[1, 2], &set(&[]), 2, false), Decision::Go { members: vec![1, 2], missing: vec![] });
+        // Member 2 of the last step is busy still: wait for it, until the timeout.
+        assert_eq!(decide(&[1], &set(&[1, 2]), 1, false), Decision::Wait { have: 1, need: 1, missing: vec![2] });
+        assert_eq!(decide(&[1], &set(&[1, 2]), 1, true), Decision::Go { members: vec![1], missing: vec![2] });
+        // Never below the minimum, even after the timeout.
+        assert!(matches!(decide(&[], &set(&[1]), 1, true), Decision::Wait { .. }));
+    }
+
+    #[tokio::test]
+    async fn a_joiner_out_of_sync_is_resynced_and_awaited() {
+        let roster = Roster::default();
+        let lifecycle = Lifecycle::default();
+        let a = roster.register("a".into(), "cpu".into(), WorkerRole::Train);
+        let b = roster.register("b".into(), "cpu".into(), WorkerRole::Train);
+        for id in [a, b] {
+            roster.mark_ready(id).unwrap();
+        }
+        roster.report_idle(a, 5, 0).unwrap();
+        roster.report_idle(b, 0, 0).unwrap();
+        let mut resyncing = BTreeSet::new();
+        // b is told to resync and expected: with a short timeout the step goes on with a alone.
+        let got = gather(&roster, &lifecycle, 5, &set(&[a]), &mut resyncing, 1, Duration::from_millis(50)).await;
+        assert_eq!(got, Some(vec![a]));
+        assert_eq!(resyncing, set(&[b]));
+        // b comes back in sync: it is in the next step.
+        roster.report_idle(b, 5, 0).unwrap();
+        let got = gather(&roster, &lifecycle, 5, &set(&[a]), &mut resyncing, 1, Duration::from_secs(5)).await;
+        assert_eq!(got, Some(vec![a, b]));
+        assert!(resyncing.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stop_request_ends_the_wait() {
+        let roster = Roster::default();
+        let lifecycle = Lifecycle::default();
+        lifecycle.request_stop();
+        assert_eq!(gather(&roster, &lifecycle, 0, &set(&[]), &mut BTreeSet::new(), 1, Duration::from_secs(60)).await, None);
+    }
+}

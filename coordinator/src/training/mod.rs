@@ -1,0 +1,347 @@
+//! The training loop of the coordinator, one step at a time:
+//!
+//! 1. gather the members that can compute the step (ready, idle, in sync);
+//! 2. split the step's global batch into shards and hand them out;
+//! 3. wait for the all-reduce to finish (or fail, and redo the step);
+//! 4. queue the update on the coordinator's own copy; check checksums; log
+//!    the step's [`StepMetrics`]; checkpoint as the policy says; periodic
+//!    evaluations.
+//!
+//! At the end: final checksums, the last checkpoint, the sample grid (a job
+//! through the scheduler), the evaluations still running, `summary.json`.
+
+mod checksums;
+mod end_grid;
+mod members;
+mod metrics_log;
+mod periodic;
+mod progress;
+mod saver;
+mod step_metrics;
+mod summary;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ddpm::checkpoint::Uploader;
+use ddpm::config::TrainConfig;
+use ddpm::data::{order, Dataset};
+use ddpm::proto;
+use ddpm::store::RunStore;
+
+pub use step_metrics::StepMetrics;
+pub use summary::Summary;
+
+use crate::jobs::JobQueue;
+use crate::lifecycle::{Lifecycle, Phase};
+use crate::roster::Roster;
+use crate::round::{Round, RoundFailure, RoundResult};
+use crate::round_slot::{self, RoundSlot};
+use crate::run_status::RunStatus;
+use crate::state::StateHandle;
+use crate::work::Work;
+use checksums::ChecksumBook;
+use metrics_log::MetricsLog;
+use periodic::PeriodicEvals;
+use progress::Progress;
+use saver::Saver;
+
+/// What the training loop drives.
+pub struct Trainer {
+    pub config: TrainConfig,
+    /// Workers to wait for before step 1.
+    pub workers: usize,
+    /// The run's location as given (`--run`), for the metrics log.
+    pub run: String,
+    pub store: RunStore,
+    pub dataset: Arc<dyn Dataset>,
+    pub state: StateHandle,
+    /// Steps skipped before this start (from the resumed checkpoint).
+    pub start_skipped: u64,
+    pub roster: Arc<Roster>,
+    pub rounds: Arc<RoundSlot>,
+    pub lifecycle: Arc<Lifecycle>,
+    pub status: Arc<RunStatus>,
+    pub queue: Arc<JobQueue>,
+}
+
+type Prefetch = tokio::task::JoinHandle<anyhow::Result<Vec<proto::Sample>>>;
+
+/// Reads the encoded samples of step `step`'s global batch on a blocking thread.
+fn prefetch(config: &TrainConfig, dataset: &Arc<dyn Dataset>, step: u64) -> Prefetch {
+    let items = order::step_batch(config.train.seed, dataset.len(), config.train.batch_size, step);
+    let dataset = dataset.clone();
+    tokio::task::spawn_blocking(move || {
+        items
+            .into_iter()
+            .map(|it| Ok(proto::Sample { position: it.position, data: dataset.encoded(it.index)? }))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+}
+
+/// What to do after a step's round ended.
+enum StepEnd {
+    Done(RoundResult),
+    /// Redo the step with these members (the rest were dropped).
+    Redo(BTreeSet<u64>),
+}
+
+impl Trainer {
+    /// Trains from the state's step to the config's last (or until a stop
+    /// is requested), then finishes the run. Returns its summary.
+    pub async fn train(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
+        let cfg = &self.config;
+        let total = cfg.train.steps;
+        let batch = cfg.train.batch_size;
+        let params = self.state.layout.total;
+        let step_timeout = Duration::from_secs_f64(cfg.dist.step_timeout_s);
+        let started = Instant::now();
+
+        let resumed_from = self.state.start_step;
+        let mut step = resumed_from;
+        let mut active: BTreeSet<u64> = BTreeSet::new();
+        let mut resyncing: BTreeSet<u64> = BTreeSet::new();
+        let mut checksums = ChecksumBook::default();
+        let mut skipped = self.start_skipped;
+        let mut attempt = 0u32;
+        let mut progress = Progress::default();
+        let mut last_loss = f64::NAN;
+        let mut next: Option<(u64, Prefetch)> = (step < total).then(|| (step + 1, prefetch(cfg, &self.dataset, step + 1)));
+        let mut saver = Saver::new(&self.state, uploader, self.store.clone(), self.dataset.len(), cfg, resumed_from);
+        let mut metrics = MetricsLog::open(&self.store, &self.run)?;
+        let mut evals = PeriodicEvals::new(cfg).await?;
+        if resumed_from > 0 {
+            tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
+        }
+        tracing::info!(workers = self.workers, "waiting for {} workers to join", self.workers);
+        let mut started_training = false;
+        let mut stopped = false;
+        while step < total {
+            let s = step + 1;
+            // The world size is awaited once; after that, whoever is left trains.
+            let min = if started_training { 1 } else { self.workers };
+            let gathered = if self.lifecycle.stop_requested() {
+                None
+            } else {
+                members::gather(&self.roster, &self.lifecycle, step, &active, &mut resyncing, min, step_timeout).await
+            };
+            let Some(step_members) = gathered else {
+                stopped = true;
+                break;
+            };
+            if !started_training {
+                started_training = true;
+                self.lifecycle.set_phase(Phase::Training);
+                tracing::info!(workers = step_members.len(), steps = total, batch, params, "training starts");
+            }
+            let t0 = Instant::now();
+            let samples = match next.take() {
+                Some((n, handle)) if n == s => handle.await??,
+                _ => prefetch(cfg, &self.dataset, s).await??,
+            };
+            if s < total {
+                next = Some((s + 1, prefetch(cfg, &self.dataset, s + 1)));
+            }
+
+            let checksum_requested = checksums::due(s, total, cfg.dist.checksum_every);
+            let result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, step_timeout).await {
+                StepEnd::Done(result) => result,
+                StepEnd::Redo(left) => {
+                    attempt += 1;
+                    active = left;
+                    continue;
+                }
+            };
+            attempt = 0;
+            active = step_members.iter().copied().collect();
+            let outcome = result.outcome;
+            self.state.apply(s, result.reduced, outcome).await?;
+            step = s;
+            if !outcome.apply {
+                skipped += 1;
+                tracing::warn!(step = s, grad_norm = outcome.grad_norm, skipped, "non-finite gradient: every replica skipped this update");
+            }
+            if checksum_requested {
+                let (at, sum) = self.state.checksum().await?;
+                debug_assert_eq!(at, s);
+                checksums.expect(s, sum);
+            }
+            checksums.verify(&self.roster, s);
+
+            let dt = t0.elapsed().as_secs_f64();
+            let record = StepMetrics {
+                step: s,
+                loss: result.loss,
+                grad_norm: outcome.grad_norm,
+                applied: outcome.apply,
+                lr: cfg.lr_at(s),
+                workers: step_members.len(),
+                step_s: dt,
+                compute_s: result.compute_s,
+                allreduce_s: result.allreduce_s,
+                images_per_s: batch as f64 / dt,
+            };
+            // The step's record, to each of its consumers.
+            metrics.push_step(&record)?;
+            progress.add(&record, batch);
+            self.status.record(&record, skipped, progress.images_per_s());
+            last_loss = result.loss;
+            if progress::line_due(s, resumed_from, total, cfg.train.log_every) {
+                let bytes = params * cfg.dist.grad_dtype.bytes_per_element();
+                progress.log_and_reset(s, total, step_members.len(), bytes, started);
+                metrics.flush().await?;
+            }
+            if s < total {
+                saver.after_step(s, skipped).await?;
+            }
+            evals.after_step(&self.queue, &self.roster, &self.lifecycle, s, &mut metrics).await?;
+        }
+        evals.log_finished(&self.queue, &mut metrics)?;
+        metrics.flush().await?;
+
+        let elapsed = || started.elapsed().as_secs_f64();
+        let images_per_s = |steps: u64| (steps * batch as u64) as f64 / elapsed();
+        if stopped {
+            saver.on_stop(step, skipped).await?;
+            let checkpoint = saver.flush().await?;
+            tracing::warn!(step, "stopped after step {step}; run the same command again to resume");
+            let summary = Summary {
+                steps: step,
+                stopped: true,
+                resumed_from,
+                final_loss: last_loss,
+                skipped_steps: skipped,
+                coordinator_checksum: String::new(),
+                replica_checksums: BTreeMap::new(),
+                replicas_agree: false,
+                checksum_mismatches: checksums.mismatches(),
+                checkpoint,
+                grid: None,
+                images_per_s: images_per_s(step - resumed_from),
+                elapsed_s: elapsed(),
+            };
+            summary.write(&self.store).await?;
+            return Ok(summary);
+        }
+
+        // Final checksums: every replica reports after the last step.
+        let final_ids = members::wait_idle(&self.roster, &active, total, step_timeout).await;
+        checksums.verify(&self.roster, total);
+        let (_, coord_sum) = self.state.checksum().await?;
+        let replica_checksums: BTreeMap<u64, String> = final_ids
+            .iter()
+            .filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}"))))
+            .collect();
+        let coordinator_checksum = format!("{coord_sum:016x}");
+        let replicas_agree = !replica_checksums.is_empty() && replica_checksums.values().all(|c| *c == coordinator_checksum);
+        if replicas_agree {
+            tracing::info!(replicas = replica_checksums.len(), checksum = %coordinator_checksum, "every replica's parameters equal the coordinator's");
+        } else {
+            tracing::error!(?replica_checksums, coordinator = %coordinator_checksum, "replicas disagree with the coordinator");
+        }
+
+        saver.at_end(total, skipped).await?;
+        let checkpoint = saver.flush().await?;
+        if let Some(c) = &checkpoint {
+            tracing::info!(checkpoint = %c, "final checkpoint saved (raw and EMA weights in the diffusers layout)");
+        }
+
+        let grid = if cfg.sample.at_end && !active.is_empty() {
+            self.lifecycle.set_phase(Phase::Sampling);
+            Some(end_grid::draw(self, total, &active).await?)
+        } else {
+            None
+        };
+        if evals.pending() {
+            // The training workers are free now: they finish the evaluations.
+            self.lifecycle.set_phase(Phase::Evaluating);
+            self.lifecycle.end_training();
+            evals.finish(&self.queue, &self.lifecycle, &mut metrics).await?;
+        }
+        self.lifecycle.set_phase(Phase::Done);
+        let summary = Summary {
+            steps: total,
+            stopped: false,
+            resumed_from,
+            final_loss: last_loss,
+            skipped_steps: skipped,
+            coordinator_checksum,
+            replica_checksums,
+            replicas_agree,
+            checksum_mismatches: checksums.mismatches(),
+            checkpoint,
+            grid,
+            images_per_s: images_per_s(total - resumed_from),
+            elapsed_s: elapsed(),
+        };
+        summary.write(&self.store).await?;
+        Ok(summary)
+    }
+
+    /// Runs attempt `attempt` of step `s` with `step_members` (rank order):
+    /// hands out the shards, opens the round and waits for it. A failed
+    /// round drops its culprit (or, on the deadline, the members that did
+    /// not deliver) and the step is redone by the rest.
+    async fn run_step(
+        &self,
+        s: u64,
+        attempt: u32,
+        step_members: &[u64],
+        samples: &[proto::Sample],
+        checksum_requested: bool,
+        step_timeout: Duration,
+    ) -> StepEnd {
+        let cfg = &self.config;
+        let batch = cfg.train.batch_size;
+        let chunk_elements = (cfg.dist.chunk_kib * 1024 / cfg.dist.grad_dtype.bytes_per_element()).max(1);
+        let shards = order::shard_ranges(batch, step_members.len());
+        let sizes: Vec<usize> = shards.iter().map(|r| r.len()).collect();
+        let (round, done) = Round::new(
+            s,
+            attempt,
+            step_members.to_vec(),
+            &sizes,
+            self.state.layout.total,
+            chunk_elements,
+            cfg.dist.grad_dtype,
+            cfg.optim.grad_clip,
+        );
+        let round = Arc::new(round);
+        self.rounds.open(round.clone());
+        for (id, range) in step_members.iter().zip(&shards) {
+            let assignment = proto::TrainAssignment {
+                step: s,
+                attempt,
+                global_batch: batch as u32,
+                shard_size: range.len() as u32,
+                lr: cfg.lr_at(s),
+                checksum_requested,
+                grad_dtype: cfg.dist.grad_dtype.to_proto() as i32,
+                chunk_elements: chunk_elements as u32,
+            };
+            self.roster.send(*id, Work::Train { assignment, samples: samples[range.clone()].to_vec() });
+        }
+        let outcome = tokio::time::timeout(step_timeout, done).await;
+        self.rounds.close();
+        let members = step_members.iter().copied();
+        match outcome {
+            Ok(Ok(Ok(result))) => StepEnd::Done(result),
+            Ok(Ok(Err(failure))) => {
+                if let Some(culprit) = failure.culprit {
+                    self.roster.remove(culprit);
+                }
+                tracing::warn!(step = s, attempt, "step abandoned: {}; redoing it", failure.reason);
+                StepEnd::Redo(members.filter(|m| Some(*m) != failure.culprit).collect())
+            }
+            Ok(Err(_)) | Err(_) => {
+                let reason = format!("step {s} did not finish within {:.0} s", step_timeout.as_secs_f64());
+                let stuck = round.stragglers();
+                round_slot::fail(&round, RoundFailure { culprit: None, reason: reason.clone() }).await;
+                self.roster.remove_all(&stuck);
+                tracing::warn!(step = s, attempt, dropped = ?stuck, "{reason}; dropping the members that did not deliver and redoing it");
+                StepEnd::Redo(members.filter(|m| !stuck.contains(m)).collect())
+            }
+        }
+    }
+}

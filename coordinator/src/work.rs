@@ -1,0 +1,21 @@
+//! The pieces of work the coordinator hands a worker through its mailbox;
+//! the worker's NextWork call turns each into its messages.
+
+use ddpm::proto;
+
+/// A piece of work for one worker.
+#[derive(Debug, Clone)]
+pub enum Work {
+    /// A training step and the encoded samples of the worker's shard.
+    Train { assignment: proto::TrainAssignment, samples: Vec<proto::Sample> },
+    /// Draw images.
+    Sample(proto::SampleAssignment),
+    /// An evaluation task and, for dataset images, their encoded samples.
+    Eval { assignment: proto::EvalAssignment, samples: Vec<proto::Sample> },
+    /// An analysis task and, for interpolation, the two encoded images.
+    Analysis { assignment: proto::AnalysisAssignment, samples: Vec<proto::Sample> },
+    /// Fetch the training state again.
+    Resync(String),
+    /// The run is over.
+    Shutdown(String),
+}
