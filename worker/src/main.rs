@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use ddpm::wire::WorkerRole;
 use ddpm_worker::{run, WorkerOptions};
 use tch::Device;
 
@@ -29,11 +30,19 @@ struct Args {
     threads: i32,
     /// "train": training steps, and sampling jobs once training is over;
     /// "eval": sampling jobs only, also while the run trains.
-    #[arg(long, default_value = "train", value_parser = ["train", "eval"])]
-    role: String,
+    #[arg(long, default_value = "train", value_parser = role_parser())]
+    role: WorkerRole,
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
+}
+
+/// `--role`: exactly the two words (listed in `--help`), parsed once into
+/// the role (whose wire form also accepts "" for train).
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = WorkerRole> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()])
+        .try_map(|s| s.parse::<WorkerRole>())
 }
 
 fn pick_device(args: &Args) -> Result<Device, String> {
@@ -80,7 +89,7 @@ fn main() -> ExitCode {
         device,
         name,
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
-        role: args.role.clone(),
+        role: args.role,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -95,5 +104,20 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_role_flag_takes_the_two_words() {
+        let parse = |extra: &[&str]| Args::try_parse_from([&["ddpm-worker", "--coord", "h:1"], extra].concat());
+        assert_eq!(parse(&[]).unwrap().role, WorkerRole::Train);
+        assert_eq!(parse(&["--role", "eval"]).unwrap().role, WorkerRole::Eval);
+        assert!(parse(&["--role", "gpu"]).is_err());
+        // The wire's "" alias of train is no flag value.
+        assert!(parse(&["--role", ""]).is_err());
     }
 }

@@ -1,0 +1,113 @@
+//! The gRPC client of the coordinator: connecting with the endpoint
+//! settings bulk transfers need, and downloading state streams (training
+//! state, a job's pinned weights) into flat tensors.
+
+use std::time::{Duration, Instant};
+
+use ddpm::config::GradDtype;
+use ddpm::proto::{self, coordinator_client::CoordinatorClient};
+use ddpm::wire;
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::directive::{CallResult, Directed};
+
+/// The coordinator's client; cheap to clone (one HTTP/2 connection).
+pub type Client = CoordinatorClient<Channel>;
+
+/// Connects, retrying until `timeout` (the coordinator may start after
+/// its workers).
+pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Client> {
+    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    // Gradients and states are streamed in MiB chunks: large windows and
+    // frames keep the pipe full; keep-alives notice a dead coordinator.
+    let endpoint = Endpoint::from_shared(url)
+        .map_err(|e| anyhow::anyhow!("bad coordinator address {addr:?}: {e}"))?
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(32 << 20))
+        .max_frame_size(wire::MAX_FRAME_BYTES)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let started = Instant::now();
+    loop {
+        match endpoint.connect().await {
+            Ok(ch) => {
+                return Ok(CoordinatorClient::new(ch)
+                    .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(wire::MAX_MESSAGE_BYTES))
+            }
+            Err(e) if started.elapsed() < timeout => {
+                tracing::debug!("coordinator at {addr} not reachable yet: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => anyhow::bail!("cannot reach the coordinator at {addr} within {:.0} s: {e}", timeout.as_secs_f64()),
+        }
+    }
+}
+
+/// Downloads a state stream (`kind`; `job_id` for a job's pinned weights,
+/// 0 otherwise) into its header and named flat tensors.
+pub async fn fetch_state(
+    client: &mut Client,
+    worker_id: u64,
+    kind: proto::StateKind,
+    job_id: u64,
+) -> CallResult<(proto::StateHeader, Vec<Vec<f32>>)> {
+    const CONTEXT: &str = "fetching the state";
+    let mut stream = client
+        .fetch_state(proto::FetchStateRequest { worker_id, kind: kind as i32, job_id })
+        .await
+        .directed(CONTEXT)?
+        .into_inner();
+    let mut header = None;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.directed(CONTEXT)?;
+        if let Some(h) = chunk.header {
+            bytes.reserve(h.tensors.len() * h.elements as usize * 4);
+            header = Some(h);
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    let header = header.ok_or_else(|| anyhow::anyhow!("state stream without a header"))?;
+    let tensors = split_tensors(&bytes, header.tensors.len(), header.elements as usize)?;
+    Ok((header, tensors))
+}
+
+/// `count` float32 tensors of `elements` each from their concatenated
+/// little-endian bytes.
+fn split_tensors(bytes: &[u8], count: usize, elements: usize) -> anyhow::Result<Vec<Vec<f32>>> {
+    anyhow::ensure!(
+        bytes.len() == count * elements * 4,
+        "state stream has {} bytes, expected {}",
+        bytes.len(),
+        count * elements * 4
+    );
+    if elements == 0 {
+        return Ok(vec![Vec::new(); count]);
+    }
+    Ok(bytes
+        .chunks_exact(elements * 4)
+        .map(|b| {
+            let mut v = vec![0f32; elements];
+            wire::decode_into(b, GradDtype::F32, 0, &mut v).expect("length checked");
+            v
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_stream_splits_into_its_tensors() {
+        let bytes = wire::f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        let t = split_tensors(&bytes, 3, 2).unwrap();
+        assert_eq!(t, vec![vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0, 6.0]]);
+        let e = split_tensors(&bytes[..20], 3, 2).unwrap_err();
+        assert_eq!(e.to_string(), "state stream has 20 bytes, expected 24");
+        assert_eq!(split_tensors(&[], 2, 0).unwrap(), vec![Vec::<f32>::new(); 2]);
+    }
+}

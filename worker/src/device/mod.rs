@@ -1,0 +1,237 @@
+//! The thread that owns the worker's device: the model, Adam's moments and
+//! every tensor live here and nowhere else (tch tensors are `Send` but not
+//! `Sync`); the async side sends it bytes and gets bytes back.
+//!
+//! - `mod.rs`: the commands, the thread's loop and [`DeviceHandle`], the
+//!   async side's way to send them
+//! - `work.rs`: what each command does on the thread
+//! - `error.rs`: [`DeviceError`], why a command failed
+
+mod error;
+mod work;
+
+use bytes::Bytes;
+use ddpm::config::RunConfig;
+use ddpm::diffusion::GaussianDiffusion;
+use ddpm::eval::InceptionModel;
+use ddpm::train::flat::{self, FlatModel};
+use ddpm::train::sample::{self, SampleRequest};
+use ddpm::train::{Outcome, TrainState};
+use tch::{Device, Tensor};
+use tokio::sync::{mpsc, oneshot};
+
+pub use error::DeviceError;
+
+/// A training replica's state as sent by the coordinator.
+pub struct TrainingState {
+    pub step: u64,
+    pub adam_step: u64,
+    pub params: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+}
+
+/// The gradient of one shard.
+pub struct Computed {
+    /// Mean L_simple over the shard.
+    pub loss: f64,
+    /// The mean gradient over the shard, flat in layout order.
+    pub grad: Vec<f32>,
+    /// Seconds spent on decode + forward + backward.
+    pub compute_s: f64,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, DeviceError>>;
+
+enum Cmd {
+    Load(TrainingState, Reply<()>),
+    Compute { step: u64, samples: Vec<(u64, Bytes)>, reply: Reply<Computed> },
+    Apply { step: u64, grad: Vec<f32>, outcome: Outcome, reply: Reply<()> },
+    Checksum(Reply<u64>),
+    /// Draws images; `weights` replaces the sampling weights (None: keep
+    /// those of the previous task).
+    Sample { weights: Option<Vec<f32>>, req: SampleRequest, reply: Reply<Vec<u8>> },
+    /// Measures images (drawn or given) for an evaluation job; `weights` as
+    /// for `Sample`.
+    Eval { weights: Option<Vec<f32>>, task: EvalTask, reply: Reply<EvalOutput> },
+    /// Draws an analysis task's images; `weights` as for `Sample`.
+    Analysis { weights: Option<Vec<f32>>, task: AnalysisTask, reply: Reply<Vec<u8>> },
+}
+
+/// One analysis task (`ddpm::train::analysis`), as the device thread runs it.
+#[derive(Debug)]
+pub enum AnalysisTask {
+    /// Rows `first_row..first_row + rows` of a progressive generation.
+    Progressive { seed: u64, first_row: u64, rows: usize, snapshots: usize, batch: usize },
+    /// Two decoded images, uint8 `[3, R, R]` each.
+    Interpolate { a: Vec<u8>, b: Vec<u8>, t: usize, lambdas: usize, seed: u64 },
+}
+
+/// Where an evaluation task's images come from.
+pub enum EvalImages {
+    /// Drawn with the job's weights.
+    Sample(SampleRequest),
+    /// Decoded dataset images uint8 `[n, 3, R, R]` with dataset indices
+    /// `first..first + n`.
+    Dataset { first: u64, pixels: Vec<u8> },
+}
+
+/// One evaluation task, as the device thread runs it.
+pub struct EvalTask {
+    pub images: EvalImages,
+    /// Pool-feature sums (FID).
+    pub features: bool,
+    /// Inception Score sums: (splits, images in the whole job).
+    pub inception_score: Option<(usize, u64)>,
+    /// The bound, with this noise seed.
+    pub bpd_seed: Option<u64>,
+    /// The Inception TorchScript file.
+    pub inception: String,
+    /// Images per forward pass of the feature network or the bound.
+    pub batch: usize,
+}
+
+/// What an evaluation task measured, in the wire forms of `ddpm::eval`;
+/// `None` is what the task did not ask for.
+#[derive(Debug, Default, PartialEq)]
+pub struct EvalOutput {
+    /// The drawn images (tasks on generated images; dataset images are
+    /// the coordinator's already).
+    pub images: Option<Vec<u8>>,
+    /// `FeatureStats` sums (FID).
+    pub features: Option<Vec<u8>>,
+    /// `ScoreStats` sums (Inception Score).
+    pub scores: Option<Vec<u8>>,
+    /// `BpdSums` (the bound).
+    pub bpd: Option<Vec<u8>>,
+}
+
+/// Handle on the device thread.
+pub struct DeviceHandle {
+    tx: mpsc::Sender<Cmd>,
+    pub param_count: u64,
+    pub layout_hash: u64,
+}
+
+/// What the thread holds between commands.
+struct Thread {
+    run: RunConfig,
+    device: Device,
+    state: TrainState,
+    /// The sampling model (a job's pinned weights, usually the EMA).
+    ema: FlatModel,
+    diffusion: GaussianDiffusion,
+    /// The feature network of the last evaluation task, by path.
+    inception: Option<InceptionModel>,
+}
+
+impl Thread {
+    fn init(run: RunConfig, device: Device) -> Result<Self, DeviceError> {
+        let state = TrainState::init(&run.train, device).map_err(DeviceError::Model)?;
+        let ema = FlatModel::new(&run.train.model, device).map_err(DeviceError::Model)?;
+        let diffusion = GaussianDiffusion::new(&run.train.diffusion).map_err(DeviceError::Diffusion)?;
+        Ok(Self { run, device, state, ema, diffusion, inception: None })
+    }
+
+    fn serve(&mut self, mut rx: mpsc::Receiver<Cmd>) {
+        // A dropped reply receiver is a caller that gave up: nothing to tell.
+        while let Some(cmd) = rx.blocking_recv() {
+            match cmd {
+                Cmd::Load(s, reply) => {
+                    let _ = reply.send(work::load(&mut self.state, &self.run, s));
+                }
+                Cmd::Compute { step, samples, reply } => {
+                    let _ = reply.send(work::compute(&mut self.state, &self.diffusion, &self.run, step, samples));
+                }
+                Cmd::Apply { step, grad, outcome, reply } => {
+                    let want = self.state.model.layout.total;
+                    let r = if grad.len() != want {
+                        Err(DeviceError::GradientSize { got: grad.len(), want })
+                    } else {
+                        self.state.apply(&self.run.train, step, &mut Tensor::from_slice(&grad), &outcome);
+                        Ok(())
+                    };
+                    let _ = reply.send(r);
+                }
+                Cmd::Checksum(reply) => {
+                    let _ = reply.send(Ok(flat::checksum(&self.state.model.flat)));
+                }
+                Cmd::Sample { weights, req, reply } => {
+                    let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
+                        sample::sample_images(&self.ema.unet, &self.diffusion, &req, self.device, &mut |_, _| {})
+                            .map_err(DeviceError::Sample)
+                    });
+                    let _ = reply.send(r);
+                }
+                Cmd::Analysis { weights, task, reply } => {
+                    let r = work::load_weights(&mut self.ema, weights)
+                        .and_then(|()| work::analyse(&self.ema, &self.diffusion, task, self.device));
+                    let _ = reply.send(r);
+                }
+                Cmd::Eval { weights, task, reply } => {
+                    let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
+                        work::evaluate(&self.ema, &self.diffusion, &self.run, task, &mut self.inception, self.device)
+                    });
+                    let _ = reply.send(r);
+                }
+            }
+        }
+    }
+}
+
+impl DeviceHandle {
+    /// Builds the run's model on `device` in a new thread.
+    pub fn start(run: RunConfig, device: Device) -> Result<Self, DeviceError> {
+        let (tx, rx) = mpsc::channel::<Cmd>(4);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("device-{device:?}"))
+            .spawn(move || match Thread::init(run, device) {
+                Ok(mut thread) => {
+                    let layout = &thread.state.model.layout;
+                    let _ = ready_tx.send(Ok((layout.total as u64, layout.hash())));
+                    thread.serve(rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(DeviceError::Spawn)?;
+        let (param_count, layout_hash) = ready_rx.recv().map_err(|_| DeviceError::DiedStarting)??;
+        Ok(Self { tx, param_count, layout_hash })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, DeviceError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| DeviceError::Stopped)?;
+        rx.await.map_err(|_| DeviceError::Stopped)?
+    }
+
+    pub async fn load(&self, s: TrainingState) -> Result<(), DeviceError> {
+        self.call(|r| Cmd::Load(s, r)).await
+    }
+
+    pub async fn compute(&self, step: u64, samples: Vec<(u64, Bytes)>) -> Result<Computed, DeviceError> {
+        self.call(|reply| Cmd::Compute { step, samples, reply }).await
+    }
+
+    pub async fn apply(&self, step: u64, grad: Vec<f32>, outcome: Outcome) -> Result<(), DeviceError> {
+        self.call(|reply| Cmd::Apply { step, grad, outcome, reply }).await
+    }
+
+    pub async fn checksum(&self) -> Result<u64, DeviceError> {
+        self.call(Cmd::Checksum).await
+    }
+
+    pub async fn sample(&self, weights: Option<Vec<f32>>, req: SampleRequest) -> Result<Vec<u8>, DeviceError> {
+        self.call(|reply| Cmd::Sample { weights, req, reply }).await
+    }
+
+    pub async fn eval(&self, weights: Option<Vec<f32>>, task: EvalTask) -> Result<EvalOutput, DeviceError> {
+        self.call(|reply| Cmd::Eval { weights, task, reply }).await
+    }
+
+    pub async fn analysis(&self, weights: Option<Vec<f32>>, task: AnalysisTask) -> Result<Vec<u8>, DeviceError> {
+        self.call(|reply| Cmd::Analysis { weights, task, reply }).await
+    }
+}

@@ -1,0 +1,328 @@
+//! One membership of the run: register, build (or reuse) the model, report
+//! ready, then the work loop (ask for work, dispatch it, repeat) with
+//! heartbeats on the side, until the coordinator drops this worker or the
+//! run ends. Every failed coordinator call ends up in [`on_error`], which
+//! acts on its directive (`directive.rs`).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ddpm::config::RunConfig;
+use ddpm::proto::{self, work_message};
+use ddpm::wire::{self, WorkerRole};
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+
+use crate::client::Client;
+use crate::device::DeviceHandle;
+use crate::directive::{CallError, CallResult, Directed, Flow};
+use crate::exchange::CoordinatorExchange;
+use crate::tasks::Tasks;
+use crate::training::{self, StepEnd};
+use crate::WorkerOptions;
+
+/// How a worker session ended.
+#[derive(Debug, PartialEq)]
+pub enum SessionEnd {
+    /// The run is over.
+    Shutdown,
+    /// The coordinator dropped this worker: register again.
+    Dropped(String),
+}
+
+/// What the session does after a piece of work.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Ask for the next work.
+    Work,
+    End(SessionEnd),
+}
+
+/// Where a call failed: "next work" means something in the work loop only.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Registering, reporting ready, the first state download.
+    Joining,
+    Working,
+}
+
+/// What the session does after a failed call: the directive's flow, or the
+/// fault the worker exits with.
+fn on_error(e: CallError, phase: Phase) -> anyhow::Result<Next> {
+    match e {
+        CallError::Directed { flow: Flow::Rejoin, context, reason } => {
+            Ok(Next::End(SessionEnd::Dropped(format!("{context}: {reason}"))))
+        }
+        CallError::Directed { flow: Flow::Stop, context, reason } => {
+            tracing::info!("the run is over ({context}: {reason}); exiting");
+            Ok(Next::End(SessionEnd::Shutdown))
+        }
+        CallError::Directed { flow: Flow::NextWork, context, reason } if phase == Phase::Working => {
+            tracing::info!("{context}: no longer wanted ({reason}); asking for the next work");
+            Ok(Next::Work)
+        }
+        CallError::Directed { flow: Flow::NextWork, context, reason } => {
+            // Nothing to go on to before this worker has joined.
+            anyhow::bail!("{context}: {reason} (the coordinator said to go on to the next work while this worker was joining)")
+        }
+        CallError::Fault(e) => Err(e),
+    }
+}
+
+/// One membership: register, build (or reuse) the model, work until dropped or done.
+pub async fn session(
+    mut client: Client,
+    opts: &WorkerOptions,
+    device: &mut Option<(String, DeviceHandle)>,
+) -> anyhow::Result<SessionEnd> {
+    let joined = match join(&mut client, opts, device).await {
+        Ok(joined) => joined,
+        Err(e) => return end(on_error(e, Phase::Joining)?),
+    };
+    let dev = &device.as_ref().expect("join builds the device").1;
+    let heartbeat = tokio::spawn(heartbeats(client.clone(), joined.id, joined.heartbeat));
+    let mut work = Work { client, id: joined.id, run: joined.run, dev, role: opts.role, applied: 0, checksum: 0, loaded_job: None };
+    let result = work.run().await;
+    heartbeat.abort();
+    result
+}
+
+/// A `Next` where only an end can be: joining either works or ends the session.
+fn end(next: Next) -> anyhow::Result<SessionEnd> {
+    match next {
+        Next::End(end) => Ok(end),
+        Next::Work => unreachable!("on_error goes on to the next work only while working"),
+    }
+}
+
+struct Joined {
+    id: u64,
+    run: RunConfig,
+    heartbeat: Duration,
+}
+
+/// Registers, builds the model (or reuses the device's, for the same run
+/// config), and proves it is the run's model.
+async fn join(client: &mut Client, opts: &WorkerOptions, device: &mut Option<(String, DeviceHandle)>) -> CallResult<Joined> {
+    let reply = client
+        .register(proto::RegisterRequest {
+            protocol_version: wire::PROTOCOL_VERSION,
+            name: opts.name.clone(),
+            device: format!("{:?}", opts.device),
+            version: env!("CARGO_PKG_VERSION").into(),
+            role: opts.role.as_str().into(),
+        })
+        .await
+        .directed("registration refused")?
+        .into_inner();
+    let id = reply.worker_id;
+    let run: RunConfig = serde_json::from_str(&reply.run_config_json)
+        .map_err(|e| anyhow::anyhow!("the coordinator sent a run config this worker cannot read: {e}"))?;
+    let dev = match device.take() {
+        Some((json, handle)) if json == reply.run_config_json => (json, handle),
+        _ => {
+            tracing::info!(device = ?opts.device, params = run.param_count, "building the model");
+            let handle = tokio::task::block_in_place(|| DeviceHandle::start(run.clone(), opts.device))?;
+            (reply.run_config_json.clone(), handle)
+        }
+    };
+    let dev = &device.insert(dev).1;
+    client
+        .ready(proto::ReadyRequest { worker_id: id, layout_hash: dev.layout_hash, param_count: dev.param_count })
+        .await
+        .directed("the coordinator refused this worker")?;
+    tracing::info!(worker = id, coord = %opts.coord, "joined the run");
+    Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s) })
+}
+
+/// Liveness, on the side of the work. A failed heartbeat is not acted on:
+/// the next work call finds out what the coordinator thinks.
+async fn heartbeats(mut client: Client, id: u64, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        match client.heartbeat(proto::HeartbeatRequest { worker_id: id }).await {
+            Ok(r) if !r.get_ref().member => return,
+            Ok(_) => {}
+            Err(e) => tracing::debug!("heartbeat failed: {}", e.message()),
+        }
+    }
+}
+
+/// The work loop of a joined worker.
+struct Work<'a> {
+    client: Client,
+    id: u64,
+    run: RunConfig,
+    dev: &'a DeviceHandle,
+    role: WorkerRole,
+    /// The last training step applied (0 before any).
+    applied: u64,
+    /// The parameter checksum to report with the next request (0: none asked).
+    checksum: u64,
+    /// The job whose pinned weights the device holds.
+    loaded_job: Option<u64>,
+}
+
+impl Work<'_> {
+    async fn run(&mut self) -> anyhow::Result<SessionEnd> {
+        // An eval worker never trains: it needs no training state.
+        if self.role == WorkerRole::Train {
+            match training::fetch_training_state(&mut self.client, self.id, self.dev).await {
+                Ok(step) => self.applied = step,
+                Err(e) => return end(on_error(e, Phase::Joining)?),
+            }
+        }
+        loop {
+            let next = match self.next().await {
+                Ok(next) => next,
+                Err(e) => on_error(e, Phase::Working)?,
+            };
+            if let Next::End(end) = next {
+                return Ok(end);
+            }
+        }
+    }
+
+    /// Asks for the next work and does it.
+    async fn next(&mut self) -> CallResult<Next> {
+        let req = proto::NextWorkRequest { worker_id: self.id, applied_step: self.applied, param_checksum: self.checksum };
+        // A checksum is reported once, right after the step that asked for it.
+        self.checksum = 0;
+        let mut stream = self.client.next_work(req).await.directed("asking for work")?.into_inner();
+        let first = match stream.next().await {
+            Some(m) => m.directed("receiving work")?.kind,
+            None => return Err(anyhow::anyhow!("the coordinator sent an empty work stream").into()),
+        };
+        match first {
+            Some(work_message::Kind::Train(a)) => {
+                let samples: Vec<(u64, Bytes)> =
+                    samples(&mut stream, "a training assignment").await?.into_iter().map(|s| (s.position, s.data)).collect();
+                if samples.len() != a.shard_size as usize {
+                    return Err(anyhow::anyhow!(
+                        "shard of step {} has {} samples, the assignment says {}",
+                        a.step,
+                        samples.len(),
+                        a.shard_size
+                    )
+                    .into());
+                }
+                self.train(&a, samples).await
+            }
+            Some(work_message::Kind::Sample(a)) => {
+                self.tasks().sample(&a).await?;
+                Ok(Next::Work)
+            }
+            Some(work_message::Kind::Eval(a)) => {
+                let encoded = samples(&mut stream, "an evaluation task").await?;
+                self.tasks().eval(&a, encoded).await?;
+                Ok(Next::Work)
+            }
+            Some(work_message::Kind::Analysis(a)) => {
+                let encoded = samples(&mut stream, "an analysis task").await?;
+                self.tasks().analysis(&a, encoded).await?;
+                Ok(Next::Work)
+            }
+            Some(work_message::Kind::Resync(r)) if self.role == WorkerRole::Eval => {
+                tracing::warn!(reason = %r.reason, "an eval worker holds no training state; ignoring a resync");
+                Ok(Next::Work)
+            }
+            Some(work_message::Kind::Resync(r)) => {
+                tracing::info!(reason = %r.reason, "fetching the training state again");
+                self.applied = training::fetch_training_state(&mut self.client, self.id, self.dev).await?;
+                Ok(Next::Work)
+            }
+            Some(work_message::Kind::Shutdown(s)) => {
+                tracing::info!(reason = %s.reason, "the coordinator ended the run");
+                Ok(Next::End(SessionEnd::Shutdown))
+            }
+            Some(work_message::Kind::Samples(_)) | None => {
+                Err(anyhow::anyhow!("work stream did not start with an assignment").into())
+            }
+        }
+    }
+
+    /// One training step through the coordinator's all-reduce.
+    async fn train(&mut self, a: &proto::TrainAssignment, samples: Vec<(u64, Bytes)>) -> CallResult<Next> {
+        let mut exchange = CoordinatorExchange { client: &mut self.client, worker_id: self.id };
+        match training::train_step(&mut exchange, self.dev, a, samples).await? {
+            StepEnd::Applied => {
+                self.applied = a.step;
+                // Conservative, as before: a job task after training
+                // fetches its job's weights afresh (one download).
+                self.loaded_job = None;
+                if a.checksum_requested {
+                    self.checksum = self.dev.checksum().await?;
+                }
+                Ok(Next::Work)
+            }
+            StepEnd::Abandoned(reason) => {
+                tracing::info!(step = a.step, "step abandoned: {reason}");
+                Ok(Next::Work)
+            }
+            StepEnd::Rejected(reason) => {
+                tracing::error!("the coordinator rejected this worker's gradient: {reason}");
+                Ok(Next::End(SessionEnd::Dropped(reason)))
+            }
+            StepEnd::RunOver(reason) => {
+                tracing::info!(step = a.step, "the run is over ({reason}); exiting");
+                Ok(Next::End(SessionEnd::Shutdown))
+            }
+        }
+    }
+
+    fn tasks(&mut self) -> Tasks<'_> {
+        Tasks {
+            client: &mut self.client,
+            worker_id: self.id,
+            run: &self.run,
+            dev: self.dev,
+            loaded_job: &mut self.loaded_job,
+        }
+    }
+}
+
+/// The samples that follow an assignment in its work stream (`what`, for
+/// the error of a stream that carries anything else).
+async fn samples(stream: &mut Streaming<proto::WorkMessage>, what: &str) -> CallResult<Vec<proto::Sample>> {
+    let mut out = Vec::new();
+    while let Some(m) = stream.next().await {
+        match m.directed("receiving work")?.kind {
+            Some(work_message::Kind::Samples(b)) => out.extend(b.samples),
+            other => return Err(anyhow::anyhow!("unexpected message in {what}: {other:?}").into()),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn directed(flow: Flow) -> CallError {
+        CallError::Directed { flow, context: "asking for work".into(), reason: "unknown worker id 3".into() }
+    }
+
+    #[test]
+    fn directives_end_or_continue_the_session() {
+        for phase in [Phase::Joining, Phase::Working] {
+            assert_eq!(
+                on_error(directed(Flow::Rejoin), phase).unwrap(),
+                Next::End(SessionEnd::Dropped("asking for work: unknown worker id 3".into()))
+            );
+            assert_eq!(on_error(directed(Flow::Stop), phase).unwrap(), Next::End(SessionEnd::Shutdown));
+        }
+        assert_eq!(on_error(directed(Flow::NextWork), Phase::Working).unwrap(), Next::Work);
+        assert!(on_error(directed(Flow::NextWork), Phase::Joining).is_err());
+        let fault = on_error(CallError::Fault(anyhow::anyhow!("registration refused: wrong version")), Phase::Joining);
+        assert_eq!(fault.unwrap_err().to_string(), "registration refused: wrong version");
+    }
+
+    #[test]
+    fn a_registration_refused_because_the_run_is_over_ends_cleanly() {
+        let s = ddpm::wire::directive::status(tonic::Code::Unavailable, "the run is over", proto::WorkerAction::Stop);
+        let s = tonic::Status::with_details(s.code(), s.message(), s.details().to_vec().into());
+        let r: Result<(), _> = Err(s);
+        let e = r.directed("registration refused").unwrap_err();
+        assert_eq!(end(on_error(e, Phase::Joining).unwrap()).unwrap(), SessionEnd::Shutdown);
+    }
+}

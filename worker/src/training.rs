@@ -1,0 +1,61 @@
+//! A training replica's side of the run: loading the training state the
+//! coordinator sends, and one training step (the shard's gradient on the
+//! device, the exchange through a [`GradientExchange`] backend, the same
+//! update on every replica).
+
+use bytes::Bytes;
+use ddpm::proto;
+
+use crate::client::{self, Client};
+use crate::device::{DeviceHandle, TrainingState};
+use crate::directive::CallResult;
+use crate::exchange::{Exchanged, GradientExchange};
+
+/// The tensors of a training state stream, in this order.
+const TRAINING_TENSORS: [&str; 3] = ["params", "adam_m", "adam_v"];
+
+/// Downloads the training state into the device; returns its step.
+pub async fn fetch_training_state(client: &mut Client, worker_id: u64, dev: &DeviceHandle) -> CallResult<u64> {
+    let (h, t) = client::fetch_state(client, worker_id, proto::StateKind::Training, 0).await?;
+    let [params, adam_m, adam_v] = <[Vec<f32>; 3]>::try_from(t)
+        .ok()
+        .filter(|_| h.tensors == TRAINING_TENSORS)
+        .ok_or_else(|| anyhow::anyhow!("unexpected training state tensors {:?}", h.tensors))?;
+    dev.load(TrainingState { step: h.step, adam_step: h.adam_step, params, adam_m, adam_v }).await?;
+    tracing::info!(step = h.step, "training state loaded");
+    Ok(h.step)
+}
+
+/// How a training step ended.
+#[derive(Debug)]
+pub enum StepEnd {
+    /// The update is applied: the replica is at the assignment's step.
+    Applied,
+    /// This attempt was abandoned (it is redone): nothing applied.
+    Abandoned(String),
+    /// This worker's gradient was refused: it must register again.
+    Rejected(String),
+    /// The run ended during the step.
+    RunOver(String),
+}
+
+/// Computes the shard's gradient, exchanges it, applies the outcome.
+pub async fn train_step(
+    exchange: &mut impl GradientExchange,
+    dev: &DeviceHandle,
+    a: &proto::TrainAssignment,
+    samples: Vec<(u64, Bytes)>,
+) -> anyhow::Result<StepEnd> {
+    let computed = dev.compute(a.step, samples).await?;
+    let (grad, outcome) = match exchange.exchange(a, computed).await? {
+        Exchanged::Reduced { grad, outcome } => (grad, outcome),
+        Exchanged::Abandoned(reason) => return Ok(StepEnd::Abandoned(reason)),
+        Exchanged::Rejected(reason) => return Ok(StepEnd::Rejected(reason)),
+        Exchanged::RunOver(reason) => return Ok(StepEnd::RunOver(reason)),
+    };
+    if !outcome.apply {
+        tracing::warn!(step = a.step, "non-finite gradient: skipping this update, as every replica does");
+    }
+    dev.apply(a.step, grad, outcome).await?;
+    Ok(StepEnd::Applied)
+}
