@@ -1,0 +1,91 @@
+//! Unit tests of the roster, without sockets.
+
+use super::*;
+
+fn roster_with(n: usize) -> (Roster, Vec<u64>) {
+    let r = Roster::default();
+    let ids = (0..n).map(|i| r.register(format!("w{i}"), "cpu".into(), WorkerRole::Train)).collect();
+    (r, ids)
+}
+
+#[test]
+fn ids_are_never_reused_and_sync_is_by_step() {
+    let (r, ids) = roster_with(2);
+    let (a, b) = (ids[0], ids[1]);
+    r.remove(a);
+    let c = r.register("c".into(), "cpu".into(), WorkerRole::Train);
+    assert!(c > b && b > a);
+    for id in [b, c] {
+        r.mark_ready(id).unwrap();
+    }
+    r.report_idle(b, 0, 0).unwrap();
+    r.report_idle(c, 4, 0).unwrap();
+    assert_eq!(r.in_sync(0), vec![b]);
+    assert_eq!(r.in_sync(4), vec![c]);
+    assert!(r.send(b, Work::Resync("x".into())));
+    assert_eq!(r.in_sync(0), Vec::<u64>::new(), "a member with work is not idle");
+    assert!(!r.send(a, Work::Resync("x".into())), "a removed member gets nothing");
+}
+
+#[test]
+fn only_ready_members_get_work_and_unknown_ids_are_refused() {
+    let (r, ids) = roster_with(1);
+    assert_eq!(r.report_idle(ids[0], 0, 0).unwrap_err(), RosterError::NotReady(ids[0]));
+    assert_eq!(r.report_idle(99, 0, 0).unwrap_err(), RosterError::Unknown(99));
+    assert_eq!(r.touch(99), Err(RosterError::Unknown(99)));
+    r.mark_ready(ids[0]).unwrap();
+    assert!(r.report_idle(ids[0], 0, 0).is_ok());
+}
+
+#[test]
+fn silent_members_are_reaped() {
+    let (r, ids) = roster_with(2);
+    r.lock().by_id.get_mut(&ids[0]).unwrap().last_seen = Instant::now() - Duration::from_secs(60);
+    let gone: Vec<u64> = r.reap(Duration::from_secs(30)).iter().map(|m| m.id).collect();
+    assert_eq!(gone, vec![ids[0]]);
+    assert!(r.contains(ids[1]) && !r.contains(ids[0]));
+    // A heartbeat keeps a member in.
+    r.lock().by_id.get_mut(&ids[1]).unwrap().last_seen = Instant::now() - Duration::from_secs(60);
+    r.touch(ids[1]).unwrap();
+    assert!(r.reap(Duration::from_secs(30)).is_empty());
+}
+
+#[test]
+fn out_of_sync_members_are_told_to_resync_and_eval_workers_never_train() {
+    let (r, ids) = roster_with(2);
+    let e = r.register("e".into(), "cpu".into(), WorkerRole::Eval);
+    for id in ids.iter().chain([&e]) {
+        r.mark_ready(*id).unwrap();
+    }
+    r.report_idle(ids[0], 3, 0).unwrap();
+    r.report_idle(ids[1], 2, 0).unwrap();
+    r.report_idle(e, 0, 0).unwrap();
+    assert_eq!(r.resync_out_of_sync(3), vec![ids[1]]);
+    assert_eq!(r.in_sync(3), vec![ids[0]]);
+    assert!(r.in_sync(0).is_empty(), "an eval worker is never a step member");
+    assert!(r.has_eval_worker());
+    assert_eq!(r.idle_members(|role| role == WorkerRole::Eval), vec![e]);
+    assert!(!r.send_if_idle(ids[1], Work::Resync("y".into()), |_| true), "busy members get no job task");
+}
+
+#[test]
+fn checksums_are_read_once_except_the_kept_step() {
+    let (r, ids) = roster_with(1);
+    r.mark_ready(ids[0]).unwrap();
+    r.report_idle(ids[0], 100, 7).unwrap();
+    r.report_idle(ids[0], 200, 8).unwrap();
+    assert_eq!(r.take_checksums(|s| s == 100 || s == 200, 200), vec![(ids[0], 100, 7), (ids[0], 200, 8)]);
+    assert_eq!(r.take_checksums(|_| true, 200), vec![], "each report is read once");
+    assert_eq!((r.checksum(ids[0], 100), r.checksum(ids[0], 200)), (None, Some(8)));
+}
+
+#[tokio::test]
+async fn changes_wake_waiters() {
+    let r = Arc::new(Roster::default());
+    let wait = r.next_change();
+    let id = r.register("a".into(), "cpu".into(), WorkerRole::Train);
+    tokio::time::timeout(Duration::from_secs(1), wait).await.expect("registration wakes waiters");
+    let wait = r.next_change();
+    r.mark_ready(id).unwrap();
+    tokio::time::timeout(Duration::from_secs(1), wait).await.expect("ready wakes waiters");
+}
