@@ -8,6 +8,9 @@
 //! are interpreted (`_reconstruct` + `BUILD` as written by Python 2's cPickle
 //! and by protocols 2 to 4, `_frombuffer` for protocol 5, `_codecs.encode`
 //! for bytes in Python 3's protocol 2).
+//!
+//! One concept in one file: the opcode machine, its value model and its
+//! error messages only make sense together, and its tests sit beside it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
