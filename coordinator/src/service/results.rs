@@ -14,16 +14,23 @@ const MAX_SUM_BYTES: usize = 1 << 30;
 /// Largest image data a result may carry.
 const MAX_IMAGE_BYTES: u64 = 1 << 34;
 
+/// The bytes of images a task of `header`'s count and resolution holds, if
+/// a result may carry that many. Checked: both are a peer's numbers.
+fn image_bytes(header: &proto::ResultHeader) -> Result<usize, RpcError> {
+    let res = header.resolution as u64;
+    res.checked_mul(res)
+        .and_then(|px| px.checked_mul(3))
+        .and_then(|per| header.count.checked_mul(per))
+        .filter(|&n| n <= MAX_IMAGE_BYTES)
+        .map(|n| n as usize)
+        .ok_or_else(|| RpcError::BadResult(format!("result of {} images at {res}px is too large", header.count)))
+}
+
 /// Reads the parts of a result stream whose header was `header`.
 pub async fn read_parts(header: &proto::ResultHeader, inbound: &mut Streaming<proto::ResultMessage>) -> Result<ResultPart, RpcError> {
     let mut part = ResultPart::new(header);
     let res = header.resolution as u64;
-    let image_bytes = header
-        .count
-        .checked_mul(3 * res * res)
-        .filter(|&n| n <= MAX_IMAGE_BYTES)
-        .ok_or_else(|| RpcError::BadResult(format!("result of {} images at {res}px is too large", header.count)))?
-        as usize;
+    let image_bytes = image_bytes(header)?;
     while let Some(msg) = inbound.next().await {
         let msg = msg.map_err(|s| RpcError::BadResult(format!("the result stream failed: {}", s.message())))?;
         let data = match msg.kind {
@@ -52,4 +59,19 @@ pub async fn read_parts(header: &proto::ResultHeader, inbound: &mut Streaming<pr
         }
     }
     Ok(part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_sizes_a_peer_sends_are_checked_not_trusted() {
+        let h = |count, resolution| proto::ResultHeader { count, resolution, ..Default::default() };
+        assert_eq!(image_bytes(&h(2, 8)).unwrap(), 2 * 3 * 64);
+        for bad in [h(u64::MAX, u32::MAX), h(u64::MAX, 2), h(1, u32::MAX)] {
+            let e = image_bytes(&bad).unwrap_err();
+            assert!(e.to_string().contains("is too large"), "{e}");
+        }
+    }
 }
