@@ -351,3 +351,54 @@ async fn unreachable_endpoint_is_reported_fast_and_the_uploader_gives_up() {
     }
     assert_eq!(retries, 2);
 }
+
+/// A newer checkpoint replaces one that is waiting between retries; the
+/// newer one's own retries still wait their backoff (they once fired all at
+/// once: the wake-up that ended the first wait was re-armed for every later
+/// one). Nothing listens on the port, and the store does not retry by
+/// itself, so an attempt fails at once and the time is the backoff's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseding_checkpoint_still_waits_its_backoff_between_attempts() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let opts = StoreOptions {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        region: Some("garage".into()),
+        access_key_id: Some("GK0000000001".into()),
+        secret_access_key: Some("secret-secret-secret".into()),
+        allow_http: Some(true),
+        retry: RetryOptions { max_retries: 0, ..RetryOptions::quick() },
+        ..Default::default()
+    };
+    let store = RunStore::open("s3://bucket/run", &opts).unwrap();
+    let backoff = Duration::from_millis(700);
+    let config = checkpoint::UploaderConfig {
+        attempts: 3,
+        initial_backoff: backoff,
+        max_backoff: backoff,
+        keep_last: 2,
+        milestone_every: 0,
+    };
+    let (up, mut events) = checkpoint::Uploader::start(store, config);
+    up.submit(checkpoint_of(5), checkpoint::Reason::Steps);
+    loop {
+        match events.recv().await.expect("uploader events") {
+            checkpoint::UploadEvent::Retrying { step: 5, .. } => break,
+            checkpoint::UploadEvent::Failed { error, .. } => panic!("step 5 failed without retrying: {error}"),
+            _ => {}
+        }
+    }
+    let submitted = Instant::now();
+    assert_eq!(up.submit(checkpoint_of(6), checkpoint::Reason::Steps), None, "step 5 was in flight, not waiting");
+    match up.flush().await {
+        Some(checkpoint::UploadEvent::Failed { step: 6, attempts: 3, .. }) => {}
+        other => panic!("expected step 6 to fail after 3 attempts, got {other:?}"),
+    }
+    // Two waits of the backoff between its three attempts, at least.
+    let took = submitted.elapsed();
+    assert!(took >= 2 * backoff, "step 6's 3 attempts took {took:?}: its retries did not wait their backoff");
+    let mut superseded = false;
+    while let Ok(e) = events.try_recv() {
+        superseded |= matches!(e, checkpoint::UploadEvent::Superseded { step: 5, by: 6 });
+    }
+    assert!(superseded, "step 5 should have given way to step 6");
+}

@@ -200,6 +200,26 @@ async fn run(shared: Arc<Shared>, store: RunStore, config: UploaderConfig, settl
     }
 }
 
+/// Waits `backoff` before the next attempt; a newer checkpoint or close()
+/// cuts the wait short. A wake-up that finds neither (a permit an earlier
+/// submit left, since the task takes its job from the slot without waiting)
+/// does not: the wait goes on to its end. Re-arming the signal here instead
+/// would leave a permit that ends every later wait at once, so that all of
+/// a later checkpoint's attempts would fire within milliseconds.
+async fn wait_backoff(shared: &Shared, backoff: Duration) {
+    let deadline = tokio::time::Instant::now() + backoff;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return,
+            _ = shared.wake.notified() => {
+                if shared.pending_step().is_some() || shared.closed.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
 fn retryable(e: &CheckpointError) -> bool {
     matches!(e, CheckpointError::Store(s) if s.is_transient())
 }
@@ -236,11 +256,7 @@ async fn upload(shared: &Shared, store: &RunStore, config: &UploaderConfig, job:
             return shared.emit(UploadEvent::Superseded { step, by });
         }
         shared.emit(UploadEvent::Retrying { step, attempt, error: err.to_string(), retry_in: backoff });
-        // A newer checkpoint or close() cuts the wait short.
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = shared.wake.notified() => shared.wake.notify_one(),
-        }
+        wait_backoff(shared, backoff).await;
         if let Some(by) = shared.pending_step() {
             return shared.emit(UploadEvent::Superseded { step, by });
         }
