@@ -308,11 +308,8 @@ async fn s3_missing_bucket_is_named() {
     assert!(e.to_string().contains("no-such-bucket-ddpm"), "{e}");
 }
 
-/// Nothing listens on the port: the error says the store is unreachable,
-/// names the endpoint, and comes within the (small) retry budget; the
-/// uploader retries with backoff, then reports the failure.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unreachable_endpoint_is_reported_fast_and_the_uploader_gives_up() {
+/// An S3 store at a loopback port nothing listens on, and the port.
+fn unreachable_store(retry: RetryOptions) -> (RunStore, u16) {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let opts = StoreOptions {
         endpoint: Some(format!("http://127.0.0.1:{port}")),
@@ -320,10 +317,18 @@ async fn unreachable_endpoint_is_reported_fast_and_the_uploader_gives_up() {
         access_key_id: Some("GK0000000001".into()),
         secret_access_key: Some("secret-secret-secret".into()),
         allow_http: Some(true),
-        retry: RetryOptions::quick(),
+        retry,
         ..Default::default()
     };
-    let store = RunStore::open("s3://bucket/run", &opts).unwrap();
+    (RunStore::open("s3://bucket/run", &opts).unwrap(), port)
+}
+
+/// Nothing listens on the port: the error says the store is unreachable,
+/// names the endpoint, and comes within the (small) retry budget; the
+/// uploader retries with backoff, then reports the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_is_reported_fast_and_the_uploader_gives_up() {
+    let (store, port) = unreachable_store(RetryOptions::quick());
     let t = Instant::now();
     let e = store.check().await.unwrap_err();
     assert!(t.elapsed() < Duration::from_secs(20), "took {:?}", t.elapsed());
@@ -359,17 +364,7 @@ async fn unreachable_endpoint_is_reported_fast_and_the_uploader_gives_up() {
 /// itself, so an attempt fails at once and the time is the backoff's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_superseding_checkpoint_still_waits_its_backoff_between_attempts() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let opts = StoreOptions {
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
-        region: Some("garage".into()),
-        access_key_id: Some("GK0000000001".into()),
-        secret_access_key: Some("secret-secret-secret".into()),
-        allow_http: Some(true),
-        retry: RetryOptions { max_retries: 0, ..RetryOptions::quick() },
-        ..Default::default()
-    };
-    let store = RunStore::open("s3://bucket/run", &opts).unwrap();
+    let (store, _) = unreachable_store(RetryOptions { max_retries: 0, ..RetryOptions::quick() });
     let backoff = Duration::from_millis(700);
     let config = checkpoint::UploaderConfig {
         attempts: 3,
