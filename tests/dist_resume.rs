@@ -176,4 +176,8 @@ fn sigkill_during_a_checkpoint_upload_leaves_the_previous_one_latest() {
     let out = killed.finish(9);
     assert!(out.contains("resuming from the latest complete checkpoint step=3"), "{out}");
     assert_same(&straight, &killed, 9);
+    // The killed start's rows after step 3 were superseded: each step once.
+    let log = std::fs::read_to_string(killed.dir.path().join("run/metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = log.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=9).collect::<Vec<_>>(), "{log}");
 }

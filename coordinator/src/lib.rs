@@ -100,14 +100,21 @@ pub async fn run(
     let roster = Arc::new(Roster::default());
     let rounds = Arc::new(RoundSlot::default());
     let lifecycle = Arc::new(Lifecycle::default());
-    let status = Arc::new(RunStatus::default());
+    let status = Arc::new(RunStatus::starting_at(state.start_step));
     let queue = Arc::new(JobQueue::default());
     let pinned = Arc::new(PinnedWeights::default());
     let results = Arc::new(ResultRouter::default());
 
     let (uploader, mut events) = Uploader::start(store.clone(), UploaderConfig::from_config(&config.checkpoint));
-    // The uploader logs every event itself; draining keeps its channel empty.
-    let drain = tokio::spawn(async move { while events.recv().await.is_some() {} });
+    // The uploader logs every event itself; the status shows where checkpointing stands.
+    let drain = {
+        let status = status.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                status.upload_event(&e);
+            }
+        })
+    };
 
     let coordinator = service::CoordService {
         run_config_json: serde_json::to_string(&run_config)?,

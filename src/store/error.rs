@@ -44,6 +44,12 @@ pub enum StoreError {
     #[error("{key} does not exist in {url}")]
     NotFound { url: String, key: String },
 
+    /// The store refused the operation for a reason that retrying will not
+    /// fix (no space left, permission denied, a read-only file system); a
+    /// person has to act, as `hint` says.
+    #[error("{op} {key} in {url} failed: {detail}. {hint}")]
+    Refused { url: String, op: &'static str, key: String, detail: String, hint: &'static str },
+
     /// Anything else the store reported, with the operation and object.
     #[error("{op} {key} in {url} failed: {detail}")]
     Other { url: String, op: &'static str, key: String, detail: String },
@@ -51,9 +57,41 @@ pub enum StoreError {
 
 impl StoreError {
     /// True for errors that may go away by themselves (the store is down or
-    /// overloaded); the uploader retries those and not, say, bad credentials.
+    /// overloaded, or something unclassified); the uploader retries those
+    /// and not, say, bad credentials or a full disk.
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Unreachable { .. } | StoreError::Other { .. })
+    }
+}
+
+/// Errors no retry fixes, by the text the OS (`os error N`) or an S3 server
+/// puts in them, with what a person should do.
+const REFUSALS: [(&[&str], &str); 5] = [
+    (
+        &["No space left on device", "os error 28)", "Disk quota exceeded", "os error 122)", "QuotaExceeded"],
+        "The store is full: free space (or raise the quota) where --run points, or point --run elsewhere",
+    ),
+    (
+        &["Permission denied", "os error 13)", "Operation not permitted", "os error 1)"],
+        "The coordinator may not write there: fix the permissions (or attributes, e.g. chattr -i) where --run points",
+    ),
+    (&["Read-only file system", "os error 30)"], "The store is mounted read-only: remount it writable or point --run elsewhere"),
+    (&["File too large", "os error 27)", "EntityTooLarge"], "The object is larger than the store accepts: raise its limit"),
+    (&["Is a directory", "os error 21)", "Not a directory", "os error 20)"], "Something else occupies that path: move it away"),
+];
+
+/// The refusal `detail` describes, if it is one (its hint).
+fn refusal(detail: &str) -> Option<&'static str> {
+    REFUSALS.iter().find(|(marks, _)| marks.iter().any(|m| detail.contains(m))).map(|(_, hint)| *hint)
+}
+
+/// A local I/O error of `op` on `key`: a refusal, or (may pass) `Other`.
+pub(crate) fn local_io(url: &str, op: &'static str, key: &str, path: &std::path::Path, e: &std::io::Error) -> StoreError {
+    let detail = format!("{}: {e}", path.display());
+    let (url, key) = (url.to_string(), key.to_string());
+    match refusal(&detail) {
+        Some(hint) => StoreError::Refused { url, op, key, detail, hint },
+        None => StoreError::Other { url, op, key, detail },
     }
 }
 
@@ -120,7 +158,10 @@ pub(crate) fn classify(err: object_store::Error, cx: &Context<'_>) -> StoreError
             key,
             detail,
         },
-        _ => StoreError::Other { url, op: cx.op, key, detail },
+        _ => match refusal(&detail) {
+            Some(hint) => StoreError::Refused { url, op: cx.op, key, detail, hint },
+            None => StoreError::Other { url, op: cx.op, key, detail },
+        },
     }
 }
 
@@ -163,5 +204,25 @@ mod tests {
         assert!(matches!(e, StoreError::Unreachable { .. }) && e.is_transient(), "{e}");
         let e = classify(object_store::Error::NotFound { path: "k".into(), source: "404".to_string().into() }, &cx());
         assert!(matches!(e, StoreError::NotFound { .. }) && !e.is_transient(), "{e}");
+    }
+
+    #[test]
+    fn a_full_disk_or_a_permission_is_refused_not_retried() {
+        for (msg, hint) in [
+            ("Unable to write: No space left on device (os error 28)", "free space"),
+            ("Unable to open file /r/x: Permission denied (os error 13)", "permissions"),
+            ("Unable to rename: Operation not permitted (os error 1)", "chattr -i"),
+            ("Read-only file system (os error 30)", "read-only"),
+        ] {
+            let e = classify(generic(msg), &Context { bucket: None, ..cx() });
+            assert!(matches!(e, StoreError::Refused { .. }) && !e.is_transient(), "{e}");
+            assert!(e.to_string().contains(hint), "{e}");
+        }
+        let io = std::io::Error::from_raw_os_error(28);
+        let e = local_io("/r", "put", "k", std::path::Path::new("/r/k"), &io);
+        assert!(!e.is_transient() && e.to_string().contains("/r/k"), "{e}");
+        // An error nobody recognises may pass: retried.
+        let e = classify(generic("something odd"), &Context { bucket: None, ..cx() });
+        assert!(e.is_transient(), "{e}");
     }
 }

@@ -7,8 +7,11 @@
 //! `checkpoints/step_0000001000/model.safetensors`.
 //!
 //! - Puts above the part size go up as multipart uploads (4 parts in
-//!   flight), smaller ones in one request; the local store writes a
-//!   temporary file and renames it, so a reader never sees half an object.
+//!   flight), smaller ones in one request. The local store writes a
+//!   temporary file, fsyncs it, renames it and fsyncs the directory
+//!   (`object_store`'s `with_fsync`), so a reader never sees half an object
+//!   and an object that was put survives a power cut: a checkpoint's
+//!   manifest, written last, only ever names files that are on disk.
 //! - Every request is retried with exponential backoff
 //!   ([`RetryOptions`]) on connection errors, 5xx and throttling; what is
 //!   left is classified into a [`StoreError`] that says what to fix.
@@ -82,7 +85,8 @@ impl RunStore {
         std::fs::create_dir_all(dir).map_err(|e| cfg(format!("cannot create the directory {}: {e}", dir.display())))?;
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| cfg(format!("cannot use the directory {}: {e}", dir.display())))?
-            .with_automatic_cleanup(true);
+            .with_automatic_cleanup(true)
+            .with_fsync(true);
         Ok(Self {
             inner: Arc::new(fs),
             root: String::new(),
@@ -233,12 +237,7 @@ impl RunStore {
         let path = self.path(key)?;
         let res = self.inner.get(&path).await.map_err(|e| self.err("get", key, e))?;
         let tmp = dest.with_extension("partial");
-        let local = |e: std::io::Error| StoreError::Other {
-            url: self.url.clone(),
-            op: "download",
-            key: key.to_string(),
-            detail: format!("cannot write {}: {e}", tmp.display()),
-        };
+        let local = |e: std::io::Error| error::local_io(&self.url, "download", key, &tmp, &e);
         let mut file = tokio::fs::File::create(&tmp).await.map_err(local)?;
         let mut stream = res.into_stream();
         let mut size = 0u64;

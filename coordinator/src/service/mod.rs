@@ -186,6 +186,9 @@ impl Coordinator for CoordService {
             members: self.roster.status(),
             skipped_steps: s.skipped_steps,
             phase: self.lifecycle.phase().as_str().into(),
+            last_checkpoint_step: s.last_checkpoint,
+            unsaved_steps: s.unsaved_steps(),
+            checkpoint_error: s.checkpoint_error.clone().unwrap_or_default(),
         }))
     }
 }

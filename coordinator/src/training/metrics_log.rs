@@ -1,34 +1,126 @@
 //! The per-step metrics log: one JSON object per step (and one per finished
-//! periodic evaluation). A local run appends to `RUN/metrics.jsonl` as steps
-//! finish (`tail -f` works); an object store cannot append, so there the
-//! lines go up in segments, `metrics/step_<first step>.jsonl`, one per
-//! logging interval.
+//! periodic evaluation). A local run appends to `RUN/metrics.jsonl` at each
+//! logging interval (`tail -f` works); an object store cannot append, so
+//! there the lines go up in segments, `metrics/step_<first step>.jsonl`,
+//! one per logging interval.
+//!
+//! A failing write never ends the run: the rows stay in memory (up to
+//! [`MAX_PENDING_ROWS`]; beyond that the oldest are dropped and counted),
+//! the failure is logged once with the file and the cause, and the next
+//! flush tries again. A local append that fails half-way is cut back to
+//! where it started, so a retry never leaves a torn line.
+//!
+//! On resume, rows after the resumed checkpoint's step (written by a start
+//! that died before checkpointing them) are superseded: removed from the
+//! log before the new rows, so every step appears once.
+
+use std::path::PathBuf;
 
 use ddpm::store::{Location, RunStore};
 use serde::Serialize;
 
 use super::StepMetrics;
 
-pub enum MetricsLog {
-    Local(std::io::BufWriter<std::fs::File>),
-    Remote { store: RunStore, lines: Vec<String>, first: Option<u64> },
+/// Rows held while the log cannot be written (about 300 bytes each).
+pub const MAX_PENDING_ROWS: usize = 100_000;
+
+enum Sink {
+    Local(PathBuf),
+    Remote(RunStore),
+}
+
+pub struct MetricsLog {
+    sink: Sink,
+    /// Rows not yet written, oldest first.
+    pending: Vec<String>,
+    /// The step of the oldest pending row (names a remote segment).
+    first: Option<u64>,
+    /// Rows dropped because the log could not be written for too long.
+    dropped: u64,
+    /// The current failure, logged once until a write succeeds.
+    failing: Option<String>,
+}
+
+/// The step a metrics row belongs to (`None`: not a row, e.g. a torn line).
+fn row_step(line: &str) -> Option<u64> {
+    serde_json::from_str::<serde_json::Value>(line).ok()?.get("step")?.as_u64()
+}
+
+/// The rows of `text` up to step `upto`, and how many were removed.
+fn keep_upto(text: &str, upto: u64) -> (String, usize) {
+    let mut kept = String::new();
+    let mut removed = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        match row_step(line) {
+            Some(s) if s <= upto => {
+                kept.push_str(line);
+                kept.push('\n');
+            }
+            _ => removed += 1,
+        }
+    }
+    (kept, removed)
 }
 
 impl MetricsLog {
-    pub fn open(store: &RunStore, run: &str) -> anyhow::Result<Self> {
-        match Location::parse(run)? {
-            Location::Local(dir) => {
-                std::fs::create_dir_all(&dir)?;
-                let path = dir.join("metrics.jsonl");
-                let file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&path)
-                    .map_err(|e| anyhow::anyhow!("cannot open the metrics log {}: {e}", path.display()))?;
-                Ok(Self::Local(std::io::BufWriter::new(file)))
-            }
-            _ => Ok(Self::Remote { store: store.clone(), lines: Vec::new(), first: None }),
+    /// Opens the log of the run at `run`; `resumed_from` is the step this
+    /// start resumed from (rows after it are superseded).
+    pub async fn open(store: &RunStore, run: &str, resumed_from: u64) -> anyhow::Result<Self> {
+        let sink = match Location::parse(run)? {
+            Location::Local(dir) => Sink::Local(dir.join("metrics.jsonl")),
+            _ => Sink::Remote(store.clone()),
+        };
+        let log = Self { sink, pending: Vec::new(), first: None, dropped: 0, failing: None };
+        if let Err(e) = log.supersede_after(resumed_from).await {
+            // Not worth the run either: the log may show those steps twice.
+            tracing::error!(log = %log.place(), "cannot supersede the metrics rows after step {resumed_from}: {e:#}");
         }
+        Ok(log)
+    }
+
+    /// Removes rows after step `upto` (all rows for a new run).
+    async fn supersede_after(&self, upto: u64) -> anyhow::Result<()> {
+        let removed = match &self.sink {
+            Sink::Local(path) => {
+                let text = match std::fs::read_to_string(path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                    Err(e) => anyhow::bail!("cannot read the metrics log {}: {e}", path.display()),
+                };
+                let (kept, removed) = keep_upto(&text, upto);
+                if removed > 0 {
+                    // A new file renamed over the old: a crash leaves one or the other.
+                    let tmp = path.with_extension("jsonl.tmp");
+                    std::fs::write(&tmp, kept)
+                        .and_then(|()| std::fs::rename(&tmp, path))
+                        .map_err(|e| anyhow::anyhow!("cannot rewrite the metrics log {}: {e}", path.display()))?;
+                }
+                removed
+            }
+            Sink::Remote(store) => {
+                let mut removed = 0;
+                for seg in store.list("metrics").await? {
+                    let first = seg.key.rsplit('/').next().and_then(|n| n.strip_prefix("step_")?.strip_suffix(".jsonl")?.parse::<u64>().ok());
+                    let Some(first) = first else { continue };
+                    if first > upto {
+                        store.delete(&seg.key).await?;
+                        removed += 1;
+                        continue;
+                    }
+                    let text = String::from_utf8_lossy(&store.get(&seg.key).await?).into_owned();
+                    let (kept, n) = keep_upto(&text, upto);
+                    if n > 0 {
+                        store.put(&seg.key, kept.into()).await?;
+                        removed += n;
+                    }
+                }
+                removed
+            }
+        };
+        if removed > 0 {
+            tracing::info!(after = upto, removed, "metrics log: rows after the resumed step superseded (a start that did not checkpoint them wrote them)");
+        }
+        Ok(())
     }
 
     /// Appends step `m`.
@@ -38,36 +130,97 @@ impl MetricsLog {
 
     /// Appends a row of step `step` (a periodic evaluation's result).
     pub fn push(&mut self, step: u64, row: &impl Serialize) -> anyhow::Result<()> {
-        let line = serde_json::to_string(row)?;
-        match self {
-            Self::Local(file) => {
-                use std::io::Write;
-                writeln!(file, "{line}")?;
-            }
-            Self::Remote { lines, first, .. } => {
-                first.get_or_insert(step);
-                lines.push(line);
-            }
+        self.first.get_or_insert(step);
+        self.pending.push(serde_json::to_string(row)?);
+        if self.pending.len() > MAX_PENDING_ROWS {
+            let excess = self.pending.len() - MAX_PENDING_ROWS;
+            self.pending.drain(..excess);
+            self.dropped += excess as u64;
+            self.first = self.pending.first().and_then(|l| row_step(l)).or(Some(step));
         }
         Ok(())
     }
 
-    pub async fn flush(&mut self) -> anyhow::Result<()> {
-        match self {
-            Self::Local(file) => {
-                use std::io::Write;
-                file.flush()?;
+    /// Where the rows go, for messages.
+    fn place(&self) -> String {
+        match &self.sink {
+            Sink::Local(path) => path.display().to_string(),
+            Sink::Remote(store) => store.location("metrics/"),
+        }
+    }
+
+    /// Writes the pending rows. A failure keeps them for the next flush
+    /// and is reported, never returned: the log is not worth a run.
+    pub async fn flush(&mut self) {
+        let Some(first) = self.first else { return };
+        let body = self.pending.join("\n") + "\n";
+        let result = match &self.sink {
+            Sink::Local(path) => append(path, body.as_bytes()),
+            Sink::Remote(store) => store.put(&format!("metrics/step_{first:010}.jsonl"), body.into()).await.map_err(|e| e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                if self.failing.take().is_some() || self.dropped > 0 {
+                    tracing::info!(log = %self.place(), rows = self.pending.len(), dropped = self.dropped, "the metrics log is written again");
+                }
+                self.pending.clear();
+                self.first = None;
+                self.dropped = 0;
             }
-            Self::Remote { store, lines, first } => {
-                if let Some(f) = first.take() {
-                    let body = lines.join("\n") + "\n";
-                    lines.clear();
-                    if let Err(e) = store.put(&format!("metrics/step_{f:010}.jsonl"), body.into()).await {
-                        tracing::warn!("could not write metrics from step {f}: {e}");
-                    }
+            Err(e) => {
+                if self.failing.as_deref() != Some(e.as_str()) {
+                    tracing::error!(
+                        log = %self.place(),
+                        held = self.pending.len(),
+                        "cannot write the metrics log: {e}; training goes on, the rows are held in memory (up to {MAX_PENDING_ROWS}) and written at the next flush"
+                    );
+                    self.failing = Some(e);
                 }
             }
         }
-        Ok(())
+    }
+}
+
+/// Appends `bytes` to `path`; a failed append is cut back to the old end.
+fn append(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| fail("open", e))?;
+    let end = file.metadata().map_err(|e| fail("stat", e))?.len();
+    if let Err(e) = file.write_all(bytes).and_then(|()| file.flush()) {
+        let _ = file.set_len(end);
+        return Err(fail("append to", e));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_after_the_resumed_step_and_torn_lines_are_superseded() {
+        let text = "{\"step\":1}\n{\"step\":2,\"fid\":3.0}\n{\"step\":3}\n{\"st";
+        assert_eq!(keep_upto(text, 2), ("{\"step\":1}\n{\"step\":2,\"fid\":3.0}\n".to_string(), 2));
+        assert_eq!(keep_upto(text, 0).1, 4);
+    }
+
+    #[tokio::test]
+    async fn a_failing_local_log_holds_its_rows_until_it_can_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RunStore::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        // A directory where the log should be: every open fails.
+        std::fs::create_dir(&path).unwrap();
+        let mut log = MetricsLog::open(&store, dir.path().to_str().unwrap(), 0).await.unwrap();
+        log.push(1, &serde_json::json!({"step": 1})).unwrap();
+        log.flush().await;
+        log.push(2, &serde_json::json!({"step": 2})).unwrap();
+        log.flush().await;
+        assert!(log.failing.as_deref().unwrap().contains("metrics.jsonl"), "{:?}", log.failing);
+        std::fs::remove_dir(&path).unwrap();
+        log.flush().await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"step\":1}\n{\"step\":2}\n");
+        assert!(log.failing.is_none() && log.pending.is_empty());
     }
 }

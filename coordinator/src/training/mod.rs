@@ -80,6 +80,15 @@ fn prefetch(config: &TrainConfig, dataset: &Arc<dyn Dataset>, step: u64) -> Pref
     })
 }
 
+/// The last checkpoint's location, or the error of its upload (which the
+/// summary reports and the run exits with).
+fn settled(flushed: anyhow::Result<Option<String>>) -> (Option<String>, Option<String>) {
+    match flushed {
+        Ok(at) => (at, None),
+        Err(e) => (None, Some(format!("{e:#}"))),
+    }
+}
+
 /// What to do after a step's round ended.
 enum StepEnd {
     Done(RoundResult),
@@ -89,8 +98,31 @@ enum StepEnd {
 
 impl Trainer {
     /// Trains from the state's step to the config's last (or until a stop
-    /// is requested), then finishes the run. Returns its summary.
+    /// is requested), then finishes the run. Returns its summary, which is
+    /// in the store in every case: a failed run's says why (`error`), and
+    /// the run's error is returned after it is written.
     pub async fn train(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
+        let started = Instant::now();
+        let summary = match self.train_steps(uploader).await {
+            Ok(summary) => summary,
+            Err(e) => Summary::failed(&self.status.get(), self.state.start_step, &self.store, started.elapsed().as_secs_f64(), format!("{e:#}")),
+        };
+        let written = summary.write(&self.store).await;
+        match (&summary.error, written) {
+            (Some(error), written) => {
+                if let Err(e) = written {
+                    tracing::error!("summary.json could not be written either: {e:#}");
+                }
+                Err(anyhow::anyhow!("{error}"))
+            }
+            (None, Err(e)) => Err(e.context("the run finished but summary.json could not be written")),
+            (None, Ok(())) => Ok(summary),
+        }
+    }
+
+    /// [`Trainer::train`] up to its summary; a final checkpoint that could
+    /// not be saved is the summary's `error`.
+    async fn train_steps(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
         let cfg = &self.config;
         let total = cfg.train.steps;
         let batch = cfg.train.batch_size;
@@ -109,7 +141,7 @@ impl Trainer {
         let mut last_loss = f64::NAN;
         let mut next: Option<(u64, Prefetch)> = (step < total).then(|| (step + 1, prefetch(cfg, &self.dataset, step + 1)));
         let mut saver = Saver::new(&self.state, uploader, self.store.clone(), self.dataset.len(), cfg, resumed_from);
-        let mut metrics = MetricsLog::open(&self.store, &self.run)?;
+        let mut metrics = MetricsLog::open(&self.store, &self.run, resumed_from).await?;
         let mut evals = PeriodicEvals::new(cfg).await?;
         if resumed_from > 0 {
             tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
@@ -170,6 +202,7 @@ impl Trainer {
             checksums.verify(&self.roster, s);
 
             let dt = t0.elapsed().as_secs_f64();
+            let saved = self.status.get();
             let record = StepMetrics {
                 step: s,
                 loss: result.loss,
@@ -181,6 +214,8 @@ impl Trainer {
                 compute_s: result.compute_s,
                 allreduce_s: result.allreduce_s,
                 images_per_s: batch as f64 / dt,
+                last_checkpoint: saved.last_checkpoint,
+                unsaved_steps: s.saturating_sub(saved.last_checkpoint),
             };
             // The step's record, to each of its consumers.
             metrics.push_step(&record)?;
@@ -190,7 +225,7 @@ impl Trainer {
             if progress::line_due(s, resumed_from, total, cfg.train.log_every) {
                 let bytes = params * cfg.dist.grad_dtype.bytes_per_element();
                 progress.log_and_reset(s, total, step_members.len(), bytes, started);
-                metrics.flush().await?;
+                metrics.flush().await;
             }
             if s < total {
                 saver.after_step(s, skipped).await?;
@@ -198,13 +233,14 @@ impl Trainer {
             evals.after_step(&self.queue, &self.roster, &self.lifecycle, s, &mut metrics).await?;
         }
         evals.log_finished(&self.queue, &mut metrics)?;
-        metrics.flush().await?;
+        metrics.flush().await;
 
         let elapsed = || started.elapsed().as_secs_f64();
         let images_per_s = |steps: u64| (steps * batch as u64) as f64 / elapsed();
         if stopped {
             saver.on_stop(step, skipped).await?;
-            let checkpoint = saver.flush().await?;
+            let (checkpoint, error) = settled(saver.flush().await);
+            let checkpoint = checkpoint.or_else(|| self.saved_location());
             tracing::warn!(step, "stopped after step {step}; run the same command again to resume");
             let summary = Summary {
                 steps: step,
@@ -220,8 +256,8 @@ impl Trainer {
                 grid: None,
                 images_per_s: images_per_s(step - resumed_from),
                 elapsed_s: elapsed(),
+                error,
             };
-            summary.write(&self.store).await?;
             return Ok(summary);
         }
 
@@ -242,7 +278,8 @@ impl Trainer {
         }
 
         saver.at_end(total, skipped).await?;
-        let checkpoint = saver.flush().await?;
+        let (checkpoint, error) = settled(saver.flush().await);
+        let checkpoint = checkpoint.or_else(|| self.saved_location());
         if let Some(c) = &checkpoint {
             tracing::info!(checkpoint = %c, "final checkpoint saved (raw and EMA weights in the diffusers layout)");
         }
@@ -274,9 +311,15 @@ impl Trainer {
             grid,
             images_per_s: images_per_s(total - resumed_from),
             elapsed_s: elapsed(),
+            error,
         };
-        summary.write(&self.store).await?;
         Ok(summary)
+    }
+
+    /// The newest checkpoint in the store, as a location (none yet: `None`).
+    fn saved_location(&self) -> Option<String> {
+        let step = self.status.get().last_checkpoint;
+        (step > 0).then(|| self.store.location(&ddpm::checkpoint::step_dir(step)))
     }
 
     /// Runs attempt `attempt` of step `s` with `step_members` (rank order):

@@ -79,7 +79,8 @@ impl PeriodicEvals {
         lifecycle.lend_trainers(false);
         lifecycle.set_phase(Phase::Training);
         self.log_finished(queue, metrics)?;
-        metrics.flush().await
+        metrics.flush().await;
+        Ok(())
     }
 
     /// Appends the evaluations that have ended to the log.
@@ -107,7 +108,8 @@ impl PeriodicEvals {
             queue.changed_within(Duration::from_millis(200)).await;
         }
         self.log_finished(queue, metrics)?;
-        metrics.flush().await
+        metrics.flush().await;
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 /// One step, as `metrics.jsonl` holds it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct StepMetrics {
     pub step: u64,
     /// Shard-size-weighted mean `L_simple` over the global batch.
@@ -24,4 +24,8 @@ pub struct StepMetrics {
     /// Time the step waited for the all-reduce.
     pub allreduce_s: f64,
     pub images_per_s: f64,
+    /// The step of the newest checkpoint in the store (0: none yet).
+    pub last_checkpoint: u64,
+    /// Steps done since that checkpoint: what a crash now would redo.
+    pub unsaved_steps: u64,
 }

@@ -1,8 +1,12 @@
-//! How a run ended, written to `RUN/summary.json`.
+//! How a run ended, written to `RUN/summary.json`: always, also when the
+//! run failed (then `error` says why and the numbers are those of the last
+//! completed step).
 
 use std::collections::BTreeMap;
 
 use ddpm::store::RunStore;
+
+use crate::run_status::StatusInfo;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Serialize)]
@@ -29,9 +33,35 @@ pub struct Summary {
     /// Images per second over this start.
     pub images_per_s: f64,
     pub elapsed_s: f64,
+    /// Why the run failed (absent when it did not): e.g. the final
+    /// checkpoint could not be saved. The process exits 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl Summary {
+    /// The summary of a run that failed with `error` after the steps `status` shows.
+    pub fn failed(status: &StatusInfo, resumed_from: u64, store: &RunStore, elapsed_s: f64, error: String) -> Self {
+        let checkpoint =
+            (status.last_checkpoint > 0).then(|| store.location(&ddpm::checkpoint::step_dir(status.last_checkpoint)));
+        Self {
+            steps: status.step,
+            stopped: false,
+            resumed_from,
+            final_loss: if status.step > resumed_from { status.loss } else { f64::NAN },
+            skipped_steps: status.skipped_steps,
+            coordinator_checksum: String::new(),
+            replica_checksums: BTreeMap::new(),
+            replicas_agree: false,
+            checksum_mismatches: 0,
+            checkpoint,
+            grid: None,
+            images_per_s: 0.0,
+            elapsed_s,
+            error: Some(error),
+        }
+    }
+
     pub async fn write(&self, store: &RunStore) -> anyhow::Result<()> {
         store.put("summary.json", serde_json::to_vec_pretty(self)?.into()).await?;
         Ok(())
