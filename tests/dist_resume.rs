@@ -6,11 +6,9 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{start_coordinator, start_worker, tempdir, Proc};
-use tch::{Kind, Tensor};
+use common::{max_diff, read_tensors, start_coordinator, start_worker, tempdir, Proc};
 
 /// Tiny U-Net at 16x16 with dropout on (its masks must be reproduced too),
 /// 2 workers, checkpoints every 3 steps.
@@ -37,21 +35,6 @@ keep_last = 10
 [sample]
 at_end = false
 "#;
-
-fn read(path: &Path) -> HashMap<String, Vec<f32>> {
-    Tensor::read_safetensors(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .into_iter()
-        .map(|(n, t)| (n, ddpm::train::flat::to_vec_f32(&t.to_kind(Kind::Float).reshape([-1]))))
-        .collect()
-}
-
-fn max_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (*x as f64 - *y as f64).abs()))
-        .fold(0.0, f64::max)
-}
 
 struct Run {
     dir: tempfile::TempDir,
@@ -96,7 +79,7 @@ impl Run {
     }
 
     fn weights(&self, step: u64, file: &str) -> HashMap<String, Vec<f32>> {
-        read(&self.dir.path().join(format!("run/checkpoints/step_{step:010}/{file}")))
+        read_tensors(&self.dir.path().join(format!("run/checkpoints/step_{step:010}/{file}")))
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{start_coordinator, start_worker, tempdir, Proc};
+use common::{max_diff, read_tensors, start_coordinator, start_worker, tempdir, Proc};
 use ddpm::proto::{self, coordinator_client::CoordinatorClient};
 
 /// The tiny U-Net at 16x16, checkpoints every 3 steps, a line per step.
@@ -38,10 +38,54 @@ struct Run {
 
 impl Run {
     fn new() -> Self {
+        Self::with_config("")
+    }
+
+    /// A run whose config adds `extra` (whole TOML sections) to CONFIG.
+    fn with_config(extra: &str) -> Self {
         let dir = tempdir();
         let config = dir.path().join("run.toml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, format!("{CONFIG}\n{extra}")).unwrap();
         Run { config: config.display().to_string(), dir }
+    }
+
+    /// The coordinator's flags for `steps` steps.
+    fn coord_args(&self, steps: u64) -> Vec<String> {
+        let run = self.path().display().to_string();
+        let steps = steps.to_string();
+        ["--preset", "tiny", "--config", &self.config, "--workers", "2", "--steps", &steps, "--threads", "1", "--run", &run]
+            .map(String::from)
+            .to_vec()
+    }
+
+    /// A coordinator on the fixed address `addr` (so that a restart is
+    /// found at the same place).
+    fn start_at(&self, addr: &str, steps: u64) -> Proc {
+        let mut args = vec!["--listen".to_string(), addr.to_string()];
+        args.extend(self.coord_args(steps));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut p = Proc::start("ddpm-coord", "ddpm-coord", &args);
+        p.wait_for_line("listening on ", Duration::from_secs(120));
+        p
+    }
+
+    /// Runs `steps` steps with 2 workers, fault-free.
+    fn finish(&self, steps: u64) {
+        let (mut coord, _addr, mut workers) = self.start(steps, &[]);
+        assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+        for w in &mut workers {
+            assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+        }
+    }
+
+    /// The largest difference from `other`'s parameters, EMA and Adam
+    /// moments after `step`.
+    fn max_diff(&self, other: &Run, step: u64) -> f64 {
+        let file = |run: &Run, f: &str| read_tensors(&run.path().join(format!("checkpoints/step_{step:010}/{f}")));
+        ["model.safetensors", "ema.safetensors", "optimizer.safetensors"]
+            .iter()
+            .map(|f| max_diff(&file(self, f), &file(other, f)))
+            .fold(0.0, f64::max)
     }
 
     fn path(&self) -> PathBuf {
@@ -50,11 +94,9 @@ impl Run {
 
     /// A coordinator for `steps` steps (extra flags appended) and 2 workers.
     fn start(&self, steps: u64, extra: &[&str]) -> (Proc, String, Vec<Proc>) {
-        let steps = steps.to_string();
-        let run = self.path().display().to_string();
-        let mut args =
-            vec!["--preset", "tiny", "--config", &self.config, "--workers", "2", "--steps", &steps, "--threads", "1", "--run", &run];
-        args.extend_from_slice(extra);
+        let mut args = self.coord_args(steps);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (coord, addr) = start_coordinator(&args);
         let workers = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();
         (coord, addr, workers)
@@ -139,12 +181,139 @@ fn a_metrics_log_that_cannot_be_written_holds_its_rows_and_the_run_finishes() {
     assert!(run.path().join("checkpoints/step_0000000010/manifest.json").exists());
 }
 
-/// Waits until `path` exists.
-#[allow(dead_code)]
-fn wait_for_file(path: &Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !path.exists() {
-        assert!(Instant::now() < deadline, "{} did not appear within {timeout:?}", path.display());
-        std::thread::sleep(Duration::from_millis(20));
+/// A free loopback address (bound once, then released).
+fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn kill(p: &Proc, signal: &str) {
+    let pid = p.child.id().to_string();
+    assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
+}
+
+/// kill -9 of the coordinator after step 7 of 12 (checkpoint at 6), and
+/// the same command again: the workers, never restarted, reconnect and
+/// rejoin by themselves, and the run ends bit-identical to a straight one.
+#[test]
+fn a_killed_coordinator_gets_its_workers_back_and_the_run_ends_as_a_straight_one() {
+    let straight = Run::new();
+    straight.finish(12);
+
+    let run = Run::new();
+    let addr = free_addr();
+    let mut coord = run.start_at(&addr, 12);
+    let mut workers: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();
+    coord.wait_for_line("step 7/12", Duration::from_secs(300));
+    coord.child.kill().unwrap();
+    coord.child.wait().unwrap();
+    let killed_at = Instant::now();
+
+    let mut again = run.start_at(&addr, 12);
+    again.wait_for_line("resuming from the latest complete checkpoint step=6", Duration::from_secs(60));
+    again.wait_for_line("training starts", Duration::from_secs(120));
+    eprintln!("the workers were back {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
+    assert_eq!(again.wait(Duration::from_secs(300)), 0, "{}", again.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+        assert!(w.output().contains("lost the coordinator"), "{}", w.output());
     }
+    let d = run.max_diff(&straight, 12);
+    assert_eq!(d, 0.0, "the restarted run differs from the straight one by {d}");
+    assert_eq!(run.logged_steps(), (1..=12).collect::<Vec<_>>());
+}
+
+/// kill -9 of a worker: its connection closes, the coordinator drops it at
+/// once (the heartbeat timeout and the straggler policy are out of reach
+/// here: 600 s and off) and the other redoes the step; the run ends within
+/// 1e-4 of the fault-free run (a different split of the same batches).
+#[test]
+fn a_killed_worker_is_dropped_at_once_and_its_step_redone() {
+    let straight = Run::new();
+    straight.finish(12);
+
+    let run = Run::with_config("[dist]\nheartbeat_timeout_s = 600.0\nstraggler_factor = 0.0\n");
+    let (mut coord, _addr, mut workers) = run.start(12, &[]);
+    coord.wait_for_line("step 4/12", Duration::from_secs(300));
+    workers[1].child.kill().unwrap();
+    let killed_at = Instant::now();
+    coord.wait_for_line("dropped at once", Duration::from_secs(300));
+    let dropped_after = killed_at.elapsed();
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    eprintln!("a killed worker was dropped {:.3} s after kill -9", dropped_after.as_secs_f64());
+    assert_eq!(workers[0].wait(Duration::from_secs(60)), 0, "{}", workers[0].output());
+    let d = run.max_diff(&straight, 12);
+    eprintln!("max |fault-free - killed worker| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}
+
+/// A worker that stops making progress (SIGSTOP: its connection stays
+/// open) is dropped by the straggler policy once the other has delivered
+/// (or, stopped between two steps, passed over after the same grace), long
+/// before the step timeout (600 s) or the heartbeat timeout (600 s); the
+/// run goes on without it.
+#[test]
+fn a_stuck_worker_is_dropped_by_the_straggler_policy() {
+    let run =
+        Run::with_config("[dist]\nheartbeat_timeout_s = 600.0\nstep_timeout_s = 600.0\nstraggler_factor = 4.0\nstraggler_min_s = 1.0\n");
+    let (mut coord, _addr, mut workers) = run.start(8, &[]);
+    coord.wait_for_line("step 3/8", Duration::from_secs(300));
+    kill(&workers[1], "-STOP");
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    // Stopped inside a step (dropped) or between two (passed over).
+    let out = coord.output();
+    assert!(out.contains("straggler policy") || out.contains("did not come back within 1.0 s"), "{out}");
+    assert_eq!(workers[0].wait(Duration::from_secs(60)), 0, "{}", workers[0].output());
+    kill(&workers[1], "-CONT");
+    assert_eq!(run.summary()["steps"], 8);
+}
+
+/// Every file under `dir` with its bytes.
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A second coordinator on a run that one is training is refused, naming
+/// the holder, and the first finishes untouched (each step logged once,
+/// replicas agreeing); then the finished run started again exits 0 and
+/// changes nothing in the run's directory.
+#[test]
+fn a_second_coordinator_is_refused_and_a_finished_run_restarted_changes_nothing() {
+    let run = Run::new();
+    let (mut first, _addr, mut workers) = run.start(10, &[]);
+    first.wait_for_line("step 2/10", Duration::from_secs(300));
+    let args = run.coord_args(10);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut second, _) = start_coordinator(&args);
+    assert_ne!(second.wait(Duration::from_secs(60)), 0);
+    let out = second.output();
+    assert!(out.contains("is held by another coordinator"), "{out}");
+    assert!(out.contains(&format!("pid {}", first.child.id())), "{out}");
+    assert_eq!(first.wait(Duration::from_secs(300)), 0, "{}", first.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    assert_eq!(run.logged_steps(), (1..=10).collect::<Vec<_>>());
+    let summary = run.summary();
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+
+    let before = snapshot(&run.path());
+    let (mut again, _) = start_coordinator(&args);
+    assert_eq!(again.wait(Duration::from_secs(60)), 0, "{}", again.output());
+    assert!(again.output().contains("the run is already finished"), "{}", again.output());
+    let after = snapshot(&run.path());
+    assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
+    assert!(before == after, "a restarted finished run changed its files");
 }

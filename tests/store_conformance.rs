@@ -11,7 +11,7 @@ use ddpm::checkpoint::{self, CheckpointData, CheckpointError};
 use ddpm::config::TrainConfig;
 use ddpm::data::OrderState;
 use ddpm::rng::Stream;
-use ddpm::store::{RetryOptions, RunStore, StoreError, StoreOptions, MIN_PART_SIZE};
+use ddpm::store::{lease, RetryOptions, RunStore, StoreError, StoreOptions, MIN_PART_SIZE};
 use ddpm::train::flat::Layout;
 
 /// A store under test: a fresh prefix of a local directory or the S3 bucket.
@@ -263,10 +263,31 @@ async fn uploader(store: &RunStore) {
     up.close().await;
 }
 
+/// The run lease on this backend: a create-only put creates once (where
+/// the backend can), and a second coordinator is refused while the first
+/// holds the run and takes it once released.
+async fn lease(store: &RunStore) {
+    assert!(store.put_new("once", Bytes::from_static(b"1")).await.unwrap());
+    if !store.is_remote() {
+        // Exclusive locally; Garage ignores If-None-Match (the lease reads back instead).
+        assert!(!store.put_new("once", Bytes::from_static(b"2")).await.unwrap(), "a second create-only put must not overwrite");
+        assert_eq!(&store.get("once").await.unwrap()[..], b"1");
+    }
+    let me = lease::Identity { host: "conformance".into(), pid: 1, addr: "a".into() };
+    let held = lease::RunLease::acquire(store, &me, Duration::from_secs(60)).await.unwrap();
+    let other = lease::Identity { host: "elsewhere".into(), pid: 2, addr: "b".into() };
+    let refused = lease::RunLease::acquire(store, &other, Duration::from_secs(60)).await;
+    assert!(matches!(refused, Err(lease::LeaseError::Held { .. })), "{:?}", refused.err());
+    assert!(held.renew().await.unwrap());
+    held.release().await;
+    assert_eq!(lease::RunLease::acquire(store, &other, Duration::from_secs(60)).await.unwrap().epoch(), held.epoch() + 1);
+}
+
 async fn suite(b: &Backend) {
     let store = b.open();
     store.check().await.unwrap();
     objects(&store).await;
+    lease(&RunStore::open(&format!("{}/lease", b.url), &b.opts).unwrap()).await;
     checkpoints(&RunStore::open(&format!("{}/ckpt", b.url), &b.opts).unwrap()).await;
     uploader(&RunStore::open(&format!("{}/upl", b.url), &b.opts).unwrap()).await;
 }

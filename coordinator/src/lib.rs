@@ -39,6 +39,7 @@ use ddpm::config::{RunConfig, TrainConfig};
 use ddpm::data::Dataset;
 use ddpm::proto::coordinator_server::CoordinatorServer;
 use ddpm::proto::jobs_server::JobsServer;
+use ddpm::store::lease::{Identity, RunLease};
 use ddpm::store::{RunStore, StoreOptions};
 use ddpm::wire;
 use tokio::net::TcpListener;
@@ -67,6 +68,8 @@ pub struct CoordOptions {
     pub fresh: bool,
     /// Keep serving jobs after the last step, until SIGTERM/Ctrl-C.
     pub serve: bool,
+    /// Time to live of the run lease (renewed every third of it).
+    pub lease_ttl: Duration,
 }
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
@@ -85,6 +88,21 @@ pub async fn run(
     store.check().await?;
     let dataset = open_dataset(&config, &opts.store).await?;
     let resume = resume_point(&store, opts.fresh).await?;
+    // A finished run started again changes nothing: without --serve it
+    // ends here, before taking the lease; with it, it only serves jobs.
+    let finished = training::finished_run(&store, &config, resume.as_ref()).await;
+    if let Some(done) = &finished {
+        if !opts.serve {
+            tracing::info!(run = %store.url(), steps = done.steps, "the run is already finished (summary.json): nothing to do; raise --steps to train on, or use another --run");
+            return Ok(done.clone());
+        }
+    }
+    let addr: SocketAddr = listener.local_addr()?;
+    let lease = Arc::new(RunLease::acquire(&store, &Identity::this_process(&addr.to_string()), opts.lease_ttl).await?);
+    tracing::info!(epoch = lease.epoch(), "run lease taken: this coordinator alone writes to the run");
+    // Every write from here on (checkpoints, metrics, job outputs, the
+    // summary) is refused once the lease is lost or goes stale.
+    let store = store.fenced_by(lease.fence());
     let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
     let state = StateHandle::start(config.clone(), resume, dataset.len())?;
     let run_config = RunConfig {
@@ -93,7 +111,6 @@ pub async fn run(
         param_count: state.layout.total as u64,
         layout_hash: state.layout.hash(),
     };
-    let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, params = state.layout.total, run = %store.url(), "coordinator listening");
 
     // The components, each owning its state.
@@ -101,7 +118,8 @@ pub async fn run(
     let rounds = Arc::new(RoundSlot::default());
     let lifecycle = Arc::new(Lifecycle::default());
     let status = Arc::new(RunStatus::starting_at(state.start_step));
-    let queue = Arc::new(JobQueue::default());
+    // Job ids go on from the run's earlier starts: outputs never collide.
+    let queue = Arc::new(JobQueue::numbered_after(jobs::outputs::last_job_id(&store).await?));
     let pinned = Arc::new(PinnedWeights::default());
     let results = Arc::new(ResultRouter::default());
 
@@ -147,7 +165,11 @@ pub async fn run(
         store_options: opts.store.clone(),
     };
     let scheduler = tokio::spawn(jobs::scheduler::run(Arc::new(job_context)));
-    let signal = {
+    let keeper = {
+        let (lease, lifecycle) = (lease.clone(), lifecycle.clone());
+        tokio::spawn(async move { lease.keep(|_| lifecycle.request_stop()).await })
+    };
+        let signal = {
         let lifecycle = lifecycle.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -170,7 +192,13 @@ pub async fn run(
         status,
         queue: queue.clone(),
     };
-    let result = trainer.train(&uploader).await;
+    let result = match finished {
+        Some(done) => {
+            lifecycle.set_phase(Phase::Done);
+            Ok(done)
+        }
+        None => trainer.train(&uploader).await,
+    };
     lifecycle.end_training();
     if result.is_ok() {
         serve_jobs(&lifecycle, &queue, opts.serve).await;
@@ -185,7 +213,18 @@ pub async fn run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     reaper.abort();
     server_stop.notify_one();
-    let _ = server.await;
+    // Graceful, but bounded: a hung worker's open calls (its Attach stream)
+    // would hold the server forever.
+    let mut server = server;
+    if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
+        tracing::warn!("calls still open 2 s after the run ended (a hung worker?); closing them");
+        server.abort();
+    }
+    keeper.abort();
+    if let Some(why) = lease.lost() {
+        anyhow::bail!("this coordinator lost the run lease ({why}) and stopped; the run belongs to the coordinator that took it");
+    }
+    lease.release().await;
     result
 }
 

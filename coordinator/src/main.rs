@@ -65,9 +65,21 @@ struct Args {
     serve: bool,
     #[command(flatten)]
     store: StoreArgs,
+    /// Seconds the run lease lives without renewal (renewed every third of
+    /// it). A second coordinator on the same run is refused while it is
+    /// fresh; one killed on another host is taken over after it expires.
+    #[arg(long, default_value_t = 20.0, value_parser = parse_ttl)]
+    lease_ttl: f64,
     /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+}
+
+fn parse_ttl(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 1.0 => Ok(v),
+        _ => Err(format!("{s:?} is no lease time to live: give seconds, at least 1")),
+    }
 }
 
 fn parse_dtype(s: &str) -> Result<GradDtype, String> {
@@ -141,6 +153,7 @@ fn main() -> ExitCode {
             store: args.store.options(),
             fresh: args.fresh,
             serve: args.serve,
+            lease_ttl: std::time::Duration::from_secs_f64(args.lease_ttl),
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -182,7 +182,13 @@ impl TrainConfig {
                 return bad(name, format!("must be a positive number of seconds, got {v}"));
             }
         }
-        if d.heartbeat_timeout_s <= d.heartbeat_interval_s {
+        if !(d.straggler_factor >= 0.0 && d.straggler_factor.is_finite()) {
+            return bad("dist.straggler_factor", format!("must be 0 (off) or a positive factor, got {}", d.straggler_factor));
+        }
+        if !(d.straggler_min_s >= 0.0 && d.straggler_min_s.is_finite()) {
+            return bad("dist.straggler_min_s", format!("must be a number of seconds >= 0, got {}", d.straggler_min_s));
+        }
+                if d.heartbeat_timeout_s <= d.heartbeat_interval_s {
             return bad(
                 "dist.heartbeat_timeout_s",
                 format!("must exceed heartbeat_interval_s ({} <= {})", d.heartbeat_timeout_s, d.heartbeat_interval_s),

@@ -59,8 +59,16 @@ pub struct DistConfig {
     pub step_timeout_s: f64,
     /// Seconds between worker heartbeats.
     pub heartbeat_interval_s: f64,
-    /// Seconds of silence after which a worker is dropped.
+    /// Seconds of silence after which a worker is dropped (a worker whose
+    /// connection closes is dropped at once).
     pub heartbeat_timeout_s: f64,
+    /// Straggler policy: once every other member of a step has delivered
+    /// its gradient, the ones still computing get this many times the
+    /// others' time (at least `straggler_min_s`), then they are dropped and
+    /// the step is redone without them (0: wait for `step_timeout_s`).
+    pub straggler_factor: f64,
+    /// The least time a straggler is given after the others delivered.
+    pub straggler_min_s: f64,
     /// Compare every replica's parameter checksum with the coordinator's
     /// every this many steps (0: never).
     pub checksum_every: u64,
@@ -249,6 +257,8 @@ impl Default for DistConfig {
             step_timeout_s: 600.0,
             heartbeat_interval_s: 2.0,
             heartbeat_timeout_s: 30.0,
+            straggler_factor: 4.0,
+            straggler_min_s: 30.0,
             checksum_every: 100,
             require_even_shards: false,
         }

@@ -50,6 +50,11 @@ pub enum StoreError {
     #[error("{op} {key} in {url} failed: {detail}. {hint}")]
     Refused { url: String, op: &'static str, key: String, detail: String, hint: &'static str },
 
+    /// A fenced store refused the write: this process may not write to the
+    /// run (it lost the run lease, or could not renew it).
+    #[error("refused to {op} {key} in {url}: {reason}")]
+    Fenced { url: String, op: &'static str, key: String, reason: String },
+
     /// Anything else the store reported, with the operation and object.
     #[error("{op} {key} in {url} failed: {detail}")]
     Other { url: String, op: &'static str, key: String, detail: String },

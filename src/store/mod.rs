@@ -16,10 +16,15 @@
 //!   ([`RetryOptions`]) on connection errors, 5xx and throttling; what is
 //!   left is classified into a [`StoreError`] that says what to fix.
 //!
+//! - A store can be fenced ([`RunStore::fenced_by`]): every write asks the
+//!   fence first, so a coordinator that lost its run lease writes nothing.
+//!
 //! Files: `options.rs` (the `--run` grammar, S3 options, clap flags),
-//! `error.rs` (the error and its classification).
+//! `error.rs` (the error and its classification), `lease.rs` (the run
+//! lease: one coordinator per run).
 
 mod error;
+pub mod lease;
 mod options;
 
 use std::sync::Arc;
@@ -30,7 +35,7 @@ use futures::TryStreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
 pub use error::StoreError;
 pub use options::{Location, RetryOptions, StoreArgs, StoreOptions, DEFAULT_PART_SIZE, MIN_PART_SIZE};
@@ -49,6 +54,11 @@ pub struct ObjectInfo {
     pub e_tag: Option<String>,
 }
 
+/// Asked before every write of a fenced store: `Err(reason)` refuses it.
+pub trait Fence: Send + Sync {
+    fn check(&self) -> Result<(), String>;
+}
+
 /// The storage of one run: a root directory or an S3 bucket and prefix.
 #[derive(Clone)]
 pub struct RunStore {
@@ -61,6 +71,8 @@ pub struct RunStore {
     region: String,
     bucket: Option<String>,
     part_size: usize,
+    /// Asked before every write (none: writes are not fenced).
+    fence: Option<Arc<dyn Fence>>,
 }
 
 impl std::fmt::Debug for RunStore {
@@ -95,6 +107,7 @@ impl RunStore {
             region: String::new(),
             bucket: None,
             part_size: opts.part_size.unwrap_or(DEFAULT_PART_SIZE).max(MIN_PART_SIZE),
+            fence: None,
         })
     }
 
@@ -142,6 +155,7 @@ impl RunStore {
             region: r.region,
             bucket: Some(bucket),
             part_size: r.part_size,
+            fence: None,
         })
     }
 
@@ -200,9 +214,38 @@ impl RunStore {
         )
     }
 
+    /// This store, with every write asking `fence` first.
+    pub fn fenced_by(mut self, fence: Arc<dyn Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    fn check_fence(&self, op: &'static str, key: &str) -> Result<(), StoreError> {
+        match &self.fence {
+            Some(f) => f.check().map_err(|reason| StoreError::Fenced { url: self.url.clone(), op, key: key.to_string(), reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// Writes `data` at `key` only if no object is there (local: an
+    /// exclusive create; S3: `If-None-Match: *`); `Ok(false)` when one is.
+    /// S3 servers that ignore the header (Garage 2.5, unlike AWS S3, MinIO
+    /// or R2) overwrite instead: callers that need to know read back.
+    pub async fn put_new(&self, key: &str, data: Bytes) -> Result<bool, StoreError> {
+        self.check_fence("create", key)?;
+        let path = self.path(key)?;
+        let opts = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&path, PutPayload::from(data), opts).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(self.err("create", key, e)),
+        }
+    }
+
     /// Writes `data` at `key`, replacing any object there; multipart above
     /// [`RunStore::part_size`]. A failed multipart upload is aborted.
     pub async fn put(&self, key: &str, data: Bytes) -> Result<(), StoreError> {
+        self.check_fence("put", key)?;
         let path = self.path(key)?;
         if data.len() <= self.part_size {
             self.inner.put(&path, PutPayload::from(data)).await.map_err(|e| self.err("put", key, e))?;
@@ -303,6 +346,7 @@ impl RunStore {
 
     /// Deletes `key`; deleting a missing object is not an error.
     pub async fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.check_fence("delete", key)?;
         let path = self.path(key)?;
         match self.inner.delete(&path).await {
             Ok(()) => Ok(()),

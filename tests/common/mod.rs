@@ -174,3 +174,23 @@ pub fn s3_test_store(name: &str) -> (String, ddpm::store::StoreOptions) {
     };
     (url, opts)
 }
+
+/// The tensors of a safetensors file (a checkpoint's), flattened to f32.
+#[allow(dead_code)]
+pub fn read_tensors(path: &Path) -> std::collections::HashMap<String, Vec<f32>> {
+    use tch::{Kind, Tensor};
+    Tensor::read_safetensors(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .into_iter()
+        .map(|(n, t)| (n, ddpm::train::flat::to_vec_f32(&t.to_kind(Kind::Float).reshape([-1]))))
+        .collect()
+}
+
+/// The largest elementwise difference between two sets of the same tensors.
+#[allow(dead_code)]
+pub fn max_diff(a: &std::collections::HashMap<String, Vec<f32>>, b: &std::collections::HashMap<String, Vec<f32>>) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (*x as f64 - *y as f64).abs()))
+        .fold(0.0, f64::max)
+}

@@ -10,8 +10,12 @@
 //! - `NextWork`: what the call was for is no longer wanted (an abandoned
 //!   step attempt, a job that ended): drop it and ask for the next work.
 //! - `Stop`: the run is over: exit cleanly.
-//! - `Quit`, or no directive (a transport failure, a peer that is not a
-//!   ddpm coordinator): a fault; the worker exits with the error.
+//! - No directive on a transport failure (UNAVAILABLE, UNKNOWN, CANCELLED:
+//!   the connection broke, the coordinator died or restarts): the
+//!   coordinator is lost; the worker reconnects with backoff and registers
+//!   again (for as long as `--connect-timeout` allows).
+//! - `Quit`, or no directive on any other code (a peer that is not a ddpm
+//!   coordinator): a fault; the worker exits with the error.
 
 use ddpm::proto::WorkerAction;
 use ddpm::wire::directive;
@@ -41,8 +45,13 @@ pub enum CallError {
         /// The coordinator's message, for the logs only.
         reason: String,
     },
-    /// A fault: `Quit`, no directive, or something this worker cannot work
-    /// with. The worker exits with it.
+    /// The connection to the coordinator broke: no directive, a transport code.
+    Lost {
+        context: String,
+        detail: String,
+    },
+    /// A fault: `Quit`, no directive on another code, or something this
+    /// worker cannot work with. The worker exits with it.
     Fault(anyhow::Error),
 }
 
@@ -62,17 +71,28 @@ pub fn flow_of(action: WorkerAction) -> Option<Flow> {
 impl CallError {
     /// What a failed call to the coordinator means, `context` naming the call.
     pub fn from_status(status: &Status, context: &str) -> Self {
-        match flow_of(directive::action(status)) {
+        let action = directive::action(status);
+        match flow_of(action) {
             Some(flow) => Self::Directed { flow, context: context.to_string(), reason: status.message().to_string() },
+            None if action == WorkerAction::Unspecified && is_transport(status.code()) => {
+                Self::Lost { context: context.to_string(), detail: format!("{:?}: {}", status.code(), status.message()) }
+            }
             None => Self::Fault(anyhow::anyhow!("{context}: {}", status.message())),
         }
     }
+}
+
+/// The codes tonic gives a call whose connection failed (a coordinator's
+/// own errors always carry a directive).
+fn is_transport(code: tonic::Code) -> bool {
+    matches!(code, tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled)
 }
 
 impl std::fmt::Display for CallError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Directed { flow, context, reason } => write!(f, "{context}: {reason} (directive: {flow:?})"),
+            Self::Lost { context, detail } => write!(f, "{context}: lost the coordinator ({detail})"),
             Self::Fault(e) => write!(f, "{e:#}"),
         }
     }
@@ -117,7 +137,7 @@ mod tests {
         fn flow(&self) -> Option<Flow> {
             match self {
                 Self::Directed { flow, .. } => Some(*flow),
-                Self::Fault(_) => None,
+                Self::Lost { .. } | Self::Fault(_) => None,
             }
         }
     }
@@ -148,10 +168,15 @@ mod tests {
 
     #[test]
     fn the_message_text_decides_nothing() {
-        // The old worker stopped on these words; without a directive they are a fault.
+        // The old worker stopped on these words; without a directive they
+        // are a lost connection (reconnect), whatever they say.
         let e = CallError::from_status(&Status::unavailable("the coordinator is shutting down"), "asking for work");
+        assert!(matches!(e, CallError::Lost { .. }));
+        assert_eq!(e.to_string(), "asking for work: lost the coordinator (Unavailable: the coordinator is shutting down)");
+        // Another code without a directive: not a ddpm coordinator's answer.
+        let e = CallError::from_status(&Status::permission_denied("go away"), "asking for work");
         assert!(matches!(e, CallError::Fault(_)));
-        assert_eq!(e.to_string(), "asking for work: the coordinator is shutting down");
+        assert_eq!(e.to_string(), "asking for work: go away");
         // And with Rejoin, "run is over" does not stop the worker.
         let e = CallError::from_status(&received(Code::Unavailable, "the run is over", WorkerAction::Rejoin), "x");
         assert_eq!(e.flow(), Some(Flow::Rejoin));
@@ -180,7 +205,7 @@ mod tests {
             std::collections::HashMap::new(),
         );
         use tonic_types::StatusExt;
-        let s = Status::with_error_details(Code::Unavailable, "bye", details);
+        let s = Status::with_error_details(Code::InvalidArgument, "bye", details);
         assert!(matches!(CallError::from_status(&s, "x"), CallError::Fault(_)));
     }
 }

@@ -34,6 +34,8 @@ pub enum Exchanged {
     Rejected(String),
     /// The run ended during the exchange.
     RunOver(String),
+    /// The connection to the coordinator broke during the exchange.
+    Lost(String),
 }
 
 /// A way to all-reduce one step's gradient across the replicas.
@@ -129,6 +131,7 @@ fn ended(e: CallError) -> anyhow::Result<Exchanged> {
         CallError::Directed { flow: Flow::NextWork, reason, .. } => Ok(Exchanged::Abandoned(reason)),
         CallError::Directed { flow: Flow::Rejoin, reason, .. } => Ok(Exchanged::Rejected(reason)),
         CallError::Directed { flow: Flow::Stop, reason, .. } => Ok(Exchanged::RunOver(reason)),
+        CallError::Lost { context, detail } => Ok(Exchanged::Lost(format!("{context}: {detail}"))),
         CallError::Fault(e) => Err(e),
     }
 }

@@ -46,27 +46,56 @@ pub struct WorkerOptions {
     pub role: WorkerRole,
 }
 
-/// Runs the worker until the run ends or `shutdown` resolves.
+/// Backoff between reconnects to a lost coordinator: from the first
+/// value, doubling, up to the last.
+const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
+
+/// Runs the worker until the run ends or `shutdown` resolves. A coordinator
+/// that drops this worker is joined again; one that is lost (killed,
+/// restarting, the network) is reconnected to with backoff, for up to
+/// `connect_timeout` each time, and joined again: a restarted coordinator
+/// gets its workers back without anyone restarting them.
 pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     // The device (and its model) outlives a membership: a worker dropped
     // and registering again for the same run config reuses it.
     let mut device: Option<(String, DeviceHandle)> = None;
+    let mut backoff = RECONNECT_BACKOFF.0;
     loop {
-        let client = client::connect(&opts.coord, opts.connect_timeout).await?;
+        let began = std::time::Instant::now();
         let end = tokio::select! {
-            r = session::session(client, &opts, &mut device) => r?,
+            r = async {
+                let client = client::connect(&opts.coord, opts.connect_timeout).await?;
+                session::session(client, &opts, &mut device).await
+            } => r?,
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested");
                 return Ok(());
             }
         };
-        match end {
+        let pause = match end {
             SessionEnd::Shutdown => return Ok(()),
             SessionEnd::Dropped(reason) => {
                 tracing::warn!("the coordinator dropped this worker ({reason}); registering again");
                 // A pause, so that a coordinator that keeps refusing is not hammered.
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                Duration::from_millis(500)
+            }
+            SessionEnd::Lost(reason) => {
+                // A membership that lasted starts the backoff over.
+                if began.elapsed() > 2 * RECONNECT_BACKOFF.1 {
+                    backoff = RECONNECT_BACKOFF.0;
+                }
+                tracing::warn!("lost the coordinator at {} ({reason}); reconnecting in {:.2} s", opts.coord, backoff.as_secs_f64());
+                let pause = backoff;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+                pause
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = &mut shutdown => {
+                tracing::info!("shutdown requested");
+                return Ok(());
             }
         }
     }

@@ -28,6 +28,9 @@ pub enum SessionEnd {
     Shutdown,
     /// The coordinator dropped this worker: register again.
     Dropped(String),
+    /// The connection to the coordinator broke (it died, or restarts):
+    /// reconnect and register again.
+    Lost(String),
 }
 
 /// What the session does after a piece of work.
@@ -65,6 +68,7 @@ fn on_error(e: CallError, phase: Phase) -> anyhow::Result<Next> {
             // Nothing to go on to before this worker has joined.
             anyhow::bail!("{context}: {reason} (the coordinator said to go on to the next work while this worker was joining)")
         }
+        CallError::Lost { context, detail } => Ok(Next::End(SessionEnd::Lost(format!("{context}: {detail}")))),
         CallError::Fault(e) => Err(e),
     }
 }
@@ -135,15 +139,30 @@ async fn join(client: &mut Client, opts: &WorkerOptions, device: &mut Option<(St
     Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s) })
 }
 
-/// Liveness, on the side of the work. A failed heartbeat is not acted on:
-/// the next work call finds out what the coordinator thinks.
+/// Liveness, on the side of the work: one Attach call for the whole
+/// membership, a beat every `every`. The coordinator drops this worker the
+/// moment the call ends (the process died, the connection broke). A failed
+/// call is not acted on here: the next work call finds out what the
+/// coordinator thinks.
 async fn heartbeats(mut client: Client, id: u64, every: Duration) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    if tx.send(proto::HeartbeatRequest { worker_id: id }).await.is_err() {
+        return;
+    }
+    let mut replies = match client.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return tracing::debug!("attach failed: {}", e.message()),
+    };
     loop {
+        match replies.next().await {
+            Some(Ok(r)) if !r.member => return,
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return tracing::debug!("attach ended: {}", e.message()),
+            None => return,
+        }
         tokio::time::sleep(every).await;
-        match client.heartbeat(proto::HeartbeatRequest { worker_id: id }).await {
-            Ok(r) if !r.get_ref().member => return,
-            Ok(_) => {}
-            Err(e) => tracing::debug!("heartbeat failed: {}", e.message()),
+        if tx.send(proto::HeartbeatRequest { worker_id: id }).await.is_err() {
+            return;
         }
     }
 }
@@ -267,6 +286,7 @@ impl Work<'_> {
                 tracing::info!(step = a.step, "the run is over ({reason}); exiting");
                 Ok(Next::End(SessionEnd::Shutdown))
             }
+            StepEnd::Lost(reason) => Ok(Next::End(SessionEnd::Lost(reason))),
         }
     }
 

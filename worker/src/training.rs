@@ -37,6 +37,8 @@ pub enum StepEnd {
     Rejected(String),
     /// The run ended during the step.
     RunOver(String),
+    /// The coordinator was lost during the step.
+    Lost(String),
 }
 
 /// Computes the shard's gradient, exchanges it, applies the outcome.
@@ -52,6 +54,7 @@ pub async fn train_step(
         Exchanged::Abandoned(reason) => return Ok(StepEnd::Abandoned(reason)),
         Exchanged::Rejected(reason) => return Ok(StepEnd::Rejected(reason)),
         Exchanged::RunOver(reason) => return Ok(StepEnd::RunOver(reason)),
+        Exchanged::Lost(reason) => return Ok(StepEnd::Lost(reason)),
     };
     if !outcome.apply {
         tracing::warn!(step = a.step, "non-finite gradient: skipping this update, as every replica does");

@@ -19,6 +19,13 @@ pub fn job_dir(id: u64) -> String {
     format!("jobs/{id:06}")
 }
 
+/// The highest job id with outputs in the run's store (0: none), so that
+/// a restarted coordinator numbers its jobs after the earlier starts'.
+pub async fn last_job_id(store: &RunStore) -> Result<u64, ddpm::store::StoreError> {
+    let dirs = store.list_dirs("jobs").await?;
+    Ok(dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse::<u64>().ok()).max().unwrap_or(0))
+}
+
 /// Generated images as they arrive: placed by index, counted per worker.
 pub struct ImageSink {
     res: usize,

@@ -106,6 +106,13 @@ impl Default for JobQueue {
 }
 
 impl JobQueue {
+    /// A queue whose first job gets id `last_id + 1`.
+    pub fn numbered_after(last_id: u64) -> Self {
+        let q = Self::default();
+        q.lock().last_id = last_id;
+        q
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
         self.jobs.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -40,6 +40,8 @@ pub enum RpcError {
     /// A malformed result stream.
     #[error("{0}")]
     BadResult(String),
+    #[error("an Attach call must start with a HeartbeatRequest naming the worker")]
+    EmptyAttach,
     #[error(transparent)]
     Round(#[from] RoundError),
     #[error("{0}")]
@@ -63,7 +65,9 @@ impl RpcError {
             Self::UnknownWorker(_) => (Code::NotFound, Rejoin),
             Self::NotReady(_) => (Code::FailedPrecondition, Rejoin),
             Self::ProtocolVersion { .. } | Self::LayoutMismatch { .. } => (Code::FailedPrecondition, Quit),
-            Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) => (Code::InvalidArgument, Quit),
+            Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) | Self::EmptyAttach => {
+                (Code::InvalidArgument, Quit)
+            }
             Self::RunOver | Self::ShuttingDown => (Code::Unavailable, Stop),
             Self::NoPinnedWeights(_) | Self::UnknownJob(_) | Self::NotCollecting(_) => (Code::NotFound, NextWork),
             Self::BadGradientStream(_) => (Code::InvalidArgument, Rejoin),

@@ -97,6 +97,44 @@ impl Coordinator for CoordService {
         Ok(Response::new(proto::HeartbeatReply { member, shutdown: self.lifecycle.is_shutting_down() }))
     }
 
+    type AttachStream = BoxStream<proto::HeartbeatReply>;
+
+    async fn attach(&self, req: Request<Streaming<proto::HeartbeatRequest>>) -> Result<Response<Self::AttachStream>, Status> {
+        let mut inbound = req.into_inner();
+        let first = inbound.message().await?.ok_or(RpcError::EmptyAttach)?;
+        let id = first.worker_id;
+        self.roster.touch(id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let (roster, rounds, lifecycle) = (self.roster.clone(), self.rounds.clone(), self.lifecycle.clone());
+        tokio::spawn(async move {
+            let mut beat = Some(first);
+            let why = loop {
+                if let Some(b) = beat.take() {
+                    if b.worker_id != id {
+                        break format!("its Attach call named worker {} after worker {id}", b.worker_id);
+                    }
+                    let member = roster.touch(id).is_ok();
+                    let reply = proto::HeartbeatReply { member, shutdown: lifecycle.is_shutting_down() };
+                    if tx.send(Ok(reply)).await.is_err() {
+                        break "its Attach call was closed".to_string();
+                    }
+                    if !member {
+                        return;
+                    }
+                }
+                match inbound.message().await {
+                    Ok(Some(b)) => beat = Some(b),
+                    Ok(None) => break "it ended its Attach call".to_string(),
+                    Err(e) => break format!("its connection broke: {}", e.message()),
+                }
+            };
+            if !lifecycle.is_shutting_down() {
+                crate::liveness::attach_ended(&roster, &rounds, id, &why).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     type FetchStateStream = BoxStream<proto::StateChunk>;
 
     async fn fetch_state(&self, req: Request<proto::FetchStateRequest>) -> Result<Response<Self::FetchStateStream>, Status> {

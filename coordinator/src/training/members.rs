@@ -58,7 +58,12 @@ pub async fn gather(
         match decide(&in_sync, &expected, min, started.elapsed() > timeout) {
             Decision::Go { members, missing } => {
                 if !missing.is_empty() {
-                    tracing::warn!(step = step + 1, ?missing, "going on without members that did not come back in time");
+                    tracing::warn!(
+                        step = step + 1,
+                        ?missing,
+                        "going on without members that did not come back within {:.1} s (they are resynced when they return)",
+                        timeout.as_secs_f64()
+                    );
                 }
                 return Some(members);
             }

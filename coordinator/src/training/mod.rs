@@ -18,6 +18,7 @@ mod periodic;
 mod progress;
 mod saver;
 mod step_metrics;
+mod stragglers;
 mod summary;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,6 +47,7 @@ use metrics_log::MetricsLog;
 use periodic::PeriodicEvals;
 use progress::Progress;
 use saver::Saver;
+use stragglers::StragglerPolicy;
 
 /// What the training loop drives.
 pub struct Trainer {
@@ -78,6 +80,17 @@ fn prefetch(config: &TrainConfig, dataset: &Arc<dyn Dataset>, step: u64) -> Pref
             .map(|it| Ok(proto::Sample { position: it.position, data: dataset.encoded(it.index)? }))
             .collect::<anyhow::Result<Vec<_>>>()
     })
+}
+
+/// The summary of the run in `store` if it is finished: it completed all
+/// of `config`'s steps without error, and its latest checkpoint (`resume`)
+/// is of the last step. Restarting such a run must change nothing.
+pub async fn finished_run(store: &RunStore, config: &TrainConfig, resume: Option<&ddpm::checkpoint::CheckpointData>) -> Option<Summary> {
+    let total = config.train.steps;
+    if resume.map(|r| r.step) != Some(total) {
+        return None;
+    }
+    Summary::read(store).await.filter(|s| s.steps == total && !s.stopped && s.error.is_none())
 }
 
 /// The last checkpoint's location, or the error of its upload (which the
@@ -147,16 +160,25 @@ impl Trainer {
             tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
         }
         tracing::info!(workers = self.workers, "waiting for {} workers to join", self.workers);
-        let mut started_training = false;
+        let stragglers = StragglerPolicy::new(&cfg.dist);
+        let mut last_step_time: Option<Duration> = None;
+                let mut started_training = false;
         let mut stopped = false;
         while step < total {
             let s = step + 1;
             // The world size is awaited once; after that, whoever is left trains.
             let min = if started_training { 1 } else { self.workers };
+            // Members of the last step that are not back get the straggler
+            // policy's grace (relative to that step's time), then the step
+            // goes on without them; they rejoin when they return.
+            let wait = match last_step_time {
+                Some(took) => stragglers.grace(took).map_or(step_timeout, |g| g.min(step_timeout)),
+                None => step_timeout,
+            };
             let gathered = if self.lifecycle.stop_requested() {
                 None
             } else {
-                members::gather(&self.roster, &self.lifecycle, step, &active, &mut resyncing, min, step_timeout).await
+                members::gather(&self.roster, &self.lifecycle, step, &active, &mut resyncing, min, wait).await
             };
             let Some(step_members) = gathered else {
                 stopped = true;
@@ -201,6 +223,7 @@ impl Trainer {
             }
             checksums.verify(&self.roster, s);
 
+            last_step_time = Some(t0.elapsed());
             let dt = t0.elapsed().as_secs_f64();
             let saved = self.status.get();
             let record = StepMetrics {
@@ -365,21 +388,29 @@ impl Trainer {
             };
             self.roster.send(*id, Work::Train { assignment, samples: samples[range.clone()].to_vec() });
         }
-        let outcome = tokio::time::timeout(step_timeout, done).await;
+        let opened = tokio::time::Instant::now();
+        let stragglers = StragglerPolicy::new(&cfg.dist);
+        let ended = tokio::select! {
+            outcome = tokio::time::timeout(step_timeout, done) => match outcome {
+                Ok(Ok(ended)) => Ok(ended),
+                Ok(Err(_)) | Err(_) => {
+                    Err((round.stragglers(), format!("step {s} did not finish within {:.0} s", step_timeout.as_secs_f64())))
+                }
+            },
+            (stuck, reason) = stragglers.expired(&round, opened) => Err((stuck, reason)),
+        };
         self.rounds.close();
         let members = step_members.iter().copied();
-        match outcome {
-            Ok(Ok(Ok(result))) => StepEnd::Done(result),
-            Ok(Ok(Err(failure))) => {
+        match ended {
+            Ok(Ok(result)) => StepEnd::Done(result),
+            Ok(Err(failure)) => {
                 if let Some(culprit) = failure.culprit {
                     self.roster.remove(culprit);
                 }
                 tracing::warn!(step = s, attempt, "step abandoned: {}; redoing it", failure.reason);
                 StepEnd::Redo(members.filter(|m| Some(*m) != failure.culprit).collect())
             }
-            Ok(Err(_)) | Err(_) => {
-                let reason = format!("step {s} did not finish within {:.0} s", step_timeout.as_secs_f64());
-                let stuck = round.stragglers();
+            Err((stuck, reason)) => {
                 round_slot::fail(&round, RoundFailure { culprit: None, reason: reason.clone() }).await;
                 self.roster.remove_all(&stuck);
                 tracing::warn!(step = s, attempt, dropped = ?stuck, "{reason}; dropping the members that did not deliver and redoing it");

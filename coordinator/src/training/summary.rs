@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use ddpm::store::RunStore;
 
 use crate::run_status::StatusInfo;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Steps done (the run's total unless it was stopped).
     pub steps: u64,
@@ -17,6 +17,8 @@ pub struct Summary {
     pub stopped: bool,
     /// The step this start resumed from (0 for a new run).
     pub resumed_from: u64,
+    /// NaN (written as null) when no step was done.
+    #[serde(deserialize_with = "null_as_nan")]
     pub final_loss: f64,
     pub skipped_steps: u64,
     /// Checksum of the coordinator's parameters after the last step.
@@ -35,11 +37,21 @@ pub struct Summary {
     pub elapsed_s: f64,
     /// Why the run failed (absent when it did not): e.g. the final
     /// checkpoint could not be saved. The process exits 1.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
+/// JSON has no NaN: serde_json writes it as null, read back as NaN.
+fn null_as_nan<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 impl Summary {
+    /// The summary in the store, if there is a readable one.
+    pub async fn read(store: &RunStore) -> Option<Self> {
+        serde_json::from_slice(&store.get("summary.json").await.ok()?).ok()
+    }
+
     /// The summary of a run that failed with `error` after the steps `status` shows.
     pub fn failed(status: &StatusInfo, resumed_from: u64, store: &RunStore, elapsed_s: f64, error: String) -> Self {
         let checkpoint =
