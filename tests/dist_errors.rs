@@ -9,6 +9,7 @@ use common::{start_coordinator, start_worker, tempdir, Proc};
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, coordinator_client::CoordinatorClient, gradient_message, work_message};
 use tokio_stream::StreamExt;
+use ddpm::wire::auth::Credentials;
 use tonic::Code;
 
 fn tiny_args(run: &str) -> Vec<String> {
@@ -20,8 +21,13 @@ fn tiny_args(run: &str) -> Vec<String> {
     .collect()
 }
 
-async fn client(addr: &str) -> CoordinatorClient<tonic::transport::Channel> {
-    CoordinatorClient::connect(format!("http://{addr}")).await.expect("connect").max_decoding_message_size(64 << 20)
+type Client = CoordinatorClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credentials>>;
+
+/// A hand-written worker's client; set the session on its credentials after Register.
+async fn client(addr: &str) -> (Client, Credentials) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connect");
+    let credentials = Credentials::default();
+    (CoordinatorClient::with_interceptor(channel, credentials.clone()).max_decoding_message_size(64 << 20), credentials)
 }
 
 fn register_req(version: u32) -> proto::RegisterRequest {
@@ -69,13 +75,14 @@ async fn wrong_protocol_and_wrong_model_are_refused_at_registration() {
     let args = tiny_args(dir.path().join("run").to_str().unwrap());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (_coord, addr) = start_coordinator(&args);
-    let mut c = client(&addr).await;
+    let (mut c, credentials) = client(&addr).await;
 
     let e = c.register(register_req(99)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("protocol version 99") && e.message().contains("version 1"), "{}", e.message());
+    assert!(e.message().contains("protocol version 99") && e.message().contains("version 2"), "{}", e.message());
 
     let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
+    credentials.set_session(&reply.session_secret);
     let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
     let e = c
         .ready(proto::ReadyRequest { worker_id: reply.worker_id, layout_hash: 1, param_count: run.param_count + 1 })
@@ -101,8 +108,9 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
     args.extend(["--workers".to_string(), "2".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut coord, addr) = start_coordinator(&args);
-    let mut c = client(&addr).await;
+    let (mut c, credentials) = client(&addr).await;
     let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
+    credentials.set_session(&reply.session_secret);
     let id = reply.worker_id;
     let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
     c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count })

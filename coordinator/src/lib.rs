@@ -70,6 +70,8 @@ pub struct CoordOptions {
     pub serve: bool,
     /// Time to live of the run lease (renewed every third of it).
     pub lease_ttl: Duration,
+    /// The run's tokens (none: an open run, on loopback or `--insecure`).
+    pub access: service::access::Access,
 }
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
@@ -148,7 +150,7 @@ pub async fn run(
     let jobs_service =
         jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len());
     let server_stop = Arc::new(Notify::new());
-    let server = tokio::spawn(serve(listener, coordinator, jobs_service, server_stop.clone()));
+    let server = tokio::spawn(serve(listener, coordinator, jobs_service, opts.access.clone(), server_stop.clone()));
     let heartbeat_timeout = Duration::from_secs_f64(config.dist.heartbeat_timeout_s);
     let reaper = tokio::spawn(liveness::reap_silent_members(roster.clone(), rounds.clone(), heartbeat_timeout));
     let job_context = JobContext {
@@ -233,22 +235,53 @@ async fn serve(
     listener: TcpListener,
     coordinator: service::CoordService,
     jobs_service: jobs::service::JobsService,
+    access: service::access::Access,
     stop: Arc<Notify>,
 ) -> Result<(), tonic::transport::Error> {
     let coordinator = CoordinatorServer::new(coordinator)
         .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+    let coordinator = tonic::service::interceptor::InterceptedService::new(coordinator, access.coordinator_gate());
+    let jobs = tonic::service::interceptor::InterceptedService::new(JobsServer::new(jobs_service), access.jobs_gate());
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(Some(wire::MAX_FRAME_BYTES))
         .tcp_nodelay(true)
         .add_service(coordinator)
-        .add_service(JobsServer::new(jobs_service))
+        .add_service(jobs)
         .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
             stop.notified().await
         })
         .await
+}
+
+/// Refuses to serve an open run (no tokens) on an address other hosts can
+/// reach, unless the operator said `--insecure` (then warns). `listen` is
+/// the `--listen` value.
+pub fn check_exposure(listen: &str, access: &service::access::Access, insecure: bool) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    if access.is_protected() {
+        return Ok(());
+    }
+    let loopback = listen.to_socket_addrs().map(|mut a| a.all(|a| a.ip().is_loopback())).unwrap_or(false);
+    if loopback {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(
+            listen,
+            "--insecure: serving an open run on a non-loopback address; anyone who reaches it can join training, read the weights and submit jobs"
+        );
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {listen} without credentials: anyone who reaches it could join training, read the weights and submit jobs. \
+         Set the run's tokens ({} and {}, or --worker-token-file and --user-token-file; e.g. `openssl rand -hex 32`), \
+         listen on 127.0.0.1, or pass --insecure",
+        ddpm::wire::auth::WORKER_TOKEN_ENV,
+        ddpm::wire::auth::USER_TOKEN_ENV
+    )
 }
 
 /// The run's dataset at the model's resolution (downloaded first when it

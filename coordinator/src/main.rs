@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::Parser;
 use ddpm::config::{GradDtype, TrainConfig};
 use ddpm::store::StoreArgs;
+use ddpm::wire::auth;
+use ddpm_coord::service::access::Access;
 use ddpm_coord::{run, CoordOptions};
 
 /// The coordinator of a data-parallel DDPM training run.
@@ -70,9 +72,32 @@ struct Args {
     /// fresh; one killed on another host is taken over after it expires.
     #[arg(long, default_value_t = 20.0, value_parser = parse_ttl)]
     lease_ttl: f64,
+    /// File holding the run's worker token (e.g. a mounted Kubernetes
+    /// Secret); default: DDPM_WORKER_TOKEN. Workers must present it.
+    #[arg(long)]
+    worker_token_file: Option<PathBuf>,
+    /// File holding the run's user token; default: DDPM_USER_TOKEN. `ddpm
+    /// jobs` must present it. Give both tokens or neither.
+    #[arg(long)]
+    user_token_file: Option<PathBuf>,
+    /// Serve a run without tokens on a non-loopback address (refused otherwise).
+    #[arg(long)]
+    insecure: bool,
     /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+}
+
+/// The run's tokens, and whether it may listen where it was asked to.
+fn access(args: &Args) -> anyhow::Result<Access> {
+    let worker = auth::load_token(args.worker_token_file.as_deref(), auth::WORKER_TOKEN_ENV)?;
+    let user = auth::load_token(args.user_token_file.as_deref(), auth::USER_TOKEN_ENV)?;
+    let access = Access::new(worker, user)?;
+    ddpm_coord::check_exposure(&args.listen, &access, args.insecure)?;
+    if access.is_protected() {
+        tracing::info!("tokens set: workers need the worker token, `ddpm jobs` the user token");
+    }
+    Ok(access)
 }
 
 fn parse_ttl(s: &str) -> Result<f64, String> {
@@ -130,6 +155,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let access = match access(&args) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
@@ -154,6 +186,7 @@ fn main() -> ExitCode {
             fresh: args.fresh,
             serve: args.serve,
             lease_ttl: std::time::Duration::from_secs_f64(args.lease_ttl),
+            access,
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -146,7 +146,10 @@ async fn fake_member(addr: String, dtype: GradDtype) -> anyhow::Result<Vec<f64>>
         .max_frame_size(wire::MAX_FRAME_BYTES)
         .connect()
         .await?;
-    let mut c = CoordinatorClient::new(channel)
+    // The bench's coordinator is an open run on loopback: no token, but
+    // the session secret like any worker.
+    let credentials = wire::auth::Credentials::default();
+    let mut c = CoordinatorClient::with_interceptor(channel, credentials.clone())
         .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
     let reg = c
@@ -160,6 +163,7 @@ async fn fake_member(addr: String, dtype: GradDtype) -> anyhow::Result<Vec<f64>>
         .await?
         .into_inner();
     let id = reg.worker_id;
+    credentials.set_session(&reg.session_secret);
     let run: RunConfig = serde_json::from_str(&reg.run_config_json)?;
     c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count }).await?;
     let hb = {

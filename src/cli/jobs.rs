@@ -7,6 +7,8 @@ use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use ddpm::diffusion::SamplerKind;
 use ddpm::proto::{self, jobs_client::JobsClient};
+use ddpm::wire::auth::Credentials;
+use tonic::service::interceptor::InterceptedService;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
@@ -16,6 +18,10 @@ pub struct JobsArgs {
     /// The coordinator, HOST:PORT.
     #[arg(long, global = true, default_value = "127.0.0.1:50051")]
     coord: String,
+    /// File holding the run's user token (default: DDPM_USER_TOKEN); needed
+    /// when the coordinator has tokens.
+    #[arg(long, global = true)]
+    token_file: Option<std::path::PathBuf>,
     /// Print the job statuses as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -209,7 +215,9 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(args))
 }
 
-async fn connect(addr: &str) -> anyhow::Result<JobsClient<Channel>> {
+type Client = JobsClient<InterceptedService<Channel, Credentials>>;
+
+async fn connect(addr: &str, token: Option<String>) -> anyhow::Result<Client> {
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let channel = tonic::transport::Endpoint::from_shared(url)
         .with_context(|| format!("bad coordinator address {addr:?}"))?
@@ -217,7 +225,7 @@ async fn connect(addr: &str) -> anyhow::Result<JobsClient<Channel>> {
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {addr} (is ddpm-coord running there?)"))?;
-    Ok(JobsClient::new(channel))
+    Ok(JobsClient::with_interceptor(channel, Credentials::new(token)))
 }
 
 /// A gRPC error as a message for people.
@@ -226,7 +234,8 @@ fn rpc_err(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
-    let mut c = connect(&args.coord).await?;
+    let token = ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::USER_TOKEN_ENV)?;
+    let mut c = connect(&args.coord, token).await?;
     match args.command {
         JobsCommand::SubmitSample(a) => {
             let status = c.submit_sample_job(a.draw.request(a.count)).await.map_err(rpc_err)?.into_inner();
@@ -302,7 +311,7 @@ async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
 }
 
 /// Prints a submitted job's status and, with `follow`, watches it.
-async fn submitted(c: &mut JobsClient<Channel>, status: proto::JobStatus, follow: bool, json: bool) -> anyhow::Result<()> {
+async fn submitted(c: &mut Client, status: proto::JobStatus, follow: bool, json: bool) -> anyhow::Result<()> {
     print_status(&status, json);
     if follow {
         watch(c, status.job_id, json).await?;
@@ -311,7 +320,7 @@ async fn submitted(c: &mut JobsClient<Channel>, status: proto::JobStatus, follow
 }
 
 /// Follows a job to its end; an error if it failed or was cancelled.
-async fn watch(c: &mut JobsClient<Channel>, job_id: u64, json: bool) -> anyhow::Result<()> {
+async fn watch(c: &mut Client, job_id: u64, json: bool) -> anyhow::Result<()> {
     let mut stream = c.watch_job(proto::JobRef { job_id }).await.map_err(rpc_err)?.into_inner();
     let bar = if json {
         ProgressBar::hidden()

@@ -6,18 +6,20 @@ use std::time::{Duration, Instant};
 
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, coordinator_client::CoordinatorClient};
-use ddpm::wire;
+use ddpm::wire::{self, auth::Credentials};
 use tokio_stream::StreamExt;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::directive::{CallResult, Directed};
 
-/// The coordinator's client; cheap to clone (one HTTP/2 connection).
-pub type Client = CoordinatorClient<Channel>;
+/// The coordinator's client; cheap to clone (one HTTP/2 connection). Every
+/// call carries the worker token and, once registered, the session secret.
+pub type Client = CoordinatorClient<InterceptedService<Channel, Credentials>>;
 
 /// Connects, retrying until `timeout` (the coordinator may start after
-/// its workers).
-pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Client> {
+/// its workers), with `credentials` on every call.
+pub async fn connect(addr: &str, timeout: Duration, credentials: Credentials) -> anyhow::Result<Client> {
     let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     // Gradients and states are streamed in MiB chunks: large windows and
     // frames keep the pipe full; keep-alives notice a dead coordinator.
@@ -33,7 +35,7 @@ pub async fn connect(addr: &str, timeout: Duration) -> anyhow::Result<Client> {
     loop {
         match endpoint.connect().await {
             Ok(ch) => {
-                return Ok(CoordinatorClient::new(ch)
+                return Ok(CoordinatorClient::with_interceptor(ch, credentials)
                     .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(wire::MAX_MESSAGE_BYTES))
             }

@@ -44,6 +44,8 @@ pub struct WorkerOptions {
     /// Training steps (and job tasks after training), or job tasks only,
     /// also while the run trains.
     pub role: WorkerRole,
+    /// The run's worker token (none: an open run).
+    pub token: Option<String>,
 }
 
 /// Backoff between reconnects to a lost coordinator: from the first
@@ -65,8 +67,10 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
         let began = std::time::Instant::now();
         let end = tokio::select! {
             r = async {
-                let client = client::connect(&opts.coord, opts.connect_timeout).await?;
-                session::session(client, &opts, &mut device).await
+                // A fresh session secret per membership.
+                let credentials = ddpm::wire::auth::Credentials::new(opts.token.clone());
+                let client = client::connect(&opts.coord, opts.connect_timeout, credentials.clone()).await?;
+                session::session(client, &credentials, &opts, &mut device).await
             } => r?,
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested");

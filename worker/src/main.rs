@@ -32,6 +32,10 @@ struct Args {
     /// "eval": sampling jobs only, also while the run trains.
     #[arg(long, default_value = "train", value_parser = role_parser())]
     role: WorkerRole,
+    /// File holding the run's worker token (e.g. a mounted Kubernetes
+    /// Secret); default: DDPM_WORKER_TOKEN. Needed when the coordinator has tokens.
+    #[arg(long)]
+    token_file: Option<std::path::PathBuf>,
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
@@ -79,6 +83,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let token = match ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::WORKER_TOKEN_ENV) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
@@ -90,6 +101,7 @@ fn main() -> ExitCode {
         name,
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         role: args.role,
+        token,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, work_message};
-use ddpm::wire::{self, WorkerRole};
+use ddpm::wire::{self, auth::Credentials, WorkerRole};
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
@@ -76,10 +76,11 @@ fn on_error(e: CallError, phase: Phase) -> anyhow::Result<Next> {
 /// One membership: register, build (or reuse) the model, work until dropped or done.
 pub async fn session(
     mut client: Client,
+    credentials: &Credentials,
     opts: &WorkerOptions,
     device: &mut Option<(String, DeviceHandle)>,
 ) -> anyhow::Result<SessionEnd> {
-    let joined = match join(&mut client, opts, device).await {
+    let joined = match join(&mut client, credentials, opts, device).await {
         Ok(joined) => joined,
         Err(e) => return end(on_error(e, Phase::Joining)?),
     };
@@ -107,7 +108,12 @@ struct Joined {
 
 /// Registers, builds the model (or reuses the device's, for the same run
 /// config), and proves it is the run's model.
-async fn join(client: &mut Client, opts: &WorkerOptions, device: &mut Option<(String, DeviceHandle)>) -> CallResult<Joined> {
+async fn join(
+    client: &mut Client,
+    credentials: &Credentials,
+    opts: &WorkerOptions,
+    device: &mut Option<(String, DeviceHandle)>,
+) -> CallResult<Joined> {
     let reply = client
         .register(proto::RegisterRequest {
             protocol_version: wire::PROTOCOL_VERSION,
@@ -120,6 +126,8 @@ async fn join(client: &mut Client, opts: &WorkerOptions, device: &mut Option<(St
         .directed("registration refused")?
         .into_inner();
     let id = reply.worker_id;
+    // Every later call of this membership proves it is worker `id`.
+    credentials.set_session(&reply.session_secret);
     let run: RunConfig = serde_json::from_str(&reply.run_config_json)
         .map_err(|e| anyhow::anyhow!("the coordinator sent a run config this worker cannot read: {e}"))?;
     let dev = match device.take() {

@@ -28,6 +28,8 @@ pub enum RosterError {
     Unknown(u64),
     /// The member has not reported ready.
     NotReady(u64),
+    /// The call did not carry the member's session secret.
+    WrongSession(u64),
 }
 
 /// What the roster knows of a member that others may read.
@@ -54,6 +56,8 @@ struct Member {
     checksums: BTreeMap<u64, (u64, bool)>,
     mailbox: mpsc::UnboundedSender<Work>,
     inbox: Inbox,
+    /// The session secret its calls must carry (RegisterReply gave it).
+    secret: String,
 }
 
 impl Member {
@@ -123,6 +127,7 @@ impl Roster {
                 checksums: BTreeMap::new(),
                 mailbox,
                 inbox: Arc::new(AsyncMutex::new(inbox)),
+                secret: ddpm::wire::auth::new_secret(),
             },
         );
         drop(m);
@@ -155,6 +160,21 @@ impl Roster {
     pub fn remove_all(&self, ids: &[u64]) {
         for id in ids {
             self.remove(*id);
+        }
+    }
+
+    /// The session secret of member `id`, for its RegisterReply.
+    pub fn session_secret(&self, id: u64) -> Option<String> {
+        self.lock().by_id.get(&id).map(|m| m.secret.clone())
+    }
+
+    /// Whether a call for member `id` carries its session secret.
+    pub fn check_session(&self, id: u64, secret: Option<&str>) -> Result<(), RosterError> {
+        let m = self.lock();
+        let member = m.by_id.get(&id).ok_or(RosterError::Unknown(id))?;
+        match secret {
+            Some(s) if ddpm::wire::auth::same_secret(s, &member.secret) => Ok(()),
+            _ => Err(RosterError::WrongSession(id)),
         }
     }
 

@@ -16,6 +16,10 @@ pub enum RpcError {
     UnknownWorker(u64),
     #[error("worker {0} has not reported ready: call Ready after building the model")]
     NotReady(u64),
+    #[error("a user token cannot make worker calls: workers pass the run's worker token")]
+    NotAWorker,
+    #[error("this call is not worker {0}'s: it lacks that worker's session secret (x-ddpm-session from its RegisterReply)")]
+    WrongSession(u64),
     #[error("protocol version {got}, but this coordinator speaks version {want}: run ddpm-worker and ddpm-coord from the same ddpm release (coordinator is {version})")]
     ProtocolVersion { got: u32, want: u32, version: &'static str },
     #[error("worker {worker} built a model with {got_params} parameters (layout hash {got_hash:#018x}), but the run's model has {want_params} (layout hash {want_hash:#018x}): the worker runs a different ddpm build or model config; use the coordinator's release")]
@@ -53,6 +57,7 @@ impl From<RosterError> for RpcError {
         match e {
             RosterError::Unknown(id) => Self::UnknownWorker(id),
             RosterError::NotReady(id) => Self::NotReady(id),
+            RosterError::WrongSession(id) => Self::WrongSession(id),
         }
     }
 }
@@ -64,6 +69,7 @@ impl RpcError {
         match self {
             Self::UnknownWorker(_) => (Code::NotFound, Rejoin),
             Self::NotReady(_) => (Code::FailedPrecondition, Rejoin),
+            Self::WrongSession(_) | Self::NotAWorker => (Code::PermissionDenied, Quit),
             Self::ProtocolVersion { .. } | Self::LayoutMismatch { .. } => (Code::FailedPrecondition, Quit),
             Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) | Self::EmptyAttach => {
                 (Code::InvalidArgument, Quit)

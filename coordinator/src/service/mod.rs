@@ -3,6 +3,7 @@
 //! call (the roster, the round, the state thread, the jobs' routers).
 //! Errors map to statuses, with the worker's directive, in `errors.rs`.
 
+pub mod access;
 mod errors;
 mod gradients;
 mod results;
@@ -13,7 +14,7 @@ use std::sync::Arc;
 
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, coordinator_server::Coordinator, gradient_message, result_message};
-use ddpm::wire::{self, WorkerRole};
+use ddpm::wire::{self, auth, WorkerRole};
 use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -47,6 +48,9 @@ pub struct CoordService {
 #[tonic::async_trait]
 impl Coordinator for CoordService {
     async fn register(&self, req: Request<proto::RegisterRequest>) -> Result<Response<proto::RegisterReply>, Status> {
+        if access::caller_of(&req) == access::Caller::User {
+            return Err(RpcError::NotAWorker.into());
+        }
         let r = req.into_inner();
         if r.protocol_version != wire::PROTOCOL_VERSION {
             tracing::warn!(name = %r.name, got = r.protocol_version, "refused a worker speaking another protocol version");
@@ -67,10 +71,12 @@ impl Coordinator for CoordService {
             worker_id: id,
             run_config_json: self.run_config_json.clone(),
             heartbeat_interval_s: self.run_config.train.dist.heartbeat_interval_s,
+            session_secret: self.roster.session_secret(id).unwrap_or_default(),
         }))
     }
 
     async fn ready(&self, req: Request<proto::ReadyRequest>) -> Result<Response<proto::ReadyReply>, Status> {
+        self.authorize(&req, req.get_ref().worker_id)?;
         let r = req.into_inner();
         let (want_params, want_hash) = (self.run_config.param_count, self.run_config.layout_hash);
         self.roster.touch(r.worker_id)?;
@@ -92,7 +98,11 @@ impl Coordinator for CoordService {
     }
 
     async fn heartbeat(&self, req: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatReply>, Status> {
-        let id = req.into_inner().worker_id;
+        let id = req.get_ref().worker_id;
+        match self.authorize(&req, id) {
+            Err(RpcError::UnknownWorker(_)) | Ok(()) => {}
+            Err(e) => return Err(e.into()),
+        }
         let member = self.roster.touch(id).is_ok();
         Ok(Response::new(proto::HeartbeatReply { member, shutdown: self.lifecycle.is_shutting_down() }))
     }
@@ -100,9 +110,11 @@ impl Coordinator for CoordService {
     type AttachStream = BoxStream<proto::HeartbeatReply>;
 
     async fn attach(&self, req: Request<Streaming<proto::HeartbeatRequest>>) -> Result<Response<Self::AttachStream>, Status> {
+        let session = self.worker_session(&req)?;
         let mut inbound = req.into_inner();
         let first = inbound.message().await?.ok_or(RpcError::EmptyAttach)?;
         let id = first.worker_id;
+        self.roster.check_session(id, session.as_deref())?;
         self.roster.touch(id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let (roster, rounds, lifecycle) = (self.roster.clone(), self.rounds.clone(), self.lifecycle.clone());
@@ -138,6 +150,7 @@ impl Coordinator for CoordService {
     type FetchStateStream = BoxStream<proto::StateChunk>;
 
     async fn fetch_state(&self, req: Request<proto::FetchStateRequest>) -> Result<Response<Self::FetchStateStream>, Status> {
+        self.authorize(&req, req.get_ref().worker_id)?;
         let r = req.into_inner();
         self.roster.touch(r.worker_id)?;
         let snap = match proto::StateKind::try_from(r.kind) {
@@ -162,6 +175,7 @@ impl Coordinator for CoordService {
     type NextWorkStream = BoxStream<proto::WorkMessage>;
 
     async fn next_work(&self, req: Request<proto::NextWorkRequest>) -> Result<Response<Self::NextWorkStream>, Status> {
+        self.authorize(&req, req.get_ref().worker_id)?;
         let r = req.into_inner();
         let inbox = self.roster.report_idle(r.worker_id, r.applied_step, r.param_checksum)?;
         let work = inbox.lock().await.recv().await.ok_or(RpcError::ShuttingDown)?;
@@ -175,6 +189,7 @@ impl Coordinator for CoordService {
         &self,
         req: Request<Streaming<proto::GradientMessage>>,
     ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
+        let session = self.worker_session(&req)?;
         let mut inbound = req.into_inner();
         let header = match inbound.next().await {
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Header(h)) })) => h,
@@ -182,6 +197,7 @@ impl Coordinator for CoordService {
             Some(Err(e)) => return Err(e),
             None => return Err(RpcError::BadGradientStream("empty gradient stream".into()).into()),
         };
+        self.roster.check_session(header.worker_id, session.as_deref())?;
         self.roster.touch(header.worker_id)?;
         let round = self.rounds.join_target(header.worker_id, header.step)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -195,12 +211,14 @@ impl Coordinator for CoordService {
         &self,
         req: Request<Streaming<proto::ResultMessage>>,
     ) -> Result<Response<proto::SubmitResultReply>, Status> {
+        let session = self.worker_session(&req)?;
         let mut inbound = req.into_inner();
         let header = match inbound.next().await {
             Some(Ok(proto::ResultMessage { kind: Some(result_message::Kind::Header(h)) })) => h,
             Some(Err(e)) => return Err(e),
             _ => return Err(RpcError::BadResult("the first result message must be the header".into()).into()),
         };
+        self.roster.check_session(header.worker_id, session.as_deref())?;
         self.roster.touch(header.worker_id)?;
         if !self.results.is_open(header.job_id) {
             return Err(RpcError::UnknownJob(header.job_id).into());
@@ -232,6 +250,21 @@ impl Coordinator for CoordService {
 }
 
 impl CoordService {
+    /// The session secret of a worker's call (whose worker id is in a
+    /// message still to be read); a user's call is refused.
+    fn worker_session<T>(&self, req: &Request<T>) -> Result<Option<String>, RpcError> {
+        if access::caller_of(req) == access::Caller::User {
+            return Err(RpcError::NotAWorker);
+        }
+        Ok(auth::session(req).map(str::to_string))
+    }
+
+    /// A call of worker `id`: a worker's token (or an open run) and `id`'s session secret.
+    fn authorize<T>(&self, req: &Request<T>, id: u64) -> Result<(), RpcError> {
+        let session = self.worker_session(req)?;
+        Ok(self.roster.check_session(id, session.as_deref())?)
+    }
+
     async fn snapshot(&self, kind: SnapshotKind) -> Result<Snapshot, RpcError> {
         self.state.snapshot(kind).await.map_err(|e| RpcError::Internal(e.to_string()))
     }
