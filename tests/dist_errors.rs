@@ -108,26 +108,10 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
     args.extend(["--workers".to_string(), "2".to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let (mut coord, addr) = start_coordinator(&args);
-    let (mut c, credentials) = client(&addr).await;
-    let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
-    credentials.set_session(&reply.session_secret);
-    let id = reply.worker_id;
-    let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
-    c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count })
-        .await
-        .unwrap();
+    // The fake member stays alive (heartbeats) while the real worker starts.
+    let (mut c, id, run, hb) = fake_member(&addr).await;
     let mut state = c.fetch_state(proto::FetchStateRequest { worker_id: id, kind: proto::StateKind::Training as i32, job_id: 0 }).await.unwrap().into_inner();
     while state.next().await.is_some() {}
-    // Keep the fake member alive while the real worker starts.
-    let hb = {
-        let mut c = c.clone();
-        tokio::spawn(async move {
-            loop {
-                let _ = c.heartbeat(proto::HeartbeatRequest { worker_id: id }).await;
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        })
-    };
     let mut worker = start_worker(&addr, "real");
     let mut work = c.next_work(proto::NextWorkRequest { worker_id: id, ..Default::default() }).await.unwrap().into_inner();
     let assignment = match work.next().await.unwrap().unwrap().kind {
@@ -178,4 +162,115 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
     assert_eq!(summary["steps"], 3);
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(worker.wait(Duration::from_secs(60)), 0, "{}", worker.output());
+}
+
+/// A hand-written member: registered, ready, heartbeating; returns its
+/// client, id and the run config (the heartbeats stop when the task is aborted).
+async fn fake_member(addr: &str) -> (Client, u64, RunConfig, tokio::task::JoinHandle<()>) {
+    let (mut c, credentials) = client(addr).await;
+    let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
+    credentials.set_session(&reply.session_secret);
+    let id = reply.worker_id;
+    let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
+    c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count }).await.unwrap();
+    let hb = {
+        let mut c = c.clone();
+        tokio::spawn(async move {
+            loop {
+                let _ = c.heartbeat(proto::HeartbeatRequest { worker_id: id }).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    (c, id, run, hb)
+}
+
+/// Every value of the gradient `value`, in the assignment's chunks; the
+/// error the coordinator ends the stream with.
+async fn send_gradient(c: &mut Client, id: u64, run: &RunConfig, a: &proto::TrainAssignment, value: f32) -> tonic::Status {
+    let grad = vec![value; run.param_count as usize];
+    let header = proto::GradientHeader {
+        worker_id: id,
+        step: a.step,
+        attempt: a.attempt,
+        elements: run.param_count,
+        dtype: proto::GradDtype::F32 as i32,
+        loss: 0.0,
+        samples: a.shard_size,
+        compute_s: 0.0,
+    };
+    let mut msgs = vec![proto::GradientMessage { kind: Some(gradient_message::Kind::Header(header)) }];
+    for (i, r) in ddpm::wire::chunk_ranges(grad.len(), a.chunk_elements as usize).enumerate() {
+        let data = ddpm::wire::encode(&grad[r], ddpm::config::GradDtype::F32);
+        msgs.push(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index: i as u32, data })) });
+    }
+    let mut reduced = c.reduce_gradients(tokio_stream::iter(msgs)).await.unwrap().into_inner();
+    loop {
+        match reduced.next().await {
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return e,
+            None => panic!("the coordinator accepted a gradient of {value}"),
+        }
+    }
+}
+
+/// Runs 3 steps with 2 real workers (and `poison`: a third member that
+/// sends that value everywhere in its first gradient); returns the final
+/// checkpoint's tensors and the coordinator's output.
+async fn run_with(poison: Option<f32>) -> (Vec<std::collections::HashMap<String, Vec<f32>>>, String) {
+    let dir = tempdir();
+    let run_dir = dir.path().join("run");
+    let mut args = tiny_args(run_dir.to_str().unwrap());
+    args.extend(["--workers".to_string(), if poison.is_some() { "3" } else { "2" }.to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (mut coord, addr) = start_coordinator(&args);
+    let hostile = match poison {
+        Some(_) => Some(fake_member(&addr).await),
+        None => None,
+    };
+    let mut workers: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("real{i}"))).collect();
+    if let (Some(value), Some((mut c, id, run, hb))) = (poison, hostile) {
+        let mut work = c.next_work(proto::NextWorkRequest { worker_id: id, ..Default::default() }).await.unwrap().into_inner();
+        let a = match work.next().await.unwrap().unwrap().kind {
+            Some(work_message::Kind::Train(a)) => a,
+            other => panic!("expected a training step, got {other:?}"),
+        };
+        while work.next().await.is_some() {}
+        let e = send_gradient(&mut c, id, &run, &a, value).await;
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(&format!("worker {id} sent a")), "{}", e.message());
+        hb.abort();
+    }
+    let (code, out) = tokio::task::spawn_blocking(move || {
+        let code = coord.wait(Duration::from_secs(300));
+        (code, coord.output())
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}");
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    let files = ["model.safetensors", "ema.safetensors", "optimizer.safetensors"]
+        .map(|f| common::read_tensors(&run_dir.join(format!("checkpoints/step_0000000003/{f}"))))
+        .to_vec();
+    (files, out)
+}
+
+/// A member sending 1e20 or NaN in its gradient is named in the log,
+/// dropped, and the step is redone by the honest members: the run ends
+/// with exactly the parameters, EMA and Adam moments of a run in which
+/// that member never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_gradient_is_screened_out_and_the_run_equals_one_without_the_poisoner() {
+    let (clean, _) = run_with(None).await;
+    for (poison, why) in [(1e20f32, "over 100x the reference"), (f32::NAN, "non-finite gradient")] {
+        let (got, out) = run_with(Some(poison)).await;
+        assert!(out.contains("rejecting gradient") && out.contains(why), "{poison}: {out}");
+        assert!(out.contains("redoing it"), "{out}");
+        for (a, b) in clean.iter().zip(&got) {
+            let d = common::max_diff(a, b);
+            assert!(d <= 1e-6, "{poison}: the screened run differs from the clean one by {d}");
+        }
+    }
 }

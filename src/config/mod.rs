@@ -185,7 +185,10 @@ impl TrainConfig {
         if !(d.straggler_factor >= 0.0 && d.straggler_factor.is_finite()) {
             return bad("dist.straggler_factor", format!("must be 0 (off) or a positive factor, got {}", d.straggler_factor));
         }
-        if !(d.straggler_min_s >= 0.0 && d.straggler_min_s.is_finite()) {
+        if !(d.screen_factor >= 0.0 && d.screen_factor.is_finite()) {
+            return bad("dist.screen_factor", format!("must be 0 (off) or a positive factor, got {}", d.screen_factor));
+        }
+                if !(d.straggler_min_s >= 0.0 && d.straggler_min_s.is_finite()) {
             return bad("dist.straggler_min_s", format!("must be a number of seconds >= 0, got {}", d.straggler_min_s));
         }
                 if d.heartbeat_timeout_s <= d.heartbeat_interval_s {

@@ -69,6 +69,12 @@ pub struct DistConfig {
     pub straggler_factor: f64,
     /// The least time a straggler is given after the others delivered.
     pub straggler_min_s: f64,
+    /// Gradient screening: a member's chunk may have at most this many
+    /// times the members' median norm of that chunk in the last applied
+    /// step (or of this step, with three or more members) before it is
+    /// refused and the step redone without it (0: no norm bound; a lone
+    /// non-finite chunk is always refused).
+    pub screen_factor: f64,
     /// Compare every replica's parameter checksum with the coordinator's
     /// every this many steps (0: never).
     pub checksum_every: u64,
@@ -259,6 +265,7 @@ impl Default for DistConfig {
             heartbeat_timeout_s: 30.0,
             straggler_factor: 4.0,
             straggler_min_s: 30.0,
+            screen_factor: 100.0,
             checksum_every: 100,
             require_even_shards: false,
         }

@@ -168,6 +168,24 @@ pub fn accumulate(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: 
     Ok(())
 }
 
+/// Whether every value of an encoded chunk is finite, and the float64 sum
+/// of their squares (what the all-reduce screens a member's chunk by).
+pub fn chunk_stats(bytes: &[u8], dtype: GradDtype, index: u32) -> Result<(bool, f64), WireError> {
+    const BLOCK: usize = 2048;
+    let mut buf = [0f32; BLOCK];
+    let per = dtype.bytes_per_element();
+    let (mut finite, mut sumsq) = (true, 0.0f64);
+    for b in bytes.chunks(BLOCK * per) {
+        let tmp = &mut buf[..b.len() / per];
+        decode_into(b, dtype, index, tmp)?;
+        for v in tmp.iter() {
+            finite &= v.is_finite();
+            sumsq += (*v as f64) * (*v as f64);
+        }
+    }
+    Ok((finite, sumsq))
+}
+
 /// Rounds values through the wire dtype in place (what the receiver sees).
 pub fn round_trip(values: &mut [f32], dtype: GradDtype) {
     if dtype == GradDtype::Bf16 {

@@ -23,6 +23,9 @@ use ddpm::train::Outcome;
 use ddpm::wire::{self, WireError};
 use tokio::sync::{mpsc, oneshot};
 
+mod screen;
+pub use screen::{loss_ok, Screening};
+
 /// What a member sends back on its ReduceGradients stream.
 pub type Outbound = mpsc::Sender<Result<ReducedMessage, RoundError>>;
 
@@ -45,12 +48,25 @@ pub enum RoundError {
     AlreadyStreaming { worker: u64, step: u64 },
     #[error("no step is being reduced (worker {worker} sent step {step})")]
     NoRound { worker: u64, step: u64 },
+    #[error("worker {worker} reported the loss {loss}, which no L_simple can be (it must be finite and non-negative)")]
+    BadLoss { worker: u64, loss: f64 },
     /// This member is the round's culprit: why it was refused.
     #[error("{0}")]
     Refused(String),
     /// The round ended without a result through no fault of this member.
     #[error("step {step} attempt {attempt} abandoned ({reason}); it will be redone")]
     Abandoned { step: u64, attempt: u32, reason: String },
+}
+
+/// Why an offered chunk ended the round, and whose fault it is.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum OfferError {
+    /// The offering member's chunk is malformed.
+    #[error("{0}")]
+    Malformed(#[from] WireError),
+    /// Screening found member `culprit` (maybe another than the offerer) out.
+    #[error("worker {culprit} {reason}")]
+    Screened { culprit: u64, reason: String },
 }
 
 /// Statuses to deliver to members after a failure.
@@ -72,6 +88,8 @@ pub struct RoundResult {
     pub loss: f64,
     /// The slowest member's compute time.
     pub compute_s: f64,
+    /// Per chunk, the members' median norm: the next step's screening reference.
+    pub chunk_medians: Vec<f64>,
     /// From the last member's header to the outcome: the communication the
     /// step waited for.
     pub allreduce_s: f64,
@@ -97,6 +115,7 @@ pub struct Round {
     chunks: usize,
     dtype: GradDtype,
     max_norm: f64,
+    screening: Screening,
     inner: Mutex<Inner>,
 }
 
@@ -109,6 +128,8 @@ struct Inner {
     reduced: Vec<f32>,
     /// Per chunk, the float64 sum of squares of the reduced values.
     sumsq: Vec<f64>,
+    /// Per chunk, the members' median norm (screening's output).
+    medians: Vec<f64>,
     reduced_chunks: usize,
     outbound: Vec<Option<Outbound>>,
     losses: Vec<Option<(f64, u32, f64)>>,
@@ -143,6 +164,7 @@ impl Round {
             next_index: vec![0; n],
             reduced: vec![0.0; total],
             sumsq: vec![0.0; chunks],
+            medians: vec![0.0; chunks],
             reduced_chunks: 0,
             outbound: vec![None; n],
             losses: vec![None; n],
@@ -160,9 +182,17 @@ impl Round {
             chunks,
             dtype,
             max_norm,
+            screening: Screening::default(),
             inner: Mutex::new(inner),
         };
         (round, rx)
+    }
+
+    /// The round with `screening` for its members' chunks (default: only
+    /// a lone non-finite chunk is refused).
+    pub fn screened(mut self, screening: Screening) -> Self {
+        self.screening = screening;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -195,8 +225,8 @@ impl Round {
         if dtype != self.dtype {
             return Err(RoundError::WrongDtype { got: dtype.name(), want: self.dtype.name() });
         }
-        if !header.loss.is_finite() && header.loss.is_nan() {
-            tracing::warn!(worker = header.worker_id, step = self.step, "worker reports a NaN loss");
+        if !loss_ok(header.loss) {
+            return Err(RoundError::BadLoss { worker: header.worker_id, loss: header.loss });
         }
         let mut inner = self.lock();
         if inner.finished {
@@ -214,11 +244,11 @@ impl Round {
     /// Takes chunk `index` from member `rank`. Returns the reduced messages
     /// to send (to every member) if this completed a chunk. A malformed
     /// chunk is the member's fault: the error names it.
-    pub fn offer(&self, rank: usize, chunk: proto::GradientChunk) -> Result<Vec<(Outbound, ReducedMessage)>, WireError> {
+    pub fn offer(&self, rank: usize, chunk: proto::GradientChunk) -> Result<Vec<(Outbound, ReducedMessage)>, OfferError> {
         let index = chunk.index;
         let i = index as usize;
         if i >= self.chunks {
-            return Err(WireError::BadIndex { index, chunks: self.chunks });
+            return Err(WireError::BadIndex { index, chunks: self.chunks }.into());
         }
         let range = wire::chunk_ranges(self.total, self.chunk_elements).nth(i).expect("index < chunks");
         let want = range.len() * self.dtype.bytes_per_element();
@@ -229,14 +259,15 @@ impl Round {
                 want,
                 elements: range.len(),
                 dtype: self.dtype.name(),
-            });
+            }
+            .into());
         }
         let mut inner = self.lock();
         if inner.finished {
             return Ok(Vec::new());
         }
         if inner.pending[i][rank].is_some() || inner.next_index[rank] > index {
-            return Err(WireError::Duplicate { index });
+            return Err(WireError::Duplicate { index }.into());
         }
         inner.next_index[rank] = index + 1;
         inner.pending[i][rank] = Some(chunk.data);
@@ -244,8 +275,16 @@ impl Round {
         if inner.arrived[i] < self.members.len() {
             return Ok(Vec::new());
         }
-        // Every member's copy is here: sum in rank order.
+        // Every member's copy is here: screen them, then sum in rank order.
         let parts: Vec<Bytes> = inner.pending[i].iter_mut().map(|p| p.take().expect("all arrived")).collect();
+        let stats = parts
+            .iter()
+            .map(|p| wire::chunk_stats(p, self.dtype, index).map(|(finite, sumsq)| (finite, sumsq.sqrt())))
+            .collect::<Result<Vec<_>, _>>()?;
+        inner.medians[i] = self
+            .screening
+            .judge(i, &stats)
+            .map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
         let acc = &mut inner.reduced[range.clone()];
         acc.fill(0.0);
         for (part, &w) in parts.iter().zip(&self.weights) {
@@ -288,8 +327,9 @@ impl Round {
         };
         let sends = inner.outbound.iter_mut().filter_map(|o| o.take()).map(|o| (o, msg.clone())).collect();
         let reduced = std::mem::take(&mut inner.reduced);
+        let chunk_medians = std::mem::take(&mut inner.medians);
         if let Some(done) = inner.done.take() {
-            let _ = done.send(Ok(RoundResult { reduced, outcome, loss, compute_s, allreduce_s }));
+            let _ = done.send(Ok(RoundResult { reduced, outcome, loss, compute_s, chunk_medians, allreduce_s }));
         }
         sends
     }

@@ -64,9 +64,9 @@ async fn bad_chunks_are_rejected_with_the_reason() {
         round.offer(r, chunk(0, &[1.0])).unwrap_err().to_string(),
         "chunk 0 has 4 bytes, expected 8 (2 f32 elements)"
     );
-    assert!(matches!(round.offer(r, chunk(9, &[1.0])).unwrap_err(), WireError::BadIndex { .. }));
+    assert!(matches!(round.offer(r, chunk(9, &[1.0])).unwrap_err(), OfferError::Malformed(WireError::BadIndex { .. })));
     round.offer(r, chunk(0, &[1.0, 2.0])).unwrap();
-    assert!(matches!(round.offer(r, chunk(0, &[1.0, 2.0])).unwrap_err(), WireError::Duplicate { .. }));
+    assert!(matches!(round.offer(r, chunk(0, &[1.0, 2.0])).unwrap_err(), OfferError::Malformed(WireError::Duplicate { .. })));
 }
 
 #[tokio::test]

@@ -86,7 +86,8 @@ impl RpcError {
                 RoundError::WrongElements { .. }
                 | RoundError::BadDtype(_)
                 | RoundError::WrongDtype { .. }
-                | RoundError::Refused(_) => (Code::InvalidArgument, Rejoin),
+                | RoundError::Refused(_)
+                | RoundError::BadLoss { .. } => (Code::InvalidArgument, Rejoin),
                 RoundError::AlreadyStreaming { .. } => (Code::AlreadyExists, Quit),
             },
             Self::Internal(_) => (Code::Internal, Unspecified),

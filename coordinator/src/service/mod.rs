@@ -201,7 +201,17 @@ impl Coordinator for CoordService {
         self.roster.touch(header.worker_id)?;
         let round = self.rounds.join_target(header.worker_id, header.step)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let rank = round.join(&header, tx)?;
+        let rank = match round.join(&header, tx) {
+            Ok(rank) => rank,
+            // A lying loss is the member's fault: the step is redone without it.
+            Err(e @ RoundError::BadLoss { .. }) => {
+                tracing::warn!(worker = header.worker_id, step = header.step, "rejecting gradient: {e}");
+                let failure = crate::round::RoundFailure { culprit: Some(header.worker_id), reason: e.to_string() };
+                crate::round_slot::fail(&round, failure).await;
+                return Err(RpcError::Round(e).into());
+            }
+            Err(e) => return Err(RpcError::Round(e).into()),
+        };
         tokio::spawn(gradients::pump(round, rank, header.worker_id, inbound));
         let out = ReceiverStream::new(rx).map(|m: Result<proto::ReducedMessage, RoundError>| m.map_err(Status::from));
         Ok(Response::new(Box::pin(out)))

@@ -37,7 +37,7 @@ pub use summary::Summary;
 use crate::jobs::JobQueue;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::roster::Roster;
-use crate::round::{Round, RoundFailure, RoundResult};
+use crate::round::{Round, RoundFailure, RoundResult, Screening};
 use crate::round_slot::{self, RoundSlot};
 use crate::run_status::RunStatus;
 use crate::state::StateHandle;
@@ -104,7 +104,7 @@ fn settled(flushed: anyhow::Result<Option<String>>) -> (Option<String>, Option<S
 
 /// What to do after a step's round ended.
 enum StepEnd {
-    Done(RoundResult),
+    Done(Box<RoundResult>),
     /// Redo the step with these members (the rest were dropped).
     Redo(BTreeSet<u64>),
 }
@@ -161,6 +161,8 @@ impl Trainer {
         }
         tracing::info!(workers = self.workers, "waiting for {} workers to join", self.workers);
         let stragglers = StragglerPolicy::new(&cfg.dist);
+        // Per chunk, the members' median norm in the last applied step.
+        let mut screen_reference: Option<Arc<Vec<f64>>> = None;
         let mut last_step_time: Option<Duration> = None;
                 let mut started_training = false;
         let mut stopped = false;
@@ -199,8 +201,9 @@ impl Trainer {
             }
 
             let checksum_requested = checksums::due(s, total, cfg.dist.checksum_every);
-            let result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, step_timeout).await {
-                StepEnd::Done(result) => result,
+            let screening = Screening { factor: cfg.dist.screen_factor, reference: screen_reference.clone() };
+            let mut result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, screening).await {
+                StepEnd::Done(result) => *result,
                 StepEnd::Redo(left) => {
                     attempt += 1;
                     active = left;
@@ -210,6 +213,9 @@ impl Trainer {
             attempt = 0;
             active = step_members.iter().copied().collect();
             let outcome = result.outcome;
+            if outcome.apply {
+                screen_reference = Some(Arc::new(std::mem::take(&mut result.chunk_medians)));
+            }
             self.state.apply(s, result.reduced, outcome).await?;
             step = s;
             if !outcome.apply {
@@ -356,9 +362,10 @@ impl Trainer {
         step_members: &[u64],
         samples: &[proto::Sample],
         checksum_requested: bool,
-        step_timeout: Duration,
+        screening: Screening,
     ) -> StepEnd {
         let cfg = &self.config;
+        let step_timeout = Duration::from_secs_f64(cfg.dist.step_timeout_s);
         let batch = cfg.train.batch_size;
         let chunk_elements = (cfg.dist.chunk_kib * 1024 / cfg.dist.grad_dtype.bytes_per_element()).max(1);
         let shards = order::shard_ranges(batch, step_members.len());
@@ -373,7 +380,7 @@ impl Trainer {
             cfg.dist.grad_dtype,
             cfg.optim.grad_clip,
         );
-        let round = Arc::new(round);
+        let round = Arc::new(round.screened(screening));
         self.rounds.open(round.clone());
         for (id, range) in step_members.iter().zip(&shards) {
             let assignment = proto::TrainAssignment {
@@ -402,7 +409,7 @@ impl Trainer {
         self.rounds.close();
         let members = step_members.iter().copied();
         match ended {
-            Ok(Ok(result)) => StepEnd::Done(result),
+            Ok(Ok(result)) => StepEnd::Done(Box::new(result)),
             Ok(Err(failure)) => {
                 if let Some(culprit) = failure.culprit {
                     self.roster.remove(culprit);
