@@ -141,7 +141,15 @@ async fn a_store_that_refuses_checkpoints_is_not_retried_and_the_summary_says_wh
     std::fs::write(run.path().join("checkpoints"), "in the way").unwrap();
     let (mut coord, addr, _workers) = run.start(12, &[]);
     coord.wait_for_line("checkpoint upload failed; training goes on without it", Duration::from_secs(300));
-    let s = status(&addr).await;
+    // The status hears of the failure just after the log line.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let s = loop {
+        let s = status(&addr).await;
+        if !s.checkpoint_error.is_empty() || Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(s.last_checkpoint_step, 0, "{s:?}");
     assert!(s.unsaved_steps >= 3 && s.unsaved_steps == s.step, "{s:?}");
     assert!(s.checkpoint_error.contains("Not a directory") && s.checkpoint_error.contains("move it away"), "{s:?}");
