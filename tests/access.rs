@@ -1,8 +1,9 @@
 //! Who may connect, through the real binaries: a coordinator with a worker
 //! token and a user token refuses every RPC of both services without
 //! credentials, with a wrong token, with the other kind of token, and
-//! under another worker's id; the run it is holding then trains as if none
-//! of that happened. An open run is refused on a non-loopback address.
+//! under another worker's id, and job requests read only under the job
+//! roots; the run it is holding then trains as if none of that happened.
+//! An open run is refused on a non-loopback address.
 
 mod common;
 
@@ -129,6 +130,20 @@ async fn every_rpc_needs_the_right_token_and_session_and_the_run_is_untouched() 
     // The user token works on Jobs (an unknown job is just that).
     let listed = jobs_client(Some(USER_TOKEN)).list_jobs(proto::ListJobsRequest {}).await.unwrap().into_inner();
     assert!(listed.jobs.is_empty());
+    // Job requests read only under the job roots, and say nothing of what lies outside.
+    let mut refusals = Vec::new();
+    for path in ["/etc/passwd", "/etc/no-such-file"] {
+        let sample = Some(proto::SampleJobRequest { count: 4, ..Default::default() });
+        let req = proto::EvalJobRequest { inception: "inception.pt".into(), reference_stats: path.into(), sample, ..Default::default() };
+        let e = jobs_client(Some(USER_TOKEN)).submit_eval_job(req).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains("is outside the places jobs may read"), "{}", e.message());
+        refusals.push(e.message().replace(path, "PATH"));
+    }
+    assert_eq!(refusals[0], refusals[1], "the refusal must not tell an existing file from a missing one");
+    let req = proto::AnalysisJobRequest { kind: "interpolate".into(), data: "folder:/etc".into(), index_b: 1, ..Default::default() };
+    let e = jobs_client(Some(USER_TOKEN)).submit_analysis_job(req).await.unwrap_err();
+    assert!(e.message().contains("outside the places jobs may read"), "{}", e.message());
     // And so does `ddpm jobs` with the user token's file; without it, it is told why.
     let mut cli = Proc::start("ddpm", "ddpm", &["jobs", "list", "--coord", &addr, "--token-file", &ut]);
     assert_eq!(cli.wait(Duration::from_secs(60)), 0, "{}", cli.output());

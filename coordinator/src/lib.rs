@@ -72,6 +72,9 @@ pub struct CoordOptions {
     pub lease_ttl: Duration,
     /// The run's tokens (none: an open run, on loopback or `--insecure`).
     pub access: service::access::Access,
+    /// Places job requests may read besides the run and its dataset
+    /// (directories or `s3://bucket/prefix`).
+    pub job_roots: Vec<String>,
 }
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
@@ -147,8 +150,9 @@ pub async fn run(
         status: status.clone(),
         lifecycle: lifecycle.clone(),
     };
+    let roots = jobs::roots::JobRoots::new(&opts.run, config.data.spec.as_ref(), &opts.job_roots);
     let jobs_service =
-        jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len());
+        jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len(), roots);
     let server_stop = Arc::new(Notify::new());
     let server = tokio::spawn(serve(listener, coordinator, jobs_service, opts.access.clone(), server_stop.clone()));
     let heartbeat_timeout = Duration::from_secs_f64(config.dist.heartbeat_timeout_s);

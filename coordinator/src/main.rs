@@ -80,6 +80,11 @@ struct Args {
     /// jobs` must present it. Give both tokens or neither.
     #[arg(long)]
     user_token_file: Option<PathBuf>,
+    /// A directory or s3://bucket/prefix that job requests may read from
+    /// (reference statistics, reference and bpd datasets), besides the run
+    /// and its dataset; repeat for more.
+    #[arg(long = "job-root")]
+    job_roots: Vec<String>,
     /// Serve a run without tokens on a non-loopback address (refused otherwise).
     #[arg(long)]
     insecure: bool,
@@ -187,6 +192,7 @@ fn main() -> ExitCode {
             serve: args.serve,
             lease_ttl: std::time::Duration::from_secs_f64(args.lease_ttl),
             access,
+            job_roots: args.job_roots.clone(),
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -28,6 +28,7 @@ pub mod pinned;
 pub mod queue;
 pub mod references;
 pub mod results;
+pub mod roots;
 mod runners;
 pub mod scheduler;
 pub mod service;

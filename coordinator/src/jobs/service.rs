@@ -11,6 +11,7 @@ use ddpm::train::analysis::AnalysisKind;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::roots::JobRoots;
 use super::queue::JobQueue;
 use super::spec::{JobSpec, SampleJobSpec};
 use super::spec_analysis::AnalysisJobSpec;
@@ -46,11 +47,13 @@ pub struct JobsService {
     store: RunStore,
     num_timesteps: usize,
     dataset_len: usize,
+    /// Where the paths and datasets of job requests must lie.
+    roots: JobRoots,
 }
 
 impl JobsService {
-    pub fn new(queue: Arc<JobQueue>, store: RunStore, num_timesteps: usize, dataset_len: usize) -> Self {
-        Self { queue, store, num_timesteps, dataset_len }
+    pub fn new(queue: Arc<JobQueue>, store: RunStore, num_timesteps: usize, dataset_len: usize, roots: JobRoots) -> Self {
+        Self { queue, store, num_timesteps, dataset_len, roots }
     }
 
     /// Refuses a job on a checkpoint the run does not have (complete).
@@ -97,6 +100,11 @@ impl JobsRpc for JobsService {
     async fn submit_eval_job(&self, req: Request<proto::EvalJobRequest>) -> Result<Response<proto::JobStatus>, Status> {
         let kind = "evaluation";
         let spec = EvalJobSpec::from_request(&req.into_inner(), self.num_timesteps).map_err(invalid(kind))?;
+        if !spec.reference_stats.is_empty() {
+            self.roots.check_path("reference_stats", &spec.reference_stats).map_err(invalid(kind))?;
+        }
+        self.roots.check_dataset("reference_data", &spec.reference_data).map_err(invalid(kind))?;
+        self.roots.check_dataset("bpd_data", &spec.bpd_data).map_err(invalid(kind))?;
         self.check_checkpoint(kind, spec.sample.checkpoint_step).await?;
         if !spec.reference_stats.is_empty() {
             // Read now, so that a wrong path or file is an error of the request.
@@ -115,6 +123,7 @@ impl JobsRpc for JobsService {
     async fn submit_analysis_job(&self, req: Request<proto::AnalysisJobRequest>) -> Result<Response<proto::JobStatus>, Status> {
         let kind = "analysis";
         let spec = AnalysisJobSpec::from_request(&req.into_inner(), self.num_timesteps).map_err(invalid(kind))?;
+        self.roots.check_dataset("data", &spec.data).map_err(invalid(kind))?;
         self.check_checkpoint(kind, spec.checkpoint_step).await?;
         if spec.analysis == AnalysisKind::Interpolate && spec.data.is_empty() {
             let n = self.dataset_len as u64;
