@@ -168,19 +168,22 @@ pub fn accumulate(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: 
     Ok(())
 }
 
-/// Whether every value of an encoded chunk is finite, and the float64 sum
-/// of their squares (what the all-reduce screens a member's chunk by).
-pub fn chunk_stats(bytes: &[u8], dtype: GradDtype, index: u32) -> Result<(bool, f64), WireError> {
+/// [`accumulate`], also returning whether every decoded value was finite
+/// and the float64 sum of their squares: the all-reduce screens each
+/// member's chunk by these without decoding it twice.
+pub fn accumulate_screened(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: &mut [f32]) -> Result<(bool, f64), WireError> {
+    check_len(bytes, acc.len(), dtype, index)?;
     const BLOCK: usize = 2048;
     let mut buf = [0f32; BLOCK];
     let per = dtype.bytes_per_element();
     let (mut finite, mut sumsq) = (true, 0.0f64);
-    for b in bytes.chunks(BLOCK * per) {
-        let tmp = &mut buf[..b.len() / per];
+    for (a, b) in acc.chunks_mut(BLOCK).zip(bytes.chunks(BLOCK * per)) {
+        let tmp = &mut buf[..a.len()];
         decode_into(b, dtype, index, tmp)?;
-        for v in tmp.iter() {
-            finite &= v.is_finite();
-            sumsq += (*v as f64) * (*v as f64);
+        for (x, y) in a.iter_mut().zip(tmp.iter()) {
+            finite &= y.is_finite();
+            sumsq += (*y as f64) * (*y as f64);
+            *x += weight * y;
         }
     }
     Ok((finite, sumsq))

@@ -275,24 +275,25 @@ impl Round {
         if inner.arrived[i] < self.members.len() {
             return Ok(Vec::new());
         }
-        // Every member's copy is here: screen them, then sum in rank order.
+        // Every member's copy is here: sum in rank order, screening each.
         let parts: Vec<Bytes> = inner.pending[i].iter_mut().map(|p| p.take().expect("all arrived")).collect();
-        let stats = parts
-            .iter()
-            .map(|p| wire::chunk_stats(p, self.dtype, index).map(|(finite, sumsq)| (finite, sumsq.sqrt())))
-            .collect::<Result<Vec<_>, _>>()?;
-        inner.medians[i] = self
+        // One decode per part: summed and measured together; a refused
+        // chunk's sum is never sent (the round fails instead).
+        let acc = &mut inner.reduced[range.clone()];
+        acc.fill(0.0);
+        let mut stats = Vec::with_capacity(parts.len());
+        for (part, &w) in parts.iter().zip(&self.weights) {
+            let (finite, sumsq) = wire::accumulate_screened(part, self.dtype, index, w, acc)?;
+            stats.push((finite, sumsq.sqrt()));
+        }
+        let median = self
             .screening
             .judge(i, &stats)
             .map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
-        let acc = &mut inner.reduced[range.clone()];
-        acc.fill(0.0);
-        for (part, &w) in parts.iter().zip(&self.weights) {
-            wire::accumulate(part, self.dtype, index, w, acc)?;
-        }
         wire::round_trip(acc, self.dtype);
         let encoded = wire::encode(acc, self.dtype);
         inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        inner.medians[i] = median;
         inner.reduced_chunks += 1;
         let msg = ReducedMessage {
             kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })),
