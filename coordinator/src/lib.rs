@@ -20,6 +20,7 @@
 pub mod changes;
 pub mod jobs;
 pub mod lifecycle;
+pub mod limits;
 pub mod liveness;
 pub mod roster;
 pub mod round;
@@ -75,6 +76,10 @@ pub struct CoordOptions {
     /// Places job requests may read besides the run and its dataset
     /// (directories or `s3://bucket/prefix`).
     pub job_roots: Vec<String>,
+    /// TLS on the port (none: plain text).
+    pub tls: Option<wire::tls::ServerTls>,
+    /// How much any peer can make the coordinator hold.
+    pub limits: limits::Limits,
 }
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
@@ -89,6 +94,7 @@ pub async fn run(
     let config = opts.config.clone();
     config.validate()?;
     config.check_world_size(opts.workers)?;
+    opts.limits.check(opts.workers)?;
     let store = RunStore::open(&opts.run, &opts.store)?;
     store.check().await?;
     let dataset = open_dataset(&config, &opts.store).await?;
@@ -119,12 +125,12 @@ pub async fn run(
     tracing::info!(%addr, params = state.layout.total, run = %store.url(), "coordinator listening");
 
     // The components, each owning its state.
-    let roster = Arc::new(Roster::default());
+    let roster = Arc::new(Roster::with_limit(opts.limits.members(opts.workers)));
     let rounds = Arc::new(RoundSlot::default());
     let lifecycle = Arc::new(Lifecycle::default());
     let status = Arc::new(RunStatus::starting_at(state.start_step));
     // Job ids go on from the run's earlier starts: outputs never collide.
-    let queue = Arc::new(JobQueue::numbered_after(jobs::outputs::last_job_id(&store).await?));
+    let queue = Arc::new(JobQueue::numbered_after(jobs::outputs::last_job_id(&store).await?).with_limit(opts.limits.max_queued_jobs));
     let pinned = Arc::new(PinnedWeights::default());
     let results = Arc::new(ResultRouter::default());
 
@@ -154,7 +160,13 @@ pub async fn run(
     let jobs_service =
         jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len(), roots);
     let server_stop = Arc::new(Notify::new());
-    let server = tokio::spawn(serve(listener, coordinator, jobs_service, opts.access.clone(), server_stop.clone()));
+    let server = tokio::spawn(serve(
+        listener,
+        coordinator,
+        jobs_service,
+        Gates { access: opts.access.clone(), tls: opts.tls.clone(), limits: opts.limits.clone() },
+        server_stop.clone(),
+    ));
     let heartbeat_timeout = Duration::from_secs_f64(config.dist.heartbeat_timeout_s);
     let reaper = tokio::spawn(liveness::reap_silent_members(roster.clone(), rounds.clone(), heartbeat_timeout));
     let job_context = JobContext {
@@ -234,27 +246,43 @@ pub async fn run(
     result
 }
 
+/// What stands between the port and the services: tokens, TLS, caps.
+struct Gates {
+    access: service::access::Access,
+    tls: Option<wire::tls::ServerTls>,
+    limits: limits::Limits,
+}
+
 /// The gRPC server with limits and windows set for bulk transfer.
 async fn serve(
     listener: TcpListener,
     coordinator: service::CoordService,
     jobs_service: jobs::service::JobsService,
-    access: service::access::Access,
+    gates: Gates,
     stop: Arc<Notify>,
 ) -> Result<(), tonic::transport::Error> {
     let coordinator = CoordinatorServer::new(coordinator)
         .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
-    let coordinator = tonic::service::interceptor::InterceptedService::new(coordinator, access.coordinator_gate());
-    let jobs = tonic::service::interceptor::InterceptedService::new(JobsServer::new(jobs_service), access.jobs_gate());
-    tonic::transport::Server::builder()
+    let coordinator = tonic::service::interceptor::InterceptedService::new(coordinator, gates.access.coordinator_gate());
+    let jobs = JobsServer::new(jobs_service).max_decoding_message_size(limits::MAX_JOB_REQUEST_BYTES);
+    let jobs = tonic::service::interceptor::InterceptedService::new(jobs, gates.access.jobs_gate());
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &gates.tls {
+        builder = builder.tls_config(tls.config())?;
+    }
+    builder
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
         .max_frame_size(Some(wire::MAX_FRAME_BYTES))
-        .tcp_nodelay(true)
+        .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
+        // A peer that vanished without closing (a cut cable, a frozen VM)
+        // frees its connection when the pings go unanswered.
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(coordinator)
         .add_service(jobs)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(service::incoming::capped(listener, gates.limits.max_connections), async move {
             stop.notified().await
         })
         .await
@@ -263,9 +291,15 @@ async fn serve(
 /// Refuses to serve an open run (no tokens) on an address other hosts can
 /// reach, unless the operator said `--insecure` (then warns). `listen` is
 /// the `--listen` value.
-pub fn check_exposure(listen: &str, access: &service::access::Access, insecure: bool) -> anyhow::Result<()> {
+pub fn check_exposure(
+    listen: &str,
+    access: &service::access::Access,
+    tls: Option<&wire::tls::ServerTls>,
+    insecure: bool,
+) -> anyhow::Result<()> {
     use std::net::ToSocketAddrs;
-    if access.is_protected() {
+    // Tokens, or client certificates from the operator's CA, keep strangers out.
+    if access.is_protected() || tls.is_some_and(|t| t.is_mutual()) {
         return Ok(());
     }
     let loopback = listen.to_socket_addrs().map(|mut a| a.all(|a| a.ip().is_loopback())).unwrap_or(false);
@@ -282,7 +316,7 @@ pub fn check_exposure(listen: &str, access: &service::access::Access, insecure: 
     anyhow::bail!(
         "refusing to listen on {listen} without credentials: anyone who reaches it could join training, read the weights and submit jobs. \
          Set the run's tokens ({} and {}, or --worker-token-file and --user-token-file; e.g. `openssl rand -hex 32`), \
-         listen on 127.0.0.1, or pass --insecure",
+         listen on 127.0.0.1, require client certificates (--tls-client-ca), or pass --insecure",
         ddpm::wire::auth::WORKER_TOKEN_ENV,
         ddpm::wire::auth::USER_TOKEN_ENV
     )

@@ -8,6 +8,7 @@ use clap::Parser;
 use ddpm::config::{GradDtype, TrainConfig};
 use ddpm::store::StoreArgs;
 use ddpm::wire::auth;
+use ddpm::wire::tls::ServerTls;
 use ddpm_coord::service::access::Access;
 use ddpm_coord::{run, CoordOptions};
 
@@ -88,21 +89,31 @@ struct Args {
     /// Serve a run without tokens on a non-loopback address (refused otherwise).
     #[arg(long)]
     insecure: bool,
+    #[command(flatten)]
+    tls: ddpm::wire::tls::ServerTlsArgs,
+    #[command(flatten)]
+    limits: ddpm_coord::limits::Limits,
     /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
 }
 
-/// The run's tokens, and whether it may listen where it was asked to.
-fn access(args: &Args) -> anyhow::Result<Access> {
+/// The run's tokens and TLS, and whether it may listen where it was asked to.
+fn access(args: &Args) -> anyhow::Result<(Access, Option<ServerTls>)> {
     let worker = auth::load_token(args.worker_token_file.as_deref(), auth::WORKER_TOKEN_ENV)?;
     let user = auth::load_token(args.user_token_file.as_deref(), auth::USER_TOKEN_ENV)?;
     let access = Access::new(worker, user)?;
-    ddpm_coord::check_exposure(&args.listen, &access, args.insecure)?;
+    let tls = args.tls.load()?;
+    ddpm_coord::check_exposure(&args.listen, &access, tls.as_ref(), args.insecure)?;
     if access.is_protected() {
         tracing::info!("tokens set: workers need the worker token, `ddpm jobs` the user token");
     }
-    Ok(access)
+    match &tls {
+        Some(t) if t.is_mutual() => tracing::info!("TLS on; clients must present a certificate signed by --tls-client-ca"),
+        Some(_) => tracing::info!("TLS on"),
+        None => {}
+    }
+    Ok((access, tls))
 }
 
 fn parse_ttl(s: &str) -> Result<f64, String> {
@@ -160,7 +171,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let access = match access(&args) {
+    let (access, tls) = match access(&args).and_then(|a| args.limits.check(args.workers).map(|()| a)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -193,6 +204,8 @@ fn main() -> ExitCode {
             lease_ttl: std::time::Duration::from_secs_f64(args.lease_ttl),
             access,
             job_roots: args.job_roots.clone(),
+            tls,
+            limits: args.limits.clone(),
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 use ddpm::diffusion::SamplerKind;
 use ddpm::proto::{self, jobs_client::JobsClient};
@@ -22,6 +21,8 @@ pub struct JobsArgs {
     /// when the coordinator has tokens.
     #[arg(long, global = true)]
     token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: ddpm::wire::tls::ClientTlsArgs,
     /// Print the job statuses as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -217,14 +218,15 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
 
 type Client = JobsClient<InterceptedService<Channel, Credentials>>;
 
-async fn connect(addr: &str, token: Option<String>) -> anyhow::Result<Client> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let channel = tonic::transport::Endpoint::from_shared(url)
-        .with_context(|| format!("bad coordinator address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(10))
-        .connect()
-        .await
-        .with_context(|| format!("cannot reach the coordinator at {addr} (is ddpm-coord running there?)"))?;
+async fn connect(addr: &str, tls: &ddpm::wire::tls::ClientTls, token: Option<String>) -> anyhow::Result<Client> {
+    use ddpm::wire::tls::{error_chain, is_tls_failure};
+    let channel = tls.endpoint(addr)?.connect_timeout(Duration::from_secs(10)).connect().await.map_err(|e| {
+        if is_tls_failure(&e) {
+            anyhow::anyhow!("TLS with the coordinator at {addr} failed: {}", error_chain(&e))
+        } else {
+            anyhow::anyhow!("cannot reach the coordinator at {addr} (is ddpm-coord running there?): {}", error_chain(&e))
+        }
+    })?;
     Ok(JobsClient::with_interceptor(channel, Credentials::new(token)))
 }
 
@@ -235,7 +237,8 @@ fn rpc_err(s: tonic::Status) -> anyhow::Error {
 
 async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
     let token = ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::USER_TOKEN_ENV)?;
-    let mut c = connect(&args.coord, token).await?;
+    let tls = args.tls.load()?;
+    let mut c = connect(&args.coord, &tls, token).await?;
     match args.command {
         JobsCommand::SubmitSample(a) => {
             let status = c.submit_sample_job(a.draw.request(a.count)).await.map_err(rpc_err)?.into_inner();

@@ -12,6 +12,7 @@ use crate::proto;
 
 pub mod auth;
 pub mod directive;
+pub mod tls;
 mod vocab;
 
 pub use vocab::{analysis_kind, assignment_sampler, sampler_kind, set_assignment_sampler, WorkerRole};

@@ -9,7 +9,8 @@ use ddpm::proto::{self, coordinator_client::CoordinatorClient};
 use ddpm::wire::{self, auth::Credentials};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use ddpm::wire::tls::{error_chain, is_tls_failure, ClientTls};
+use tonic::transport::Channel;
 
 use crate::directive::{CallResult, Directed};
 
@@ -19,12 +20,11 @@ pub type Client = CoordinatorClient<InterceptedService<Channel, Credentials>>;
 
 /// Connects, retrying until `timeout` (the coordinator may start after
 /// its workers), with `credentials` on every call.
-pub async fn connect(addr: &str, timeout: Duration, credentials: Credentials) -> anyhow::Result<Client> {
-    let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+pub async fn connect(addr: &str, tls: &ClientTls, timeout: Duration, credentials: Credentials) -> anyhow::Result<Client> {
     // Gradients and states are streamed in MiB chunks: large windows and
     // frames keep the pipe full; keep-alives notice a dead coordinator.
-    let endpoint = Endpoint::from_shared(url)
-        .map_err(|e| anyhow::anyhow!("bad coordinator address {addr:?}: {e}"))?
+    let endpoint = tls
+        .endpoint(addr)?
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(8 << 20))
         .initial_connection_window_size(Some(32 << 20))
@@ -39,6 +39,9 @@ pub async fn connect(addr: &str, timeout: Duration, credentials: Credentials) ->
                     .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(wire::MAX_MESSAGE_BYTES))
             }
+            // A TLS failure (an untrusted certificate, a wrong name) will
+            // not heal by waiting: say what it is at once.
+            Err(e) if is_tls_failure(&e) => anyhow::bail!("TLS with the coordinator at {addr} failed: {}", error_chain(&e)),
             Err(e) if started.elapsed() < timeout => {
                 tracing::debug!("coordinator at {addr} not reachable yet: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;

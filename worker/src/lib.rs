@@ -46,6 +46,8 @@ pub struct WorkerOptions {
     pub role: WorkerRole,
     /// The run's worker token (none: an open run).
     pub token: Option<String>,
+    /// TLS to the coordinator (plain text by default).
+    pub tls: ddpm::wire::tls::ClientTls,
 }
 
 /// Backoff between reconnects to a lost coordinator: from the first
@@ -63,13 +65,15 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
     // and registering again for the same run config reuses it.
     let mut device: Option<(String, DeviceHandle)> = None;
     let mut backoff = RECONNECT_BACKOFF.0;
+    // Since when every attempt to join failed on a broken connection.
+    let mut not_joined_since: Option<std::time::Instant> = None;
     loop {
         let began = std::time::Instant::now();
         let end = tokio::select! {
             r = async {
                 // A fresh session secret per membership.
                 let credentials = ddpm::wire::auth::Credentials::new(opts.token.clone());
-                let client = client::connect(&opts.coord, opts.connect_timeout, credentials.clone()).await?;
+                let client = client::connect(&opts.coord, &opts.tls, opts.connect_timeout, credentials.clone()).await?;
                 session::session(client, &credentials, &opts, &mut device).await
             } => r?,
             _ = &mut shutdown => {
@@ -77,8 +81,25 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
                 return Ok(());
             }
         };
+        if !matches!(end, SessionEnd::NotJoined(_)) {
+            not_joined_since = None;
+        }
         let pause = match end {
             SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::NotJoined(reason) => {
+                let since = *not_joined_since.get_or_insert(began);
+                if since.elapsed() >= opts.connect_timeout {
+                    anyhow::bail!(
+                        "cannot join the coordinator at {} within {:.0} s: {reason}",
+                        opts.coord,
+                        opts.connect_timeout.as_secs_f64()
+                    );
+                }
+                tracing::warn!("could not join the coordinator at {} ({reason}); retrying in {:.2} s", opts.coord, backoff.as_secs_f64());
+                let pause = backoff;
+                backoff = (backoff * 2).min(RECONNECT_BACKOFF.1);
+                pause
+            }
             SessionEnd::Dropped(reason) => {
                 tracing::warn!("the coordinator dropped this worker ({reason}); registering again");
                 // A pause, so that a coordinator that keeps refusing is not hammered.

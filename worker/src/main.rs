@@ -13,7 +13,7 @@ use tch::Device;
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-worker", version)]
 struct Args {
-    /// The coordinator, HOST:PORT.
+    /// The coordinator, HOST:PORT (https://HOST:PORT, or any --tls-* flag, for TLS).
     #[arg(long)]
     coord: String,
     /// CUDA device index to run on.
@@ -36,6 +36,8 @@ struct Args {
     /// Secret); default: DDPM_WORKER_TOKEN. Needed when the coordinator has tokens.
     #[arg(long)]
     token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    tls: ddpm::wire::tls::ClientTlsArgs,
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
@@ -90,6 +92,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let tls = match args.tls.load() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
     }
@@ -102,6 +111,7 @@ fn main() -> ExitCode {
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         role: args.role,
         token,
+        tls,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

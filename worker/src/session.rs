@@ -31,6 +31,11 @@ pub enum SessionEnd {
     /// The connection to the coordinator broke (it died, or restarts):
     /// reconnect and register again.
     Lost(String),
+    /// The connection broke before this worker had joined (a coordinator
+    /// still starting, or one that refuses this worker's connection, such
+    /// as a TLS client certificate it does not accept): retried, but only
+    /// for `--connect-timeout`.
+    NotJoined(String),
 }
 
 /// What the session does after a piece of work.
@@ -67,6 +72,9 @@ fn on_error(e: CallError, phase: Phase) -> anyhow::Result<Next> {
         CallError::Directed { flow: Flow::NextWork, context, reason } => {
             // Nothing to go on to before this worker has joined.
             anyhow::bail!("{context}: {reason} (the coordinator said to go on to the next work while this worker was joining)")
+        }
+        CallError::Lost { context, detail } if phase == Phase::Joining => {
+            Ok(Next::End(SessionEnd::NotJoined(format!("{context}: {detail}"))))
         }
         CallError::Lost { context, detail } => Ok(Next::End(SessionEnd::Lost(format!("{context}: {detail}")))),
         CallError::Fault(e) => Err(e),

@@ -97,11 +97,13 @@ pub struct JobQueue {
     jobs: Mutex<Jobs>,
     /// Raised when a job is submitted, cancelled or ends.
     wake: Changes,
+    /// Users' jobs queued or running at most ([`JobQueue::try_submit`]).
+    limit: usize,
 }
 
 impl Default for JobQueue {
     fn default() -> Self {
-        Self { jobs: Mutex::new(Jobs { by_id: BTreeMap::new(), last_id: 0 }), wake: Changes::default() }
+        Self { jobs: Mutex::new(Jobs { by_id: BTreeMap::new(), last_id: 0 }), wake: Changes::default(), limit: usize::MAX }
     }
 }
 
@@ -111,6 +113,12 @@ impl JobQueue {
         let q = Self::default();
         q.lock().last_id = last_id;
         q
+    }
+
+    /// This queue, admitting at most `limit` unfinished jobs from users.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Jobs> {
@@ -152,9 +160,20 @@ impl JobQueue {
         status
     }
 
-    /// Queues a validated job; returns its first status (with its id).
+    /// Queues a validated job of the coordinator's own (periodic
+    /// evaluations: never refused); returns its first status (with its id).
     pub fn submit(&self, spec: JobSpec) -> proto::JobStatus {
         self.insert(spec, false)
+    }
+
+    /// Queues a user's validated job, unless the cap of unfinished jobs is
+    /// reached (`Err(cap)`).
+    pub fn try_submit(&self, spec: JobSpec) -> Result<proto::JobStatus, usize> {
+        let unfinished = self.lock().by_id.values().filter(|j| !j.state.is_final()).count();
+        if unfinished >= self.limit {
+            return Err(self.limit);
+        }
+        Ok(self.insert(spec, false))
     }
 
     /// Queues a job of the coordinator's own that runs before every other
@@ -299,6 +318,17 @@ mod tests {
         q.finish(b, JobEnd::Done { outputs: vec!["x".into()], metrics: String::new() });
         assert_eq!(q.status(b).unwrap().state, "done");
         assert!(!q.urgent_running() && !q.all_final());
+    }
+
+    #[test]
+    fn users_jobs_are_capped_while_unfinished_and_the_coordinators_are_not() {
+        let q = JobQueue::default().with_limit(2);
+        let a = q.try_submit(spec(1)).unwrap().job_id;
+        q.try_submit(spec(1)).unwrap();
+        assert_eq!(q.try_submit(spec(1)), Err(2));
+        q.submit(spec(1));
+        q.cancel(a, "by a client").unwrap();
+        assert_eq!(q.try_submit(spec(1)), Err(2), "the coordinator's own job counts while it waits");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub enum JobsError {
     StoreUnavailable { kind: &'static str, reason: String },
     #[error("unknown job id {0}: `ddpm jobs list` shows this coordinator's jobs")]
     Unknown(u64),
+    #[error("{0} jobs are queued or running, the cap: wait for some to end, cancel some, or raise ddpm-coord --max-queued-jobs")]
+    QueueFull(usize),
     #[error("{0}")]
     Internal(String),
 }
@@ -37,6 +39,7 @@ impl From<JobsError> for Status {
             JobsError::Invalid { .. } => Status::invalid_argument(message),
             JobsError::StoreUnavailable { .. } => Status::unavailable(message),
             JobsError::Unknown(_) => Status::not_found(message),
+            JobsError::QueueFull(_) => Status::resource_exhausted(message),
             JobsError::Internal(_) => Status::internal(message),
         }
     }
@@ -76,10 +79,10 @@ impl JobsService {
     }
 
     /// Queues a checked spec.
-    fn submit(&self, spec: JobSpec) -> proto::JobStatus {
-        let status = self.queue.submit(spec);
+    fn submit(&self, spec: JobSpec) -> Result<proto::JobStatus, JobsError> {
+        let status = self.queue.try_submit(spec).map_err(JobsError::QueueFull)?;
         tracing::info!(job = status.job_id, kind = %status.kind, spec = %status.spec_json, "job submitted");
-        status
+        Ok(status)
     }
 }
 
@@ -94,7 +97,7 @@ impl JobsRpc for JobsService {
     async fn submit_sample_job(&self, req: Request<proto::SampleJobRequest>) -> Result<Response<proto::JobStatus>, Status> {
         let spec = SampleJobSpec::from_request(&req.into_inner(), self.num_timesteps).map_err(invalid("sample"))?;
         self.check_checkpoint("sample", spec.checkpoint_step).await?;
-        Ok(Response::new(self.submit(JobSpec::Sample(spec))))
+        Ok(Response::new(self.submit(JobSpec::Sample(spec))?))
     }
 
     async fn submit_eval_job(&self, req: Request<proto::EvalJobRequest>) -> Result<Response<proto::JobStatus>, Status> {
@@ -117,7 +120,7 @@ impl JobsRpc for JobsService {
                 return Err(invalid(kind)(format!("reference_stats: {}-dimensional statistics", stats.dim())).into());
             }
         }
-        Ok(Response::new(self.submit(JobSpec::Eval(spec))))
+        Ok(Response::new(self.submit(JobSpec::Eval(spec))?))
     }
 
     async fn submit_analysis_job(&self, req: Request<proto::AnalysisJobRequest>) -> Result<Response<proto::JobStatus>, Status> {
@@ -131,7 +134,7 @@ impl JobsRpc for JobsService {
                 return Err(invalid(kind)(format!("image index {i} is outside the run's dataset (0..{n})")).into());
             }
         }
-        Ok(Response::new(self.submit(JobSpec::Analysis(spec))))
+        Ok(Response::new(self.submit(JobSpec::Analysis(spec))?))
     }
 
     async fn get_job(&self, req: Request<proto::JobRef>) -> Result<Response<proto::JobStatus>, Status> {

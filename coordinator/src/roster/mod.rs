@@ -30,6 +30,8 @@ pub enum RosterError {
     NotReady(u64),
     /// The call did not carry the member's session secret.
     WrongSession(u64),
+    /// The roster holds its cap of members.
+    Full(usize),
 }
 
 /// What the roster knows of a member that others may read.
@@ -85,13 +87,25 @@ struct Members {
 }
 
 /// The run's members.
-#[derive(Default)]
 pub struct Roster {
     inner: Mutex<Members>,
     changed: Changes,
+    /// Members at most (registered, ready or not).
+    limit: usize,
+}
+
+impl Default for Roster {
+    fn default() -> Self {
+        Self::with_limit(usize::MAX)
+    }
 }
 
 impl Roster {
+    /// An empty roster that admits at most `limit` members at once.
+    pub fn with_limit(limit: usize) -> Self {
+        Self { inner: Mutex::default(), changed: Changes::default(), limit }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Members> {
         // A panic while holding the lock cannot leave a member half-updated
         // in a way later calls would misread, so a poisoned lock is used as is.
@@ -109,8 +123,11 @@ impl Roster {
     }
 
     /// Adds a worker; returns its new id (ids are never reused).
-    pub fn register(&self, name: String, device: String, role: WorkerRole) -> u64 {
+    pub fn register(&self, name: String, device: String, role: WorkerRole) -> Result<u64, RosterError> {
         let mut m = self.lock();
+        if m.by_id.len() >= self.limit {
+            return Err(RosterError::Full(self.limit));
+        }
         m.next_id += 1;
         let id = m.next_id;
         let (mailbox, inbox) = mpsc::unbounded_channel();
@@ -132,7 +149,7 @@ impl Roster {
         );
         drop(m);
         self.notify();
-        id
+        Ok(id)
     }
 
     /// Marks a member ready (it built the run's model).

@@ -44,6 +44,10 @@ pub enum RpcError {
     /// A malformed result stream.
     #[error("{0}")]
     BadResult(String),
+    #[error("the coordinator holds {0} workers, its cap: raise ddpm-coord --max-members, or stop idle workers")]
+    TooManyMembers(usize),
+    #[error("a worker's {what} may have at most {max} characters, got {got}")]
+    TooLong { what: &'static str, got: usize, max: usize },
     #[error("an Attach call must start with a HeartbeatRequest naming the worker")]
     EmptyAttach,
     #[error(transparent)]
@@ -58,6 +62,7 @@ impl From<RosterError> for RpcError {
             RosterError::Unknown(id) => Self::UnknownWorker(id),
             RosterError::NotReady(id) => Self::NotReady(id),
             RosterError::WrongSession(id) => Self::WrongSession(id),
+            RosterError::Full(max) => Self::TooManyMembers(max),
         }
     }
 }
@@ -71,7 +76,9 @@ impl RpcError {
             Self::NotReady(_) => (Code::FailedPrecondition, Rejoin),
             Self::WrongSession(_) | Self::NotAWorker => (Code::PermissionDenied, Quit),
             Self::ProtocolVersion { .. } | Self::LayoutMismatch { .. } => (Code::FailedPrecondition, Quit),
-            Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) | Self::EmptyAttach => {
+            // A full roster may have room later: the worker retries its join.
+            Self::TooManyMembers(_) => (Code::ResourceExhausted, Rejoin),
+            Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) | Self::EmptyAttach | Self::TooLong { .. } => {
                 (Code::InvalidArgument, Quit)
             }
             Self::RunOver | Self::ShuttingDown => (Code::Unavailable, Stop),

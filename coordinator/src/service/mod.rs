@@ -6,6 +6,7 @@
 pub mod access;
 mod errors;
 mod gradients;
+pub mod incoming;
 mod results;
 mod streams;
 
@@ -65,7 +66,16 @@ impl Coordinator for CoordService {
             return Err(RpcError::RunOver.into());
         }
         let role: WorkerRole = r.role.parse().map_err(RpcError::UnknownRole)?;
-        let id = self.roster.register(r.name.clone(), r.device.clone(), role);
+        for (what, text) in [("name", &r.name), ("device", &r.device), ("version", &r.version)] {
+            let got = text.chars().count();
+            if got > crate::limits::MAX_NAME_CHARS {
+                return Err(RpcError::TooLong { what, got, max: crate::limits::MAX_NAME_CHARS }.into());
+            }
+        }
+        let id = self.roster.register(r.name.clone(), r.device.clone(), role).map_err(|e| {
+            tracing::warn!(name = %r.name, "refused a worker: {}", RpcError::from(e));
+            RpcError::from(e)
+        })?;
         tracing::info!(worker = id, name = %r.name, device = %r.device, version = %r.version, ?role, "worker registered");
         Ok(Response::new(proto::RegisterReply {
             worker_id: id,

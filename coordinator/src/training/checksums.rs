@@ -72,8 +72,8 @@ mod tests {
     #[test]
     fn a_replica_that_differs_is_counted_and_resynced() {
         let roster = Roster::default();
-        let good = roster.register("good".into(), "cpu".into(), WorkerRole::Train);
-        let bad = roster.register("bad".into(), "cpu".into(), WorkerRole::Train);
+        let good = roster.register("good".into(), "cpu".into(), WorkerRole::Train).unwrap();
+        let bad = roster.register("bad".into(), "cpu".into(), WorkerRole::Train).unwrap();
         for id in [good, bad] {
             roster.mark_ready(id).unwrap();
         }
