@@ -138,6 +138,17 @@ async fn objects(store: &RunStore) {
     store.put("a/sub/big.bin", Bytes::from(big.clone())).await.unwrap();
     assert!(store.get("a/sub/big.bin").await.unwrap() == big, "multipart object differs");
     assert_eq!(store.head("a/sub/big.bin").await.unwrap().map(|o| o.size), Some(big.len() as u64));
+    // The same from a file, streamed part by part; and a small file in one put.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, &big[12..]).unwrap();
+    assert_eq!(store.put_file("a/sub/big.bin", &file).await.unwrap(), (big.len() - 12) as u64);
+    assert!(store.get("a/sub/big.bin").await.unwrap() == big[12..], "object streamed from a file differs");
+    std::fs::write(&file, b"small").unwrap();
+    store.put_file("b/y.bin", &file).await.unwrap();
+    assert_eq!(&store.get("b/y.bin").await.unwrap()[..], b"small");
+    let e = store.put_file("b/z.bin", &dir.path().join("missing")).await.unwrap_err();
+    assert!(e.to_string().contains("missing"), "{e}");
 
     store.put("b/y.bin", Bytes::from_static(b"y")).await.unwrap();
     let keys: Vec<String> = store.list("a").await.unwrap().into_iter().map(|o| o.key).collect();

@@ -266,6 +266,43 @@ impl RunStore {
         Ok(())
     }
 
+    /// Streams the file at `path` to `key` (multipart above
+    /// [`RunStore::part_size`], one part in memory per upload slot);
+    /// returns its size.
+    pub async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<u64, StoreError> {
+        use tokio::io::AsyncReadExt;
+        self.check_fence("put", key)?;
+        let local = |e: std::io::Error| error::local_io(&self.url, "upload", key, path, &e);
+        let mut file = tokio::fs::File::open(path).await.map_err(local)?;
+        let size = file.metadata().await.map_err(local)?.len();
+        if size <= self.part_size as u64 {
+            let mut data = Vec::with_capacity(size as usize);
+            file.read_to_end(&mut data).await.map_err(local)?;
+            self.put(key, data.into()).await?;
+            return Ok(size);
+        }
+        let target = self.path(key)?;
+        let upload = self.inner.put_multipart(&target).await.map_err(|e| self.err("start multipart upload of", key, e))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
+        let mut sent = 0u64;
+        while sent < size {
+            if let Err(e) = writer.wait_for_capacity(PART_CONCURRENCY).await {
+                let _ = writer.abort().await;
+                return Err(self.err("upload a part of", key, e));
+            }
+            let n = (size - sent).min(self.part_size as u64) as usize;
+            let mut part = vec![0u8; n];
+            if let Err(e) = file.read_exact(&mut part).await {
+                let _ = writer.abort().await;
+                return Err(local(e));
+            }
+            writer.put(part.into());
+            sent += n as u64;
+        }
+        writer.finish().await.map_err(|e| self.err("complete multipart upload of", key, e))?;
+        Ok(size)
+    }
+
     /// The bytes at `key`.
     pub async fn get(&self, key: &str) -> Result<Bytes, StoreError> {
         let path = self.path(key)?;

@@ -19,7 +19,8 @@
 //! (job records and states), `scheduler.rs` (one job at a time, its tasks
 //! to eligible workers), `tasks.rs` (who holds which range), `runners/`
 //! (one per kind), `results.rs` (results routed to their job),
-//! `pinned.rs`, `references.rs`, `outputs.rs`, `context.rs`, `service.rs`
+//! `pinned.rs`, `references.rs`, `sink.rs` (images on disk as they arrive),
+//! `outputs.rs`, `context.rs`, `service.rs`
 //! (the `Jobs` gRPC service).
 
 pub mod context;
@@ -32,6 +33,7 @@ pub mod roots;
 mod runners;
 pub mod scheduler;
 pub mod service;
+pub mod sink;
 pub mod spec;
 pub mod spec_analysis;
 pub mod spec_eval;

@@ -1,6 +1,6 @@
-//! What jobs leave in the run's store: images as they arrive (placed by
-//! index, counted per worker), the grid, the `.npz`, individual PNGs, and
-//! the record of the job (`job.json` or `metrics.json`) under `jobs/<id>/`.
+//! What jobs leave in the run's store: the grid, the `.npz`, individual
+//! PNGs (streamed from the job's [`ImageSink`] in batches), and the record
+//! of the job (`job.json` or `metrics.json`) under `jobs/<id>/`.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +8,7 @@ use ddpm::eval::FidStats;
 use ddpm::store::RunStore;
 use serde::Serialize;
 
-use super::results::ResultPart;
+use super::sink::ImageSink;
 use super::spec::JobSpec;
 
 /// Images shown in a job's grid (the first ones).
@@ -24,37 +24,6 @@ pub fn job_dir(id: u64) -> String {
 pub async fn last_job_id(store: &RunStore) -> Result<u64, ddpm::store::StoreError> {
     let dirs = store.list_dirs("jobs").await?;
     Ok(dirs.iter().filter_map(|d| d.trim_end_matches('/').rsplit('/').next()?.parse::<u64>().ok()).max().unwrap_or(0))
-}
-
-/// Generated images as they arrive: placed by index, counted per worker.
-pub struct ImageSink {
-    res: usize,
-    pub images: Vec<u8>,
-    pub by_worker: BTreeMap<u64, u64>,
-}
-
-impl ImageSink {
-    pub fn new(count: u64, res: usize) -> Self {
-        Self { res, images: vec![0u8; count as usize * 3 * res * res], by_worker: BTreeMap::new() }
-    }
-
-    /// Places a result's images; a result whose images do not fit the task
-    /// is the worker's fault, and the error names it.
-    pub fn put(&mut self, part: &ResultPart) -> anyhow::Result<()> {
-        let per = 3 * self.res * self.res;
-        let data = part.images.as_deref().unwrap_or_default();
-        let start = part.first as usize * per;
-        anyhow::ensure!(
-            part.resolution as usize == self.res
-                && data.len() == part.count as usize * per
-                && start + data.len() <= self.images.len(),
-            "worker {} sent images of the wrong size or outside the job",
-            part.worker_id
-        );
-        self.images[start..start + data.len()].copy_from_slice(data);
-        *self.by_worker.entry(part.worker_id).or_default() += part.count;
-        Ok(())
-    }
 }
 
 /// What `jobs/<id>/job.json` (sample jobs) or `metrics.json` (evaluation
@@ -96,41 +65,56 @@ pub fn square_cols(n: usize) -> usize {
     ((n as f64).sqrt().ceil() as usize).max(1)
 }
 
-/// Writes generated images under `dir`: the grid of the first ones, the
+/// Writes a job's images under `dir`: the grid of the first ones, the
 /// `.npz`, and (`individual`) one PNG each. Returns their locations.
-pub async fn write_images(store: &RunStore, dir: &str, images: &[u8], res: usize, individual: bool) -> anyhow::Result<Vec<String>> {
-    let shown = (images.len() / (3 * res * res)).min(GRID_IMAGES);
-    write_images_grid(store, dir, images, res, square_cols(shown), shown, individual).await
+pub async fn write_images(store: &RunStore, dir: &str, sink: &ImageSink, individual: bool) -> anyhow::Result<Vec<String>> {
+    let shown = sink.count().min(GRID_IMAGES);
+    write_images_grid(store, dir, sink, square_cols(shown), shown, individual).await
 }
 
-/// [`write_images`] with a grid of the first `shown` images in `cols` columns.
+/// [`write_images`] with a grid of the first `shown` images (which the
+/// sink keeps in memory) in `cols` columns.
 pub async fn write_images_grid(
     store: &RunStore,
     dir: &str,
-    images: &[u8],
-    res: usize,
+    sink: &ImageSink,
     cols: usize,
     shown: usize,
     individual: bool,
 ) -> anyhow::Result<Vec<String>> {
+    let res = sink.resolution();
     let per = 3 * res * res;
+    anyhow::ensure!(sink.head().len() >= shown * per, "the grid shows {shown} images, but the job kept {}", sink.head().len() / per);
     let mut outputs = Vec::new();
     let grid_key = format!("{dir}/grid.png");
-    store.put(&grid_key, grid_png(images, res, cols, shown)?.into()).await?;
+    store.put(&grid_key, grid_png(sink.head(), res, cols, shown)?.into()).await?;
     outputs.push(store.location(&grid_key));
 
-    let npz = {
-        let pixels = images.to_vec();
-        npz_bytes("samples", move |path| Ok(ddpm::eval::write_samples_npz(path, &pixels, res, res)?)).await?
-    };
+    // The .npz goes through a temporary file, batch by batch, and streams
+    // to the store from there.
+    let reader = sink.reader()?;
+    let npz = tokio::task::spawn_blocking(move || -> anyhow::Result<tempfile::TempPath> {
+        let tmp = tempfile::Builder::new().prefix("ddpm-job-samples-").suffix(".npz").tempfile()?.into_temp_path();
+        let mut w = ddpm::eval::SamplesNpzWriter::create(&tmp, reader.count, res, res)?;
+        for (first, n) in reader.batches() {
+            w.push_nchw(&reader.read(first, n)?)?;
+        }
+        w.finish()?;
+        Ok(tmp)
+    })
+    .await??;
     let npz_key = format!("{dir}/samples.npz");
-    store.put(&npz_key, npz.into()).await?;
+    store.put_file(&npz_key, &npz).await?;
     outputs.push(store.location(&npz_key));
 
     if individual {
-        for (i, img) in images.chunks_exact(per).enumerate() {
-            let key = format!("{dir}/images/{i:06}.png");
-            store.put(&key, ddpm::imageio::encode_png(img, 3, res, res)?.into()).await?;
+        let reader = sink.reader()?;
+        for (first, n) in reader.batches() {
+            let batch = reader.read(first, n)?;
+            for (k, img) in batch.chunks_exact(per).enumerate() {
+                let key = format!("{dir}/images/{:06}.png", first + k);
+                store.put(&key, ddpm::imageio::encode_png(img, 3, res, res)?.into()).await?;
+            }
         }
         outputs.push(store.location(&format!("{dir}/images/")));
     }

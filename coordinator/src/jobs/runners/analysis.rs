@@ -8,7 +8,8 @@ use ddpm::proto;
 use ddpm::train::analysis::AnalysisKind;
 
 use crate::jobs::context::JobContext;
-use crate::jobs::outputs::{job_dir, write_images_grid, ImageSink, JobRecord};
+use crate::jobs::outputs::{job_dir, write_images_grid, JobRecord};
+use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
 use crate::jobs::scheduler::run_tasks;
@@ -40,7 +41,8 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
     };
     let weights_step = ctx.pin(id, &spec.weights_spec()).await?;
     let res = ctx.resolution();
-    let mut sink = ImageSink::new(count, res);
+    // The grid shows every image: all are kept in memory (the spec bounds them).
+    let mut sink = ImageSink::new(count, res, count as usize)?;
     let mut done = 0u64;
     let make = |first, count| {
         let mut a = proto::AnalysisAssignment { first, count, ..base.clone() };
@@ -69,7 +71,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
     }
     let seconds = started.elapsed().as_secs_f64();
     let dir = job_dir(id);
-    let mut outputs = write_images_grid(&ctx.store, &dir, &sink.images, res, cols, count as usize, false).await?;
+    let mut outputs = write_images_grid(&ctx.store, &dir, &sink, cols, count as usize, false).await?;
     let json_key = format!("{dir}/job.json");
     outputs.push(ctx.store.location(&json_key));
     let record = JobRecord {

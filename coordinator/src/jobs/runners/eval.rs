@@ -14,7 +14,8 @@ use ddpm::eval::{FeatureStats, FidStats};
 use ddpm::proto;
 
 use crate::jobs::context::JobContext;
-use crate::jobs::outputs::{job_dir, stats_npz_bytes, write_images, ImageSink, JobRecord};
+use crate::jobs::outputs::{job_dir, stats_npz_bytes, write_images, JobRecord, GRID_IMAGES};
+use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::references::ReferenceCache;
 use crate::jobs::results::{ResultPart, Results};
@@ -116,7 +117,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
     // 2. Generated samples, drawn and measured on the workers.
     let needs_weights = fid || is || bpd;
     let weights_step = if needs_weights { ctx.pin(id, &spec.sample).await? } else { 0 };
-    let mut sink = ImageSink::new(spec.sample.count, res);
+    let mut sink = ImageSink::new(spec.sample.count, res, GRID_IMAGES)?;
     if fid || is {
         let mut gen: Option<FeatureStats> = None;
         let mut scores: Option<ddpm::eval::ScoreStats> = None;
@@ -178,7 +179,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
                 spec.inception
             )),
         );
-        outputs.extend(write_images(&ctx.store, &dir, &sink.images, res, spec.sample.individual_pngs).await?);
+        outputs.extend(write_images(&ctx.store, &dir, &sink, spec.sample.individual_pngs).await?);
     }
 
     // 3. The bound on dataset images.

@@ -4,7 +4,8 @@
 use std::time::Instant;
 
 use crate::jobs::context::JobContext;
-use crate::jobs::outputs::{grid_png, job_dir, square_cols, write_images, ImageSink, JobRecord};
+use crate::jobs::outputs::{grid_png, job_dir, square_cols, write_images, JobRecord, GRID_IMAGES};
+use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
 use crate::jobs::scheduler::run_tasks;
@@ -13,9 +14,16 @@ use crate::jobs::tasks::{ranges, TaskBoard};
 use crate::work::Work;
 
 /// Draws the job's images on the workers; None when it was cancelled.
-async fn draw(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Results) -> anyhow::Result<Option<(u64, ImageSink)>> {
+/// The first `keep` images stay in memory too.
+async fn draw(
+    ctx: &JobContext,
+    id: u64,
+    spec: &SampleJobSpec,
+    results: &mut Results,
+    keep: usize,
+) -> anyhow::Result<Option<(u64, ImageSink)>> {
     let weights_step = ctx.pin(id, spec).await?;
-    let mut sink = ImageSink::new(spec.count, ctx.resolution());
+    let mut sink = ImageSink::new(spec.count, ctx.resolution(), keep)?;
     let mut done = 0u64;
     let make = |first, count| async move { Ok::<_, anyhow::Error>(Work::Sample(spec.assignment(id, weights_step, first, count))) };
     let mut on_part = |part: ResultPart| {
@@ -32,13 +40,13 @@ async fn draw(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Res
 }
 
 pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Results, started: Instant) -> anyhow::Result<JobEnd> {
-    let Some((weights_step, sink)) = draw(ctx, id, spec, results).await? else {
+    let Some((weights_step, sink)) = draw(ctx, id, spec, results, GRID_IMAGES).await? else {
         return Ok(JobEnd::Cancelled);
     };
     let seconds = started.elapsed().as_secs_f64();
     let res = ctx.resolution();
     let dir = job_dir(id);
-    let mut outputs = write_images(&ctx.store, &dir, &sink.images, res, spec.individual_pngs).await?;
+    let mut outputs = write_images(&ctx.store, &dir, &sink, spec.individual_pngs).await?;
     let json_key = format!("{dir}/job.json");
     outputs.push(ctx.store.location(&json_key));
     let record = JobRecord {
@@ -60,11 +68,11 @@ pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results
 pub async fn run_grid(ctx: &JobContext, id: u64, spec: &GridJobSpec, results: &mut Results) -> anyhow::Result<JobEnd> {
     let s = &spec.sample;
     tracing::info!(images = s.count, sampler = %s.sampler, "drawing the sample grid from the EMA weights");
-    let Some((_, sink)) = draw(ctx, id, s, results).await? else {
+    let count = s.count as usize;
+    let Some((_, sink)) = draw(ctx, id, s, results, count).await? else {
         return Ok(JobEnd::Cancelled);
     };
-    let count = s.count as usize;
-    let png = grid_png(&sink.images, ctx.resolution(), square_cols(count), count)?;
+    let png = grid_png(sink.head(), ctx.resolution(), square_cols(count), count)?;
     let key = spec.key();
     ctx.store.put(&key, png.into()).await?;
     let location = ctx.store.location(&key);
