@@ -267,3 +267,7 @@ async fn upload(shared: &Shared, store: &RunStore, config: &UploaderConfig, job:
         backoff = (backoff * 2).min(config.max_backoff);
     }
 }
+
+#[cfg(test)]
+#[path = "uploader_tests.rs"]
+mod tests;

@@ -24,6 +24,7 @@
 //! lease: one coordinator per run).
 
 mod error;
+pub mod faulty;
 pub mod lease;
 mod options;
 

@@ -76,6 +76,38 @@ impl StragglerPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ddpm::config::GradDtype;
+    use ddpm::proto;
+    use tokio::sync::mpsc;
+
+    fn header(worker_id: u64) -> proto::GradientHeader {
+        proto::GradientHeader { worker_id, step: 1, elements: 2, dtype: proto::GradDtype::F32 as i32, loss: 1.0, samples: 1, ..Default::default() }
+    }
+
+    /// Under paused time: member 20 never delivers; member 10 delivers
+    /// after 10 s; 20 is named 4 x 10 s later (above the 30 s floor),
+    /// not at the step timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_member_holding_its_assignment_is_named_when_its_grace_runs_out() {
+        let (round, _rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 2, 2, GradDtype::F32, 0.0);
+        let policy = StragglerPolicy::new(&DistConfig { straggler_factor: 4.0, straggler_min_s: 30.0, ..Default::default() });
+        let opened = Instant::now();
+        let expired = policy.expired(&round, opened);
+        tokio::pin!(expired);
+        tokio::select! {
+            _ = &mut expired => panic!("nobody straggles while both are computing"),
+            _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        }
+        let (out, _keep) = mpsc::channel(8);
+        let a = round.join(&header(10), out).unwrap();
+        round.offer(a, proto::GradientChunk { index: 0, data: ddpm::wire::encode(&[1.0, 2.0], GradDtype::F32) }).unwrap();
+        let done = Instant::now();
+        let (stuck, reason) = expired.await;
+        assert_eq!(stuck, vec![20]);
+        let waited = Instant::now() - done;
+        assert!(waited >= Duration::from_secs(40) && waited < Duration::from_millis(40_200), "{waited:?}");
+        assert!(reason.contains("worker(s) [20]") && reason.contains("4x"), "{reason}");
+    }
 
     #[test]
     fn stragglers_get_a_multiple_of_the_others_time_with_a_floor() {
