@@ -18,7 +18,7 @@
 # later runs on the same machine reuse it. It starts in about a second.
 #
 # Exported: DDPM_TEST_S3_ENDPOINT (http://127.0.0.1:PORT), DDPM_TEST_S3_BUCKET,
-# DDPM_TEST_S3_ACCESS_KEY, DDPM_TEST_S3_SECRET, DDPM_TEST_S3_REGION.
+# DDPM_TEST_S3_ACCESS_KEY, DDPM_TEST_S3_SECRET, DDPM_TEST_S3_REGION, DDPM_TEST_S3_PID.
 
 DDPM_GARAGE_VERSION="2.5.0"
 DDPM_GARAGE_ROOT="${DDPM_GARAGE_ROOT:-$HOME/.cache/ddpm/garage}"
@@ -77,6 +77,8 @@ EOF
         "$DDPM_GARAGE_ROOT/bin/garage" -c "$DDPM_S3_DIR/garage.toml" server --single-node --default-bucket \
         > "$DDPM_S3_DIR/garage.log" 2>&1 &
     DDPM_S3_PID=$!
+    # The fault tests freeze and thaw the server (SIGSTOP, SIGCONT) by this.
+    export DDPM_TEST_S3_PID="$DDPM_S3_PID"
     local i
     for i in $(seq 1 300); do
         if ! kill -0 "$DDPM_S3_PID" 2>/dev/null; then

@@ -285,7 +285,16 @@ impl RunLease {
         let every = self.time_to_live() / 3;
         loop {
             tokio::time::sleep(every).await;
-            match self.renew().await {
+            // A store that hangs (not one that refuses) must not hold the
+            // next renewal back: each gets until the one after it is due.
+            let renewed = match tokio::time::timeout(every, self.renew()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!("renewing the run lease took over {:.1} s (is the store hanging?); trying again", every.as_secs_f64());
+                    continue;
+                }
+            };
+            match renewed {
                 Ok(true) => {}
                 Ok(false) => {
                     let why = self.lost().unwrap_or_default();

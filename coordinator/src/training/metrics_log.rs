@@ -39,6 +39,9 @@ pub struct MetricsLog {
     dropped: u64,
     /// The current failure, logged once until a write succeeds.
     failing: Option<String>,
+    /// A remote write in flight, and how many of the oldest pending rows
+    /// it carries (they go once it succeeds).
+    inflight: Option<(tokio::task::JoinHandle<Result<(), String>>, usize)>,
 }
 
 /// The step a metrics row belongs to (`None`: not a row, e.g. a torn line).
@@ -70,7 +73,7 @@ impl MetricsLog {
             Location::Local(dir) => Sink::Local(dir.join("metrics.jsonl")),
             _ => Sink::Remote(store.clone()),
         };
-        let log = Self { sink, pending: Vec::new(), first: None, dropped: 0, failing: None };
+        let log = Self { sink, pending: Vec::new(), first: None, dropped: 0, failing: None, inflight: None };
         if let Err(e) = log.supersede_after(resumed_from).await {
             // Not worth the run either: the log may show those steps twice.
             tracing::error!(log = %log.place(), "cannot supersede the metrics rows after step {resumed_from}: {e:#}");
@@ -136,6 +139,9 @@ impl MetricsLog {
             let excess = self.pending.len() - MAX_PENDING_ROWS;
             self.pending.drain(..excess);
             self.dropped += excess as u64;
+            if let Some((_, carried)) = &mut self.inflight {
+                *carried = carried.saturating_sub(excess);
+            }
             self.first = self.pending.first().and_then(|l| row_step(l)).or(Some(step));
         }
         Ok(())
@@ -149,22 +155,64 @@ impl MetricsLog {
         }
     }
 
-    /// Writes the pending rows. A failure keeps them for the next flush
+    /// Writes the pending rows without holding the training loop: a local
+    /// append at once; to an object store in the background (one write at a
+    /// time, so a hanging store never stalls a step; rows written while
+    /// one hangs wait for it). A failure keeps the rows for the next flush
     /// and is reported, never returned: the log is not worth a run.
     pub async fn flush(&mut self) {
+        self.write(false).await
+    }
+
+    /// Writes every pending row and waits for it (the end of training).
+    pub async fn flush_all(&mut self) {
+        self.write(true).await
+    }
+
+    async fn write(&mut self, wait: bool) {
+        let store = match &self.sink {
+            Sink::Local(path) => {
+                if self.first.is_some() {
+                    let body = self.pending.join("\n") + "\n";
+                    let result = append(path, body.as_bytes());
+                    let n = self.pending.len();
+                    self.settle(result, n);
+                }
+                return;
+            }
+            Sink::Remote(store) => store.clone(),
+        };
+        if let Some((h, _)) = &self.inflight {
+            if !wait && !h.is_finished() {
+                return;
+            }
+        }
+        if let Some((h, carried)) = self.inflight.take() {
+            let result = h.await.unwrap_or_else(|e| Err(format!("the write task failed: {e}")));
+            self.settle(result, carried);
+        }
         let Some(first) = self.first else { return };
         let body = self.pending.join("\n") + "\n";
-        let result = match &self.sink {
-            Sink::Local(path) => append(path, body.as_bytes()),
-            Sink::Remote(store) => store.put(&format!("metrics/step_{first:010}.jsonl"), body.into()).await.map_err(|e| e.to_string()),
-        };
+        let key = format!("metrics/step_{first:010}.jsonl");
+        let carried = self.pending.len();
+        let task = tokio::spawn(async move { store.put(&key, body.into()).await.map_err(|e| e.to_string()) });
+        if wait {
+            let result = task.await.unwrap_or_else(|e| Err(format!("the write task failed: {e}")));
+            self.settle(result, carried);
+        } else {
+            self.inflight = Some((task, carried));
+        }
+    }
+
+    /// The outcome of a write of the oldest `carried` pending rows.
+    fn settle(&mut self, result: Result<(), String>, carried: usize) {
         match result {
             Ok(()) => {
                 if self.failing.take().is_some() || self.dropped > 0 {
-                    tracing::info!(log = %self.place(), rows = self.pending.len(), dropped = self.dropped, "the metrics log is written again");
+                    tracing::info!(log = %self.place(), rows = carried, dropped = self.dropped, "the metrics log is written again");
                 }
-                self.pending.clear();
-                self.first = None;
+                self.pending.drain(..carried.min(self.pending.len()));
+                self.first = self.pending.first().and_then(|l| row_step(l));
                 self.dropped = 0;
             }
             Err(e) => {

@@ -262,7 +262,7 @@ impl Trainer {
             evals.after_step(&self.queue, &self.roster, &self.lifecycle, s, &mut metrics).await?;
         }
         evals.log_finished(&self.queue, &mut metrics)?;
-        metrics.flush().await;
+        metrics.flush_all().await;
 
         let elapsed = || started.elapsed().as_secs_f64();
         let images_per_s = |steps: u64| (steps * batch as u64) as f64 / elapsed();

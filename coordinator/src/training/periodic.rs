@@ -108,7 +108,7 @@ impl PeriodicEvals {
             queue.changed_within(Duration::from_millis(200)).await;
         }
         self.log_finished(queue, metrics)?;
-        metrics.flush().await;
+        metrics.flush_all().await;
         Ok(())
     }
 }
