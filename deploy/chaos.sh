@@ -11,7 +11,7 @@
 #                  complete checkpoint; the workers rejoin by themselves)
 #   coord-term     SIGTERM the coordinator, start it again  (checkpoint, clean stop, resume)
 #
-#   deploy/chaos.sh                         10 minutes, 2 workers, 3000 steps
+#   deploy/chaos.sh                         10 minutes, 2 workers, 20000 steps
 #   deploy/chaos.sh --minutes 60 --workers 3 --steps 20000 --seed 7
 #   deploy/chaos.sh --faults worker-kill,coord-kill
 #
@@ -25,7 +25,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-minutes=10 workers=2 steps=3000 seed=$$ faults="worker-kill,worker-hang,coord-kill,coord-term"
+minutes=10 workers=2 steps=20000 seed=$$ faults="worker-kill,worker-hang,coord-kill,coord-term"
 while [ $# -gt 0 ]; do
     case "$1" in
         --minutes) minutes="$2"; shift 2 ;;
