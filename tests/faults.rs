@@ -212,6 +212,9 @@ fn a_killed_coordinator_gets_its_workers_back_and_the_run_ends_as_a_straight_one
     let addr = free_addr();
     let mut coord = run.start_at(&addr, 12);
     let mut workers: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();
+    // Step 6's checkpoint goes up in the background: killed after it
+    // landed (and after step 7), the run resumes from it.
+    coord.wait_for_line("checkpoint saved step=6", Duration::from_secs(300));
     coord.wait_for_line("step 7/12", Duration::from_secs(300));
     coord.child.kill().unwrap();
     coord.child.wait().unwrap();

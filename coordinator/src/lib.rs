@@ -115,7 +115,20 @@ pub async fn run(
     // summary) is refused once the lease is lost or goes stale.
     let store = store.fenced_by(lease.fence());
     let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
-    let state = StateHandle::start(config.clone(), resume, dataset.len())?;
+    // A start-up failure from here on hands the lease back, so that the
+    // next start need not wait for it to expire.
+    macro_rules! or_release {
+        ($e:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(e) => {
+                    lease.release().await;
+                    return Err(e.into());
+                }
+            }
+        };
+    }
+    let state = or_release!(StateHandle::start(config.clone(), resume, dataset.len()));
     let run_config = RunConfig {
         train: config.clone(),
         decoder: dataset.decoder(),
@@ -130,7 +143,8 @@ pub async fn run(
     let lifecycle = Arc::new(Lifecycle::default());
     let status = Arc::new(RunStatus::starting_at(state.start_step));
     // Job ids go on from the run's earlier starts: outputs never collide.
-    let queue = Arc::new(JobQueue::numbered_after(jobs::outputs::last_job_id(&store).await?).with_limit(opts.limits.max_queued_jobs));
+    let last_job = or_release!(jobs::outputs::last_job_id(&store).await);
+    let queue = Arc::new(JobQueue::numbered_after(last_job).with_limit(opts.limits.max_queued_jobs));
     let pinned = Arc::new(PinnedWeights::default());
     let results = Arc::new(ResultRouter::default());
 
@@ -146,7 +160,7 @@ pub async fn run(
     };
 
     let coordinator = service::CoordService {
-        run_config_json: serde_json::to_string(&run_config)?,
+        run_config_json: or_release!(serde_json::to_string(&run_config)),
         run_config,
         state: state.clone(),
         roster: roster.clone(),

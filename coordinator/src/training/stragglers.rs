@@ -105,7 +105,9 @@ mod tests {
         let (stuck, reason) = expired.await;
         assert_eq!(stuck, vec![20]);
         let waited = Instant::now() - done;
-        assert!(waited >= Duration::from_secs(40) && waited < Duration::from_millis(40_200), "{waited:?}");
+        // 4 x 10 s; the policy polls every 100 ms, so the others' time and
+        // the end of the grace are each seen up to a poll late.
+        assert!(waited >= Duration::from_secs(40) && waited < Duration::from_secs(41), "{waited:?}");
         assert!(reason.contains("worker(s) [20]") && reason.contains("4x"), "{reason}");
     }
 
