@@ -1,5 +1,6 @@
-//! Process plumbing shared by the three binaries: logging set-up and the
-//! shutdown signal (SIGTERM from Kubernetes, Ctrl-C from a person).
+//! Process plumbing shared by the three binaries: logging set-up, the
+//! shutdown signal (SIGTERM from Kubernetes, Ctrl-C from a person), and
+//! errors as one line with their causes.
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub fn init_tracing() {
@@ -25,4 +26,21 @@ pub async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     ctrl_c.await.unwrap_or(());
+}
+
+/// An error and its whole `source()` chain as one line, each cause once
+/// (tonic's and object_store's errors say little at the top: the reason
+/// is in the sources).
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        cur = e.source();
+    }
+    text
 }

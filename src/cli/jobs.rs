@@ -219,7 +219,8 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
 type Client = JobsClient<InterceptedService<Channel, Credentials>>;
 
 async fn connect(addr: &str, tls: &ddpm::wire::tls::ClientTls, token: Option<String>) -> anyhow::Result<Client> {
-    use ddpm::wire::tls::{error_chain, is_tls_failure};
+    use ddpm::runtime::error_chain;
+    use ddpm::wire::tls::is_tls_failure;
     let channel = tls.endpoint(addr)?.connect_timeout(Duration::from_secs(10)).connect().await.map_err(|e| {
         if is_tls_failure(&e) {
             anyhow::anyhow!("TLS with the coordinator at {addr} failed: {}", error_chain(&e))

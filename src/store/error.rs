@@ -110,27 +110,12 @@ pub(crate) struct Context<'a> {
     pub key: &'a str,
 }
 
-/// The whole `source()` chain of an error as one string.
-fn chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        cur = e.source();
-    }
-    text
-}
-
 /// Maps an `object_store` error to the case a user can act on. S3 servers
 /// answer a bad secret with 403 SignatureDoesNotMatch, an unknown key with
 /// 403 InvalidAccessKeyId (Garage: "Forbidden: No such key"), a missing
 /// bucket with 404 NoSuchBucket; connection failures carry no status.
 pub(crate) fn classify(err: object_store::Error, cx: &Context<'_>) -> StoreError {
-    let detail = chain(&err);
+    let detail = crate::runtime::error_chain(&err);
     let url = cx.url.to_string();
     let key = cx.key.to_string();
     const AUTH: [&str; 6] =

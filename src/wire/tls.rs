@@ -164,24 +164,11 @@ impl ClientTls {
     }
 }
 
-/// An error and its causes, on one line (tonic's transport errors say
-/// little at the top: the reason is in the sources).
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![e.to_string()];
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        parts.push(c.to_string());
-        cause = c.source();
-    }
-    parts.dedup();
-    parts.join(": ")
-}
-
 /// Whether a connect error is a TLS verdict (an untrusted certificate, a
 /// wrong name, a refused client certificate) rather than an unreachable
 /// host: waiting will not mend it.
 pub fn is_tls_failure(e: &tonic::transport::Error) -> bool {
-    let text = error_chain(e).to_lowercase();
+    let text = crate::runtime::error_chain(e).to_lowercase();
     ["certificate", "handshake", "tls", "unknownissuer", "alert", "peer sent no certificates"].iter().any(|w| text.contains(w))
 }
 

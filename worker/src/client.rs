@@ -9,7 +9,8 @@ use ddpm::proto::{self, coordinator_client::CoordinatorClient};
 use ddpm::wire::{self, auth::Credentials};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
-use ddpm::wire::tls::{error_chain, is_tls_failure, ClientTls};
+use ddpm::runtime::error_chain;
+use ddpm::wire::tls::{is_tls_failure, ClientTls};
 use tonic::transport::Channel;
 
 use crate::directive::{CallResult, Directed};

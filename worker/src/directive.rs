@@ -76,7 +76,7 @@ impl CallError {
             Some(flow) => Self::Directed { flow, context: context.to_string(), reason: status.message().to_string() },
             None if action == WorkerAction::Unspecified && is_transport(status.code()) => {
                 // tonic says "transport error"; why (a reset, a TLS alert) is in the sources.
-                let why = std::error::Error::source(status).map(|e| format!(": {}", ddpm::wire::tls::error_chain(e))).unwrap_or_default();
+                let why = std::error::Error::source(status).map(|e| format!(": {}", ddpm::runtime::error_chain(e))).unwrap_or_default();
                 Self::Lost { context: context.to_string(), detail: format!("{:?}: {}{why}", status.code(), status.message()) }
             }
             None => Self::Fault(anyhow::anyhow!("{context}: {}", status.message())),
