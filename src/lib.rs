@@ -11,6 +11,8 @@ pub mod data;
 pub mod diffusion;
 pub mod eval;
 pub mod imageio;
+pub mod observe;
+pub mod plot;
 pub mod rng;
 pub mod runtime;
 pub mod store;

@@ -28,6 +28,7 @@ pub mod round_slot;
 pub mod run_status;
 pub mod service;
 pub mod state;
+pub mod telemetry;
 pub mod training;
 pub mod work;
 
@@ -52,6 +53,7 @@ use roster::Roster;
 use round_slot::RoundSlot;
 use run_status::RunStatus;
 use state::StateHandle;
+use telemetry::{RunHistory, Telemetry};
 use training::{Summary, Trainer};
 
 /// What `ddpm-coord` was asked to do.
@@ -80,6 +82,8 @@ pub struct CoordOptions {
     pub tls: Option<wire::tls::ServerTls>,
     /// How much any peer can make the coordinator hold.
     pub limits: limits::Limits,
+    /// Where to serve `/metrics` and the dashboard (none: nowhere).
+    pub metrics_listen: Option<String>,
 }
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
@@ -141,20 +145,53 @@ pub async fn run(
     let roster = Arc::new(Roster::with_limit(opts.limits.members(opts.workers)));
     let rounds = Arc::new(RoundSlot::default());
     let lifecycle = Arc::new(Lifecycle::default());
-    let status = Arc::new(RunStatus::starting_at(state.start_step));
+    let checkpoints = match checkpoint::list(&store).await {
+        Ok(list) => list.iter().filter(|c| c.complete).map(|c| c.step).collect(),
+        Err(e) => {
+            tracing::warn!("cannot list the run's checkpoints for the status: {e}");
+            vec![state.start_step].into_iter().filter(|&s| s > 0).collect()
+        }
+    };
+    let status = Arc::new(RunStatus::starting_at(state.start_step, checkpoints));
     // Job ids go on from the run's earlier starts: outputs never collide.
     let last_job = or_release!(jobs::outputs::last_job_id(&store).await);
     let queue = Arc::new(JobQueue::numbered_after(last_job).with_limit(opts.limits.max_queued_jobs));
     let pinned = Arc::new(PinnedWeights::default());
     let results = Arc::new(ResultRouter::default());
 
+    let telemetry = Telemetry::new(telemetry::Sources {
+        status: status.clone(),
+        roster: roster.clone(),
+        queue: queue.clone(),
+        lifecycle: lifecycle.clone(),
+        total_steps: config.train.steps,
+        workers_expected: opts.workers,
+    });
+    let history = Arc::new(RunHistory::default());
+    history.load(&store, state.start_step).await;
+    let metrics_port = match &opts.metrics_listen {
+        Some(addr) => {
+            let listener = or_release!(ddpm::observe::http::bind(addr).await);
+            ddpm::observe::http::announce(or_release!(listener.local_addr()));
+            let api = telemetry::api::Api::new(telemetry.sources().clone(), history.clone(), store.clone());
+            let stop = lifecycle.clone();
+            Some(ddpm::observe::http::spawn(listener, telemetry::http::router(telemetry.registry(), api), async move {
+                while !stop.is_shutting_down() {
+                    stop.changed_within(Duration::from_millis(500)).await;
+                }
+            }))
+        }
+        None => None,
+    };
+
     let (uploader, mut events) = Uploader::start(store.clone(), UploaderConfig::from_config(&config.checkpoint));
-    // The uploader logs every event itself; the status shows where checkpointing stands.
+    // The uploader logs every event itself; the status and the metrics
+    // show where checkpointing stands.
     let drain = {
-        let status = status.clone();
+        let telemetry = telemetry.clone();
         tokio::spawn(async move {
             while let Some(e) = events.recv().await {
-                status.upload_event(&e);
+                telemetry.upload_event(&e);
             }
         })
     };
@@ -169,15 +206,20 @@ pub async fn run(
         results: results.clone(),
         status: status.clone(),
         lifecycle: lifecycle.clone(),
+        run_url: store.url().to_string(),
+        workers_expected: opts.workers,
     };
     let roots = jobs::roots::JobRoots::new(&opts.run, config.data.spec.as_ref(), &opts.job_roots);
     let jobs_service =
         jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len(), roots);
     let server_stop = Arc::new(Notify::new());
+    let health = ddpm::observe::health::Health::new(&telemetry::HEALTH_SERVICES, true).await;
+    let health_watch = tokio::spawn(telemetry::watch_health(health.clone(), lifecycle.clone()));
     let server = tokio::spawn(serve(
         listener,
         coordinator,
         jobs_service,
+        health,
         Gates { access: opts.access.clone(), tls: opts.tls.clone(), limits: opts.limits.clone() },
         server_stop.clone(),
     ));
@@ -223,6 +265,8 @@ pub async fn run(
         lifecycle: lifecycle.clone(),
         status,
         queue: queue.clone(),
+        telemetry,
+        history,
     };
     let result = match finished {
         Some(done) => {
@@ -253,6 +297,13 @@ pub async fn run(
         server.abort();
     }
     keeper.abort();
+    health_watch.abort();
+    if let Some(port) = metrics_port {
+        // Stopped with the lifecycle's shutdown; bounded like the gRPC server.
+        if tokio::time::timeout(Duration::from_secs(2), port).await.is_err() {
+            tracing::warn!("the metrics port still had requests open 2 s after the run ended; closing it");
+        }
+    }
     if let Some(why) = lease.lost() {
         anyhow::bail!("this coordinator lost the run lease ({why}) and stopped; the run belongs to the coordinator that took it");
     }
@@ -272,6 +323,7 @@ async fn serve(
     listener: TcpListener,
     coordinator: service::CoordService,
     jobs_service: jobs::service::JobsService,
+    health: ddpm::observe::health::Health,
     gates: Gates,
     stop: Arc<Notify>,
 ) -> Result<(), tonic::transport::Error> {
@@ -296,6 +348,8 @@ async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(coordinator)
         .add_service(jobs)
+        // Probes carry no token: the health service is outside the gates.
+        .add_service(health.service())
         .serve_with_incoming_shutdown(service::incoming::capped(listener, gates.limits.max_connections), async move {
             stop.notified().await
         })

@@ -26,6 +26,8 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 6] = [Self::Waiting, Self::Training, Self::Evaluating, Self::Sampling, Self::Serving, Self::Done];
+
     /// The word of `StatusReply.phase`.
     pub fn as_str(self) -> &'static str {
         match self {

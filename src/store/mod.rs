@@ -26,6 +26,7 @@
 mod error;
 pub mod faulty;
 pub mod lease;
+pub mod metrics_rows;
 mod options;
 
 use std::sync::Arc;

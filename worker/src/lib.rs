@@ -14,6 +14,7 @@
 //!   its coordinator backend
 //! - `tasks/`: job tasks (sampling, evaluation, analysis) and their results
 //! - `device/`: the thread that owns the model and every tensor
+//! - `telemetry.rs`: its metrics and health on `--metrics-listen`
 
 mod client;
 pub mod device;
@@ -21,6 +22,7 @@ mod directive;
 pub mod exchange;
 mod session;
 mod tasks;
+pub mod telemetry;
 mod training;
 
 use std::time::Duration;
@@ -48,6 +50,8 @@ pub struct WorkerOptions {
     pub token: Option<String>,
     /// TLS to the coordinator (plain text by default).
     pub tls: ddpm::wire::tls::ClientTls,
+    /// What it counts, for its metrics port and health.
+    pub stats: std::sync::Arc<telemetry::WorkerStats>,
 }
 
 /// Backoff between reconnects to a lost coordinator: from the first
@@ -81,6 +85,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
                 return Ok(());
             }
         };
+        opts.stats.set_member(None).await;
         if !matches!(end, SessionEnd::NotJoined(_)) {
             not_joined_since = None;
         }
@@ -106,6 +111,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
                 Duration::from_millis(500)
             }
             SessionEnd::Lost(reason) => {
+                opts.stats.reconnecting();
                 // A membership that lasted starts the backoff over.
                 if began.elapsed() > 2 * RECONNECT_BACKOFF.1 {
                     backoff = RECONNECT_BACKOFF.0;

@@ -10,11 +10,17 @@ use ddpm_worker::{run, WorkerOptions};
 use tch::Device;
 
 /// A worker of a ddpm training run: one process per device.
+///
+/// It joins the coordinator (`ddpm-coord`) at --coord, builds the run's
+/// U-Net on its device, and then computes its shard of every training step
+/// (and its part of sampling and evaluation jobs) until the run ends. A
+/// lost coordinator is reconnected to and the run joined again, so workers
+/// need no restart when the coordinator restarts.
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-worker", version)]
 struct Args {
     /// The coordinator, HOST:PORT (https://HOST:PORT, or any --tls-* flag, for TLS).
-    #[arg(long)]
+    #[arg(long, env = "DDPM_COORD")]
     coord: String,
     /// CUDA device index to run on.
     #[arg(long, conflicts_with = "device")]
@@ -41,6 +47,13 @@ struct Args {
     /// Seconds to keep trying to reach the coordinator.
     #[arg(long, default_value_t = 120.0)]
     connect_timeout: f64,
+    /// Serve this worker's Prometheus metrics (/metrics) and the gRPC health
+    /// service (for Kubernetes probes) on this address, e.g. 0.0.0.0:9091
+    /// (port 0 picks one; the URL is printed). Default: off.
+    #[arg(long, env = "DDPM_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    #[command(flatten)]
+    log: ddpm::runtime::LogArgs,
 }
 
 /// `--role`: exactly the two words (listed in `--help`), parsed once into
@@ -76,8 +89,8 @@ fn pick_device(args: &Args) -> Result<Device, String> {
 }
 
 fn main() -> ExitCode {
-    ddpm::runtime::init_tracing();
     let args = Args::parse();
+    args.log.init();
     let device = match pick_device(&args) {
         Ok(d) => d,
         Err(e) => {
@@ -104,10 +117,12 @@ fn main() -> ExitCode {
     }
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let name = args.name.clone().unwrap_or_else(|| format!("{host}/{device:?}").to_lowercase());
+    let stats = ddpm_worker::telemetry::WorkerStats::new(&format!("{device:?}").to_lowercase(), &name);
     let opts = WorkerOptions {
         coord: args.coord.clone(),
         device,
         name,
+        stats: stats.clone(),
         connect_timeout: Duration::from_secs_f64(args.connect_timeout),
         role: args.role,
         token,
@@ -120,7 +135,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(opts, ddpm::runtime::shutdown_signal())) {
+    let worked = rt.block_on(async {
+        if let Some(addr) = &args.metrics_listen {
+            ddpm_worker::telemetry::serve(addr, stats).await?;
+        }
+        run(opts, ddpm::runtime::shutdown_signal()).await
+    });
+    match worked {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -132,6 +153,13 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_explains_itself_once() {
+        use clap::CommandFactory;
+        let problems = ddpm::runtime::cli_help_problems(&Args::command());
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
 
     #[test]
     fn the_role_flag_takes_the_two_words() {

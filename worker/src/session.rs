@@ -94,7 +94,17 @@ pub async fn session(
     };
     let dev = &device.as_ref().expect("join builds the device").1;
     let heartbeat = tokio::spawn(heartbeats(client.clone(), joined.id, joined.heartbeat));
-    let mut work = Work { client, id: joined.id, run: joined.run, dev, role: opts.role, applied: 0, checksum: 0, loaded_job: None };
+    let mut work = Work {
+        client,
+        id: joined.id,
+        run: joined.run,
+        dev,
+        role: opts.role,
+        applied: 0,
+        checksum: 0,
+        loaded_job: None,
+        stats: opts.stats.clone(),
+    };
     let result = work.run().await;
     heartbeat.abort();
     result
@@ -152,6 +162,7 @@ async fn join(
         .await
         .directed("the coordinator refused this worker")?;
     tracing::info!(worker = id, coord = %opts.coord, "joined the run");
+    opts.stats.set_member(Some(id)).await;
     Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s) })
 }
 
@@ -196,6 +207,7 @@ struct Work<'a> {
     checksum: u64,
     /// The job whose pinned weights the device holds.
     loaded_job: Option<u64>,
+    stats: std::sync::Arc<crate::telemetry::WorkerStats>,
 }
 
 impl Work<'_> {
@@ -245,16 +257,19 @@ impl Work<'_> {
             }
             Some(work_message::Kind::Sample(a)) => {
                 self.tasks().sample(&a).await?;
+                self.stats.task_done();
                 Ok(Next::Work)
             }
             Some(work_message::Kind::Eval(a)) => {
                 let encoded = samples(&mut stream, "an evaluation task").await?;
                 self.tasks().eval(&a, encoded).await?;
+                self.stats.task_done();
                 Ok(Next::Work)
             }
             Some(work_message::Kind::Analysis(a)) => {
                 let encoded = samples(&mut stream, "an analysis task").await?;
                 self.tasks().analysis(&a, encoded).await?;
+                self.stats.task_done();
                 Ok(Next::Work)
             }
             Some(work_message::Kind::Resync(r)) if self.role == WorkerRole::Eval => {
@@ -278,9 +293,12 @@ impl Work<'_> {
 
     /// One training step through the coordinator's all-reduce.
     async fn train(&mut self, a: &proto::TrainAssignment, samples: Vec<(u64, Bytes)>) -> CallResult<Next> {
+        let started = std::time::Instant::now();
         let mut exchange = CoordinatorExchange { client: &mut self.client, worker_id: self.id };
         match training::train_step(&mut exchange, self.dev, a, samples).await? {
-            StepEnd::Applied => {
+            StepEnd::Applied { compute_s } => {
+                let bytes = self.dev.param_count * ddpm::config::GradDtype::from_proto(a.grad_dtype).map_or(4, |d| d.bytes_per_element() as u64);
+                self.stats.step_applied(a.step, compute_s, started.elapsed().as_secs_f64(), bytes);
                 self.applied = a.step;
                 // Conservative, as before: a job task after training
                 // fetches its job's weights afresh (one download).
@@ -291,6 +309,7 @@ impl Work<'_> {
                 Ok(Next::Work)
             }
             StepEnd::Abandoned(reason) => {
+                self.stats.step_abandoned();
                 tracing::info!(step = a.step, "step abandoned: {reason}");
                 Ok(Next::Work)
             }

@@ -29,8 +29,9 @@ pub async fn fetch_training_state(client: &mut Client, worker_id: u64, dev: &Dev
 /// How a training step ended.
 #[derive(Debug)]
 pub enum StepEnd {
-    /// The update is applied: the replica is at the assignment's step.
-    Applied,
+    /// The update is applied: the replica is at the assignment's step;
+    /// its shard's compute took `compute_s`.
+    Applied { compute_s: f64 },
     /// This attempt was abandoned (it is redone): nothing applied.
     Abandoned(String),
     /// This worker's gradient was refused: it must register again.
@@ -49,6 +50,7 @@ pub async fn train_step(
     samples: Vec<(u64, Bytes)>,
 ) -> anyhow::Result<StepEnd> {
     let computed = dev.compute(a.step, samples).await?;
+    let compute_s = computed.compute_s;
     let (grad, outcome) = match exchange.exchange(a, computed).await? {
         Exchanged::Reduced { grad, outcome } => (grad, outcome),
         Exchanged::Abandoned(reason) => return Ok(StepEnd::Abandoned(reason)),
@@ -60,5 +62,5 @@ pub async fn train_step(
         tracing::warn!(step = a.step, "non-finite gradient: skipping this update, as every replica does");
     }
     dev.apply(a.step, grad, outcome).await?;
-    Ok(StepEnd::Applied)
+    Ok(StepEnd::Applied { compute_s })
 }

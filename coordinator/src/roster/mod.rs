@@ -60,6 +60,9 @@ struct Member {
     inbox: Inbox,
     /// The session secret its calls must carry (RegisterReply gave it).
     secret: String,
+    /// Its part in the last training step it computed: (step, compute
+    /// seconds, shard size), for the status and the dashboard.
+    last_work: Option<(u64, f64, u32)>,
 }
 
 impl Member {
@@ -84,6 +87,15 @@ impl Member {
 struct Members {
     by_id: BTreeMap<u64, Member>,
     next_id: u64,
+    /// Members dropped since the roster was made (removed or reaped).
+    lost: u64,
+}
+
+/// How many workers came and went, since the coordinator started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Churn {
+    pub joined: u64,
+    pub lost: u64,
 }
 
 /// The run's members.
@@ -145,6 +157,7 @@ impl Roster {
                 mailbox,
                 inbox: Arc::new(AsyncMutex::new(inbox)),
                 secret: ddpm::wire::auth::new_secret(),
+                last_work: None,
             },
         );
         drop(m);
@@ -166,11 +179,28 @@ impl Roster {
 
     /// Drops a member; its info if it was one.
     pub fn remove(&self, id: u64) -> Option<MemberInfo> {
-        let removed = self.lock().by_id.remove(&id).map(|m| m.info(id));
+        let mut m = self.lock();
+        let removed = m.by_id.remove(&id).map(|x| x.info(id));
         if removed.is_some() {
+            m.lost += 1;
+            drop(m);
             self.notify();
         }
         removed
+    }
+
+    /// Workers registered and dropped so far (ids are never reused, so the
+    /// highest id is the number of joins).
+    pub fn churn(&self) -> Churn {
+        let m = self.lock();
+        Churn { joined: m.next_id, lost: m.lost }
+    }
+
+    /// Member `id` computed its shard of `step` (`shard` images) in `compute_s`.
+    pub fn record_work(&self, id: u64, step: u64, compute_s: f64, shard: u32) {
+        if let Some(x) = self.lock().by_id.get_mut(&id) {
+            x.last_work = Some((step, compute_s, shard));
+        }
     }
 
     /// Drops every member in `ids`.
@@ -264,6 +294,7 @@ impl Roster {
         let dead: Vec<u64> =
             m.by_id.iter().filter(|(_, x)| now.duration_since(x.last_seen) > timeout).map(|(id, _)| *id).collect();
         let gone: Vec<MemberInfo> = dead.into_iter().filter_map(|id| m.by_id.remove(&id).map(|x| x.info(id))).collect();
+        m.lost += gone.len() as u64;
         drop(m);
         if !gone.is_empty() {
             self.notify();
@@ -349,10 +380,30 @@ impl Roster {
 
     /// The status rows of every member.
     pub fn status(&self) -> Vec<proto::MemberStatus> {
+        let now = Instant::now();
         self.lock()
             .by_id
             .iter()
-            .map(|(id, x)| proto::MemberStatus { worker_id: *id, name: x.name.clone(), device: x.device.clone(), ready: x.ready })
+            .map(|(id, x)| {
+                let state = match (x.ready, x.idle) {
+                    (false, _) => "joining",
+                    (true, true) => "idle",
+                    (true, false) => "busy",
+                };
+                let (last_step, compute_s, shard_size) = x.last_work.unwrap_or((0, 0.0, 0));
+                proto::MemberStatus {
+                    worker_id: *id,
+                    name: x.name.clone(),
+                    device: x.device.clone(),
+                    ready: x.ready,
+                    role: x.role.as_str().into(),
+                    state: state.into(),
+                    last_step,
+                    compute_s,
+                    shard_size,
+                    silent_s: now.duration_since(x.last_seen).as_secs_f64(),
+                }
+            })
             .collect()
     }
 }

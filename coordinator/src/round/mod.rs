@@ -88,6 +88,8 @@ pub struct RoundResult {
     pub loss: f64,
     /// The slowest member's compute time.
     pub compute_s: f64,
+    /// Each member's (id, compute seconds, shard size), in rank order.
+    pub per_member: Vec<(u64, f64, u32)>,
     /// Per chunk, the members' median norm: the next step's screening reference.
     pub chunk_medians: Vec<f64>,
     /// From the last member's header to the outcome: the communication the
@@ -312,10 +314,12 @@ impl Round {
         let norm = inner.sumsq.iter().sum::<f64>().sqrt();
         let outcome = Outcome::from_norm(norm, self.max_norm);
         let (mut loss, mut compute_s) = (0.0, 0.0f64);
-        for (l, &w) in inner.losses.iter().zip(&self.weights) {
-            if let Some((value, _, c)) = l {
+        let mut per_member = Vec::with_capacity(self.members.len());
+        for ((l, &w), &id) in inner.losses.iter().zip(&self.weights).zip(&self.members) {
+            if let Some((value, samples, c)) = l {
                 loss += w as f64 * value;
                 compute_s = compute_s.max(*c);
+                per_member.push((id, *c, *samples));
             }
         }
         let allreduce_s = inner.last_header.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
@@ -330,7 +334,7 @@ impl Round {
         let reduced = std::mem::take(&mut inner.reduced);
         let chunk_medians = std::mem::take(&mut inner.medians);
         if let Some(done) = inner.done.take() {
-            let _ = done.send(Ok(RoundResult { reduced, outcome, loss, compute_s, chunk_medians, allreduce_s }));
+            let _ = done.send(Ok(RoundResult { reduced, outcome, loss, compute_s, per_member, chunk_medians, allreduce_s }));
         }
         sends
     }

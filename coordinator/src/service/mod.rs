@@ -44,6 +44,9 @@ pub struct CoordService {
     pub results: Arc<ResultRouter>,
     pub status: Arc<RunStatus>,
     pub lifecycle: Arc<Lifecycle>,
+    /// The run's location and the workers it waits for, for GetStatus.
+    pub run_url: String,
+    pub workers_expected: usize,
 }
 
 #[tonic::async_trait]
@@ -265,6 +268,14 @@ impl Coordinator for CoordService {
             last_checkpoint_step: s.last_checkpoint,
             unsaved_steps: s.unsaved_steps(),
             checkpoint_error: s.checkpoint_error.clone().unwrap_or_default(),
+            resumed_from: s.resumed_from,
+            elapsed_s: s.elapsed_s,
+            eta_s: s.eta_s(self.run_config.train.train.steps).unwrap_or(-1.0),
+            run: self.run_url.clone(),
+            grad_norm: s.last.as_ref().map_or(0.0, |m| m.grad_norm),
+            lr: s.last.as_ref().map_or(0.0, |m| m.lr),
+            workers_expected: self.workers_expected as u32,
+            checkpoint_steps: s.checkpoints.clone(),
         }))
     }
 }

@@ -16,8 +16,13 @@
 
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use ddpm::store::metrics_rows::RunRows;
 use ddpm::store::{Location, RunStore};
 use serde::Serialize;
+
+use crate::telemetry::RunHistory;
 
 use super::StepMetrics;
 
@@ -42,6 +47,8 @@ pub struct MetricsLog {
     /// A remote write in flight, and how many of the oldest pending rows
     /// it carries (they go once it succeeds).
     inflight: Option<(tokio::task::JoinHandle<Result<(), String>>, usize)>,
+    /// Every row also goes to the dashboard's history, as it is pushed.
+    history: Arc<RunHistory>,
 }
 
 /// The step a metrics row belongs to (`None`: not a row, e.g. a torn line).
@@ -68,12 +75,12 @@ fn keep_upto(text: &str, upto: u64) -> (String, usize) {
 impl MetricsLog {
     /// Opens the log of the run at `run`; `resumed_from` is the step this
     /// start resumed from (rows after it are superseded).
-    pub async fn open(store: &RunStore, run: &str, resumed_from: u64) -> anyhow::Result<Self> {
+    pub async fn open(store: &RunStore, run: &str, resumed_from: u64, history: Arc<RunHistory>) -> anyhow::Result<Self> {
         let sink = match Location::parse(run)? {
             Location::Local(dir) => Sink::Local(dir.join("metrics.jsonl")),
             _ => Sink::Remote(store.clone()),
         };
-        let log = Self { sink, pending: Vec::new(), first: None, dropped: 0, failing: None, inflight: None };
+        let log = Self { sink, pending: Vec::new(), first: None, dropped: 0, failing: None, inflight: None, history };
         if let Err(e) = log.supersede_after(resumed_from).await {
             // Not worth the run either: the log may show those steps twice.
             tracing::error!(log = %log.place(), "cannot supersede the metrics rows after step {resumed_from}: {e:#}");
@@ -134,7 +141,16 @@ impl MetricsLog {
     /// Appends a row of step `step` (a periodic evaluation's result).
     pub fn push(&mut self, step: u64, row: &impl Serialize) -> anyhow::Result<()> {
         self.first.get_or_insert(step);
-        self.pending.push(serde_json::to_string(row)?);
+        let line = serde_json::to_string(row)?;
+        // The history reads the row back as any reader of the log would.
+        let parsed = RunRows::parse(&line);
+        for r in parsed.steps {
+            self.history.push_step(r);
+        }
+        for e in parsed.evals {
+            self.history.push_eval(e);
+        }
+        self.pending.push(line);
         if self.pending.len() > MAX_PENDING_ROWS {
             let excess = self.pending.len() - MAX_PENDING_ROWS;
             self.pending.drain(..excess);
@@ -260,7 +276,7 @@ mod tests {
         let path = dir.path().join("metrics.jsonl");
         // A directory where the log should be: every open fails.
         std::fs::create_dir(&path).unwrap();
-        let mut log = MetricsLog::open(&store, dir.path().to_str().unwrap(), 0).await.unwrap();
+        let mut log = MetricsLog::open(&store, dir.path().to_str().unwrap(), 0, Default::default()).await.unwrap();
         log.push(1, &serde_json::json!({"step": 1})).unwrap();
         log.flush().await;
         log.push(2, &serde_json::json!({"step": 2})).unwrap();

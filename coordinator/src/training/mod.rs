@@ -31,6 +31,7 @@ use ddpm::data::{order, Dataset};
 use ddpm::proto;
 use ddpm::store::RunStore;
 
+pub use progress::eta_s;
 pub use step_metrics::StepMetrics;
 pub use summary::Summary;
 
@@ -41,6 +42,7 @@ use crate::round::{Round, RoundFailure, RoundResult, Screening};
 use crate::round_slot::{self, RoundSlot};
 use crate::run_status::RunStatus;
 use crate::state::StateHandle;
+use crate::telemetry::{RunHistory, Telemetry};
 use crate::work::Work;
 use checksums::ChecksumBook;
 use metrics_log::MetricsLog;
@@ -66,6 +68,10 @@ pub struct Trainer {
     pub lifecycle: Arc<Lifecycle>,
     pub status: Arc<RunStatus>,
     pub queue: Arc<JobQueue>,
+    /// The metrics (each step is recorded there and in `status`).
+    pub telemetry: Arc<Telemetry>,
+    /// What the dashboard draws: the metrics log's rows.
+    pub history: Arc<RunHistory>,
 }
 
 type Prefetch = tokio::task::JoinHandle<anyhow::Result<Vec<proto::Sample>>>;
@@ -154,7 +160,7 @@ impl Trainer {
         let mut last_loss = f64::NAN;
         let mut next: Option<(u64, Prefetch)> = (step < total).then(|| (step + 1, prefetch(cfg, &self.dataset, step + 1)));
         let mut saver = Saver::new(&self.state, uploader, self.store.clone(), self.dataset.len(), cfg, resumed_from);
-        let mut metrics = MetricsLog::open(&self.store, &self.run, resumed_from).await?;
+        let mut metrics = MetricsLog::open(&self.store, &self.run, resumed_from, self.history.clone()).await?;
         let mut evals = PeriodicEvals::new(cfg).await?;
         if resumed_from > 0 {
             tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
@@ -205,6 +211,7 @@ impl Trainer {
             let mut result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, screening).await {
                 StepEnd::Done(result) => *result,
                 StepEnd::Redo(left) => {
+                    self.telemetry.step_redone();
                     attempt += 1;
                     active = left;
                     continue;
@@ -249,11 +256,16 @@ impl Trainer {
             // The step's record, to each of its consumers.
             metrics.push_step(&record)?;
             progress.add(&record, batch);
-            self.status.record(&record, skipped, progress.images_per_s());
+            let member_bytes = params * cfg.dist.grad_dtype.bytes_per_element();
+            let reduced_bytes = (member_bytes * step_members.len()) as u64;
+            self.telemetry.record_step(&record, batch, reduced_bytes, skipped, progress.images_per_s());
+            for &(id, compute_s, shard) in &result.per_member {
+                self.roster.record_work(id, s, compute_s, shard);
+            }
             last_loss = result.loss;
             if progress::line_due(s, resumed_from, total, cfg.train.log_every) {
-                let bytes = params * cfg.dist.grad_dtype.bytes_per_element();
-                progress.log_and_reset(s, total, step_members.len(), bytes, started);
+                let eta = self.status.get().eta_s(total);
+                progress.log_and_reset(s, total, step_members.len(), member_bytes, eta);
                 metrics.flush().await;
             }
             if s < total {

@@ -2,8 +2,6 @@
 //! loss, throughput, compute and all-reduce time over the window since the
 //! last line, the workers and the time left.
 
-use std::time::Instant;
-
 use super::StepMetrics;
 
 /// Rolling numbers since the last progress line.
@@ -34,23 +32,44 @@ impl Progress {
     }
 
     /// Logs the line for the window ending at `step` and starts a new window.
-    /// `bytes` is one member's gradient on the wire.
-    pub fn log_and_reset(&mut self, step: u64, total: u64, workers: usize, bytes: usize, started: Instant) {
+    /// `bytes` is one member's gradient on the wire; `eta_s` the time left
+    /// (none: unknown).
+    pub fn log_and_reset(&mut self, step: u64, total: u64, workers: usize, bytes: usize, eta_s: Option<f64>) {
         let n = self.steps.max(1) as f64;
-        let imgs = self.images_per_s();
-        let allreduce_ms = 1e3 * self.allreduce_s / n;
-        let mb_s = if self.allreduce_s > 0.0 { bytes as f64 * n / self.allreduce_s / 1e6 } else { 0.0 };
-        let elapsed = started.elapsed().as_secs_f64();
-        let eta = elapsed / step as f64 * (total - step) as f64;
-        // One line a person can follow; the same numbers per step are in metrics.jsonl.
+        let round = |x: f64, digits: i32| {
+            let f = 10f64.powi(digits);
+            (x * f).round() / f
+        };
+        let loss = round(self.loss / n, 4);
+        let images_per_s = round(self.images_per_s(), 1);
+        let compute_ms = round(1e3 * self.compute_s / n, 1);
+        let allreduce_ms = round(1e3 * self.allreduce_s / n, 1);
+        let mb_s = if self.allreduce_s > 0.0 { round(bytes as f64 * n / self.allreduce_s / 1e6, 0) } else { 0.0 };
+        let eta = eta_s.map_or_else(|| "unknown".to_string(), format_duration);
+        // One line a person can follow, its numbers as fields (so that
+        // --log-format json has them as numbers); the same numbers per step
+        // are in metrics.jsonl.
         tracing::info!(
-            "step {step}/{total}  loss {:.4}  {imgs:.1} img/s  compute {:.0} ms  all-reduce {allreduce_ms:.1} ms ({mb_s:.0} MB/s per worker)  workers {workers}  eta {}",
-            self.loss / n,
-            1e3 * self.compute_s / n,
-            format_duration(eta),
+            step,
+            total,
+            loss,
+            images_per_s,
+            compute_ms,
+            allreduce_ms,
+            allreduce_mb_per_s = mb_s,
+            workers,
+            eta = %eta,
+            eta_s = eta_s.map(f64::round),
+            "step {step}/{total}"
         );
         *self = Self::default();
     }
+}
+
+/// Seconds left for `remaining` steps when `done` steps took `elapsed_s`
+/// (`None` before the first: nothing to go by).
+pub fn eta_s(elapsed_s: f64, done: u64, remaining: u64) -> Option<f64> {
+    (done > 0).then(|| elapsed_s / done as f64 * remaining as f64)
 }
 
 /// Whether step `step` gets a progress line: the first of this start, the
