@@ -19,7 +19,11 @@ use ddpm_coord::{run, CoordOptions};
 /// keeps the parameters and the EMA, checkpoints to --run (resuming from its
 /// latest complete checkpoint when there is one) and draws a sample grid at
 /// the end. SIGTERM or Ctrl-C: the current step finishes, a checkpoint is
-/// saved, and the same command resumes the run.
+/// saved, and the same command (with the same --run) resumes the run.
+///
+/// Watch it with `ddpm status --coord HOST:PORT`, or --metrics-listen for
+/// Prometheus metrics and a dashboard in the browser; submit sampling and
+/// evaluation jobs with `ddpm jobs`.
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-coord", version)]
 struct Args {
@@ -32,32 +36,41 @@ struct Args {
     /// Training recipe: cifar10, lsun256 (the paper's) or tiny (demos and tests).
     #[arg(long, default_value = "cifar10")]
     preset: String,
-    /// TOML file overriding the preset (any subset of [model], [diffusion],
-    /// [data], [optim], [train], [dist], [sample]).
-    #[arg(long)]
+    /// TOML file overriding the preset: any subset of the sections [model],
+    /// [diffusion], [data], [optim], [train], [dist], [sample], [eval]
+    /// (periodic evaluations) and [checkpoint] (when to save, what to keep);
+    /// unknown keys are refused. Flags override the file.
+    #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Dataset: cifar10:PATH, lsun:PATH, folder:PATH or synthetic:shapes.
-    #[arg(long)]
+    /// Dataset, KIND:LOCATION[:SPLIT][@RESOLUTION]: cifar10:PATH[:train|:test]
+    /// (the batches directory or the downloaded .tar.gz), lsun:PATH[@256]
+    /// (an LMDB directory), folder:PATH[@R] (PNG/JPEG/WebP below PATH) or
+    /// synthetic:shapes[@R]. PATH may be s3://bucket/key (downloaded first).
+    /// Example: cifar10:data/cifar-10-binary.tar.gz
+    #[arg(long, value_name = "SPEC")]
     data: Option<String>,
-    /// Optimizer steps to train for.
+    /// Optimizer steps to train for [default: the preset's; cifar10 800000].
     #[arg(long)]
     steps: Option<u64>,
-    /// Global batch size, split across the workers.
+    /// Global batch size, split across the workers [default: the preset's; cifar10 128].
     #[arg(long)]
     batch_size: Option<usize>,
-    /// Run seed (data order, noise, timesteps, initial weights).
+    /// Run seed: data order, noise, timesteps and initial weights all follow
+    /// from it [default: the preset's, 0].
     #[arg(long)]
     seed: Option<u64>,
-    /// Gradient wire format: f32 or bf16.
+    /// Gradient wire format, f32 or bf16 [default: the preset's, f32].
     #[arg(long, value_parser = parse_dtype)]
     grad_dtype: Option<GradDtype>,
-    /// Images in the sample grid drawn at the end (0: none).
+    /// Images in the sample grid drawn at the end, 0 for none [default: the preset's].
     #[arg(long)]
     samples: Option<u64>,
     /// Where the run lives: a local directory or s3://bucket/prefix
-    /// (checkpoints, metrics, sample grids, summary).
-    #[arg(long, default_value = "runs/latest")]
-    run: String,
+    /// (checkpoints, metrics, sample grids, summary). Give an existing run
+    /// to resume it from its latest checkpoint [default: a new directory
+    /// runs/<date>-<time>, printed at start].
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    run: Option<String>,
     /// Refuse to start if --run already has checkpoints (default: resume
     /// from the latest complete one).
     #[arg(long)]
@@ -96,6 +109,27 @@ struct Args {
     /// CPU threads for the coordinator's own copy of the model (0: libtorch's default).
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// Serve Prometheus metrics (/metrics) and the dashboard (/) over HTTP
+    /// on this address, e.g. 0.0.0.0:9090 (port 0 picks a free one; the URL
+    /// is printed). Read-only and without authentication. Default: off.
+    #[arg(long, env = "DDPM_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
+    #[command(flatten)]
+    log: ddpm::runtime::LogArgs,
+}
+
+/// A new run's directory when --run is not given: `runs/<UTC date-time>`
+/// (with a suffix if that exists), so that a forgotten --run never resumes
+/// someone else's run by accident.
+fn new_run_dir() -> String {
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    let mut dir = format!("runs/{stamp}");
+    let mut n = 1;
+    while std::path::Path::new(&dir).exists() {
+        n += 1;
+        dir = format!("runs/{stamp}-{n}");
+    }
+    dir
 }
 
 /// The run's tokens and TLS, and whether it may listen where it was asked to.
@@ -162,8 +196,17 @@ fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
 }
 
 fn main() -> ExitCode {
-    ddpm::runtime::init_tracing();
     let args = Args::parse();
+    args.log.init();
+    let run_location = match &args.run {
+        Some(r) => r.clone(),
+        None => {
+            let dir = new_run_dir();
+            // Scripts read the run from this line, as they read the address.
+            println!("new run: {dir} (to resume it later, pass --run {dir})");
+            dir
+        }
+    };
     let config = match resolve(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -197,7 +240,7 @@ fn main() -> ExitCode {
         let opts = CoordOptions {
             config,
             workers: args.workers,
-            run: args.run.clone(),
+            run: run_location,
             store: args.store.options(),
             fresh: args.fresh,
             serve: args.serve,
@@ -206,6 +249,7 @@ fn main() -> ExitCode {
             job_roots: args.job_roots.clone(),
             tls,
             limits: args.limits.clone(),
+            metrics_listen: args.metrics_listen.clone(),
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });
@@ -228,5 +272,42 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_explains_itself_once() {
+        use clap::CommandFactory;
+        let problems = ddpm::runtime::cli_help_problems(&Args::command());
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+
+    #[test]
+    fn the_help_names_every_config_section_and_data_form() {
+        use clap::CommandFactory;
+        let help = Args::command().render_long_help().to_string();
+        for section in ["[model]", "[diffusion]", "[data]", "[optim]", "[train]", "[dist]", "[sample]", "[eval]", "[checkpoint]"] {
+            assert!(help.contains(section), "--config help lacks {section}");
+        }
+        for form in ["cifar10:PATH", ":test", "@256", "s3://", "synthetic:shapes"] {
+            assert!(help.contains(form), "--data help lacks {form}");
+        }
+        // Every section the config file takes is named (a new section must be added to the help).
+        let sections = toml::Table::try_from(TrainConfig::default()).unwrap();
+        for key in sections.keys() {
+            assert!(help.contains(&format!("[{key}]")), "--config help lacks [{key}]");
+        }
+    }
+
+    #[test]
+    fn without_run_a_new_directory_is_made_up() {
+        let a = new_run_dir();
+        assert!(a.starts_with("runs/2") && !std::path::Path::new(&a).exists(), "{a}");
+        let parsed = Args::try_parse_from(["ddpm-coord"]).unwrap();
+        assert_eq!(parsed.run, None);
     }
 }

@@ -76,6 +76,8 @@ pub struct ExportArgs {
     /// Export the EMA weights (what the paper evaluates) instead of the raw ones.
     #[arg(long)]
     pub ema: bool,
+    /// Layout of the export (diffusers: a UNet2DModel directory with its
+    /// config.json and safetensors, loadable by `UNet2DModel.from_pretrained`).
     #[arg(long, value_enum, default_value = "diffusers")]
     pub format: ExportFormat,
     /// Output directory (created).

@@ -1,28 +1,18 @@
 //! `ddpm jobs`: submit, follow and cancel a coordinator's sampling and
 //! evaluation jobs over gRPC (the `Jobs` service of `ddpm-coord`).
 
-use std::time::Duration;
 
 use clap::{Args, Subcommand, ValueEnum};
 use ddpm::diffusion::SamplerKind;
 use ddpm::proto::{self, jobs_client::JobsClient};
-use ddpm::wire::auth::Credentials;
-use tonic::service::interceptor::InterceptedService;
+use super::coord_conn::rpc_err;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 #[derive(Args, Debug)]
 pub struct JobsArgs {
-    /// The coordinator, HOST:PORT.
-    #[arg(long, global = true, default_value = "127.0.0.1:50051")]
-    coord: String,
-    /// File holding the run's user token (default: DDPM_USER_TOKEN); needed
-    /// when the coordinator has tokens.
-    #[arg(long, global = true)]
-    token_file: Option<std::path::PathBuf>,
     #[command(flatten)]
-    tls: ddpm::wire::tls::ClientTlsArgs,
+    conn: super::coord_conn::CoordArgs,
     /// Print the job statuses as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -43,13 +33,22 @@ enum JobsCommand {
     /// ancestral trajectories) or interpolation between two dataset images.
     SubmitAnalysis(AnalysisArgs),
     /// One job's status.
-    Get { job_id: u64 },
+    Get {
+        /// The job's id, as `submit-*` or `list` printed it.
+        job_id: u64,
+    },
     /// Follow a job until it ends, with a progress bar.
-    Watch { job_id: u64 },
+    Watch {
+        /// The job's id, as `submit-*` or `list` printed it.
+        job_id: u64,
+    },
     /// Every job of the coordinator.
     List,
     /// Cancel a queued or running job.
-    Cancel { job_id: u64 },
+    Cancel {
+        /// The job's id, as `submit-*` or `list` printed it.
+        job_id: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -83,25 +82,25 @@ struct EvalArgs {
     inception: String,
     /// FID reference statistics: a pytorch-fid / TTUR .npz on the coordinator
     /// (default: computed from --reference-data).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     reference_stats: String,
     /// Dataset spec for the reference statistics (default: the run's training set).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     reference_data: String,
     /// Reference images to use, the first ones (default: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     reference_images: u64,
     /// Dataset spec for bits/dim (default: the run's training set).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     bpd_data: String,
     /// Images for bits/dim, the first ones (default: all).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     bpd_images: u64,
     /// Inception Score splits (default 10).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     is_splits: u32,
     /// Images per forward pass of the feature network and the bound (default 50).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     eval_batch: u32,
     #[command(flatten)]
     draw: DrawArgs,
@@ -117,16 +116,16 @@ struct AnalysisArgs {
     #[command(flatten)]
     from: FromArgs,
     /// progressive: trajectories, one row each (default 8).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     rows: u32,
     /// progressive: x0_hat snapshots per trajectory (default 10).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     snapshots: u32,
     /// progressive: trajectories per forward pass (default 8).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     batch: u32,
     /// interpolate: dataset spec (default: the run's training set).
-    #[arg(long, default_value = "")]
+    #[arg(long, default_value = "", hide_default_value = true)]
     data: String,
     /// interpolate: index of the first image.
     #[arg(long, default_value_t = 0)]
@@ -135,10 +134,10 @@ struct AnalysisArgs {
     #[arg(long, default_value_t = 0)]
     index_b: u64,
     /// interpolate: diffusion steps of the encoding (default 500, the paper's).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     t: u32,
     /// interpolate: mixing weights from 0 to 1 (default 11).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     lambdas: u32,
     /// Follow the job until it ends.
     #[arg(long)]
@@ -158,13 +157,14 @@ impl WeightsArg {
 /// The seed and the weights a job draws with.
 #[derive(Args, Debug)]
 struct FromArgs {
+    /// The job's seed: the same seed and weights draw the same images.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Which weights: the EMA (default) or the raw parameters.
+    /// Which weights: the EMA or the raw parameters.
     #[arg(long, value_enum, default_value = "ema")]
     weights: WeightsArg,
     /// Use the weights of the checkpoint of this step (default: the live state).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     checkpoint_step: u64,
 }
 
@@ -175,7 +175,7 @@ struct DrawArgs {
     #[arg(long, default_value = "ancestral", value_parser = parse_sampler)]
     sampler: SamplerKind,
     /// DDIM steps (default 50).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     steps: u32,
     /// DDIM eta.
     #[arg(long, default_value_t = 0.0)]
@@ -183,7 +183,7 @@ struct DrawArgs {
     #[command(flatten)]
     from: FromArgs,
     /// Images per forward pass (default 16).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
     batch: u32,
     /// Also write each image as its own PNG.
     #[arg(long)]
@@ -216,30 +216,10 @@ pub fn run(args: JobsArgs) -> anyhow::Result<()> {
     rt.block_on(run_async(args))
 }
 
-type Client = JobsClient<InterceptedService<Channel, Credentials>>;
-
-async fn connect(addr: &str, tls: &ddpm::wire::tls::ClientTls, token: Option<String>) -> anyhow::Result<Client> {
-    use ddpm::runtime::error_chain;
-    use ddpm::wire::tls::is_tls_failure;
-    let channel = tls.endpoint(addr)?.connect_timeout(Duration::from_secs(10)).connect().await.map_err(|e| {
-        if is_tls_failure(&e) {
-            anyhow::anyhow!("TLS with the coordinator at {addr} failed: {}", error_chain(&e))
-        } else {
-            anyhow::anyhow!("cannot reach the coordinator at {addr} (is ddpm-coord running there?): {}", error_chain(&e))
-        }
-    })?;
-    Ok(JobsClient::with_interceptor(channel, Credentials::new(token)))
-}
-
-/// A gRPC error as a message for people.
-fn rpc_err(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", s.message(), s.code())
-}
+type Client = JobsClient<super::coord_conn::CoordChannel>;
 
 async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
-    let token = ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::USER_TOKEN_ENV)?;
-    let tls = args.tls.load()?;
-    let mut c = connect(&args.coord, &tls, token).await?;
+    let mut c: Client = JobsClient::new(args.conn.connect().await?);
     match args.command {
         JobsCommand::SubmitSample(a) => {
             let status = c.submit_sample_job(a.draw.request(a.count)).await.map_err(rpc_err)?.into_inner();
