@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up (Python env with torch and the reference
-# packages, protoc), golden fixtures from their generator scripts, a build of
+# packages, protoc, headless Chromium), golden fixtures from their generator scripts, a build of
 # every binary, the S3 test server (deploy/s3-test-server.sh), then every
 # test of the workspace.
 #
@@ -11,6 +11,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 source deploy/env.sh
 ddpm_setup
+# The dashboard's test drives a real browser.
+ddpm_setup_chromium
 
 export DDPM_GOLDEN_DIR="${DDPM_GOLDEN_DIR:-$root/target/golden}"
 mkdir -p "$DDPM_GOLDEN_DIR"

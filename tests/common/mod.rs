@@ -55,10 +55,9 @@ impl Proc {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let (tx, rx) = mpsc::channel();
-        for stream in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
+        for stream in
+            [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())]
+        {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -190,7 +189,28 @@ pub fn read_tensors(path: &Path) -> std::collections::HashMap<String, Vec<f32>> 
 #[allow(dead_code)]
 pub fn max_diff(a: &std::collections::HashMap<String, Vec<f32>>, b: &std::collections::HashMap<String, Vec<f32>>) -> f64 {
     assert_eq!(a.len(), b.len());
-    a.iter()
-        .flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (*x as f64 - *y as f64).abs()))
-        .fold(0.0, f64::max)
+    a.iter().flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (*x as f64 - *y as f64).abs())).fold(0.0, f64::max)
+}
+
+/// A plain HTTP/1.0 GET of `url` (`http://host:port/path`): the status
+/// code and the body. For the metrics port and the dashboard's JSON.
+pub fn http_get(url: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(head.clone()))?;
+    Ok((code, raw[split + 4..].to_vec()))
+}
+
+/// The URL of the metrics port a process printed (`metrics on http://...`).
+pub fn metrics_url(p: &mut Proc) -> String {
+    let line = p.wait_for_line("metrics on http://", Duration::from_secs(120));
+    line.rsplit("metrics on ").next().unwrap().trim().to_string()
 }
