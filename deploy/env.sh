@@ -44,6 +44,20 @@ ddpm_setup_protoc() {
     fi
 }
 
+# Headless Chromium for the dashboard's browser test (tests/dashboard.rs);
+# only the test suite needs it.
+ddpm_setup_chromium() {
+    if [ -n "${DDPM_CHROMIUM:-}" ] || command -v chromium >/dev/null 2>&1; then return 0; fi
+    ddpm_log "installing headless Chromium (Debian chromium) for the dashboard test"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q chromium >/dev/null 2>&1; }; }; then
+        ddpm_log "could not install chromium; install Debian's chromium (or set DDPM_CHROMIUM to a Chromium binary) and retry"
+        return 1
+    fi
+}
+
 ddpm_setup() {
     ddpm_setup_venv || { ddpm_log "Python environment set-up failed"; return 1; }
     ddpm_setup_protoc || return 1

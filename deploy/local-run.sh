@@ -20,7 +20,8 @@ run_dir="runs/demo-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$run_dir"
 log="$run_dir/coordinator.log"
 
-"$bin/ddpm-coord" --preset tiny --config deploy/demo.toml --workers "$workers" --listen 127.0.0.1:0 --run "$run_dir" "$@" >"$log.out" 2> >(tee "$log" >&2) &
+"$bin/ddpm-coord" --preset tiny --config deploy/demo.toml --workers "$workers" --listen 127.0.0.1:0 \
+    --metrics-listen "${DDPM_DEMO_METRICS:-127.0.0.1:0}" --run "$run_dir" "$@" >"$log.out" 2> >(tee "$log" >&2) &
 coord=$!
 pids=()
 trap 'kill $coord "${pids[@]}" 2>/dev/null || true' EXIT
@@ -32,6 +33,8 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 [ -n "$addr" ] || { echo "ddpm-coord did not start; see $log" >&2; exit 1; }
+dashboard=$(sed -n 's/^metrics on //p' "$log.out" | head -n1)
+echo "Watch it: the dashboard at $dashboard/ , or: $bin/ddpm status --coord $addr" >&2
 for i in $(seq 1 "$workers"); do
     "$bin/ddpm-worker" --coord "$addr" --device cpu --threads 1 --name "local/cpu$i" 2>"$run_dir/worker$i.log" &
     pids+=($!)
