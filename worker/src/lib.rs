@@ -86,6 +86,9 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
             }
         };
         opts.stats.set_member(None).await;
+        if !matches!(end, SessionEnd::Shutdown) {
+            opts.stats.reconnecting();
+        }
         if !matches!(end, SessionEnd::NotJoined(_)) {
             not_joined_since = None;
         }
@@ -111,7 +114,6 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
                 Duration::from_millis(500)
             }
             SessionEnd::Lost(reason) => {
-                opts.stats.reconnecting();
                 // A membership that lasted starts the backoff over.
                 if began.elapsed() > 2 * RECONNECT_BACKOFF.1 {
                     backoff = RECONNECT_BACKOFF.0;

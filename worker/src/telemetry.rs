@@ -81,7 +81,8 @@ impl WorkerStats {
         }
     }
 
-    /// The coordinator was lost and is being reconnected to.
+    /// A session ended (the coordinator was lost, refused the worker or
+    /// dropped it) and a new one begins.
     pub fn reconnecting(&self) {
         self.reconnects.fetch_add(1, Ordering::Relaxed);
     }
@@ -129,7 +130,7 @@ impl prom::Exporter for WorkerStats {
         prom::counter(e, "worker_gradient_sent", "Gradient bytes sent to the all-reduce.", bytes, n(&self.sent_bytes))?;
         prom::counter(e, "worker_gradient_received", "Reduced gradient bytes received.", bytes, n(&self.received_bytes))?;
         prom::counter(e, "worker_joins", "Times it joined a run.", None, n(&self.joins))?;
-        prom::counter(e, "worker_reconnects", "Times it lost the coordinator and reconnected.", None, n(&self.reconnects))?;
+        prom::counter(e, "worker_reconnects", "Sessions begun again after one ended (the coordinator lost, or refusing or dropping this worker).", None, n(&self.reconnects))?;
         prom::counter(e, "worker_tasks", "Job tasks (sampling, evaluation, analysis) it finished.", None, n(&self.tasks))?;
         Ok(())
     }
