@@ -168,19 +168,13 @@ pub async fn run(
         workers_expected: opts.workers,
     });
     let history = Arc::new(RunHistory::default());
-    history.load(&store, state.start_step).await;
+    // The earlier starts' rows, for the dashboard, without holding up training.
+    let history_load = {
+        let (history, store, upto) = (history.clone(), store.clone(), state.start_step);
+        tokio::spawn(async move { history.load(&store, upto).await })
+    };
     let metrics_port = match &opts.metrics_listen {
-        Some(addr) => {
-            let listener = or_release!(ddpm::observe::http::bind(addr).await);
-            ddpm::observe::http::announce(or_release!(listener.local_addr()));
-            let api = telemetry::api::Api::new(telemetry.sources().clone(), history.clone(), store.clone());
-            let stop = lifecycle.clone();
-            Some(ddpm::observe::http::spawn(listener, telemetry::http::router(telemetry.registry(), api), async move {
-                while !stop.is_shutting_down() {
-                    stop.changed_within(Duration::from_millis(500)).await;
-                }
-            }))
-        }
+        Some(addr) => Some(or_release!(telemetry::start_port(addr, &telemetry, history.clone(), store.clone()).await)),
         None => None,
     };
 
@@ -298,10 +292,12 @@ pub async fn run(
     }
     keeper.abort();
     health_watch.abort();
-    if let Some(port) = metrics_port {
+    history_load.abort();
+    if let Some(mut port) = metrics_port {
         // Stopped with the lifecycle's shutdown; bounded like the gRPC server.
-        if tokio::time::timeout(Duration::from_secs(2), port).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(2), &mut port).await.is_err() {
             tracing::warn!("the metrics port still had requests open 2 s after the run ended; closing it");
+            port.abort();
         }
     }
     if let Some(why) = lease.lost() {

@@ -36,7 +36,8 @@ pub struct RunOpts {
 }
 
 impl RunOpts {
-    fn open(&self) -> anyhow::Result<RunStore> {
+    /// The run's store, for reading (`ddpm checkpoints`, `ddpm metrics`).
+    pub fn open(&self) -> anyhow::Result<RunStore> {
         // Reading a run must not create an empty directory for a mistyped path.
         if let Location::Local(dir) = Location::parse(&self.run)? {
             anyhow::ensure!(dir.is_dir(), "no run at {}: the directory does not exist", dir.display());

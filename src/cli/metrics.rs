@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ddpm::plot::{self, PlotOptions};
-use ddpm::store::{metrics_rows, Location, RetryOptions, RunStore, StoreArgs};
+use ddpm::store::metrics_rows;
 
 #[derive(clap::Args)]
 pub struct MetricsArgs {
@@ -23,9 +23,8 @@ pub enum MetricsCommand {
 
 #[derive(clap::Args)]
 pub struct PlotArgs {
-    /// The run: a directory, file:///path or s3://bucket/prefix.
-    #[arg(long, value_name = "URL")]
-    pub run: String,
+    #[command(flatten)]
+    pub run: super::checkpoints::RunOpts,
     /// The PNG file to write (replaced whole, so a viewer never sees half a plot).
     #[arg(long, value_name = "FILE.png")]
     pub out: PathBuf,
@@ -39,8 +38,6 @@ pub struct PlotArgs {
     /// fiftieth of the run, at most 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub smooth: Option<u64>,
-    #[command(flatten)]
-    pub store: StoreArgs,
 }
 
 pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
@@ -50,21 +47,10 @@ pub fn run(args: MetricsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The store of the run at `url`, for reading.
-fn open(url: &str, store: &StoreArgs) -> anyhow::Result<RunStore> {
-    // Reading a run must not create an empty directory for a mistyped path.
-    if let Location::Local(dir) = Location::parse(url)? {
-        anyhow::ensure!(dir.is_dir(), "no run at {}: the directory does not exist", dir.display());
-    }
-    let mut opts = store.options();
-    opts.retry = RetryOptions::interactive();
-    Ok(RunStore::open(url, &opts)?)
-}
-
 async fn plot(args: PlotArgs) -> anyhow::Result<()> {
     let is_png = args.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"));
     anyhow::ensure!(is_png, "--out {}: the plot is written as PNG; give a file name ending in .png", args.out.display());
-    let store = open(&args.run, &args.store)?;
+    let store = args.run.open()?;
     let rows = metrics_rows::read(&store).await.with_context(|| format!("reading the metrics log of {}", store.url()))?;
     if rows.skipped_lines > 0 {
         let (n, s) = (rows.skipped_lines, if rows.skipped_lines == 1 { "" } else { "s" });

@@ -22,14 +22,21 @@ impl RunHistory {
     }
 
     /// Loads the rows of the run in `store` up to step `upto` (later rows
-    /// are superseded by this start). A store that cannot be read leaves
-    /// the history empty: the dashboard then shows this start only.
+    /// are superseded by this start) in front of the rows this start pushed
+    /// meanwhile (the load may take a while on a long run in object
+    /// storage, and training does not wait for it). A store that cannot be
+    /// read leaves the earlier rows out: the dashboard then shows this
+    /// start only.
     pub async fn load(&self, store: &RunStore, upto: u64) {
         match metrics_rows::read(store).await {
             Ok(mut rows) => {
                 rows.steps.retain(|r| r.step <= upto);
                 rows.evals.retain(|r| r.step <= upto);
-                *self.lock() = rows;
+                let mut held = self.lock();
+                let pushed = std::mem::take(&mut *held);
+                rows.steps.extend(pushed.steps.into_iter().filter(|r| r.step > upto));
+                rows.evals.extend(pushed.evals);
+                *held = rows;
             }
             Err(e) => tracing::warn!(run = %store.url(), "cannot read the run's metrics log for the dashboard (it shows this start's steps only): {e}"),
         }
@@ -85,9 +92,10 @@ mod tests {
         std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
         let store = RunStore::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
         let h = RunHistory::default();
-        h.load(&store, 4).await;
-        assert_eq!(h.len(), 4);
+        // A row of this start arrives before the earlier rows are loaded.
         h.push_step(row(5, 0.05));
+        h.load(&store, 4).await;
+        assert_eq!(h.len(), 5);
         let after = h.steps_after(3, 10);
         assert_eq!(after.iter().map(|r| (r.step, r.loss)).collect::<Vec<_>>(), vec![(4, 0.4), (5, 0.05)]);
         assert_eq!(h.steps_after(0, 2).len(), 2);

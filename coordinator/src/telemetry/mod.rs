@@ -12,11 +12,32 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ddpm::observe::health::Health;
+use ddpm::store::RunStore;
 
 pub use history::RunHistory;
 pub use metrics::{Sources, Telemetry};
 
 use crate::lifecycle::Lifecycle;
+
+/// Binds `addr` and serves the HTTP port (metrics, dashboard) until the
+/// coordinator shuts down; prints its URL.
+pub async fn start_port(
+    addr: &str,
+    telemetry: &Arc<Telemetry>,
+    history: Arc<RunHistory>,
+    store: RunStore,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = ddpm::observe::http::bind(addr).await?;
+    ddpm::observe::http::announce(listener.local_addr()?);
+    let api = api::Api::new(telemetry.sources().clone(), history, store);
+    let lifecycle = telemetry.sources().lifecycle.clone();
+    let stop = async move {
+        while !lifecycle.is_shutting_down() {
+            lifecycle.changed_within(Duration::from_millis(500)).await;
+        }
+    };
+    Ok(ddpm::observe::http::spawn(listener, http::router(telemetry.registry(), api), stop))
+}
 
 /// The services the coordinator's health service names.
 pub const HEALTH_SERVICES: [&str; 2] = ["ddpm.v1.Coordinator", "ddpm.v1.Jobs"];
