@@ -4,6 +4,9 @@
 //! step's numbers as fields; and after a resume, the dashboard's history
 //! covers the whole run while the time left and the step-time histograms
 //! count only this start's steps.
+//!
+//! Tiny steps take milliseconds here: the resumed coordinator runs with
+//! `--serve`, so that its ports are still there when the test asks.
 
 mod common;
 
@@ -50,13 +53,19 @@ impl Files {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
-    fn coordinator(&self, steps: u64) -> (Proc, String, String) {
+    /// A coordinator training to `steps`; with `serve`, it stays up after
+    /// the last step (until SIGTERM), so its ports can still be asked.
+    fn coordinator(&self, steps: u64, serve: bool) -> (Proc, String, String) {
         let (cfg, run, wt, ut, steps) = (self.path("run.toml"), self.path("run"), self.path("worker.token"), self.path("user.token"), steps.to_string());
-        let (mut coord, addr) = start_coordinator(&[
+        let mut args = vec![
             "--preset", "tiny", "--config", &cfg, "--data", "synthetic:shapes", "--steps", &steps, "--workers", "2",
             "--run", &run, "--worker-token-file", &wt, "--user-token-file", &ut,
             "--metrics-listen", "127.0.0.1:0", "--log-format", "json",
-        ]);
+        ];
+        if serve {
+            args.push("--serve");
+        }
+        let (mut coord, addr) = start_coordinator(&args);
         let url = metrics_url(&mut coord);
         (coord, addr, url)
     }
@@ -129,8 +138,8 @@ fn close(a: f64, b: f64, what: &str) {
 fn metrics_status_and_logs_agree_with_the_run_and_survive_a_resume() {
     let files = Files::new();
 
-    // A fresh run of 12 steps, scraped all along.
-    let (mut coord, addr, url) = files.coordinator(12);
+    // A fresh run of 20 steps, scraped all along.
+    let (mut coord, addr, url) = files.coordinator(20, false);
     let _workers = files.workers(&addr);
     let mut scrapes = Vec::new();
     let mut status_seen = None;
@@ -146,7 +155,7 @@ fn metrics_status_and_logs_agree_with_the_run_and_survive_a_resume() {
     }
     assert_eq!(coord.wait(Duration::from_secs(120)), 0, "{}", coord.output());
     let rows = files.rows();
-    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), (1..=20).collect::<Vec<_>>());
 
     let mut steps_seen = std::collections::BTreeSet::new();
     for s in scrapes.iter().filter(|s| s.step > 0) {
@@ -163,7 +172,7 @@ fn metrics_status_and_logs_agree_with_the_run_and_survive_a_resume() {
     assert!(steps_seen.len() >= 3, "too few steps scraped: {steps_seen:?}");
 
     let status = status_seen.expect("ddpm status ran during the run");
-    assert_eq!(status["total_steps"], 12);
+    assert_eq!(status["total_steps"], 20);
     assert_eq!(status["workers_expected"], 2);
     assert!(status["run"].as_str().unwrap().ends_with("/run"), "{status}");
     let members = status["members"].as_array().unwrap();
@@ -186,48 +195,55 @@ fn metrics_status_and_logs_agree_with_the_run_and_survive_a_resume() {
         if v["message"].as_str().is_some_and(|m| m.starts_with("step ")) && v["step"].is_u64() {
             let step = v["step"].as_u64().unwrap_or_else(|| panic!("no numeric step in {line}"));
             assert!(rows.contains_key(&step));
-            assert_eq!(v["total"], 12);
+            assert_eq!(v["total"], 20);
             for field in ["loss", "images_per_s", "compute_ms", "allreduce_ms", "eta_s"] {
                 assert!(v[field].is_number(), "{field} is not a number in {line}");
             }
             progress += 1;
         }
     }
-    assert!(progress >= 6, "expected a progress line every 2 steps:\n{log}");
+    assert!(progress >= 10, "expected a progress line every 2 steps:\n{log}");
 
-    // The same run resumed to 24 steps.
-    let (mut coord, addr, url) = files.coordinator(24);
+    // The same run resumed to 40 steps, kept up after its last one.
+    let (mut coord, addr, url) = files.coordinator(40, true);
     let _workers = files.workers(&addr);
     let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         let s = files.status(&addr);
-        if s["step"].as_u64().unwrap() >= 15 {
+        if s["step"].as_u64().unwrap() >= 23 {
             break s;
         }
-        assert!(Instant::now() < deadline, "the resumed run did not reach step 15: {s}");
+        assert!(Instant::now() < deadline, "the resumed run did not reach step 23: {s}");
         std::thread::sleep(Duration::from_millis(300));
     };
     let step = status["step"].as_u64().unwrap();
-    assert_eq!(status["resumed_from"], 12);
+    assert_eq!(status["resumed_from"], 20);
     // The time left comes from this start's steps only.
     let (elapsed, eta) = (status["elapsed_s"].as_f64().unwrap(), status["eta_s"].as_f64().unwrap());
-    let want = elapsed / (step - 12) as f64 * (24 - step) as f64;
+    let want = elapsed / (step - 20) as f64 * (40 - step) as f64;
     assert!((eta - want).abs() <= 1e-6 * want.max(1.0), "eta {eta} s, want {want} s from {status}");
     // The dashboard's history holds the earlier start's rows too.
     let (code, body) = http_get(&format!("{url}/api/metrics?after=0")).unwrap();
     assert_eq!(code, 200);
     let history: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let steps: Vec<u64> = history["steps"].as_array().unwrap().iter().map(|r| r["step"].as_u64().unwrap()).collect();
-    assert!(steps.len() >= 15 && steps.iter().copied().eq(1..=steps.len() as u64), "history steps {steps:?}");
+    assert!(steps.len() >= 23 && steps.iter().copied().eq(1..=steps.len() as u64), "history steps {steps:?}");
     let s = scrape(&url).unwrap();
-    assert_eq!(s.compute_count, (s.step - 12) as f64, "the histograms count this process's steps: {s:?}");
-    assert_eq!(coord.wait(Duration::from_secs(600)), 0, "{}", coord.output());
+    assert_eq!(s.compute_count, (s.step - 20) as f64, "the histograms count this process's steps: {s:?}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while files.status(&addr)["phase"] != "serving" {
+        assert!(Instant::now() < deadline, "the resumed run did not finish");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // SIGTERM ends the serving coordinator cleanly.
+    unsafe { libc::kill(coord.child.id() as i32, libc::SIGTERM) };
+    assert_eq!(coord.wait(Duration::from_secs(120)), 0, "{}", coord.output());
     let first_after_resume = coord
         .output()
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .find(|v| v["message"].as_str().is_some_and(|m| m.starts_with("step ")) && v["step"].is_u64())
         .expect("a progress line after the resume");
-    assert_eq!(first_after_resume["step"], 13, "{first_after_resume}");
-    assert_eq!(files.rows().len(), 24);
+    assert_eq!(first_after_resume["step"], 21, "{first_after_resume}");
+    assert_eq!(files.rows().len(), 40);
 }
