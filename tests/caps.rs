@@ -122,16 +122,37 @@ async fn a_maximal_sample_job_and_a_connection_flood_leave_memory_bounded_and_tr
     let opened = started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(2));
     let rss1 = mem_mib(pid, "VmRSS");
-    // Beyond the cap: closed by the coordinator at once.
-    let mut closed = 0;
-    for s in flood.iter_mut().rev().take(100) {
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut b = [0u8; 1];
-        if matches!(s.read(&mut b), Ok(0) | Err(_)) {
-            closed += 1;
+    // The cap holds whatever the accept loop's pace: a connection it
+    // serves gets the server's HTTP/2 preface at once; one over the cap is
+    // closed without a byte; one the loop has not reached yet has neither.
+    // Silent served ones are closed after 10 s, freeing their slots for
+    // later ones, so how many of the flood were served depends on the pace
+    // (on 2 cores while training, slow: see the README); how many are
+    // served and still open at one moment must never exceed the cap.
+    let (mut served_open, mut refused) = (0, 0);
+    for s in flood.iter_mut() {
+        s.set_nonblocking(true).unwrap();
+        let mut b = [0u8; 256];
+        match s.read(&mut b) {
+            Ok(0) => refused += 1,
+            Ok(_) => {
+                // Served: still open unless the silent-deadline closed it since.
+                while let Ok(n) = s.read(&mut b) {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if matches!(s.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+                    served_open += 1;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => refused += 1,
         }
+        s.set_nonblocking(false).unwrap();
     }
-    assert_eq!(closed, 100, "connections beyond the cap must be closed");
+    assert!(served_open <= 128, "{served_open} flood connections served at once, over the cap of 128");
+    assert!(refused >= 1000, "only {refused} of {FLOOD} connections were closed at the cap");
     // The silent ones within the cap go after 10 s: the port serves again
     // while all 10,000 sockets are still open on this side, and training went on.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -147,7 +168,7 @@ async fn a_maximal_sample_job_and_a_connection_flood_leave_memory_bounded_and_tr
     };
     let rss2 = mem_mib(pid, "VmRSS");
     eprintln!(
-        "flood: {FLOOD} connections opened in {opened:.1} s; coordinator RSS {rss0:.0} -> {rss1:.0} MiB (held), {rss2:.0} MiB (after the silent ones closed); served again after {:.0} s; steps {step0} -> {step1}",
+        "flood: {FLOOD} connections opened in {opened:.1} s ({refused} closed at the cap, {served_open} served and open at once); coordinator RSS {rss0:.0} -> {rss1:.0} MiB (held), {rss2:.0} MiB (after the silent ones closed); served again after {:.0} s; steps {step0} -> {step1}",
         started.elapsed().as_secs_f64()
     );
     assert!(step1 > step0, "training stalled under the flood: step {step0} -> {step1}");
