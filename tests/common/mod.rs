@@ -192,21 +192,43 @@ pub fn max_diff(a: &std::collections::HashMap<String, Vec<f32>>, b: &std::collec
     a.iter().flat_map(|(k, va)| va.iter().zip(&b[k]).map(|(x, y)| (*x as f64 - *y as f64).abs())).fold(0.0, f64::max)
 }
 
-/// A plain HTTP/1.0 GET of `url` (`http://host:port/path`): the status
+/// A plain HTTP/1.1 GET of `url` (`http://host:port/path`): the status
 /// code and the body. For the metrics port and the dashboard's JSON.
 pub fn http_get(url: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    http_get_with_head(url).map(|(code, _, body)| (code, body))
+}
+
+/// [`http_get`], with the response's header lines lower-cased.
+pub fn http_get_with_head(url: &str) -> std::io::Result<(u16, String, Vec<u8>)> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let mut s = std::net::TcpStream::connect(host)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)?;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| std::io::Error::other("no HTTP header end"))?;
-    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| std::io::Error::other(head.clone()))?;
-    Ok((code, raw[split + 4..].to_vec()))
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((code, head, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..i]).split(';').next().unwrap().trim(), 16).unwrap_or(0);
+        if size == 0 || b.len() < i + 2 + size {
+            break;
+        }
+        out.extend_from_slice(&b[i + 2..i + 2 + size]);
+        b = &b[(i + 4 + size).min(b.len())..];
+    }
+    out
 }
 
 /// The URL of the metrics port a process printed (`metrics on http://...`).
