@@ -10,6 +10,7 @@ pub mod config;
 pub mod data;
 pub mod diffusion;
 pub mod eval;
+pub mod exit;
 pub mod imageio;
 pub mod observe;
 pub mod plot;

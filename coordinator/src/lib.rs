@@ -60,8 +60,8 @@ use training::{Summary, Trainer};
 #[derive(Debug, Clone)]
 pub struct CoordOptions {
     pub config: TrainConfig,
-    /// Workers to wait for before step 1.
-    pub workers: usize,
+    /// How many workers to wait for before the first step, and how long.
+    pub start: training::start::StartPolicy,
     /// Where the run's outputs go: a local directory or `s3://bucket/prefix`.
     pub run: String,
     /// How to reach an S3-compatible store (also for `s3://` datasets).
@@ -97,8 +97,8 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     let config = opts.config.clone();
     config.validate()?;
-    config.check_world_size(opts.workers)?;
-    opts.limits.check(opts.workers)?;
+    config.check_world_size(opts.start.workers)?;
+    opts.limits.check(opts.start.workers)?;
     let store = RunStore::open(&opts.run, &opts.store)?;
     store.check().await?;
     let dataset = open_dataset(&config, &opts.store).await?;
@@ -142,7 +142,7 @@ pub async fn run(
     tracing::info!(%addr, params = state.layout.total, run = %store.url(), "coordinator listening");
 
     // The components, each owning its state.
-    let roster = Arc::new(Roster::with_limit(opts.limits.members(opts.workers)));
+    let roster = Arc::new(Roster::with_limit(opts.limits.members(opts.start.workers)));
     let rounds = Arc::new(RoundSlot::default());
     let lifecycle = Arc::new(Lifecycle::default());
     let checkpoints = match checkpoint::list(&store).await {
@@ -165,7 +165,7 @@ pub async fn run(
         queue: queue.clone(),
         lifecycle: lifecycle.clone(),
         total_steps: config.train.steps,
-        workers_expected: opts.workers,
+        workers_expected: opts.start.workers,
     });
     let history = Arc::new(RunHistory::default());
     // The earlier starts' rows, for the dashboard, without holding up training.
@@ -201,7 +201,7 @@ pub async fn run(
         status: status.clone(),
         lifecycle: lifecycle.clone(),
         run_url: store.url().to_string(),
-        workers_expected: opts.workers,
+        workers_expected: opts.start.workers,
     };
     let roots = jobs::roots::JobRoots::new(&opts.run, config.data.spec.as_ref(), &opts.job_roots);
     let jobs_service =
@@ -248,7 +248,7 @@ pub async fn run(
 
     let trainer = Trainer {
         config,
-        workers: opts.workers,
+        start: opts.start.clone(),
         run: opts.run.clone(),
         store,
         dataset,
@@ -275,8 +275,9 @@ pub async fn run(
     }
     scheduler.abort();
     signal.abort();
-    lifecycle.begin_shutdown();
-    roster.shutdown_all("the run is over");
+    let finished = matches!(&result, Ok(s) if !s.stopped);
+    lifecycle.begin_shutdown(finished);
+    roster.shutdown_all(if finished { "the run is over" } else { "the coordinator stops; the run goes on when it starts again" }, finished);
     uploader.close().await;
     drain.abort();
     // Give workers a moment to pick up the shutdown before the server goes.
@@ -355,15 +356,11 @@ async fn serve(
 /// Refuses to serve an open run (no tokens) on an address other hosts can
 /// reach, unless the operator said `--insecure` (then warns). `listen` is
 /// the `--listen` value.
-pub fn check_exposure(
-    listen: &str,
-    access: &service::access::Access,
-    tls: Option<&wire::tls::ServerTls>,
-    insecure: bool,
-) -> anyhow::Result<()> {
+/// `protected`: the run has tokens; `mutual_tls`: clients need a
+/// certificate from `--tls-client-ca` (either keeps strangers out).
+pub fn check_exposure(listen: &str, protected: bool, mutual_tls: bool, insecure: bool) -> anyhow::Result<()> {
     use std::net::ToSocketAddrs;
-    // Tokens, or client certificates from the operator's CA, keep strangers out.
-    if access.is_protected() || tls.is_some_and(|t| t.is_mutual()) {
+    if protected || mutual_tls {
         return Ok(());
     }
     let loopback = listen.to_socket_addrs().map(|mut a| a.all(|a| a.ip().is_loopback())).unwrap_or(false);

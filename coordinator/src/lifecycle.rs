@@ -47,6 +47,7 @@ pub struct Lifecycle {
     training_over: AtomicBool,
     trainers_lent: AtomicBool,
     shutting_down: AtomicBool,
+    run_finished: AtomicBool,
     changed: Changes,
 }
 
@@ -58,6 +59,7 @@ impl Default for Lifecycle {
             training_over: AtomicBool::new(false),
             trainers_lent: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            run_finished: AtomicBool::new(false),
             changed: Changes::default(),
         }
     }
@@ -107,8 +109,16 @@ impl Lifecycle {
         self.training_over() || self.trainers_lent.load(Ordering::SeqCst)
     }
 
-    pub fn begin_shutdown(&self) {
+    /// The coordinator stops; `finished`: because the run is over (workers
+    /// exit) rather than stopped or failed (workers wait for its restart).
+    pub fn begin_shutdown(&self, finished: bool) {
+        self.set(&self.run_finished, finished);
         self.set(&self.shutting_down, true);
+    }
+
+    /// The coordinator shuts down because the run is over.
+    pub fn run_finished(&self) -> bool {
+        self.run_finished.load(Ordering::SeqCst)
     }
 
     pub fn is_shutting_down(&self) -> bool {

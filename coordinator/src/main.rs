@@ -3,23 +3,32 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use ddpm::config::{GradDtype, TrainConfig};
+use ddpm::exit;
 use ddpm::store::StoreArgs;
 use ddpm::wire::auth;
 use ddpm::wire::tls::ServerTls;
 use ddpm_coord::service::access::Access;
+use ddpm_coord::training::start::{StartPolicy, StartTimeout};
 use ddpm_coord::{run, CoordOptions};
 
 /// The coordinator of a data-parallel DDPM training run.
 ///
-/// Waits for --workers workers (`ddpm-worker --coord HOST:PORT`), then trains:
+/// Waits for --workers workers (`ddpm-worker --coord HOST:PORT`; or at least
+/// --min-workers, see --start-grace), then trains:
 /// it shards every global batch across them, all-reduces their gradients,
 /// keeps the parameters and the EMA, checkpoints to --run (resuming from its
 /// latest complete checkpoint when there is one) and draws a sample grid at
 /// the end. SIGTERM or Ctrl-C: the current step finishes, a checkpoint is
 /// saved, and the same command (with the same --run) resumes the run.
+/// Started again on a finished run, it changes nothing and exits 0.
+///
+/// Exit codes: 0 the run is finished; 1 an error (starting again resumes);
+/// 2 bad flags or config; 3 fewer than --min-workers within --start-timeout;
+/// 75 stopped by SIGTERM/Ctrl-C after a checkpoint (start again to go on).
 ///
 /// Watch it with `ddpm status --coord HOST:PORT`, or --metrics-listen for
 /// Prometheus metrics and a dashboard in the browser; submit sampling and
@@ -27,9 +36,29 @@ use ddpm_coord::{run, CoordOptions};
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-coord", version)]
 struct Args {
-    /// Number of workers to wait for before step 1.
-    #[arg(long, default_value_t = 1)]
+    /// The world size: workers to wait for before the first step (more
+    /// than this are not needed; fewer train on once lost ones are gone).
+    #[arg(long, env = "DDPM_WORKERS", default_value_t = 1)]
     workers: usize,
+    /// Start with fewer than --workers, but at least this many, once no
+    /// worker has joined for --start-grace seconds; the rest join later
+    /// [default: --workers].
+    #[arg(long, env = "DDPM_MIN_WORKERS")]
+    min_workers: Option<usize>,
+    /// Seconds without a new worker after which a run with at least
+    /// --min-workers starts without the rest.
+    #[arg(long, env = "DDPM_START_GRACE", default_value_t = 30.0, value_parser = parse_seconds)]
+    start_grace: f64,
+    /// Seconds to wait for --min-workers workers before giving up with
+    /// exit code 3 (0: wait forever).
+    #[arg(long, env = "DDPM_START_TIMEOUT", default_value_t = 0.0, value_parser = parse_seconds)]
+    start_timeout: f64,
+    /// Check the flags and the config (preset, --config, --data's form,
+    /// world size, tokens or TLS for a non-loopback --listen) without
+    /// listening or reading the run, the data or the token files; print
+    /// the resolved config as TOML and exit 0, or the problem and exit 2.
+    #[arg(long)]
+    check_config: bool,
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "0.0.0.0:50051")]
     listen: String,
@@ -138,7 +167,7 @@ fn access(args: &Args) -> anyhow::Result<(Access, Option<ServerTls>)> {
     let user = auth::load_token(args.user_token_file.as_deref(), auth::USER_TOKEN_ENV)?;
     let access = Access::new(worker, user)?;
     let tls = args.tls.load()?;
-    ddpm_coord::check_exposure(&args.listen, &access, tls.as_ref(), args.insecure)?;
+    ddpm_coord::check_exposure(&args.listen, access.is_protected(), tls.as_ref().is_some_and(|t| t.is_mutual()), args.insecure)?;
     if access.is_protected() {
         tracing::info!("tokens set: workers need the worker token, `ddpm jobs` the user token");
     }
@@ -154,6 +183,13 @@ fn parse_ttl(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 1.0 => Ok(v),
         _ => Err(format!("{s:?} is no lease time to live: give seconds, at least 1")),
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is no number of seconds: give a number, 0 or more")),
     }
 }
 
@@ -192,12 +228,63 @@ fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
     }
     c.validate()?;
     c.check_world_size(args.workers)?;
+    start_policy(args).map_err(anyhow::Error::msg)?;
     Ok(c)
+}
+
+fn start_policy(args: &Args) -> Result<StartPolicy, String> {
+    let policy = StartPolicy {
+        workers: args.workers,
+        min_workers: args.min_workers.unwrap_or(args.workers),
+        grace: Duration::from_secs_f64(args.start_grace),
+        timeout: (args.start_timeout > 0.0).then(|| Duration::from_secs_f64(args.start_timeout)),
+    };
+    policy.check()?;
+    Ok(policy)
+}
+
+/// `--check-config`: what can be checked without the run's environment.
+/// Token and TLS files are not read (they are mounted only where the run
+/// runs), but a non-loopback --listen must name some.
+fn check_only(args: &Args, config: &TrainConfig) -> anyhow::Result<String> {
+    args.limits.check(args.workers)?;
+    let protected = args.worker_token_file.is_some() || std::env::var_os(auth::WORKER_TOKEN_ENV).is_some();
+    let user = args.user_token_file.is_some() || std::env::var_os(auth::USER_TOKEN_ENV).is_some();
+    anyhow::ensure!(
+        protected == user,
+        "give both tokens or neither: the worker token ({}, --worker-token-file) and the user token ({}, --user-token-file)",
+        auth::WORKER_TOKEN_ENV,
+        auth::USER_TOKEN_ENV
+    );
+    ddpm_coord::check_exposure(&args.listen, protected, args.tls.tls_client_ca.is_some(), args.insecure)?;
+    Ok(toml::to_string(config)?)
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
+    let config = match resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit::code(exit::USAGE);
+        }
+    };
+    if args.check_config {
+        return match check_only(&args, &config) {
+            Ok(toml) => {
+                println!("{toml}");
+                eprintln!("config ok: {} steps, global batch {}, {} workers", config.train.steps, config.train.batch_size, args.workers);
+                exit::code(exit::DONE)
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                exit::code(exit::USAGE)
+            }
+        };
+    }
+    // Validated by resolve().
+    let Ok(start) = start_policy(&args) else { return exit::code(exit::USAGE) };
     let run_location = match &args.run {
         Some(r) => r.clone(),
         None => {
@@ -207,18 +294,11 @@ fn main() -> ExitCode {
             dir
         }
     };
-    let config = match resolve(&args) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return ExitCode::from(2);
-        }
-    };
     let (access, tls) = match access(&args).and_then(|a| args.limits.check(args.workers).map(|()| a)) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::from(2);
+            return exit::code(exit::USAGE);
         }
     };
     if args.threads > 0 {
@@ -239,7 +319,7 @@ fn main() -> ExitCode {
         println!("listening on {}", listener.local_addr()?);
         let opts = CoordOptions {
             config,
-            workers: args.workers,
+            start,
             run: run_location,
             store: args.store.options(),
             fresh: args.fresh,
@@ -255,8 +335,9 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(summary) => {
+            let code = if summary.stopped { exit::STOPPED } else { exit::DONE };
             if summary.stopped {
-                println!("run stopped after step {}; run the same command again to resume", summary.steps);
+                println!("run stopped after step {}; run the same command again to resume (exit code {code})", summary.steps);
             } else {
                 println!("run finished: {} steps, final loss {:.4}", summary.steps, summary.final_loss);
             }
@@ -266,11 +347,15 @@ fn main() -> ExitCode {
             if let Some(grid) = &summary.grid {
                 println!("sample grid: {grid}");
             }
-            ExitCode::SUCCESS
+            exit::code(code)
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<StartTimeout>().is_some() {
+                exit::code(exit::START_TIMEOUT)
+            } else {
+                exit::code(exit::FAILED)
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ pub enum Work {
     Analysis { assignment: proto::AnalysisAssignment, samples: Vec<proto::Sample> },
     /// Fetch the training state again.
     Resync(String),
-    /// The run is over.
-    Shutdown(String),
+    /// The coordinator stops: the run is finished, or (not `finished`) it
+    /// resumes when the coordinator starts again.
+    Shutdown { reason: String, finished: bool },
 }

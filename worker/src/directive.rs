@@ -10,6 +10,8 @@
 //! - `NextWork`: what the call was for is no longer wanted (an abandoned
 //!   step attempt, a job that ended): drop it and ask for the next work.
 //! - `Stop`: the run is over: exit cleanly.
+//! - `Reconnect`: the coordinator stops before the run's end (SIGTERM, a
+//!   node drain): as a lost coordinator, reconnect with backoff.
 //! - No directive on a transport failure (UNAVAILABLE, UNKNOWN, CANCELLED:
 //!   the connection broke, the coordinator died or restarts): the
 //!   coordinator is lost; the worker reconnects with backoff and registers
@@ -64,7 +66,7 @@ pub fn flow_of(action: WorkerAction) -> Option<Flow> {
         WorkerAction::Rejoin => Some(Flow::Rejoin),
         WorkerAction::NextWork => Some(Flow::NextWork),
         WorkerAction::Stop => Some(Flow::Stop),
-        WorkerAction::Quit | WorkerAction::Unspecified => None,
+        WorkerAction::Quit | WorkerAction::Unspecified | WorkerAction::Reconnect => None,
     }
 }
 
@@ -74,6 +76,7 @@ impl CallError {
         let action = directive::action(status);
         match flow_of(action) {
             Some(flow) => Self::Directed { flow, context: context.to_string(), reason: status.message().to_string() },
+            None if action == WorkerAction::Reconnect => Self::Lost { context: context.to_string(), detail: status.message().to_string() },
             None if action == WorkerAction::Unspecified && is_transport(status.code()) => {
                 // tonic says "transport error"; why (a reset, a TLS alert) is in the sources.
                 let why = std::error::Error::source(status).map(|e| format!(": {}", ddpm::runtime::error_chain(e))).unwrap_or_default();

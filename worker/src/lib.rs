@@ -20,6 +20,7 @@ mod client;
 pub mod device;
 mod directive;
 pub mod exchange;
+pub mod gpus;
 mod session;
 mod tasks;
 pub mod telemetry;
@@ -54,6 +55,15 @@ pub struct WorkerOptions {
     pub stats: std::sync::Arc<telemetry::WorkerStats>,
 }
 
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The coordinator ended the run: it is finished.
+    RunOver,
+    /// SIGTERM or Ctrl-C before the run's end.
+    Stopped,
+}
+
 /// Backoff between reconnects to a lost coordinator: from the first
 /// value, doubling, up to the last.
 const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
@@ -63,7 +73,7 @@ const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Dur
 /// restarting, the network) is reconnected to with backoff, for up to
 /// `connect_timeout` each time, and joined again: a restarted coordinator
 /// gets its workers back without anyone restarting them.
-pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<Ended> {
     tokio::pin!(shutdown);
     // The device (and its model) outlives a membership: a worker dropped
     // and registering again for the same run config reuses it.
@@ -82,7 +92,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
             } => r?,
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested");
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
         };
         opts.stats.set_member(None).await;
@@ -93,7 +103,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
             not_joined_since = None;
         }
         let pause = match end {
-            SessionEnd::Shutdown => return Ok(()),
+            SessionEnd::Shutdown => return Ok(Ended::RunOver),
             SessionEnd::NotJoined(reason) => {
                 let since = *not_joined_since.get_or_insert(began);
                 if since.elapsed() >= opts.connect_timeout {
@@ -128,7 +138,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
             _ = tokio::time::sleep(pause) => {}
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested");
-                return Ok(());
+                return Ok(Ended::Stopped);
             }
         }
     }

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use ddpm::wire::WorkerRole;
-use ddpm_worker::{run, WorkerOptions};
+use ddpm::exit;
+use ddpm_worker::gpus::GpuSet;
+use ddpm_worker::{run, Ended, WorkerOptions};
 use tch::Device;
 
 /// A worker of a ddpm training run: one process per device.
@@ -15,7 +17,12 @@ use tch::Device;
 /// U-Net on its device, and then computes its shard of every training step
 /// (and its part of sampling and evaluation jobs) until the run ends. A
 /// lost coordinator is reconnected to and the run joined again, so workers
-/// need no restart when the coordinator restarts.
+/// need no restart when the coordinator restarts (or is stopped by SIGTERM:
+/// it resumes the run when it starts again).
+///
+/// Exit codes: 0 the run is finished; 1 an error (e.g. the coordinator
+/// stayed unreachable for --connect-timeout); 2 bad flags; 75 stopped by
+/// SIGTERM/Ctrl-C before the run's end.
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-worker", version)]
 struct Args {
@@ -25,6 +32,11 @@ struct Args {
     /// CUDA device index to run on.
     #[arg(long, conflicts_with = "device")]
     gpu: Option<usize>,
+    /// One worker process per GPU: all (every visible device), a count N
+    /// (devices 0..N) or indices I,J,...; each gets --gpu I, NAME-gpuI as
+    /// its name and the --metrics-listen port plus its position.
+    #[arg(long, value_name = "all|N|I,J", value_parser = clap::value_parser!(GpuSet), conflicts_with_all = ["gpu", "device"])]
+    gpus: Option<GpuSet>,
     /// Device to run on: cpu or cuda:N (default: cpu unless --gpu is given).
     #[arg(long)]
     device: Option<String>,
@@ -52,6 +64,10 @@ struct Args {
     /// (port 0 picks one; the URL is printed). Default: off.
     #[arg(long, env = "DDPM_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Check the flags (device form, address, numbers) without touching
+    /// a device, a file or the network; exit 0, or 2 with the problem.
+    #[arg(long)]
+    check_config: bool,
     #[command(flatten)]
     log: ddpm::runtime::LogArgs,
 }
@@ -62,6 +78,18 @@ fn role_parser() -> impl clap::builder::TypedValueParser<Value = WorkerRole> {
     use clap::builder::TypedValueParser;
     clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()])
         .try_map(|s| s.parse::<WorkerRole>())
+}
+
+/// The device `--device` names, without asking libtorch whether it exists.
+fn device_form(d: &str) -> Result<Option<usize>, String> {
+    match d {
+        "cpu" => Ok(None),
+        "cuda" => Ok(Some(0)),
+        _ => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(i)) => Ok(Some(i)),
+            _ => Err(format!("unknown device {d:?}: use cpu or cuda:N")),
+        },
+    }
 }
 
 fn pick_device(args: &Args) -> Result<Device, String> {
@@ -79,37 +107,109 @@ fn pick_device(args: &Args) -> Result<Device, String> {
     };
     match (&args.gpu, args.device.as_deref()) {
         (Some(i), _) => cuda(*i),
-        (None, None | Some("cpu")) => Ok(Device::Cpu),
-        (None, Some(d)) => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(i)) => cuda(i),
-            _ if d == "cuda" => cuda(0),
-            _ => Err(format!("unknown device {d:?}: use cpu or cuda:N")),
-        },
+        (None, None) => Ok(Device::Cpu),
+        (None, Some(d)) => device_form(d)?.map_or(Ok(Device::Cpu), cuda),
+    }
+}
+
+/// `--check-config`: everything a flag says, short of the device, the
+/// token and TLS files and the coordinator.
+fn check_only(args: &Args) -> Result<(), String> {
+    if let Some(d) = &args.device {
+        device_form(d)?;
+    }
+    let coord = args.coord.trim_start_matches("https://").trim_start_matches("http://");
+    match coord.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
+        _ => return Err(format!("--coord {:?}: give HOST:PORT, e.g. ddpm-coord:50051", args.coord)),
+    }
+    if args.threads < 0 {
+        return Err("--threads must be 0 (libtorch's default) or more".into());
+    }
+    if !(args.connect_timeout.is_finite() && args.connect_timeout > 0.0) {
+        return Err("--connect-timeout must be a positive number of seconds".into());
+    }
+    if let Some(m) = &args.metrics_listen {
+        ddpm_worker::gpus::metrics_addr(m, 0)?;
+    }
+    Ok(())
+}
+
+/// `--gpus`: one child process per device; returns the combined exit code.
+fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
+    let visible = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+    let ids = match set.resolve(visible) {
+        Ok(ids) => ids,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::code(exit::USAGE);
+        }
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut children = Vec::new();
+    for (index, gpu) in ids.iter().enumerate() {
+        let metrics = match args.metrics_listen.as_deref().map(|m| ddpm_worker::gpus::metrics_addr(m, index)).transpose() {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::code(exit::USAGE);
+            }
+        };
+        children.push(ddpm_worker::gpus::child_args(&argv, *gpu, args.name.as_deref(), metrics.as_deref()));
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::code(exit::FAILED);
+        }
+    };
+    match rt.block_on(ddpm_worker::gpus::supervise(children, ddpm::runtime::shutdown_signal())) {
+        Ok(code) => exit::code(code),
+        Err(e) => {
+            eprintln!("error: cannot start the worker processes: {e:#}");
+            exit::code(exit::FAILED)
+        }
     }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     args.log.init();
+    if args.check_config {
+        return match check_only(&args) {
+            Ok(()) => {
+                eprintln!("flags ok");
+                exit::code(exit::DONE)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::code(exit::USAGE)
+            }
+        };
+    }
+    if let Some(set) = &args.gpus {
+        return run_per_gpu(&args, set);
+    }
     let device = match pick_device(&args) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return exit::code(exit::USAGE);
         }
     };
     let token = match ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::WORKER_TOKEN_ENV) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::from(2);
+            return exit::code(exit::USAGE);
         }
     };
     let tls = match args.tls.load() {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
-            return ExitCode::from(2);
+            return exit::code(exit::USAGE);
         }
     };
     if args.threads > 0 {
@@ -132,7 +232,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return exit::code(exit::FAILED);
         }
     };
     let worked = rt.block_on(async {
@@ -142,10 +242,11 @@ fn main() -> ExitCode {
         run(opts, ddpm::runtime::shutdown_signal()).await
     });
     match worked {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Ended::RunOver) => exit::code(exit::DONE),
+        Ok(Ended::Stopped) => exit::code(exit::STOPPED),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::code(exit::FAILED)
         }
     }
 }

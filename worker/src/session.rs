@@ -281,10 +281,11 @@ impl Work<'_> {
                 self.applied = training::fetch_training_state(&mut self.client, self.id, self.dev).await?;
                 Ok(Next::Work)
             }
-            Some(work_message::Kind::Shutdown(s)) => {
+            Some(work_message::Kind::Shutdown(s)) if s.finished => {
                 tracing::info!(reason = %s.reason, "the coordinator ended the run");
                 Ok(Next::End(SessionEnd::Shutdown))
             }
+            Some(work_message::Kind::Shutdown(s)) => Ok(Next::End(SessionEnd::Lost(format!("the coordinator stops: {}", s.reason)))),
             Some(work_message::Kind::Samples(_)) | None => {
                 Err(anyhow::anyhow!("work stream did not start with an assignment").into())
             }

@@ -280,10 +280,11 @@ impl Roster {
         }
     }
 
-    /// Tells every member the run is over.
-    pub fn shutdown_all(&self, reason: &str) {
+    /// Tells every member the coordinator stops, and whether the run is
+    /// `finished` (else they reconnect and rejoin its next start).
+    pub fn shutdown_all(&self, reason: &str, finished: bool) {
         for member in self.lock().by_id.values_mut() {
-            member.send(Work::Shutdown(reason.to_string()));
+            member.send(Work::Shutdown { reason: reason.to_string(), finished });
         }
     }
 

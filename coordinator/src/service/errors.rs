@@ -28,8 +28,8 @@ pub enum RpcError {
     UnknownRole(ddpm::wire::WireError),
     #[error("the run is over")]
     RunOver,
-    #[error("the coordinator is shutting down")]
-    ShuttingDown,
+    #[error("the coordinator is stopping before the run's end; the run goes on when it starts again")]
+    Stopping,
     #[error("unknown state kind {0}")]
     UnknownStateKind(i32),
     #[error("job {0} has no pinned weights: it ended, was cancelled, or never existed")]
@@ -70,7 +70,7 @@ impl From<RosterError> for RpcError {
 impl RpcError {
     /// The gRPC code and what the worker must do.
     fn code_and_action(&self) -> (Code, WorkerAction) {
-        use WorkerAction::{NextWork, Quit, Rejoin, Stop, Unspecified};
+        use WorkerAction::{NextWork, Quit, Reconnect, Rejoin, Stop, Unspecified};
         match self {
             Self::UnknownWorker(_) => (Code::NotFound, Rejoin),
             Self::NotReady(_) => (Code::FailedPrecondition, Rejoin),
@@ -81,7 +81,8 @@ impl RpcError {
             Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) | Self::EmptyAttach | Self::TooLong { .. } => {
                 (Code::InvalidArgument, Quit)
             }
-            Self::RunOver | Self::ShuttingDown => (Code::Unavailable, Stop),
+            Self::RunOver => (Code::Unavailable, Stop),
+            Self::Stopping => (Code::Unavailable, Reconnect),
             Self::NoPinnedWeights(_) | Self::UnknownJob(_) | Self::NotCollecting(_) => (Code::NotFound, NextWork),
             Self::BadGradientStream(_) => (Code::InvalidArgument, Rejoin),
             Self::Round(r) => match r {
@@ -139,7 +140,7 @@ mod tests {
         let s = check(v, Code::FailedPrecondition, WorkerAction::Quit);
         assert!(s.message().contains("protocol version 99") && s.message().contains("version 1"));
         check(RpcError::RunOver, Code::Unavailable, WorkerAction::Stop);
-        check(RpcError::ShuttingDown, Code::Unavailable, WorkerAction::Stop);
+        check(RpcError::Stopping, Code::Unavailable, WorkerAction::Reconnect);
         check(RpcError::UnknownJob(3), Code::NotFound, WorkerAction::NextWork);
         check(RosterError::NotReady(2), Code::FailedPrecondition, WorkerAction::Rejoin);
         let abandoned = RoundError::Abandoned { step: 1, attempt: 0, reason: "worker 2 stopped answering".into() };

@@ -66,7 +66,7 @@ impl Coordinator for CoordService {
             .into());
         }
         if self.lifecycle.is_shutting_down() {
-            return Err(RpcError::RunOver.into());
+            return Err(ending(&self.lifecycle).into());
         }
         let role: WorkerRole = r.role.parse().map_err(RpcError::UnknownRole)?;
         for (what, text) in [("name", &r.name), ("device", &r.device), ("version", &r.version)] {
@@ -191,7 +191,7 @@ impl Coordinator for CoordService {
         self.authorize(&req, req.get_ref().worker_id)?;
         let r = req.into_inner();
         let inbox = self.roster.report_idle(r.worker_id, r.applied_step, r.param_checksum)?;
-        let work = inbox.lock().await.recv().await.ok_or(RpcError::ShuttingDown)?;
+        let work = inbox.lock().await.recv().await.ok_or_else(|| ending(&self.lifecycle))?;
         let messages = streams::work_messages(work);
         Ok(Response::new(Box::pin(tokio_stream::iter(messages.into_iter().map(Ok)))))
     }
@@ -298,5 +298,15 @@ impl CoordService {
 
     async fn snapshot(&self, kind: SnapshotKind) -> Result<Snapshot, RpcError> {
         self.state.snapshot(kind).await.map_err(|e| RpcError::Internal(e.to_string()))
+    }
+}
+
+/// Why a worker's call finds the coordinator going: the run is over (the
+/// worker exits), or the coordinator stops before its end (it reconnects).
+fn ending(lifecycle: &crate::lifecycle::Lifecycle) -> RpcError {
+    if lifecycle.run_finished() {
+        RpcError::RunOver
+    } else {
+        RpcError::Stopping
     }
 }

@@ -26,7 +26,7 @@ pub fn work_messages(work: Work) -> Vec<proto::WorkMessage> {
         Work::Analysis { assignment, samples } => with_samples(msg(work_message::Kind::Analysis(assignment)), samples),
         Work::Sample(a) => vec![msg(work_message::Kind::Sample(a))],
         Work::Resync(reason) => vec![msg(work_message::Kind::Resync(proto::Resync { reason }))],
-        Work::Shutdown(reason) => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason }))],
+        Work::Shutdown { reason, finished } => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason, finished }))],
     }
 }
 

@@ -17,6 +17,7 @@ mod metrics_log;
 mod periodic;
 mod progress;
 mod saver;
+pub mod start;
 mod step_metrics;
 mod stragglers;
 mod summary;
@@ -54,8 +55,8 @@ use stragglers::StragglerPolicy;
 /// What the training loop drives.
 pub struct Trainer {
     pub config: TrainConfig,
-    /// Workers to wait for before step 1.
-    pub workers: usize,
+    /// How many workers to wait for before the first step, and how long.
+    pub start: start::StartPolicy,
     /// The run's location as given (`--run`), for the metrics log.
     pub run: String,
     pub store: RunStore,
@@ -122,9 +123,14 @@ impl Trainer {
     /// the run's error is returned after it is written.
     pub async fn train(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
         let started = Instant::now();
-        let summary = match self.train_steps(uploader).await {
-            Ok(summary) => summary,
-            Err(e) => Summary::failed(&self.status.get(), self.state.start_step, &self.store, started.elapsed().as_secs_f64(), format!("{e:#}")),
+        // The error itself is returned (not its text), so that callers can
+        // tell its kind (a start timeout has its own exit code).
+        let (summary, failure) = match self.train_steps(uploader).await {
+            Ok(summary) => (summary, None),
+            Err(e) => {
+                let elapsed = started.elapsed().as_secs_f64();
+                (Summary::failed(&self.status.get(), self.state.start_step, &self.store, elapsed, format!("{e:#}")), Some(e))
+            }
         };
         let written = summary.write(&self.store).await;
         match (&summary.error, written) {
@@ -132,7 +138,7 @@ impl Trainer {
                 if let Err(e) = written {
                     tracing::error!("summary.json could not be written either: {e:#}");
                 }
-                Err(anyhow::anyhow!("{error}"))
+                Err(failure.unwrap_or_else(|| anyhow::anyhow!("{error}")))
             }
             (None, Err(e)) => Err(e.context("the run finished but summary.json could not be written")),
             (None, Ok(())) => Ok(summary),
@@ -165,7 +171,14 @@ impl Trainer {
         if resumed_from > 0 {
             tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
         }
-        tracing::info!(workers = self.workers, "waiting for {} workers to join", self.workers);
+        tracing::info!(
+            workers = self.start.workers,
+            min_workers = self.start.min_workers,
+            "waiting for {} workers to join",
+            self.start.workers
+        );
+        // A stop while waiting is noticed by the loop's first gather.
+        let first_min = start::await_start(&self.roster, &self.lifecycle, step, &self.start).await?.unwrap_or(self.start.workers);
         let stragglers = StragglerPolicy::new(&cfg.dist);
         // Per chunk, the members' median norm in the last applied step.
         let mut screen_reference: Option<Arc<Vec<f64>>> = None;
@@ -174,8 +187,8 @@ impl Trainer {
         let mut stopped = false;
         while step < total {
             let s = step + 1;
-            // The world size is awaited once; after that, whoever is left trains.
-            let min = if started_training { 1 } else { self.workers };
+            // The start is awaited once; after that, whoever is left trains.
+            let min = if started_training { 1 } else { first_min };
             // Members of the last step that are not back get the straggler
             // policy's grace (relative to that step's time), then the step
             // goes on without them; they rejoin when they return.

@@ -1,0 +1,25 @@
+//! The exit codes of `ddpm-coord` and `ddpm-worker`, in one place: a
+//! supervisor (a Kubernetes Job's podFailurePolicy, systemd, a script)
+//! decides from them whether to restart, and they must mean the same in
+//! both binaries and in `deploy/k8s`.
+
+use std::process::ExitCode;
+
+/// The run is over (finished, or was already finished): nothing to redo.
+pub const DONE: u8 = 0;
+/// Anything else went wrong (a crash, storage that stays down, a lost
+/// coordinator): restarting resumes from the latest complete checkpoint.
+pub const FAILED: u8 = 1;
+/// The flags or the config are wrong: restarting cannot help. Also
+/// clap's own code for a bad command line.
+pub const USAGE: u8 = 2;
+/// Fewer than `--min-workers` workers joined within `--start-timeout`.
+pub const START_TIMEOUT: u8 = 3;
+/// Stopped by SIGTERM or Ctrl-C before the run's end, after a checkpoint
+/// (coordinator) or after leaving the run (worker): start the same command
+/// again to go on. 75 is sysexits' EX_TEMPFAIL ("try again later").
+pub const STOPPED: u8 = 75;
+
+pub fn code(c: u8) -> ExitCode {
+    ExitCode::from(c)
+}

@@ -1,0 +1,190 @@
+//! `ddpm-worker --gpus all|N|I,J,...`: one worker process per GPU, as
+//! torchrun's `--nproc-per-node` starts one per device. Each child is this
+//! binary with the same flags and `--gpu I` (its own `--name` and metrics
+//! port); the parent forwards SIGTERM/Ctrl-C to them and exits with the
+//! code that matters most (see [`combine`]). A separate process per device
+//! keeps each GPU's CUDA context, allocator and failures apart, and each
+//! child is an ordinary member of the run.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+/// Which GPUs `--gpus` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GpuSet {
+    /// Every device libtorch sees (after CUDA_VISIBLE_DEVICES).
+    All,
+    /// The first N.
+    Count(usize),
+    /// These indices.
+    List(Vec<usize>),
+}
+
+impl FromStr for GpuSet {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("--gpus {s:?}: give all, a count (e.g. 8) or device indices (e.g. 0,1,3)");
+        if s == "all" {
+            return Ok(Self::All);
+        }
+        if s.contains(',') {
+            let ids = s.split(',').map(|p| p.trim().parse::<usize>().map_err(|_| bad())).collect::<Result<Vec<_>, _>>()?;
+            let mut sorted = ids.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            if sorted.len() != ids.len() {
+                return Err(format!("--gpus {s:?} names a device twice"));
+            }
+            return Ok(Self::List(ids));
+        }
+        match s.parse::<usize>() {
+            Ok(0) => Err(format!("--gpus {s:?}: at least one GPU")),
+            Ok(n) => Ok(Self::Count(n)),
+            Err(_) => Err(bad()),
+        }
+    }
+}
+
+impl GpuSet {
+    /// The device indices, given that `visible` devices exist.
+    pub fn resolve(&self, visible: usize) -> Result<Vec<usize>, String> {
+        if visible == 0 {
+            return Err("--gpus: libtorch sees no CUDA device (no driver, CUDA_VISIBLE_DEVICES empty, or a CPU-only libtorch); use --device cpu".into());
+        }
+        let ids = match self {
+            Self::All => (0..visible).collect(),
+            Self::Count(n) => (0..*n).collect(),
+            Self::List(ids) => ids.clone(),
+        };
+        if let Some(bad) = ids.iter().find(|&&i| i >= visible) {
+            return Err(format!("--gpus: device {bad} requested but only {visible} are visible (0..{visible})"));
+        }
+        Ok(ids)
+    }
+}
+
+/// The command line of the child for `gpu`: `args` (without the program)
+/// minus `--gpus`, `--name` and `--metrics-listen`, plus `--gpu`, the
+/// child's name and its metrics address.
+pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, metrics: Option<&str>) -> Vec<String> {
+    const REPLACED: [&str; 3] = ["--gpus", "--name", "--metrics-listen"];
+    let mut out = Vec::new();
+    let mut skip_value = false;
+    for a in args {
+        if skip_value {
+            skip_value = false;
+            continue;
+        }
+        if REPLACED.contains(&a.as_str()) {
+            skip_value = true;
+            continue;
+        }
+        if REPLACED.iter().any(|f| a.starts_with(&format!("{f}="))) {
+            continue;
+        }
+        out.push(a.clone());
+    }
+    out.push(format!("--gpu={gpu}"));
+    if let Some(n) = name {
+        out.push(format!("--name={n}-gpu{gpu}"));
+    }
+    if let Some(m) = metrics {
+        out.push(format!("--metrics-listen={m}"));
+    }
+    out
+}
+
+/// Child `index`'s metrics address: the given port plus `index` (port 0
+/// stays 0: each child picks its own).
+pub fn metrics_addr(listen: &str, index: usize) -> Result<String, String> {
+    let mut addr: SocketAddr = listen.parse().map_err(|e| format!("--metrics-listen {listen:?}: {e}; give IP:PORT"))?;
+    if addr.port() != 0 {
+        let port = usize::from(addr.port()) + index;
+        let port = u16::try_from(port).map_err(|_| format!("--metrics-listen {listen:?}: no port left for GPU process {index}"))?;
+        addr.set_port(port);
+    }
+    Ok(addr.to_string())
+}
+
+/// One exit code for the children's: a failure (its own code) before a stop
+/// (75) before the run's end (0), so that a supervisor restarts what failed.
+pub fn combine(codes: &[u8]) -> u8 {
+    use ddpm::exit::{DONE, STOPPED};
+    codes.iter().copied().find(|&c| c != DONE && c != STOPPED).unwrap_or(if codes.contains(&STOPPED) { STOPPED } else { DONE })
+}
+
+/// Starts one child per entry of `children` (its arguments) and waits for
+/// all; SIGTERM or Ctrl-C to this process is passed on to each.
+pub async fn supervise(children: Vec<Vec<String>>, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<u8> {
+    let exe = std::env::current_exe()?;
+    let mut running = Vec::new();
+    for args in &children {
+        let child = tokio::process::Command::new(&exe).args(args).kill_on_drop(true).spawn()?;
+        tracing::info!(pid = child.id(), args = ?args, "started a worker process");
+        running.push(child);
+    }
+    let pids: Vec<u32> = running.iter().filter_map(|c| c.id()).collect();
+    tokio::pin!(shutdown);
+    let mut forwarded = false;
+    let mut codes = Vec::new();
+    for mut child in running {
+        let status = loop {
+            if forwarded {
+                break child.wait().await?;
+            }
+            tokio::select! {
+                s = child.wait() => break s?,
+                _ = &mut shutdown => {
+                    forwarded = true;
+                    for &pid in &pids {
+                        // SAFETY: kill(2) on our own children's pids; no memory involved.
+                        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+                    }
+                }
+            }
+        };
+        // A child killed by a signal has no code: count it as a failure.
+        codes.push(status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(ddpm::exit::FAILED));
+    }
+    Ok(combine(&codes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn the_forms_of_gpus_parse_and_resolve() {
+        assert_eq!("all".parse::<GpuSet>().unwrap().resolve(4).unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!("2".parse::<GpuSet>().unwrap().resolve(4).unwrap(), vec![0, 1]);
+        assert_eq!("3,1".parse::<GpuSet>().unwrap().resolve(4).unwrap(), vec![3, 1]);
+        assert!("5".parse::<GpuSet>().unwrap().resolve(4).unwrap_err().contains("only 4"));
+        assert!("all".parse::<GpuSet>().unwrap().resolve(0).unwrap_err().contains("no CUDA device"));
+        assert!("0".parse::<GpuSet>().is_err());
+        assert!("1,1".parse::<GpuSet>().unwrap_err().contains("twice"));
+        assert!("some".parse::<GpuSet>().unwrap_err().contains("give all"));
+    }
+
+    #[test]
+    fn a_child_gets_its_gpu_name_and_port_and_no_gpus() {
+        let args = s(&["--coord", "c:50051", "--gpus", "all", "--name=n", "--metrics-listen", "0.0.0.0:9091", "--threads=4"]);
+        let child = child_args(&args, 1, Some("n"), Some("0.0.0.0:9092"));
+        assert_eq!(child, s(&["--coord", "c:50051", "--threads=4", "--gpu=1", "--name=n-gpu1", "--metrics-listen=0.0.0.0:9092"]));
+        assert_eq!(child_args(&s(&["--gpus=2"]), 0, None, None), s(&["--gpu=0"]));
+        assert_eq!(metrics_addr("0.0.0.0:9091", 3).unwrap(), "0.0.0.0:9094");
+        assert_eq!(metrics_addr("127.0.0.1:0", 3).unwrap(), "127.0.0.1:0");
+        assert!(metrics_addr("0.0.0.0:65535", 1).unwrap_err().contains("no port left"));
+    }
+
+    #[test]
+    fn a_failure_outranks_a_stop_which_outranks_the_end() {
+        assert_eq!(combine(&[0, 0]), 0);
+        assert_eq!(combine(&[0, 75]), 75);
+        assert_eq!(combine(&[75, 1, 0]), 1);
+        assert_eq!(combine(&[2, 75]), 2);
+    }
+}
