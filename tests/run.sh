@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up (Python env with torch and the reference
-# packages, protoc, headless Chromium), golden fixtures from their generator scripts, a build of
+# packages, protoc, headless Chromium, patchelf, kubectl), golden fixtures from their generator scripts, a build of
 # every binary, the S3 test server (deploy/s3-test-server.sh), then every
 # test of the workspace.
 #
@@ -13,6 +13,9 @@ source deploy/env.sh
 ddpm_setup
 # The dashboard's test drives a real browser.
 ddpm_setup_chromium
+# The image layout test patches RUNPATHs; the manifest tests render with kubectl.
+ddpm_setup_patchelf
+ddpm_setup_kubectl
 
 export DDPM_GOLDEN_DIR="${DDPM_GOLDEN_DIR:-$root/target/golden}"
 mkdir -p "$DDPM_GOLDEN_DIR"
