@@ -2,6 +2,8 @@
 //! `ddpm-coord` / `ddpm-worker` binaries started on loopback.
 #![allow(dead_code)]
 
+pub mod k8s;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,13 +49,18 @@ pub struct Proc {
 impl Proc {
     /// Starts `bin args`; stdout and stderr lines are collected.
     pub fn start(name: &str, bin: &str, args: &[&str]) -> Proc {
-        let mut child = Command::new(binary(bin))
-            .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        let mut cmd = Command::new(binary(bin));
+        cmd.args(args).env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        Self::spawn(name, cmd)
+    }
+
+    /// Starts `cmd` as it is set up; stdout and stderr lines are collected.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         let (tx, rx) = mpsc::channel();
         for stream in
             [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())]
