@@ -12,8 +12,9 @@
 //! What it shows: the run trains and completes; a worker pod killed with
 //! SIGKILL is replaced and its replacement rejoins; a coordinator pod
 //! stopped as in a node drain (SIGTERM) exits 75, which the Job ignores,
-//! and its replacement resumes the run with the same worker pods; a
-//! coordinator pod started again on the finished run changes nothing.
+//! and its replacement resumes the run with the same worker pods; both
+//! Jobs applied again on the finished run complete (the coordinator tells
+//! the new workers the run is over) and change nothing.
 
 mod common;
 
@@ -400,10 +401,17 @@ async fn the_cpu_overlay_trains_survives_a_killed_worker_and_a_drain_and_complet
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert!(summary["grid"].as_str().is_some(), "{summary}");
 
-    // The Job re-created (or re-applied) on a finished run: exit 0 at once, nothing written.
+    // Both Jobs applied again on the finished run: the coordinator tells the
+    // new worker pods the run is over; all complete and nothing is written.
     let before = snapshot(&claim);
     let again = cluster.pod("ddpm-coord", None);
     let mut coord = cluster.start(&again);
+    let late_pods: Vec<PodSpec> = (0..workers).map(|i| cluster.pod("ddpm-worker", Some(i))).collect();
+    let mut late: Vec<Proc> = late_pods.iter().map(|p| cluster.start(p)).collect();
+    for w in &mut late {
+        let code = w.wait(Duration::from_secs(120));
+        assert_eq!(job_action(&worker_job, "worker", Some(code)), JobAction::Complete, "{}", w.output());
+    }
     assert_eq!(coord.wait(Duration::from_secs(120)), 0, "{}", coord.output());
     assert!(coord.output().contains("already finished"), "{}", coord.output());
     assert_eq!(snapshot(&claim), before, "a coordinator started on the finished run changed it");

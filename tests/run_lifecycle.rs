@@ -85,6 +85,17 @@ fn sigterm_exits_75_and_the_same_workers_rejoin_the_restart_which_ends_with_0() 
     assert_eq!(third.wait(Duration::from_secs(60)), 0, "{}", third.output());
     assert!(third.output().contains("already finished"), "{}", third.output());
     assert_eq!(std::fs::read(&summary).unwrap(), before, "a restart of the finished run rewrote its summary");
+
+    // With --finished-linger, workers started with it hear that the run is
+    // over and exit 0; it exits once all --workers have heard it.
+    let mut fourth = coordinator(dir.path(), &addr, 16, &["--workers", "2", "--finished-linger", "300"]);
+    let mut late: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("late{i}"))).collect();
+    for w in &mut late {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+        assert!(w.output().contains("the run is over"), "{}", w.output());
+    }
+    assert_eq!(fourth.wait(Duration::from_secs(60)), 0, "{}", fourth.output());
+    assert_eq!(std::fs::read(&summary).unwrap(), before, "a lingering coordinator rewrote the summary");
 }
 
 #[test]

@@ -84,6 +84,8 @@ pub struct CoordOptions {
     pub limits: limits::Limits,
     /// Where to serve `/metrics` and the dashboard (none: nowhere).
     pub metrics_listen: Option<String>,
+    /// On a finished run, how long to tell connecting workers it is over.
+    pub finished_linger: Duration,
 }
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
@@ -109,6 +111,7 @@ pub async fn run(
     if let Some(done) = &finished {
         if !opts.serve {
             tracing::info!(run = %store.url(), steps = done.steps, "the run is already finished (summary.json): nothing to do; raise --steps to train on, or use another --run");
+            service::finished::answer_for(listener, opts.tls.as_ref(), opts.start.workers, opts.finished_linger, shutdown).await?;
             return Ok(done.clone());
         }
     }

@@ -53,6 +53,11 @@ struct Args {
     /// exit code 3 (0: wait forever).
     #[arg(long, env = "DDPM_START_TIMEOUT", default_value_t = 0.0, value_parser = parse_seconds)]
     start_timeout: f64,
+    /// Started on a run that is already finished: answer workers that
+    /// connect that the run is over (they exit 0) for up to this many
+    /// seconds, or until --workers have heard it, then exit 0; 0: at once.
+    #[arg(long, env = "DDPM_FINISHED_LINGER", default_value_t = 0.0, value_parser = parse_seconds)]
+    finished_linger: f64,
     /// Check the flags and the config (preset, --config, --data's form,
     /// world size, tokens or TLS for a non-loopback --listen) without
     /// listening or reading the run, the data or the token files; print
@@ -330,6 +335,7 @@ fn main() -> ExitCode {
             tls,
             limits: args.limits.clone(),
             metrics_listen: args.metrics_listen.clone(),
+            finished_linger: Duration::from_secs_f64(args.finished_linger),
         };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -5,6 +5,7 @@
 
 pub mod access;
 mod errors;
+pub mod finished;
 mod gradients;
 pub mod incoming;
 mod results;
