@@ -1,6 +1,6 @@
-//! Writing uint8 CHW images as PNG: single images, and grids laid out like
-//! torchvision's `make_grid` (2-pixel black padding around and between
-//! cells, `cols` images per row).
+//! Writing uint8 CHW images as PNG: single images, and grids for people to
+//! look at (`cols` images per row, small images enlarged, a grey border:
+//! `view_grid_chw`); the exact pixels of samples are in the jobs' `.npz`.
 
 use std::path::{Path, PathBuf};
 
@@ -19,9 +19,6 @@ pub enum ImageIoError {
     #[error("bad image shape: {0}")]
     Shape(String),
 }
-
-/// Padding of `save_grid_png`, as torchvision's `make_grid` default.
-pub const GRID_PADDING: usize = 2;
 
 fn color_type(channels: usize) -> Result<image::ExtendedColorType, ImageIoError> {
     match channels {
@@ -60,34 +57,77 @@ pub fn save_png(path: &Path, pixels_chw: &[u8], channels: usize, h: usize, w: us
     std::fs::write(path, png).map_err(|source| ImageIoError::Write { path: path.to_path_buf(), source })
 }
 
-/// uint8 `[channels, H, W]` of a grid of `[channels, h, w]` images, `cols`
-/// per row, with `GRID_PADDING` black pixels around and between them.
-pub fn grid_chw(images_chw: &[&[u8]], channels: usize, h: usize, w: usize, cols: usize) -> Result<(Vec<u8>, usize, usize), ImageIoError> {
+/// A cell of a grid meant to be looked at is at least this many pixels on
+/// its longer side: 16x16 samples are enlarged 4 times, 32x32 twice.
+pub const VIEW_CELL_MIN: usize = 64;
+/// Pixels between (and around) the cells of a grid to look at.
+pub const VIEW_PADDING: usize = 4;
+/// The border's grey: visible against both black and white backgrounds,
+/// so that images on black (the synthetic shapes) do not run together.
+pub const VIEW_BORDER: u8 = 128;
+
+/// The whole-number enlargement that makes an `h` x `w` cell at least
+/// [`VIEW_CELL_MIN`] pixels on its longer side (1 for large images).
+pub fn view_scale(h: usize, w: usize) -> usize {
+    VIEW_CELL_MIN.div_ceil(h.max(w).max(1)).max(1)
+}
+
+/// uint8 `[channels, H, W]` of a grid for people: each `[channels, h, w]`
+/// image enlarged by [`view_scale`] with nearest-neighbour sampling (every
+/// pixel becomes a square block: nothing is smoothed or made up), with a
+/// [`VIEW_PADDING`]-pixel grey border between and around them.
+pub fn view_grid_chw(images_chw: &[&[u8]], channels: usize, h: usize, w: usize, cols: usize) -> Result<(Vec<u8>, usize, usize), ImageIoError> {
     if images_chw.is_empty() || cols == 0 {
         return Err(ImageIoError::Shape("a grid needs at least one image and one column".into()));
     }
+    let s = view_scale(h, w);
+    let (ch, cw) = (h * s, w * s);
     let cols = cols.min(images_chw.len());
     let rows = images_chw.len().div_ceil(cols);
-    let p = GRID_PADDING;
-    let (gh, gw) = (rows * (h + p) + p, cols * (w + p) + p);
-    let mut grid = vec![0u8; channels * gh * gw];
+    let p = VIEW_PADDING;
+    let (gh, gw) = (rows * (ch + p) + p, cols * (cw + p) + p);
+    let mut grid = vec![VIEW_BORDER; channels * gh * gw];
     for (k, img) in images_chw.iter().enumerate() {
         check(img, channels, h, w)?;
-        let (y0, x0) = (p + (k / cols) * (h + p), p + (k % cols) * (w + p));
+        let (y0, x0) = (p + (k / cols) * (ch + p), p + (k % cols) * (cw + p));
         for c in 0..channels {
-            for y in 0..h {
-                let src = &img[(c * h + y) * w..][..w];
-                grid[(c * gh + y0 + y) * gw + x0..][..w].copy_from_slice(src);
+            for y in 0..ch {
+                let src = &img[(c * h + y / s) * w..][..w];
+                let dst = &mut grid[(c * gh + y0 + y) * gw + x0..][..cw];
+                for (x, v) in dst.iter_mut().enumerate() {
+                    *v = src[x / s];
+                }
             }
         }
     }
     Ok((grid, gh, gw))
 }
 
-/// Writes a grid of uint8 `[channels, h, w]` images as one PNG (see `grid_chw`).
+/// A PNG of [`view_grid_chw`]: how sample and dataset grids are written.
+pub fn encode_view_grid_png(images_chw: &[&[u8]], channels: usize, h: usize, w: usize, cols: usize) -> Result<Vec<u8>, ImageIoError> {
+    let (grid, gh, gw) = view_grid_chw(images_chw, channels, h, w, cols)?;
+    encode_png(&grid, channels, gh, gw)
+}
+
+/// At most this many images go into a job's `grid.png`.
+pub const GRID_IMAGES: usize = 256;
+
+/// The columns of a square-ish grid of `n` images.
+pub fn square_cols(n: usize) -> usize {
+    ((n as f64).sqrt().ceil() as usize).max(1)
+}
+
+/// A job's grid: the first `shown` of RGB `[N, 3, res, res]` images in
+/// `cols` columns ([`encode_view_grid_png`]).
+pub fn rgb_grid_png(images_nchw: &[u8], res: usize, cols: usize, shown: usize) -> Result<Vec<u8>, ImageIoError> {
+    let refs: Vec<&[u8]> = images_nchw.chunks_exact(3 * res * res).take(shown).collect();
+    encode_view_grid_png(&refs, 3, res, res, cols.max(1))
+}
+
+/// Writes [`encode_view_grid_png`] to `path`.
 pub fn save_grid_png(path: &Path, images_chw: &[&[u8]], channels: usize, h: usize, w: usize, cols: usize) -> Result<(), ImageIoError> {
-    let (grid, gh, gw) = grid_chw(images_chw, channels, h, w, cols)?;
-    save_png(path, &grid, channels, gh, gw)
+    let png = encode_view_grid_png(images_chw, channels, h, w, cols)?;
+    std::fs::write(path, png).map_err(|source| ImageIoError::Write { path: path.to_path_buf(), source })
 }
 
 /// A lossy WebP file (libwebp, `quality` 0-100) of interleaved RGB
@@ -116,15 +156,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grid_matches_make_grid_layout() {
-        // Two 1x1x2 images in one row: width 2 * (2 + 2) + 2 = 10, height 1 + 4 = 5.
-        let a = [10u8, 11];
-        let b = [20u8, 21];
-        let (g, gh, gw) = grid_chw(&[&a, &b], 1, 1, 2, 4).unwrap();
-        assert_eq!((gh, gw), (5, 10));
-        let row2 = &g[2 * gw..3 * gw];
-        assert_eq!(row2, &[0, 0, 10, 11, 0, 0, 20, 21, 0, 0]);
-        assert!(g[..2 * gw].iter().all(|&v| v == 0));
+    fn a_view_grid_enlarges_blocks_and_draws_a_grey_border() {
+        // Two 1-channel 2x2 images, one row: scale 32, cells 64x64.
+        let a = [0u8, 10, 20, 30];
+        let b = [255u8; 4];
+        let (g, gh, gw) = view_grid_chw(&[&a, &b], 1, 2, 2, 2).unwrap();
+        let p = VIEW_PADDING;
+        assert_eq!((gh, gw), (64 + 2 * p, 2 * (64 + p) + p));
+        let at = |y: usize, x: usize| g[y * gw + x];
+        assert_eq!(at(0, 0), VIEW_BORDER);
+        // Image a's pixel (0, 1) covers rows 0..32 and columns 32..64 of its cell.
+        assert_eq!(at(p, p + 32), 10);
+        assert_eq!(at(p + 31, p + 63), 10);
+        assert_eq!(at(p + 32, p), 20);
+        assert_eq!(at(p + 63, p + 63), 30);
+        // The border between the two cells, then b.
+        assert_eq!(at(p + 10, p + 64), VIEW_BORDER);
+        assert_eq!(at(p + 10, 2 * p + 64), 255);
+        assert_eq!(view_scale(16, 16), 4);
+        assert_eq!(view_scale(32, 32), 2);
+        assert_eq!(view_scale(256, 256), 1);
     }
 
     #[test]

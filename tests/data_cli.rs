@@ -26,9 +26,10 @@ fn inspect_reports_and_draws_a_grid() {
     assert_eq!(v["split"], "train");
     assert_eq!(v["format"], "synthetic-shapes");
     assert_eq!(v["grid"]["images"], 16);
-    // 16 images, 8 per row, 2-pixel padding: 8 * 34 + 2 wide, 2 * 34 + 2 high.
+    // 16 images of 32x32, 8 per row, enlarged twice (64 px cells), 4 px borders:
+    // 8 * 68 + 4 wide, 2 * 68 + 4 high.
     let (w, h, _) = png_pixels(&grid);
-    assert_eq!((w, h), (274, 70));
+    assert_eq!((w, h), (548, 140));
 
     let cifar = common::golden_dir("data").join("cifar-10-python.tar.gz");
     let (ok, out, err) = ddpm(&["data", "inspect", "--data", &format!("cifar10:{}:test", cifar.display())]);

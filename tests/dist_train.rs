@@ -177,8 +177,8 @@ fn a_two_worker_run_is_bitwise_reproducible() {
     let (grid_a, sum_a) = run();
     let (grid_b, sum_b) = run();
     let img = image::load_from_memory(&grid_a).expect("a PNG");
-    // 4 images of 16x16 in a 2x2 grid with 2 px padding.
-    assert_eq!((img.width(), img.height()), (2 + 2 * 18, 2 + 2 * 18));
+    // 4 images of 16x16 in a 2x2 grid, enlarged 4 times (64 px cells), 4 px borders.
+    assert_eq!((img.width(), img.height()), (4 + 2 * 68, 4 + 2 * 68));
     assert_eq!(sum_a, sum_b, "two identical runs ended with different parameters");
     assert!(grid_a == grid_b, "two identical runs drew different sample grids");
 }

@@ -11,9 +11,6 @@ use serde::Serialize;
 use super::sink::ImageSink;
 use super::spec::JobSpec;
 
-/// Images shown in a job's grid (the first ones).
-pub const GRID_IMAGES: usize = 256;
-
 /// Where job `id`'s outputs go in the run's store.
 pub fn job_dir(id: u64) -> String {
     format!("jobs/{id:06}")
@@ -52,18 +49,13 @@ impl JobRecord<'_> {
     }
 }
 
-/// A grid PNG of the first `shown` images in `cols` columns.
+/// A grid PNG of the first `shown` images in `cols` columns, at a size a
+/// person can see (the exact pixels are in the `.npz`).
 pub fn grid_png(images: &[u8], res: usize, cols: usize, shown: usize) -> anyhow::Result<Vec<u8>> {
-    let per = 3 * res * res;
-    let refs: Vec<&[u8]> = images.chunks_exact(per).take(shown).collect();
-    let (grid, gh, gw) = ddpm::imageio::grid_chw(&refs, 3, res, res, cols.max(1))?;
-    Ok(ddpm::imageio::encode_png(&grid, 3, gh, gw)?)
+    Ok(ddpm::imageio::rgb_grid_png(images, res, cols, shown)?)
 }
 
-/// The columns of a square-ish grid of `n` images.
-pub fn square_cols(n: usize) -> usize {
-    ((n as f64).sqrt().ceil() as usize).max(1)
-}
+pub use ddpm::imageio::{square_cols, GRID_IMAGES};
 
 /// Writes a job's images under `dir`: the grid of the first ones, the
 /// `.npz`, and (`individual`) one PNG each. Returns their locations.
