@@ -1,5 +1,6 @@
 //! `ddpm checkpoints`: list a run's checkpoints and export one as a
-//! diffusers model directory.
+//! diffusers model directory or a whole diffusers `DDPMPipeline`
+//! (`checkpoints/pipeline.rs`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -8,6 +9,8 @@ use anyhow::Context;
 use ddpm::checkpoint::{self, format, CheckpointInfo};
 use ddpm::store::{Location, RetryOptions, RunStore, StoreArgs};
 use ddpm::unet::diffusers;
+
+mod pipeline;
 
 #[derive(clap::Args)]
 pub struct CheckpointsArgs {
@@ -21,7 +24,9 @@ pub enum CheckpointsCommand {
     /// complete one (the one a coordinator resumes from).
     List(ListArgs),
     /// Write one checkpoint's weights as a diffusers UNet2DModel directory
-    /// (`diffusion_pytorch_model.safetensors` + `config.json`).
+    /// (`diffusion_pytorch_model.safetensors` + `config.json`), or as a
+    /// diffusers DDPMPipeline (that UNet plus a DDPMScheduler configured as
+    /// the run was trained) with `--format diffusers-pipeline`.
     Export(ExportArgs),
 }
 
@@ -65,6 +70,9 @@ pub struct ListArgs {
 pub enum ExportFormat {
     /// diffusers UNet2DModel: `UNet2DModel.from_pretrained(DIR)` loads it.
     Diffusers,
+    /// diffusers DDPMPipeline: `DDPMPipeline.from_pretrained(DIR)` loads it
+    /// (`model_index.json`, `unet/`, `scheduler/`); EMA weights unless `--raw`.
+    DiffusersPipeline,
 }
 
 #[derive(clap::Args)]
@@ -74,14 +82,25 @@ pub struct ExportArgs {
     /// The step to export, or `latest` (the newest complete checkpoint).
     #[arg(long, default_value = "latest")]
     pub step: String,
-    /// Export the EMA weights (what the paper evaluates) instead of the raw ones.
-    #[arg(long)]
+    /// Export the EMA weights (what the paper evaluates) instead of the raw
+    /// ones. `--format diffusers-pipeline` exports EMA without it.
+    #[arg(long, conflicts_with = "raw")]
     pub ema: bool,
-    /// Layout of the export (diffusers: a UNet2DModel directory with its
-    /// config.json and safetensors, loadable by `UNet2DModel.from_pretrained`).
+    /// Export the raw (trained, not averaged) weights; what `--format
+    /// diffusers` exports by default, and what `--format diffusers-pipeline`
+    /// exports instead of EMA.
+    #[arg(long)]
+    pub raw: bool,
+    /// Layout of the export. diffusers: a UNet2DModel directory with its
+    /// config.json and safetensors, loadable by `UNet2DModel.from_pretrained`.
+    /// diffusers-pipeline: a DDPMPipeline directory loadable by
+    /// `DDPMPipeline.from_pretrained`, its scheduler as the run was trained
+    /// (T, betas, variance, x0 clipping, prediction type); a run that
+    /// DDPMScheduler cannot sample (mu-prediction) is refused.
     #[arg(long, value_enum, default_value = "diffusers")]
     pub format: ExportFormat,
-    /// Output directory (created).
+    /// Output directory (created). A pipeline is written whole into a new or
+    /// empty directory (through a temporary directory beside it).
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
 }
@@ -147,35 +166,57 @@ fn human(bytes: u64) -> String {
     }
 }
 
-async fn export(args: ExportArgs) -> anyhow::Result<()> {
-    let store = args.run.open()?;
-    let data = if args.step == "latest" {
-        let loaded = checkpoint::load_latest(&store)
+/// The checkpoint `step` names: a step number, or `latest` (the latest
+/// complete one; torn newer ones are skipped with a warning).
+pub async fn read_checkpoint(store: &RunStore, step: &str) -> anyhow::Result<checkpoint::CheckpointData> {
+    if step == "latest" {
+        let loaded = checkpoint::load_latest(store)
             .await?
             .ok_or_else(|| checkpoint::CheckpointError::NoCheckpoint { url: store.url().into() })?;
         for s in &loaded.skipped {
             eprintln!("warning: skipped the checkpoint of step {}: {}", s.step, s.problem);
         }
-        loaded.data
-    } else {
-        let step: u64 = args.step.parse().with_context(|| format!("--step {:?}: give a step number or `latest`", args.step))?;
-        checkpoint::read(&store, step).await?
+        return Ok(loaded.data);
+    }
+    let n: u64 = step.parse().with_context(|| format!("{step:?} is no checkpoint: give a step number or `latest`"))?;
+    Ok(checkpoint::read(store, n).await?)
+}
+
+async fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let store = args.run.open()?;
+    let data = read_checkpoint(&store, &args.step).await?;
+    let ema = match args.format {
+        ExportFormat::Diffusers => args.ema,
+        ExportFormat::DiffusersPipeline => !args.raw,
     };
-    let ExportFormat::Diffusers = args.format;
-    let weights = if args.ema { &data.ema } else { &data.params };
+    // Refuse what diffusers cannot sample before encoding anything.
+    let scheduler = match args.format {
+        ExportFormat::Diffusers => None,
+        ExportFormat::DiffusersPipeline => Some(
+            pipeline::scheduler_config(&data.config.diffusion)
+                .with_context(|| format!("step {} cannot be exported as a diffusers DDPMPipeline", data.step))?,
+        ),
+    };
+    let weights = if ema { &data.ema } else { &data.params };
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = format::encode_tensors(&data.layout, &[("", weights)], meta)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let config = serde_json::to_string_pretty(&diffusers::config_json(&data.config.model))? + "\n";
-    let config_path = args.out.join(diffusers::CONFIG_FILE);
-    std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
-    let weights_path = args.out.join(diffusers::WEIGHTS_FILE);
-    std::fs::write(&weights_path, &bytes).with_context(|| format!("writing {}", weights_path.display()))?;
+    let unet_config = diffusers::config_json(&data.config.model);
+    if let Some(scheduler) = &scheduler {
+        pipeline::write(&args.out, &unet_config, &bytes, scheduler)?;
+    } else {
+        std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+        let config = serde_json::to_string_pretty(&unet_config)? + "\n";
+        let config_path = args.out.join(diffusers::CONFIG_FILE);
+        std::fs::write(&config_path, config).with_context(|| format!("writing {}", config_path.display()))?;
+        let weights_path = args.out.join(diffusers::WEIGHTS_FILE);
+        std::fs::write(&weights_path, &bytes).with_context(|| format!("writing {}", weights_path.display()))?;
+    }
     println!(
-        "exported the {} weights of step {} ({} parameters) to {}",
-        if args.ema { "EMA" } else { "raw" },
+        "exported the {} weights of step {} ({} parameters) {}to {}",
+        if ema { "EMA" } else { "raw" },
         data.step,
         data.layout.total,
+        if scheduler.is_some() { "as a diffusers DDPMPipeline " } else { "" },
         args.out.display()
     );
     Ok(())
