@@ -29,8 +29,11 @@ enum Command {
     Model(cli::model::ModelArgs),
     /// Inspect a dataset, export its samples as PNG, compute its FID statistics.
     Data(cli::data::DataArgs),
-    /// List a run's checkpoints; export one as a diffusers model.
+    /// List a run's checkpoints; export one as a diffusers model or DDPMPipeline.
     Checkpoints(cli::checkpoints::CheckpointsArgs),
+    /// Draw images from a run's checkpoint on this machine (CPU or a GPU),
+    /// the same images a sample job with the same settings gives.
+    Sample(cli::sample::SampleArgs),
     /// Submit, follow and cancel a coordinator's sampling and evaluation jobs.
     Jobs(cli::jobs::JobsArgs),
     /// A running coordinator's run at a glance: step, loss, speed, time left, checkpoints, workers.
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
         Command::Model(args) => cli::model::run(args),
         Command::Data(args) => cli::data::run(args),
         Command::Checkpoints(args) => cli::checkpoints::run(args),
+        Command::Sample(args) => cli::sample::run(args),
         Command::Jobs(args) => cli::jobs::run(args),
         Command::Status(args) => cli::status::run(args),
         Command::Metrics(args) => cli::metrics::run(args),

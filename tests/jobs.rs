@@ -182,6 +182,19 @@ fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
     let distinct: std::collections::BTreeSet<u8> = one.pixels_nchw.iter().copied().collect();
     assert!(distinct.len() > 10, "the images are flat: {distinct:?}");
 
+    // `ddpm sample` on this machine, no coordinator: the job's files, byte for byte.
+    let local = _dir.path().join("local");
+    let out = ddpm_cli(&[
+        "sample", "--run", run.to_str().unwrap(), "--checkpoint-step", "3", "--count", "6", "--sampler", "ddim", "--steps", "4",
+        "--seed", "11", "--batch", "2", "--individual-pngs", "--threads", "1", "--out", local.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "ddpm sample failed: {}", String::from_utf8_lossy(&out.stderr));
+    // (The .npz members carry a fixed time, so whole files compare.)
+    for file in ["samples.npz", "grid.png", "images/000000.png", "images/000005.png"] {
+        let (a, b) = (std::fs::read(job_dir.join(file)).unwrap(), std::fs::read(local.join(file)).unwrap());
+        assert!(a == b, "ddpm sample's {file} differs from the job's");
+    }
+
     // A second worker: the same job gives the same bytes, drawn by both.
     let _w2 = start_worker(&addr, "w2");
     rt().block_on(async {

@@ -52,7 +52,7 @@ enum JobsCommand {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum WeightsArg {
+pub(crate) enum WeightsArg {
     Ema,
     Raw,
 }
@@ -191,7 +191,7 @@ struct DrawArgs {
 }
 
 /// `--sampler`, parsed where it enters (the request carries the word).
-fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
+pub(crate) fn parse_sampler(s: &str) -> Result<SamplerKind, String> {
     s.parse().map_err(|e: ddpm::diffusion::SamplerError| e.to_string())
 }
 

@@ -14,4 +14,5 @@ pub mod fid_stats;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod sample;
 pub mod status;

@@ -111,7 +111,12 @@ type Zip = ZipWriter<BufWriter<File>>;
 
 fn start(zip: &mut Zip, key: &str, data_len: usize) -> Result<(), zip::result::ZipError> {
     let large = data_len as u64 + 1024 >= u32::MAX as u64;
-    let options = FileOptions::default().compression_method(CompressionMethod::Stored).large_file(large);
+    // A fixed member time (zip's epoch, 1980-01-01): the same arrays give the
+    // same file bytes, whenever and wherever they are written.
+    let options = FileOptions::default()
+        .compression_method(CompressionMethod::Stored)
+        .large_file(large)
+        .last_modified_time(zip::DateTime::default());
     zip.start_file(format!("{key}.npy"), options)
 }
 

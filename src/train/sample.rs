@@ -27,6 +27,9 @@ pub enum SampleError {
     NoMixingWeights,
 }
 
+/// Images per forward pass of a sample job (and `ddpm sample`) by default.
+pub const DEFAULT_BATCH: u32 = 16;
+
 /// Images `[first, first + count)` of a sampling job.
 #[derive(Debug, Clone)]
 pub struct SampleRequest {

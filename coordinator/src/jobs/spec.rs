@@ -16,8 +16,8 @@ use super::spec_eval::EvalJobSpec;
 pub const MAX_IMAGES: u64 = 100_000;
 /// Most images per forward pass.
 pub const MAX_BATCH: u32 = 1024;
-/// Images per forward pass of a sample job, by default.
-pub const DEFAULT_SAMPLE_BATCH: u32 = 16;
+/// Images per forward pass of a sample job, by default (`ddpm sample` too).
+pub use ddpm::train::sample::DEFAULT_BATCH as DEFAULT_SAMPLE_BATCH;
 
 /// Which weights a job uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
