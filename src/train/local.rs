@@ -8,7 +8,7 @@ use tch::{Device, Tensor};
 use crate::config::TrainConfig;
 use crate::data::{self, order, Dataset, Decoder};
 use crate::diffusion::GaussianDiffusion;
-use crate::train::step::{self, DecodedSample};
+use crate::train::step::{self, DecodedSample, ShardBatch, StepContext};
 use crate::train::{optim, Outcome, TrainError, TrainState};
 
 /// What one step did.
@@ -45,11 +45,8 @@ impl LocalTrainer {
     /// Runs the next step.
     pub fn step(&mut self) -> Result<StepReport, TrainError> {
         let step = self.state.step + 1;
-        let samples = read_batch(&*self.dataset, &self.decoder, &self.config, step)?;
-        let ctx = step::step_context(&self.config, &self.decoder, step);
-        let device = self.state.model.device();
-        let batch = step::build_batch(&samples, &ctx, self.diffusion.num_timesteps() as u64, device);
-        let (loss, mut grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, samples[0].position);
+        let (batch, ctx, first_position) = self.prepare(step)?;
+        let (loss, mut grad) = step::loss_and_grad(&mut self.state.model, &self.diffusion, &batch, &ctx, first_position);
         let outcome = Outcome::decide_tensor(&grad, self.config.optim.grad_clip);
         self.state.apply(&self.config, step, &mut grad, &outcome);
         if outcome.apply {
@@ -57,6 +54,22 @@ impl LocalTrainer {
             optim::ema_update(&mut self.ema, &self.state.model.flat, self.config.train.ema_decay, scratch);
         }
         Ok(StepReport { step, loss, outcome })
+    }
+
+    /// The tensors that 1-based step `step` trains on (`x0` flipped and
+    /// scaled, `t`, `noise`), on the model's device: what a reference
+    /// implementation needs to replay the run (tests/golden_trajectory.rs).
+    pub fn batch(&self, step: u64) -> Result<ShardBatch, TrainError> {
+        Ok(self.prepare(step)?.0)
+    }
+
+    /// Step `step`'s batch, its context and the stream position of its first sample.
+    fn prepare(&self, step: u64) -> Result<(ShardBatch, StepContext, u64), TrainError> {
+        let samples = read_batch(&*self.dataset, &self.decoder, &self.config, step)?;
+        let ctx = step::step_context(&self.config, &self.decoder, step);
+        let device = self.state.model.device();
+        let batch = step::build_batch(&samples, &ctx, self.diffusion.num_timesteps() as u64, device);
+        Ok((batch, ctx, samples[0].position))
     }
 }
 
