@@ -38,7 +38,8 @@ enum Command {
     Jobs(cli::jobs::JobsArgs),
     /// A running coordinator's run at a glance: step, loss, speed, time left, checkpoints, workers.
     Status(cli::status::StatusArgs),
-    /// Plot a run's loss and throughput curves (a directory or S3, live or finished).
+    /// Plot a run's loss and throughput curves (a directory or S3, live or
+    /// finished), or an evaluation job's rate-distortion curve (plot-rd).
     Metrics(cli::metrics::MetricsArgs),
     /// Throughput benchmarks (not tests).
     Bench(cli::bench::BenchArgs),

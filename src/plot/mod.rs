@@ -1,7 +1,8 @@
 //! A run's training curves as a picture: the loss per step (log scale,
 //! every step faint and its moving average bold, skipped updates and
 //! periodic evaluations marked) above the throughput per step, as an RGB
-//! image (`ddpm metrics plot` writes it as PNG).
+//! image (`ddpm metrics plot` writes it as PNG). [`rd`] draws an
+//! evaluation job's rate-distortion curve with the same parts.
 //!
 //! Everything is drawn here, text included, with embedded-graphics' mono
 //! bitmap fonts built into the binary: a plot never needs font files, so
@@ -10,14 +11,15 @@
 pub mod axis;
 pub mod canvas;
 pub mod panel;
+pub mod rd;
+pub mod rd_curve;
 pub mod series;
 
-use embedded_graphics::mono_font::iso_8859_1::{FONT_10X20, FONT_8X13, FONT_9X15, FONT_9X15_BOLD};
 use image::RgbImage;
 
 use crate::store::metrics_rows::RunRows;
 use axis::{label, Scale};
-use canvas::{Anchor, Canvas, Font, Rect};
+use canvas::{Anchor, Canvas, Rect};
 use panel::{Curve, Panel, Style, Swatch};
 use series::Series;
 
@@ -39,6 +41,11 @@ pub mod theme {
     pub const THROUGHPUT_RAW: Color = [250, 205, 165];
     pub const SKIPPED: Color = [210, 30, 40];
     pub const EVAL: Color = [40, 150, 60];
+    /// The rate-distortion plot: distortion and rate against the reverse
+    /// steps, and distortion against rate.
+    pub const DISTORTION: Color = [200, 70, 40];
+    pub const RATE: Color = [20, 120, 150];
+    pub const RATE_DISTORTION: Color = [110, 60, 170];
 }
 
 /// The smallest and largest plot sides, in pixels.
@@ -85,9 +92,7 @@ pub fn render(rows: &RunRows, opts: &PlotOptions) -> Result<RgbImage, PlotError>
 /// The image, and where its loss and throughput plot areas are.
 fn draw(rows: &RunRows, opts: &PlotOptions) -> Result<(RgbImage, [Rect; 2]), PlotError> {
     let (width, height) = (opts.width, opts.height);
-    if width < MIN_SIZE.0 || height < MIN_SIZE.1 || width > MAX_SIDE || height > MAX_SIDE {
-        return Err(PlotError::Size { width, height });
-    }
+    check_size(width, height)?;
     let (Some(first), Some(last)) = (rows.steps.first(), rows.steps.last()) else {
         return Err(PlotError::NoSteps);
     };
@@ -96,9 +101,7 @@ fn draw(rows: &RunRows, opts: &PlotOptions) -> Result<(RgbImage, [Rect; 2]), Plo
         return Err(PlotError::Smooth);
     }
     let scale = ((width / 1200).min(height / 800)).max(1) as i32;
-    let font = |face| Font { face, scale };
-    let st =
-        Style { scale, title: font(&FONT_10X20), header: font(&FONT_9X15_BOLD), axis: font(&FONT_9X15), tick: font(&FONT_8X13) };
+    let st = Style::at(scale);
     let x = Scale::linear(first.step as f64, last.step as f64);
     let panels = [loss_panel(rows, window), throughput_panel(rows, window)];
 
@@ -112,14 +115,10 @@ fn draw(rows: &RunRows, opts: &PlotOptions) -> Result<(RgbImage, [Rect; 2]), Plo
         rows.steps.len(),
         if window > 1 { format!(" \u{b7} smoothing {window} steps") } else { String::new() }
     );
-    let title_y = pad + st.title.height() / 2;
-    let right = c.text(&summary, st.tick, (width as i32 - pad, title_y), Anchor::MiddleRight, false, theme::MUTED);
-    let room = ((right.x0 - 2 * pad - pad) / st.title.size("m").0).max(8) as usize;
-    c.text(&fit(&opts.title, room), st.title, (pad, title_y), Anchor::MiddleLeft, false, theme::TEXT);
+    let top = title_bar(&mut c, &st, &opts.title, &summary, pad);
 
     // Rows: header, plot, x labels (twice), the x title; columns: the y
     // title, y labels, ticks, plot.
-    let top = pad + st.title.height() + pad;
     let x_title_h = st.axis.height() + 6 * s;
     let gap = pad;
     let fixed = 2 * (Panel::header_height(&st) + Panel::ticks_height(&st)) + gap + x_title_h + pad;
@@ -141,6 +140,25 @@ fn draw(rows: &RunRows, opts: &PlotOptions) -> Result<(RgbImage, [Rect; 2]), Plo
     let x_title_y = y - gap + x_title_h / 2;
     c.text("step", st.axis, ((x0 + x1) / 2, x_title_y), Anchor::Center, false, theme::TEXT);
     Ok((c.img, areas))
+}
+
+fn check_size(width: u32, height: u32) -> Result<(), PlotError> {
+    if width < MIN_SIZE.0 || height < MIN_SIZE.1 || width > MAX_SIDE || height > MAX_SIDE {
+        return Err(PlotError::Size { width, height });
+    }
+    Ok(())
+}
+
+/// The line across the top of a plot: `title` on the left (cut from the
+/// left to fit), `summary` on the right, both `pad` in from the edges.
+/// Returns where what comes below it starts.
+fn title_bar(c: &mut Canvas, st: &Style, title: &str, summary: &str, pad: i32) -> i32 {
+    let width = c.img.width() as i32;
+    let title_y = pad + st.title.height() / 2;
+    let right = c.text(summary, st.tick, (width - pad, title_y), Anchor::MiddleRight, false, theme::MUTED);
+    let room = ((right.x0 - 2 * pad - pad) / st.title.size("m").0).max(8) as usize;
+    c.text(&fit(title, room), st.title, (pad, title_y), Anchor::MiddleLeft, false, theme::TEXT);
+    pad + st.title.height() + pad
 }
 
 /// `text` cut to `room` characters from the left (a URL's end says most).
@@ -204,6 +222,7 @@ fn loss_panel(rows: &RunRows, window: usize) -> Panel {
         rug,
         events,
         legend,
+        x_whole: true,
     }
 }
 
@@ -222,6 +241,7 @@ fn throughput_panel(rows: &RunRows, window: usize) -> Panel {
         empty_note: "no throughput in the metrics log",
         rug: Vec::new(),
         events: Vec::new(),
+        x_whole: true,
     }
 }
 

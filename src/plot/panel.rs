@@ -1,5 +1,7 @@
-//! One panel of a run's plot: a header (title left, legend right), the
-//! plot area with its grid, curves and markers, and its axes' ticks.
+//! One panel of a plot: a header (title left, legend right), the plot
+//! area with its grid, curves and markers, and its axes' ticks.
+
+use embedded_graphics::mono_font::iso_8859_1::{FONT_10X20, FONT_8X13, FONT_9X15, FONT_9X15_BOLD};
 
 use super::axis::{label, Scale};
 use super::canvas::{Anchor, Canvas, Color, Font, Rect};
@@ -14,6 +16,14 @@ pub struct Style {
     pub header: Font,
     pub axis: Font,
     pub tick: Font,
+}
+
+impl Style {
+    /// The plots' fonts, each font pixel `scale` image pixels.
+    pub fn at(scale: i32) -> Self {
+        let font = |face| Font { face, scale };
+        Style { scale, title: font(&FONT_10X20), header: font(&FONT_9X15_BOLD), axis: font(&FONT_9X15), tick: font(&FONT_8X13) }
+    }
 }
 
 /// A series drawn twice: every point faint, and its moving average bold
@@ -47,9 +57,11 @@ pub struct Panel {
     /// Steps marked by a dashed line with a label (evaluations).
     pub events: Vec<(u64, String)>,
     pub legend: Vec<(Swatch, String)>,
+    /// The x axis counts whole things (steps): no ticks between integers.
+    pub x_whole: bool,
 }
 
-/// Ticks along the x axis a person can read at the plot's width.
+/// The most ticks along an x axis; fewer where the plot is narrow.
 const X_TICKS: usize = 8;
 
 impl Panel {
@@ -91,7 +103,9 @@ impl Panel {
             c.hline(plot.x0 - tick, plot.x0, py, s, theme::AXIS);
             c.text(&text, st.tick, (plot.x0 - tick - 4 * s, py), Anchor::MiddleRight, false, theme::TEXT);
         }
-        for v in x.ticks(X_TICKS).into_iter().filter(|v| v.fract() == 0.0) {
+        // About one tick per eight label characters of width.
+        let x_ticks = (plot.width() / (8 * st.tick.size("0").0).max(1)).clamp(2, X_TICKS as i32) as usize;
+        for v in x.ticks(x_ticks).into_iter().filter(|v| !self.x_whole || v.fract() == 0.0) {
             let px = at_x(v).round() as i32;
             if px < plot.x0 || px > plot.x1 {
                 continue;
