@@ -2,7 +2,10 @@
 //! `ddpm jobs` CLI and over gRPC, after training (`--serve`) and during it
 //! (an eval worker), split across one or two workers with identical images,
 //! equal to the library's sampler run here on the checkpoint's EMA weights;
-//! cancelled jobs, bad requests and unknown ids.
+//! cancelled jobs, bad requests and unknown ids; and `ddpm sample`, which
+//! must give a job's files byte for byte. One file over 450 lines on
+//! purpose: the tests share one served run (a tiny training each) and its
+//! helpers, and splitting them would train it once per file.
 
 mod common;
 

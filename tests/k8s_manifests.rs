@@ -17,6 +17,9 @@
 //! project's Python environment (`source deploy/env.sh && ddpm_setup`,
 //! which installs kubernetes-validate and PyYAML from
 //! deploy/requirements-dev.txt).
+//!
+//! One concept (what CI knows about the manifests without a cluster) in one
+//! file over 450 lines: the checks share one render of every overlay.
 
 mod common;
 

@@ -171,12 +171,8 @@ impl Trainer {
         if resumed_from > 0 {
             tracing::info!(step = resumed_from, total, "resumed: training continues after step {resumed_from}");
         }
-        tracing::info!(
-            workers = self.start.workers,
-            min_workers = self.start.min_workers,
-            "waiting for {} workers to join",
-            self.start.workers
-        );
+        let (workers, min_workers) = (self.start.workers, self.start.min_workers);
+        tracing::info!(workers, min_workers, "waiting for {workers} workers to join");
         // A stop while waiting is noticed by the loop's first gather.
         let first_min = start::await_start(&self.roster, &self.lifecycle, step, &self.start).await?.unwrap_or(self.start.workers);
         let stragglers = StragglerPolicy::new(&cfg.dist);
