@@ -1,13 +1,19 @@
 //! The U-Net's building blocks (DDPM.md section 6), each creating its
 //! parameters under the diffusers `UNet2DModel` names.
 //!
-//! Initialisation follows the paper's code: weights Glorot-uniform
-//! (variance scaling 1, fan_avg, uniform), biases zero, GroupNorm scale one;
-//! the last conv of each ResBlock, the attention output projection and the
-//! output conv start at zero, so every residual branch starts as identity.
+//! Initialisation is the config's [`ModelInit`]. `paper` follows the
+//! paper's code: weights Glorot-uniform (variance scaling 1, fan_avg,
+//! uniform), biases zero, GroupNorm scale one; the last conv of each
+//! ResBlock, the attention output projection and the output conv start at
+//! zero, so every residual branch starts as identity. `pytorch` is what
+//! diffusers' `UNet2DModel` gets from `torch.nn`'s defaults: every conv and
+//! dense weight and bias `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (kaiming
+//! uniform with `a = sqrt(5)`), nothing zero, GroupNorm scale one.
 
 use tch::nn::{Init, Path};
 use tch::{Kind, TchError, Tensor};
+
+use super::config::ModelInit;
 
 /// Glorot-uniform: `U(-l, l)` with `l = sqrt(6 / (fan_in + fan_out))`, the
 /// TF `variance_scaling(1, 'fan_avg', 'uniform')` of the paper's code.
@@ -16,19 +22,47 @@ fn glorot(fan_in: i64, fan_out: i64) -> Init {
     Init::Uniform { lo: -limit, up: limit }
 }
 
-/// How a layer's weight starts.
+/// How one layer's weight and bias start.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WeightInit {
+    /// Glorot-uniform weight, zero bias.
     Glorot,
+    /// Zero weight and bias.
     Zero,
+    /// `torch.nn.Conv2d` / `Linear` defaults: weight and bias
+    /// `U(-1/sqrt(fan_in), 1/sqrt(fan_in))`.
+    PyTorch,
 }
 
-fn weight(p: &Path, dims: &[i64], fan_in: i64, fan_out: i64, init: WeightInit) -> Result<Tensor, TchError> {
-    let init = match init {
-        WeightInit::Glorot => glorot(fan_in, fan_out),
-        WeightInit::Zero => Init::Const(0.0),
+impl ModelInit {
+    /// A layer the paper initialises Glorot-uniform.
+    pub(crate) fn glorot(self) -> WeightInit {
+        match self {
+            ModelInit::Paper => WeightInit::Glorot,
+            ModelInit::Pytorch => WeightInit::PyTorch,
+        }
+    }
+
+    /// A layer the paper starts at zero (the end of a residual branch).
+    pub(crate) fn zero(self) -> WeightInit {
+        match self {
+            ModelInit::Paper => WeightInit::Zero,
+            ModelInit::Pytorch => WeightInit::PyTorch,
+        }
+    }
+}
+
+/// The `weight` (`dims`, output first) and `bias` of a layer.
+fn weight_and_bias(p: &Path, dims: &[i64], fan_in: i64, fan_out: i64, init: WeightInit) -> Result<(Tensor, Tensor), TchError> {
+    let (w, b) = match init {
+        WeightInit::Glorot => (glorot(fan_in, fan_out), Init::Const(0.0)),
+        WeightInit::Zero => (Init::Const(0.0), Init::Const(0.0)),
+        WeightInit::PyTorch => {
+            let bound = 1.0 / (fan_in as f64).sqrt();
+            (Init::Uniform { lo: -bound, up: bound }, Init::Uniform { lo: -bound, up: bound })
+        }
     };
-    p.f_var("weight", dims, init)
+    Ok((p.f_var("weight", dims, w)?, p.f_var("bias", &dims[..1], b)?))
 }
 
 /// A 2-d convolution with bias, `weight` [out, in, k, k].
@@ -41,8 +75,7 @@ pub(crate) struct Conv2d {
 impl Conv2d {
     /// A `k x k` conv, stride 1, padded to keep the size when `same`.
     pub fn new(p: &Path, cin: i64, cout: i64, k: i64, init: WeightInit) -> Result<Self, TchError> {
-        let weight = weight(p, &[cout, cin, k, k], cin * k * k, cout * k * k, init)?;
-        let bias = p.f_var("bias", &[cout], Init::Const(0.0))?;
+        let (weight, bias) = weight_and_bias(p, &[cout, cin, k, k], cin * k * k, cout * k * k, init)?;
         Ok(Self { weight, bias, padding: k / 2 })
     }
 
@@ -65,8 +98,7 @@ pub(crate) struct Linear {
 
 impl Linear {
     pub fn new(p: &Path, cin: i64, cout: i64, init: WeightInit) -> Result<Self, TchError> {
-        let weight = weight(p, &[cout, cin], cin, cout, init)?;
-        let bias = p.f_var("bias", &[cout], Init::Const(0.0))?;
+        let (weight, bias) = weight_and_bias(p, &[cout, cin], cin, cout, init)?;
         Ok(Self { weight, bias })
     }
 
@@ -113,10 +145,10 @@ pub(crate) struct TimestepEmbedding {
 }
 
 impl TimestepEmbedding {
-    pub fn new(p: &Path, ch: i64) -> Result<Self, TchError> {
+    pub fn new(p: &Path, ch: i64, init: ModelInit) -> Result<Self, TchError> {
         Ok(Self {
-            linear_1: Linear::new(&p.sub("linear_1"), ch, 4 * ch, WeightInit::Glorot)?,
-            linear_2: Linear::new(&p.sub("linear_2"), 4 * ch, 4 * ch, WeightInit::Glorot)?,
+            linear_1: Linear::new(&p.sub("linear_1"), ch, 4 * ch, init.glorot())?,
+            linear_2: Linear::new(&p.sub("linear_2"), 4 * ch, 4 * ch, init.glorot())?,
             ch,
         })
     }
@@ -151,18 +183,18 @@ pub(crate) struct ResBlock {
 }
 
 impl ResBlock {
-    pub fn new(p: &Path, cin: i64, cout: i64, temb: i64, norm: NormSpec, dropout: f64) -> Result<Self, TchError> {
+    pub fn new(p: &Path, (cin, cout): (i64, i64), temb: i64, norm: NormSpec, dropout: f64, init: ModelInit) -> Result<Self, TchError> {
         let conv_shortcut = if cin != cout {
-            Some(Conv2d::new(&p.sub("conv_shortcut"), cin, cout, 1, WeightInit::Glorot)?)
+            Some(Conv2d::new(&p.sub("conv_shortcut"), cin, cout, 1, init.glorot())?)
         } else {
             None
         };
         Ok(Self {
             norm1: GroupNorm::new(&p.sub("norm1"), cin, norm.groups, norm.eps)?,
-            conv1: Conv2d::new(&p.sub("conv1"), cin, cout, 3, WeightInit::Glorot)?,
-            time_emb_proj: Linear::new(&p.sub("time_emb_proj"), temb, cout, WeightInit::Glorot)?,
+            conv1: Conv2d::new(&p.sub("conv1"), cin, cout, 3, init.glorot())?,
+            time_emb_proj: Linear::new(&p.sub("time_emb_proj"), temb, cout, init.glorot())?,
             norm2: GroupNorm::new(&p.sub("norm2"), cout, norm.groups, norm.eps)?,
-            conv2: Conv2d::new(&p.sub("conv2"), cout, cout, 3, WeightInit::Zero)?,
+            conv2: Conv2d::new(&p.sub("conv2"), cout, cout, 3, init.zero())?,
             conv_shortcut,
             dropout,
         })
@@ -202,13 +234,13 @@ pub(crate) struct Attention {
 }
 
 impl Attention {
-    pub fn new(p: &Path, c: i64, norm: NormSpec) -> Result<Self, TchError> {
+    pub fn new(p: &Path, c: i64, norm: NormSpec, init: ModelInit) -> Result<Self, TchError> {
         Ok(Self {
             group_norm: GroupNorm::new(&p.sub("group_norm"), c, norm.groups, norm.eps)?,
-            to_q: Linear::new(&p.sub("to_q"), c, c, WeightInit::Glorot)?,
-            to_k: Linear::new(&p.sub("to_k"), c, c, WeightInit::Glorot)?,
-            to_v: Linear::new(&p.sub("to_v"), c, c, WeightInit::Glorot)?,
-            to_out: Linear::new(&p.sub("to_out").sub(0), c, c, WeightInit::Zero)?,
+            to_q: Linear::new(&p.sub("to_q"), c, c, init.glorot())?,
+            to_k: Linear::new(&p.sub("to_k"), c, c, init.glorot())?,
+            to_v: Linear::new(&p.sub("to_v"), c, c, init.glorot())?,
+            to_out: Linear::new(&p.sub("to_out").sub(0), c, c, init.zero())?,
             channels: c,
         })
     }
@@ -245,8 +277,8 @@ pub(crate) struct Downsample {
 }
 
 impl Downsample {
-    pub fn new(p: &Path, c: i64) -> Result<Self, TchError> {
-        Ok(Self { conv: Conv2d::new(&p.sub("conv"), c, c, 3, WeightInit::Glorot)? })
+    pub fn new(p: &Path, c: i64, init: ModelInit) -> Result<Self, TchError> {
+        Ok(Self { conv: Conv2d::new(&p.sub("conv"), c, c, 3, init.glorot())? })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -260,8 +292,8 @@ pub(crate) struct Upsample {
 }
 
 impl Upsample {
-    pub fn new(p: &Path, c: i64) -> Result<Self, TchError> {
-        Ok(Self { conv: Conv2d::new(&p.sub("conv"), c, c, 3, WeightInit::Glorot)? })
+    pub fn new(p: &Path, c: i64, init: ModelInit) -> Result<Self, TchError> {
+        Ok(Self { conv: Conv2d::new(&p.sub("conv"), c, c, 3, init.glorot())? })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {

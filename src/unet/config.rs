@@ -37,6 +37,24 @@ pub struct UNetConfig {
     pub num_groups: i64,
     /// Epsilon of every GroupNorm (1e-6 in the paper's code).
     pub norm_eps: f64,
+    /// How the weights start (`paper` or `pytorch`, see [`ModelInit`]);
+    /// matters only for a run's first step, a checkpoint carries weights.
+    pub init: ModelInit,
+}
+
+/// The initial weights of a new run (blocks.rs has the distributions).
+///
+/// `paper` (the default) is the official code's: Glorot-uniform, zero
+/// biases, and every residual branch's last layer and the output conv at
+/// zero. `pytorch` is `torch.nn`'s default initialisation, which a diffusers
+/// `UNet2DModel` trainer gets: nothing at zero. README "Sample quality
+/// against PyTorch" has what each does at small scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelInit {
+    #[default]
+    Paper,
+    Pytorch,
 }
 
 impl Default for UNetConfig {
@@ -75,6 +93,7 @@ impl UNetConfig {
             dropout: 0.1,
             num_groups: 32,
             norm_eps: 1e-6,
+            init: ModelInit::Paper,
         }
     }
 

@@ -15,7 +15,7 @@ mod error;
 mod layout;
 mod model;
 
-pub use config::UNetConfig;
+pub use config::{ModelInit, UNetConfig};
 pub use error::UNetError;
 pub use layout::{DownLevel, Layout, ParamCounts, UpLevel};
 pub use model::UNet;

@@ -4,9 +4,10 @@ use tch::nn::Path;
 use tch::Tensor;
 
 use super::blocks::{
-    Attention, Conv2d, Downsample, GroupNorm, NormSpec, ResBlock, TimestepEmbedding, Upsample, WeightInit,
+    Attention, Conv2d, Downsample, GroupNorm, NormSpec, ResBlock, TimestepEmbedding, Upsample,
 };
 use super::layout::Layout;
+use super::config::ModelInit;
 use super::{UNetConfig, UNetError};
 
 /// One level of the down or up path: ResBlocks, each followed by an
@@ -37,9 +38,10 @@ pub struct UNet {
 }
 
 impl UNet {
-    /// Builds the network for `config` under `vs`, initialised as in the
-    /// paper: Glorot-uniform (fan_avg) weights, zero biases, unit GroupNorm
-    /// scales, and zero weights for each ResBlock's `conv2`, each attention's
+    /// Builds the network for `config` under `vs`, initialised as
+    /// `config.init` says (blocks.rs): by default as in the paper,
+    /// Glorot-uniform (fan_avg) weights, zero biases, unit GroupNorm scales,
+    /// and zero weights for each ResBlock's `conv2`, each attention's
     /// `to_out.0` and `conv_out`. Validates the config first; refuses a path
     /// that already holds a U-Net (tch would rename the clashing variables).
     pub fn new(vs: &Path, config: &UNetConfig) -> Result<UNet, UNetError> {
@@ -53,19 +55,20 @@ impl UNet {
         let layout = Layout::new(config);
         let norm = NormSpec { groups: config.num_groups, eps: config.norm_eps };
         let temb = layout.temb_channels;
-        let res = |p: &Path, (cin, cout): (i64, i64)| ResBlock::new(p, cin, cout, temb, norm, config.dropout);
+        let init = config.init;
+        let res = |p: &Path, io: (i64, i64)| ResBlock::new(p, io, temb, norm, config.dropout, init);
 
-        let time_embedding = TimestepEmbedding::new(&vs.sub("time_embedding"), layout.ch)?;
-        let conv_in = Conv2d::new(&vs.sub("conv_in"), layout.in_channels, layout.ch, 3, WeightInit::Glorot)?;
+        let time_embedding = TimestepEmbedding::new(&vs.sub("time_embedding"), layout.ch, init)?;
+        let conv_in = Conv2d::new(&vs.sub("conv_in"), layout.in_channels, layout.ch, 3, init.glorot())?;
         let mut down = Vec::with_capacity(layout.down.len());
         for (i, spec) in layout.down.iter().enumerate() {
             let p = vs.sub("down_blocks").sub(i);
             down.push(Level {
                 resnets: resnets(&p, &spec.resnets, &res)?,
-                attentions: attentions(&p, spec.attention, spec.resnets.len(), spec.channels, norm)?,
+                attentions: attentions(&p, spec.attention, spec.resnets.len(), spec.channels, norm, init)?,
                 resample: spec
                     .downsample
-                    .then(|| Downsample::new(&p.sub("downsamplers").sub(0), spec.channels))
+                    .then(|| Downsample::new(&p.sub("downsamplers").sub(0), spec.channels, init))
                     .transpose()?,
             });
         }
@@ -73,7 +76,7 @@ impl UNet {
         let c = layout.mid_channels;
         let mid = (
             res(&p.sub("resnets").sub(0), (c, c))?,
-            Attention::new(&p.sub("attentions").sub(0), c, norm)?,
+            Attention::new(&p.sub("attentions").sub(0), c, norm, init)?,
             res(&p.sub("resnets").sub(1), (c, c))?,
         );
         let mut up = Vec::with_capacity(layout.up.len());
@@ -81,15 +84,15 @@ impl UNet {
             let p = vs.sub("up_blocks").sub(i);
             up.push(Level {
                 resnets: resnets(&p, &spec.resnets, &res)?,
-                attentions: attentions(&p, spec.attention, spec.resnets.len(), spec.channels, norm)?,
+                attentions: attentions(&p, spec.attention, spec.resnets.len(), spec.channels, norm, init)?,
                 resample: spec
                     .upsample
-                    .then(|| Upsample::new(&p.sub("upsamplers").sub(0), spec.channels))
+                    .then(|| Upsample::new(&p.sub("upsamplers").sub(0), spec.channels, init))
                     .transpose()?,
             });
         }
         let conv_norm_out = GroupNorm::new(&vs.sub("conv_norm_out"), layout.ch, norm.groups, norm.eps)?;
-        let conv_out = Conv2d::new(&vs.sub("conv_out"), layout.ch, layout.out_channels, 3, WeightInit::Zero)?;
+        let conv_out = Conv2d::new(&vs.sub("conv_out"), layout.ch, layout.out_channels, 3, init.zero())?;
         Ok(UNet { config: config.clone(), time_embedding, conv_in, down, mid, up, conv_norm_out, conv_out })
     }
 
@@ -171,9 +174,10 @@ fn attentions(
     count: usize,
     c: i64,
     norm: NormSpec,
+    init: ModelInit,
 ) -> Result<Vec<Attention>, tch::TchError> {
     if !has_attention {
         return Ok(Vec::new());
     }
-    (0..count).map(|j| Attention::new(&p.sub("attentions").sub(j), c, norm)).collect()
+    (0..count).map(|j| Attention::new(&p.sub("attentions").sub(j), c, norm, init)).collect()
 }

@@ -144,6 +144,44 @@ fn initialisation_follows_the_paper() {
 }
 
 #[test]
+fn pytorch_initialisation_is_torch_nn_default() {
+    use super::ModelInit;
+    tch::manual_seed(0);
+    let vs = VarStore::new(Device::Cpu);
+    UNet::new(&vs.root(), &UNetConfig { init: ModelInit::Pytorch, ..UNetConfig::cifar10() }).unwrap();
+    let vars = vs.variables();
+    for (name, t) in &vars {
+        let (min, max) = (t.min().double_value(&[]), t.max().double_value(&[]));
+        if name.contains("norm") {
+            let start = if name.ends_with("weight") { 1.0 } else { 0.0 };
+            assert_eq!((min, max), (start, start), "{name}: GroupNorm starts at its identity");
+            continue;
+        }
+        // kaiming_uniform(a = sqrt(5)) and torch.nn's bias rule: U(-b, b),
+        // b = 1 / sqrt(fan_in) of the layer's weight, variance b^2 / 3.
+        let layer = name.strip_suffix("weight").or_else(|| name.strip_suffix("bias")).unwrap();
+        let fan_in: i64 = vars[&format!("{layer}weight")].size()[1..].iter().product();
+        let bound = 1.0 / (fan_in as f64).sqrt();
+        let float32 = bound * (1.0 + 1e-6); // the limit itself is rounded to float32
+        assert!(max <= float32 && min >= -float32, "{name}: [{min}, {max}] outside +-{bound}");
+        if t.numel() >= 64 {
+            assert!(max > 0.5 * bound && min < -0.5 * bound, "{name}: [{min}, {max}] does not fill +-{bound}");
+        }
+        if t.numel() >= 10_000 {
+            let var = t.to_kind(Kind::Double).var(false).double_value(&[]);
+            let expected = bound * bound / 3.0;
+            assert!((var / expected - 1.0).abs() < 0.05, "{name}: variance {var}, expected {expected}");
+        }
+    }
+    // No branch starts as identity: the fresh network's output is not zero.
+    let vs_tiny = VarStore::new(Device::Cpu);
+    let unet = UNet::new(&vs_tiny.root(), &UNetConfig { init: ModelInit::Pytorch, ..UNetConfig::tiny() }).unwrap();
+    let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let out = unet.forward_t(&x, &Tensor::from_slice(&[0i64, 999]), false);
+    assert!(out.abs().max().double_value(&[]) > 1e-3);
+}
+
+#[test]
 fn variable_names_are_the_diffusers_ones() {
     let vs = VarStore::new(Device::Cpu);
     UNet::new(&vs.root(), &UNetConfig::cifar10()).unwrap();

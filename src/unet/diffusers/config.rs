@@ -211,6 +211,8 @@ pub fn config_from_json(value: &Value) -> Result<UNetConfig, UNetError> {
         dropout: r.float("dropout", 0.0)?,
         num_groups: r.int("norm_num_groups", 32)?,
         norm_eps: r.float("norm_eps", 1e-5)?,
+        // The weights come with the config; this matters only to a new run.
+        init: Default::default(),
     };
     let config =
         UNetConfig { attn_resolutions: attention_levels(&r, &config_without_attention)?, ..config_without_attention };
