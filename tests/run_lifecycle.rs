@@ -159,6 +159,20 @@ fn check_config_parses_everything_and_touches_nothing() {
     let table: toml::Table = stdout.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{stdout}"));
     assert_eq!(table["model"]["image_size"].as_integer(), Some(16));
     assert!(!run_dir.exists(), "--check-config created the run");
+    // The configs the project ships resolve on their preset.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (file, init, sampler) in [("deploy/demo.toml", "paper", "ancestral"), ("deploy/quality/recipe.toml", "paper", "ddim")] {
+        let file = root.join(file).display().to_string();
+        let (code, stdout, stderr) = run("ddpm-coord", &["--preset", "tiny", "--config", &file, "--listen", "127.0.0.1:0", "--check-config"]);
+        assert_eq!(code, 0, "{file}: {stderr}");
+        let table: toml::Table = stdout.parse().unwrap();
+        assert_eq!((table["model"]["init"].as_str(), table["sample"]["sampler"].as_str()), (Some(init), Some(sampler)), "{file}");
+    }
+    let init = dir.path().join("init.toml");
+    std::fs::write(&init, "[model]\ninit = \"glorot\"\n").unwrap();
+    let (code, _, stderr) = run("ddpm-coord", &["--preset", "tiny", "--config", &init.display().to_string(), "--check-config"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("init") && stderr.contains("`paper`") && stderr.contains("`pytorch`"), "{stderr}");
 
     let (code, _, stderr) = run("ddpm-coord", &["--preset", "tiny", "--config", &bad, "--check-config"]);
     assert_eq!(code, 2);
