@@ -34,6 +34,10 @@ pub struct DistArgs {
     /// libtorch threads per worker.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Dataset spec (default: the preset's, else the built-in shapes at the
+    /// preset's resolution, so that every preset runs without a download).
+    #[arg(long)]
+    pub data: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -56,7 +60,15 @@ pub struct AllreduceArgs {
 }
 
 pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
-    println!("distributed training, preset {} on loopback, CPU workers with {} thread(s) each; this machine has {} cores",
+    let preset = ddpm::config::TrainConfig::preset(&args.preset)?;
+    // The paper's presets name no dataset (a run must say what it trains
+    // on); the bench brings its own so that it measures every preset.
+    let data = match (&args.data, &preset.data.spec) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(spec)) => spec.to_string(),
+        (None, None) => format!("synthetic:shapes@{}", preset.model.image_size),
+    };
+    println!("distributed training, preset {} on {data}, loopback, CPU workers with {} thread(s) each; this machine has {} cores",
         args.preset, args.threads, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!("{:>8} {:>10} {:>12} {:>12} {:>14} {:>9}", "workers", "img/s", "step ms", "compute ms", "all-reduce ms", "speedup");
     let mut base = None;
@@ -65,6 +77,7 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
         let run = dir.path().join("run");
         let mut coord_args: Vec<String> = vec![
             "--preset".into(), args.preset.clone(),
+            "--data".into(), data.clone(),
             "--workers".into(), n.to_string(),
             "--steps".into(), args.steps.to_string(),
             "--samples".into(), "0".into(),
@@ -90,7 +103,7 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
         let counted: Vec<&serde_json::Value> = rows.iter().skip(3).collect();
         anyhow::ensure!(!counted.is_empty(), "run more than 3 steps");
         let col = |k: &str| median(&counted.iter().filter_map(|r| r[k].as_f64()).collect::<Vec<_>>());
-        let batch = args.batch_size.unwrap_or(ddpm::config::TrainConfig::preset(&args.preset)?.train.batch_size);
+        let batch = args.batch_size.unwrap_or(preset.train.batch_size);
         let step_s = col("step_s");
         let imgs = batch as f64 / step_s;
         let speedup = imgs / *base.get_or_insert(imgs);
