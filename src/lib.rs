@@ -14,6 +14,7 @@ pub mod exit;
 pub mod imageio;
 pub mod observe;
 pub mod plot;
+pub mod ring;
 pub mod rng;
 pub mod runtime;
 pub mod store;

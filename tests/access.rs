@@ -41,6 +41,7 @@ async fn coordinator_calls(c: &mut Coord, id: u64) -> Vec<(&'static str, Code)> 
         device: "cpu".into(),
         version: "x".into(),
         role: String::new(),
+        peer_endpoint: String::new(),
     };
     let grad = proto::GradientMessage {
         kind: Some(proto::gradient_message::Kind::Header(proto::GradientHeader { worker_id: id, step: 1, ..Default::default() })),

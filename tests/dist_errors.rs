@@ -31,7 +31,7 @@ async fn client(addr: &str) -> (Client, Credentials) {
 }
 
 fn register_req(version: u32) -> proto::RegisterRequest {
-    proto::RegisterRequest { protocol_version: version, name: "test".into(), device: "cpu".into(), version: "test".into(), role: String::new() }
+    proto::RegisterRequest { protocol_version: version, name: "test".into(), device: "cpu".into(), version: "test".into(), role: String::new(), peer_endpoint: String::new() }
 }
 
 #[test]

@@ -83,9 +83,14 @@ fn max_abs(a: &HashMap<String, Vec<f32>>) -> f64 {
 }
 
 fn run_distributed(workers: usize, extra: &[&str]) -> (tempfile::TempDir, serde_json::Value) {
+    run_distributed_with(workers, extra, CONFIG)
+}
+
+/// A run of `config` (a whole TOML file) with `workers` workers.
+fn run_distributed_with(workers: usize, extra: &[&str], config: &str) -> (tempfile::TempDir, serde_json::Value) {
     let dir = tempdir();
     let cfg_path = dir.path().join("run.toml");
-    std::fs::write(&cfg_path, CONFIG).unwrap();
+    std::fs::write(&cfg_path, config).unwrap();
     let run_dir = dir.path().join("run");
     let n = workers.to_string();
     let mut args = vec![
@@ -113,8 +118,8 @@ fn run_distributed(workers: usize, extra: &[&str]) -> (tempfile::TempDir, serde_
     (dir, summary)
 }
 
-#[test]
-fn one_two_and_three_workers_match_the_single_process_reference() {
+/// The single-process reference run: its final parameters and EMA.
+fn reference() -> (HashMap<String, Vec<f32>>, HashMap<String, Vec<f32>>) {
     let cfg = config();
     let mut local = LocalTrainer::new(cfg.clone(), Device::Cpu).unwrap();
     let init = ddpm::train::flat::to_vec_f32(&local.state.model.flat);
@@ -136,7 +141,12 @@ fn one_two_and_three_workers_match_the_single_process_reference() {
     };
     eprintln!("largest parameter change of the reference over the run: {moved:.3e}");
     assert!(moved > 1e-3, "the reference barely trained ({moved}); the comparison would be empty");
+    (want_params, want_ema)
+}
 
+#[test]
+fn one_two_and_three_workers_match_the_single_process_reference() {
+    let (want_params, want_ema) = reference();
     for workers in [1, 2, 3] {
         let (run, summary) = run_distributed(workers, &[]);
         let weights = run.path().join("run/checkpoints/step_0000000008");
@@ -152,6 +162,30 @@ fn one_two_and_three_workers_match_the_single_process_reference() {
         assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), workers, "{summary}");
         assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
         assert_eq!(summary["skipped_steps"], 0);
+    }
+}
+
+/// The ring backend (gradients worker to worker, each member's reduced
+/// segment to the coordinator) with 1, 2, 3 and 4 workers: the same
+/// parameters and EMA as the single-process reference, and every replica's
+/// checksum equal to the coordinator's after every step.
+#[test]
+fn the_ring_backend_with_one_to_four_workers_matches_the_reference_and_the_coordinator_every_step() {
+    let (want_params, want_ema) = reference();
+    for workers in [1, 2, 3, 4] {
+        // 64 KiB chunks: 43 of them, so that every member owns a segment of several.
+        let every_step = CONFIG.replace("checksum_every = 2", "checksum_every = 1\nchunk_kib = 64");
+        let (run, summary) = run_distributed_with(workers, &["--backend", "ring"], &every_step);
+        let weights = run.path().join("run/checkpoints/step_0000000008");
+        let dp = max_abs_diff(&read_weights(&weights.join("model.safetensors")), &want_params);
+        let de = max_abs_diff(&read_weights(&weights.join("ema.safetensors")), &want_ema);
+        eprintln!("ring, {workers} worker(s): max |params - reference| = {dp:.3e}, max |ema - reference| = {de:.3e}");
+        assert!(dp < 1e-4 && de < 1e-4, "ring with {workers} workers: params {dp}, EMA {de} from the reference");
+        assert_eq!(summary["replicas_agree"], true, "{summary}");
+        assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), workers, "{summary}");
+        assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+        // Compared after every step: each replica's checksum of each of the 8 steps.
+        assert_eq!(summary["checksums_compared"], 8 * workers as u64, "{summary}");
     }
 }
 

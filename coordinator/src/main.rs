@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ddpm::config::{GradDtype, TrainConfig};
+use ddpm::config::{Backend, GradDtype, TrainConfig};
 use ddpm::exit;
 use ddpm::store::StoreArgs;
 use ddpm::wire::auth;
@@ -96,6 +96,10 @@ struct Args {
     /// Gradient wire format, f32 or bf16 [default: the preset's, f32].
     #[arg(long, value_parser = parse_dtype)]
     grad_dtype: Option<GradDtype>,
+    /// How gradients are reduced: coordinator (through this process) or
+    /// ring (worker to worker) [default: the config's [dist] backend, coordinator].
+    #[arg(long, value_parser = parse_backend)]
+    backend: Option<Backend>,
     /// Images in the sample grid drawn at the end, 0 for none [default: the preset's].
     #[arg(long)]
     samples: Option<u64>,
@@ -206,6 +210,14 @@ fn parse_dtype(s: &str) -> Result<GradDtype, String> {
     }
 }
 
+fn parse_backend(s: &str) -> Result<Backend, String> {
+    match s {
+        "coordinator" => Ok(Backend::Coordinator),
+        "ring" => Ok(Backend::Ring),
+        _ => Err(format!("unknown reduction backend {s:?}: use coordinator or ring")),
+    }
+}
+
 fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
     let base = TrainConfig::preset(&args.preset)?;
     let mut c = match &args.config {
@@ -226,6 +238,9 @@ fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
     }
     if let Some(d) = args.grad_dtype {
         c.dist.grad_dtype = d;
+    }
+    if let Some(b) = args.backend {
+        c.dist.backend = b;
     }
     if let Some(n) = args.samples {
         c.sample.at_end = n > 0;

@@ -172,6 +172,7 @@ async fn fake_member(addr: String, dtype: GradDtype) -> anyhow::Result<Vec<f64>>
             device: "none".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             role: "train".into(),
+            peer_endpoint: String::new(),
         })
         .await?
         .into_inner();

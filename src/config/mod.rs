@@ -20,7 +20,7 @@ use crate::unet::UNetConfig;
 mod sections;
 
 pub use sections::{
-    CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, LoopConfig, OptimConfig, SampleConfig,
+    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, LoopConfig, OptimConfig, SampleConfig,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.
@@ -177,6 +177,7 @@ impl TrainConfig {
             ("dist.step_timeout_s", d.step_timeout_s),
             ("dist.heartbeat_interval_s", d.heartbeat_interval_s),
             ("dist.heartbeat_timeout_s", d.heartbeat_timeout_s),
+            ("dist.ring_peer_timeout_s", d.ring_peer_timeout_s),
         ] {
             if !(v > 0.0 && v.is_finite()) {
                 return bad(name, format!("must be a positive number of seconds, got {v}"));

@@ -51,6 +51,15 @@ pub struct LoopConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DistConfig {
+    /// How each step's gradient is reduced: `coordinator` (every member
+    /// streams its gradient to the coordinator, which sums and screens) or
+    /// `ring` (worker to worker over direct connections; the coordinator
+    /// receives one reduced gradient per step, a slice from each member).
+    pub backend: Backend,
+    /// Ring backend: seconds a member waits for its predecessor's next
+    /// frame before it reports it as stalled (and the attempt is redone
+    /// without it). Covers the spread of the members' compute times.
+    pub ring_peer_timeout_s: f64,
     /// Gradient wire format: `f32` (exact) or `bf16` (half the bytes).
     pub grad_dtype: GradDtype,
     /// Size of one gradient chunk on the wire, in KiB.
@@ -80,6 +89,23 @@ pub struct DistConfig {
     pub checksum_every: u64,
     /// Require the global batch to split evenly across the workers.
     pub require_even_shards: bool,
+}
+
+/// The reduction backend (`[dist] backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Coordinator,
+    Ring,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Coordinator => "coordinator",
+            Backend::Ring => "ring",
+        }
+    }
 }
 
 /// Gradient wire format.
@@ -258,6 +284,8 @@ impl Default for LoopConfig {
 impl Default for DistConfig {
     fn default() -> Self {
         Self {
+            backend: Backend::Coordinator,
+            ring_peer_timeout_s: 30.0,
             grad_dtype: GradDtype::F32,
             chunk_kib: 4096,
             step_timeout_s: 600.0,

@@ -126,7 +126,7 @@ impl GradientExchange for CoordinatorExchange<'_> {
 }
 
 /// The typed end of an exchange the coordinator directed.
-fn ended(e: CallError) -> anyhow::Result<Exchanged> {
+pub(crate) fn ended(e: CallError) -> anyhow::Result<Exchanged> {
     match e {
         CallError::Directed { flow: Flow::NextWork, reason, .. } => Ok(Exchanged::Abandoned(reason)),
         CallError::Directed { flow: Flow::Rejoin, reason, .. } => Ok(Exchanged::Rejected(reason)),

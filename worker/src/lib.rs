@@ -11,7 +11,7 @@
 //! - `session.rs`: one membership: register, ready, heartbeats, the work loop
 //! - `training.rs`: the training state and one training step
 //! - `exchange.rs`: [`exchange::GradientExchange`], the all-reduce seam, and
-//!   its coordinator backend
+//!   its coordinator backend; `ring_exchange.rs`: the worker-to-worker one
 //! - `tasks/`: job tasks (sampling, evaluation, analysis) and their results
 //! - `device/`: the thread that owns the model and every tensor
 //! - `telemetry.rs`: its metrics and health on `--metrics-listen`
@@ -21,6 +21,7 @@ pub mod device;
 mod directive;
 pub mod exchange;
 pub mod gpus;
+mod ring_exchange;
 mod session;
 mod tasks;
 pub mod telemetry;
@@ -53,6 +54,8 @@ pub struct WorkerOptions {
     pub tls: ddpm::wire::tls::ClientTls,
     /// What it counts, for its metrics port and health.
     pub stats: std::sync::Arc<telemetry::WorkerStats>,
+    /// Its ring listener, for `[dist] backend = "ring"` (none: `--peer-listen off`).
+    pub peers: Option<std::sync::Arc<ddpm::ring::PeerListener>>,
 }
 
 /// Why [`run`] returned.

@@ -64,6 +64,16 @@ struct Args {
     /// (port 0 picks one; the URL is printed). Default: off.
     #[arg(long, env = "DDPM_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Listen for ring neighbours here ([dist] backend = "ring": gradients
+    /// go worker to worker); port 0 picks a free one. "off": no listener
+    /// (such a worker cannot train in a ring run).
+    #[arg(long, env = "DDPM_PEER_LISTEN", default_value = "0.0.0.0:0", value_name = "ADDR|off")]
+    peer_listen: String,
+    /// The address neighbours dial, HOST or HOST:PORT (e.g. the pod IP);
+    /// default: the address this machine reaches the coordinator from,
+    /// with the listener's port.
+    #[arg(long, env = "DDPM_PEER_ADVERTISE", value_name = "HOST[:PORT]")]
+    peer_advertise: Option<String>,
     /// Check the flags (device form, address, numbers) without touching
     /// a device, a file or the network; exit 0, or 2 with the problem.
     #[arg(long)]
@@ -131,6 +141,9 @@ fn check_only(args: &Args) -> Result<(), String> {
     }
     if let Some(m) = &args.metrics_listen {
         ddpm_worker::gpus::metrics_addr(m, 0)?;
+    }
+    if args.peer_listen != "off" && args.peer_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(format!("--peer-listen {:?}: give IP:PORT (port 0: any free one) or off", args.peer_listen));
     }
     Ok(())
 }
@@ -227,6 +240,7 @@ fn main() -> ExitCode {
         role: args.role,
         token,
         tls,
+        peers: None,
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -235,9 +249,25 @@ fn main() -> ExitCode {
             return exit::code(exit::FAILED);
         }
     };
+    if let Err(e) = check_only(&args) {
+        eprintln!("error: {e}");
+        return exit::code(exit::USAGE);
+    }
     let worked = rt.block_on(async {
+        let mut opts = opts;
         if let Some(addr) = &args.metrics_listen {
             ddpm_worker::telemetry::serve(addr, stats).await?;
+        }
+        if args.peer_listen != "off" {
+            let advertise = args.peer_advertise.as_deref();
+            let coord = args.coord.as_str();
+            let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| {
+                ddpm::ring::advertised_endpoint(bound, advertise, coord)
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
+            tracing::info!(endpoint = peers.endpoint(), "listening for ring neighbours");
+            opts.peers = Some(std::sync::Arc::new(peers));
         }
         run(opts, ddpm::runtime::shutdown_signal()).await
     });

@@ -17,6 +17,7 @@ use crate::client::Client;
 use crate::device::DeviceHandle;
 use crate::directive::{CallError, CallResult, Directed, Flow};
 use crate::exchange::CoordinatorExchange;
+use crate::ring_exchange::RingExchange;
 use crate::tasks::Tasks;
 use crate::training::{self, StepEnd};
 use crate::WorkerOptions;
@@ -104,6 +105,7 @@ pub async fn session(
         checksum: 0,
         loaded_job: None,
         stats: opts.stats.clone(),
+        peers: opts.peers.clone(),
     };
     let result = work.run().await;
     heartbeat.abort();
@@ -139,6 +141,7 @@ async fn join(
             device: format!("{:?}", opts.device),
             version: env!("CARGO_PKG_VERSION").into(),
             role: opts.role.as_str().into(),
+            peer_endpoint: opts.peers.as_ref().map(|p| p.endpoint().to_string()).unwrap_or_default(),
         })
         .await
         .directed("registration refused")?
@@ -208,6 +211,7 @@ struct Work<'a> {
     /// The job whose pinned weights the device holds.
     loaded_job: Option<u64>,
     stats: std::sync::Arc<crate::telemetry::WorkerStats>,
+    peers: Option<std::sync::Arc<ddpm::ring::PeerListener>>,
 }
 
 impl Work<'_> {
@@ -292,11 +296,28 @@ impl Work<'_> {
         }
     }
 
-    /// One training step through the coordinator's all-reduce.
+    /// One training step through the backend the assignment names: the
+    /// coordinator's all-reduce, or the ring its plan describes.
     async fn train(&mut self, a: &proto::TrainAssignment, samples: Vec<(u64, Bytes)>) -> CallResult<Next> {
         let started = std::time::Instant::now();
-        let mut exchange = CoordinatorExchange { client: &mut self.client, worker_id: self.id };
-        match training::train_step(&mut exchange, self.dev, a, samples).await? {
+        let ended = match (&a.ring, &self.peers) {
+            (None, _) => {
+                let mut exchange = CoordinatorExchange { client: &mut self.client, worker_id: self.id };
+                let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
+                self.stats.reduced_by("coordinator", None);
+                ended
+            }
+            (Some(_), Some(peers)) => {
+                let mut exchange = RingExchange { client: &mut self.client, worker_id: self.id, peers, ring_s: 0.0 };
+                let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
+                self.stats.reduced_by("ring", Some(exchange.ring_s));
+                ended
+            }
+            (Some(_), None) => {
+                return Err(anyhow::anyhow!("the coordinator sent a ring plan, but this worker has no peer listener (--peer-listen off)").into())
+            }
+        };
+        match ended {
             StepEnd::Applied { compute_s } => {
                 let bytes = self.dev.param_count * ddpm::config::GradDtype::from_proto(a.grad_dtype).map_or(4, |d| d.bytes_per_element() as u64);
                 self.stats.step_applied(a.step, compute_s, started.elapsed().as_secs_f64(), bytes);

@@ -36,6 +36,9 @@ pub struct WorkerStats {
     reconnects: AtomicU64,
     tasks: AtomicU64,
     times: Mutex<(Histogram, Histogram)>,
+    /// The reduction backend of its last step ("": none yet) and the ring
+    /// all-reduce times (ring backend only).
+    reduction: Mutex<(&'static str, Histogram)>,
     health: Mutex<Option<Health>>,
 }
 
@@ -61,6 +64,7 @@ impl WorkerStats {
             reconnects: AtomicU64::new(0),
             tasks: AtomicU64::new(0),
             times: Mutex::new((prom::duration_buckets(), prom::duration_buckets())),
+            reduction: Mutex::new(("", prom::duration_buckets())),
             health: Mutex::new(None),
         })
     }
@@ -99,6 +103,16 @@ impl WorkerStats {
         t.1.observe(step_s);
     }
 
+    /// A step's gradient went through `backend`; for the ring, its
+    /// all-reduce took `ring_s` (connections, reduce-scatter, all-gather).
+    pub fn reduced_by(&self, backend: &'static str, ring_s: Option<f64>) {
+        let mut r = self.reduction.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 = backend;
+        if let Some(s) = ring_s {
+            r.1.observe(s);
+        }
+    }
+
     /// A step attempt abandoned by the coordinator (it is redone).
     pub fn step_abandoned(&self) {
         self.abandoned.fetch_add(1, Ordering::Relaxed);
@@ -127,6 +141,12 @@ impl prom::Exporter for WorkerStats {
         prom::histogram(e, "worker_step_compute", "Decode, forward and backward of its shard.", secs, &t.0)?;
         prom::histogram(e, "worker_step_duration", "A whole step: compute, all-reduce, update.", secs, &t.1)?;
         drop(t);
+        let r = self.reduction.lock().unwrap_or_else(|p| p.into_inner());
+        if !r.0.is_empty() {
+            prom::gauges(e, "worker_reduction", "The reduction backend of its last step ([dist] backend).", &[(vec![("backend", r.0.to_string())], 1.0)])?;
+        }
+        prom::histogram(e, "worker_ring_allreduce", "Ring all-reduces (ring backend): connecting, reduce-scatter and all-gather.", secs, &r.1)?;
+        drop(r);
         prom::counter(e, "worker_gradient_sent", "Gradient bytes sent to the all-reduce.", bytes, n(&self.sent_bytes))?;
         prom::counter(e, "worker_gradient_received", "Reduced gradient bytes received.", bytes, n(&self.received_bytes))?;
         prom::counter(e, "worker_joins", "Times it joined a run.", None, n(&self.joins))?;

@@ -63,6 +63,8 @@ struct Member {
     /// Its part in the last training step it computed: (step, compute
     /// seconds, shard size), for the status and the dashboard.
     last_work: Option<(u64, f64, u32)>,
+    /// Where it accepts ring neighbours (empty: no listener).
+    peer_endpoint: String,
 }
 
 impl Member {
@@ -135,7 +137,7 @@ impl Roster {
     }
 
     /// Adds a worker; returns its new id (ids are never reused).
-    pub fn register(&self, name: String, device: String, role: WorkerRole) -> Result<u64, RosterError> {
+    pub fn register(&self, name: String, device: String, role: WorkerRole, peer_endpoint: String) -> Result<u64, RosterError> {
         let mut m = self.lock();
         if m.by_id.len() >= self.limit {
             return Err(RosterError::Full(self.limit));
@@ -158,6 +160,7 @@ impl Roster {
                 inbox: Arc::new(AsyncMutex::new(inbox)),
                 secret: ddpm::wire::auth::new_secret(),
                 last_work: None,
+                peer_endpoint,
             },
         );
         drop(m);
@@ -208,6 +211,11 @@ impl Roster {
         for id in ids {
             self.remove(*id);
         }
+    }
+
+    /// Where member `id` accepts ring neighbours (empty: nowhere), if it is one.
+    pub fn peer_endpoint(&self, id: u64) -> Option<String> {
+        self.lock().by_id.get(&id).map(|m| m.peer_endpoint.clone())
     }
 
     /// The session secret of member `id`, for its RegisterReply.
@@ -403,6 +411,7 @@ impl Roster {
                     compute_s,
                     shard_size,
                     silent_s: now.duration_since(x.last_seen).as_secs_f64(),
+                    peer_endpoint: x.peer_endpoint.clone(),
                 }
             })
             .collect()

@@ -4,7 +4,7 @@ use super::*;
 
 fn roster_with(n: usize) -> (Roster, Vec<u64>) {
     let r = Roster::default();
-    let ids = (0..n).map(|i| r.register(format!("w{i}"), "cpu".into(), WorkerRole::Train).unwrap()).collect();
+    let ids = (0..n).map(|i| r.register(format!("w{i}"), "cpu".into(), WorkerRole::Train, String::new()).unwrap()).collect();
     (r, ids)
 }
 
@@ -13,7 +13,7 @@ fn ids_are_never_reused_and_sync_is_by_step() {
     let (r, ids) = roster_with(2);
     let (a, b) = (ids[0], ids[1]);
     r.remove(a);
-    let c = r.register("c".into(), "cpu".into(), WorkerRole::Train).unwrap();
+    let c = r.register("c".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
     assert!(c > b && b > a);
     for id in [b, c] {
         r.mark_ready(id).unwrap();
@@ -53,7 +53,7 @@ fn silent_members_are_reaped() {
 #[test]
 fn out_of_sync_members_are_told_to_resync_and_eval_workers_never_train() {
     let (r, ids) = roster_with(2);
-    let e = r.register("e".into(), "cpu".into(), WorkerRole::Eval).unwrap();
+    let e = r.register("e".into(), "cpu".into(), WorkerRole::Eval, String::new()).unwrap();
     for id in ids.iter().chain([&e]) {
         r.mark_ready(*id).unwrap();
     }
@@ -83,7 +83,7 @@ fn checksums_are_read_once_except_the_kept_step() {
 async fn changes_wake_waiters() {
     let r = Arc::new(Roster::default());
     let wait = r.next_change();
-    let id = r.register("a".into(), "cpu".into(), WorkerRole::Train).unwrap();
+    let id = r.register("a".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
     tokio::time::timeout(Duration::from_secs(1), wait).await.expect("registration wakes waiters");
     let wait = r.next_change();
     r.mark_ready(id).unwrap();
@@ -93,9 +93,9 @@ async fn changes_wake_waiters() {
 #[test]
 fn a_full_roster_refuses_until_a_member_leaves() {
     let r = Roster::with_limit(2);
-    let a = r.register("a".into(), "cpu".into(), WorkerRole::Train).unwrap();
-    r.register("b".into(), "cpu".into(), WorkerRole::Train).unwrap();
-    assert_eq!(r.register("c".into(), "cpu".into(), WorkerRole::Train), Err(RosterError::Full(2)));
+    let a = r.register("a".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
+    r.register("b".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
+    assert_eq!(r.register("c".into(), "cpu".into(), WorkerRole::Train, String::new()), Err(RosterError::Full(2)));
     r.remove(a);
-    r.register("c".into(), "cpu".into(), WorkerRole::Train).unwrap();
+    r.register("c".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
 }

@@ -8,6 +8,14 @@
 //! step's outcome (skip if not finite, clipping factor) from a float64 norm
 //! summed chunk by chunk in order.
 //!
+//! With the ring backend ([`Round::ring`]) the members sum among
+//! themselves (`ddpm::ring`) and each streams only the reduced chunks of its
+//! own segment: the round keeps them as they are (no sum, no screening: it
+//! never sees a member's own gradient), decides the outcome from them the
+//! same way, and sends back only the outcome. A member whose ring broke
+//! reports a fault naming a neighbour; [`Round::ring_verdict`] names the
+//! culprit from the reports.
+//!
 //! A round fails in one place, [`Round::fail`]: every member still streaming
 //! is told why (the culprit that it is refused, the others that the step is
 //! abandoned and will be redone) and the training loop hears the failure.
@@ -67,6 +75,12 @@ pub enum OfferError {
     /// Screening found member `culprit` (maybe another than the offerer) out.
     #[error("worker {culprit} {reason}")]
     Screened { culprit: u64, reason: String },
+    /// Ring backend: the member sent a chunk of another member's segment.
+    #[error("sent chunk {index}, which is in rank {owner}'s segment, not its own")]
+    NotOwned { index: u32, owner: usize },
+    /// Ring backend: a member's segment must arrive in order.
+    #[error("sent chunk {index} where chunk {due} was due")]
+    OutOfOrder { index: u32, due: u32 },
 }
 
 /// Statuses to deliver to members after a failure.
@@ -118,6 +132,10 @@ pub struct Round {
     dtype: GradDtype,
     max_norm: f64,
     screening: Screening,
+    /// Ring backend: the owning rank of every chunk (`None`: the star).
+    owners: Option<Vec<usize>>,
+    /// Ring backend: a member's fault report arrived.
+    fault_reported: tokio::sync::Notify,
     inner: Mutex<Inner>,
 }
 
@@ -136,6 +154,8 @@ struct Inner {
     outbound: Vec<Option<Outbound>>,
     losses: Vec<Option<(f64, u32, f64)>>,
     last_header: Option<Instant>,
+    /// Ring backend: per rank, the neighbour it reported and why.
+    faults: Vec<Option<(u64, String)>>,
     finished: bool,
     done: Option<oneshot::Sender<Result<RoundResult, RoundFailure>>>,
 }
@@ -171,6 +191,7 @@ impl Round {
             outbound: vec![None; n],
             losses: vec![None; n],
             last_header: None,
+            faults: vec![None; n],
             finished: false,
             done: Some(tx),
         };
@@ -185,6 +206,8 @@ impl Round {
             dtype,
             max_norm,
             screening: Screening::default(),
+            owners: None,
+            fault_reported: tokio::sync::Notify::new(),
             inner: Mutex::new(inner),
         };
         (round, rx)
@@ -195,6 +218,33 @@ impl Round {
     pub fn screened(mut self, screening: Screening) -> Self {
         self.screening = screening;
         self
+    }
+
+    /// The round of a ring all-reduce: each member uploads the reduced
+    /// chunks of its own segment (`ddpm::ring::plan`), in order.
+    pub fn ring(mut self) -> Self {
+        let n = self.members.len();
+        let owners = ddpm::ring::plan::chunk_owners(self.chunks, n);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        for (rank, seg) in ddpm::ring::plan::segments(self.chunks, n).into_iter().enumerate() {
+            inner.next_index[rank] = seg.start as u32;
+        }
+        drop(inner);
+        self.owners = Some(owners);
+        self
+    }
+
+    pub fn is_ring(&self) -> bool {
+        self.owners.is_some()
+    }
+
+    /// The first chunk after member `rank`'s share: all chunks for the
+    /// star, the end of its segment for the ring.
+    fn share_end(&self, rank: usize) -> u32 {
+        match &self.owners {
+            None => self.chunks as u32,
+            Some(_) => ddpm::ring::plan::segments(self.chunks, self.members.len())[rank].end as u32,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -264,12 +314,23 @@ impl Round {
             }
             .into());
         }
+        if let Some(owners) = &self.owners {
+            if owners[i] != rank {
+                return Err(OfferError::NotOwned { index, owner: owners[i] });
+            }
+        }
         let mut inner = self.lock();
         if inner.finished {
             return Ok(Vec::new());
         }
         if inner.pending[i][rank].is_some() || inner.next_index[rank] > index {
             return Err(WireError::Duplicate { index }.into());
+        }
+        if self.owners.is_some() {
+            if index != inner.next_index[rank] {
+                return Err(OfferError::OutOfOrder { index, due: inner.next_index[rank] });
+            }
+            return Ok(self.keep_reduced(&mut inner, rank, i, range, &chunk.data)?);
         }
         inner.next_index[rank] = index + 1;
         inner.pending[i][rank] = Some(chunk.data);
@@ -306,6 +367,101 @@ impl Round {
             sends.extend(self.finish(&mut inner));
         }
         Ok(sends)
+    }
+
+    /// Ring backend: member `rank`'s reduced chunk `i` is the step's; it is
+    /// kept as sent (the bits every replica applies).
+    fn keep_reduced(
+        &self,
+        inner: &mut Inner,
+        rank: usize,
+        i: usize,
+        range: std::ops::Range<usize>,
+        data: &[u8],
+    ) -> Result<Vec<(Outbound, ReducedMessage)>, WireError> {
+        let index = i as u32;
+        let acc = &mut inner.reduced[range];
+        wire::decode_into(data, self.dtype, index, acc)?;
+        inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        inner.next_index[rank] = index + 1;
+        inner.reduced_chunks += 1;
+        Ok(self.finish_ring_if_complete(inner))
+    }
+
+    /// Ring backend: the round is complete once every chunk is in and
+    /// every member has joined (a member whose segment is empty, with
+    /// fewer chunks than members, still owes its header: its loss, and
+    /// its stream for the outcome).
+    fn finish_ring_if_complete(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
+        if inner.finished || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
+            return Vec::new();
+        }
+        self.finish(inner)
+    }
+
+    /// After a member joined: the outcome to send if that completed a
+    /// ring round (nothing for the star, which completes on chunks only).
+    pub fn after_join(&self) -> Vec<(Outbound, ReducedMessage)> {
+        if self.owners.is_none() {
+            return Vec::new();
+        }
+        self.finish_ring_if_complete(&mut self.lock())
+    }
+
+    /// Ring backend: member `rank` reports that its ring broke, naming
+    /// neighbour `suspect`. False if `suspect` is not a member (the report
+    /// itself is then the reporter's fault).
+    pub fn report_fault(&self, rank: usize, suspect: u64, reason: String) -> bool {
+        if self.rank_of(suspect).is_none() || self.members[rank] == suspect {
+            return false;
+        }
+        self.lock().faults[rank] = Some((suspect, reason));
+        self.fault_reported.notify_waiters();
+        true
+    }
+
+    /// Ring backend: resolves once members reported a broken ring, with
+    /// the failure to end the round with. A stalled or dead member reports
+    /// nothing while the others report their neighbours (its successor
+    /// names it, the rest name the member before them, which reported
+    /// too), so the culprit is the one named that did not report. It waits
+    /// for every member but one to report, or `window` after the first.
+    /// Never resolves for the star.
+    pub async fn ring_verdict(&self, window: std::time::Duration) -> RoundFailure {
+        if self.owners.is_none() {
+            return std::future::pending().await;
+        }
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let reported = self.fault_reported.notified();
+            tokio::pin!(reported);
+            reported.as_mut().enable();
+            let faults = self.lock().faults.clone();
+            let count = faults.iter().flatten().count();
+            if count > 0 {
+                let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + window);
+                if count + 1 >= self.members.len() || tokio::time::Instant::now() >= deadline {
+                    return self.culprit_of(&faults);
+                }
+                let _ = tokio::time::timeout_at(deadline, reported).await;
+            } else {
+                reported.await;
+            }
+        }
+    }
+
+    fn culprit_of(&self, faults: &[Option<(u64, String)>]) -> RoundFailure {
+        let reporters: Vec<u64> = faults.iter().zip(&self.members).filter(|(f, _)| f.is_some()).map(|(_, &m)| m).collect();
+        let reports = faults.iter().zip(&self.members).filter_map(|(f, &m)| f.as_ref().map(|(s, r)| (m, *s, r)));
+        let (by, suspect, why) = reports
+            .clone()
+            .find(|(_, s, _)| !reporters.contains(s))
+            .or_else(|| reports.clone().next())
+            .expect("at least one report");
+        RoundFailure {
+            culprit: Some(suspect),
+            reason: format!("worker {suspect} broke the ring of step {} attempt {}: worker {by} reported that {why}", self.step, self.attempt),
+        }
     }
 
     /// All chunks reduced: decide the outcome, hand the result over.
@@ -375,7 +531,7 @@ impl Round {
     pub fn owes(&self, rank: usize) -> Option<u32> {
         let inner = self.lock();
         let sent = inner.next_index[rank];
-        (!inner.finished && (sent as usize) < self.chunks).then_some(sent)
+        (!inner.finished && sent < self.share_end(rank)).then_some(sent)
     }
 
     /// Members that have not delivered their whole gradient.
@@ -384,8 +540,9 @@ impl Round {
         self.members
             .iter()
             .zip(&inner.next_index)
-            .filter(|(_, &sent)| (sent as usize) < self.chunks)
-            .map(|(&id, _)| id)
+            .enumerate()
+            .filter(|(rank, (_, &sent))| sent < self.share_end(*rank) || (self.is_ring() && inner.losses[*rank].is_none()))
+            .map(|(_, (&id, _))| id)
             .collect()
     }
 

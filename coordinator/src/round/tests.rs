@@ -94,3 +94,63 @@ async fn failing_a_round_aborts_the_others_and_blames_the_culprit() {
     assert!(round.is_finished());
     assert!(round.fail(RoundFailure { culprit: None, reason: "again".into() }).is_empty(), "a round fails once");
 }
+
+/// Ring backend: each member uploads only its own segment's reduced
+/// chunks, in order; the round keeps them as sent, waits for every
+/// member's header, and sends back the outcome alone.
+#[tokio::test]
+async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header() {
+    // 5 elements in chunks of 2: chunks 0, 1, 2; two members own [0] and [1, 2].
+    let (round, rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 5, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    let (o1, mut r1) = mpsc::channel(16);
+    let (o2, _r2) = mpsc::channel(16);
+    let a = round.join(&header(10, 1, 5), o1).unwrap();
+    assert!(matches!(round.offer(a, chunk(1, &[1.0, 1.0])), Err(OfferError::NotOwned { index: 1, owner: 1 })));
+    assert!(round.offer(a, chunk(0, &[3.0, 4.0])).unwrap().is_empty());
+    assert_eq!(round.stragglers(), vec![20], "member 20 owes its header and its segment");
+    assert!(matches!(round.offer(1, chunk(2, &[0.0])), Err(OfferError::OutOfOrder { index: 2, due: 1 })));
+    assert!(round.offer(1, chunk(1, &[0.0, 0.0])).unwrap().is_empty());
+    // Every chunk is in, but member 20 has not joined: not complete yet.
+    assert!(round.offer(1, chunk(2, &[12.0])).unwrap().is_empty());
+    assert!(!round.is_finished());
+    round.join(&header(20, 1, 5), o2).unwrap();
+    let sends = round.after_join();
+    assert_eq!(sends.len(), 2, "the outcome to both members, no chunks");
+    for (o, m) in sends {
+        o.send(Ok(m)).await.unwrap();
+    }
+    assert!(matches!(r1.recv().await.unwrap().unwrap().kind, Some(reduced_message::Kind::Outcome(_))));
+    let result = rx.await.unwrap().ok().unwrap();
+    assert_eq!(result.reduced, vec![3.0, 4.0, 0.0, 0.0, 12.0]);
+    assert_eq!(result.outcome.grad_norm, 13.0);
+}
+
+/// The culprit of a broken ring is the member named that reported
+/// nothing itself (a frozen member reports nothing; the one after it names
+/// it; the one before it names the next, which did report).
+#[tokio::test]
+async fn a_ring_verdict_names_the_silent_suspect() {
+    let (round, _rx) = Round::new(1, 0, vec![1, 2, 3], &[1, 1, 1], 6, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    // 2 is frozen: 3 (after it) names 2, 1 (before it) names 3.
+    assert!(round.report_fault(2, 2, "the predecessor sent nothing".into()));
+    assert!(!round.report_fault(0, 9, "not a member".into()), "a suspect outside the step is refused");
+    assert!(!round.report_fault(0, 1, "itself".into()));
+    assert!(round.report_fault(0, 3, "the successor could not be written to".into()));
+    let failure = round.ring_verdict(std::time::Duration::from_secs(60)).await;
+    assert_eq!(failure.culprit, Some(2));
+    assert!(failure.reason.contains("worker 3 reported that the predecessor sent nothing"), "{}", failure.reason);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_report_is_decided_after_the_window() {
+    let (round, _rx) = Round::new(1, 0, vec![1, 2, 3], &[1, 1, 1], 6, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    round.report_fault(1, 1, "the predecessor closed the connection".into());
+    let failure = round.ring_verdict(std::time::Duration::from_secs(2)).await;
+    assert_eq!(failure.culprit, Some(1));
+    // The star never gives a verdict.
+    let (star, _rx) = Round::new(1, 0, vec![1, 2], &[1, 1], 6, 2, GradDtype::F32, 0.0);
+    assert!(tokio::time::timeout(std::time::Duration::from_secs(5), star.ring_verdict(std::time::Duration::ZERO)).await.is_err());
+}

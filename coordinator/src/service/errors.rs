@@ -26,6 +26,10 @@ pub enum RpcError {
     LayoutMismatch { worker: u64, got_params: u64, got_hash: u64, want_params: u64, want_hash: u64 },
     #[error("{0}")]
     UnknownRole(ddpm::wire::WireError),
+    #[error("this run reduces gradients worker to worker ([dist] backend = \"ring\"), but the worker advertised no peer endpoint: run a ddpm-worker of this release without --peer-listen off")]
+    NoPeerEndpoint,
+    #[error("peer endpoint {0:?} is not HOST:PORT")]
+    BadPeerEndpoint(String),
     #[error("the run is over")]
     RunOver,
     #[error("the coordinator is stopping before the run's end; the run goes on when it starts again")]
@@ -75,7 +79,9 @@ impl RpcError {
             Self::UnknownWorker(_) => (Code::NotFound, Rejoin),
             Self::NotReady(_) => (Code::FailedPrecondition, Rejoin),
             Self::WrongSession(_) | Self::NotAWorker => (Code::PermissionDenied, Quit),
-            Self::ProtocolVersion { .. } | Self::LayoutMismatch { .. } => (Code::FailedPrecondition, Quit),
+            Self::ProtocolVersion { .. } | Self::LayoutMismatch { .. } | Self::NoPeerEndpoint | Self::BadPeerEndpoint(_) => {
+                (Code::FailedPrecondition, Quit)
+            }
             // A full roster may have room later: the worker retries its join.
             Self::TooManyMembers(_) => (Code::ResourceExhausted, Rejoin),
             Self::UnknownRole(_) | Self::UnknownStateKind(_) | Self::BadResult(_) | Self::EmptyAttach | Self::TooLong { .. } => {

@@ -1,7 +1,9 @@
 //! ReduceGradients: a member's gradient stream into the step's round, and
 //! the reduced chunks and the outcome back. A malformed stream fails the
 //! round with the member as its culprit, a chunk that screening refuses
-//! with whichever member it names, through [`Round::fail`].
+//! with whichever member it names, through [`Round::fail`]. With the ring
+//! backend the stream carries the member's reduced segment and, if its
+//! ring broke, a fault report naming a neighbour.
 
 use std::sync::Arc;
 
@@ -29,7 +31,17 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
                 }
                 Err(OfferError::Malformed(e)) => break fail(format!("worker {worker} sent a bad gradient chunk: {e}")),
                 Err(e @ OfferError::Screened { culprit, .. }) => break fail_member(culprit, e.to_string()),
+                Err(e @ (OfferError::NotOwned { .. } | OfferError::OutOfOrder { .. })) => break fail(format!("worker {worker} {e}")),
             },
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Fault(f)) })) if round.is_ring() => {
+                tracing::warn!(worker, suspect = f.suspect, step = round.step, "ring fault reported: {}", f.reason);
+                let reason: String = f.reason.chars().take(1000).collect();
+                if !round.report_fault(rank, f.suspect, reason) {
+                    break fail(format!("worker {worker} reported a ring fault naming {}, which is not another member of the step", f.suspect));
+                }
+                // The reporter keeps its stream open for the verdict; the
+                // round ends from the training loop (`Round::ring_verdict`).
+            }
             Some(Ok(_)) => break fail(format!("worker {worker} sent a second header or an empty message")),
             Some(Err(e)) => break fail(format!("worker {worker}'s gradient stream failed: {}", e.message())),
             None => match round.owes(rank) {

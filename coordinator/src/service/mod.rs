@@ -76,7 +76,19 @@ impl Coordinator for CoordService {
                 return Err(RpcError::TooLong { what, got, max: crate::limits::MAX_NAME_CHARS }.into());
             }
         }
-        let id = self.roster.register(r.name.clone(), r.device.clone(), role).map_err(|e| {
+        let endpoint = r.peer_endpoint.trim().to_string();
+        if !endpoint.is_empty() {
+            let ok = endpoint.chars().count() <= crate::limits::MAX_NAME_CHARS
+                && endpoint.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                return Err(RpcError::BadPeerEndpoint(endpoint.chars().take(crate::limits::MAX_NAME_CHARS).collect()).into());
+            }
+        }
+        if self.run_config.train.dist.backend == ddpm::config::Backend::Ring && role == WorkerRole::Train && endpoint.is_empty() {
+            tracing::warn!(name = %r.name, "refused a training worker without a peer endpoint (the ring backend needs one)");
+            return Err(RpcError::NoPeerEndpoint.into());
+        }
+        let id = self.roster.register(r.name.clone(), r.device.clone(), role, endpoint).map_err(|e| {
             tracing::warn!(name = %r.name, "refused a worker: {}", RpcError::from(e));
             RpcError::from(e)
         })?;
@@ -226,6 +238,9 @@ impl Coordinator for CoordService {
             }
             Err(e) => return Err(RpcError::Round(e).into()),
         };
+        for (out, msg) in round.after_join() {
+            let _ = out.send(Ok(msg)).await;
+        }
         tokio::spawn(gradients::pump(round, rank, header.worker_id, inbound));
         let out = ReceiverStream::new(rx).map(|m: Result<proto::ReducedMessage, RoundError>| m.map_err(Status::from));
         Ok(Response::new(Box::pin(out)))
@@ -277,6 +292,7 @@ impl Coordinator for CoordService {
             lr: s.last.as_ref().map_or(0.0, |m| m.lr),
             workers_expected: self.workers_expected as u32,
             checkpoint_steps: s.checkpoints.clone(),
+            reduction: self.run_config.train.dist.backend.name().into(),
         }))
     }
 }

@@ -15,6 +15,7 @@ pub struct ChecksumBook {
     /// The coordinator's checksum by step.
     expected: BTreeMap<u64, u64>,
     mismatches: u64,
+    compared: u64,
 }
 
 /// Whether step `step` asks the replicas for their checksum: the last step,
@@ -37,6 +38,7 @@ impl ChecksumBook {
         let mut found = 0;
         for (id, s, c) in roster.take_checksums(|s| self.expected.contains_key(&s), step) {
             let want = self.expected[&s];
+            self.compared += 1;
             if c == want {
                 tracing::debug!(worker = id, step = s, "replica checksum matches");
             } else {
@@ -49,6 +51,11 @@ impl ChecksumBook {
         self.expected.retain(|s, _| *s + KEEP_STEPS > step);
         self.mismatches += found;
         found
+    }
+
+    /// Replica checksums compared so far.
+    pub fn compared(&self) -> u64 {
+        self.compared
     }
 
     /// Mismatches found so far.
@@ -72,8 +79,8 @@ mod tests {
     #[test]
     fn a_replica_that_differs_is_counted_and_resynced() {
         let roster = Roster::default();
-        let good = roster.register("good".into(), "cpu".into(), WorkerRole::Train).unwrap();
-        let bad = roster.register("bad".into(), "cpu".into(), WorkerRole::Train).unwrap();
+        let good = roster.register("good".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
+        let bad = roster.register("bad".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
         for id in [good, bad] {
             roster.mark_ready(id).unwrap();
         }

@@ -121,8 +121,8 @@ mod tests {
     async fn a_joiner_out_of_sync_is_resynced_and_awaited() {
         let roster = Roster::default();
         let lifecycle = Lifecycle::default();
-        let a = roster.register("a".into(), "cpu".into(), WorkerRole::Train).unwrap();
-        let b = roster.register("b".into(), "cpu".into(), WorkerRole::Train).unwrap();
+        let a = roster.register("a".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
+        let b = roster.register("b".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
         for id in [a, b] {
             roster.mark_ready(id).unwrap();
         }

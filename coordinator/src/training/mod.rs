@@ -204,7 +204,7 @@ impl Trainer {
             if !started_training {
                 started_training = true;
                 self.lifecycle.set_phase(Phase::Training);
-                tracing::info!(workers = step_members.len(), steps = total, batch, params, "training starts");
+                tracing::info!(workers = step_members.len(), steps = total, batch, params, reduction = cfg.dist.backend.name(), "training starts");
             }
             let t0 = Instant::now();
             let samples = match next.take() {
@@ -302,6 +302,7 @@ impl Trainer {
                 replica_checksums: BTreeMap::new(),
                 replicas_agree: false,
                 checksum_mismatches: checksums.mismatches(),
+                checksums_compared: checksums.compared(),
                 checkpoint,
                 grid: None,
                 images_per_s: images_per_s(step - resumed_from),
@@ -357,6 +358,7 @@ impl Trainer {
             replica_checksums,
             replicas_agree,
             checksum_mismatches: checksums.mismatches(),
+                checksums_compared: checksums.compared(),
             checkpoint,
             grid,
             images_per_s: images_per_s(total - resumed_from),
@@ -370,6 +372,25 @@ impl Trainer {
     fn saved_location(&self) -> Option<String> {
         let step = self.status.get().last_checkpoint;
         (step > 0).then(|| self.store.location(&ddpm::checkpoint::step_dir(step)))
+    }
+
+    /// A fresh ring for `members` (rank order; the rank is set per member):
+    /// a new epoch and one-time key, each member's advertised endpoint.
+    fn ring_plan(&self, members: &[u64]) -> proto::RingPlan {
+        let mut key = [0u8; ddpm::ring::frame::KEY_BYTES];
+        getrandom::fill(&mut key).expect("the OS random source");
+        let mut epoch = [0u8; 8];
+        getrandom::fill(&mut epoch).expect("the OS random source");
+        proto::RingPlan {
+            epoch: u64::from_le_bytes(epoch),
+            key: key.to_vec().into(),
+            rank: 0,
+            members: members
+                .iter()
+                .map(|&id| proto::RingMember { worker_id: id, endpoint: self.roster.peer_endpoint(id).unwrap_or_default() })
+                .collect(),
+            peer_timeout_s: self.config.dist.ring_peer_timeout_s,
+        }
     }
 
     /// Runs attempt `attempt` of step `s` with `step_members` (rank order):
@@ -401,9 +422,12 @@ impl Trainer {
             cfg.dist.grad_dtype,
             cfg.optim.grad_clip,
         );
-        let round = Arc::new(round.screened(screening));
+        let ring = cfg.dist.backend == ddpm::config::Backend::Ring;
+        let round = if ring { round.ring() } else { round.screened(screening) };
+        let round = Arc::new(round);
+        let plan = ring.then(|| self.ring_plan(step_members));
         self.rounds.open(round.clone());
-        for (id, range) in step_members.iter().zip(&shards) {
+        for (rank, (id, range)) in step_members.iter().zip(&shards).enumerate() {
             let assignment = proto::TrainAssignment {
                 step: s,
                 attempt,
@@ -413,6 +437,7 @@ impl Trainer {
                 checksum_requested,
                 grad_dtype: cfg.dist.grad_dtype.to_proto() as i32,
                 chunk_elements: chunk_elements as u32,
+                ring: plan.clone().map(|p| proto::RingPlan { rank: rank as u32, ..p }),
             };
             self.roster.send(*id, Work::Train { assignment, samples: samples[range.clone()].to_vec() });
         }
@@ -426,6 +451,10 @@ impl Trainer {
                 }
             },
             (stuck, reason) = stragglers.expired(&round, opened) => Err((stuck, reason)),
+            failure = round.ring_verdict(Duration::from_secs_f64(cfg.dist.ring_peer_timeout_s)) => {
+                round_slot::fail(&round, failure.clone()).await;
+                Ok(Err(failure))
+            }
         };
         self.rounds.close();
         let members = step_members.iter().copied();

@@ -28,6 +28,10 @@ pub struct Summary {
     /// Every replica that reported equals the coordinator.
     pub replicas_agree: bool,
     pub checksum_mismatches: u64,
+    /// Replica checksums compared with the coordinator's during the run
+    /// (a replica and a step each; `[dist] checksum_every`).
+    #[serde(default)]
+    pub checksums_compared: u64,
     /// The last checkpoint saved (a location in the run's store).
     pub checkpoint: Option<String>,
     /// The sample grid drawn at the end (a location in the run's store).
@@ -66,6 +70,7 @@ impl Summary {
             replica_checksums: BTreeMap::new(),
             replicas_agree: false,
             checksum_mismatches: 0,
+            checksums_compared: 0,
             checkpoint,
             grid: None,
             images_per_s: 0.0,

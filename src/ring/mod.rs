@@ -1,0 +1,20 @@
+//! The worker-to-worker data plane of `[dist] backend = "ring"`: a
+//! bandwidth-optimal ring all-reduce (reduce-scatter, then all-gather) over
+//! direct TCP connections between the step's members, in chunks that are
+//! passed on as soon as they are summed.
+//!
+//! The coordinator stays the control plane: it tells each attempt's
+//! members their ring (ranks, endpoints, an epoch and a one-time key) in
+//! the assignment, receives each member's reduced segment (one gradient per
+//! step in all, for its exact copy of parameters, Adam and EMA), decides
+//! the outcome and ends a broken attempt. `plan.rs` is the shape both sides
+//! compute, `frame.rs` the bytes on a link, `allreduce.rs` the algorithm,
+//! `peers.rs` the listener and the dialling.
+
+mod allreduce;
+pub mod frame;
+mod peers;
+pub mod plan;
+
+pub use allreduce::{all_reduce, Reduced, RingError, RingSpec};
+pub use peers::{advertised_endpoint, connect, PeerListener};

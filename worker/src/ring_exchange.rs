@@ -1,0 +1,250 @@
+//! The ring backend of [`GradientExchange`]: the gradient goes worker to
+//! worker (`ddpm::ring`), and the coordinator's ReduceGradients stream
+//! carries only what the control plane needs: the header (loss, shard,
+//! compute time), this member's reduced segment as soon as each chunk of
+//! it is final (while the all-gather still runs), a fault report if the
+//! ring breaks, and back the step's outcome, which commits the step.
+//!
+//! The update is applied only after the outcome arrives, so a replica
+//! never runs ahead of the coordinator's copy. A broken ring is reported
+//! (naming the neighbour at fault) and the worker waits for the
+//! coordinator's verdict: the attempt is abandoned and redone without the
+//! culprit.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ddpm::config::GradDtype;
+use ddpm::proto::{self, gradient_message, reduced_message};
+use ddpm::ring::{self, frame::Hello, PeerListener, RingError, RingSpec};
+use ddpm::train::Outcome;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+
+use crate::client::Client;
+use crate::device::Computed;
+use crate::directive::CallError;
+use crate::exchange::{ended, Exchanged, GradientExchange};
+
+/// The worker-to-worker all-reduce.
+pub struct RingExchange<'a> {
+    pub client: &'a mut Client,
+    pub worker_id: u64,
+    pub peers: &'a PeerListener,
+    /// Seconds the last ring took (for the worker's metrics).
+    pub ring_s: f64,
+}
+
+/// A ring plan this worker can follow, or what is wrong with it.
+struct Plan<'p> {
+    rank: usize,
+    members: &'p [proto::RingMember],
+    key: [u8; ring::frame::KEY_BYTES],
+    epoch: u64,
+    timeout: Duration,
+}
+
+fn check_plan<'p>(p: &'p proto::RingPlan, me: u64) -> anyhow::Result<Plan<'p>> {
+    let rank = p.rank as usize;
+    anyhow::ensure!(
+        p.members.get(rank).is_some_and(|m| m.worker_id == me),
+        "the ring plan puts rank {rank} at {:?}, not this worker ({me})",
+        p.members.get(rank).map(|m| m.worker_id)
+    );
+    let key = <[u8; ring::frame::KEY_BYTES]>::try_from(&p.key[..])
+        .map_err(|_| anyhow::anyhow!("the ring plan's key has {} bytes, not {}", p.key.len(), ring::frame::KEY_BYTES))?;
+    anyhow::ensure!(p.peer_timeout_s.is_finite() && p.peer_timeout_s > 0.0, "the ring plan's peer timeout is {}", p.peer_timeout_s);
+    Ok(Plan { rank, members: &p.members, key, epoch: p.epoch, timeout: Duration::from_secs_f64(p.peer_timeout_s) })
+}
+
+/// Fault injection for the tests and `deploy/chaos.sh`:
+/// `DDPM_FAULT_RING_FREEZE=STEP:SECONDS` freezes this worker in the middle
+/// of step STEP's first ring (after its predecessor's first bytes arrived)
+/// for SECONDS: it neither reads, writes nor reports, while its heartbeats
+/// go on, like a process hung in the data plane.
+fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
+    let v = std::env::var("DDPM_FAULT_RING_FREEZE").ok()?;
+    let (s, secs) = v.split_once(':')?;
+    (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| Duration::from_secs_f64(secs.parse().unwrap_or(0.0)))
+}
+
+/// A reader that tells once its first bytes arrived (fault injection).
+struct FirstBytes<R> {
+    inner: R,
+    arrived: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            if let Some(tx) = self.arrived.take() {
+                let _ = tx.send(());
+            }
+        }
+        r
+    }
+}
+
+/// Dials the successor, takes the predecessor's connection, runs the ring.
+async fn run_ring(
+    plan: &Plan<'_>,
+    me: u64,
+    peers: &PeerListener,
+    spec: RingSpec,
+    local: &[f32],
+    owned: mpsc::UnboundedSender<(u32, bytes::Bytes)>,
+    first_bytes: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<Vec<f32>, (u64, String)> {
+    let n = plan.members.len();
+    if n == 1 {
+        let r = ring::all_reduce(&spec, local, tokio::io::empty(), tokio::io::sink(), owned).await;
+        return r.map(|r| r.grad).map_err(|e| (me, e.to_string()));
+    }
+    let next = &plan.members[(plan.rank + 1) % n];
+    let prev = &plan.members[(plan.rank + n - 1) % n];
+    let hello = Hello { epoch: plan.epoch, from: me, key: plan.key };
+    let (out, inn) = tokio::join!(
+        ring::connect(&next.endpoint, &hello, plan.timeout),
+        peers.accept_from(plan.epoch, &plan.key, prev.worker_id, plan.timeout)
+    );
+    let out = out.map_err(|e| (next.worker_id, format!("the successor {e}")))?;
+    let inn = inn.map_err(|e| (prev.worker_id, format!("the predecessor {e}")))?;
+    let inn = FirstBytes { inner: inn, arrived: first_bytes };
+    match ring::all_reduce(&spec, local, inn, out, owned).await {
+        Ok(r) => Ok(r.grad),
+        Err(e @ RingError::Prev(_)) => Err((prev.worker_id, e.to_string())),
+        Err(e @ RingError::Next(_)) => Err((next.worker_id, e.to_string())),
+    }
+}
+
+impl GradientExchange for RingExchange<'_> {
+    async fn exchange(&mut self, a: &proto::TrainAssignment, local: Computed) -> anyhow::Result<Exchanged> {
+        let p = a.ring.as_ref().ok_or_else(|| anyhow::anyhow!("a ring exchange without a ring plan"))?;
+        let plan = check_plan(p, self.worker_id)?;
+        let dtype = GradDtype::from_proto(a.grad_dtype)?;
+        anyhow::ensure!(a.global_batch > 0 && a.shard_size <= a.global_batch, "shard {} of a batch of {}", a.shard_size, a.global_batch);
+        let spec = RingSpec {
+            n: plan.members.len(),
+            rank: plan.rank,
+            total: local.grad.len(),
+            chunk_elements: a.chunk_elements.max(1) as usize,
+            dtype,
+            // The coordinator's weight for a member, computed the same way.
+            weight: (a.shard_size as f64 / a.global_batch as f64) as f32,
+            peer_timeout: plan.timeout,
+        };
+        let header = proto::GradientHeader {
+            worker_id: self.worker_id,
+            step: a.step,
+            attempt: a.attempt,
+            elements: local.grad.len() as u64,
+            dtype: dtype.to_proto() as i32,
+            loss: local.loss,
+            samples: a.shard_size,
+            compute_s: local.compute_s,
+        };
+        let msg = |kind| proto::GradientMessage { kind: Some(kind) };
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(msg(gradient_message::Kind::Header(header))).await.map_err(|_| anyhow::anyhow!("upload queue closed"))?;
+        let context = format!("the all-reduce of step {} failed", a.step);
+        let mut inbound = match self.client.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => return ended(CallError::from_status(&s, &context)),
+        };
+        // This member's segment goes up as its chunks become final.
+        let (owned_tx, mut owned_rx) = mpsc::unbounded_channel::<(u32, bytes::Bytes)>();
+        let upload = {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some((index, data)) = owned_rx.recv().await {
+                    let chunk = proto::GradientChunk { index, data };
+                    if tx.send(msg(gradient_message::Kind::Chunk(chunk))).await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
+        let started = Instant::now();
+        let local = Arc::new(local.grad);
+        let freeze = freeze_at(a.step, a.attempt);
+        let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+        let mut first_bytes = freeze.map(|_| first_rx);
+        let ring = run_ring(&plan, self.worker_id, self.peers, spec, &local, owned_tx, Some(first_tx));
+        tokio::pin!(ring);
+        // None while the ring runs; then its result.
+        let mut reduced: Option<Result<Vec<f32>, String>> = None;
+        let mut outcome: Option<proto::StepOutcome> = None;
+        let result = loop {
+            if let (Some(done), Some(o)) = (&reduced, &outcome) {
+                break match done {
+                    Ok(_) => {
+                        let Some(Ok(grad)) = reduced.take() else { unreachable!() };
+                        let outcome = Outcome { apply: o.apply, grad_norm: o.grad_norm, clip_scale: o.clip_scale };
+                        Ok(Exchanged::Reduced { grad, outcome })
+                    }
+                    // Committed without this replica's copy complete: the
+                    // coordinator sends it the state again (it is behind).
+                    Err(why) => Ok(Exchanged::Abandoned(format!("step {} was committed but this replica's ring failed ({why})", a.step))),
+                };
+            }
+            tokio::select! {
+                arrived = async { first_bytes.as_mut().expect("guarded").await }, if first_bytes.is_some() => {
+                    first_bytes = None;
+                    if arrived.is_ok() {
+                        let secs = freeze.expect("set with first_bytes");
+                        tracing::warn!(step = a.step, "fault injection: freezing the ring for {:.1} s", secs.as_secs_f64());
+                        tokio::time::sleep(secs).await;
+                    }
+                }
+                r = &mut ring, if reduced.is_none() => {
+                    self.ring_s = started.elapsed().as_secs_f64();
+                    match r {
+                        Ok(grad) => reduced = Some(Ok(grad)),
+                        Err((suspect, reason)) => {
+                            tracing::warn!(step = a.step, suspect, "the ring broke: {reason}; reporting it");
+                            let fault = proto::RingFault { suspect, reason: reason.clone() };
+                            let _ = tx.send(msg(gradient_message::Kind::Fault(fault))).await;
+                            reduced = Some(Err(reason));
+                        }
+                    }
+                }
+                // After the outcome the coordinator ends the stream: not read again.
+                m = inbound.next(), if outcome.is_none() => match m {
+                    Some(Ok(proto::ReducedMessage { kind: Some(reduced_message::Kind::Outcome(o)) })) => outcome = Some(o),
+                    Some(Ok(other)) => break Err(anyhow::anyhow!("unexpected message on a ring step's stream: {other:?}").into()),
+                    Some(Err(s)) => break Err(CallError::from_status(&s, &context)),
+                    None => break Err(anyhow::anyhow!("the all-reduce of step {} ended without an outcome", a.step).into()),
+                },
+            }
+        };
+        upload.abort();
+        match result {
+            Ok(done) => Ok(done),
+            Err(e) => ended(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_that_is_not_for_this_worker_is_refused() {
+        let member = |id| proto::RingMember { worker_id: id, endpoint: "127.0.0.1:1".into() };
+        let mut p = proto::RingPlan { epoch: 1, key: vec![0; 32].into(), rank: 1, members: vec![member(4), member(5)], peer_timeout_s: 1.0 };
+        assert!(check_plan(&p, 5).is_ok());
+        assert!(check_plan(&p, 4).err().unwrap().to_string().contains("not this worker"));
+        p.rank = 7;
+        assert!(check_plan(&p, 5).is_err());
+        p.rank = 1;
+        p.key = vec![0; 3].into();
+        assert!(check_plan(&p, 5).err().unwrap().to_string().contains("3 bytes"));
+    }
+}
