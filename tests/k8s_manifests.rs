@@ -174,6 +174,7 @@ fn container_env(r: &Render, c: &Value) -> Result<Vec<(String, String)>, String>
                 match field["fieldPath"].as_str() {
                     Some("metadata.name") => "ddpm-worker-0-check".to_string(),
                     Some("metadata.namespace") => "default".to_string(),
+                    Some("status.podIP") => "10.0.0.7".to_string(),
                     _ => "dummy".to_string(),
                 }
             } else if let Some(s) = f.get("secretKeyRef") {

@@ -240,6 +240,8 @@ impl Cluster {
                 match path {
                     "metadata.name" => pod_name.clone(),
                     "metadata.namespace" => "default".into(),
+                    // Every pod is on loopback here.
+                    "status.podIP" => "127.0.0.1".into(),
                     "metadata.annotations['batch.kubernetes.io/job-completion-index']" => index.unwrap().to_string(),
                     other => panic!("{job_name}: fieldRef {other} is not emulated"),
                 }

@@ -169,6 +169,7 @@ pub async fn run(
         lifecycle: lifecycle.clone(),
         total_steps: config.train.steps,
         workers_expected: opts.start.workers,
+        reduction: config.dist.backend,
     });
     let history = Arc::new(RunHistory::default());
     // The earlier starts' rows, for the dashboard, without holding up training.

@@ -30,7 +30,7 @@ pub enum BenchCommand {
     Dist(super::bench_dist::DistArgs),
     /// The coordinator's all-reduce of the cifar10 gradient (143 MB) against
     /// PyTorch DDP (gloo) and raw TCP on loopback.
-    Allreduce(super::bench_dist::AllreduceArgs),
+    Allreduce(super::bench_allreduce::AllreduceArgs),
     /// Write and read throughput of a full checkpoint (parameters, EMA,
     /// Adam's moments) to a run store: a directory or s3://bucket/prefix.
     Checkpoint(super::bench_checkpoint::CheckpointBenchArgs),
@@ -61,7 +61,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Data(a) => bench_data(a),
         BenchCommand::Train(a) => super::bench_train::run(a),
         BenchCommand::Dist(a) => super::bench_dist::run_dist(a),
-        BenchCommand::Allreduce(a) => super::bench_dist::run_allreduce(a),
+        BenchCommand::Allreduce(a) => super::bench_allreduce::run_allreduce(a),
         BenchCommand::Checkpoint(a) => super::bench_checkpoint::run(a),
         BenchCommand::Sample(a) => super::bench_sample::run(a),
     }

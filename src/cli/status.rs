@@ -64,7 +64,7 @@ pub fn as_json(r: &proto::StatusReply) -> serde_json::Value {
             serde_json::json!({
                 "worker_id": m.worker_id, "name": m.name, "device": m.device, "ready": m.ready, "role": m.role,
                 "state": m.state, "last_step": m.last_step, "compute_s": m.compute_s, "shard_size": m.shard_size,
-                "silent_s": m.silent_s,
+                "silent_s": m.silent_s, "peer_endpoint": (!m.peer_endpoint.is_empty()).then_some(&m.peer_endpoint),
             })
         })
         .collect();
@@ -74,7 +74,7 @@ pub fn as_json(r: &proto::StatusReply) -> serde_json::Value {
         "elapsed_s": r.elapsed_s, "eta_s": (r.eta_s >= 0.0).then_some(r.eta_s),
         "skipped_steps": r.skipped_steps, "last_checkpoint_step": r.last_checkpoint_step,
         "unsaved_steps": r.unsaved_steps, "checkpoint_error": (!r.checkpoint_error.is_empty()).then_some(&r.checkpoint_error),
-        "checkpoint_steps": r.checkpoint_steps, "workers_expected": r.workers_expected, "members": members,
+        "checkpoint_steps": r.checkpoint_steps, "workers_expected": r.workers_expected, "reduction": r.reduction, "members": members,
     })
 }
 
@@ -113,7 +113,8 @@ pub fn render(r: &proto::StatusReply, coord: &str) -> String {
     if !r.checkpoint_error.is_empty() {
         let _ = writeln!(out, "           ! {}", r.checkpoint_error);
     }
-    let _ = writeln!(out, "workers    {} members, {} expected", r.members.len(), r.workers_expected);
+    let reduction = if r.reduction.is_empty() { String::new() } else { format!("  (gradients reduced by: {})", r.reduction) };
+    let _ = writeln!(out, "workers    {} members, {} expected{reduction}", r.members.len(), r.workers_expected);
     if !r.members.is_empty() {
         let _ = writeln!(out, "  {:>4}  {:<24} {:<8} {:<5} {:<7} {:>9} {:>9} {:>9}", "id", "name", "device", "role", "state", "last step", "compute", "images/s");
         for m in &r.members {
@@ -150,17 +151,19 @@ mod tests {
             last_checkpoint_step: 20,
             unsaved_steps: 5,
             checkpoint_error: "no space".into(),
+            reduction: "ring".into(),
             members: vec![proto::MemberStatus { worker_id: 3, name: "a/gpu0".into(), state: "busy".into(), compute_s: 0.5, shard_size: 64, last_step: 25, ..Default::default() }],
             ..Default::default()
         };
         let text = render(&r, "h:1");
-        for want in ["25 / 100  (25.0%)  resumed from step 20", "time left 1h02m", "step 20  (5 steps since)", "! no space", "128.0"] {
+        for want in ["25 / 100  (25.0%)  resumed from step 20", "time left 1h02m", "step 20  (5 steps since)", "! no space", "128.0", "reduced by: ring"] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
         let j = as_json(&r);
         assert_eq!(j["members"][0]["worker_id"], 3);
         assert_eq!(j["eta_s"], 3725.0);
         assert_eq!(j["checkpoint_error"], "no space");
+        assert_eq!(j["reduction"], "ring");
         assert!(as_json(&proto::StatusReply { eta_s: -1.0, ..Default::default() })["eta_s"].is_null());
     }
 }

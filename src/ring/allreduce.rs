@@ -128,18 +128,18 @@ where
         };
         match id.phase {
             Phase::ReduceScatter => {
-                let acc = &mut scratch[..ranges[c].len()];
-                wire::decode_into(&payload, dtype, id.chunk, acc).map_err(|e| RingError::Prev(format!("sent a bad frame: {e}")))?;
-                for (a, g) in acc.iter_mut().zip(&local[ranges[c].clone()]) {
-                    *a += spec.weight * g;
-                }
+                let bad = |e: wire::WireError| RingError::Prev(format!("sent a bad frame: {e}"));
+                let mine = &local[ranges[c].clone()];
                 if id.step < last {
-                    send(FrameId { step: id.step + 1, ..id }, wire::encode(acc, dtype));
+                    // One pass: the partial sum in, ours added, out again.
+                    let out = wire::add_weighted_encoded(&payload, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
+                    send(FrameId { step: id.step + 1, ..id }, out);
                 } else {
                     // Our own segment's chunk is complete: what every replica keeps.
-                    wire::round_trip(acc, dtype);
-                    grad[ranges[c].clone()].copy_from_slice(acc);
-                    let encoded = wire::encode(acc, dtype);
+                    let kept = &mut grad[ranges[c].clone()];
+                    wire::add_weighted_into(&payload, dtype, id.chunk, spec.weight, mine, kept).map_err(bad)?;
+                    wire::round_trip(kept, dtype);
+                    let encoded = wire::encode(kept, dtype);
                     let _ = owned.send((id.chunk, encoded.clone()));
                     send(FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk }, encoded);
                 }

@@ -9,12 +9,15 @@
 //! step in all, for its exact copy of parameters, Adam and EMA), decides
 //! the outcome and ends a broken attempt. `plan.rs` is the shape both sides
 //! compute, `frame.rs` the bytes on a link, `allreduce.rs` the algorithm,
-//! `peers.rs` the listener and the dialling.
+//! `peers.rs` the listener and the dialling, `member.rs` one member's
+//! part in an attempt.
 
 mod allreduce;
 pub mod frame;
+mod member;
 mod peers;
 pub mod plan;
 
 pub use allreduce::{all_reduce, Reduced, RingError, RingSpec};
+pub use member::RingMembership;
 pub use peers::{advertised_endpoint, connect, PeerListener};

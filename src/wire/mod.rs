@@ -169,6 +169,40 @@ pub fn accumulate(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: 
     Ok(())
 }
 
+/// `decode(bytes) + weight * local`, encoded again in `dtype`, in one pass
+/// over the memory: the ring's reduce-scatter step (a partial sum in, this
+/// member's part added, the partial sum out), with no intermediate buffer.
+pub fn add_weighted_encoded(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, local: &[f32]) -> Result<Bytes, WireError> {
+    check_len(bytes, local.len(), dtype, index)?;
+    let per = dtype.bytes_per_element();
+    let mut out = bytes::BytesMut::zeroed(bytes.len());
+    match dtype {
+        GradDtype::F32 => {
+            for ((o, b), g) in out.chunks_exact_mut(per).zip(bytes.chunks_exact(per)).zip(local) {
+                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * g;
+                o.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        GradDtype::Bf16 => {
+            for ((o, b), g) in out.chunks_exact_mut(per).zip(bytes.chunks_exact(per)).zip(local) {
+                let v = bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) + weight * g;
+                o.copy_from_slice(&f32_to_bf16(v).to_le_bytes());
+            }
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// `out = decode(bytes) + weight * local` (the ring's last reduce-scatter
+/// step, which keeps the values).
+pub fn add_weighted_into(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, local: &[f32], out: &mut [f32]) -> Result<(), WireError> {
+    decode_into(bytes, dtype, index, out)?;
+    for (o, g) in out.iter_mut().zip(local) {
+        *o += weight * g;
+    }
+    Ok(())
+}
+
 /// [`accumulate`], also returning whether every decoded value was finite
 /// and the float64 sum of their squares: the all-reduce screens each
 /// member's chunk by these without decoding it twice.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, gradient_message, reduced_message};
-use ddpm::ring::{self, frame::Hello, PeerListener, RingError, RingSpec};
+use ddpm::ring::{PeerListener, RingMembership, RingSpec};
 use ddpm::train::Outcome;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -35,29 +35,7 @@ pub struct RingExchange<'a> {
     pub ring_s: f64,
 }
 
-/// A ring plan this worker can follow, or what is wrong with it.
-struct Plan<'p> {
-    rank: usize,
-    members: &'p [proto::RingMember],
-    key: [u8; ring::frame::KEY_BYTES],
-    epoch: u64,
-    timeout: Duration,
-}
-
-fn check_plan<'p>(p: &'p proto::RingPlan, me: u64) -> anyhow::Result<Plan<'p>> {
-    let rank = p.rank as usize;
-    anyhow::ensure!(
-        p.members.get(rank).is_some_and(|m| m.worker_id == me),
-        "the ring plan puts rank {rank} at {:?}, not this worker ({me})",
-        p.members.get(rank).map(|m| m.worker_id)
-    );
-    let key = <[u8; ring::frame::KEY_BYTES]>::try_from(&p.key[..])
-        .map_err(|_| anyhow::anyhow!("the ring plan's key has {} bytes, not {}", p.key.len(), ring::frame::KEY_BYTES))?;
-    anyhow::ensure!(p.peer_timeout_s.is_finite() && p.peer_timeout_s > 0.0, "the ring plan's peer timeout is {}", p.peer_timeout_s);
-    Ok(Plan { rank, members: &p.members, key, epoch: p.epoch, timeout: Duration::from_secs_f64(p.peer_timeout_s) })
-}
-
-/// Fault injection for the tests and `deploy/chaos.sh`:
+/// Fault injection for the tests (`tests/ring_faults.rs`):
 /// `DDPM_FAULT_RING_FREEZE=STEP:SECONDS` freezes this worker in the middle
 /// of step STEP's first ring (after its predecessor's first bytes arrived)
 /// for SECONDS: it neither reads, writes nor reports, while its heartbeats
@@ -68,65 +46,10 @@ fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
     (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| Duration::from_secs_f64(secs.parse().unwrap_or(0.0)))
 }
 
-/// A reader that tells once its first bytes arrived (fault injection).
-struct FirstBytes<R> {
-    inner: R,
-    arrived: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstBytes<R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            if let Some(tx) = self.arrived.take() {
-                let _ = tx.send(());
-            }
-        }
-        r
-    }
-}
-
-/// Dials the successor, takes the predecessor's connection, runs the ring.
-async fn run_ring(
-    plan: &Plan<'_>,
-    me: u64,
-    peers: &PeerListener,
-    spec: RingSpec,
-    local: &[f32],
-    owned: mpsc::UnboundedSender<(u32, bytes::Bytes)>,
-    first_bytes: Option<tokio::sync::oneshot::Sender<()>>,
-) -> Result<Vec<f32>, (u64, String)> {
-    let n = plan.members.len();
-    if n == 1 {
-        let r = ring::all_reduce(&spec, local, tokio::io::empty(), tokio::io::sink(), owned).await;
-        return r.map(|r| r.grad).map_err(|e| (me, e.to_string()));
-    }
-    let next = &plan.members[(plan.rank + 1) % n];
-    let prev = &plan.members[(plan.rank + n - 1) % n];
-    let hello = Hello { epoch: plan.epoch, from: me, key: plan.key };
-    let (out, inn) = tokio::join!(
-        ring::connect(&next.endpoint, &hello, plan.timeout),
-        peers.accept_from(plan.epoch, &plan.key, prev.worker_id, plan.timeout)
-    );
-    let out = out.map_err(|e| (next.worker_id, format!("the successor {e}")))?;
-    let inn = inn.map_err(|e| (prev.worker_id, format!("the predecessor {e}")))?;
-    let inn = FirstBytes { inner: inn, arrived: first_bytes };
-    match ring::all_reduce(&spec, local, inn, out, owned).await {
-        Ok(r) => Ok(r.grad),
-        Err(e @ RingError::Prev(_)) => Err((prev.worker_id, e.to_string())),
-        Err(e @ RingError::Next(_)) => Err((next.worker_id, e.to_string())),
-    }
-}
-
 impl GradientExchange for RingExchange<'_> {
     async fn exchange(&mut self, a: &proto::TrainAssignment, local: Computed) -> anyhow::Result<Exchanged> {
         let p = a.ring.as_ref().ok_or_else(|| anyhow::anyhow!("a ring exchange without a ring plan"))?;
-        let plan = check_plan(p, self.worker_id)?;
+        let plan = RingMembership::from_plan(p, self.worker_id)?;
         let dtype = GradDtype::from_proto(a.grad_dtype)?;
         anyhow::ensure!(a.global_batch > 0 && a.shard_size <= a.global_batch, "shard {} of a batch of {}", a.shard_size, a.global_batch);
         let spec = RingSpec {
@@ -175,7 +98,7 @@ impl GradientExchange for RingExchange<'_> {
         let freeze = freeze_at(a.step, a.attempt);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let mut first_bytes = freeze.map(|_| first_rx);
-        let ring = run_ring(&plan, self.worker_id, self.peers, spec, &local, owned_tx, Some(first_tx));
+        let ring = plan.all_reduce(self.peers, spec, &local, owned_tx, Some(first_tx));
         tokio::pin!(ring);
         // None while the ring runs; then its result.
         let mut reduced: Option<Result<Vec<f32>, String>> = None;
@@ -228,23 +151,5 @@ impl GradientExchange for RingExchange<'_> {
             Ok(done) => Ok(done),
             Err(e) => ended(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_plan_that_is_not_for_this_worker_is_refused() {
-        let member = |id| proto::RingMember { worker_id: id, endpoint: "127.0.0.1:1".into() };
-        let mut p = proto::RingPlan { epoch: 1, key: vec![0; 32].into(), rank: 1, members: vec![member(4), member(5)], peer_timeout_s: 1.0 };
-        assert!(check_plan(&p, 5).is_ok());
-        assert!(check_plan(&p, 4).err().unwrap().to_string().contains("not this worker"));
-        p.rank = 7;
-        assert!(check_plan(&p, 5).is_err());
-        p.rank = 1;
-        p.key = vec![0; 3].into();
-        assert!(check_plan(&p, 5).err().unwrap().to_string().contains("3 bytes"));
     }
 }

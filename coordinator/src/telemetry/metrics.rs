@@ -66,6 +66,8 @@ pub struct Sources {
     pub lifecycle: Arc<Lifecycle>,
     pub total_steps: u64,
     pub workers_expected: usize,
+    /// How gradients are reduced ([dist] backend).
+    pub reduction: ddpm::config::Backend,
 }
 
 /// The coordinator's metrics: record events here, scrape through
@@ -143,6 +145,8 @@ impl prom::Exporter for Telemetry {
             .map(|p| (vec![("phase", p.as_str().to_string())], f64::from(u8::from(*p == phase))))
             .collect();
         prom::gauges(e, "phase", "1 for the run's current phase.", &phases)?;
+        let backend = vec![("backend", self.sources.reduction.name().to_string())];
+        prom::gauges(e, "reduction", "How gradients are reduced ([dist] backend): coordinator or ring.", &[(backend, 1.0)])?;
         prom::gauge(e, "step", "The last completed optimizer step.", None, s.step as f64)?;
         prom::gauge(e, "total_steps", "Optimizer steps the run trains for.", None, self.sources.total_steps as f64)?;
         if let Some(m) = &s.last {
@@ -159,7 +163,7 @@ impl prom::Exporter for Telemetry {
         prom::histogram(e, "step_duration", "Wall time of a step at the coordinator.", secs, &c.step_s)?;
         prom::histogram(e, "step_compute", "The slowest member's forward and backward time in a step.", secs, &c.compute_s)?;
         prom::histogram(e, "step_allreduce", "Time a step waited for its all-reduce after the last member's gradient began.", secs, &c.allreduce_s)?;
-        prom::counter(e, "reduced", "Gradient bytes the coordinator received and reduced.", bytes, c.reduced_bytes)?;
+        prom::counter(e, "reduced", "Gradient bytes the coordinator received (the ring backend: the members' reduced segments).", bytes, c.reduced_bytes)?;
         prom::counter(e, "skipped_steps", "Updates skipped because the gradient was not finite (the whole run).", None, s.skipped_steps)?;
         prom::counter(e, "redone_steps", "Step attempts abandoned and redone (a member failed or was too slow).", None, c.redone)?;
 
@@ -214,6 +218,7 @@ mod tests {
             lifecycle: Arc::new(Lifecycle::default()),
             total_steps: 10,
             workers_expected: 2,
+            reduction: ddpm::config::Backend::Ring,
         });
         for step in 1..=3 {
             let m = StepMetrics { step, loss: 0.5 / step as f64, grad_norm: 2.0, lr: 1e-4, step_s: 0.2, compute_s: 0.1, allreduce_s: 0.05, images_per_s: 40.0, ..Default::default() };

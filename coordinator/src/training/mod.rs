@@ -266,7 +266,9 @@ impl Trainer {
             metrics.push_step(&record)?;
             progress.add(&record, batch);
             let member_bytes = params * cfg.dist.grad_dtype.bytes_per_element();
-            let reduced_bytes = (member_bytes * step_members.len()) as u64;
+            // The star receives every member's gradient, the ring one in all.
+            let copies = if cfg.dist.backend == ddpm::config::Backend::Ring { 1 } else { step_members.len() };
+            let reduced_bytes = (member_bytes * copies) as u64;
             self.telemetry.record_step(&record, batch, reduced_bytes, skipped, progress.images_per_s());
             for &(id, compute_s, shard) in &result.per_member {
                 self.roster.record_work(id, s, compute_s, shard);

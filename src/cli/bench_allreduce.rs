@@ -1,0 +1,386 @@
+//! `ddpm bench allreduce`: the all-reduce of the cifar10 gradient (143 MB)
+//! through each backend, against PyTorch DDP (gloo) and raw TCP measured in
+//! the same run. The members are in-process fakes that speak the real
+//! protocol to a real coordinator (no model: a fixed gradient), so only
+//! the reduction is timed: the coordinator's star, and the ring (worker to
+//! worker through `ddpm::ring`, with each member's segment uploaded to the
+//! coordinator and the outcome back, exactly as a worker does).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use ddpm::config::{GradDtype, RunConfig};
+use ddpm::proto::{self, coordinator_client::CoordinatorClient, gradient_message, reduced_message, work_message};
+use ddpm::ring::{PeerListener, RingMembership, RingSpec};
+use ddpm::wire;
+use tokio_stream::StreamExt;
+
+use super::bench_util::{self, median, start_coordinator, wait_ok};
+
+const GLOO_SCRIPT: &str = include_str!("../../tests/bench/gloo_allreduce.py");
+
+#[derive(clap::Args)]
+pub struct AllreduceArgs {
+    /// Worker counts, comma-separated.
+    #[arg(long, default_value = "2", value_delimiter = ',')]
+    pub workers: Vec<usize>,
+    /// Backends, comma-separated: coordinator, ring.
+    #[arg(long, default_value = "coordinator,ring", value_delimiter = ',')]
+    pub backend: Vec<String>,
+    /// All-reduces to time per worker count.
+    #[arg(long, default_value_t = 5)]
+    pub steps: u64,
+    /// Gradient wire format: f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Python with torch for the gloo baseline (default $DDPM_PYTHON or python3).
+    #[arg(long)]
+    pub python: Option<String>,
+    /// Skip the PyTorch gloo baseline.
+    #[arg(long)]
+    pub no_baseline: bool,
+}
+
+
+/// GB/s of one TCP stream on loopback writing `bytes` (best of 3).
+fn raw_tcp_gbps(bytes: usize) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if s.read(&mut buf)? == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let buf = vec![1u8; 1 << 20];
+    let mut best = 0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(buf.len());
+            s.write_all(&buf[..n])?;
+            left -= n;
+        }
+        best = best.max(bytes as f64 / start.elapsed().as_secs_f64() / 1e9);
+    }
+    drop(s);
+    reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    Ok(best)
+}
+
+/// A fake member's connection, registration and heartbeats.
+struct Member {
+    c: CoordinatorClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, wire::auth::Credentials>>,
+    id: u64,
+    total: usize,
+    hb: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    async fn join(addr: &str, peer_endpoint: String) -> anyhow::Result<Self> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(32 << 20))
+            .max_frame_size(wire::MAX_FRAME_BYTES)
+            .connect()
+            .await?;
+        // The bench's coordinator is an open run on loopback: no token, but
+        // the session secret like any worker.
+        let credentials = wire::auth::Credentials::default();
+        let mut c = CoordinatorClient::with_interceptor(channel, credentials.clone())
+            .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
+        let reg = c
+            .register(proto::RegisterRequest {
+                protocol_version: wire::PROTOCOL_VERSION,
+                name: "bench".into(),
+                device: "none".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                role: "train".into(),
+                peer_endpoint,
+            })
+            .await?
+            .into_inner();
+        let id = reg.worker_id;
+        credentials.set_session(&reg.session_secret);
+        let run: RunConfig = serde_json::from_str(&reg.run_config_json)?;
+        c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count }).await?;
+        let hb = {
+            let mut c = c.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let _ = c.heartbeat(proto::HeartbeatRequest { worker_id: id }).await;
+                }
+            })
+        };
+        Ok(Member { c, id, total: run.param_count as usize, hb })
+    }
+
+    /// The next training assignment (its samples skipped); `None` at the end.
+    async fn next(&mut self, applied: u64) -> anyhow::Result<Option<proto::TrainAssignment>> {
+        let req = proto::NextWorkRequest { worker_id: self.id, applied_step: applied, param_checksum: 0 };
+        let mut work = self.c.next_work(req).await?.into_inner();
+        let a = match work.next().await.context("empty work stream")??.kind {
+            Some(work_message::Kind::Train(a)) => a,
+            Some(work_message::Kind::Shutdown(_)) => return Ok(None),
+            other => anyhow::bail!("unexpected work {other:?}"),
+        };
+        while work.next().await.is_some() {}
+        Ok(Some(a))
+    }
+
+    fn header(&self, a: &proto::TrainAssignment, dtype: GradDtype) -> proto::GradientMessage {
+        proto::GradientMessage {
+            kind: Some(gradient_message::Kind::Header(proto::GradientHeader {
+                worker_id: self.id,
+                step: a.step,
+                attempt: a.attempt,
+                elements: self.total as u64,
+                dtype: dtype.to_proto() as i32,
+                loss: 0.0,
+                samples: a.shard_size,
+                compute_s: 0.0,
+            })),
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.hb.abort();
+    }
+}
+
+/// A fixed gradient of `total` values.
+fn gradient(total: usize) -> Vec<f32> {
+    (0..total).map(|i| ((i % 1000) as f32 - 500.0) * 1e-6).collect()
+}
+
+/// What a member times per step: the whole exchange (header sent to
+/// outcome received) and, for the ring, the ring alone.
+type Times = Vec<(f64, f64)>;
+
+/// A member of the coordinator backend: streams the whole gradient and
+/// waits for the reduced chunks and the outcome.
+async fn coordinator_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
+    let mut m = Member::join(&addr, String::new()).await?;
+    let grad = gradient(m.total);
+    let mut times = Vec::new();
+    let mut applied = 0;
+    let mut chunks: Option<Vec<Bytes>> = None;
+    while let Some(a) = m.next(applied).await? {
+        let encoded = chunks.get_or_insert_with(|| {
+            wire::chunk_ranges(m.total, a.chunk_elements as usize).map(|r| wire::encode(&grad[r], dtype)).collect()
+        });
+        let mut msgs = vec![m.header(&a, dtype)];
+        msgs.extend(encoded.iter().enumerate().map(|(i, d)| proto::GradientMessage {
+            kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index: i as u32, data: d.clone() })),
+        }));
+        let start = Instant::now();
+        let mut inbound = m.c.reduce_gradients(tokio_stream::iter(msgs)).await?.into_inner();
+        while let Some(msg) = inbound.next().await {
+            if let Some(reduced_message::Kind::Outcome(_)) = msg?.kind {
+                break;
+            }
+        }
+        let t = start.elapsed().as_secs_f64();
+        times.push((t, t));
+        applied = a.step;
+    }
+    Ok(times)
+}
+
+/// A member of the ring backend: the ring with its neighbours, its segment
+/// up to the coordinator as it becomes final, the outcome back.
+async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
+    let peers = PeerListener::bind("127.0.0.1:0", |a| a.to_string()).await?;
+    let mut m = Member::join(&addr, peers.endpoint().to_string()).await?;
+    let grad = gradient(m.total);
+    let mut times = Vec::new();
+    let mut applied = 0;
+    while let Some(a) = m.next(applied).await? {
+        let plan = RingMembership::from_plan(a.ring.as_ref().context("no ring plan: is the coordinator's backend ring?")?, m.id)?;
+        let spec = RingSpec {
+            n: plan.members.len(),
+            rank: plan.rank,
+            total: m.total,
+            chunk_elements: a.chunk_elements as usize,
+            dtype,
+            weight: (a.shard_size as f64 / a.global_batch as f64) as f32,
+            peer_timeout: plan.timeout,
+        };
+        let start = Instant::now();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(m.header(&a, dtype)).await?;
+        let mut inbound = m.c.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        let (owned_tx, mut owned_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Bytes)>();
+        let upload = tokio::spawn(async move {
+            while let Some((index, data)) = owned_rx.recv().await {
+                let chunk = proto::GradientChunk { index, data };
+                if tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(chunk)) }).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let reduced = plan.all_reduce(&peers, spec, &grad, owned_tx, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
+        let ring_s = start.elapsed().as_secs_f64();
+        anyhow::ensure!(reduced.len() == m.total);
+        while let Some(msg) = inbound.next().await {
+            if let Some(reduced_message::Kind::Outcome(_)) = msg?.kind {
+                break;
+            }
+        }
+        upload.abort();
+        times.push((start.elapsed().as_secs_f64(), ring_s));
+        applied = a.step;
+    }
+    Ok(times)
+}
+
+/// The ring alone: `n` members in this process over loopback TCP, no
+/// coordinator (what gloo's number is: the data plane only). Median seconds
+/// of `steps` all-reduces after one warm-up, the slowest member's each time.
+async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDtype, steps: u64) -> anyhow::Result<f64> {
+    let mut listeners = Vec::new();
+    for _ in 0..n {
+        listeners.push(std::sync::Arc::new(PeerListener::bind("127.0.0.1:0", |a| a.to_string()).await?));
+    }
+    let members: Vec<(u64, String)> = listeners.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.endpoint().to_string())).collect();
+    let grad = std::sync::Arc::new(gradient(total));
+    let mut per_step = Vec::new();
+    for step in 0..=steps {
+        let tasks: Vec<_> = (0..n)
+            .map(|rank| {
+                let plan = RingMembership::new(rank as u64 + 1, rank, members.clone(), step, [7; 32], std::time::Duration::from_secs(30));
+                let (peers, grad) = (listeners[rank].clone(), grad.clone());
+                tokio::spawn(async move {
+                    let spec = RingSpec {
+                        n,
+                        rank,
+                        total,
+                        chunk_elements,
+                        dtype,
+                        weight: 1.0 / n as f32,
+                        peer_timeout: plan.timeout,
+                    };
+                    let (owned, _rx) = tokio::sync::mpsc::unbounded_channel();
+                    let start = Instant::now();
+                    plan.all_reduce(&peers, spec, &grad, owned, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
+                    anyhow::Ok(start.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        let mut slowest = 0f64;
+        for t in tasks {
+            slowest = slowest.max(t.await??);
+        }
+        if step > 0 {
+            per_step.push(slowest);
+        }
+    }
+    Ok(median(&per_step))
+}
+
+pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
+    let dtype = match args.dtype.as_str() {
+        "f32" => GradDtype::F32,
+        "bf16" => GradDtype::Bf16,
+        d => anyhow::bail!("unknown dtype {d:?}: use f32 or bf16"),
+    };
+    let params = ddpm::unet::UNetConfig::cifar10().param_count() as usize;
+    let bytes = params * 4;
+    let tcp = raw_tcp_gbps(bytes)?;
+    println!("all-reduce of the cifar10 gradient: {params} float32 values, {:.1} MB (wire: {})", bytes as f64 / 1e6, dtype.name());
+    println!("raw TCP on loopback, one stream: {tcp:.2} GB/s");
+    let rt = tokio::runtime::Runtime::new()?;
+    let mut gloo = std::collections::BTreeMap::new();
+    for &n in args.workers.iter().filter(|&&n| n >= 2 && !args.no_baseline) {
+        let py = bench_util::python(&args.python);
+        let a = vec!["--world".into(), n.to_string(), "--elements".into(), params.to_string(), "--repeats".into(), "5".into()];
+        match bench_util::python_baseline(&py, "gloo_allreduce.py", GLOO_SCRIPT, &a) {
+            Ok(v) => {
+                let g = median(&bench_util::seconds(&v));
+                println!("PyTorch DDP gloo, {n} processes: {g:.3} s per all-reduce");
+                gloo.insert(n, g);
+            }
+            Err(e) => println!("PyTorch gloo baseline unavailable ({e:#}); pass --python PATH to a Python with torch"),
+        }
+    }
+    for b in &args.backend {
+        anyhow::ensure!(b == "coordinator" || b == "ring", "unknown backend {b:?}: use coordinator or ring");
+    }
+    let chunk_elements = ddpm::config::DistConfig::default().chunk_kib * 1024 / dtype.bytes_per_element();
+    for &n in &args.workers {
+        if args.backend.iter().any(|b| b == "ring") && n >= 2 {
+            let r = rt.block_on(ring_alone(n, params, chunk_elements, dtype, args.steps))?;
+            let gbps = bytes as f64 / r / 1e9;
+            println!("ddpm ring alone (no coordinator), {n} workers: {r:.3} s per all-reduce, {gbps:.2} GB/s per worker ({:.2}x raw TCP)", gbps / tcp);
+            if let Some(g) = gloo.get(&n) {
+                println!("  vs PyTorch DDP gloo, {n} processes, {g:.3} s: ddpm/gloo speed ratio {:.2} (>1: ddpm faster)", g / r);
+            }
+        }
+        for backend in &args.backend {
+            let dir = tempfile::tempdir()?;
+            let log = dir.path().join("coord.log");
+            let coord_args: Vec<String> = [
+                "--preset", "cifar10", "--data", "synthetic:shapes", "--samples", "0", "--grad-dtype", &args.dtype,
+                "--backend", backend, "--workers", &n.to_string(), "--steps", &(args.steps + 1).to_string(),
+                "--run", &dir.path().join("run").display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec();
+            let (mut coord, addr) = start_coordinator(&coord_args, &log)?;
+            let ring = backend == "ring";
+            let times: Vec<Times> = rt.block_on(async {
+                let tasks: Vec<_> = (0..n)
+                    .map(|_| {
+                        let addr = addr.clone();
+                        if ring {
+                            tokio::spawn(ring_member(addr, dtype))
+                        } else {
+                            tokio::spawn(coordinator_member(addr, dtype))
+                        }
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await??);
+                }
+                anyhow::Ok(out)
+            })?;
+            wait_ok(&mut coord, "ddpm-coord", &log)?;
+            // Per step, the slowest member's time; the first step is warm-up.
+            let slowest = |f: fn(&(f64, f64)) -> f64| -> f64 {
+                let steps: Vec<f64> = (1..times[0].len()).map(|s| times.iter().map(|t| f(&t[s])).fold(0.0, f64::max)).collect();
+                median(&steps)
+            };
+            let t = slowest(|x| x.0);
+            let gbps = bytes as f64 / t / 1e9;
+            println!(
+                "ddpm {backend}, {n} workers: {t:.3} s per all-reduce, {gbps:.2} GB/s reduced per worker ({:.2}x raw TCP){}",
+                gbps / tcp,
+                if ring {
+                    let r = slowest(|x| x.1);
+                    format!("; the ring alone {r:.3} s, {:.2}x raw TCP (then the coordinator's commit)", bytes as f64 / r / 1e9 / tcp)
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(g) = gloo.get(&n) {
+                println!("  vs PyTorch DDP gloo, {n} processes, {g:.3} s: ddpm/gloo speed ratio {:.2} (>1: ddpm faster)", g / t);
+            }
+        }
+    }
+    Ok(())
+}
