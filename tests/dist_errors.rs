@@ -97,6 +97,33 @@ async fn wrong_protocol_and_wrong_model_are_refused_at_registration() {
     assert!(e.message().contains("unknown worker id 12345"), "{}", e.message());
 }
 
+/// A ring run refuses a training worker its neighbours could not dial (no
+/// peer endpoint) and an endpoint that is not HOST:PORT, saying how to fix
+/// it; an eval worker needs none.
+#[tokio::test]
+async fn a_ring_run_refuses_training_workers_without_a_reachable_peer_endpoint() {
+    let dir = tempdir();
+    let mut args = tiny_args(dir.path().join("run").to_str().unwrap());
+    args.extend(["--backend".to_string(), "ring".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (_coord, addr) = start_coordinator(&args);
+    let (mut c, _) = client(&addr).await;
+    let req = |endpoint: &str, role: &str| proto::RegisterRequest {
+        peer_endpoint: endpoint.into(),
+        role: role.into(),
+        ..register_req(ddpm::wire::PROTOCOL_VERSION)
+    };
+    let e = c.register(req("", "train")).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+    assert!(e.message().contains("worker to worker") && e.message().contains("--peer-listen"), "{}", e.message());
+    let e = c.register(req("no-port-here", "train")).await.unwrap_err();
+    assert!(e.message().contains("\"no-port-here\" is not HOST:PORT"), "{}", e.message());
+    let e = c.register(req("host:0", "train")).await.unwrap_err();
+    assert!(e.message().contains("not HOST:PORT"), "{}", e.message());
+    c.register(req("", "eval")).await.expect("an eval worker needs no peer endpoint");
+    c.register(req("127.0.0.1:9", "train")).await.expect("HOST:PORT is accepted");
+}
+
 /// A peer that joins properly, then sends a gradient chunk of the wrong
 /// size: it is rejected with the reason, and the run finishes with the
 /// real worker alone.
