@@ -141,17 +141,28 @@ fn a_member_frozen_mid_ring_is_named_dropped_and_the_step_redone() {
     assert!(d < 1e-4, "{d}");
 }
 
-/// kill -9 of a member in the middle of a ring: its Attach call ends, the
-/// coordinator drops it at once and aborts the attempt; the two others
-/// redo the step and finish the run.
+/// kill -9 of a member in the middle of a ring: its connections close (its
+/// segment's stream, its Attach call), the coordinator drops it at once
+/// and aborts the attempt; the two others redo the step and finish the run.
 #[test]
 fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
     let straight = fault_free();
     let run = Run::new();
     let (mut coord, mut workers) = run.start([None, Some("4:600"), None]);
+    let killed = joined_id(&mut workers[1]);
     workers[1].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
     workers[1].child.kill().unwrap();
-    coord.wait_for_line("dropped at once", Duration::from_secs(60));
+    let killed_at = std::time::Instant::now();
+    // Whichever of its connections the coordinator sees close first (its
+    // segment's stream or its Attach call) drops it and aborts the attempt.
+    coord.wait_for_line("step abandoned", Duration::from_secs(60));
+    let after = killed_at.elapsed();
+    let out = coord.output();
+    assert!(
+        out.contains(&format!("worker {killed}'s gradient stream failed")) || out.contains("dropped at once"),
+        "the killed worker {killed} is not the one dropped:\n{out}"
+    );
+    assert!(after < Duration::from_secs(2), "dropped {after:?} after kill -9 (the peer timeout is 2 s)");
     assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
     for i in [0, 2] {
         assert_eq!(workers[i].wait(Duration::from_secs(60)), 0, "{}", workers[i].output());
@@ -160,6 +171,7 @@ fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
     assert_eq!(summary["steps"], STEPS);
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 2, "{summary}");
+    assert!(summary["replica_checksums"].get(killed.to_string()).is_none(), "{summary}");
     let d = max_diff(&run.final_params(), &straight.final_params());
     eprintln!("max |fault-free - killed member| = {d:e}");
     assert!(d < 1e-4, "{d}");

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -112,11 +112,14 @@ where
     }
 
     let last = n as u32 - 2;
+    // Frames consumed here are read into one buffer, reused; only those
+    // passed on unchanged (the all-gather's before its last step) keep theirs.
+    let mut frame_buf = BytesMut::new();
     for id in plan::receive_order(spec.rank, n, chunks) {
         let c = id.chunk as usize;
         let len = bytes_of(c);
-        let payload = tokio::select! {
-            read = read_frame(&mut prev, id.tag(n), id.chunk, len, spec.peer_timeout) => read.map_err(RingError::Prev)?,
+        tokio::select! {
+            read = read_frame(&mut prev, id.tag(n), id.chunk, len, spec.peer_timeout, &mut frame_buf) => read.map_err(RingError::Prev)?,
             written = &mut writer => {
                 let why = match written {
                     Ok(Err(e)) => e,
@@ -125,19 +128,20 @@ where
                 };
                 return Err(RingError::Next(why));
             }
-        };
+        }
+        let payload = &frame_buf[..];
         match id.phase {
             Phase::ReduceScatter => {
                 let bad = |e: wire::WireError| RingError::Prev(format!("sent a bad frame: {e}"));
                 let mine = &local[ranges[c].clone()];
                 if id.step < last {
                     // One pass: the partial sum in, ours added, out again.
-                    let out = wire::add_weighted_encoded(&payload, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
+                    let out = wire::add_weighted_encoded(payload, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
                     send(FrameId { step: id.step + 1, ..id }, out);
                 } else {
                     // Our own segment's chunk is complete: what every replica keeps.
                     let kept = &mut grad[ranges[c].clone()];
-                    wire::add_weighted_into(&payload, dtype, id.chunk, spec.weight, mine, kept).map_err(bad)?;
+                    wire::add_weighted_into(payload, dtype, id.chunk, spec.weight, mine, kept).map_err(bad)?;
                     wire::round_trip(kept, dtype);
                     let encoded = wire::encode(kept, dtype);
                     let _ = owned.send((id.chunk, encoded.clone()));
@@ -145,10 +149,10 @@ where
                 }
             }
             Phase::AllGather => {
-                wire::decode_into(&payload, dtype, id.chunk, &mut grad[ranges[c].clone()])
+                wire::decode_into(payload, dtype, id.chunk, &mut grad[ranges[c].clone()])
                     .map_err(|e| RingError::Prev(format!("sent a bad frame: {e}")))?;
                 if id.step < last {
-                    send(FrameId { step: id.step + 1, ..id }, payload);
+                    send(FrameId { step: id.step + 1, ..id }, frame_buf.split().freeze());
                 }
             }
         }
@@ -162,10 +166,17 @@ where
 }
 
 /// The next frame's payload, checked against what is due, within `timeout`.
-async fn read_frame(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, len: usize, timeout: Duration) -> Result<Bytes, String> {
+async fn read_frame(
+    r: &mut (impl AsyncRead + Unpin),
+    tag: u32,
+    chunk: u32,
+    len: usize,
+    timeout: Duration,
+    buf: &mut BytesMut,
+) -> Result<(), String> {
     let stalled = || format!("sent nothing for {:.1} s (stalled?)", timeout.as_secs_f64());
     tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled())??;
-    tokio::time::timeout(timeout, frame::read_payload(r, len)).await.map_err(|_| stalled())?
+    tokio::time::timeout(timeout, frame::read_payload(r, len, buf)).await.map_err(|_| stalled())?
 }
 
 #[cfg(test)]

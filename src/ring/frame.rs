@@ -3,7 +3,7 @@
 //! encoded values). Both ends know every frame's tag, chunk and size in
 //! advance (`plan.rs`), so anything else is the sender's fault.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// First bytes of every ring connection (the version is in the name).
@@ -76,17 +76,20 @@ pub async fn read_header(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32,
     Ok(())
 }
 
-/// Reads exactly `len` payload bytes (without zeroing a buffer first).
-pub async fn read_payload(r: &mut (impl AsyncRead + Unpin), len: usize) -> Result<Bytes, String> {
-    let mut buf = BytesMut::with_capacity(len);
+/// Reads exactly `len` payload bytes into `buf` (emptied first; its
+/// allocation is reused when nothing else holds it, so a ring step does not
+/// fault in fresh pages for every frame), without zeroing it first.
+pub async fn read_payload(r: &mut (impl AsyncRead + Unpin), len: usize, buf: &mut BytesMut) -> Result<(), String> {
+    buf.clear();
+    buf.reserve(len);
     while buf.len() < len {
         let want = len - buf.len();
-        let n = r.read_buf(&mut (&mut buf).limit(want)).await.map_err(|e| format!("the connection failed: {e}"))?;
+        let n = r.read_buf(&mut (&mut *buf).limit(want)).await.map_err(|e| format!("the connection failed: {e}"))?;
         if n == 0 {
             return Err(format!("the connection ended {} bytes into a {len}-byte frame", buf.len()));
         }
     }
-    Ok(buf.freeze())
+    Ok(())
 }
 
 #[cfg(test)]
@@ -101,7 +104,9 @@ mod tests {
         assert_eq!(Hello::read(&mut b).await.unwrap(), hello);
         write_frame(&mut a, 1, 2, &[1, 2, 3, 4]).await.unwrap();
         read_header(&mut b, 1, 2, 4).await.unwrap();
-        assert_eq!(&read_payload(&mut b, 4).await.unwrap()[..], &[1, 2, 3, 4]);
+        let mut buf = BytesMut::new();
+        read_payload(&mut b, 4, &mut buf).await.unwrap();
+        assert_eq!(&buf[..], &[1, 2, 3, 4]);
         write_frame(&mut a, 1, 3, &[0; 8]).await.unwrap();
         let e = read_header(&mut b, 1, 2, 8).await.unwrap_err();
         assert!(e.contains("chunk 3") && e.contains("chunk 2"), "{e}");
@@ -112,6 +117,6 @@ mod tests {
         drop(c);
         let (e, mut f) = tokio::io::duplex(16);
         drop(e);
-        assert!(read_payload(&mut f, 4).await.unwrap_err().contains("ended"));
+        assert!(read_payload(&mut f, 4, &mut buf).await.unwrap_err().contains("ended"));
     }
 }
