@@ -16,6 +16,9 @@
 //! components of [`jobs`], and the [`training::Trainer`] loop that drives
 //! them. [`run`] builds them and hands each service and loop the ones it
 //! uses.
+//!
+//! Over 450 lines and still one concept: `run()` wiring the components
+//! together, in the order they depend on each other.
 
 pub mod changes;
 pub mod jobs;

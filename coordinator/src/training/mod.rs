@@ -9,6 +9,9 @@
 //!
 //! At the end: final checksums, the last checkpoint, the sample grid (a job
 //! through the scheduler), the evaluations still running, `summary.json`.
+//!
+//! Over 450 lines and still one concept: the step loop; each of its parts
+//! with state of its own already lives in a file beside it.
 
 mod checksums;
 mod end_grid;
