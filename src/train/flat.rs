@@ -68,6 +68,10 @@ pub struct FlatModel {
     pub layout: Layout,
     /// `[P]` float32: the parameters; each VarStore variable is a view of it.
     pub flat: Tensor,
+    /// `[P]` float32: the gradients; each variable's `.grad` is a view of
+    /// it, so backward accumulates straight into one buffer (no 143 MB
+    /// concatenation and fresh allocation a step).
+    grad: Tensor,
     /// The variables in layout order (shallow handles to the VarStore's).
     vars: Vec<Tensor>,
 }
@@ -92,7 +96,8 @@ impl FlatModel {
                 vars.push(var);
             }
         });
-        Ok(Self { vs, unet, layout, flat, vars })
+        let grad = bind_grads(&vars, &layout, device);
+        Ok(Self { vs, unet, layout, flat, grad, vars })
     }
 
     pub fn device(&self) -> Device {
@@ -104,16 +109,39 @@ impl FlatModel {
         tch::no_grad(|| self.flat.copy_(values));
     }
 
+    /// Copies a reduced gradient `[P]` from the host into the model's
+    /// gradient buffer (on the CPU warm memory, no allocation) and returns
+    /// that buffer, for the update.
+    pub fn load_grad(&mut self, values: &[f32]) -> Tensor {
+        if self.grad.device() == Device::Cpu {
+            copy_from_slice(&mut self.grad, values);
+        } else {
+            tch::no_grad(|| self.grad.copy_(&Tensor::from_slice(values)));
+        }
+        self.grad.shallow_clone()
+    }
+
     /// Clears the parameters' gradients before a backward pass.
     pub fn zero_grad(&mut self) {
+        let _ = self.grad.zero_();
+        let (buffer, total) = (&self.grad, self.layout.total);
         for v in &mut self.vars {
-            v.zero_grad();
+            if !in_buffer(buffer, total, v) {
+                // Not a view of the buffer any more (see flat_grad).
+                v.zero_grad();
+            }
         }
     }
 
     /// The gradients of the last backward pass as one `[P]` tensor on the
-    /// model's device (zeros for parameters the loss did not reach).
+    /// model's device (zeros for parameters the loss did not reach): the
+    /// model's own gradient buffer, valid until the next `zero_grad`.
     pub fn flat_grad(&self) -> Tensor {
+        // Backward accumulates in place into defined gradients; should a
+        // variable's gradient ever be replaced by a new tensor, gather.
+        if self.vars.iter().all(|v| in_buffer(&self.grad, self.layout.total, v)) {
+            return self.grad.shallow_clone();
+        }
         let grads: Vec<Tensor> = self
             .vars
             .iter()
@@ -129,6 +157,32 @@ impl FlatModel {
             .collect();
         Tensor::cat(&grads, 0)
     }
+}
+
+/// Whether `v`'s gradient lies inside `buffer` of `total` float32 elements.
+fn in_buffer(buffer: &Tensor, total: usize, v: &Tensor) -> bool {
+    let g = v.grad();
+    let (start, end) = (buffer.data_ptr() as usize, buffer.data_ptr() as usize + total * 4);
+    g.defined() && g.data_ptr() as usize >= start && g.data_ptr() as usize + g.numel() * 4 <= end
+}
+
+/// Makes every variable's gradient a view of one zeroed `[P]` buffer, in
+/// layout order, and returns the buffer. A backward pass of zero defines
+/// the gradients; `set_data` then points each at its slice.
+fn bind_grads(vars: &[Tensor], layout: &Layout, device: Device) -> Tensor {
+    let grad = Tensor::zeros([layout.total as i64], (Kind::Float, device));
+    if vars.is_empty() {
+        return grad;
+    }
+    let sums: Vec<Tensor> = vars.iter().map(|v| v.sum(Kind::Float)).collect();
+    (Tensor::stack(&sums, 0).sum(Kind::Float) * 0.0).backward();
+    tch::no_grad(|| {
+        for (v, e) in vars.iter().zip(&layout.entries) {
+            let mut g = v.grad();
+            g.set_data(&grad.narrow(0, e.offset as i64, e.numel as i64).view(e.shape.as_slice()));
+        }
+    });
+    grad
 }
 
 /// A hash of a flat float32 tensor's exact bits (copied to the host).
@@ -156,6 +210,15 @@ pub fn copy_from_slice(dst: &mut Tensor, values: &[f32]) {
     // SAFETY: `dst` is a contiguous CPU float32 buffer of exactly
     // `values.len()` elements (checked above), and `values` cannot alias it.
     unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), dst.data_ptr() as *mut f32, values.len()) }
+}
+
+/// Copies a float32 `[n]` tensor into `out` (resized; its allocation is
+/// kept, so a worker does not fault in a fresh 143 MB every step).
+pub fn copy_to_vec(t: &Tensor, out: &mut Vec<f32>) {
+    let host = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
+    let n = host.numel();
+    out.resize(n, 0.0);
+    host.copy_data(out, n);
 }
 
 /// Copies a float32 `[n]` tensor to a host Vec.
@@ -219,6 +282,34 @@ mod tests {
             assert_eq!(want, got, "{}", e.name);
         }
         assert!(f64::try_from(g.abs().sum(Kind::Double)).unwrap() > 0.0);
+    }
+
+    #[test]
+    fn backward_accumulates_into_the_flat_buffer_and_zero_grad_clears_it() {
+        tch::manual_seed(2);
+        let mut cfg = UNetConfig::tiny();
+        cfg.image_size = 16;
+        let mut m = FlatModel::new(&cfg, Device::Cpu).unwrap();
+        m.load_flat(&Tensor::randn([m.layout.total as i64], (Kind::Float, Device::Cpu)).g_mul_scalar(0.05));
+        let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+        let t = Tensor::from_slice(&[4i64, 700]);
+        let loss = |m: &FlatModel, seed: i64| {
+            tch::manual_seed(seed); // the same dropout masks for the same seed
+            m.unet.forward_t(&x, &t, true).square().mean(Kind::Float)
+        };
+        // The reference: autograd's gradients returned, not accumulated anywhere.
+        let vars = m.vs.variables();
+        let inputs: Vec<&Tensor> = m.layout.entries.iter().map(|e| &vars[&e.name]).collect();
+        let want: Vec<Tensor> = Tensor::run_backward(&[loss(&m, 7)], &inputs, false, false);
+        let want = Tensor::cat(&want.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(), 0);
+        m.zero_grad();
+        loss(&m, 5).backward();
+        let first = m.flat_grad().data_ptr();
+        m.zero_grad();
+        loss(&m, 7).backward();
+        let g = m.flat_grad();
+        assert_eq!(g.data_ptr(), first, "the gradient buffer is reused, not reallocated");
+        assert_eq!(to_vec_f32(&g), to_vec_f32(&want), "the second step's gradient alone");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`TrainState::apply`] everywhere.
 
 pub mod flat;
+pub mod fused;
 pub mod local;
 pub mod optim;
 pub mod analysis;
@@ -36,8 +37,12 @@ impl Outcome {
     /// The decision for a gradient on any device, its norm reduced there in
     /// float64 (the single-process trainer; no copy to the host).
     pub fn decide_tensor(grad: &Tensor, max_norm: f64) -> Self {
-        let sq = grad.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double);
-        Self::from_norm(f64::try_from(sq).unwrap_or(f64::NAN).sqrt(), max_norm)
+        // On the CPU one pass, without a float64 copy of the gradient.
+        let sq = fused::sum_squares_cpu(grad).unwrap_or_else(|| {
+            let sq = grad.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double);
+            f64::try_from(sq).unwrap_or(f64::NAN)
+        });
+        Self::from_norm(sq.sqrt(), max_norm)
     }
 
     /// The decision for a gradient of global norm `grad_norm`: skip if it is

@@ -1,18 +1,21 @@
 //! Adam with global-norm clipping (DDPM.md section 7) and the EMA, on flat
 //! parameter buffers.
 //!
-//! The update is written as separate elementwise kernels (tensor mul, add,
-//! sqrt, div; multiplications by scalars already rounded to f32), never
-//! fused ones (`addcdiv`, `add` with alpha) or divisions by a scalar (which
-//! CUDA computes as a multiplication by the reciprocal): each remaining op is
-//! correctly rounded in IEEE float32 on the CPU and on CUDA alike, so every
-//! replica and the coordinator's CPU copy compute the same bits from the same
-//! reduced gradient. The clipping factor comes from one float64 norm the
-//! coordinator computes, for the same reason.
+//! The update is a fixed sequence of float32 operations (mul, add, sqrt,
+//! div; multiplications by scalars already rounded to f32), never fused
+//! ones (`addcdiv`, `add` with alpha) or divisions by a scalar (which CUDA
+//! computes as a multiplication by the reciprocal), each correctly rounded
+//! in IEEE float32, so every replica and the coordinator's CPU copy compute
+//! the same bits from the same reduced gradient. On the CPU it runs as one
+//! loop (`fused.rs`): faster, and torch's own CPU `sqrt` (MKL's vsSqrt) is
+//! not always correctly rounded while CUDA's `sqrtf` is. On other devices
+//! it runs as separate tensor kernels. The clipping factor comes from one
+//! float64 norm the coordinator computes, for the same reason.
 
 use tch::Tensor;
 
 use crate::config::OptimConfig;
+use crate::train::fused::{self, AdamScalars};
 
 /// Adam's state: the moments and the number of updates applied.
 pub struct Adam {
@@ -54,21 +57,35 @@ impl Adam {
         // Scalars are rounded to f32 here, once, so that every device
         // multiplies by the same float (CUDA turns a division by a scalar
         // into a multiplication by its reciprocal; we do that everywhere).
-        let f = |x: f64| x as f32 as f64;
+        let k = AdamScalars {
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            inv_bias2_sqrt: (1.0 / bias2_sqrt) as f32,
+            eps: c.eps as f32,
+            step_size: step_size as f32,
+        };
+        // On the CPU one pass over memory (fused.rs, the same bits);
+        // elsewhere the separate kernels.
+        if fused::adam_cpu(params, &self.m, &self.v, grad, &k) {
+            return;
+        }
+        let f = |x: f32| x as f64;
         let (a, b) = self.scratch.get_or_insert_with(|| (params.empty_like(), params.empty_like()));
         tch::no_grad(|| {
-            let _ = self.m.g_mul_scalar_(f(c.beta1));
-            let _ = grad.mul_scalar_out(a, f(1.0 - c.beta1));
+            let _ = self.m.g_mul_scalar_(f(k.beta1));
+            let _ = grad.mul_scalar_out(a, f(k.one_minus_beta1));
             let _ = self.m.g_add_(a);
-            let _ = self.v.g_mul_scalar_(f(c.beta2));
+            let _ = self.v.g_mul_scalar_(f(k.beta2));
             let _ = grad.mul_out(a, grad);
-            let _ = a.g_mul_scalar_(f(1.0 - c.beta2));
+            let _ = a.g_mul_scalar_(f(k.one_minus_beta2));
             let _ = self.v.g_add_(a);
             let _ = self.v.sqrt_out(a); // denominator
-            let _ = a.g_mul_scalar_(f(1.0 / bias2_sqrt));
-            let _ = a.g_add_scalar_(f(c.eps));
+            let _ = a.g_mul_scalar_(f(k.inv_bias2_sqrt));
+            let _ = a.g_add_scalar_(f(k.eps));
             let _ = self.m.div_out(b, a); // the update
-            let _ = b.g_mul_scalar_(f(step_size));
+            let _ = b.g_mul_scalar_(f(k.step_size));
             let _ = params.g_sub_(b);
         });
     }
@@ -78,9 +95,13 @@ impl Adam {
 /// `ExponentialMovingAverage` in the official code; `scratch` is a `[P]`
 /// work buffer.
 pub fn ema_update(ema: &mut Tensor, params: &Tensor, decay: f64, scratch: &mut Tensor) {
+    let c = (1.0 - decay) as f32;
+    if fused::ema_cpu(ema, params, c) {
+        return;
+    }
     tch::no_grad(|| {
         let _ = ema.sub_out(scratch, params);
-        let _ = scratch.g_mul_scalar_((1.0 - decay) as f32 as f64);
+        let _ = scratch.g_mul_scalar_(c as f64);
         let _ = ema.g_sub_(scratch);
     });
 }

@@ -6,7 +6,8 @@ Spawns WORLD processes; each builds the model like torch_train_step.py
 PyTorch port), wraps it in DistributedDataParallel with the gloo backend
 and times full L_simple steps on BATCH images per process (q_sample,
 forward, MSE, backward with DDP's bucketed all-reduce overlapping it,
-gradient clipping, Adam). Prints one JSON line {"world", "batch", "model",
+gradient clipping, Adam; rank 0 keeps the EMA of the weights, as ddpm's
+coordinator does). Prints one JSON line {"world", "batch", "model",
 "seconds": [..]} with rank 0's wall time of each step after WARMUP.
 
     python ddp_train_step.py --config config.json --world 2 --batch 2 --steps 10 --threads 1
@@ -21,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from torch_train_step import build
+from torch_train_step import build, ema_step
 
 
 def free_port():
@@ -41,6 +42,8 @@ def worker(rank, a, port, out):
     model, kind, call = build(cfg, a.unet_module)
     model = torch.nn.parallel.DistributedDataParallel(model.train())
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, eps=1e-8)
+    params = [p.detach() for p in model.parameters()]
+    ema = [p.clone() for p in params] if rank == 0 else None
     T = 1000
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).float()
@@ -59,6 +62,8 @@ def worker(rank, a, port, out):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if ema is not None:
+            ema_step(ema, params)
         if i >= a.warmup:
             times.append(time.perf_counter() - start)
     if rank == 0:

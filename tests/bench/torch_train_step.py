@@ -6,7 +6,9 @@ exports for its own U-Net, so both sides run the same architecture; where
 diffusers is not installed, the plain-PyTorch port in torch_unet.py, passed
 as --unet-module), then
 times full L_simple training steps: q_sample, forward, MSE to the noise,
-backward, Adam. Prints one JSON line {"batch", "seconds": [..]} with the
+backward, gradient clipping, Adam and the EMA of the weights (the paper's
+recipe, as ddpm's step does it; the EMA with torch's fastest form,
+`_foreach_lerp_`). Prints one JSON line {"batch", "seconds": [..]} with the
 wall time of each step after WARMUP steps.
 
     python torch_train_step.py --config config.json --batch 32 --steps 10 --threads 1
@@ -33,6 +35,15 @@ def build(cfg, unet_module):
         return mod.UNet(cfg), "plain PyTorch U-Net (tests/bench/torch_unet.py)", lambda m, x, t: m(x, t)
 
 
+EMA_DECAY = 0.9999
+
+
+def ema_step(ema, params):
+    """ema += (1 - decay) (params - ema), for every tensor in one foreach call."""
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, params, 1 - EMA_DECAY)
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", required=True)
@@ -54,6 +65,8 @@ def main():
     if a.params and n != a.params:
         raise SystemExit(f"{kind} has {n} parameters, expected {a.params}")
     opt = torch.optim.Adam(model.parameters(), lr=2e-4, eps=1e-8)
+    params = [p.detach() for p in model.parameters()]
+    ema = [p.clone() for p in params]
     T = 1000
     betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
     abar = torch.cumprod(1 - betas, 0).float().to(a.device)
@@ -74,6 +87,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        ema_step(ema, params)
         if a.device.startswith("cuda"):
             torch.cuda.synchronize()
         if i >= a.warmup:

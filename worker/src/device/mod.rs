@@ -17,7 +17,7 @@ use ddpm::eval::InceptionModel;
 use ddpm::train::flat::{self, FlatModel};
 use ddpm::train::sample::{self, SampleRequest};
 use ddpm::train::{Outcome, TrainState};
-use tch::{Device, Tensor};
+use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 
 pub use error::DeviceError;
@@ -123,6 +123,9 @@ struct Thread {
     diffusion: GaussianDiffusion,
     /// The feature network of the last evaluation task, by path.
     inception: Option<InceptionModel>,
+    /// The last applied gradient's host buffer, reused for the next
+    /// computed one (no fresh 143 MB a step).
+    spare: Vec<f32>,
 }
 
 impl Thread {
@@ -130,7 +133,7 @@ impl Thread {
         let state = TrainState::init(&run.train, device).map_err(DeviceError::Model)?;
         let ema = FlatModel::new(&run.train.model, device).map_err(DeviceError::Model)?;
         let diffusion = GaussianDiffusion::new(&run.train.diffusion).map_err(DeviceError::Diffusion)?;
-        Ok(Self { run, device, state, ema, diffusion, inception: None })
+        Ok(Self { run, device, state, ema, diffusion, inception: None, spare: Vec::new() })
     }
 
     fn serve(&mut self, mut rx: mpsc::Receiver<Cmd>) {
@@ -141,14 +144,17 @@ impl Thread {
                     let _ = reply.send(work::load(&mut self.state, &self.run, s));
                 }
                 Cmd::Compute { step, samples, reply } => {
-                    let _ = reply.send(work::compute(&mut self.state, &self.diffusion, &self.run, step, samples));
+                    let into = std::mem::take(&mut self.spare);
+                    let _ = reply.send(work::compute(&mut self.state, &self.diffusion, &self.run, step, samples, into));
                 }
                 Cmd::Apply { step, grad, outcome, reply } => {
                     let want = self.state.model.layout.total;
                     let r = if grad.len() != want {
                         Err(DeviceError::GradientSize { got: grad.len(), want })
                     } else {
-                        self.state.apply(&self.run.train, step, &mut Tensor::from_slice(&grad), &outcome);
+                        let mut g = self.state.model.load_grad(&grad);
+                        self.state.apply(&self.run.train, step, &mut g, &outcome);
+                        self.spare = grad;
                         Ok(())
                     };
                     let _ = reply.send(r);

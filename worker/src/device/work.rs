@@ -49,6 +49,7 @@ pub(super) fn compute(
     run: &RunConfig,
     step_no: u64,
     samples: Vec<(u64, Bytes)>,
+    mut into: Vec<f32>,
 ) -> Result<Computed, DeviceError> {
     let started = Instant::now();
     if samples.is_empty() {
@@ -67,8 +68,8 @@ pub(super) fn compute(
     let device = state.model.device();
     let batch = step::build_batch(&decoded, &ctx, diffusion.num_timesteps() as u64, device);
     let (loss, grad) = step::loss_and_grad(&mut state.model, diffusion, &batch, &ctx, decoded[0].position);
-    let grad = flat::to_vec_f32(&grad);
-    Ok(Computed { loss, grad, compute_s: started.elapsed().as_secs_f64() })
+    flat::copy_to_vec(&grad, &mut into);
+    Ok(Computed { loss, grad: into, compute_s: started.elapsed().as_secs_f64() })
 }
 
 /// Replaces the sampling model's weights (None: keep them).
