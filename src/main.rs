@@ -46,6 +46,7 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    ddpm::runtime::tune_allocator();
     let cli = Cli::parse();
     cli.log.init();
     let result = match cli.command {

@@ -112,3 +112,33 @@ fn help_problems(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
         help_problems(sub, &format!("{path} {}", sub.get_name()), out);
     }
 }
+
+/// Keeps freed memory in the process rather than handing it back to the
+/// kernel after each large free. Every step a worker and the coordinator
+/// free and allocate again dozens of 4 MiB frames and gRPC messages; by
+/// default glibc returns such blocks (`mmap` above 128 KiB to 32 MiB as it
+/// adapts, and heap trimming), so the next allocation faults in and zeroes
+/// fresh pages: a quarter of the ring's time in the profile (README,
+/// Benchmarks). Blocks up to 32 MiB (glibc's largest threshold) now come
+/// from the heap, which is trimmed only when 2 GiB lie free at its top. A
+/// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment
+/// wins. Call it first in `main`, before any thread starts.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let unset = |v: &str| std::env::var_os(v).is_none();
+        // SAFETY: mallopt only changes glibc's allocation policy; called
+        // before other threads allocate, and any value is valid to it.
+        unsafe {
+            if unset("MALLOC_MMAP_THRESHOLD_") {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+            }
+            if unset("MALLOC_TRIM_THRESHOLD_") {
+                libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+            }
+            if unset("MALLOC_TOP_PAD_") {
+                libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+            }
+        }
+    }
+}

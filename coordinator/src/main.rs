@@ -281,6 +281,7 @@ fn check_only(args: &Args, config: &TrainConfig) -> anyhow::Result<String> {
 }
 
 fn main() -> ExitCode {
+    ddpm::runtime::tune_allocator();
     let args = Args::parse();
     args.log.init();
     let config = match resolve(&args) {

@@ -48,7 +48,12 @@ pub struct StateHandle {
     pub layout: std::sync::Arc<Layout>,
     /// The step the state started at (0, or the resumed checkpoint's).
     pub start_step: u64,
+    /// The last applied gradient's buffer, handed back by the thread for
+    /// the next round (143 MB of fresh pages a step otherwise).
+    spare: Spare,
 }
+
+type Spare = std::sync::Arc<std::sync::Mutex<Option<Vec<f32>>>>;
 
 impl StateHandle {
     /// Builds the initial state of `config` (the paper's initialisation from
@@ -58,6 +63,8 @@ impl StateHandle {
     pub fn start(config: TrainConfig, resume: Option<CheckpointData>, dataset_len: usize) -> anyhow::Result<Self> {
         let (tx, mut rx) = mpsc::channel::<Cmd>(2);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let spare = Spare::default();
+        let give_back = spare.clone();
         std::thread::Builder::new().name("state".into()).spawn(move || {
             let init = (|| -> anyhow::Result<(TrainState, FlatModel)> {
                 let mut ema = FlatModel::new(&config.model, Device::Cpu)?;
@@ -98,6 +105,9 @@ impl StateHandle {
                         if outcome.apply {
                             optim::ema_update(&mut ema.flat, &state.model.flat, config.train.ema_decay, &mut scratch);
                         }
+                        if let Ok(mut slot) = give_back.lock() {
+                            *slot = Some(grad);
+                        }
                     }
                     Cmd::Snapshot { kind, reply } => {
                         let tensors = match kind {
@@ -122,7 +132,7 @@ impl StateHandle {
         })?;
         let (layout, start_step) =
             ready_rx.recv().map_err(|_| anyhow::anyhow!("the state thread died while starting"))??;
-        Ok(Self { tx, layout: std::sync::Arc::new(layout), start_step })
+        Ok(Self { tx, layout: std::sync::Arc::new(layout), start_step, spare })
     }
 
     async fn send(&self, cmd: Cmd) -> anyhow::Result<()> {
@@ -130,6 +140,15 @@ impl StateHandle {
     }
 
     /// Queues step `step`'s update (waits if the thread is two steps behind).
+    /// A zeroed buffer of `len` values for a round's reduced gradient: the
+    /// last applied one's memory when the thread has handed it back.
+    pub fn gradient_buffer(&self, len: usize) -> Vec<f32> {
+        let mut buf = self.spare.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
+        buf.clear();
+        buf.resize(len, 0.0);
+        buf
+    }
+
     pub async fn apply(&self, step: u64, grad: Vec<f32>, outcome: Outcome) -> anyhow::Result<()> {
         self.send(Cmd::Apply { step, grad, outcome }).await
     }

@@ -207,9 +207,13 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
     let peers = PeerListener::bind("127.0.0.1:0", |a| a.to_string()).await?;
     let mut m = Member::join(&addr, peers.endpoint().to_string()).await?;
     let grad = gradient(m.total);
+    // This member's buffer, refilled with the gradient before each timed
+    // all-reduce (a worker reuses its buffer the same way).
+    let mut work = grad.clone();
     let mut times = Vec::new();
     let mut applied = 0;
     while let Some(a) = m.next(applied).await? {
+        work.copy_from_slice(&grad);
         let plan = RingMembership::from_plan(a.ring.as_ref().context("no ring plan: is the coordinator's backend ring?")?, m.id)?;
         let spec = RingSpec {
             n: plan.members.len(),
@@ -233,9 +237,10 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
                 }
             }
         });
-        let reduced = plan.all_reduce(&peers, spec, &grad, owned_tx, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
+        let reduced = plan.all_reduce(&peers, spec, work, owned_tx, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
         let ring_s = start.elapsed().as_secs_f64();
         anyhow::ensure!(reduced.len() == m.total);
+        work = reduced;
         while let Some(msg) = inbound.next().await {
             if let Some(reduced_message::Kind::Outcome(_)) = msg?.kind {
                 break;
@@ -257,13 +262,17 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
         listeners.push(std::sync::Arc::new(PeerListener::bind("127.0.0.1:0", |a| a.to_string()).await?));
     }
     let members: Vec<(u64, String)> = listeners.iter().enumerate().map(|(i, l)| (i as u64 + 1, l.endpoint().to_string())).collect();
-    let grad = std::sync::Arc::new(gradient(total));
+    let grad = gradient(total);
+    // Each member's buffer, refilled before each all-reduce and reused.
+    let mut work: Vec<Vec<f32>> = (0..n).map(|_| grad.clone()).collect();
     let mut per_step = Vec::new();
     for step in 0..=steps {
         let tasks: Vec<_> = (0..n)
             .map(|rank| {
                 let plan = RingMembership::new(rank as u64 + 1, rank, members.clone(), step, [7; 32], std::time::Duration::from_secs(30));
-                let (peers, grad) = (listeners[rank].clone(), grad.clone());
+                let peers = listeners[rank].clone();
+                let mut buf = std::mem::take(&mut work[rank]);
+                buf.copy_from_slice(&grad);
                 tokio::spawn(async move {
                     let spec = RingSpec {
                         n,
@@ -276,14 +285,16 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
                     };
                     let (owned, _rx) = tokio::sync::mpsc::unbounded_channel();
                     let start = Instant::now();
-                    plan.all_reduce(&peers, spec, &grad, owned, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
-                    anyhow::Ok(start.elapsed().as_secs_f64())
+                    let buf = plan.all_reduce(&peers, spec, buf, owned, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
+                    anyhow::Ok((start.elapsed().as_secs_f64(), buf))
                 })
             })
             .collect();
         let mut slowest = 0f64;
-        for t in tasks {
-            slowest = slowest.max(t.await??);
+        for (rank, t) in tasks.into_iter().enumerate() {
+            let (secs, buf) = t.await??;
+            slowest = slowest.max(secs);
+            work[rank] = buf;
         }
         if step > 0 {
             per_step.push(slowest);

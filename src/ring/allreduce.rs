@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -44,82 +44,110 @@ pub enum RingError {
     Next(String),
 }
 
-/// The reduced gradient: every member's ends up with the same bits.
-pub struct Reduced {
-    pub grad: Vec<f32>,
+/// An outgoing frame's bytes: a buffer of this member's pool (returned to
+/// it once written), or bytes shared with the coordinator's upload.
+enum Payload {
+    Pooled(Vec<u8>),
+    Shared(Bytes),
 }
 
-/// All-reduces `local` (this member's mean shard gradient) around the
-/// ring. The chunks of this member's own segment are handed to `owned` as
-/// soon as they are final (in order), for the coordinator's copy.
+impl Payload {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Payload::Pooled(v) => v,
+            Payload::Shared(b) => b,
+        }
+    }
+}
+
+/// All-reduces `grad` (this member's mean shard gradient) around the ring,
+/// in place: every member ends with the same bits in its `grad`. The
+/// chunks of this member's own segment are handed to `owned` as soon as
+/// they are final (in order), for the coordinator's copy.
+///
+/// In place is sound because a member reads each of its chunks once, in
+/// the reduce-scatter, before the reduced values for that chunk exist
+/// anywhere. Frames are read into buffers that the writer hands back once
+/// sent, so a step allocates only the owned segment's upload copies.
 pub async fn all_reduce<R, W>(
     spec: &RingSpec,
-    local: &[f32],
+    grad: &mut [f32],
     mut prev: R,
     next: W,
     owned: mpsc::UnboundedSender<(u32, Bytes)>,
-) -> Result<Reduced, RingError>
+) -> Result<(), RingError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let n = spec.n.max(1);
+    // The caller's contract (spec.total is always set from the gradient).
+    assert_eq!(grad.len(), spec.total, "a ring spec for another gradient size");
     let ranges: Vec<_> = wire::chunk_ranges(spec.total, spec.chunk_elements).collect();
     let chunks = ranges.len();
     let segments = plan::segments(chunks, n);
-    let mut grad = vec![0f32; spec.total];
     let dtype = spec.dtype;
     let bytes_of = |c: usize| ranges[c].len() * dtype.bytes_per_element();
-    // This member's weighted part of a chunk, as the first term of a sum
-    // starts: `0 + w * g`, the same arithmetic as the coordinator's star.
-    let weighted = |c: usize, out: &mut [f32]| {
-        for (o, g) in out.iter_mut().zip(&local[ranges[c].clone()]) {
-            *o = 0.0 + spec.weight * g;
-        }
-    };
     if n == 1 {
-        // Alone: the reduced gradient is this member's, through the wire dtype.
+        // Alone: the reduced gradient is this member's `0 + w * g`, through the wire dtype.
         for c in 0..chunks {
             let out = &mut grad[ranges[c].clone()];
-            weighted(c, out);
+            for o in out.iter_mut() {
+                *o = 0.0 + spec.weight * *o;
+            }
             wire::round_trip(out, dtype);
             let _ = owned.send((c as u32, wire::encode(out, dtype)));
         }
-        return Ok(Reduced { grad });
+        return Ok(());
     }
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, u32, Bytes)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, u32, Payload)>();
+    let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let mut writer = tokio::spawn(async move {
         let mut next = next;
         while let Some((tag, chunk, payload)) = rx.recv().await {
-            frame::write_frame(&mut next, tag, chunk, &payload).await.map_err(|e| format!("could not be written to: {e}"))?;
+            frame::write_frame(&mut next, tag, chunk, payload.bytes()).await.map_err(|e| format!("could not be written to: {e}"))?;
+            if let Payload::Pooled(buf) = payload {
+                let _ = back_tx.send(buf);
+            }
         }
         use tokio::io::AsyncWriteExt;
         next.flush().await.map_err(|e| format!("could not be written to: {e}"))
     });
-    let send = |id: FrameId, payload: Bytes| {
+    let send = |id: FrameId, payload: Payload| {
         // The writer is gone only after a write failed; the select below reports that.
         let _ = tx.send((id.tag(n), id.chunk, payload));
     };
+    // A written buffer back from the writer, or a new one while none is.
+    let mut spare = || back_rx.try_recv().unwrap_or_default();
 
     // Reduce-scatter step 0: this member's part of the segment before its own.
     let first = plan::first_sent_segment(spec.rank, n);
-    let mut scratch = vec![0f32; spec.chunk_elements.min(spec.total.max(1))];
     for c in segments[first].clone() {
-        let out = &mut scratch[..ranges[c].len()];
-        weighted(c, out);
-        send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, wire::encode(out, dtype));
+        let mut buf = spare();
+        wire::encode_weighted_into(&grad[ranges[c].clone()], dtype, spec.weight, &mut buf);
+        send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, Payload::Pooled(buf));
     }
 
     let last = n as u32 - 2;
-    // Frames consumed here are read into one buffer, reused; only those
-    // passed on unchanged (the all-gather's before its last step) keep theirs.
-    let mut frame_buf = BytesMut::new();
+    let mut buf = spare();
     for id in plan::receive_order(spec.rank, n, chunks) {
         let c = id.chunk as usize;
         let len = bytes_of(c);
+        // A last all-gather frame of f32 is not passed on: read it straight
+        // into the gradient (little-endian f32 is the wire's f32).
+        let direct = id.phase == Phase::AllGather && id.step == last && dtype == GradDtype::F32 && cfg!(target_endian = "little");
+        let timeout = spec.peer_timeout;
+        let read = async {
+            if direct {
+                let into: &mut [u8] = bytemuck::cast_slice_mut(&mut grad[ranges[c].clone()]);
+                read_frame_into(&mut prev, id.tag(n), id.chunk, timeout, into).await
+            } else {
+                read_frame(&mut prev, id.tag(n), id.chunk, len, timeout, &mut buf).await
+            }
+        };
         tokio::select! {
-            read = read_frame(&mut prev, id.tag(n), id.chunk, len, spec.peer_timeout, &mut frame_buf) => read.map_err(RingError::Prev)?,
+            read = read => read.map_err(RingError::Prev)?,
             written = &mut writer => {
                 let why = match written {
                     Ok(Err(e)) => e,
@@ -129,40 +157,58 @@ where
                 return Err(RingError::Next(why));
             }
         }
-        let payload = &frame_buf[..];
+        let bad = |e: wire::WireError| RingError::Prev(format!("sent a bad frame: {e}"));
+        let mine = &mut grad[ranges[c].clone()];
         match id.phase {
-            Phase::ReduceScatter => {
-                let bad = |e: wire::WireError| RingError::Prev(format!("sent a bad frame: {e}"));
-                let mine = &local[ranges[c].clone()];
-                if id.step < last {
-                    // One pass: the partial sum in, ours added, out again.
-                    let out = wire::add_weighted_encoded(payload, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
-                    send(FrameId { step: id.step + 1, ..id }, out);
-                } else {
-                    // Our own segment's chunk is complete: what every replica keeps.
-                    let kept = &mut grad[ranges[c].clone()];
-                    wire::add_weighted_into(payload, dtype, id.chunk, spec.weight, mine, kept).map_err(bad)?;
-                    wire::round_trip(kept, dtype);
-                    let encoded = wire::encode(kept, dtype);
-                    let _ = owned.send((id.chunk, encoded.clone()));
-                    send(FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk }, encoded);
-                }
+            Phase::ReduceScatter if id.step < last => {
+                // One pass: the partial sum in, ours added, out again.
+                wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
+                send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
             }
+            Phase::ReduceScatter => {
+                // Our own segment's chunk is complete: what every replica keeps.
+                wire::add_to_weighted(&buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
+                wire::round_trip(mine, dtype);
+                let encoded = wire::encode(mine, dtype);
+                let _ = owned.send((id.chunk, encoded.clone()));
+                send(FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk }, Payload::Shared(encoded));
+            }
+            Phase::AllGather if direct => {}
             Phase::AllGather => {
-                wire::decode_into(payload, dtype, id.chunk, &mut grad[ranges[c].clone()])
-                    .map_err(|e| RingError::Prev(format!("sent a bad frame: {e}")))?;
+                wire::decode_into(&buf, dtype, id.chunk, mine).map_err(bad)?;
                 if id.step < last {
-                    send(FrameId { step: id.step + 1, ..id }, frame_buf.split().freeze());
+                    send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
                 }
             }
         }
     }
     drop(tx);
     match writer.await {
-        Ok(Ok(())) => Ok(Reduced { grad }),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(RingError::Next(e)),
         Err(e) => Err(RingError::Next(format!("writer failed: {e}"))),
     }
+}
+
+/// The next frame's payload read into `into` (its exact size), checked
+/// against what is due, within `timeout`.
+async fn read_frame_into(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, timeout: Duration, into: &mut [u8]) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let stalled = || format!("sent nothing for {:.1} s (stalled?)", timeout.as_secs_f64());
+    let len = into.len();
+    tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled())??;
+    let mut got = 0;
+    while got < len {
+        let n = tokio::time::timeout(timeout, r.read(&mut into[got..]))
+            .await
+            .map_err(|_| stalled())?
+            .map_err(|e| format!("the connection failed: {e}"))?;
+        if n == 0 {
+            return Err(format!("the connection ended {got} bytes into a {len}-byte frame"));
+        }
+        got += n;
+    }
+    Ok(())
 }
 
 /// The next frame's payload, checked against what is due, within `timeout`.
@@ -172,7 +218,7 @@ async fn read_frame(
     chunk: u32,
     len: usize,
     timeout: Duration,
-    buf: &mut BytesMut,
+    buf: &mut Vec<u8>,
 ) -> Result<(), String> {
     let stalled = || format!("sent nothing for {:.1} s (stalled?)", timeout.as_secs_f64());
     tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled())??;
@@ -218,12 +264,13 @@ mod tests {
             let local = grads[r].clone();
             tasks.push(tokio::spawn(async move {
                 let (tx, mut rx) = mpsc::unbounded_channel();
-                let got = all_reduce(&spec, &local, rd, w, tx).await.unwrap();
+                let mut got = local;
+                all_reduce(&spec, &mut got, rd, w, tx).await.unwrap();
                 let mut owned = Vec::new();
                 while let Ok(c) = rx.try_recv() {
                     owned.push(c);
                 }
-                (got.grad, owned)
+                (got, owned)
             }));
         }
         let mut out = Vec::new();
@@ -298,12 +345,12 @@ mod tests {
         let (_keep_open, prev) = tokio::io::duplex(64);
         let (next, _sink) = tokio::io::duplex(1 << 12);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let e = all_reduce(&spec, &[1.0; 8], prev, next, tx.clone()).await.err().unwrap();
+        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx.clone()).await.err().unwrap();
         assert!(matches!(&e, RingError::Prev(m) if m.contains("sent nothing for 0.2 s")), "{e}");
         let (closed, prev) = tokio::io::duplex(64);
         drop(closed);
         let (next, _sink) = tokio::io::duplex(1 << 12);
-        let e = all_reduce(&spec, &[1.0; 8], prev, next, tx).await.err().unwrap();
+        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx).await.err().unwrap();
         assert!(matches!(&e, RingError::Prev(m) if m.contains("ended")), "{e}");
     }
 }

@@ -3,7 +3,6 @@
 //! encoded values). Both ends know every frame's tag, chunk and size in
 //! advance (`plan.rs`), so anything else is the sender's fault.
 
-use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// First bytes of every ring connection (the version is in the name).
@@ -76,18 +75,20 @@ pub async fn read_header(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32,
     Ok(())
 }
 
-/// Reads exactly `len` payload bytes into `buf` (emptied first; its
-/// allocation is reused when nothing else holds it, so a ring step does not
-/// fault in fresh pages for every frame), without zeroing it first.
-pub async fn read_payload(r: &mut (impl AsyncRead + Unpin), len: usize, buf: &mut BytesMut) -> Result<(), String> {
-    buf.clear();
-    buf.reserve(len);
-    while buf.len() < len {
-        let want = len - buf.len();
-        let n = r.read_buf(&mut (&mut *buf).limit(want)).await.map_err(|e| format!("the connection failed: {e}"))?;
+/// Reads exactly `len` payload bytes into `buf`, resized to `len` without
+/// zeroing when its length is already right: the ring's frame buffers are
+/// reused step after step, so a step does not fault in fresh pages.
+pub async fn read_payload(r: &mut (impl AsyncRead + Unpin), len: usize, buf: &mut Vec<u8>) -> Result<(), String> {
+    if buf.len() != len {
+        buf.resize(len, 0);
+    }
+    let mut got = 0;
+    while got < len {
+        let n = r.read(&mut buf[got..]).await.map_err(|e| format!("the connection failed: {e}"))?;
         if n == 0 {
-            return Err(format!("the connection ended {} bytes into a {len}-byte frame", buf.len()));
+            return Err(format!("the connection ended {got} bytes into a {len}-byte frame"));
         }
+        got += n;
     }
     Ok(())
 }
@@ -104,7 +105,7 @@ mod tests {
         assert_eq!(Hello::read(&mut b).await.unwrap(), hello);
         write_frame(&mut a, 1, 2, &[1, 2, 3, 4]).await.unwrap();
         read_header(&mut b, 1, 2, 4).await.unwrap();
-        let mut buf = BytesMut::new();
+        let mut buf = Vec::new();
         read_payload(&mut b, 4, &mut buf).await.unwrap();
         assert_eq!(&buf[..], &[1, 2, 3, 4]);
         write_frame(&mut a, 1, 3, &[0; 8]).await.unwrap();

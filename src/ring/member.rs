@@ -51,7 +51,8 @@ impl RingMembership {
         Self { me, rank, members, key, epoch, timeout }
     }
 
-    /// Connects to both neighbours and all-reduces `local`; the chunks of
+    /// Connects to both neighbours and all-reduces `local` in place,
+    /// returning it; the chunks of
     /// this member's segment go to `owned` as they are final. `first_bytes`
     /// hears when the predecessor's first bytes arrive (fault injection).
     /// An error names the neighbour at fault (its worker id) and why.
@@ -59,14 +60,14 @@ impl RingMembership {
         &self,
         peers: &PeerListener,
         spec: RingSpec,
-        local: &[f32],
+        mut local: Vec<f32>,
         owned: mpsc::UnboundedSender<(u32, Bytes)>,
         first_bytes: Option<oneshot::Sender<()>>,
     ) -> Result<Vec<f32>, (u64, String)> {
         let n = self.members.len();
         if n == 1 {
-            let r = all_reduce(&spec, local, tokio::io::empty(), tokio::io::sink(), owned).await;
-            return r.map(|r| r.grad).map_err(|e| (self.me, e.to_string()));
+            let r = all_reduce(&spec, &mut local, tokio::io::empty(), tokio::io::sink(), owned).await;
+            return r.map(|()| local).map_err(|e| (self.me, e.to_string()));
         }
         let (next_id, next_endpoint) = &self.members[(self.rank + 1) % n];
         let (prev_id, _) = &self.members[(self.rank + n - 1) % n];
@@ -76,8 +77,8 @@ impl RingMembership {
         let out = out.map_err(|e| (*next_id, format!("the successor {e}")))?;
         let inn = inn.map_err(|e| (*prev_id, format!("the predecessor {e}")))?;
         let inn = FirstBytes { inner: inn, arrived: first_bytes };
-        match all_reduce(&spec, local, inn, out, owned).await {
-            Ok(r) => Ok(r.grad),
+        match all_reduce(&spec, &mut local, inn, out, owned).await {
+            Ok(()) => Ok(local),
             Err(e @ RingError::Prev(_)) => Err((*prev_id, e.to_string())),
             Err(e @ RingError::Next(_)) => Err((*next_id, e.to_string())),
         }

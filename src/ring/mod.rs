@@ -18,6 +18,6 @@ mod member;
 mod peers;
 pub mod plan;
 
-pub use allreduce::{all_reduce, Reduced, RingError, RingSpec};
+pub use allreduce::{all_reduce, RingError, RingSpec};
 pub use member::RingMembership;
 pub use peers::{advertised_endpoint, connect, PeerListener};

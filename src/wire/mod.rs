@@ -169,38 +169,65 @@ pub fn accumulate(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: 
     Ok(())
 }
 
-/// `decode(bytes) + weight * local`, encoded again in `dtype`, in one pass
+/// `bytes = encode(decode(bytes) + weight * local)` in place, in one pass
 /// over the memory: the ring's reduce-scatter step (a partial sum in, this
-/// member's part added, the partial sum out), with no intermediate buffer.
-pub fn add_weighted_encoded(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, local: &[f32]) -> Result<Bytes, WireError> {
+/// member's part added, the partial sum out in the same buffer).
+pub fn add_weighted_in_place(bytes: &mut [u8], dtype: GradDtype, index: u32, weight: f32, local: &[f32]) -> Result<(), WireError> {
     check_len(bytes, local.len(), dtype, index)?;
     let per = dtype.bytes_per_element();
-    let mut out = bytes::BytesMut::zeroed(bytes.len());
     match dtype {
         GradDtype::F32 => {
-            for ((o, b), g) in out.chunks_exact_mut(per).zip(bytes.chunks_exact(per)).zip(local) {
+            for (b, g) in bytes.chunks_exact_mut(per).zip(local) {
                 let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * g;
-                o.copy_from_slice(&v.to_le_bytes());
+                b.copy_from_slice(&v.to_le_bytes());
             }
         }
         GradDtype::Bf16 => {
-            for ((o, b), g) in out.chunks_exact_mut(per).zip(bytes.chunks_exact(per)).zip(local) {
+            for (b, g) in bytes.chunks_exact_mut(per).zip(local) {
                 let v = bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) + weight * g;
-                o.copy_from_slice(&f32_to_bf16(v).to_le_bytes());
+                b.copy_from_slice(&f32_to_bf16(v).to_le_bytes());
             }
         }
     }
-    Ok(out.freeze())
+    Ok(())
 }
 
-/// `out = decode(bytes) + weight * local` (the ring's last reduce-scatter
-/// step, which keeps the values).
-pub fn add_weighted_into(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, local: &[f32], out: &mut [f32]) -> Result<(), WireError> {
-    decode_into(bytes, dtype, index, out)?;
-    for (o, g) in out.iter_mut().zip(local) {
-        *o += weight * g;
+/// `acc = decode(bytes) + weight * acc` (the ring's last reduce-scatter
+/// step: this member's own values become the reduced ones, in place).
+pub fn add_to_weighted(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: &mut [f32]) -> Result<(), WireError> {
+    check_len(bytes, acc.len(), dtype, index)?;
+    let per = dtype.bytes_per_element();
+    match dtype {
+        GradDtype::F32 => {
+            for (a, b) in acc.iter_mut().zip(bytes.chunks_exact(per)) {
+                *a = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * *a;
+            }
+        }
+        GradDtype::Bf16 => {
+            for (a, b) in acc.iter_mut().zip(bytes.chunks_exact(per)) {
+                *a = bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) + weight * *a;
+            }
+        }
     }
     Ok(())
+}
+
+/// `encode(0 + weight * local)` into `out` (resized, its allocation kept):
+/// a member's first term of a ring sum, as the star's sum starts.
+pub fn encode_weighted_into(local: &[f32], dtype: GradDtype, weight: f32, out: &mut Vec<u8>) {
+    out.resize(local.len() * dtype.bytes_per_element(), 0);
+    match dtype {
+        GradDtype::F32 => {
+            for (o, g) in out.chunks_exact_mut(4).zip(local) {
+                o.copy_from_slice(&(0.0 + weight * g).to_le_bytes());
+            }
+        }
+        GradDtype::Bf16 => {
+            for (o, g) in out.chunks_exact_mut(2).zip(local) {
+                o.copy_from_slice(&f32_to_bf16(0.0 + weight * g).to_le_bytes());
+            }
+        }
+    }
 }
 
 /// [`accumulate`], also returning whether every decoded value was finite

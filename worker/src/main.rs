@@ -187,6 +187,7 @@ fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    ddpm::runtime::tune_allocator();
     let args = Args::parse();
     args.log.init();
     if args.check_config {

@@ -11,7 +11,6 @@
 //! coordinator's verdict: the attempt is abandoned and redone without the
 //! culprit.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ddpm::config::GradDtype;
@@ -94,11 +93,10 @@ impl GradientExchange for RingExchange<'_> {
             })
         };
         let started = Instant::now();
-        let local = Arc::new(local.grad);
         let freeze = freeze_at(a.step, a.attempt);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         let mut first_bytes = freeze.map(|_| first_rx);
-        let ring = plan.all_reduce(self.peers, spec, &local, owned_tx, Some(first_tx));
+        let ring = plan.all_reduce(self.peers, spec, local.grad, owned_tx, Some(first_tx));
         tokio::pin!(ring);
         // None while the ring runs; then its result.
         let mut reduced: Option<Result<Vec<f32>, String>> = None;

@@ -403,6 +403,18 @@ impl Round {
         self.finish(inner)
     }
 
+    /// Reduces into `buf` (zeroed, `[P]`) instead of a fresh allocation;
+    /// a buffer of another length is ignored.
+    pub fn with_buffer(self, buf: Vec<f32>) -> Self {
+        {
+            let mut inner = self.lock();
+            if buf.len() == inner.reduced.len() {
+                inner.reduced = buf;
+            }
+        }
+        self
+    }
+
     /// After a member joined: the outcome to send if that completed a
     /// ring round (nothing for the star, which completes on chunks only).
     pub fn after_join(&self) -> Vec<(Outbound, ReducedMessage)> {
