@@ -39,6 +39,9 @@ pub struct AllreduceArgs {
     /// Python with torch for the gloo baseline (default $DDPM_PYTHON or python3).
     #[arg(long)]
     pub python: Option<String>,
+    /// Chunk size in KiB of the ring alone (default: `[dist] chunk_kib`'s default).
+    #[arg(long)]
+    pub chunk_kib: Option<usize>,
     /// Skip the PyTorch gloo baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -283,7 +286,8 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
                         weight: 1.0 / n as f32,
                         peer_timeout: plan.timeout,
                     };
-                    let (owned, _rx) = tokio::sync::mpsc::unbounded_channel();
+                    // Nobody takes the owned segment: gloo uploads nothing either.
+                    let (owned, _) = tokio::sync::mpsc::unbounded_channel();
                     let start = Instant::now();
                     let buf = plan.all_reduce(&peers, spec, buf, owned, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
                     anyhow::Ok((start.elapsed().as_secs_f64(), buf))
@@ -331,7 +335,9 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
     for b in &args.backend {
         anyhow::ensure!(b == "coordinator" || b == "ring", "unknown backend {b:?}: use coordinator or ring");
     }
-    let chunk_elements = ddpm::config::DistConfig::default().chunk_kib * 1024 / dtype.bytes_per_element();
+    let chunk_kib = args.chunk_kib.unwrap_or(ddpm::config::DistConfig::default().chunk_kib);
+    anyhow::ensure!((1..=16 * 1024).contains(&chunk_kib), "--chunk-kib must be in 1..=16384, got {chunk_kib}");
+    let chunk_elements = chunk_kib * 1024 / dtype.bytes_per_element();
     for &n in &args.workers {
         if args.backend.iter().any(|b| b == "ring") && n >= 2 {
             let r = rt.block_on(ring_alone(n, params, chunk_elements, dtype, args.steps))?;

@@ -45,17 +45,20 @@ pub enum RingError {
 }
 
 /// An outgoing frame's bytes: a buffer of this member's pool (returned to
-/// it once written), or bytes shared with the coordinator's upload.
-enum Payload {
+/// it once written), bytes shared with the coordinator's upload, or a
+/// final chunk of the gradient itself (f32 needs no encoding).
+enum Payload<'a> {
     Pooled(Vec<u8>),
     Shared(Bytes),
+    Borrowed(&'a [u8]),
 }
 
-impl Payload {
+impl Payload<'_> {
     fn bytes(&self) -> &[u8] {
         match self {
             Payload::Pooled(v) => v,
             Payload::Shared(b) => b,
+            Payload::Borrowed(b) => b,
         }
     }
 }
@@ -63,22 +66,31 @@ impl Payload {
 /// All-reduces `grad` (this member's mean shard gradient) around the ring,
 /// in place: every member ends with the same bits in its `grad`. The
 /// chunks of this member's own segment are handed to `owned` as soon as
-/// they are final (in order), for the coordinator's copy.
+/// they are final (in order), for the coordinator's copy; nothing is
+/// encoded for it once its receiver is gone.
 ///
 /// In place is sound because a member reads each of its chunks once, in
 /// the reduce-scatter, before the reduced values for that chunk exist
-/// anywhere. Frames are read into buffers that the writer hands back once
-/// sent, so a step allocates only the owned segment's upload copies.
+/// anywhere. With f32 on the wire a final chunk is never copied: the
+/// all-gather reads it straight into the gradient and passes it on from
+/// there, as gloo does. Reduce-scatter frames are read into buffers of
+/// `pool`, which the writer hands back once sent and which stay in `pool`
+/// for the next call, so a step neither allocates nor faults in pages.
+///
+/// Reading and writing are two futures of one task (the writer borrows
+/// the final chunks): the reader never waits for the writer, since the
+/// queue between them is unbounded, so the ring cannot deadlock.
 pub async fn all_reduce<R, W>(
     spec: &RingSpec,
     grad: &mut [f32],
     mut prev: R,
-    next: W,
+    mut next: W,
     owned: mpsc::UnboundedSender<(u32, Bytes)>,
+    pool: &mut Vec<Vec<u8>>,
 ) -> Result<(), RingError>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
     let n = spec.n.max(1);
     // The caller's contract (spec.total is always set from the gradient).
@@ -100,94 +112,110 @@ where
         }
         return Ok(());
     }
+    // Final chunks go out as they are (little-endian f32 is the wire's f32).
+    let raw = dtype == GradDtype::F32 && cfg!(target_endian = "little");
 
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, u32, Payload)>();
+    // The gradient as one slot per chunk: a slot is mutable until its
+    // chunk is final, then taken out (left empty) and only read.
+    let mut slots: Vec<&mut [f32]> = Vec::with_capacity(chunks);
+    let mut rest = grad;
+    for r in &ranges {
+        let (head, tail) = rest.split_at_mut(r.len());
+        slots.push(head);
+        rest = tail;
+    }
+    fn finalize<'a>(slots: &mut [&'a mut [f32]], c: usize) -> &'a [u8] {
+        let done: &'a mut [f32] = std::mem::take(&mut slots[c]);
+        bytemuck::cast_slice(&*done)
+    }
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u32, u32, Payload<'_>)>();
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Vec<u8>>();
-    let mut writer = tokio::spawn(async move {
-        let mut next = next;
+    let writer = async {
         while let Some((tag, chunk, payload)) = rx.recv().await {
-            frame::write_frame(&mut next, tag, chunk, payload.bytes()).await.map_err(|e| format!("could not be written to: {e}"))?;
+            frame::write_frame(&mut next, tag, chunk, payload.bytes()).await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
             if let Payload::Pooled(buf) = payload {
                 let _ = back_tx.send(buf);
             }
         }
         use tokio::io::AsyncWriteExt;
-        next.flush().await.map_err(|e| format!("could not be written to: {e}"))
-    });
-    let send = |id: FrameId, payload: Payload| {
-        // The writer is gone only after a write failed; the select below reports that.
-        let _ = tx.send((id.tag(n), id.chunk, payload));
+        next.flush().await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))
     };
-    // A written buffer back from the writer, or a new one while none is.
-    let mut spare = || back_rx.try_recv().unwrap_or_default();
-
-    // Reduce-scatter step 0: this member's part of the segment before its own.
-    let first = plan::first_sent_segment(spec.rank, n);
-    for c in segments[first].clone() {
-        let mut buf = spare();
-        wire::encode_weighted_into(&grad[ranges[c].clone()], dtype, spec.weight, &mut buf);
-        send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, Payload::Pooled(buf));
-    }
-
-    let last = n as u32 - 2;
-    let mut buf = spare();
-    for id in plan::receive_order(spec.rank, n, chunks) {
-        let c = id.chunk as usize;
-        let len = bytes_of(c);
-        // A last all-gather frame of f32 is not passed on: read it straight
-        // into the gradient (little-endian f32 is the wire's f32).
-        let direct = id.phase == Phase::AllGather && id.step == last && dtype == GradDtype::F32 && cfg!(target_endian = "little");
-        let timeout = spec.peer_timeout;
-        let read = async {
-            if direct {
-                let into: &mut [u8] = bytemuck::cast_slice_mut(&mut grad[ranges[c].clone()]);
-                read_frame_into(&mut prev, id.tag(n), id.chunk, timeout, into).await
-            } else {
-                read_frame(&mut prev, id.tag(n), id.chunk, len, timeout, &mut buf).await
-            }
+    let (pooled, back, ranges, segments) = (&mut *pool, &mut back_rx, &ranges, &segments);
+    let reader = async move {
+        let send = |id: FrameId, payload| {
+            // The writer ends early only after a write failed, which try_join reports.
+            let _ = tx.send((id.tag(n), id.chunk, payload));
         };
-        tokio::select! {
-            read = read => read.map_err(RingError::Prev)?,
-            written = &mut writer => {
-                let why = match written {
-                    Ok(Err(e)) => e,
-                    Ok(Ok(())) => "stopped taking frames".to_string(),
-                    Err(e) => format!("writer failed: {e}"),
-                };
-                return Err(RingError::Next(why));
-            }
+        // A written buffer back from the writer, else one kept from an earlier call.
+        let mut spare = || back.try_recv().ok().or_else(|| pooled.pop()).unwrap_or_default();
+
+        // Reduce-scatter step 0: this member's part of the segment before its own.
+        let first = plan::first_sent_segment(spec.rank, n);
+        for c in segments[first].clone() {
+            let mut buf = spare();
+            wire::encode_weighted_into(&slots[c], dtype, spec.weight, &mut buf);
+            send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, Payload::Pooled(buf));
         }
+
+        let last = n as u32 - 2;
+        let mut buf = spare();
+        let timeout = spec.peer_timeout;
         let bad = |e: wire::WireError| RingError::Prev(format!("sent a bad frame: {e}"));
-        let mine = &mut grad[ranges[c].clone()];
-        match id.phase {
-            Phase::ReduceScatter if id.step < last => {
-                // One pass: the partial sum in, ours added, out again.
-                wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
-                send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
-            }
-            Phase::ReduceScatter => {
-                // Our own segment's chunk is complete: what every replica keeps.
-                wire::add_to_weighted(&buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
-                wire::round_trip(mine, dtype);
-                let encoded = wire::encode(mine, dtype);
-                let _ = owned.send((id.chunk, encoded.clone()));
-                send(FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk }, Payload::Shared(encoded));
-            }
-            Phase::AllGather if direct => {}
-            Phase::AllGather => {
-                wire::decode_into(&buf, dtype, id.chunk, mine).map_err(bad)?;
+        for id in plan::receive_order(spec.rank, n, chunks) {
+            let c = id.chunk as usize;
+            if id.phase == Phase::AllGather && raw {
+                // A final chunk: into the gradient, and on from there.
+                debug_assert_eq!(slots[c].len(), ranges[c].len(), "chunk {c} received twice");
+                let into: &mut [u8] = bytemuck::cast_slice_mut(&mut *slots[c]);
+                read_frame_into(&mut prev, id.tag(n), id.chunk, timeout, into).await.map_err(RingError::Prev)?;
                 if id.step < last {
+                    send(FrameId { step: id.step + 1, ..id }, Payload::Borrowed(finalize(&mut slots, c)));
+                }
+                continue;
+            }
+            read_frame(&mut prev, id.tag(n), id.chunk, bytes_of(c), timeout, &mut buf).await.map_err(RingError::Prev)?;
+            match id.phase {
+                Phase::ReduceScatter if id.step < last => {
+                    // One pass: the partial sum in, ours added, out again.
+                    wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, &slots[c]).map_err(bad)?;
                     send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
+                }
+                Phase::ReduceScatter => {
+                    // Our own segment's chunk is complete: what every replica keeps.
+                    let mine = &mut *slots[c];
+                    wire::add_to_weighted(&buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
+                    wire::round_trip(mine, dtype);
+                    let gather = FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk };
+                    if raw {
+                        if !owned.is_closed() {
+                            let _ = owned.send((id.chunk, Bytes::copy_from_slice(bytemuck::cast_slice(&*mine))));
+                        }
+                        send(gather, Payload::Borrowed(finalize(&mut slots, c)));
+                    } else {
+                        let encoded = wire::encode(mine, dtype);
+                        let _ = owned.send((id.chunk, encoded.clone()));
+                        send(gather, Payload::Shared(encoded));
+                    }
+                }
+                Phase::AllGather => {
+                    wire::decode_into(&buf, dtype, id.chunk, slots[c]).map_err(bad)?;
+                    if id.step < last {
+                        send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
+                    }
                 }
             }
         }
+        pooled.push(buf);
+        // Dropping `tx` here lets the writer finish.
+        Ok::<_, RingError>(())
+    };
+    let result = tokio::try_join!(reader, writer).map(|_| ());
+    // Every buffer the writer handed back stays for the next call.
+    while let Ok(buf) = back_rx.try_recv() {
+        pool.push(buf);
     }
-    drop(tx);
-    match writer.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(RingError::Next(e)),
-        Err(e) => Err(RingError::Next(format!("writer failed: {e}"))),
-    }
+    result
 }
 
 /// The next frame's payload read into `into` (its exact size), checked
@@ -265,7 +293,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 let (tx, mut rx) = mpsc::unbounded_channel();
                 let mut got = local;
-                all_reduce(&spec, &mut got, rd, w, tx).await.unwrap();
+                all_reduce(&spec, &mut got, rd, w, tx, &mut Vec::new()).await.unwrap();
                 let mut owned = Vec::new();
                 while let Ok(c) = rx.try_recv() {
                     owned.push(c);
@@ -345,12 +373,12 @@ mod tests {
         let (_keep_open, prev) = tokio::io::duplex(64);
         let (next, _sink) = tokio::io::duplex(1 << 12);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx.clone()).await.err().unwrap();
+        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx.clone(), &mut Vec::new()).await.err().unwrap();
         assert!(matches!(&e, RingError::Prev(m) if m.contains("sent nothing for 0.2 s")), "{e}");
         let (closed, prev) = tokio::io::duplex(64);
         drop(closed);
         let (next, _sink) = tokio::io::duplex(1 << 12);
-        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx).await.err().unwrap();
+        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx, &mut Vec::new()).await.err().unwrap();
         assert!(matches!(&e, RingError::Prev(m) if m.contains("ended")), "{e}");
     }
 }

@@ -66,7 +66,7 @@ impl RingMembership {
     ) -> Result<Vec<f32>, (u64, String)> {
         let n = self.members.len();
         if n == 1 {
-            let r = all_reduce(&spec, &mut local, tokio::io::empty(), tokio::io::sink(), owned).await;
+            let r = all_reduce(&spec, &mut local, tokio::io::empty(), tokio::io::sink(), owned, &mut Vec::new()).await;
             return r.map(|()| local).map_err(|e| (self.me, e.to_string()));
         }
         let (next_id, next_endpoint) = &self.members[(self.rank + 1) % n];
@@ -77,7 +77,10 @@ impl RingMembership {
         let out = out.map_err(|e| (*next_id, format!("the successor {e}")))?;
         let inn = inn.map_err(|e| (*prev_id, format!("the predecessor {e}")))?;
         let inn = FirstBytes { inner: inn, arrived: first_bytes };
-        match all_reduce(&spec, &mut local, inn, out, owned).await {
+        let mut frames = peers.take_frames();
+        let reduced = all_reduce(&spec, &mut local, inn, out, owned, &mut frames).await;
+        peers.keep_frames(frames);
+        match reduced {
             Ok(()) => Ok(local),
             Err(e @ RingError::Prev(_)) => Err((*prev_id, e.to_string())),
             Err(e @ RingError::Next(_)) => Err((*next_id, e.to_string())),

@@ -46,6 +46,9 @@ pub struct PeerListener {
     endpoint: String,
     inbox: Arc<Inbox>,
     accept: tokio::task::JoinHandle<()>,
+    /// The ring's frame buffers between attempts: the listener lives as
+    /// long as the worker, so a step reuses the last one's memory.
+    frames: Mutex<Vec<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for PeerListener {
@@ -68,7 +71,18 @@ impl PeerListener {
         let endpoint = endpoint(listener.local_addr()?);
         let inbox = Arc::new(Inbox::default());
         let accept = tokio::spawn(accept_loop(listener, inbox.clone()));
-        Ok(Self { endpoint, inbox, accept })
+        Ok(Self { endpoint, inbox, accept, frames: Mutex::default() })
+    }
+
+    /// The frame buffers kept from earlier attempts (empty while another
+    /// attempt of this worker holds them).
+    pub fn take_frames(&self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut *self.frames.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Keeps `frames` for the next attempt.
+    pub fn keep_frames(&self, frames: Vec<Vec<u8>>) {
+        *self.frames.lock().unwrap_or_else(|p| p.into_inner()) = frames;
     }
 
     pub fn endpoint(&self) -> &str {

@@ -176,12 +176,20 @@ pub fn add_weighted_in_place(bytes: &mut [u8], dtype: GradDtype, index: u32, wei
     check_len(bytes, local.len(), dtype, index)?;
     let per = dtype.bytes_per_element();
     match dtype {
-        GradDtype::F32 => {
-            for (b, g) in bytes.chunks_exact_mut(per).zip(local) {
-                let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * g;
-                b.copy_from_slice(&v.to_le_bytes());
+        GradDtype::F32 => match as_f32s_mut(bytes) {
+            // Aligned (the ring's own buffers): a loop the compiler vectorizes.
+            Some(acc) => {
+                for (a, g) in acc.iter_mut().zip(local) {
+                    *a += weight * g;
+                }
             }
-        }
+            None => {
+                for (b, g) in bytes.chunks_exact_mut(per).zip(local) {
+                    let v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * g;
+                    b.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        },
         GradDtype::Bf16 => {
             for (b, g) in bytes.chunks_exact_mut(per).zip(local) {
                 let v = bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) + weight * g;
@@ -192,17 +200,43 @@ pub fn add_weighted_in_place(bytes: &mut [u8], dtype: GradDtype, index: u32, wei
     Ok(())
 }
 
+/// Wire f32 bytes as the values themselves, where that is what they are:
+/// a little-endian machine and a 4-byte-aligned buffer (the same
+/// arithmetic either way; this form is the one the compiler vectorizes).
+fn as_f32s(bytes: &[u8]) -> Option<&[f32]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice(bytes).ok()
+    } else {
+        None
+    }
+}
+
+fn as_f32s_mut(bytes: &mut [u8]) -> Option<&mut [f32]> {
+    if cfg!(target_endian = "little") {
+        bytemuck::try_cast_slice_mut(bytes).ok()
+    } else {
+        None
+    }
+}
+
 /// `acc = decode(bytes) + weight * acc` (the ring's last reduce-scatter
 /// step: this member's own values become the reduced ones, in place).
 pub fn add_to_weighted(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: &mut [f32]) -> Result<(), WireError> {
     check_len(bytes, acc.len(), dtype, index)?;
     let per = dtype.bytes_per_element();
     match dtype {
-        GradDtype::F32 => {
-            for (a, b) in acc.iter_mut().zip(bytes.chunks_exact(per)) {
-                *a = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * *a;
+        GradDtype::F32 => match as_f32s(bytes) {
+            Some(got) => {
+                for (a, b) in acc.iter_mut().zip(got) {
+                    *a = b + weight * *a;
+                }
             }
-        }
+            None => {
+                for (a, b) in acc.iter_mut().zip(bytes.chunks_exact(per)) {
+                    *a = f32::from_le_bytes([b[0], b[1], b[2], b[3]]) + weight * *a;
+                }
+            }
+        },
         GradDtype::Bf16 => {
             for (a, b) in acc.iter_mut().zip(bytes.chunks_exact(per)) {
                 *a = bf16_to_f32(u16::from_le_bytes([b[0], b[1]])) + weight * *a;
@@ -217,11 +251,18 @@ pub fn add_to_weighted(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, 
 pub fn encode_weighted_into(local: &[f32], dtype: GradDtype, weight: f32, out: &mut Vec<u8>) {
     out.resize(local.len() * dtype.bytes_per_element(), 0);
     match dtype {
-        GradDtype::F32 => {
-            for (o, g) in out.chunks_exact_mut(4).zip(local) {
-                o.copy_from_slice(&(0.0 + weight * g).to_le_bytes());
+        GradDtype::F32 => match as_f32s_mut(out) {
+            Some(out) => {
+                for (o, g) in out.iter_mut().zip(local) {
+                    *o = 0.0 + weight * g;
+                }
             }
-        }
+            None => {
+                for (o, g) in out.chunks_exact_mut(4).zip(local) {
+                    o.copy_from_slice(&(0.0 + weight * g).to_le_bytes());
+                }
+            }
+        },
         GradDtype::Bf16 => {
             for (o, g) in out.chunks_exact_mut(2).zip(local) {
                 o.copy_from_slice(&f32_to_bf16(0.0 + weight * g).to_le_bytes());
@@ -306,6 +347,41 @@ mod tests {
             let mut acc = [1.0f32; 3];
             accumulate(&b, dtype, 0, 0.5, &mut acc).unwrap();
             assert_eq!(acc, [1.75, 0.0, 2.625]);
+        }
+    }
+
+    /// The ring's fused steps are decode, the arithmetic, encode, bit for
+    /// bit, whether the bytes sit aligned (the vectorized path) or not.
+    #[test]
+    fn the_ring_steps_equal_decode_then_arithmetic_aligned_or_not() {
+        let local: Vec<f32> = (0..37).map(|i| (i as f32 * 0.731).sin() * 10f32.powi(i % 7 - 3)).collect();
+        let other: Vec<f32> = (0..37).map(|i| (i as f32 * 1.37).cos() * 3.3).collect();
+        let w = 0.3f32;
+        for dtype in [GradDtype::F32, GradDtype::Bf16] {
+            let wire = encode(&other, dtype);
+            let mut theirs = vec![0f32; 37];
+            decode_into(&wire, dtype, 0, &mut theirs).unwrap();
+            for offset in [0usize, 1] {
+                // A copy of the wire bytes at `offset` into a 4-byte-aligned buffer.
+                let mut store = vec![0f32; 38];
+                let at = |store: &mut Vec<f32>| -> *mut u8 { unsafe { (store.as_mut_ptr() as *mut u8).add(offset) } };
+                let len = wire.len();
+                let bytes = unsafe { std::slice::from_raw_parts_mut(at(&mut store), len) };
+                bytes.copy_from_slice(&wire);
+                add_weighted_in_place(bytes, dtype, 0, w, &local).unwrap();
+                let want: Vec<f32> = theirs.iter().zip(&local).map(|(t, g)| t + w * g).collect();
+                assert_eq!(&bytes[..], &encode(&want, dtype)[..], "{dtype:?} offset {offset}: add_weighted_in_place");
+
+                bytes.copy_from_slice(&wire);
+                let mut acc = local.clone();
+                add_to_weighted(bytes, dtype, 0, w, &mut acc).unwrap();
+                let want: Vec<u32> = theirs.iter().zip(&local).map(|(t, g)| (t + w * g).to_bits()).collect();
+                assert_eq!(acc.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), want, "{dtype:?} offset {offset}: add_to_weighted");
+            }
+            let mut out = Vec::new();
+            encode_weighted_into(&local, dtype, w, &mut out);
+            let want: Vec<f32> = local.iter().map(|g| 0.0 + w * g).collect();
+            assert_eq!(&out[..], &encode(&want, dtype)[..], "{dtype:?}: encode_weighted_into");
         }
     }
 
