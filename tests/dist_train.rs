@@ -216,3 +216,58 @@ fn a_two_worker_run_is_bitwise_reproducible() {
     assert_eq!(sum_a, sum_b, "two identical runs ended with different parameters");
     assert!(grid_a == grid_b, "two identical runs drew different sample grids");
 }
+
+/// One ring run of `config` with 3 workers, worker `no_shm` (if any)
+/// without shared memory (as if on another host): the coordinator's final
+/// checksum and each worker's output.
+fn ring_run(config: &str, no_shm: Option<usize>) -> (String, Vec<String>) {
+    let dir = tempdir();
+    let cfg_path = dir.path().join("run.toml");
+    std::fs::write(&cfg_path, config).unwrap();
+    let run_dir = dir.path().join("run");
+    let args = ["--preset", "tiny", "--config", cfg_path.to_str().unwrap(), "--workers", "3", "--run", run_dir.to_str().unwrap()];
+    let (mut coord, addr) = start_coordinator(&args);
+    let mut ws: Vec<_> = (0..3)
+        .map(|i| {
+            let name = format!("w{i}");
+            let mut cmd = std::process::Command::new(common::binary("ddpm-worker"));
+            cmd.args(["--coord", &addr, "--device", "cpu", "--threads", "1", "--name", &name]).env("RUST_LOG", "info");
+            if no_shm == Some(i) {
+                cmd.env("DDPM_RING_SHM_DIR", "");
+            }
+            common::Proc::spawn(&name, cmd)
+        })
+        .collect();
+    assert_eq!(coord.wait(Duration::from_secs(600)), 0, "coordinator failed:\n{}", coord.output());
+    let logs = ws
+        .iter_mut()
+        .map(|w| {
+            assert_eq!(w.wait(Duration::from_secs(60)), 0, "worker failed:\n{}", w.output());
+            w.output()
+        })
+        .collect();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+    (summary["coordinator_checksum"].as_str().unwrap().to_string(), logs)
+}
+
+/// The ring's links through shared memory (the default between processes
+/// of one host), through TCP (`ring_shm = false`), and mixed (one worker
+/// without shared memory: TCP to and from it, shared memory between the
+/// other two) give the same bits; each worker says how its links went.
+#[test]
+fn ring_links_through_shared_memory_tcp_or_both_give_the_same_bits() {
+    let config = CONFIG.replace("checksum_every = 2", "checksum_every = 1\nbackend = \"ring\"\nchunk_kib = 64");
+    let said = |log: &str, links: &str| log.contains(&format!("ring links (from the predecessor/to the successor): {links}"));
+    let (shm, logs) = ring_run(&config, None);
+    assert!(logs.iter().all(|l| said(l, "shm/shm")), "{logs:#?}");
+    let (tcp, logs) = ring_run(&config.replace("backend = \"ring\"", "backend = \"ring\"\nring_shm = false"), None);
+    assert!(logs.iter().all(|l| said(l, "tcp/tcp") && !["shm/shm", "tcp/shm", "shm/tcp"].iter().any(|k| said(l, k))), "{logs:#?}");
+    assert_eq!(tcp, shm, "the TCP ring's result differs from the shared-memory ring's");
+    let (mixed, logs) = ring_run(&config, Some(0));
+    assert!(said(&logs[0], "tcp/tcp"), "{}", logs[0]);
+    // The successor of the worker without shared memory, and its predecessor.
+    assert!(logs[1..].iter().any(|l| said(l, "tcp/shm")) && logs[1..].iter().any(|l| said(l, "shm/tcp")), "{logs:#?}");
+    assert_eq!(mixed, shm, "the mixed ring's result differs from the shared-memory ring's");
+}

@@ -4,7 +4,11 @@
 //! killed there (kill -9). Each time the coordinator names the culprit,
 //! aborts the attempt, the survivors redo the step with the same batch,
 //! and the run ends within 1e-4 of the fault-free one with every replica
-//! equal to the coordinator.
+//! equal to the coordinator. The links go through shared memory, as
+//! between any members of one host, so the faults hit that data plane:
+//! a dead member's connections still end at once, a frozen one stops
+//! taking frames from its outbox slots, and a killed one's outbox is
+//! swept away.
 //!
 //! The freeze is the worker's fault injection `DDPM_FAULT_RING_FREEZE`
 //! (`worker/src/ring_exchange.rs`): it lands after the predecessor's first
@@ -43,6 +47,10 @@ at_end = false
 "#;
 
 const STEPS: u64 = 8;
+
+/// What a worker says when its ring links go through shared memory (the
+/// default on one host): the faults below hit that data plane.
+const SHM_LINKS: &str = "ring links (from the predecessor/to the successor): shm/shm";
 
 struct Run {
     dir: tempfile::TempDir,
@@ -123,6 +131,7 @@ fn a_member_frozen_mid_ring_is_named_dropped_and_the_step_redone() {
     let run = Run::new();
     let (mut coord, mut workers) = run.start([None, Some("3:6"), None]);
     let frozen = joined_id(&mut workers[1]);
+    workers[0].wait_for_line(SHM_LINKS, Duration::from_secs(300));
     workers[1].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
     let verdict = coord.wait_for_line("broke the ring of step 3", Duration::from_secs(60));
     assert!(verdict.contains(&format!("worker {frozen} broke the ring")), "the frozen worker is {frozen}: {verdict}");
@@ -150,7 +159,9 @@ fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
     let run = Run::new();
     let (mut coord, mut workers) = run.start([None, Some("4:600"), None]);
     let killed = joined_id(&mut workers[1]);
+    workers[0].wait_for_line(SHM_LINKS, Duration::from_secs(300));
     workers[1].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
+    let pid = workers[1].child.id();
     workers[1].child.kill().unwrap();
     let killed_at = std::time::Instant::now();
     // Whichever the coordinator hears of first drops it and aborts the
@@ -175,6 +186,14 @@ fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 2, "{summary}");
     assert!(summary["replica_checksums"].get(killed.to_string()).is_none(), "{summary}");
+    // Its shared-memory outbox is gone too: the survivors' new, larger
+    // outboxes (a ring of two) swept it away.
+    let left: Vec<_> = std::fs::read_dir("/dev/shm")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("ddpm-ring-{pid}-")))
+        .collect();
+    assert!(left.is_empty(), "the killed worker's outbox is still there: {left:?}");
     let d = max_diff(&run.final_params(), &straight.final_params());
     eprintln!("max |fault-free - killed member| = {d:e}");
     assert!(d < 1e-4, "{d}");

@@ -42,6 +42,11 @@ pub struct AllreduceArgs {
     /// Chunk size in KiB of the ring alone (default: `[dist] chunk_kib`'s default).
     #[arg(long)]
     pub chunk_kib: Option<usize>,
+    /// How the ring alone's links carry the bytes, comma-separated: tcp,
+    /// shm (shared memory; f32 only). The runs through a coordinator use
+    /// `[dist] ring_shm`'s default (shared memory where it works).
+    #[arg(long, default_value = "tcp,shm", value_delimiter = ',')]
+    pub links: Vec<String>,
     /// Skip the PyTorch gloo baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -226,6 +231,7 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
             dtype,
             weight: (a.shard_size as f64 / a.global_batch as f64) as f32,
             peer_timeout: plan.timeout,
+            shm: a.ring.as_ref().is_some_and(|p| p.shm),
         };
         let start = Instant::now();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
@@ -259,7 +265,7 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
 /// The ring alone: `n` members in this process over loopback TCP, no
 /// coordinator (what gloo's number is: the data plane only). Median seconds
 /// of `steps` all-reduces after one warm-up, the slowest member's each time.
-async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDtype, steps: u64) -> anyhow::Result<f64> {
+async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDtype, steps: u64, shm: bool) -> anyhow::Result<(f64, &'static str)> {
     let mut listeners = Vec::new();
     for _ in 0..n {
         listeners.push(std::sync::Arc::new(PeerListener::bind("127.0.0.1:0", |a| a.to_string()).await?));
@@ -285,6 +291,7 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
                         dtype,
                         weight: 1.0 / n as f32,
                         peer_timeout: plan.timeout,
+                        shm,
                     };
                     // Nobody takes the owned segment: gloo uploads nothing either.
                     let (owned, _) = tokio::sync::mpsc::unbounded_channel();
@@ -304,7 +311,7 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
             per_step.push(slowest);
         }
     }
-    Ok(median(&per_step))
+    Ok((median(&per_step), listeners[0].last_links()))
 }
 
 pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
@@ -339,10 +346,14 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
     anyhow::ensure!((1..=16 * 1024).contains(&chunk_kib), "--chunk-kib must be in 1..=16384, got {chunk_kib}");
     let chunk_elements = chunk_kib * 1024 / dtype.bytes_per_element();
     for &n in &args.workers {
-        if args.backend.iter().any(|b| b == "ring") && n >= 2 {
-            let r = rt.block_on(ring_alone(n, params, chunk_elements, dtype, args.steps))?;
+        for links in args.links.iter().filter(|_| args.backend.iter().any(|b| b == "ring") && n >= 2) {
+            anyhow::ensure!(links == "tcp" || links == "shm", "unknown --links {links:?}: use tcp or shm");
+            let (r, used) = rt.block_on(ring_alone(n, params, chunk_elements, dtype, args.steps, links == "shm"))?;
             let gbps = bytes as f64 / r / 1e9;
-            println!("ddpm ring alone (no coordinator), {n} workers: {r:.3} s per all-reduce, {gbps:.2} GB/s per worker ({:.2}x raw TCP)", gbps / tcp);
+            println!(
+                "ddpm ring alone (no coordinator), {links} links (rank 0 in/out: {used}), {n} workers: {r:.3} s per all-reduce, {gbps:.2} GB/s per worker ({:.2}x raw TCP)",
+                gbps / tcp
+            );
             if let Some(g) = gloo.get(&n) {
                 println!("  vs PyTorch DDP gloo, {n} processes, {g:.3} s: ddpm/gloo speed ratio {:.2} (>1: ddpm faster)", g / r);
             }

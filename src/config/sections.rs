@@ -60,6 +60,10 @@ pub struct DistConfig {
     /// frame before it reports it as stalled (and the attempt is redone
     /// without it). Covers the spread of the members' compute times.
     pub ring_peer_timeout_s: f64,
+    /// Ring backend: members whose processes share a host's shared memory
+    /// (/dev/shm) pass the gradient through it instead of TCP (f32 only;
+    /// tried per link, TCP where it fails; same bits either way).
+    pub ring_shm: bool,
     /// Gradient wire format: `f32` (exact) or `bf16` (half the bytes).
     pub grad_dtype: GradDtype,
     /// Size of one gradient chunk on the wire, in KiB.
@@ -286,6 +290,7 @@ impl Default for DistConfig {
         Self {
             backend: Backend::Coordinator,
             ring_peer_timeout_s: 30.0,
+            ring_shm: true,
             grad_dtype: GradDtype::F32,
             chunk_kib: 4096,
             step_timeout_s: 600.0,

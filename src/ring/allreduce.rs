@@ -33,6 +33,9 @@ pub struct RingSpec {
     pub weight: f32,
     /// How long to wait for the predecessor's next bytes.
     pub peer_timeout: Duration,
+    /// Whether links to members that share this one's shared memory may
+    /// carry their bytes through it (`[dist] ring_shm`; f32 only).
+    pub shm: bool,
 }
 
 /// Which neighbour broke the ring, and how.
@@ -240,7 +243,7 @@ async fn read_frame_into(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32,
 }
 
 /// The next frame's payload, checked against what is due, within `timeout`.
-async fn read_frame(
+pub(super) async fn read_frame(
     r: &mut (impl AsyncRead + Unpin),
     tag: u32,
     chunk: u32,
@@ -288,6 +291,7 @@ mod tests {
                 dtype,
                 weight: weights[r],
                 peer_timeout: Duration::from_secs(10),
+                shm: false,
             };
             let local = grads[r].clone();
             tasks.push(tokio::spawn(async move {
@@ -369,6 +373,7 @@ mod tests {
             dtype: GradDtype::F32,
             weight: 0.5,
             peer_timeout: Duration::from_millis(200),
+            shm: false,
         };
         let (_keep_open, prev) = tokio::io::duplex(64);
         let (next, _sink) = tokio::io::duplex(1 << 12);

@@ -9,8 +9,14 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{Hello, KEY_BYTES};
-use super::{all_reduce, connect, PeerListener, RingError, RingSpec};
-use crate::proto;
+use super::{all_reduce, all_reduce_links, connect, links, slots_needed, Next, PeerListener, Prev, RingError, RingSpec};
+use crate::config::GradDtype;
+use crate::{proto, wire};
+
+/// The host part of a `HOST:PORT` endpoint.
+fn host_of(endpoint: &str) -> &str {
+    endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h)
+}
 
 /// A ring plan this member can follow.
 #[derive(Clone)]
@@ -74,12 +80,48 @@ impl RingMembership {
         let hello = Hello { epoch: self.epoch, from: self.me, key: self.key };
         let (out, inn) =
             tokio::join!(connect(next_endpoint, &hello, self.timeout), peers.accept_from(self.epoch, &self.key, *prev_id, self.timeout));
-        let out = out.map_err(|e| (*next_id, format!("the successor {e}")))?;
-        let inn = inn.map_err(|e| (*prev_id, format!("the predecessor {e}")))?;
-        let inn = FirstBytes { inner: inn, arrived: first_bytes };
+        let mut out = out.map_err(|e| (*next_id, format!("the successor {e}")))?;
+        let mut inn = inn.map_err(|e| (*prev_id, format!("the predecessor {e}")))?;
+
+        // Each link agrees how it carries the bytes: shared memory when its
+        // two ends share it (tried only between members of one address),
+        // else TCP.
+        let chunks = wire::chunk_count(spec.total, spec.chunk_elements);
+        let need = (slots_needed(chunks, n), spec.chunk_elements.clamp(1, spec.total.max(1)) * 4);
+        let f32_ring = spec.shm && spec.dtype == GradDtype::F32 && cfg!(target_endian = "little");
+        let same_host = host_of(&self.members[self.rank].1) == host_of(next_endpoint);
+        let mut outbox = if f32_ring && same_host { peers.take_outbox(need.0, need.1) } else { None };
+        let offer = outbox.as_ref().map(|o| o.offer());
+        let dir = peers.shm_dir().filter(|_| f32_ring);
+        let (offered, answered) =
+            tokio::join!(links::offer(&mut out, offer.as_ref(), self.timeout), links::answer(&mut inn, dir, need, peers.take_view(), self.timeout));
+        let (out_shm, view) = match (offered, answered) {
+            (Ok(o), Ok(v)) => (o, v),
+            (o, v) => {
+                peers.keep_outbox(outbox);
+                return Err(match (o, v) {
+                    (_, Err(e)) => (*prev_id, format!("the predecessor {e}")),
+                    (Err(e), _) => (*next_id, format!("the successor {e}")),
+                    _ => unreachable!("one failed"),
+                });
+            }
+        };
+        peers.set_last_links(view.is_some(), out_shm);
+
         let mut frames = peers.take_frames();
-        let reduced = all_reduce(&spec, &mut local, inn, out, owned, &mut frames).await;
+        let reduced = if !out_shm && view.is_none() {
+            let inn = FirstBytes { inner: inn, arrived: first_bytes };
+            all_reduce(&spec, &mut local, inn, out, owned, &mut frames).await
+        } else {
+            let (in_read, in_write) = inn.into_split();
+            let (out_read, out_write) = out.into_split();
+            let prev = Prev { read: FirstBytes { inner: in_read, arrived: first_bytes }, write: in_write, shared: view.as_ref() };
+            let next = Next { write: out_write, read: out_read, shared: outbox.as_mut().filter(|_| out_shm) };
+            all_reduce_links(&spec, &mut local, prev, next, owned, &mut frames).await
+        };
         peers.keep_frames(frames);
+        peers.keep_outbox(outbox);
+        peers.keep_view(view);
         match reduced {
             Ok(()) => Ok(local),
             Err(e @ RingError::Prev(_)) => Err((*prev_id, e.to_string())),
@@ -118,7 +160,7 @@ mod tests {
     #[test]
     fn a_plan_that_is_not_for_this_worker_is_refused() {
         let member = |id| proto::RingMember { worker_id: id, endpoint: "127.0.0.1:1".into() };
-        let mut p = proto::RingPlan { epoch: 1, key: vec![0; 32].into(), rank: 1, members: vec![member(4), member(5)], peer_timeout_s: 1.0 };
+        let mut p = proto::RingPlan { epoch: 1, key: vec![0; 32].into(), rank: 1, members: vec![member(4), member(5)], peer_timeout_s: 1.0, shm: false };
         assert!(RingMembership::from_plan(&p, 5).is_ok());
         assert!(RingMembership::from_plan(&p, 4).err().unwrap().to_string().contains("not this worker"));
         p.rank = 7;

@@ -1,7 +1,9 @@
 //! The worker-to-worker data plane of `[dist] backend = "ring"`: a
 //! bandwidth-optimal ring all-reduce (reduce-scatter, then all-gather) over
 //! direct TCP connections between the step's members, in chunks that are
-//! passed on as soon as they are summed.
+//! passed on as soon as they are summed. Between members of one host the
+//! bytes go through shared memory instead, the connection carrying only
+//! headers and flow control (`shm.rs`, `links.rs`, `allreduce_links.rs`).
 //!
 //! The coordinator stays the control plane: it tells each attempt's
 //! members their ring (ranks, endpoints, an epoch and a one-time key) in
@@ -13,11 +15,15 @@
 //! part in an attempt.
 
 mod allreduce;
+mod allreduce_links;
 pub mod frame;
+mod links;
 mod member;
 mod peers;
 pub mod plan;
+pub mod shm;
 
 pub use allreduce::{all_reduce, RingError, RingSpec};
+pub use allreduce_links::{all_reduce_links, slots_needed, Next, Prev};
 pub use member::RingMembership;
 pub use peers::{advertised_endpoint, connect, PeerListener};

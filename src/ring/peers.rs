@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
 use super::frame::{Hello, KEY_BYTES};
+use super::shm::{self, Outbox, View};
 
 /// At most this many connections wait for their attempt; older ones go.
 const MAX_WAITING: usize = 64;
@@ -49,6 +51,16 @@ pub struct PeerListener {
     /// The ring's frame buffers between attempts: the listener lives as
     /// long as the worker, so a step reuses the last one's memory.
     frames: Mutex<Vec<Vec<u8>>>,
+    /// Where this worker's shared-memory outbox lives and its
+    /// predecessors' are mapped from (None: every link on TCP).
+    shm_dir: Option<PathBuf>,
+    /// This worker's outbox (none until a ring offers one; out while an
+    /// attempt uses it), and the predecessor's outbox last mapped.
+    outbox: Mutex<Option<Outbox>>,
+    view: Mutex<Option<View>>,
+    /// How the last attempt's links carried their bytes: from the
+    /// predecessor, to the successor (bit 0, 1: shared memory).
+    last_links: std::sync::atomic::AtomicU8,
 }
 
 impl std::fmt::Debug for PeerListener {
@@ -71,7 +83,73 @@ impl PeerListener {
         let endpoint = endpoint(listener.local_addr()?);
         let inbox = Arc::new(Inbox::default());
         let accept = tokio::spawn(accept_loop(listener, inbox.clone()));
-        Ok(Self { endpoint, inbox, accept, frames: Mutex::default() })
+        let shm_dir = match std::env::var_os("DDPM_RING_SHM_DIR") {
+            Some(d) if d.is_empty() => None,
+            Some(d) => Some(PathBuf::from(d)),
+            None => Some(PathBuf::from(shm::DEFAULT_DIR)).filter(|d| d.is_dir()),
+        };
+        // What workers killed on this host left behind.
+        if let Some(d) = &shm_dir {
+            shm::sweep(d);
+        }
+        Ok(Self { endpoint, inbox, accept, frames: Mutex::default(), shm_dir, outbox: Mutex::default(), view: Mutex::default(), last_links: Default::default() })
+    }
+
+    /// Where shared-memory links live for this worker (`DDPM_RING_SHM_DIR`,
+    /// default /dev/shm; set empty for none).
+    pub fn shm_dir(&self) -> Option<&Path> {
+        self.shm_dir.as_deref()
+    }
+
+    /// This worker's outbox with room for `slots` frames of `slot_bytes`,
+    /// made when there is none that fits; `None` when shared memory is off,
+    /// in use by another attempt, or cannot be had (full, say: logged).
+    pub fn take_outbox(&self, slots: usize, slot_bytes: usize) -> Option<Outbox> {
+        let dir = self.shm_dir.as_deref()?;
+        let mut kept = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(o) = kept.take().filter(|o| o.fits(slots, slot_bytes)) {
+            return Some(o);
+        }
+        match Outbox::create(dir, slots, slot_bytes) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), slots, slot_bytes, "ring links stay on TCP: no shared-memory outbox: {e}");
+                None
+            }
+        }
+    }
+
+    /// Keeps `outbox` for the next attempt.
+    pub fn keep_outbox(&self, outbox: Option<Outbox>) {
+        if outbox.is_some() {
+            *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = outbox;
+        }
+    }
+
+    pub fn set_last_links(&self, from_shm: bool, to_shm: bool) {
+        self.last_links.store(from_shm as u8 | (to_shm as u8) << 1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How the last attempt's links carried the bytes, "from/to":
+    /// `shm` or `tcp` each.
+    pub fn last_links(&self) -> &'static str {
+        match self.last_links.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => "tcp/tcp",
+            1 => "shm/tcp",
+            2 => "tcp/shm",
+            _ => "shm/shm",
+        }
+    }
+
+    /// The predecessor's outbox as last mapped, if any.
+    pub fn take_view(&self) -> Option<View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    pub fn keep_view(&self, view: Option<View>) {
+        if view.is_some() {
+            *self.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
+        }
     }
 
     /// The frame buffers kept from earlier attempts (empty while another

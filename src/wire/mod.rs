@@ -203,7 +203,7 @@ pub fn add_weighted_in_place(bytes: &mut [u8], dtype: GradDtype, index: u32, wei
 /// Wire f32 bytes as the values themselves, where that is what they are:
 /// a little-endian machine and a 4-byte-aligned buffer (the same
 /// arithmetic either way; this form is the one the compiler vectorizes).
-fn as_f32s(bytes: &[u8]) -> Option<&[f32]> {
+pub(crate) fn as_f32s(bytes: &[u8]) -> Option<&[f32]> {
     if cfg!(target_endian = "little") {
         bytemuck::try_cast_slice(bytes).ok()
     } else {
@@ -211,7 +211,7 @@ fn as_f32s(bytes: &[u8]) -> Option<&[f32]> {
     }
 }
 
-fn as_f32s_mut(bytes: &mut [u8]) -> Option<&mut [f32]> {
+pub(crate) fn as_f32s_mut(bytes: &mut [u8]) -> Option<&mut [f32]> {
     if cfg!(target_endian = "little") {
         bytemuck::try_cast_slice_mut(bytes).ok()
     } else {

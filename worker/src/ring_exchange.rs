@@ -60,6 +60,7 @@ impl GradientExchange for RingExchange<'_> {
             // The coordinator's weight for a member, computed the same way.
             weight: (a.shard_size as f64 / a.global_batch as f64) as f32,
             peer_timeout: plan.timeout,
+            shm: p.shm,
         };
         let header = proto::GradientHeader {
             worker_id: self.worker_id,

@@ -310,7 +310,7 @@ impl Work<'_> {
             (Some(_), Some(peers)) => {
                 let mut exchange = RingExchange { client: &mut self.client, worker_id: self.id, peers, ring_s: 0.0 };
                 let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
-                self.stats.reduced_by("ring", Some(exchange.ring_s));
+                self.stats.reduced_by("ring", Some((exchange.ring_s, peers.last_links())));
                 ended
             }
             (Some(_), None) => {

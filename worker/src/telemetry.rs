@@ -38,7 +38,7 @@ pub struct WorkerStats {
     times: Mutex<(Histogram, Histogram)>,
     /// The reduction backend of its last step ("": none yet) and the ring
     /// all-reduce times (ring backend only).
-    reduction: Mutex<(&'static str, Histogram)>,
+    reduction: Mutex<(&'static str, Histogram, &'static str)>,
     health: Mutex<Option<Health>>,
 }
 
@@ -64,7 +64,7 @@ impl WorkerStats {
             reconnects: AtomicU64::new(0),
             tasks: AtomicU64::new(0),
             times: Mutex::new((prom::duration_buckets(), prom::duration_buckets())),
-            reduction: Mutex::new(("", prom::duration_buckets())),
+            reduction: Mutex::new(("", prom::duration_buckets(), "")),
             health: Mutex::new(None),
         })
     }
@@ -104,12 +104,20 @@ impl WorkerStats {
     }
 
     /// A step's gradient went through `backend`; for the ring, its
-    /// all-reduce took `ring_s` (connections, reduce-scatter, all-gather).
-    pub fn reduced_by(&self, backend: &'static str, ring_s: Option<f64>) {
+    /// all-reduce took `ring_s` (connections, reduce-scatter, all-gather)
+    /// over links that carried the bytes as `links` says
+    /// ("from/to", each `shm` or `tcp`).
+    pub fn reduced_by(&self, backend: &'static str, ring: Option<(f64, &'static str)>) {
         let mut r = self.reduction.lock().unwrap_or_else(|p| p.into_inner());
         r.0 = backend;
-        if let Some(s) = ring_s {
+        if let Some((s, links)) = ring {
             r.1.observe(s);
+            if r.2 != links {
+                tracing::info!("ring links (from the predecessor/to the successor): {links}");
+            }
+            r.2 = links;
+        } else {
+            r.2 = "";
         }
     }
 
@@ -143,7 +151,8 @@ impl prom::Exporter for WorkerStats {
         drop(t);
         let r = self.reduction.lock().unwrap_or_else(|p| p.into_inner());
         if !r.0.is_empty() {
-            prom::gauges(e, "worker_reduction", "The reduction backend of its last step ([dist] backend).", &[(vec![("backend", r.0.to_string())], 1.0)])?;
+            let labels = vec![("backend", r.0.to_string()), ("ring_links", r.2.to_string())];
+            prom::gauges(e, "worker_reduction", "The reduction backend of its last step ([dist] backend) and, for the ring, how its links carried the bytes (from/to: shm or tcp).", &[(labels, 1.0)])?;
         }
         prom::histogram(e, "worker_ring_allreduce", "Ring all-reduces (ring backend): connecting, reduce-scatter and all-gather.", secs, &r.1)?;
         drop(r);

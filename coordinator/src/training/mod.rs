@@ -395,6 +395,7 @@ impl Trainer {
                 .map(|&id| proto::RingMember { worker_id: id, endpoint: self.roster.peer_endpoint(id).unwrap_or_default() })
                 .collect(),
             peer_timeout_s: self.config.dist.ring_peer_timeout_s,
+            shm: self.config.dist.ring_shm,
         }
     }
 
