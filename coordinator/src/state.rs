@@ -95,13 +95,12 @@ impl StateHandle {
                 }
             };
             // Work buffers allocated once (see optim::Adam).
-            let mut grad_buf = state.model.flat.empty_like();
             let mut scratch = state.model.flat.empty_like();
             while let Some(cmd) = rx.blocking_recv() {
                 match cmd {
-                    Cmd::Apply { step, grad, outcome } => {
-                        flat::copy_from_slice(&mut grad_buf, &grad);
-                        state.apply(&config, step, &mut grad_buf, &outcome);
+                    Cmd::Apply { step, mut grad, outcome } => {
+                        // Adam reads the round's buffer where it lies (clipping scales it in place).
+                        flat::with_tensor_view(&mut grad, |g| state.apply(&config, step, g, &outcome));
                         if outcome.apply {
                             optim::ema_update(&mut ema.flat, &state.model.flat, config.train.ema_decay, &mut scratch);
                         }
@@ -140,11 +139,12 @@ impl StateHandle {
     }
 
     /// Queues step `step`'s update (waits if the thread is two steps behind).
-    /// A zeroed buffer of `len` values for a round's reduced gradient: the
-    /// last applied one's memory when the thread has handed it back.
+    /// A buffer of `len` values for a round's reduced gradient: the last
+    /// applied one's memory when the thread has handed it back, as it is
+    /// (not zeroed: a round writes every chunk before it reads it, the
+    /// star's sum starting each chunk at zero, the ring's segments decoded).
     pub fn gradient_buffer(&self, len: usize) -> Vec<f32> {
         let mut buf = self.spare.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
-        buf.clear();
         buf.resize(len, 0.0);
         buf
     }

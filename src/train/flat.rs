@@ -199,6 +199,21 @@ pub fn checksum_bytes(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
 }
 
+/// Runs `f` on a `[n]` float32 CPU tensor that is `values` itself (no
+/// copy): what `f` does to the tensor in place it does to `values`. `f`
+/// must not keep the tensor (nor a shallow clone of it) beyond the call.
+pub fn with_tensor_view<R>(values: &mut [f32], f: impl FnOnce(&mut Tensor) -> R) -> R {
+    // SAFETY: the tensor views `values.len()` contiguous f32s that stay
+    // borrowed mutably (so nothing else touches them) for as long as the
+    // tensor exists: it is dropped before the borrow ends, and libtorch
+    // does not free memory it did not allocate.
+    let mut view =
+        unsafe { Tensor::from_blob(values.as_mut_ptr() as *const u8, &[values.len() as i64], &[1], Kind::Float, Device::Cpu) };
+    let out = f(&mut view);
+    drop(view);
+    out
+}
+
 /// Copies `values` into a contiguous float32 CPU tensor of the same length
 /// without allocating.
 pub fn copy_from_slice(dst: &mut Tensor, values: &[f32]) {
