@@ -146,6 +146,15 @@ impl Outbox {
                 std::fs::TryLockError::Error(e) => e,
             })
         })?;
+        // A sweep may have removed the file and let go of its lock before
+        // ours: then the name is no longer this file, and nobody could map it.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let ours = file.metadata().map_err(cleanup)?.ino();
+            if std::fs::metadata(&path).map(|m| m.ino()).ok() != Some(ours) {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+        }
         let len = HEADER_BYTES + slots * stride(slot_bytes);
         reserve(&file, len).map_err(cleanup)?;
         // SAFETY: the file is ours (0600, locked, just created); nobody

@@ -153,6 +153,22 @@ pub fn decode_into(bytes: &[u8], dtype: GradDtype, index: u32, out: &mut [f32]) 
     Ok(())
 }
 
+/// [`decode_into`], also returning the float64 sum of the squares of the
+/// decoded values in their order (the same bits as summing afterwards):
+/// block by block, so the values are summed while still in the cache
+/// instead of read from memory a second time.
+pub fn decode_into_sumsq(bytes: &[u8], dtype: GradDtype, index: u32, out: &mut [f32]) -> Result<f64, WireError> {
+    check_len(bytes, out.len(), dtype, index)?;
+    const BLOCK: usize = 1 << 14;
+    let per = dtype.bytes_per_element();
+    let mut sumsq = 0.0f64;
+    for (o, b) in out.chunks_mut(BLOCK).zip(bytes.chunks(BLOCK * per)) {
+        decode_into(b, dtype, index, o)?;
+        sumsq = o.iter().fold(sumsq, |s, &g| s + (g as f64) * (g as f64));
+    }
+    Ok(sumsq)
+}
+
 /// `acc += weight * decode(bytes)`, the all-reduce's per-member step.
 pub fn accumulate(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: &mut [f32]) -> Result<(), WireError> {
     check_len(bytes, acc.len(), dtype, index)?;
@@ -347,6 +363,22 @@ mod tests {
             let mut acc = [1.0f32; 3];
             accumulate(&b, dtype, 0, 0.5, &mut acc).unwrap();
             assert_eq!(acc, [1.75, 0.0, 2.625]);
+        }
+    }
+
+    #[test]
+    fn decoding_with_the_sum_of_squares_gives_the_sums_bits() {
+        // More than one block, values of every magnitude.
+        let values: Vec<f32> = (0..40_000).map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.4 + (i as f32).sqrt() * 1e-7).collect();
+        for dtype in [GradDtype::F32, GradDtype::Bf16] {
+            let bytes = encode(&values, dtype);
+            let (mut a, mut b) = (vec![0f32; values.len()], vec![0f32; values.len()]);
+            decode_into(&bytes, dtype, 3, &mut a).unwrap();
+            let want: f64 = a.iter().map(|&g| (g as f64) * (g as f64)).sum();
+            let got = decode_into_sumsq(&bytes, dtype, 3, &mut b).unwrap();
+            assert_eq!(got.to_bits(), want.to_bits(), "{dtype:?}");
+            assert_eq!(a, b);
+            assert!(decode_into_sumsq(&bytes[..10], dtype, 3, &mut b).is_err());
         }
     }
 

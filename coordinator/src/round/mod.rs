@@ -385,8 +385,7 @@ impl Round {
     ) -> Result<Vec<(Outbound, ReducedMessage)>, WireError> {
         let index = i as u32;
         let acc = &mut inner.reduced[range];
-        wire::decode_into(data, self.dtype, index, acc)?;
-        inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        inner.sumsq[i] = wire::decode_into_sumsq(data, self.dtype, index, acc)?;
         inner.next_index[rank] = index + 1;
         inner.reduced_chunks += 1;
         Ok(self.finish_ring_if_complete(inner))
