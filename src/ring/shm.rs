@@ -317,6 +317,16 @@ mod tests {
         assert!(!Path::new(&path).exists(), "a dropped outbox is removed");
     }
 
+    /// More than the shared memory holds is refused when the outbox is
+    /// made (not a SIGBUS at the first write far into it), and leaves no file.
+    #[test]
+    fn an_outbox_larger_than_the_memory_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Outbox::create(dir.path(), 1 << 20, 1 << 30).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        assert!(Outbox::create(&dir.path().join("missing"), 1, 8).is_err());
+    }
+
     #[test]
     fn a_sweep_removes_only_the_outboxes_nobody_holds() {
         let dir = tempfile::tempdir().unwrap();
