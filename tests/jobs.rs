@@ -64,7 +64,10 @@ async fn wait_members(addr: &str, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let s = c.get_status(proto::StatusRequest {}).await.unwrap().into_inner();
-        if s.members.iter().filter(|m| m.ready).count() >= n {
+        // Idle too, not only registered: a job's first tasks go to the
+        // members idle when it starts, and a small job can be done by one
+        // before the other asks for work.
+        if s.members.iter().filter(|m| m.ready && m.state == "idle").count() >= n {
             return;
         }
         assert!(Instant::now() < deadline, "{n} members did not join: {:?}", s.members);
