@@ -17,6 +17,9 @@
 //! be full at once, so some member can always move and the ring cannot
 //! deadlock ([`slots_needed`]). The counts are sent by their own future,
 //! the latest one only, so telling the predecessor never blocks the loop.
+//!
+//! One concept (the shared-memory ring's algorithm and its flow control);
+//! over 450 lines only because its tests run every mix of links here.
 
 use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
