@@ -1,6 +1,6 @@
 //! `ddpm bench dist` on a paper preset: it brings its own data (the cifar10
 //! preset names no dataset) and reports a row per worker count and
-//! reduction backend.
+//! reduction backend, with the share of the CPU left idle.
 
 mod common;
 
@@ -24,5 +24,9 @@ fn bench_dist_runs_the_cifar10_preset_on_its_own_data_with_both_backends() {
         assert_eq!(row[2], "2", "global batch: 1 per worker, 2 workers: {row:?}");
         let images_per_s: f64 = row[3].parse().unwrap();
         assert!(images_per_s > 0.0 && images_per_s.is_finite(), "{row:?}");
+        // The idle CPU over the counted steps, read from /proc/stat: it
+        // needs the run's metrics rows as each step ends.
+        let idle = row.last().and_then(|c| c.strip_suffix('%')).and_then(|c| c.parse::<f64>().ok());
+        assert!(idle.is_some_and(|p| (0.0..=100.0).contains(&p)), "CPU idle column: {row:?}");
     }
 }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use super::bench_idle::IdleWatch;
 use super::bench_util::{self, median, start_coordinator, start_worker, wait_ok};
 
 const DDP_SCRIPT: &str = include_str!("../../tests/bench/ddp_train_step.py");
@@ -51,20 +52,28 @@ struct Measured {
     step_s: f64,
     compute_s: f64,
     allreduce_s: f64,
+    /// The machine's idle CPU fraction over the counted steps (Linux only):
+    /// the most that overlapping the all-reduce with compute could give back.
+    idle: Option<f64>,
 }
 
 /// One training run with `n` CPU workers and `backend`.
 fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, backend: &str) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let run = dir.path().join("run");
+    // Every step's metrics row is written at once, so that the idle watch
+    // sees the counted steps begin and end.
+    let overrides = dir.path().join("bench.toml");
+    std::fs::write(&overrides, "[train]\nlog_every = 1\n")?;
     let coord_args: Vec<String> = [
-        "--preset", &args.preset, "--data", data, "--workers", &n.to_string(), "--steps", &args.steps.to_string(),
+        "--preset", &args.preset, "--config", &overrides.display().to_string(), "--data", data, "--workers", &n.to_string(), "--steps", &args.steps.to_string(),
         "--samples", "0", "--threads", "1", "--batch-size", &batch.to_string(), "--backend", backend,
         "--run", &run.display().to_string(),
     ]
     .map(String::from)
     .to_vec();
     let log = dir.path().join("coord.log");
+    let idle = IdleWatch::start(run.join("metrics.jsonl"), 3, args.steps as usize);
     let (mut coord, addr) = start_coordinator(&coord_args, &log)?;
     let wlog = |i: usize| dir.path().join(format!("w{i}.log"));
     let mut workers =
@@ -78,7 +87,8 @@ fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, backend: &str) -
     let counted: Vec<&serde_json::Value> = rows.iter().skip(3).collect();
     anyhow::ensure!(!counted.is_empty(), "run more than 3 steps");
     let col = |k: &str| median(&counted.iter().filter_map(|r| r[k].as_f64()).collect::<Vec<_>>());
-    Ok(Measured { step_s: col("step_s"), compute_s: col("compute_s"), allreduce_s: col("allreduce_s") })
+    let idle = idle.finish();
+    Ok(Measured { step_s: col("step_s"), compute_s: col("compute_s"), allreduce_s: col("allreduce_s"), idle })
 }
 
 /// PyTorch DDP (gloo) img/s with `n` processes of `per_worker` images.
@@ -114,8 +124,8 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
     println!("distributed training, preset {} on {data}, loopback, CPU workers with {} thread(s) each; this machine has {} cores",
         args.preset, args.threads, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     println!(
-        "{:>8} {:>12} {:>7} {:>10} {:>10} {:>12} {:>14} {:>9} {:>12}",
-        "workers", "backend", "batch", "img/s", "step ms", "compute ms", "all-reduce ms", "speedup", "vs DDP gloo"
+        "{:>8} {:>12} {:>7} {:>10} {:>10} {:>12} {:>14} {:>9} {:>12} {:>9}",
+        "workers", "backend", "batch", "img/s", "step ms", "compute ms", "all-reduce ms", "speedup", "vs DDP gloo", "CPU idle"
     );
     let tmp = tempfile::tempdir()?;
     let mut base = None;
@@ -141,8 +151,9 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
             let imgs = batch as f64 / m.step_s;
             let speedup = imgs / *base.get_or_insert(imgs);
             let vs = ddp.map_or("-".to_string(), |d| format!("{:.2}", imgs / d));
+            let idle = m.idle.map_or("-".to_string(), |f| format!("{:.1}%", 100.0 * f));
             println!(
-                "{n:>8} {backend:>12} {batch:>7} {imgs:>10.2} {:>10.1} {:>12.1} {:>14.1} {speedup:>8.2}x {vs:>12}",
+                "{n:>8} {backend:>12} {batch:>7} {imgs:>10.2} {:>10.1} {:>12.1} {:>14.1} {speedup:>8.2}x {vs:>12} {idle:>9}",
                 1e3 * m.step_s,
                 1e3 * m.compute_s,
                 1e3 * m.allreduce_s
@@ -152,5 +163,7 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
             println!("{n:>8} {:>12} {batch:>7} {d:>10.2}   (PyTorch DDP, gloo, {n} processes of {} images)", "DDP gloo", batch / n);
         }
     }
+    println!("CPU idle: the share of all cores idle during the counted steps; overlapping the all-reduce with the");
+    println!("backward pass can give back at most that (on CPU workers the ring's copies and sums share the cores)");
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_checkpoint;
 pub mod bench_allreduce;
 pub mod bench_dist;
+pub mod bench_idle;
 pub mod bench_sample;
 pub mod bench_train;
 pub mod bench_util;
