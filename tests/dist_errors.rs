@@ -79,7 +79,7 @@ async fn wrong_protocol_and_wrong_model_are_refused_at_registration() {
 
     let e = c.register(register_req(99)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("protocol version 99") && e.message().contains("version 2"), "{}", e.message());
+    assert!(e.message().contains("protocol version 99") && e.message().contains(&format!("version {}", ddpm::wire::PROTOCOL_VERSION)), "{}", e.message());
 
     let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
     credentials.set_session(&reply.session_secret);
@@ -157,6 +157,8 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
                 loss: 0.5,
                 samples: assignment.shard_size,
                 compute_s: 0.0,
+                // The star screens the chunks themselves.
+                chunk_norms: Vec::new(),
             })),
         },
         proto::GradientMessage {
@@ -225,6 +227,7 @@ async fn send_gradient(c: &mut Client, id: u64, run: &RunConfig, a: &proto::Trai
         loss: 0.0,
         samples: a.shard_size,
         compute_s: 0.0,
+        chunk_norms: Vec::new(),
     };
     let mut msgs = vec![proto::GradientMessage { kind: Some(gradient_message::Kind::Header(header)) }];
     for (i, r) in ddpm::wire::chunk_ranges(grad.len(), a.chunk_elements as usize).enumerate() {

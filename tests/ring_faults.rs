@@ -1,7 +1,9 @@
 //! Failures in the ring backend's data plane, with the real binaries on
 //! loopback and three workers: a member frozen in the middle of a ring
-//! while its heartbeats go on (only its neighbours can tell), and a member
-//! killed there (kill -9). Each time the coordinator names the culprit,
+//! while its heartbeats go on (only its neighbours can tell), a member
+//! killed there (kill -9), and a member whose gradient holds a NaN (the
+//! coordinator never sees it: it screens the chunk norms the member
+//! reports). Each time the coordinator names the culprit,
 //! aborts the attempt, the survivors redo the step with the same batch,
 //! and the run ends within 1e-4 of the fault-free one with every replica
 //! equal to the coordinator. The links go through shared memory, as
@@ -13,11 +15,14 @@
 //! The freeze is the worker's fault injection `DDPM_FAULT_RING_FREEZE`
 //! (`worker/src/ring_exchange.rs`): it lands after the predecessor's first
 //! bytes, so the fault is mid-ring by construction, not by timing luck.
+//! The NaN is `DDPM_FAULT_GRAD_POISON`, in the same file.
 
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::collections::HashMap;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::{binary, max_diff, read_tensors, start_coordinator, tempdir, Proc};
@@ -67,23 +72,23 @@ impl Run {
         self.dir.path().join("run")
     }
 
-    /// The coordinator and three workers; worker i gets `freeze[i]` as
-    /// its DDPM_FAULT_RING_FREEZE.
-    fn start(&self, freeze: [Option<&str>; 3]) -> (Proc, Vec<Proc>) {
+    /// The coordinator and three workers; worker i gets the fault
+    /// injection `fault[i]` (a variable and its value).
+    fn start(&self, fault: [Option<(&str, &str)>; 3]) -> (Proc, Vec<Proc>) {
         let config = self.dir.path().join("run.toml").display().to_string();
         let run = self.path().display().to_string();
         let steps = STEPS.to_string();
         let args = ["--preset", "tiny", "--config", &config, "--workers", "3", "--steps", &steps, "--threads", "1", "--run", &run];
         let (coord, addr) = start_coordinator(&args);
-        let workers = freeze
+        let workers = fault
             .iter()
             .enumerate()
             .map(|(i, f)| {
                 let name = format!("w{i}");
                 let mut cmd = Command::new(binary("ddpm-worker"));
                 cmd.args(["--coord", &addr, "--device", "cpu", "--threads", "1", "--name", &name]).env("RUST_LOG", "info");
-                if let Some(f) = f {
-                    cmd.env("DDPM_FAULT_RING_FREEZE", f);
+                if let Some((var, value)) = f {
+                    cmd.env(var, value);
                 }
                 Proc::spawn(&name, cmd)
             })
@@ -95,7 +100,7 @@ impl Run {
         serde_json::from_str(&std::fs::read_to_string(self.path().join("summary.json")).unwrap()).unwrap()
     }
 
-    fn final_params(&self) -> std::collections::HashMap<String, Vec<f32>> {
+    fn final_params(&self) -> HashMap<String, Vec<f32>> {
         read_tensors(&checkpoint(&self.path(), STEPS).join("model.safetensors"))
     }
 }
@@ -110,14 +115,39 @@ fn joined_id(w: &mut Proc) -> u64 {
     line.split("worker=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).expect("a worker id")
 }
 
-fn fault_free() -> Run {
-    let run = Run::new();
-    let (mut coord, mut workers) = run.start([None, None, None]);
+/// The final parameters of the fault-free run, run once for all the
+/// tests here (they compare with it).
+fn fault_free() -> &'static HashMap<String, Vec<f32>> {
+    static PARAMS: OnceLock<HashMap<String, Vec<f32>>> = OnceLock::new();
+    PARAMS.get_or_init(|| {
+        let run = Run::new();
+        let (mut coord, mut workers) = run.start([None, None, None]);
+        assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+        for w in &mut workers {
+            assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+        }
+        run.final_params()
+    })
+}
+
+/// After a fault in worker 1: the coordinator and workers 0 and 2 end
+/// cleanly, worker 1 hears that it was dropped (it may be after the run),
+/// and the run is whole, its replicas agree, and it ends within 1e-4 of
+/// the fault-free one. Returns the run's summary.
+fn assert_survived(run: &Run, coord: &mut Proc, workers: &mut [Proc], what: &str) -> serde_json::Value {
     assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
-    for w in &mut workers {
-        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    for i in [0, 2] {
+        assert_eq!(workers[i].wait(Duration::from_secs(60)), 0, "{}", workers[i].output());
     }
-    run
+    workers[1].wait_for_line("the coordinator rejected this worker's gradient", Duration::from_secs(60));
+    let summary = run.summary();
+    assert_eq!(summary["steps"], STEPS);
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+    let d = max_diff(&run.final_params(), fault_free());
+    eprintln!("max |fault-free - {what}| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+    summary
 }
 
 /// A member frozen mid-ring (heartbeats alive) is named by the ring's
@@ -127,27 +157,16 @@ fn fault_free() -> Run {
 /// thaws; the run ends with the others agreeing.
 #[test]
 fn a_member_frozen_mid_ring_is_named_dropped_and_the_step_redone() {
-    let straight = fault_free();
+    fault_free();
     let run = Run::new();
-    let (mut coord, mut workers) = run.start([None, Some("3:6"), None]);
+    let (mut coord, mut workers) = run.start([None, Some(("DDPM_FAULT_RING_FREEZE", "3:6")), None]);
     let frozen = joined_id(&mut workers[1]);
     workers[0].wait_for_line(SHM_LINKS, Duration::from_secs(300));
     workers[1].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
     let verdict = coord.wait_for_line("broke the ring of step 3", Duration::from_secs(60));
     assert!(verdict.contains(&format!("worker {frozen} broke the ring")), "the frozen worker is {frozen}: {verdict}");
-    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
-    for i in [0, 2] {
-        assert_eq!(workers[i].wait(Duration::from_secs(60)), 0, "{}", workers[i].output());
-    }
-    // Thawed, it hears that it was dropped (the run may be over by then).
-    workers[1].wait_for_line("the coordinator rejected this worker's gradient", Duration::from_secs(60));
-    let summary = run.summary();
-    assert_eq!(summary["steps"], STEPS);
-    assert_eq!(summary["replicas_agree"], true, "{summary}");
-    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
-    let d = max_diff(&run.final_params(), &straight.final_params());
-    eprintln!("max |fault-free - frozen member| = {d:e}");
-    assert!(d < 1e-4, "{d}");
+    // Thawed, it hears that it was dropped.
+    assert_survived(&run, &mut coord, &mut workers, "frozen member");
 }
 
 /// kill -9 of a member in the middle of a ring: its connections close (its
@@ -157,7 +176,7 @@ fn a_member_frozen_mid_ring_is_named_dropped_and_the_step_redone() {
 fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
     let straight = fault_free();
     let run = Run::new();
-    let (mut coord, mut workers) = run.start([None, Some("4:600"), None]);
+    let (mut coord, mut workers) = run.start([None, Some(("DDPM_FAULT_RING_FREEZE", "4:600")), None]);
     let killed = joined_id(&mut workers[1]);
     workers[0].wait_for_line(SHM_LINKS, Duration::from_secs(300));
     workers[1].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
@@ -194,7 +213,29 @@ fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(&format!("ddpm-ring-{pid}-")))
         .collect();
     assert!(left.is_empty(), "the killed worker's outbox is still there: {left:?}");
-    let d = max_diff(&run.final_params(), &straight.final_params());
+    let d = max_diff(&run.final_params(), straight);
     eprintln!("max |fault-free - killed member| = {d:e}");
     assert!(d < 1e-4, "{d}");
+}
+
+/// A member whose device computed garbage (a NaN in its gradient) is
+/// screened out before any replica applies the step, though the
+/// coordinator never sees its gradient: the chunk norms in its header give
+/// it away. The step is redone by the others, so no step is skipped (the
+/// NaN in the ring's sum would have made every replica skip it), and the
+/// run ends as the fault-free one does.
+#[test]
+fn a_member_with_a_non_finite_gradient_is_screened_out_by_its_chunk_norms_and_the_step_redone() {
+    fault_free();
+    let run = Run::new();
+    let (mut coord, mut workers) = run.start([None, Some(("DDPM_FAULT_GRAD_POISON", "3:NaN")), None]);
+    let poisoned = joined_id(&mut workers[1]);
+    workers[1].wait_for_line("fault injection: this worker's gradient starts with NaN", Duration::from_secs(300));
+    let rejected = coord.wait_for_line("rejecting gradient", Duration::from_secs(60));
+    assert!(
+        rejected.contains(&format!("worker {poisoned} sent a non-finite gradient")) && rejected.contains("by the chunk norms in its header"),
+        "the poisoned worker is {poisoned}: {rejected}"
+    );
+    let summary = assert_survived(&run, &mut coord, &mut workers, "poisoned member screened out");
+    assert_eq!(summary["skipped_steps"], 0, "no step skipped: {summary}");
 }

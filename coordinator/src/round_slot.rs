@@ -68,6 +68,7 @@ mod tests {
             loss: 1.0,
             samples: 1,
             compute_s: 0.0,
+            chunk_norms: Vec::new(),
         }
     }
 

@@ -148,7 +148,9 @@ impl Member {
         Ok(Some(a))
     }
 
-    fn header(&self, a: &proto::TrainAssignment, dtype: GradDtype) -> proto::GradientMessage {
+    /// The step's header; `chunk_norms` as the worker's ring backend sends
+    /// them (none for the coordinator backend).
+    fn header(&self, a: &proto::TrainAssignment, dtype: GradDtype, chunk_norms: Vec<f64>) -> proto::GradientMessage {
         proto::GradientMessage {
             kind: Some(gradient_message::Kind::Header(proto::GradientHeader {
                 worker_id: self.id,
@@ -159,6 +161,7 @@ impl Member {
                 loss: 0.0,
                 samples: a.shard_size,
                 compute_s: 0.0,
+                chunk_norms,
             })),
         }
     }
@@ -191,7 +194,7 @@ async fn coordinator_member(addr: String, dtype: GradDtype) -> anyhow::Result<Ti
         let encoded = chunks.get_or_insert_with(|| {
             wire::chunk_ranges(m.total, a.chunk_elements as usize).map(|r| wire::encode(&grad[r], dtype)).collect()
         });
-        let mut msgs = vec![m.header(&a, dtype)];
+        let mut msgs = vec![m.header(&a, dtype, Vec::new())];
         msgs.extend(encoded.iter().enumerate().map(|(i, d)| proto::GradientMessage {
             kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index: i as u32, data: d.clone() })),
         }));
@@ -235,7 +238,7 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
         };
         let start = Instant::now();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.send(m.header(&a, dtype)).await?;
+        tx.send(m.header(&a, dtype, wire::chunk_norms(&work, spec.chunk_elements))).await?;
         let mut inbound = m.c.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
         let (owned_tx, mut owned_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Bytes)>();
         let upload = tokio::spawn(async move {

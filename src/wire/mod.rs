@@ -19,7 +19,7 @@ pub use vocab::{analysis_kind, assignment_sampler, sampler_kind, set_assignment_
 
 /// The protocol version of `proto/ddpm.proto`; a worker speaking another is
 /// refused at registration.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest gRPC message either side accepts (chunks are at most 16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -308,6 +308,16 @@ pub fn accumulate_screened(bytes: &[u8], dtype: GradDtype, index: u32, weight: f
     Ok((finite, sumsq))
 }
 
+/// The L2 norm of each chunk of `values` (`chunk_ranges`), summed in
+/// float64: NaN or infinity where the chunk holds one. A ring member
+/// reports these for its own gradient so that the coordinator can screen
+/// it as it screens the star's chunks.
+pub fn chunk_norms(values: &[f32], chunk_elements: usize) -> Vec<f64> {
+    chunk_ranges(values.len(), chunk_elements)
+        .map(|r| values[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt())
+        .collect()
+}
+
 /// Rounds values through the wire dtype in place (what the receiver sees).
 pub fn round_trip(values: &mut [f32], dtype: GradDtype) {
     if dtype == GradDtype::Bf16 {
@@ -337,6 +347,19 @@ mod tests {
         assert_eq!(chunk_count(10, 4), 3);
         assert_eq!(chunk_ranges(0, 4).count(), 0);
         assert_eq!(chunk_ranges(8, 4).count(), 2);
+    }
+
+    #[test]
+    fn chunk_norms_are_float64_per_chunk_and_not_finite_where_a_value_is_not() {
+        let v = [3.0f32, 4.0, 1e30, 1e30, f32::NAN, 0.0, f32::INFINITY];
+        let n = chunk_norms(&v, 2);
+        assert_eq!(n.len(), 4);
+        assert_eq!(n[0], 5.0);
+        // 1e30 squared overflows float32, not float64.
+        assert!((n[1] / (2f64.sqrt() * 1e30) - 1.0).abs() < 1e-6, "{}", n[1]);
+        assert!(n[2].is_nan());
+        assert_eq!(n[3], f64::INFINITY);
+        assert!(chunk_norms(&[], 2).is_empty());
     }
 
     #[test]

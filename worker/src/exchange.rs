@@ -72,6 +72,8 @@ impl GradientExchange for CoordinatorExchange<'_> {
             loss: local.loss,
             samples: a.shard_size,
             compute_s: local.compute_s,
+            // The coordinator screens the chunks themselves.
+            chunk_norms: Vec::new(),
         };
         // The upload runs beside the download: the coordinator streams a
         // reduced chunk back as soon as every member's copy of it arrived,
@@ -176,7 +178,7 @@ mod tests {
     fn an_upload_is_the_header_then_every_chunk_in_order() {
         let grad: Vec<f32> = (0..10).map(|i| i as f32).collect();
         let header = proto::GradientHeader { worker_id: 7, step: 3, elements: 10, ..Default::default() };
-        let msgs: Vec<_> = gradient_messages(header, &grad, GradDtype::F32, 4).collect();
+        let msgs: Vec<_> = gradient_messages(header.clone(), &grad, GradDtype::F32, 4).collect();
         assert_eq!(msgs.len(), 4);
         assert_eq!(msgs[0].kind, Some(gradient_message::Kind::Header(header)));
         for (i, want) in [&grad[0..4], &grad[4..8], &grad[8..10]].into_iter().enumerate() {

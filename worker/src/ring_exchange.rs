@@ -1,7 +1,9 @@
 //! The ring backend of [`GradientExchange`]: the gradient goes worker to
 //! worker (`ddpm::ring`), and the coordinator's ReduceGradients stream
 //! carries only what the control plane needs: the header (loss, shard,
-//! compute time), this member's reduced segment as soon as each chunk of
+//! compute time, and the norm of each chunk of this member's own gradient,
+//! which the coordinator screens as it screens the star's chunks), this
+//! member's reduced segment as soon as each chunk of
 //! it is final (while the all-gather still runs), a fault report if the
 //! ring breaks, and back the step's outcome, which commits the step.
 //!
@@ -45,8 +47,18 @@ fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
     (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| Duration::from_secs_f64(secs.parse().unwrap_or(0.0)))
 }
 
+/// Fault injection for the tests (`tests/ring_faults.rs`):
+/// `DDPM_FAULT_GRAD_POISON=STEP:VALUE` sets the first element of this
+/// worker's gradient to VALUE (`NaN`, `1e20`) in step STEP's first
+/// attempt, like a device that computed garbage.
+fn poison_at(step: u64, attempt: u32) -> Option<f32> {
+    let v = std::env::var("DDPM_FAULT_GRAD_POISON").ok()?;
+    let (s, value) = v.split_once(':')?;
+    (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| value.parse().ok()).flatten()
+}
+
 impl GradientExchange for RingExchange<'_> {
-    async fn exchange(&mut self, a: &proto::TrainAssignment, local: Computed) -> anyhow::Result<Exchanged> {
+    async fn exchange(&mut self, a: &proto::TrainAssignment, mut local: Computed) -> anyhow::Result<Exchanged> {
         let p = a.ring.as_ref().ok_or_else(|| anyhow::anyhow!("a ring exchange without a ring plan"))?;
         let plan = RingMembership::from_plan(p, self.worker_id)?;
         let dtype = GradDtype::from_proto(a.grad_dtype)?;
@@ -62,6 +74,10 @@ impl GradientExchange for RingExchange<'_> {
             peer_timeout: plan.timeout,
             shm: p.shm,
         };
+        if let (Some(value), Some(first)) = (poison_at(a.step, a.attempt), local.grad.first_mut()) {
+            tracing::warn!(step = a.step, "fault injection: this worker's gradient starts with {value}");
+            *first = value;
+        }
         let header = proto::GradientHeader {
             worker_id: self.worker_id,
             step: a.step,
@@ -71,6 +87,9 @@ impl GradientExchange for RingExchange<'_> {
             loss: local.loss,
             samples: a.shard_size,
             compute_s: local.compute_s,
+            // One read of the gradient (memory-bound, a few percent of the
+            // ring's own passes over it).
+            chunk_norms: ddpm::wire::chunk_norms(&local.grad, spec.chunk_elements),
         };
         let msg = |kind| proto::GradientMessage { kind: Some(kind) };
         let (tx, rx) = mpsc::channel(16);

@@ -10,11 +10,12 @@
 //!
 //! With the ring backend ([`Round::ring`]) the members sum among
 //! themselves (`ddpm::ring`) and each streams only the reduced chunks of its
-//! own segment: the round keeps them as they are (no sum, no screening: it
-//! never sees a member's own gradient), decides the outcome from them the
-//! same way, and sends back only the outcome. A member whose ring broke
-//! reports a fault naming a neighbour; [`Round::ring_verdict`] names the
-//! culprit from the reports.
+//! own segment: the round keeps them as they are (no sum), decides the
+//! outcome from them the same way, and sends back only the outcome. It never
+//! sees a member's own gradient, so it screens the per-chunk norms each
+//! member reports in its header instead, once every header is in and before
+//! any outcome. A member whose ring broke reports a fault naming a
+//! neighbour; [`Round::ring_verdict`] names the culprit from the reports.
 //!
 //! A round fails in one place, [`Round::fail`]: every member still streaming
 //! is told why (the culprit that it is refused, the others that the step is
@@ -62,6 +63,9 @@ pub enum RoundError {
     NoRound { worker: u64, step: u64 },
     #[error("worker {worker} reported the loss {loss}, which no L_simple can be (it must be finite and non-negative)")]
     BadLoss { worker: u64, loss: f64 },
+    /// Ring backend: the header's per-chunk norms cannot be screened.
+    #[error("worker {worker} {why}")]
+    BadNorms { worker: u64, why: String },
     /// This member is the round's culprit: why it was refused.
     #[error("{0}")]
     Refused(String),
@@ -160,6 +164,14 @@ struct Inner {
     last_header: Option<Instant>,
     /// Ring backend: per rank, the neighbour it reported and why.
     faults: Vec<Option<(u64, String)>>,
+    /// Ring backend: per rank, the norms of its own gradient's chunks.
+    norms: Vec<Option<Vec<f64>>>,
+    /// Ring backend: every member's norms were screened and passed (the
+    /// round cannot finish before).
+    screened: bool,
+    /// Ring backend: the member screening refused, until the service
+    /// fails the round with it.
+    screen_failure: Option<RoundFailure>,
     finished: bool,
     done: Option<oneshot::Sender<Result<RoundResult, RoundFailure>>>,
 }
@@ -196,6 +208,9 @@ impl Round {
             losses: vec![None; n],
             last_header: None,
             faults: vec![None; n],
+            norms: vec![None; n],
+            screened: false,
+            screen_failure: None,
             finished: false,
             done: Some(tx),
         };
@@ -284,6 +299,9 @@ impl Round {
         if !loss_ok(header.loss) {
             return Err(RoundError::BadLoss { worker: header.worker_id, loss: header.loss });
         }
+        if self.owners.is_some() {
+            self.check_norms(header)?;
+        }
         let mut inner = self.lock();
         if inner.finished {
             return Err(RoundError::Over { step: self.step, attempt: self.attempt });
@@ -294,7 +312,56 @@ impl Round {
         inner.outbound[rank] = Some(out);
         inner.losses[rank] = Some((header.loss, header.samples, header.compute_s));
         inner.last_header = Some(Instant::now());
+        if self.owners.is_some() {
+            inner.norms[rank] = Some(header.chunk_norms.clone());
+            self.screen_members(&mut inner);
+        }
         Ok(rank)
+    }
+
+    /// Ring backend: a header's norms must be one per chunk, each a norm
+    /// (non-negative) or not finite (a NaN or infinity in the chunk).
+    fn check_norms(&self, header: &proto::GradientHeader) -> Result<(), RoundError> {
+        let worker = header.worker_id;
+        let norms = &header.chunk_norms;
+        if norms.len() != self.chunks {
+            let why = format!("sent {} chunk norms in its header, but the ring round has {} chunks", norms.len(), self.chunks);
+            return Err(RoundError::BadNorms { worker, why });
+        }
+        if let Some(i) = norms.iter().position(|&x| x < 0.0) {
+            return Err(RoundError::BadNorms { worker, why: format!("sent the norm {} for chunk {i}, which no norm can be", norms[i]) });
+        }
+        Ok(())
+    }
+
+    /// Ring backend: once every member's norms are in, screens each chunk
+    /// as the star screens the chunks themselves (`screen.rs`); the medians
+    /// are the next step's reference. A culprit is kept for
+    /// [`Round::screen_failure`] and the round can then never finish.
+    fn screen_members(&self, inner: &mut Inner) {
+        if inner.screened || inner.screen_failure.is_some() || inner.norms.iter().any(Option::is_none) {
+            return;
+        }
+        for i in 0..self.chunks {
+            let stats: Vec<(bool, f64)> =
+                inner.norms.iter().flatten().map(|n| (n[i].is_finite(), n[i])).collect();
+            match self.screening.judge(i, &stats) {
+                Ok(median) => inner.medians[i] = median,
+                Err((rank, reason)) => {
+                    let culprit = self.members[rank];
+                    let reason = format!("worker {culprit} {reason} (by the chunk norms in its header)");
+                    inner.screen_failure = Some(RoundFailure { culprit: Some(culprit), reason });
+                    return;
+                }
+            }
+        }
+        inner.screened = true;
+    }
+
+    /// Ring backend: the failure screening found, once (see
+    /// [`Round::join`]); the caller fails the round with it.
+    pub fn screen_failure(&self) -> Option<RoundFailure> {
+        self.lock().screen_failure.take()
     }
 
     /// Takes chunk `index` from member `rank`. Returns the reduced messages
@@ -396,7 +463,7 @@ impl Round {
     /// fewer chunks than members, still owes its header: its loss, and
     /// its stream for the outcome).
     fn finish_ring_if_complete(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
-        if inner.finished || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
+        if inner.finished || !inner.screened || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
             return Vec::new();
         }
         self.finish(inner)

@@ -12,7 +12,13 @@ fn header(worker_id: u64, step: u64, elements: u64) -> proto::GradientHeader {
         loss: 1.0,
         samples: 1,
         compute_s: 0.0,
+        chunk_norms: Vec::new(),
     }
+}
+
+/// A ring member's header, with the norms of its own gradient's chunks.
+fn ring_header(worker_id: u64, step: u64, elements: u64, chunk_norms: &[f64]) -> proto::GradientHeader {
+    proto::GradientHeader { chunk_norms: chunk_norms.to_vec(), ..header(worker_id, step, elements) }
 }
 
 fn chunk(index: u32, v: &[f32]) -> proto::GradientChunk {
@@ -105,7 +111,7 @@ async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header(
     let round = round.ring();
     let (o1, mut r1) = mpsc::channel(16);
     let (o2, _r2) = mpsc::channel(16);
-    let a = round.join(&header(10, 1, 5), o1).unwrap();
+    let a = round.join(&ring_header(10, 1, 5, &[1.0, 1.0, 1.0]), o1).unwrap();
     assert!(matches!(round.offer(a, chunk(1, &[1.0, 1.0])), Err(OfferError::NotOwned { index: 1, owner: 1 })));
     assert!(round.offer(a, chunk(0, &[3.0, 4.0])).unwrap().is_empty());
     assert_eq!(round.stragglers(), vec![20], "member 20 owes its header and its segment");
@@ -114,7 +120,8 @@ async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header(
     // Every chunk is in, but member 20 has not joined: not complete yet.
     assert!(round.offer(1, chunk(2, &[12.0])).unwrap().is_empty());
     assert!(!round.is_finished());
-    round.join(&header(20, 1, 5), o2).unwrap();
+    round.join(&ring_header(20, 1, 5, &[1.0, 1.0, 1.0]), o2).unwrap();
+    assert!(round.screen_failure().is_none());
     let sends = round.after_join();
     assert_eq!(sends.len(), 2, "the outcome to both members, no chunks");
     for (o, m) in sends {
@@ -124,6 +131,73 @@ async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header(
     let result = rx.await.unwrap().ok().unwrap();
     assert_eq!(result.reduced, vec![3.0, 4.0, 0.0, 0.0, 12.0]);
     assert_eq!(result.outcome.grad_norm, 13.0);
+}
+
+/// Ring backend: the coordinator never sees a member's own gradient, so it
+/// screens the chunk norms in the headers, as the star screens chunks.
+#[tokio::test]
+async fn a_ring_round_screens_its_members_chunk_norms_before_any_outcome() {
+    // 6 elements in chunks of 2: 3 chunks; three members own one each.
+    let ring = |screening: Screening| {
+        let (round, rx) = Round::new(1, 0, vec![10, 20, 30], &[1, 1, 1], 6, 2, GradDtype::F32, 0.0);
+        (round.ring().screened(screening), rx)
+    };
+    // A NaN in one member's chunk while the others' are finite.
+    let (round, rx) = ring(Screening::default());
+    let outs: Vec<_> = (0..3).map(|_| mpsc::channel(16)).collect();
+    round.join(&ring_header(10, 1, 6, &[1.0, 2.0, 3.0]), outs[0].0.clone()).unwrap();
+    round.join(&ring_header(20, 1, 6, &[1.0, f64::NAN, 3.0]), outs[1].0.clone()).unwrap();
+    assert!(round.screen_failure().is_none(), "not judged before every header is in");
+    for rank in 0..2 {
+        assert!(round.offer(rank, chunk(rank as u32, &[0.0, 0.0])).unwrap().is_empty());
+    }
+    round.join(&ring_header(30, 1, 6, &[1.0, 2.0, 3.0]), outs[2].0.clone()).unwrap();
+    let failure = round.screen_failure().expect("screened out");
+    assert_eq!(failure.culprit, Some(20));
+    assert!(failure.reason.contains("non-finite") && failure.reason.contains("chunk 1"), "{}", failure.reason);
+    assert!(round.screen_failure().is_none(), "reported once");
+    // Every chunk and header is in, but no outcome goes out.
+    assert!(round.offer(2, chunk(2, &[0.0, 0.0])).unwrap().is_empty());
+    assert!(round.after_join().is_empty() && !round.is_finished());
+    let sends = round.fail(failure);
+    assert_eq!(sends.len(), 3);
+    assert!(matches!(rx.await.unwrap(), Err(RoundFailure { culprit: Some(20), .. })));
+
+    // A norm over 100x the last step's median of that chunk.
+    let reference = Some(std::sync::Arc::new(vec![1.0, 1.0, 1.0]));
+    let (round, _rx) = ring(Screening { factor: 100.0, reference: reference.clone() });
+    for (id, norms) in [(10, [1.0, 1.0, 1.0]), (20, [1.0, 1.0, 1.0]), (30, [1.0, 1.0, 1e20])] {
+        round.join(&ring_header(id, 1, 6, &norms), mpsc::channel(16).0).unwrap();
+    }
+    let failure = round.screen_failure().expect("screened out");
+    assert_eq!(failure.culprit, Some(30));
+    assert!(failure.reason.contains("over 100x the reference"), "{}", failure.reason);
+
+    // Honest norms pass, and their medians are the next step's reference.
+    let (round, rx) = ring(Screening { factor: 100.0, reference });
+    for (id, norms) in [(10, [1.0, 2.0, 5.0]), (20, [2.0, 4.0, 6.0]), (30, [3.0, 6.0, 7.0])] {
+        round.join(&ring_header(id, 1, 6, &norms), mpsc::channel(16).0).unwrap();
+    }
+    assert!(round.screen_failure().is_none());
+    for rank in 0..2 {
+        assert!(round.offer(rank, chunk(rank as u32, &[0.0, 1.0])).unwrap().is_empty());
+    }
+    assert_eq!(round.offer(2, chunk(2, &[0.0, 1.0])).unwrap().len(), 3, "the outcome to every member");
+    assert_eq!(rx.await.unwrap().ok().unwrap().chunk_medians, vec![2.0, 4.0, 6.0]);
+}
+
+#[test]
+fn a_ring_header_without_one_norm_per_chunk_or_with_a_negative_one_is_refused() {
+    let (round, _rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 6, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    let e = round.join(&ring_header(10, 1, 6, &[1.0, 2.0]), mpsc::channel(16).0).unwrap_err();
+    assert!(matches!(e, RoundError::BadNorms { worker: 10, .. }), "{e}");
+    assert!(e.to_string().contains("sent 2 chunk norms") && e.to_string().contains("has 3 chunks"), "{e}");
+    let e = round.join(&ring_header(10, 1, 6, &[1.0, -2.0, 0.0]), mpsc::channel(16).0).unwrap_err();
+    assert!(e.to_string().contains("the norm -2 for chunk 1"), "{e}");
+    // The star's headers carry none.
+    let (star, _rx) = Round::new(1, 0, vec![10], &[1], 6, 2, GradDtype::F32, 0.0);
+    star.join(&header(10, 1, 6), mpsc::channel(16).0).unwrap();
 }
 
 /// The culprit of a broken ring is the member named that reported

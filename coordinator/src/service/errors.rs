@@ -101,7 +101,8 @@ impl RpcError {
                 | RoundError::BadDtype(_)
                 | RoundError::WrongDtype { .. }
                 | RoundError::Refused(_)
-                | RoundError::BadLoss { .. } => (Code::InvalidArgument, Rejoin),
+                | RoundError::BadLoss { .. }
+                | RoundError::BadNorms { .. } => (Code::InvalidArgument, Rejoin),
                 RoundError::AlreadyStreaming { .. } => (Code::AlreadyExists, Quit),
             },
             Self::Internal(_) => (Code::Internal, Unspecified),

@@ -229,8 +229,8 @@ impl Coordinator for CoordService {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let rank = match round.join(&header, tx) {
             Ok(rank) => rank,
-            // A lying loss is the member's fault: the step is redone without it.
-            Err(e @ RoundError::BadLoss { .. }) => {
+            // A lying loss or norm is the member's fault: the step is redone without it.
+            Err(e @ (RoundError::BadLoss { .. } | RoundError::BadNorms { .. })) => {
                 tracing::warn!(worker = header.worker_id, step = header.step, "rejecting gradient: {e}");
                 let failure = crate::round::RoundFailure { culprit: Some(header.worker_id), reason: e.to_string() };
                 crate::round_slot::fail(&round, failure).await;
@@ -238,6 +238,13 @@ impl Coordinator for CoordService {
             }
             Err(e) => return Err(RpcError::Round(e).into()),
         };
+        // Ring backend: the last header in lets the round screen every
+        // member's chunk norms; a refused member ends the attempt (this
+        // stream, like the others, carries why).
+        if let Some(failure) = round.screen_failure() {
+            tracing::warn!(worker = failure.culprit, step = header.step, "rejecting gradient: {}", failure.reason);
+            crate::round_slot::fail(&round, failure).await;
+        }
         for (out, msg) in round.after_join() {
             let _ = out.send(Ok(msg)).await;
         }

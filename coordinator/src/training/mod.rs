@@ -430,7 +430,8 @@ impl Trainer {
         );
         let ring = cfg.dist.backend == ddpm::config::Backend::Ring;
         let round = round.with_buffer(self.state.gradient_buffer(self.state.layout.total));
-        let round = if ring { round.ring() } else { round.screened(screening) };
+        // The star screens the members' chunks, the ring their norms.
+        let round = if ring { round.ring() } else { round }.screened(screening);
         let round = Arc::new(round);
         let plan = ring.then(|| self.ring_plan(step_members));
         self.rounds.open(round.clone());
