@@ -6,7 +6,9 @@
 //! reports). Each time the coordinator names the culprit,
 //! aborts the attempt, the survivors redo the step with the same batch,
 //! and the run ends within 1e-4 of the fault-free one with every replica
-//! equal to the coordinator. The links go through shared memory, as
+//! equal to the coordinator. A member that lies (honest norms, a huge
+//! value sent into the ring) cannot be named from the reduced gradient,
+//! but the audit catches the lie and the step is redone through the star. The links go through shared memory, as
 //! between any members of one host, so the faults hit that data plane:
 //! a dead member's connections still end at once, a frozen one stops
 //! taking frames from its outbox slots, and a killed one's outbox is
@@ -15,7 +17,8 @@
 //! The freeze is the worker's fault injection `DDPM_FAULT_RING_FREEZE`
 //! (`worker/src/ring_exchange.rs`): it lands after the predecessor's first
 //! bytes, so the fault is mid-ring by construction, not by timing luck.
-//! The NaN is `DDPM_FAULT_GRAD_POISON`, in the same file.
+//! The NaN is `DDPM_FAULT_GRAD_POISON`, the lie `DDPM_FAULT_RING_LIE`, in
+//! the same file.
 
 mod common;
 
@@ -238,4 +241,38 @@ fn a_member_with_a_non_finite_gradient_is_screened_out_by_its_chunk_norms_and_th
     );
     let summary = assert_survived(&run, &mut coord, &mut workers, "poisoned member screened out");
     assert_eq!(summary["skipped_steps"], 0, "no step skipped: {summary}");
+}
+
+/// A member that lies: its header reports the chunk norms of its true
+/// gradient, but it sends the ring 1e20 as its first element, which
+/// screening would refuse if the coordinator saw it. The reduced chunk is
+/// then longer than the members' chunks together can be, so the
+/// coordinator refuses the attempt before any replica applies it and,
+/// unable to tell who lied, redoes the step through the star with all
+/// three (there each member's own gradient is seen; this one behaves).
+/// No step is skipped or blown up by the clipped spike, nobody is dropped,
+/// and the run ends as the fault-free one does.
+#[test]
+fn a_member_that_sends_the_ring_another_gradient_than_its_header_describes_is_caught_and_the_step_redone_through_the_star() {
+    fault_free();
+    let run = Run::new();
+    let (mut coord, mut workers) = run.start([None, Some(("DDPM_FAULT_RING_LIE", "3:1e20")), None]);
+    workers[1].wait_for_line("fault injection: this worker's header describes its gradient", Duration::from_secs(300));
+    let audit = coord.wait_for_line("failed its audit", Duration::from_secs(60));
+    // The weight of one of three members' shards times 1e20.
+    assert!(audit.contains("step 3 attempt 0: the reduced chunk 0 has norm 3.333e19"), "{audit}");
+    coord.wait_for_line("redoing it through the coordinator's all-reduce (the star)", Duration::from_secs(60));
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    let summary = run.summary();
+    assert_eq!(summary["steps"], STEPS);
+    assert_eq!(summary["skipped_steps"], 0, "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+    assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 3, "nobody dropped: {summary}");
+    let d = max_diff(&run.final_params(), fault_free());
+    eprintln!("max |fault-free - liar caught by the audit| = {d:e}");
+    assert!(d < 1e-4, "{d}");
 }

@@ -38,7 +38,7 @@ impl RoundSlot {
         let round = self.lock().clone();
         match round {
             Some(round) if round.rank_of(id).is_some() => {
-                fail(&round, RoundFailure { culprit: Some(id), reason }).await;
+                fail(&round, RoundFailure::new(Some(id), reason)).await;
                 true
             }
             _ => false,

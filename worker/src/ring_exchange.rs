@@ -47,12 +47,15 @@ fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
     (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| Duration::from_secs_f64(secs.parse().unwrap_or(0.0)))
 }
 
-/// Fault injection for the tests (`tests/ring_faults.rs`):
-/// `DDPM_FAULT_GRAD_POISON=STEP:VALUE` sets the first element of this
-/// worker's gradient to VALUE (`NaN`, `1e20`) in step STEP's first
-/// attempt, like a device that computed garbage.
-fn poison_at(step: u64, attempt: u32) -> Option<f32> {
-    let v = std::env::var("DDPM_FAULT_GRAD_POISON").ok()?;
+/// Fault injections for the tests (`tests/ring_faults.rs`), each setting
+/// the first element of this worker's gradient to VALUE (`NaN`, `1e20`) in
+/// step STEP's first ring attempt: `DDPM_FAULT_GRAD_POISON=STEP:VALUE`
+/// before its chunk norms are taken, like a device that computed garbage;
+/// `DDPM_FAULT_RING_LIE=STEP:VALUE` after, so that its header describes
+/// another gradient than the one it sends the ring, like a member that
+/// lies (it behaves when the redo goes through the star).
+fn fault_value(var: &str, step: u64, attempt: u32) -> Option<f32> {
+    let v = std::env::var(var).ok()?;
     let (s, value) = v.split_once(':')?;
     (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| value.parse().ok()).flatten()
 }
@@ -74,7 +77,7 @@ impl GradientExchange for RingExchange<'_> {
             peer_timeout: plan.timeout,
             shm: p.shm,
         };
-        if let (Some(value), Some(first)) = (poison_at(a.step, a.attempt), local.grad.first_mut()) {
+        if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_GRAD_POISON", a.step, a.attempt), local.grad.first_mut()) {
             tracing::warn!(step = a.step, "fault injection: this worker's gradient starts with {value}");
             *first = value;
         }
@@ -91,6 +94,10 @@ impl GradientExchange for RingExchange<'_> {
             // ring's own passes over it).
             chunk_norms: ddpm::wire::chunk_norms(&local.grad, spec.chunk_elements),
         };
+        if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_RING_LIE", a.step, a.attempt), local.grad.first_mut()) {
+            tracing::warn!(step = a.step, "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element");
+            *first = value;
+        }
         let msg = |kind| proto::GradientMessage { kind: Some(kind) };
         let (tx, rx) = mpsc::channel(16);
         tx.send(msg(gradient_message::Kind::Header(header))).await.map_err(|_| anyhow::anyhow!("upload queue closed"))?;

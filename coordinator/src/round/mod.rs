@@ -14,7 +14,10 @@
 //! outcome from them the same way, and sends back only the outcome. It never
 //! sees a member's own gradient, so it screens the per-chunk norms each
 //! member reports in its header instead, once every header is in and before
-//! any outcome. A member whose ring broke reports a fault naming a
+//! any outcome. Norms a member merely reports would let it send the ring
+//! something else, so before the outcome the round also audits each reduced
+//! chunk against them (`audit.rs`): a sum can be no longer than its parts.
+//! A member whose ring broke reports a fault naming a
 //! neighbour; [`Round::ring_verdict`] names the culprit from the reports.
 //!
 //! A round fails in one place, [`Round::fail`]: every member still streaming
@@ -36,6 +39,7 @@ use ddpm::train::Outcome;
 use ddpm::wire::{self, WireError};
 use tokio::sync::{mpsc, oneshot};
 
+mod audit;
 mod screen;
 pub use screen::{loss_ok, Screening};
 
@@ -125,6 +129,17 @@ pub struct RoundFailure {
     /// The member to drop (if the failure is one member's fault).
     pub culprit: Option<u64>,
     pub reason: String,
+    /// Ring backend: a member lied (the audit failed) and none can be
+    /// named, so the redo must go through the star, which sees and screens
+    /// each member's own gradient.
+    pub needs_star: bool,
+}
+
+impl RoundFailure {
+    /// A failure that the same backend can redo.
+    pub fn new(culprit: Option<u64>, reason: String) -> Self {
+        Self { culprit, reason, needs_star: false }
+    }
 }
 
 /// A step's all-reduce among a fixed set of members.
@@ -169,9 +184,11 @@ struct Inner {
     /// Ring backend: every member's norms were screened and passed (the
     /// round cannot finish before).
     screened: bool,
-    /// Ring backend: the member screening refused, until the service
-    /// fails the round with it.
-    screen_failure: Option<RoundFailure>,
+    /// Ring backend: the member screening refused, or the audit's
+    /// failure, until the service fails the round with it.
+    pending_failure: Option<RoundFailure>,
+    /// Ring backend: the audit ran (once, when the round was complete).
+    audited: bool,
     finished: bool,
     done: Option<oneshot::Sender<Result<RoundResult, RoundFailure>>>,
 }
@@ -210,7 +227,8 @@ impl Round {
             faults: vec![None; n],
             norms: vec![None; n],
             screened: false,
-            screen_failure: None,
+            pending_failure: None,
+            audited: false,
             finished: false,
             done: Some(tx),
         };
@@ -337,9 +355,9 @@ impl Round {
     /// Ring backend: once every member's norms are in, screens each chunk
     /// as the star screens the chunks themselves (`screen.rs`); the medians
     /// are the next step's reference. A culprit is kept for
-    /// [`Round::screen_failure`] and the round can then never finish.
+    /// [`Round::pending_failure`] and the round can then never finish.
     fn screen_members(&self, inner: &mut Inner) {
-        if inner.screened || inner.screen_failure.is_some() || inner.norms.iter().any(Option::is_none) {
+        if inner.screened || inner.pending_failure.is_some() || inner.norms.iter().any(Option::is_none) {
             return;
         }
         for i in 0..self.chunks {
@@ -350,7 +368,7 @@ impl Round {
                 Err((rank, reason)) => {
                     let culprit = self.members[rank];
                     let reason = format!("worker {culprit} {reason} (by the chunk norms in its header)");
-                    inner.screen_failure = Some(RoundFailure { culprit: Some(culprit), reason });
+                    inner.pending_failure = Some(RoundFailure::new(Some(culprit), reason));
                     return;
                 }
             }
@@ -358,10 +376,11 @@ impl Round {
         inner.screened = true;
     }
 
-    /// Ring backend: the failure screening found, once (see
-    /// [`Round::join`]); the caller fails the round with it.
-    pub fn screen_failure(&self) -> Option<RoundFailure> {
-        self.lock().screen_failure.take()
+    /// Ring backend: the failure screening (after the last header, see
+    /// [`Round::join`]) or the audit (when the round is complete) found,
+    /// once; the caller fails the round with it.
+    pub fn pending_failure(&self) -> Option<RoundFailure> {
+        self.lock().pending_failure.take()
     }
 
     /// Takes chunk `index` from member `rank`. Returns the reduced messages
@@ -461,9 +480,23 @@ impl Round {
     /// Ring backend: the round is complete once every chunk is in and
     /// every member has joined (a member whose segment is empty, with
     /// fewer chunks than members, still owes its header: its loss, and
-    /// its stream for the outcome).
+    /// its stream for the outcome). It then finishes if the reduced chunks
+    /// pass the audit against the members' norms; if not, the failure
+    /// waits in [`Round::pending_failure`] and no outcome goes out.
     fn finish_ring_if_complete(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
-        if inner.finished || !inner.screened || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
+        if inner.finished || inner.audited || !inner.screened || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
+            return Vec::new();
+        }
+        inner.audited = true;
+        let norms: Vec<&[f64]> = inner.norms.iter().flatten().map(Vec::as_slice).collect();
+        let audit = audit::Audit { weights: &self.weights, norms: &norms, dtype: self.dtype };
+        if let Err(why) = audit.check(&inner.sumsq) {
+            let reason = format!(
+                "step {} attempt {}: {why}; a member sent the ring another gradient than the one its header describes, \
+                 and the reduced gradient cannot tell which, so the step is redone through the coordinator, which screens each member's own gradient",
+                self.step, self.attempt
+            );
+            inner.pending_failure = Some(RoundFailure { culprit: None, reason, needs_star: true });
             return Vec::new();
         }
         self.finish(inner)
@@ -540,10 +573,8 @@ impl Round {
             .find(|(_, s, _)| !reporters.contains(s))
             .or_else(|| reports.clone().next())
             .expect("at least one report");
-        RoundFailure {
-            culprit: Some(suspect),
-            reason: format!("worker {suspect} broke the ring of step {} attempt {}: worker {by} reported that {why}", self.step, self.attempt),
-        }
+        let reason = format!("worker {suspect} broke the ring of step {} attempt {}: worker {by} reported that {why}", self.step, self.attempt);
+        RoundFailure::new(Some(suspect), reason)
     }
 
     /// All chunks reduced: decide the outcome, hand the result over.

@@ -92,13 +92,13 @@ async fn failing_a_round_aborts_the_others_and_blames_the_culprit() {
     let (o2, _r2) = mpsc::channel(4);
     round.join(&header(1, 1, 2), o1).unwrap();
     round.join(&header(2, 1, 2), o2).unwrap();
-    let sends = round.fail(RoundFailure { culprit: Some(2), reason: "bad chunk".into() });
+    let sends = round.fail(RoundFailure::new(Some(2), "bad chunk".into()));
     let errs: Vec<_> = sends.iter().map(|(_, e)| e.clone()).collect();
     assert!(matches!(&errs[0], RoundError::Abandoned { step: 1, .. }), "{errs:?}");
     assert_eq!(errs[1], RoundError::Refused("bad chunk".into()));
     assert!(rx.await.unwrap().is_err());
     assert!(round.is_finished());
-    assert!(round.fail(RoundFailure { culprit: None, reason: "again".into() }).is_empty(), "a round fails once");
+    assert!(round.fail(RoundFailure::new(None, "again".into())).is_empty(), "a round fails once");
 }
 
 /// Ring backend: each member uploads only its own segment's reduced
@@ -111,7 +111,8 @@ async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header(
     let round = round.ring();
     let (o1, mut r1) = mpsc::channel(16);
     let (o2, _r2) = mpsc::channel(16);
-    let a = round.join(&ring_header(10, 1, 5, &[1.0, 1.0, 1.0]), o1).unwrap();
+    // Each member's own chunks as long as the reduced ones: the audit's bound.
+    let a = round.join(&ring_header(10, 1, 5, &[5.0, 0.0, 12.0]), o1).unwrap();
     assert!(matches!(round.offer(a, chunk(1, &[1.0, 1.0])), Err(OfferError::NotOwned { index: 1, owner: 1 })));
     assert!(round.offer(a, chunk(0, &[3.0, 4.0])).unwrap().is_empty());
     assert_eq!(round.stragglers(), vec![20], "member 20 owes its header and its segment");
@@ -120,8 +121,8 @@ async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header(
     // Every chunk is in, but member 20 has not joined: not complete yet.
     assert!(round.offer(1, chunk(2, &[12.0])).unwrap().is_empty());
     assert!(!round.is_finished());
-    round.join(&ring_header(20, 1, 5, &[1.0, 1.0, 1.0]), o2).unwrap();
-    assert!(round.screen_failure().is_none());
+    round.join(&ring_header(20, 1, 5, &[5.0, 0.0, 12.0]), o2).unwrap();
+    assert!(round.pending_failure().is_none());
     let sends = round.after_join();
     assert_eq!(sends.len(), 2, "the outcome to both members, no chunks");
     for (o, m) in sends {
@@ -147,15 +148,15 @@ async fn a_ring_round_screens_its_members_chunk_norms_before_any_outcome() {
     let outs: Vec<_> = (0..3).map(|_| mpsc::channel(16)).collect();
     round.join(&ring_header(10, 1, 6, &[1.0, 2.0, 3.0]), outs[0].0.clone()).unwrap();
     round.join(&ring_header(20, 1, 6, &[1.0, f64::NAN, 3.0]), outs[1].0.clone()).unwrap();
-    assert!(round.screen_failure().is_none(), "not judged before every header is in");
+    assert!(round.pending_failure().is_none(), "not judged before every header is in");
     for rank in 0..2 {
         assert!(round.offer(rank, chunk(rank as u32, &[0.0, 0.0])).unwrap().is_empty());
     }
     round.join(&ring_header(30, 1, 6, &[1.0, 2.0, 3.0]), outs[2].0.clone()).unwrap();
-    let failure = round.screen_failure().expect("screened out");
+    let failure = round.pending_failure().expect("screened out");
     assert_eq!(failure.culprit, Some(20));
     assert!(failure.reason.contains("non-finite") && failure.reason.contains("chunk 1"), "{}", failure.reason);
-    assert!(round.screen_failure().is_none(), "reported once");
+    assert!(round.pending_failure().is_none(), "reported once");
     // Every chunk and header is in, but no outcome goes out.
     assert!(round.offer(2, chunk(2, &[0.0, 0.0])).unwrap().is_empty());
     assert!(round.after_join().is_empty() && !round.is_finished());
@@ -169,7 +170,7 @@ async fn a_ring_round_screens_its_members_chunk_norms_before_any_outcome() {
     for (id, norms) in [(10, [1.0, 1.0, 1.0]), (20, [1.0, 1.0, 1.0]), (30, [1.0, 1.0, 1e20])] {
         round.join(&ring_header(id, 1, 6, &norms), mpsc::channel(16).0).unwrap();
     }
-    let failure = round.screen_failure().expect("screened out");
+    let failure = round.pending_failure().expect("screened out");
     assert_eq!(failure.culprit, Some(30));
     assert!(failure.reason.contains("over 100x the reference"), "{}", failure.reason);
 
@@ -178,12 +179,39 @@ async fn a_ring_round_screens_its_members_chunk_norms_before_any_outcome() {
     for (id, norms) in [(10, [1.0, 2.0, 5.0]), (20, [2.0, 4.0, 6.0]), (30, [3.0, 6.0, 7.0])] {
         round.join(&ring_header(id, 1, 6, &norms), mpsc::channel(16).0).unwrap();
     }
-    assert!(round.screen_failure().is_none());
+    assert!(round.pending_failure().is_none());
     for rank in 0..2 {
         assert!(round.offer(rank, chunk(rank as u32, &[0.0, 1.0])).unwrap().is_empty());
     }
     assert_eq!(round.offer(2, chunk(2, &[0.0, 1.0])).unwrap().len(), 3, "the outcome to every member");
     assert_eq!(rx.await.unwrap().ok().unwrap().chunk_medians, vec![2.0, 4.0, 6.0]);
+}
+
+/// Ring backend: honest norms in the headers, but a reduced chunk longer
+/// than its members' chunks together. Someone lied and nobody can be
+/// named: no outcome goes out, and the failure asks for a star redo.
+#[tokio::test]
+async fn a_ring_round_whose_reduced_chunk_outgrows_its_members_norms_fails_without_a_culprit() {
+    let (round, rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 4, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    let (o1, mut r1) = mpsc::channel(16);
+    let (o2, mut r2) = mpsc::channel(16);
+    round.join(&ring_header(10, 1, 4, &[1.0, 1.0]), o1).unwrap();
+    round.join(&ring_header(20, 1, 4, &[1.0, 1.0]), o2).unwrap();
+    assert!(round.pending_failure().is_none(), "the headers' norms pass screening");
+    assert!(round.offer(0, chunk(0, &[0.6, 0.8])).unwrap().is_empty());
+    assert!(round.offer(1, chunk(1, &[1e20, 0.0])).unwrap().is_empty(), "no outcome");
+    let failure = round.pending_failure().expect("the audit failed");
+    assert_eq!(failure.culprit, None);
+    assert!(failure.needs_star);
+    assert!(failure.reason.contains("step 1 attempt 0: the reduced chunk 1 has norm 1.000e20"), "{}", failure.reason);
+    assert!(round.pending_failure().is_none(), "reported once");
+    assert!(round.after_join().is_empty() && !round.is_finished(), "audited once: never finishes");
+    deliver(round.fail(failure)).await;
+    for r in [&mut r1, &mut r2] {
+        assert!(matches!(r.recv().await.unwrap(), Err(RoundError::Abandoned { .. })));
+    }
+    assert!(matches!(rx.await.unwrap(), Err(RoundFailure { culprit: None, needs_star: true, .. })));
 }
 
 #[test]

@@ -18,13 +18,19 @@ use crate::round::{deliver, OfferError, Round, RoundFailure};
 pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Streaming<proto::GradientMessage>) {
     let fail_member = |culprit: u64, reason: String| {
         tracing::warn!(worker = culprit, step = round.step, "rejecting gradient: {reason}");
-        round.fail(RoundFailure { culprit: Some(culprit), reason })
+        round.fail(RoundFailure::new(Some(culprit), reason))
     };
     let fail = |reason: String| fail_member(worker, reason);
     let failures = loop {
         match inbound.next().await {
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(c)) })) => match round.offer(rank, c) {
                 Ok(sends) => {
+                    // Ring backend: the last chunk completes the round, whose
+                    // audit may fail it.
+                    if let Some(failure) = round.pending_failure() {
+                        log_failure(&failure, round.step);
+                        break round.fail(failure);
+                    }
                     for (out, msg) in sends {
                         let _ = out.send(Ok(msg)).await;
                     }
@@ -51,4 +57,13 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
         }
     };
     deliver(failures).await;
+}
+
+/// Logs a failure the round found itself (screening a ring's norms, or its
+/// audit), before the round is failed with it.
+pub fn log_failure(failure: &RoundFailure, step: u64) {
+    match failure.culprit {
+        Some(worker) => tracing::warn!(worker, step, "rejecting gradient: {}", failure.reason),
+        None => tracing::warn!(step, "the ring's reduced gradient failed its audit: {}", failure.reason),
+    }
 }

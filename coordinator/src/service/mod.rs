@@ -232,20 +232,22 @@ impl Coordinator for CoordService {
             // A lying loss or norm is the member's fault: the step is redone without it.
             Err(e @ (RoundError::BadLoss { .. } | RoundError::BadNorms { .. })) => {
                 tracing::warn!(worker = header.worker_id, step = header.step, "rejecting gradient: {e}");
-                let failure = crate::round::RoundFailure { culprit: Some(header.worker_id), reason: e.to_string() };
+                let failure = crate::round::RoundFailure::new(Some(header.worker_id), e.to_string());
                 crate::round_slot::fail(&round, failure).await;
                 return Err(RpcError::Round(e).into());
             }
             Err(e) => return Err(RpcError::Round(e).into()),
         };
         // Ring backend: the last header in lets the round screen every
-        // member's chunk norms; a refused member ends the attempt (this
-        // stream, like the others, carries why).
-        if let Some(failure) = round.screen_failure() {
-            tracing::warn!(worker = failure.culprit, step = header.step, "rejecting gradient: {}", failure.reason);
+        // member's chunk norms, and may complete it (then audited); a
+        // failure ends the attempt (this stream, like the others, carries
+        // why).
+        let sends = round.after_join();
+        if let Some(failure) = round.pending_failure() {
+            gradients::log_failure(&failure, header.step);
             crate::round_slot::fail(&round, failure).await;
         }
-        for (out, msg) in round.after_join() {
+        for (out, msg) in sends {
             let _ = out.send(Ok(msg)).await;
         }
         tokio::spawn(gradients::pump(round, rank, header.worker_id, inbound));

@@ -115,8 +115,9 @@ fn settled(flushed: anyhow::Result<Option<String>>) -> (Option<String>, Option<S
 /// What to do after a step's round ended.
 enum StepEnd {
     Done(Box<RoundResult>),
-    /// Redo the step with these members (the rest were dropped).
-    Redo(BTreeSet<u64>),
+    /// Redo the step with these members (the rest were dropped), through
+    /// the star if the ring's audit failed (`RoundFailure::needs_star`).
+    Redo { left: BTreeSet<u64>, through_star: bool },
 }
 
 impl Trainer {
@@ -165,6 +166,9 @@ impl Trainer {
         let mut checksums = ChecksumBook::default();
         let mut skipped = self.start_skipped;
         let mut attempt = 0u32;
+        // The next attempt goes through the star whatever the backend:
+        // the ring's last attempt caught a lie it could not pin on anyone.
+        let mut star_redo = false;
         let mut progress = Progress::default();
         let mut last_loss = f64::NAN;
         let mut next: Option<(u64, Prefetch)> = (step < total).then(|| (step + 1, prefetch(cfg, &self.dataset, step + 1)));
@@ -220,16 +224,19 @@ impl Trainer {
 
             let checksum_requested = checksums::due(s, total, cfg.dist.checksum_every);
             let screening = Screening { factor: cfg.dist.screen_factor, reference: screen_reference.clone() };
-            let mut result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, screening).await {
+            let ring = cfg.dist.backend == ddpm::config::Backend::Ring && !star_redo;
+            let mut result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, screening, ring).await {
                 StepEnd::Done(result) => *result,
-                StepEnd::Redo(left) => {
+                StepEnd::Redo { left, through_star } => {
                     self.telemetry.step_redone();
                     attempt += 1;
                     active = left;
+                    star_redo = through_star;
                     continue;
                 }
             };
             attempt = 0;
+            star_redo = false;
             active = step_members.iter().copied().collect();
             let outcome = result.outcome;
             if outcome.apply {
@@ -270,7 +277,7 @@ impl Trainer {
             progress.add(&record, batch);
             let member_bytes = params * cfg.dist.grad_dtype.bytes_per_element();
             // The star receives every member's gradient, the ring one in all.
-            let copies = if cfg.dist.backend == ddpm::config::Backend::Ring { 1 } else { step_members.len() };
+            let copies = if ring { 1 } else { step_members.len() };
             let reduced_bytes = (member_bytes * copies) as u64;
             self.telemetry.record_step(&record, batch, reduced_bytes, skipped, progress.images_per_s());
             for &(id, compute_s, shard) in &result.per_member {
@@ -402,7 +409,11 @@ impl Trainer {
     /// Runs attempt `attempt` of step `s` with `step_members` (rank order):
     /// hands out the shards, opens the round and waits for it. A failed
     /// round drops its culprit (or, on the deadline, the members that did
-    /// not deliver) and the step is redone by the rest.
+    /// not deliver) and the step is redone by the rest. `ring`: through
+    /// the ring backend, else the star.
+    // One call per attempt: what it is (step, attempt, members, batch) and
+    // how (checksum, screening, backend).
+    #[allow(clippy::too_many_arguments)]
     async fn run_step(
         &self,
         s: u64,
@@ -411,6 +422,7 @@ impl Trainer {
         samples: &[proto::Sample],
         checksum_requested: bool,
         screening: Screening,
+        ring: bool,
     ) -> StepEnd {
         let cfg = &self.config;
         let step_timeout = Duration::from_secs_f64(cfg.dist.step_timeout_s);
@@ -428,7 +440,6 @@ impl Trainer {
             cfg.dist.grad_dtype,
             cfg.optim.grad_clip,
         );
-        let ring = cfg.dist.backend == ddpm::config::Backend::Ring;
         let round = round.with_buffer(self.state.gradient_buffer(self.state.layout.total));
         // The star screens the members' chunks, the ring their norms.
         let round = if ring { round.ring() } else { round }.screened(screening);
@@ -472,14 +483,16 @@ impl Trainer {
                 if let Some(culprit) = failure.culprit {
                     self.roster.remove(culprit);
                 }
-                tracing::warn!(step = s, attempt, "step abandoned: {}; redoing it", failure.reason);
-                StepEnd::Redo(members.filter(|m| Some(*m) != failure.culprit).collect())
+                let how = if failure.needs_star { " through the coordinator's all-reduce (the star)" } else { "" };
+                tracing::warn!(step = s, attempt, "step abandoned: {}; redoing it{how}", failure.reason);
+                let left = members.filter(|m| Some(*m) != failure.culprit).collect();
+                StepEnd::Redo { left, through_star: failure.needs_star }
             }
             Err((stuck, reason)) => {
-                round_slot::fail(&round, RoundFailure { culprit: None, reason: reason.clone() }).await;
+                round_slot::fail(&round, RoundFailure::new(None, reason.clone())).await;
                 self.roster.remove_all(&stuck);
                 tracing::warn!(step = s, attempt, dropped = ?stuck, "{reason}; dropping the members that did not deliver and redoing it");
-                StepEnd::Redo(members.filter(|m| !stuck.contains(m)).collect())
+                StepEnd::Redo { left: members.filter(|m| !stuck.contains(m)).collect(), through_star: false }
             }
         }
     }
