@@ -157,7 +157,7 @@ where
         let first = plan::first_sent_segment(spec.rank, n);
         for c in segments[first].clone() {
             let mut buf = spare();
-            wire::encode_weighted_into(&slots[c], dtype, spec.weight, &mut buf);
+            wire::encode_weighted_into(slots[c], dtype, spec.weight, &mut buf);
             send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, Payload::Pooled(buf));
         }
 
@@ -181,7 +181,7 @@ where
             match id.phase {
                 Phase::ReduceScatter if id.step < last => {
                     // One pass: the partial sum in, ours added, out again.
-                    wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, &slots[c]).map_err(bad)?;
+                    wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, slots[c]).map_err(bad)?;
                     send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
                 }
                 Phase::ReduceScatter => {

@@ -34,7 +34,10 @@ fn host_f32(t: &Tensor) -> Option<(*mut f32, usize)> {
 
 /// Mutable slices over distinct contiguous float32 CPU tensors of one
 /// length; None if any is not one, the lengths differ or two share memory.
-fn host_slices<'a, const N: usize>(ts: [&'a Tensor; N]) -> Option<[&'a mut [f32]; N]> {
+// A tch `Tensor` is a shared handle whose in-place ops all take `&self`;
+// writing through `&Tensor` is how tch works, and no two slices alias.
+#[allow(clippy::mut_from_ref)]
+fn host_slices<const N: usize>(ts: [&Tensor; N]) -> Option<[&mut [f32]; N]> {
     let mut parts = [(std::ptr::null_mut(), 0usize); N];
     for (p, t) in parts.iter_mut().zip(ts) {
         *p = host_f32(t)?;
@@ -52,7 +55,7 @@ fn host_slices<'a, const N: usize>(ts: [&'a Tensor; N]) -> Option<[&'a mut [f32]
         }
     }
     // SAFETY: each pointer is the start of a contiguous float32 buffer of
-    // `len` elements owned by a tensor that outlives 'a, and no two of the
+    // `len` elements owned by a tensor that outlives the borrow of `ts`, and no two of the
     // ranges overlap (checked above), so the slices do not alias.
     Some(parts.map(|(p, n)| unsafe { std::slice::from_raw_parts_mut(p, n) }))
 }
