@@ -25,16 +25,23 @@ log="$run_dir/coordinator.log"
 coord=$!
 pids=()
 trap 'kill $coord "${pids[@]}" 2>/dev/null || true' EXIT
+# The coordinator prints "listening on ADDR", then "metrics on URL" once its
+# HTTP port is bound: wait for both, so the URL printed below is real.
 addr=""
+dashboard=""
 for _ in $(seq 1 600); do
     addr=$(sed -n 's/^listening on //p' "$log.out" 2>/dev/null | head -n1)
-    [ -n "$addr" ] && break
+    dashboard=$(sed -n 's/^metrics on //p' "$log.out" 2>/dev/null | head -n1)
+    [ -n "$addr" ] && [ -n "$dashboard" ] && break
     kill -0 $coord 2>/dev/null || { echo "ddpm-coord exited early; see $log" >&2; exit 1; }
     sleep 0.1
 done
 [ -n "$addr" ] || { echo "ddpm-coord did not start; see $log" >&2; exit 1; }
-dashboard=$(sed -n 's/^metrics on //p' "$log.out" | head -n1)
-echo "Watch it: the dashboard at $dashboard/ , or: $bin/ddpm status --coord $addr" >&2
+if [ -n "$dashboard" ]; then
+    echo "Watch it: the dashboard at $dashboard/ , or: $bin/ddpm status --coord $addr" >&2
+else
+    echo "Watch it: $bin/ddpm status --coord $addr" >&2
+fi
 for i in $(seq 1 "$workers"); do
     "$bin/ddpm-worker" --coord "$addr" --device cpu --threads 1 --name "local/cpu$i" 2>"$run_dir/worker$i.log" &
     pids+=($!)
