@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::layout::Layout;
 use super::UNetError;
 
-/// The hyper-parameters of the paper's U-Net (DDPM.md section 6).
+/// The hyper-parameters of the paper's U-Net (docs/ddpm.md section 6).
 ///
 /// `Default` is the CIFAR-10 model of the paper. Level `i` of the U-Net runs
 /// at resolution `image_size / 2^i` with `ch * ch_mult[i]` channels; a level
