@@ -47,8 +47,8 @@ pub struct UNetConfig {
 /// `paper` (the default) is the official code's: Glorot-uniform, zero
 /// biases, and every residual branch's last layer and the output conv at
 /// zero. `pytorch` is `torch.nn`'s default initialisation, which a diffusers
-/// `UNet2DModel` trainer gets: nothing at zero. README "Sample quality
-/// against PyTorch" has what each does at small scale.
+/// `UNet2DModel` trainer gets: nothing at zero. docs/correctness.md ("Sample
+/// quality against PyTorch") has what each does at small scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelInit {
