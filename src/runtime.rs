@@ -118,8 +118,8 @@ fn help_problems(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
 /// free and allocate again dozens of 4 MiB frames and gRPC messages; by
 /// default glibc returns such blocks (`mmap` above 128 KiB to 32 MiB as it
 /// adapts, and heap trimming), so the next allocation faults in and zeroes
-/// fresh pages: a quarter of the ring's time in the profile (README,
-/// Benchmarks). Blocks up to 32 MiB (glibc's largest threshold) now come
+/// fresh pages: a quarter of the ring's time in the profile
+/// (docs/benchmarks.md). Blocks up to 32 MiB (glibc's largest threshold) now come
 /// from the heap, which is trimmed only when 2 GiB lie free at its top. A
 /// `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment
 /// wins. Call it first in `main`, before any thread starts.

@@ -2,7 +2,7 @@
 //! the coordinator's memory flat (its images go to disk and stream to the
 //! store), and 10,000 connections held open cost it little, are closed
 //! beyond `--max-connections` (the silent ones after 10 s), and do not stop
-//! training. The measured numbers are printed (the README's table).
+//! training. The measured numbers are printed (the table of docs/operations.md).
 
 mod common;
 
@@ -127,7 +127,7 @@ async fn a_maximal_sample_job_and_a_connection_flood_leave_memory_bounded_and_tr
     // closed without a byte; one the loop has not reached yet has neither.
     // Silent served ones are closed after 10 s, freeing their slots for
     // later ones, so how many of the flood were served depends on the pace
-    // (on 2 cores while training, slow: see the README); how many are
+    // (on 2 cores while training, slow: see docs/operations.md); how many are
     // served and still open at one moment must never exceed the cap.
     let (mut served_open, mut refused) = (0, 0);
     for s in flood.iter_mut() {

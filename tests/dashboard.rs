@@ -4,7 +4,8 @@
 //! it finished, the loss and speed curves have one point per step row of
 //! RUN/metrics.jsonl, the end-of-training sample grid loads, and a
 //! screenshot of the page is a real, non-blank PNG (also written to
-//! $DDPM_DASHBOARD_SCREENSHOT when set: the README's coordinator/src/telemetry/dashboard/screenshot.png).
+//! $DDPM_DASHBOARD_SCREENSHOT when set: docs/user-guide.md shows
+//! coordinator/src/telemetry/dashboard/screenshot.png).
 
 mod common;
 

@@ -1,8 +1,8 @@
 //! The quality comparison (deploy/quality/bench.py) end to end on a tiny
 //! budget: our binaries and the PyTorch trainer each train 30 steps on the
 //! digits of scikit-learn and are scored. Too short to compare quality
-//! (README "Sample quality against PyTorch" has the real numbers); this
-//! checks that the script runs as the README says, that both sides produce
+//! (docs/correctness.md, "Sample quality against PyTorch", has the real
+//! numbers); this checks that the script runs as that page says, that both sides produce
 //! what it scores, and that its yardstick separates real digits from what a
 //! 30-step model draws.
 

@@ -8,7 +8,7 @@
 //! `127.0.0.1:0`.
 //!
 //! The coordinator is a set of components, each owning its state behind
-//! methods (ARCHITECTURE.md at the repository root maps them):
+//! methods (docs/architecture.md maps them):
 //! [`roster::Roster`] (membership and liveness), [`round_slot::RoundSlot`]
 //! and [`round::Round`] (the step's all-reduce), [`state::StateHandle`]
 //! (parameters, Adam, EMA on their own thread), [`lifecycle::Lifecycle`]

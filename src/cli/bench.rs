@@ -1,7 +1,7 @@
 //! `ddpm bench`: throughput measurements (not tests), each printing ratios
 //! against what users would pick instead. `ddpm bench data` measures whether
 //! reading and decoding keep up with 8 GPUs training at the paper's speed
-//! (DDPM.md section 8); `train`, `dist`, `allreduce`, `checkpoint` and
+//! (docs/ddpm.md section 8); `train`, `dist`, `allreduce`, `checkpoint` and
 //! `sample` live in their own files.
 
 use std::path::Path;
@@ -52,7 +52,7 @@ pub struct DataBenchArgs {
     pub webp_images: usize,
 }
 
-/// Images/s 8 GPUs consume at the paper's TPU v3-8 speed (DDPM.md section 8).
+/// Images/s 8 GPUs consume at the paper's TPU v3-8 speed (docs/ddpm.md section 8).
 const CIFAR_NEED: f64 = 8.0 * 2688.0;
 const LSUN_NEED: f64 = 8.0 * 2.2 * 64.0;
 

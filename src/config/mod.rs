@@ -1,7 +1,7 @@
 //! The training run's configuration: one struct per component, composed into
 //! [`TrainConfig`], loaded from TOML or a preset and validated once.
 //!
-//! Presets are the paper's recipes (DDPM.md section 7) and a tiny one for
+//! Presets are the paper's recipes (docs/ddpm.md section 7) and a tiny one for
 //! demos and tests:
 //!
 //! | preset    | model   | batch | lr    | variance   | data               |
@@ -101,7 +101,7 @@ impl TrainConfig {
         c.train.ema_decay = 0.995;
         c.train.log_every = 20;
         // A CPU demo cannot wait for 1000 ancestral steps per image: the
-        // grid uses DDIM (DDPM.md section 5: fast samplers are for
+        // grid uses DDIM (docs/ddpm.md section 5: fast samplers are for
         // monitoring; headline numbers need all 1000 steps).
         c.sample.count = 36;
         c.sample.sampler = SamplerKind::Ddim;

@@ -17,7 +17,7 @@ pub struct DataConfig {
     pub random_flip: bool,
 }
 
-/// Adam with linear warmup and global-norm clipping (DDPM.md section 7).
+/// Adam with linear warmup and global-norm clipping (docs/ddpm.md section 7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
@@ -138,7 +138,7 @@ pub struct SampleConfig {
 
 /// Evaluation while training: every `every_steps` steps the coordinator
 /// submits a job on the EMA weights of that step that draws `samples`
-/// images (DDIM by default: fast samplers are for monitoring, DDPM.md 5),
+/// images (DDIM by default: fast samplers are for monitoring, docs/ddpm.md section 5),
 /// keeps their grid, and with an Inception file measures `metrics` on them;
 /// the results are appended to the run's metrics log with the step. The
 /// job runs on eval workers (`ddpm-worker --role eval`) while training goes
@@ -197,7 +197,7 @@ impl Default for EvalConfig {
 /// `[checkpoint]`: saving and retention.
 ///
 /// Defaults, for the paper's runs: the official code saves every 1600 s
-/// and keeps 2 (DDPM.md section 7). Here a checkpoint is taken every 30
+/// and keeps 2 (docs/ddpm.md section 7). Here a checkpoint is taken every 30
 /// minutes of wall clock (at most half an hour of work lost to a
 /// rescheduled pod) and every 20,000 steps (predictable steps to evaluate;
 /// about 16 minutes at the paper's 21 steps/s for CIFAR-10, so about 40 per

@@ -1,5 +1,5 @@
 //! Worker side of the data layer: encoded sample bytes -> uint8 `[3, R, R]`
-//! -> model input in [-1, 1] (DDPM.md section 1).
+//! -> model input in [-1, 1] (docs/ddpm.md section 1).
 //!
 //! Image files are center-cropped to a square and resized with a Lanczos-3
 //! convolution, the preprocessing the DDPM LSUN data went through (the
@@ -91,7 +91,7 @@ impl Decoder {
     }
 }
 
-/// `x / 127.5 - 1` (DDPM.md section 1), mirrored left-right when `flip`.
+/// `x / 127.5 - 1` (docs/ddpm.md section 1), mirrored left-right when `flip`.
 /// `pixels_chw` and `out` are `[channels, size, size]`.
 ///
 /// # Panics

@@ -1,4 +1,4 @@
-//! Training losses and the variational bound in bits/dim (DDPM.md 4; the
+//! Training losses and the variational bound in bits/dim (docs/ddpm.md section 4; the
 //! official code's `training_losses`, `_vb_terms_bpd`, `_prior_bpd`, `calc_bpd_loop`).
 
 use std::f64::consts::LN_2;

@@ -1,4 +1,4 @@
-//! The diffusion's configuration and its validation (DDPM.md sections 1 and 3-4).
+//! The diffusion's configuration and its validation (docs/ddpm.md sections 1 and 3-4).
 
 use serde::{Deserialize, Serialize};
 
@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
 pub enum BetaSchedule {
     /// `beta_t` rises linearly from `start` (t = 0) to `end` (t = T-1): the
-    /// paper's schedule, 1e-4 to 0.02 for T = 1000 (DDPM.md 1).
+    /// paper's schedule, 1e-4 to 0.02 for T = 1000 (docs/ddpm.md section 1).
     Linear {
         /// `beta` at the first step, in (0, 1).
         start: f64,
@@ -27,7 +27,7 @@ pub enum BetaSchedule {
     },
 }
 
-/// What the network outputs (DDPM.md 3; the paper's Table 2 ablation).
+/// What the network outputs (docs/ddpm.md section 3; the paper's Table 2 ablation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelMeanType {
@@ -39,7 +39,7 @@ pub enum ModelMeanType {
     Mu,
 }
 
-/// The fixed reverse-process variance `sigma_t^2` (DDPM.md 3).
+/// The fixed reverse-process variance `sigma_t^2` (docs/ddpm.md section 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VarianceType {
@@ -51,7 +51,7 @@ pub enum VarianceType {
     FixedSmall,
 }
 
-/// The training objective (DDPM.md 4).
+/// The training objective (docs/ddpm.md section 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LossType {

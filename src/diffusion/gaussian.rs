@@ -1,5 +1,5 @@
 //! The Gaussian diffusion: float64 tables, the forward process, the posterior
-//! and the reverse-process mean and variance (DDPM.md 1-3).
+//! and the reverse-process mean and variance (docs/ddpm.md sections 1-3).
 
 use tch::{Kind, Tensor};
 
@@ -87,7 +87,7 @@ impl GaussianDiffusion {
             .collect();
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
         let posterior_variance = map(&|t| betas[t] * (1.0 - ac_prev[t]) / (1.0 - ac[t]));
-        // beta_tilde_0 = 0, so its log borrows t = 1's value (code; DDPM.md 2).
+        // beta_tilde_0 = 0, so its log borrows t = 1's value (code; docs/ddpm.md section 2).
         let posterior_log_variance_clipped = map(&|t| posterior_variance[t.max(1)].ln());
         let (model_variance, model_log_variance) = match config.model_var_type {
             VarianceType::FixedLarge => {
@@ -187,7 +187,7 @@ impl GaussianDiffusion {
     }
 
     /// The reverse-process Gaussian at `(x_t, t)` given the network's output, read
-    /// as `eps`, `x0` or `mu` per the config (DDPM.md 3). With `clip_denoised`, the
+    /// as `eps`, `x0` or `mu` per the config (docs/ddpm.md section 3). With `clip_denoised`, the
     /// estimate of x0 is clipped to [-1, 1] before it forms the mean (the mean of
     /// a mu-model is its output and is never clipped).
     pub fn p_mean_variance(

@@ -1,4 +1,4 @@
-//! The pieces of the variational bound (DDPM.md 4): Gaussian KL, the
+//! The pieces of the variational bound (docs/ddpm.md section 4): Gaussian KL, the
 //! discretized Gaussian decoder, and the per-sample mean over pixels.
 //!
 //! Each function computes in its inputs' kind, as the official code computes in

@@ -1,4 +1,4 @@
-//! The diffusion process (DDPM.md sections 1-5): the schedule, the forward
+//! The diffusion process (docs/ddpm.md sections 1-5): the schedule, the forward
 //! process `q`, the posterior, the reverse-process mean and variance, sampling
 //! steps, the training losses and the variational bound in bits/dim.
 //!

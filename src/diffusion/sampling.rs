@@ -1,5 +1,5 @@
 //! One step of the reverse process: ancestral (the paper's Algorithm 2) and
-//! DDIM (Song et al. 2021, eq. (12)) (DDPM.md 5).
+//! DDIM (Song et al. 2021, eq. (12)) (docs/ddpm.md section 5).
 
 use tch::Tensor;
 

@@ -1,4 +1,4 @@
-//! Beta schedules and the float64 tables derived from them (DDPM.md 1-2).
+//! Beta schedules and the float64 tables derived from them (docs/ddpm.md sections 1-2).
 
 use super::config::{BetaSchedule, DiffusionConfig, DiffusionError};
 

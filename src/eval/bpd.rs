@@ -1,4 +1,4 @@
-//! Negative log-likelihood bound in bits/dim on dataset images (DDPM.md 4):
+//! Negative log-likelihood bound in bits/dim on dataset images (docs/ddpm.md section 4):
 //! all T terms plus the prior, [`GaussianDiffusion::calc_bpd_loop`], with a
 //! U-Net.
 //!

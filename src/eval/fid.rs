@@ -1,4 +1,4 @@
-//! The Frechet distance between two Gaussians (Heusel et al. 2017; DDPM.md 9):
+//! The Frechet distance between two Gaussians (Heusel et al. 2017; docs/ddpm.md section 9):
 //!
 //! `FID = ||mu1 - mu2||^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})`.
 //!

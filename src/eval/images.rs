@@ -4,7 +4,7 @@
 //!
 //! Images enter as uint8 exactly as decoded (datasets: cropped and resized,
 //! never flipped) or as quantized for PNG (samples: `train::sample::to_uint8`),
-//! so both sides of the FID see the same kind of pixels (DDPM.md 9).
+//! so both sides of the FID see the same kind of pixels (docs/ddpm.md section 9).
 
 use std::ops::Range;
 

@@ -1,5 +1,5 @@
 //! The Inception-v3 "2015-12-05" feature network as a TorchScript file
-//! (DDPM.md 9), loaded with libtorch through `tch::CModule`.
+//! (docs/ddpm.md section 9), loaded with libtorch through `tch::CModule`.
 //!
 //! # The file's convention
 //!

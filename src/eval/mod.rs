@@ -1,4 +1,4 @@
-//! Evaluation (DDPM.md 9 and 4): FID and Inception Score through the
+//! Evaluation (docs/ddpm.md sections 9 and 4): FID and Inception Score through the
 //! Inception TorchScript file, feature statistics that shard across workers,
 //! the pytorch-fid / TTUR `.npz` layouts, and the bound in bits/dim.
 //!

@@ -1,5 +1,5 @@
 //! Running float64 sums of feature vectors, from which the mean and the
-//! covariance of the FID follow (DDPM.md 9), and the `(mu, sigma)` pair those
+//! covariance of the FID follow (docs/ddpm.md section 9), and the `(mu, sigma)` pair those
 //! give.
 //!
 //! Sums of `x` and `x x^T` add exactly the same way whichever worker saw

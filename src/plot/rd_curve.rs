@@ -1,5 +1,5 @@
 //! The numbers of the paper's rate-distortion curve (section 4.3, Figure 5;
-//! DDPM.md 5), from an evaluation job's `metrics.json`: along the reverse
+//! docs/ddpm.md section 5), from an evaluation job's `metrics.json`: along the reverse
 //! process, the rate is the bits/dim received so far and the distortion the
 //! RMSE of `x0_hat` on the [0, 255] scale.
 //!

@@ -1,4 +1,4 @@
-//! The paper's analysis as images (DDPM.md 5; paper sections 4.3 and 4.4).
+//! The paper's analysis as images (docs/ddpm.md section 5; paper sections 4.3 and 4.4).
 //!
 //! - Progressive generation: along ancestral trajectories, the model's
 //!   estimate `x0_hat` of the final image at evenly spaced timesteps; coarse

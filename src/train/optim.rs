@@ -1,4 +1,4 @@
-//! Adam with global-norm clipping (DDPM.md section 7) and the EMA, on flat
+//! Adam with global-norm clipping (docs/ddpm.md section 7) and the EMA, on flat
 //! parameter buffers.
 //!
 //! The update is a fixed sequence of float32 operations (mul, add, sqrt,

@@ -1,4 +1,4 @@
-//! One `L_simple` training step on one device (DDPM.md section 4,
+//! One `L_simple` training step on one device (docs/ddpm.md section 4,
 //! Algorithm 1), reading top to bottom:
 //!
 //! 1. the shard's decoded images, flipped and scaled to [-1, 1];

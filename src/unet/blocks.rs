@@ -1,4 +1,4 @@
-//! The U-Net's building blocks (DDPM.md section 6), each creating its
+//! The U-Net's building blocks (docs/ddpm.md section 6), each creating its
 //! parameters under the diffusers `UNet2DModel` names.
 //!
 //! Initialisation is the config's [`ModelInit`]. `paper` follows the

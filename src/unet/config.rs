@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::layout::Layout;
 use super::UNetError;
 
-/// The hyper-parameters of the paper's U-Net (DDPM.md section 6).
+/// The hyper-parameters of the paper's U-Net (docs/ddpm.md section 6).
 ///
 /// `Default` is the CIFAR-10 model of the paper. Level `i` of the U-Net runs
 /// at resolution `image_size / 2^i` with `ch * ch_mult[i]` channels; a level
@@ -47,8 +47,8 @@ pub struct UNetConfig {
 /// `paper` (the default) is the official code's: Glorot-uniform, zero
 /// biases, and every residual branch's last layer and the output conv at
 /// zero. `pytorch` is `torch.nn`'s default initialisation, which a diffusers
-/// `UNet2DModel` trainer gets: nothing at zero. README "Sample quality
-/// against PyTorch" has what each does at small scale.
+/// `UNet2DModel` trainer gets: nothing at zero. docs/correctness.md ("Sample
+/// quality against PyTorch") has what each does at small scale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelInit {

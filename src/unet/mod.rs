@@ -1,4 +1,4 @@
-//! The paper's U-Net (DDPM.md section 6).
+//! The paper's U-Net (docs/ddpm.md section 6).
 //!
 //! - [`UNetConfig`] (config.rs): hyper-parameters, the `cifar10`, `lsun256`
 //!   and `tiny` presets, validation and the exact parameter count;

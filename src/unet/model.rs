@@ -18,7 +18,7 @@ struct Level<R> {
     resample: Option<R>,
 }
 
-/// The paper's U-Net (DDPM.md section 6): predicts the noise in `x_t` given
+/// The paper's U-Net (docs/ddpm.md section 6): predicts the noise in `x_t` given
 /// `t`. Single-device code; the network knows nothing of diffusion.
 ///
 /// Parameters are named exactly as the state dict of diffusers'

@@ -1,4 +1,4 @@
-"""The paper's U-Net in plain PyTorch (DDPM.md section 6), built from a
+"""The paper's U-Net in plain PyTorch (docs/ddpm.md section 6), built from a
 diffusers UNet2DModel config.json: the PyTorch-eager baseline for machines
 where diffusers is not installed. Same architecture and parameter count as
 diffusers' UNet2DModel for the DDPM configs (checked by torch_train_step.py);

@@ -1,5 +1,5 @@
 """A float64 numpy port of the official DDPM code (hojonathanho/diffusion,
-diffusion_utils_2.GaussianDiffusion2 and utils.py), written from DDPM.md
+diffusion_utils_2.GaussianDiffusion2 and utils.py), written from docs/ddpm.md
 sections 1-4. It is the reference the golden tests compare the Rust bound
 against; the Rust side is never consulted.
 

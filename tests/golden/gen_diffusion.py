@@ -11,7 +11,7 @@ The sections are built by diffusion_fixtures.py from two references:
 - diffusers' DDPMScheduler / DDIMScheduler as shipped ("32": float32 tables),
   and the same scheduler code run on float64 tables and inputs ("64"), which
   isolates the Rust code's own float32 rounding from diffusers';
-- ddpm_numpy.py, a float64 numpy port of the official code (DDPM.md 1-4), for
+- ddpm_numpy.py, a float64 numpy port of the official code (docs/ddpm.md sections 1-4), for
   the tables, the posterior and the whole bound.
 """
 

@@ -1,4 +1,4 @@
-//! The bound (DDPM.md 4) against the float64 numpy port of the official code.
+//! The bound (docs/ddpm.md section 4) against the float64 numpy port of the official code.
 
 use ddpm::diffusion::losses::{
     approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl,

@@ -95,7 +95,7 @@ fn a_perfect_mu_model_has_zero_kl_and_the_prior_is_tiny() {
         nll.min().double_value(&[]) > 0.0 && nll.max().double_value(&[]) < 8.0,
         "{nll}"
     );
-    // DDPM.md 4: L_T is about 1e-5 bits/dim.
+    // docs/ddpm.md section 4: L_T is about 1e-5 bits/dim.
     let prior = d.prior_bpd(&x0);
     assert!(
         prior.max().double_value(&[]) < 1e-4 && prior.min().double_value(&[]) > 0.0,
