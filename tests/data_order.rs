@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ddpm::data::{self, global_batch, shard_ranges, BatchItem, OpenOptions, OrderState, SampleOrder};
+use ddpm::data::{self, global_batch, shard_ranges, BatchItem, OpenOptions, OrderState, ResumeError, SampleOrder};
 
 #[test]
 fn each_epoch_covers_every_index_once() {
@@ -40,8 +40,9 @@ fn a_batch_is_a_function_of_seed_and_step() {
     let state = OrderState { seed: 42, dataset_len: len, batch_size: batch, step: 9 };
     assert_eq!(state.position(), 9 * 128);
     assert!(state.check_resume(len, batch).is_ok());
-    assert!(state.check_resume(len + 1, batch).unwrap_err().contains("1000 samples"));
-    assert!(state.check_resume(len, 64).unwrap_err().contains("global batch of 128"));
+    assert_eq!(state.check_resume(len + 1, batch), Err(ResumeError::DatasetLength { trained: len, now: len + 1 }));
+    assert!(state.check_resume(len + 1, batch).unwrap_err().to_string().contains("1000 samples"));
+    assert!(state.check_resume(len, 64).unwrap_err().to_string().contains("global batch of 128"));
     let json = serde_json::to_string(&state).unwrap();
     assert_eq!(serde_json::from_str::<OrderState>(&json).unwrap(), state);
 }

@@ -89,25 +89,54 @@ impl Manifest {
     }
 
     /// Parses and checks the header fields.
-    pub fn parse(step: u64, bytes: &[u8]) -> Result<Self, String> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| format!("manifest.json is not valid: {e}"))?;
+    pub fn parse(step: u64, bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(bytes)?;
         if m.format != FORMAT_NAME {
-            return Err(format!("manifest.json has format {:?}, expected {FORMAT_NAME:?}", m.format));
+            return Err(ManifestError::Format { found: m.format });
         }
         if m.format_version > FORMAT_VERSION {
-            return Err(format!(
-                "format version {} is newer than this ddpm understands ({FORMAT_VERSION}): upgrade ddpm",
-                m.format_version
-            ));
+            return Err(ManifestError::TooNew { found: m.format_version });
         }
         if m.step != step {
-            return Err(format!("manifest.json says step {} but lives in {}", m.step, step_dir(step)));
+            return Err(ManifestError::WrongStep { found: m.step, dir: step_dir(step) });
         }
         if let Some(missing) = DATA_FILES.iter().find(|f| !m.files.iter().any(|e| e.name == **f)) {
-            return Err(format!("manifest.json does not list {missing}"));
+            return Err(ManifestError::Unlisted(missing));
         }
         Ok(m)
     }
+
+    /// Checks that the step's files, `sizes` by name, are the ones listed.
+    pub fn check_sizes(&self, sizes: &std::collections::HashMap<&str, u64>) -> Result<(), ManifestError> {
+        for f in &self.files {
+            match sizes.get(f.name.as_str()) {
+                None => return Err(ManifestError::Missing { name: f.name.clone() }),
+                Some(&n) if n != f.bytes => return Err(ManifestError::Size { name: f.name.clone(), found: n, listed: f.bytes }),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What is wrong with a checkpoint's manifest, or with its files against
+/// it: the checkpoint is then torn (it does not count).
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest.json is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("manifest.json has format {found:?}, expected {FORMAT_NAME:?}")]
+    Format { found: String },
+    #[error("format version {found} is newer than this ddpm understands ({FORMAT_VERSION}): upgrade ddpm")]
+    TooNew { found: u32 },
+    #[error("manifest.json says step {found} but lives in {dir}")]
+    WrongStep { found: u64, dir: String },
+    #[error("manifest.json does not list {0}")]
+    Unlisted(&'static str),
+    #[error("{name} is missing")]
+    Missing { name: String },
+    #[error("{name} has {found} bytes, the manifest says {listed}")]
+    Size { name: String, found: u64, listed: u64 },
 }
 
 /// The RNG state of a run. Every random choice of training (data order,

@@ -29,7 +29,7 @@ use crate::store::StoreError;
 use crate::train::flat::Layout;
 
 pub use encode::{decode, encode, Encoded, EncodedFile};
-pub use format::{step_dir, Manifest, StateFile, FORMAT_VERSION};
+pub use format::{step_dir, Manifest, ManifestError, StateFile, FORMAT_VERSION};
 pub use ops::{
     latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport,
     Skipped, WriteReport,
@@ -103,7 +103,7 @@ impl CheckpointData {
         if config.train.seed != self.order.seed {
             return bad(format!("it was trained with seed {} and this run has {}", self.order.seed, config.train.seed));
         }
-        self.order.check_resume(dataset_len, config.train.batch_size).or_else(bad)
+        self.order.check_resume(dataset_len, config.train.batch_size).or_else(|e| bad(e.to_string()))
     }
 }
 

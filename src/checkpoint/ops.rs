@@ -132,26 +132,15 @@ async fn inspect(store: &RunStore, step: u64, objects: &[ObjectInfo]) -> Result<
     let manifest = match store.get(&key(step, format::MANIFEST_FILE)).await {
         Ok(b) => match Manifest::parse(step, &b) {
             Ok(m) => m,
-            Err(problem) => return Ok(torn(problem)),
+            Err(problem) => return Ok(torn(problem.to_string())),
         },
         Err(StoreError::NotFound { .. }) => return Ok(torn("manifest.json vanished while listing".into())),
         Err(e) => return Err(e.into()),
     };
-    if let Err(problem) = check_sizes(&manifest, &sizes) {
-        return Ok(torn(problem));
+    if let Err(problem) = manifest.check_sizes(&sizes) {
+        return Ok(torn(problem.to_string()));
     }
     Ok(CheckpointInfo { step, created: manifest.created, bytes, complete: true, problem: None })
-}
-
-fn check_sizes(manifest: &Manifest, sizes: &HashMap<&str, u64>) -> Result<(), String> {
-    for f in &manifest.files {
-        match sizes.get(f.name.as_str()) {
-            None => return Err(format!("{} is missing", f.name)),
-            Some(&n) if n != f.bytes => return Err(format!("{} has {n} bytes, the manifest says {}", f.name, f.bytes)),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// Downloads the manifest and every file of step `step` and checks sizes
@@ -169,7 +158,7 @@ async fn fetch_verified(store: &RunStore, step: u64) -> Result<(Manifest, HashMa
         }
         Err(e) => return Err(e.into()),
     };
-    let manifest = Manifest::parse(step, &manifest_bytes).map_err(torn)?;
+    let manifest = Manifest::parse(step, &manifest_bytes).map_err(|e| torn(e.to_string()))?;
     // Each file is checked on its own blocking thread as soon as it arrives.
     let checks = manifest.files.iter().cloned().map(|entry| async move {
         let bytes = match store.get(&key(step, &entry.name)).await {

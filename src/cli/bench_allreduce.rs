@@ -249,7 +249,7 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
                 }
             }
         });
-        let reduced = plan.all_reduce(&peers, spec, work, owned_tx, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
+        let reduced = plan.all_reduce(&peers, spec, work, owned_tx, None).await.map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
         let ring_s = start.elapsed().as_secs_f64();
         anyhow::ensure!(reduced.len() == m.total);
         work = reduced;
@@ -299,7 +299,7 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
                     // Nobody takes the owned segment: gloo uploads nothing either.
                     let (owned, _) = tokio::sync::mpsc::unbounded_channel();
                     let start = Instant::now();
-                    let buf = plan.all_reduce(&peers, spec, buf, owned, None).await.map_err(|(who, e)| anyhow::anyhow!("ring broke at {who}: {e}"))?;
+                    let buf = plan.all_reduce(&peers, spec, buf, owned, None).await.map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
                     anyhow::Ok((start.elapsed().as_secs_f64(), buf))
                 })
             })

@@ -20,7 +20,7 @@ use crate::unet::UNetConfig;
 mod sections;
 
 pub use sections::{
-    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, LoopConfig, OptimConfig, SampleConfig,
+    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, SampleConfig,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.
@@ -198,7 +198,7 @@ impl TrainConfig {
                 format!("must exceed heartbeat_interval_s ({} <= {})", d.heartbeat_timeout_s, d.heartbeat_interval_s),
             );
         }
-        self.checkpoint.validate().map_err(|(field, reason)| ConfigError::Invalid { field, reason })?;
+        self.checkpoint.validate().map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?;
         let s = &self.sample;
         if s.sampler == SamplerKind::Ddim && (s.steps == 0 || s.steps as usize > self.diffusion.num_timesteps) {
             return bad(

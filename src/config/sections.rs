@@ -243,10 +243,20 @@ impl Default for CheckpointConfig {
     }
 }
 
+/// A key of a section whose value is not allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidField {
+    /// The key as written in the TOML file (`checkpoint.keep_last`).
+    pub field: String,
+    /// What is allowed, and what was given.
+    pub reason: String,
+}
+
 impl CheckpointConfig {
     /// Checks the values; the error names the key and says what is allowed.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |k: &str, r: String| Err((format!("checkpoint.{k}"), r));
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        let bad = |k: &str, reason: String| Err(InvalidField { field: format!("checkpoint.{k}"), reason });
         if !(self.every_minutes >= 0.0 && self.every_minutes.is_finite()) {
             return bad("every_minutes", format!("must be >= 0 (0 disables time-based saves), got {}", self.every_minutes));
         }

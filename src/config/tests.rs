@@ -87,7 +87,7 @@ fn warmup_is_linear_then_flat() {
 fn validation_names_the_key() {
     assert!(CheckpointConfig::default().validate().is_ok());
     let e = CheckpointConfig { keep_last: 0, ..Default::default() }.validate().unwrap_err();
-    assert_eq!(e.0, "checkpoint.keep_last");
+    assert_eq!(e.field, "checkpoint.keep_last");
     let e = CheckpointConfig { every_minutes: -1.0, ..Default::default() }.validate().unwrap_err();
-    assert_eq!(e.0, "checkpoint.every_minutes");
+    assert_eq!(e.field, "checkpoint.every_minutes");
 }

@@ -240,7 +240,7 @@ fn parse_python(path: &Path, bytes: &[u8], pixels: &mut Vec<u8>) -> Result<(), D
     let bad = |problem: String| {
         DataError::format(path, format!("not a CIFAR-10 python batch: {problem}; re-download cifar-10-python.tar.gz"))
     };
-    let v = pickle::load(bytes).map_err(bad)?;
+    let v = pickle::load(bytes).map_err(|e| bad(e.to_string()))?;
     let keys = v.dict_keys();
     if !matches!(v, pickle::Value::Dict(_)) {
         return Err(bad("the pickle is not a dict".into()));

@@ -145,23 +145,30 @@ impl OrderState {
 
     /// Checks that a run resumed from this state reads the same stream: the
     /// dataset must have the same length and the batch the same size.
-    pub fn check_resume(&self, dataset_len: usize, batch_size: usize) -> Result<(), String> {
+    pub fn check_resume(&self, dataset_len: usize, batch_size: usize) -> Result<(), ResumeError> {
         if dataset_len != self.dataset_len {
-            return Err(format!(
-                "the checkpoint was trained on a dataset of {} samples but this one has {dataset_len}: \
-                 resuming would change the sampling order; use the same dataset",
-                self.dataset_len
-            ));
+            return Err(ResumeError::DatasetLength { trained: self.dataset_len, now: dataset_len });
         }
         if batch_size != self.batch_size {
-            return Err(format!(
-                "the checkpoint used a global batch of {} but this run has {batch_size}: \
-                 the stream position would not line up; keep the global batch size",
-                self.batch_size
-            ));
+            return Err(ResumeError::BatchSize { trained: self.batch_size, now: batch_size });
         }
         Ok(())
     }
+}
+
+/// Why a resumed run would not read the stream the checkpoint's run read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error(
+        "the checkpoint was trained on a dataset of {trained} samples but this one has {now}: \
+         resuming would change the sampling order; use the same dataset"
+    )]
+    DatasetLength { trained: usize, now: usize },
+    #[error(
+        "the checkpoint used a global batch of {trained} but this run has {now}: \
+         the stream position would not line up; keep the global batch size"
+    )]
+    BatchSize { trained: usize, now: usize },
 }
 
 #[cfg(test)]

@@ -68,34 +68,59 @@ impl NpyArray {
     }
 }
 
-/// Parses a whole `.npy` file; the error is a sentence about what is wrong.
-pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, String> {
+/// What is wrong with an `.npy` file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NpyError {
+    #[error("not an .npy array (no \\x93NUMPY magic)")]
+    NoMagic,
+    #[error(".npy format version {major}.{minor} is not supported (1.0-3.0 are)")]
+    Version { major: u8, minor: u8 },
+    #[error("the .npy header is truncated")]
+    HeaderTruncated,
+    #[error("the .npy header is not text")]
+    HeaderNotText,
+    #[error("the .npy header has no '{key}' ({header:?})")]
+    NoKey { key: &'static str, header: String },
+    #[error("the .npy header's '{key}' is not terminated ({header:?})")]
+    Unterminated { key: &'static str, header: String },
+    #[error("dtype {0} is not supported: use float64, float32 or uint8 arrays")]
+    Dtype(String),
+    #[error("dtype {0}: unknown byte order")]
+    ByteOrder(String),
+    #[error("fortran_order is {0:?}, not True or False")]
+    FortranOrder(String),
+    #[error("shape {shape} {problem}")]
+    Shape { shape: String, problem: String },
+    #[error("the shape is too large")]
+    TooLarge,
+    #[error("shape {shape:?} of {descr} needs {need} bytes of data, the file has {found} (truncated or altered)")]
+    DataLength { shape: Vec<usize>, descr: &'static str, need: usize, found: usize },
+}
+
+/// Parses a whole `.npy` file.
+pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, NpyError> {
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not an .npy array (no \\x93NUMPY magic)".into());
+        return Err(NpyError::NoMagic);
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
         2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
-        v => return Err(format!(".npy format version {v}.{} is not supported (1.0-3.0 are)", bytes[7])),
+        major => return Err(NpyError::Version { major, minor: bytes[7] }),
     };
-    let header = bytes.get(start..start + header_len).ok_or("the .npy header is truncated")?;
-    let header = std::str::from_utf8(header).map_err(|_| "the .npy header is not text")?;
+    let header = bytes.get(start..start + header_len).ok_or(NpyError::HeaderTruncated)?;
+    let header = std::str::from_utf8(header).map_err(|_| NpyError::HeaderNotText)?;
     let (dtype, big_endian) = parse_descr(&dict_value(header, "descr")?)?;
     let fortran = match dict_value(header, "fortran_order")?.as_str() {
         "True" => true,
         "False" => false,
-        other => return Err(format!("fortran_order is {other:?}, not True or False")),
+        other => return Err(NpyError::FortranOrder(other.to_string())),
     };
     let shape = parse_shape(&dict_value(header, "shape")?)?;
-    let count = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or("the shape is too large")?;
+    let count = shape.iter().try_fold(1usize, |a, &b| a.checked_mul(b)).ok_or(NpyError::TooLarge)?;
     let data = &bytes[start + header_len..];
-    let need = count.checked_mul(dtype.size()).ok_or("the shape is too large")?;
+    let need = count.checked_mul(dtype.size()).ok_or(NpyError::TooLarge)?;
     if data.len() != need {
-        return Err(format!(
-            "shape {shape:?} of {} needs {need} bytes of data, the file has {} (truncated or altered)",
-            dtype.descr(),
-            data.len()
-        ));
+        return Err(NpyError::DataLength { shape, descr: dtype.descr(), need, found: data.len() });
     }
     let mut values = match dtype {
         Dtype::F64 => NpyData::F64(data.chunks_exact(8).map(|c| f64_from(c, big_endian)).collect()),
@@ -132,9 +157,9 @@ fn f32_from(c: &[u8], big: bool) -> f32 {
 
 /// The text of `'key': VALUE` in a header dict, VALUE ending at the next
 /// top-level comma or closing brace.
-fn dict_value(header: &str, key: &str) -> Result<String, String> {
+fn dict_value(header: &str, key: &'static str) -> Result<String, NpyError> {
     let pat = format!("'{key}':");
-    let at = header.find(&pat).ok_or_else(|| format!("the .npy header has no '{key}' ({header:?})"))?;
+    let at = header.find(&pat).ok_or_else(|| NpyError::NoKey { key, header: header.to_string() })?;
     let rest = header[at + pat.len()..].trim_start();
     let mut depth = 0i32;
     for (i, ch) in rest.char_indices() {
@@ -145,36 +170,36 @@ fn dict_value(header: &str, key: &str) -> Result<String, String> {
             _ => {}
         }
     }
-    Err(format!("the .npy header's '{key}' is not terminated ({header:?})"))
+    Err(NpyError::Unterminated { key, header: header.to_string() })
 }
 
-fn parse_descr(v: &str) -> Result<(Dtype, bool), String> {
+fn parse_descr(v: &str) -> Result<(Dtype, bool), NpyError> {
     let s = v.trim_matches(|c| c == '\'' || c == '"');
     if s.len() != 3 || s.len() + 2 != v.len() {
-        return Err(format!("dtype {v} is not supported: use float64, float32 or uint8 arrays"));
+        return Err(NpyError::Dtype(v.to_string()));
     }
     let big = match &s[..1] {
         "<" | "|" | "=" => false,
         ">" => true,
-        _ => return Err(format!("dtype {v}: unknown byte order")),
+        _ => return Err(NpyError::ByteOrder(v.to_string())),
     };
     let dtype = match &s[1..] {
         "f8" => Dtype::F64,
         "f4" => Dtype::F32,
         "u1" => Dtype::U8,
-        _ => return Err(format!("dtype {v} is not supported: use float64, float32 or uint8 arrays")),
+        _ => return Err(NpyError::Dtype(v.to_string())),
     };
     Ok((dtype, big))
 }
 
-fn parse_shape(v: &str) -> Result<Vec<usize>, String> {
-    let inner =
-        v.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| format!("shape {v} is not a tuple"))?;
+fn parse_shape(v: &str) -> Result<Vec<usize>, NpyError> {
+    let bad = |problem: String| NpyError::Shape { shape: v.to_string(), problem };
+    let inner = v.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| bad("is not a tuple".into()))?;
     inner
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| format!("shape {v} has a bad dimension {s:?}")))
+        .map(|s| s.trim_end_matches('L').parse::<usize>().map_err(|_| bad(format!("has a bad dimension {s:?}"))))
         .collect()
 }
 
@@ -253,14 +278,14 @@ mod tests {
 
     #[test]
     fn bad_headers_are_refused_with_a_reason() {
-        assert!(parse_npy(b"PK\x03\x04").unwrap_err().contains("magic"));
+        assert_eq!(parse_npy(b"PK\x03\x04"), Err(NpyError::NoMagic));
         let mut f = npy_header(Dtype::F64, &[4]);
         f.extend([0u8; 8]);
-        assert!(parse_npy(&f).unwrap_err().contains("needs 32 bytes"));
+        assert!(parse_npy(&f).unwrap_err().to_string().contains("needs 32 bytes"));
         let mut h = npy_header(Dtype::F64, &[2]);
         let at = h.windows(3).position(|w| w == b"<f8").unwrap();
         h[at..at + 3].copy_from_slice(b"<c8");
         h.extend([0u8; 16]);
-        assert!(parse_npy(&h).unwrap_err().contains("not supported"));
+        assert_eq!(parse_npy(&h), Err(NpyError::Dtype("'<c8'".into())));
     }
 }

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use zip::write::FileOptions;
+use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use super::error::EvalError;
@@ -36,7 +36,14 @@ fn open_archive(path: &Path) -> Result<ZipArchive<File>, EvalError> {
 
 /// The array names in an archive (`mu`, `sigma`, `arr_0`, ...), sorted.
 fn keys<R: Read + Seek>(archive: &ZipArchive<R>) -> Vec<String> {
-    let mut keys: Vec<String> = archive.file_names().map(|n| n.strip_suffix(".npy").unwrap_or(n).to_string()).collect();
+    // For messages only, so a name that is not UTF-8 is shown as best it can be.
+    let mut keys: Vec<String> = archive
+        .file_names_raw()
+        .map(|raw| {
+            let n = String::from_utf8_lossy(raw);
+            n.strip_suffix(".npy").unwrap_or(&n).to_string()
+        })
+        .collect();
     keys.sort();
     keys
 }
@@ -113,7 +120,7 @@ fn start(zip: &mut Zip, key: &str, data_len: usize) -> Result<(), zip::result::Z
     let large = data_len as u64 + 1024 >= u32::MAX as u64;
     // A fixed member time (zip's epoch, 1980-01-01): the same arrays give the
     // same file bytes, whenever and wherever they are written.
-    let options = FileOptions::default()
+    let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Stored)
         .large_file(large)
         .last_modified_time(zip::DateTime::default());
@@ -258,7 +265,7 @@ impl SamplesNpzWriter {
             )));
         }
         let tmp = tmp_path(&self.path);
-        let mut zip = self.zip.take().expect("open until finish");
+        let zip = self.zip.take().expect("open until finish");
         let err = |e: String| EvalError::io("write", &tmp, std::io::Error::other(e));
         let file = zip.finish().map_err(|e| err(e.to_string()))?.into_inner().map_err(|e| err(e.to_string()))?;
         file.sync_all().map_err(|e| err(e.to_string()))?;

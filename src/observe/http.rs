@@ -9,12 +9,20 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 
+/// The metrics port cannot be had.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for metrics (--metrics-listen): {source}")]
+pub struct BindError {
+    pub addr: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Binds `addr` (port 0 picks one); the error says which flag to fix.
-pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics (--metrics-listen): {e}"))?;
-    let local = listener.local_addr()?;
+pub async fn bind(addr: &str) -> Result<TcpListener, BindError> {
+    let failed = |source| BindError { addr: addr.to_string(), source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let local = listener.local_addr().map_err(failed)?;
     if !local.ip().is_loopback() {
         tracing::warn!(
             %local,

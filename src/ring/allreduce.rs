@@ -14,6 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
+use super::fault::{LinkFault, RingError};
 use super::frame;
 use super::plan::{self, FrameId, Phase};
 use crate::config::GradDtype;
@@ -36,15 +37,6 @@ pub struct RingSpec {
     /// Whether links to members that share this one's shared memory may
     /// carry their bytes through it (`[dist] ring_shm`; f32 only).
     pub shm: bool,
-}
-
-/// Which neighbour broke the ring, and how.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum RingError {
-    #[error("the predecessor {0}")]
-    Prev(String),
-    #[error("the successor {0}")]
-    Next(String),
 }
 
 /// An outgoing frame's bytes: a buffer of this member's pool (returned to
@@ -136,13 +128,13 @@ where
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = async {
         while let Some((tag, chunk, payload)) = rx.recv().await {
-            frame::write_frame(&mut next, tag, chunk, payload.bytes()).await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
+            frame::write_frame(&mut next, tag, chunk, payload.bytes()).await.map_err(|e| RingError::Next(unwritable(&e)))?;
             if let Payload::Pooled(buf) = payload {
                 let _ = back_tx.send(buf);
             }
         }
         use tokio::io::AsyncWriteExt;
-        next.flush().await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))
+        next.flush().await.map_err(|e| RingError::Next(unwritable(&e)))
     };
     let (pooled, back, ranges, segments) = (&mut *pool, &mut back_rx, &ranges, &segments);
     let reader = async move {
@@ -164,7 +156,7 @@ where
         let last = n as u32 - 2;
         let mut buf = spare();
         let timeout = spec.peer_timeout;
-        let bad = |e: wire::WireError| RingError::Prev(format!("sent a bad frame: {e}"));
+        let bad = |e: wire::WireError| RingError::Prev(bad_frame(&e));
         for id in plan::receive_order(spec.rank, n, chunks) {
             let c = id.chunk as usize;
             if id.phase == Phase::AllGather && raw {
@@ -221,21 +213,35 @@ where
     result
 }
 
+/// A write to the successor failed.
+pub(super) fn unwritable(e: &std::io::Error) -> LinkFault {
+    LinkFault::io("could not be written to", e)
+}
+
+/// The predecessor's frame does not decode.
+pub(super) fn bad_frame(e: &wire::WireError) -> LinkFault {
+    LinkFault::malformed(format!("sent a bad frame: {e}"))
+}
+
+/// Nothing came from the predecessor within `timeout`.
+pub(super) fn stalled(timeout: Duration) -> LinkFault {
+    LinkFault::stalled(format!("sent nothing for {:.1} s (stalled?)", timeout.as_secs_f64()))
+}
+
 /// The next frame's payload read into `into` (its exact size), checked
 /// against what is due, within `timeout`.
-async fn read_frame_into(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, timeout: Duration, into: &mut [u8]) -> Result<(), String> {
+async fn read_frame_into(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, timeout: Duration, into: &mut [u8]) -> Result<(), LinkFault> {
     use tokio::io::AsyncReadExt;
-    let stalled = || format!("sent nothing for {:.1} s (stalled?)", timeout.as_secs_f64());
     let len = into.len();
-    tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled())??;
+    tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled(timeout))??;
     let mut got = 0;
     while got < len {
         let n = tokio::time::timeout(timeout, r.read(&mut into[got..]))
             .await
-            .map_err(|_| stalled())?
-            .map_err(|e| format!("the connection failed: {e}"))?;
+            .map_err(|_| stalled(timeout))?
+            .map_err(|e| LinkFault::io("the connection failed", &e))?;
         if n == 0 {
-            return Err(format!("the connection ended {got} bytes into a {len}-byte frame"));
+            return Err(frame::ended_inside(got, len));
         }
         got += n;
     }
@@ -250,14 +256,14 @@ pub(super) async fn read_frame(
     len: usize,
     timeout: Duration,
     buf: &mut Vec<u8>,
-) -> Result<(), String> {
-    let stalled = || format!("sent nothing for {:.1} s (stalled?)", timeout.as_secs_f64());
-    tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled())??;
-    tokio::time::timeout(timeout, frame::read_payload(r, len, buf)).await.map_err(|_| stalled())?
+) -> Result<(), LinkFault> {
+    tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled(timeout))??;
+    tokio::time::timeout(timeout, frame::read_payload(r, len, buf)).await.map_err(|_| stalled(timeout))?
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fault::RingFaultKind;
     use super::*;
 
     /// The star's sum in rank order (the coordinator backend's arithmetic).
@@ -379,11 +385,11 @@ mod tests {
         let (next, _sink) = tokio::io::duplex(1 << 12);
         let (tx, _rx) = mpsc::unbounded_channel();
         let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx.clone(), &mut Vec::new()).await.err().unwrap();
-        assert!(matches!(&e, RingError::Prev(m) if m.contains("sent nothing for 0.2 s")), "{e}");
+        assert!(matches!(&e, RingError::Prev(f) if f.kind == RingFaultKind::Stalled && f.detail.contains("sent nothing for 0.2 s")), "{e}");
         let (closed, prev) = tokio::io::duplex(64);
         drop(closed);
         let (next, _sink) = tokio::io::duplex(1 << 12);
         let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx, &mut Vec::new()).await.err().unwrap();
-        assert!(matches!(&e, RingError::Prev(m) if m.contains("ended")), "{e}");
+        assert!(matches!(&e, RingError::Prev(f) if f.kind == RingFaultKind::Closed && f.detail.contains("ended")), "{e}");
     }
 }

@@ -28,7 +28,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use super::allreduce::{read_frame, RingError, RingSpec};
+use super::allreduce::{bad_frame, read_frame, stalled, unwritable, RingSpec};
+use super::fault::{LinkFault, RingError};
 use super::frame;
 use super::plan::{self, FrameId, Phase};
 use super::shm::{Outbox, View};
@@ -75,10 +76,9 @@ impl<R: AsyncRead + Unpin> Source<'_, R> {
             read_frame(&mut self.read, tag, chunk, len, self.timeout, &mut self.buf).await.map_err(RingError::Prev)?;
             return Ok(&self.buf);
         };
-        let stalled = || RingError::Prev(format!("sent nothing for {:.1} s (stalled?)", self.timeout.as_secs_f64()));
         tokio::time::timeout(self.timeout, frame::read_header(&mut self.read, tag, chunk, len))
             .await
-            .map_err(|_| stalled())?
+            .map_err(|_| RingError::Prev(stalled(self.timeout)))?
             .map_err(RingError::Prev)?;
         // The header came after the sender wrote the slot.
         fence(Ordering::Acquire);
@@ -130,7 +130,7 @@ impl<W: AsyncWrite + Unpin, C: AsyncRead + Unpin> Sink<'_, W, C> {
             Sink::Shared { write, sent, .. } => {
                 // The slot's bytes before the header that announces them.
                 fence(Ordering::Release);
-                write.write_all(&frame::header(tag, chunk, len)).await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
+                write.write_all(&frame::header(tag, chunk, len)).await.map_err(|e| RingError::Next(unwritable(&e)))?;
                 *sent += 1;
             }
         }
@@ -153,10 +153,10 @@ impl<W: AsyncWrite + Unpin, C: AsyncRead + Unpin> Sink<'_, W, C> {
 async fn read_taken(read: &mut (impl AsyncRead + Unpin), sent: u32, taken: u32, timeout: Duration) -> Result<u32, RingError> {
     let got = tokio::time::timeout(timeout, read.read_u32_le())
         .await
-        .map_err(|_| RingError::Next(format!("took no frame for {:.1} s (stalled?)", timeout.as_secs_f64())))?
-        .map_err(|e| RingError::Next(format!("closed the connection: {e}")))?;
+        .map_err(|_| RingError::Next(LinkFault::stalled(format!("took no frame for {:.1} s (stalled?)", timeout.as_secs_f64()))))?
+        .map_err(|e| RingError::Next(LinkFault::io("closed the connection", &e)))?;
     if got < taken || got > sent {
-        return Err(RingError::Next(format!("said it took {got} frames of {sent} sent (after {taken})")));
+        return Err(RingError::Next(LinkFault::malformed(format!("said it took {got} frames of {sent} sent (after {taken})"))));
     }
     Ok(got)
 }
@@ -231,7 +231,7 @@ where
             let more = tell.changed().await.is_ok();
             let latest = *tell.borrow_and_update();
             if shared_in && latest != written {
-                acks.write_all(&latest.to_le_bytes()).await.map_err(|e| RingError::Prev(format!("could not be told a slot is free: {e}")))?;
+                acks.write_all(&latest.to_le_bytes()).await.map_err(|e| RingError::Prev(LinkFault::io("could not be told a slot is free", &e)))?;
                 written = latest;
             }
             if !more {
@@ -249,10 +249,10 @@ where
     let writer = async {
         let Some(w) = stream_out.as_mut() else { return Ok(()) };
         while let Some((tag, chunk, buf)) = frames.recv().await {
-            frame::write_frame(w, tag, chunk, &buf).await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
+            frame::write_frame(w, tag, chunk, &buf).await.map_err(|e| RingError::Next(unwritable(&e)))?;
             let _ = back_tx.send(buf);
         }
-        w.flush().await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))
+        w.flush().await.map_err(|e| RingError::Next(unwritable(&e)))
     };
 
     let spare = pool.pop().unwrap_or_default();
@@ -282,7 +282,7 @@ where
                 Phase::ReduceScatter => {
                     // Our own segment's chunk is complete: what every replica keeps.
                     let mine = &mut grad[ranges[c].clone()];
-                    wire::add_to_weighted(inp, GradDtype::F32, id.chunk, w, mine).map_err(|e| RingError::Prev(format!("sent a bad frame: {e}")))?;
+                    wire::add_to_weighted(inp, GradDtype::F32, id.chunk, w, mine).map_err(|e| RingError::Prev(bad_frame(&e)))?;
                     let mine: &[u8] = bytemuck::cast_slice(&*mine);
                     if !owned.is_closed() {
                         let _ = owned.send((id.chunk, Bytes::copy_from_slice(mine)));
@@ -328,6 +328,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::super::all_reduce;
+    use super::super::fault::RingFaultKind;
     use super::*;
 
     fn grads(n: usize, total: usize) -> Vec<Vec<f32>> {
@@ -466,7 +467,7 @@ mod tests {
             &mut pool,
         );
         let (e, ()) = tokio::join!(run, feed);
-        assert!(matches!(&e, Err(RingError::Next(m)) if m.contains("took no frame")), "{e:?}");
+        assert!(matches!(&e, Err(RingError::Next(f)) if f.kind == RingFaultKind::Stalled && f.detail.contains("took no frame")), "{e:?}");
         // One that says it took frames never sent.
         let (a, mut b) = tokio::io::duplex(1 << 16);
         b.write_all(&99u32.to_le_bytes()).await.unwrap();
@@ -484,6 +485,6 @@ mod tests {
             &mut Vec::new(),
         )
         .await;
-        assert!(matches!(&e, Err(RingError::Next(m)) if m.contains("took 99 frames")), "{e:?}");
+        assert!(matches!(&e, Err(RingError::Next(f)) if f.kind == RingFaultKind::Malformed && f.detail.contains("took 99 frames")), "{e:?}");
     }
 }

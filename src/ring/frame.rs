@@ -5,6 +5,8 @@
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::fault::{LinkFault, RingFaultKind};
+
 /// First bytes of every ring connection (the version is in the name).
 pub const MAGIC: &[u8; 8] = b"DDPMRNG1";
 
@@ -35,11 +37,11 @@ impl Hello {
     }
 
     /// Reads a hello; `Err` says what was wrong with the bytes.
-    pub async fn read(r: &mut (impl AsyncRead + Unpin)) -> Result<Self, String> {
+    pub async fn read(r: &mut (impl AsyncRead + Unpin)) -> Result<Self, LinkFault> {
         let mut b = [0u8; HELLO_BYTES];
-        r.read_exact(&mut b).await.map_err(|e| format!("the connection ended before its hello: {e}"))?;
+        r.read_exact(&mut b).await.map_err(|e| LinkFault::io("ended before its hello", &e))?;
         if &b[..8] != MAGIC {
-            return Err("not a ddpm ring connection (wrong magic bytes; another program or version?)".into());
+            return Err(LinkFault::malformed("is not a ddpm ring connection (wrong magic bytes; another program or version?)"));
         }
         let word = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
         Ok(Hello { epoch: word(8), from: word(16), key: b[24..].try_into().expect("key bytes") })
@@ -64,13 +66,13 @@ pub async fn write_frame(w: &mut (impl AsyncWrite + Unpin), tag: u32, chunk: u32
 }
 
 /// Reads the header of the next frame and checks it is `(tag, chunk, len)`.
-pub async fn read_header(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, len: usize) -> Result<(), String> {
+pub async fn read_header(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, len: usize) -> Result<(), LinkFault> {
     let mut h = [0u8; HEADER_BYTES];
-    r.read_exact(&mut h).await.map_err(|e| format!("the connection ended or failed: {e}"))?;
+    r.read_exact(&mut h).await.map_err(|e| LinkFault::io("the connection ended or failed", &e))?;
     let got = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
     let (t, c, l) = (got(0), got(4), got(8));
     if (t, c, l as usize) != (tag, chunk, len) {
-        return Err(format!("sent frame (step {t}, chunk {c}, {l} bytes) where (step {tag}, chunk {chunk}, {len} bytes) was due"));
+        return Err(LinkFault::malformed(format!("sent frame (step {t}, chunk {c}, {l} bytes) where (step {tag}, chunk {chunk}, {len} bytes) was due")));
     }
     Ok(())
 }
@@ -78,19 +80,24 @@ pub async fn read_header(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32,
 /// Reads exactly `len` payload bytes into `buf`, resized to `len` without
 /// zeroing when its length is already right: the ring's frame buffers are
 /// reused step after step, so a step does not fault in fresh pages.
-pub async fn read_payload(r: &mut (impl AsyncRead + Unpin), len: usize, buf: &mut Vec<u8>) -> Result<(), String> {
+pub async fn read_payload(r: &mut (impl AsyncRead + Unpin), len: usize, buf: &mut Vec<u8>) -> Result<(), LinkFault> {
     if buf.len() != len {
         buf.resize(len, 0);
     }
     let mut got = 0;
     while got < len {
-        let n = r.read(&mut buf[got..]).await.map_err(|e| format!("the connection failed: {e}"))?;
+        let n = r.read(&mut buf[got..]).await.map_err(|e| LinkFault::io("the connection failed", &e))?;
         if n == 0 {
-            return Err(format!("the connection ended {got} bytes into a {len}-byte frame"));
+            return Err(ended_inside(got, len));
         }
         got += n;
     }
     Ok(())
+}
+
+/// The stream ended `got` bytes into a frame of `len`.
+pub(super) fn ended_inside(got: usize, len: usize) -> LinkFault {
+    LinkFault::new(RingFaultKind::Closed, format!("the connection ended {got} bytes into a {len}-byte frame"))
 }
 
 #[cfg(test)]
@@ -110,14 +117,17 @@ mod tests {
         assert_eq!(&buf[..], &[1, 2, 3, 4]);
         write_frame(&mut a, 1, 3, &[0; 8]).await.unwrap();
         let e = read_header(&mut b, 1, 2, 8).await.unwrap_err();
-        assert!(e.contains("chunk 3") && e.contains("chunk 2"), "{e}");
+        assert_eq!(e.kind, RingFaultKind::Malformed);
+        assert!(e.detail.contains("chunk 3") && e.detail.contains("chunk 2"), "{e}");
         a.write_all(b"GET / HTTP/1.1\r\n\r\n0123456789012345678901234567890123456789").await.unwrap();
         let (mut c, mut d) = tokio::io::duplex(1 << 16);
         c.write_all(b"GET / HTTP/1.1\r\n\r\n0123456789012345678901234567890123456789").await.unwrap();
-        assert!(Hello::read(&mut d).await.unwrap_err().contains("magic"));
+        let e = Hello::read(&mut d).await.unwrap_err();
+        assert!(e.kind == RingFaultKind::Malformed && e.detail.contains("magic"), "{e}");
         drop(c);
         let (e, mut f) = tokio::io::duplex(16);
         drop(e);
-        assert!(read_payload(&mut f, 4, &mut buf).await.unwrap_err().contains("ended"));
+        let e = read_payload(&mut f, 4, &mut buf).await.unwrap_err();
+        assert!(e.kind == RingFaultKind::Closed && e.detail.contains("ended"), "{e}");
     }
 }

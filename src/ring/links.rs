@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::fault::LinkFault;
 use super::shm::{Offer, View};
 
 const NO_OFFER: u8 = 0;
@@ -20,22 +21,22 @@ const MAPPED: u8 = 1;
 
 /// The sender's side: offers `outbox` (or none) and returns whether the
 /// receiver mapped it (then the frames' payloads go through it).
-pub async fn offer(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), outbox: Option<&Offer>, timeout: Duration) -> Result<bool, String> {
+pub async fn offer(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), outbox: Option<&Offer>, timeout: Duration) -> Result<bool, LinkFault> {
     let mut msg = vec![if outbox.is_some() { OFFER } else { NO_OFFER }];
     if let Some(o) = outbox {
         msg.extend_from_slice(&o.encode());
     }
     let exchange = async {
-        stream.write_all(&msg).await.map_err(|e| format!("could not be written to: {e}"))?;
-        stream.read_u8().await.map_err(|e| format!("closed the connection before answering the link offer: {e}"))
+        stream.write_all(&msg).await.map_err(|e| LinkFault::io("could not be written to", &e))?;
+        stream.read_u8().await.map_err(|e| LinkFault::io("closed the connection before answering the link offer", &e))
     };
     let reply = tokio::time::timeout(timeout, exchange)
         .await
-        .map_err(|_| format!("did not answer the link offer within {:.1} s", timeout.as_secs_f64()))??;
+        .map_err(|_| LinkFault::stalled(format!("did not answer the link offer within {:.1} s", timeout.as_secs_f64())))??;
     match reply {
         MAPPED if outbox.is_some() => Ok(true),
         DECLINED => Ok(false),
-        b => Err(format!("answered the link offer with {b}, which is not an answer to it")),
+        b => Err(LinkFault::malformed(format!("answered the link offer with {b}, which is not an answer to it"))),
     }
 }
 
@@ -49,17 +50,17 @@ pub async fn answer(
     (slots, slot_bytes): (usize, usize),
     cached: Option<View>,
     timeout: Duration,
-) -> Result<Option<View>, String> {
+) -> Result<Option<View>, LinkFault> {
     let read = async {
-        match stream.read_u8().await.map_err(|e| format!("closed the connection before its link offer: {e}"))? {
+        match stream.read_u8().await.map_err(|e| LinkFault::io("closed the connection before its link offer", &e))? {
             NO_OFFER => Ok(None),
             OFFER => Offer::read(stream).await.map(Some),
-            b => Err(format!("sent {b} where a link offer was due")),
+            b => Err(LinkFault::malformed(format!("sent {b} where a link offer was due"))),
         }
     };
     let offered = tokio::time::timeout(timeout, read)
         .await
-        .map_err(|_| format!("sent no link offer within {:.1} s", timeout.as_secs_f64()))??;
+        .map_err(|_| LinkFault::stalled(format!("sent no link offer within {:.1} s", timeout.as_secs_f64())))??;
     let view = match (offered, dir) {
         (Some(o), Some(dir)) if o.slots as usize >= slots && o.slot_bytes as usize >= slot_bytes => {
             match cached.filter(|v| v.is(&o)).map(Ok).unwrap_or_else(|| View::open(&o, dir)) {
@@ -83,13 +84,14 @@ pub async fn answer(
     };
     tokio::time::timeout(timeout, send)
         .await
-        .map_err(|_| "did not take the link answer (stalled?)".to_string())?
-        .map_err(|e| format!("closed the connection before the link answer: {e}"))?;
+        .map_err(|_| LinkFault::stalled("did not take the link answer (stalled?)"))?
+        .map_err(|e| LinkFault::io("closed the connection before the link answer", &e))?;
     Ok(view)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::fault::RingFaultKind;
     use super::super::shm::Outbox;
     use super::*;
 
@@ -113,8 +115,10 @@ mod tests {
         // A receiver that says nonsense, one that says nothing.
         let (mut a, mut b) = tokio::io::duplex(1 << 12);
         b.write_all(&[7]).await.unwrap();
-        assert!(offer(&mut a, None, t).await.unwrap_err().contains("not an answer"));
+        let e = offer(&mut a, None, t).await.unwrap_err();
+        assert!(e.kind == RingFaultKind::Malformed && e.detail.contains("not an answer"), "{e}");
         let (mut a, _b) = tokio::io::duplex(1 << 12);
-        assert!(offer(&mut a, None, Duration::from_millis(100)).await.unwrap_err().contains("did not answer"));
+        let e = offer(&mut a, None, Duration::from_millis(100)).await.unwrap_err();
+        assert!(e.kind == RingFaultKind::Stalled && e.detail.contains("did not answer"), "{e}");
     }
 }

@@ -8,14 +8,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+use super::allreduce::{all_reduce, RingSpec};
+use super::allreduce_links::{all_reduce_links, slots_needed, Next, Prev};
+use super::fault::{RingError, RingFault};
 use super::frame::{Hello, KEY_BYTES};
-use super::{all_reduce, all_reduce_links, connect, links, slots_needed, Next, PeerListener, Prev, RingError, RingSpec};
+use super::links;
+use super::peers::{connect, PeerListener};
 use crate::config::GradDtype;
 use crate::{proto, wire};
 
 /// The host part of a `HOST:PORT` endpoint.
 fn host_of(endpoint: &str) -> &str {
     endpoint.rsplit_once(':').map_or(endpoint, |(h, _)| h)
+}
+
+/// Why a ring plan from the coordinator cannot be followed by this worker.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the ring plan puts rank {rank} at {at:?}, not this worker ({me})")]
+    NotMine { rank: usize, at: Option<u64>, me: u64 },
+    #[error("the ring plan's key has {0} bytes, not {KEY_BYTES}")]
+    KeyLength(usize),
+    #[error("the ring plan's peer timeout is {0}")]
+    Timeout(f64),
 }
 
 /// A ring plan this member can follow.
@@ -32,16 +47,17 @@ pub struct RingMembership {
 
 impl RingMembership {
     /// The plan for member `me`, or what is wrong with it.
-    pub fn from_plan(p: &proto::RingPlan, me: u64) -> anyhow::Result<Self> {
+    pub fn from_plan(p: &proto::RingPlan, me: u64) -> Result<Self, PlanError> {
         let rank = p.rank as usize;
-        anyhow::ensure!(
-            p.members.get(rank).is_some_and(|m| m.worker_id == me),
-            "the ring plan puts rank {rank} at {:?}, not this worker ({me})",
-            p.members.get(rank).map(|m| m.worker_id)
-        );
-        let key = <[u8; KEY_BYTES]>::try_from(&p.key[..])
-            .map_err(|_| anyhow::anyhow!("the ring plan's key has {} bytes, not {KEY_BYTES}", p.key.len()))?;
-        anyhow::ensure!(p.peer_timeout_s.is_finite() && p.peer_timeout_s > 0.0, "the ring plan's peer timeout is {}", p.peer_timeout_s);
+        let at = p.members.get(rank).map(|m| m.worker_id);
+        if at != Some(me) {
+            return Err(PlanError::NotMine { rank, at, me });
+        }
+        let key = <[u8; KEY_BYTES]>::try_from(&p.key[..]).map_err(|_| PlanError::KeyLength(p.key.len()))?;
+        // Also bounds it: Duration::from_secs_f64 panics past u64 seconds.
+        if !(p.peer_timeout_s > 0.0 && p.peer_timeout_s < 1e9) {
+            return Err(PlanError::Timeout(p.peer_timeout_s));
+        }
         Ok(Self {
             me,
             rank,
@@ -61,7 +77,8 @@ impl RingMembership {
     /// returning it; the chunks of
     /// this member's segment go to `owned` as they are final. `first_bytes`
     /// hears when the predecessor's first bytes arrive (fault injection).
-    /// An error names the neighbour at fault (its worker id) and why.
+    /// An error names the neighbour at fault (its worker id), the kind of
+    /// fault and why.
     pub async fn all_reduce(
         &self,
         peers: &PeerListener,
@@ -69,19 +86,24 @@ impl RingMembership {
         mut local: Vec<f32>,
         owned: mpsc::UnboundedSender<(u32, Bytes)>,
         first_bytes: Option<oneshot::Sender<()>>,
-    ) -> Result<Vec<f32>, (u64, String)> {
+    ) -> Result<Vec<f32>, RingFault> {
         let n = self.members.len();
         if n == 1 {
+            // Alone the ring reads and writes nothing, so it cannot fail.
             let r = all_reduce(&spec, &mut local, tokio::io::empty(), tokio::io::sink(), owned, &mut Vec::new()).await;
-            return r.map(|()| local).map_err(|e| (self.me, e.to_string()));
+            return r.map(|()| local).map_err(|e| RingFault::new(self.me, &e));
         }
         let (next_id, next_endpoint) = &self.members[(self.rank + 1) % n];
         let (prev_id, _) = &self.members[(self.rank + n - 1) % n];
         let hello = Hello { epoch: self.epoch, from: self.me, key: self.key };
         let (out, inn) =
             tokio::join!(connect(next_endpoint, &hello, self.timeout), peers.accept_from(self.epoch, &self.key, *prev_id, self.timeout));
-        let mut out = out.map_err(|e| (*next_id, format!("the successor {e}")))?;
-        let mut inn = inn.map_err(|e| (*prev_id, format!("the predecessor {e}")))?;
+        let blame = |e: RingError| match e {
+            RingError::Prev(_) => RingFault::new(*prev_id, &e),
+            RingError::Next(_) => RingFault::new(*next_id, &e),
+        };
+        let mut out = out.map_err(|e| blame(RingError::Next(e)))?;
+        let mut inn = inn.map_err(|e| blame(RingError::Prev(e)))?;
 
         // Each link agrees how it carries the bytes: shared memory when its
         // two ends share it (tried only between members of one address),
@@ -100,8 +122,8 @@ impl RingMembership {
             (o, v) => {
                 peers.keep_outbox(outbox);
                 return Err(match (o, v) {
-                    (_, Err(e)) => (*prev_id, format!("the predecessor {e}")),
-                    (Err(e), _) => (*next_id, format!("the successor {e}")),
+                    (_, Err(e)) => blame(RingError::Prev(e)),
+                    (Err(e), _) => blame(RingError::Next(e)),
                     _ => unreachable!("one failed"),
                 });
             }
@@ -122,11 +144,7 @@ impl RingMembership {
         peers.keep_frames(frames);
         peers.keep_outbox(outbox);
         peers.keep_view(view);
-        match reduced {
-            Ok(()) => Ok(local),
-            Err(e @ RingError::Prev(_)) => Err((*prev_id, e.to_string())),
-            Err(e @ RingError::Next(_)) => Err((*next_id, e.to_string())),
-        }
+        reduced.map(|()| local).map_err(blame)
     }
 }
 
@@ -162,10 +180,16 @@ mod tests {
         let member = |id| proto::RingMember { worker_id: id, endpoint: "127.0.0.1:1".into() };
         let mut p = proto::RingPlan { epoch: 1, key: vec![0; 32].into(), rank: 1, members: vec![member(4), member(5)], peer_timeout_s: 1.0, shm: false };
         assert!(RingMembership::from_plan(&p, 5).is_ok());
+        assert_eq!(RingMembership::from_plan(&p, 4).err(), Some(PlanError::NotMine { rank: 1, at: Some(5), me: 4 }));
         assert!(RingMembership::from_plan(&p, 4).err().unwrap().to_string().contains("not this worker"));
         p.rank = 7;
-        assert!(RingMembership::from_plan(&p, 5).is_err());
+        assert_eq!(RingMembership::from_plan(&p, 5).err(), Some(PlanError::NotMine { rank: 7, at: None, me: 5 }));
         p.rank = 1;
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 1e300] {
+            p.peer_timeout_s = bad;
+            assert!(matches!(RingMembership::from_plan(&p, 5), Err(PlanError::Timeout(_))), "{bad}");
+        }
+        p.peer_timeout_s = 1.0;
         p.key = vec![0; 3].into();
         assert!(RingMembership::from_plan(&p, 5).err().unwrap().to_string().contains("3 bytes"));
     }

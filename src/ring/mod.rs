@@ -12,10 +12,11 @@
 //! the outcome and ends a broken attempt. `plan.rs` is the shape both sides
 //! compute, `frame.rs` the bytes on a link, `allreduce.rs` the algorithm,
 //! `peers.rs` the listener and the dialling, `member.rs` one member's
-//! part in an attempt.
+//! part in an attempt, `fault.rs` what a member reports when it breaks.
 
 mod allreduce;
 mod allreduce_links;
+pub mod fault;
 pub mod frame;
 mod links;
 mod member;
@@ -23,7 +24,8 @@ mod peers;
 pub mod plan;
 pub mod shm;
 
-pub use allreduce::{all_reduce, RingError, RingSpec};
+pub use allreduce::{all_reduce, RingSpec};
 pub use allreduce_links::{all_reduce_links, slots_needed, Next, Prev};
-pub use member::RingMembership;
+pub use fault::{LinkFault, RingError, RingFault, RingFaultKind};
+pub use member::{PlanError, RingMembership};
 pub use peers::{advertised_endpoint, connect, PeerListener};

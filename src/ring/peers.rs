@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+use super::fault::{LinkFault, RingFaultKind};
 use super::frame::{Hello, KEY_BYTES};
 use super::shm::{self, Outbox, View};
 
@@ -169,8 +170,9 @@ impl PeerListener {
 
     /// The connection worker `from` dialled for attempt `epoch`, waiting
     /// up to `timeout` for it. A connection that names the attempt but not
-    /// its key is dropped (and named in the log).
-    pub async fn accept_from(&self, epoch: u64, key: &[u8; KEY_BYTES], from: u64, timeout: Duration) -> Result<TcpStream, String> {
+    /// its key is dropped (and named in the log): to the ring, a
+    /// predecessor that never proved itself did not connect.
+    pub async fn accept_from(&self, epoch: u64, key: &[u8; KEY_BYTES], from: u64, timeout: Duration) -> Result<TcpStream, LinkFault> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let arrived = self.inbox.arrived.notified();
@@ -189,7 +191,7 @@ impl PeerListener {
                 }
             }
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Err(format!("did not connect within {:.1} s", timeout.as_secs_f64()));
+                return Err(LinkFault::new(RingFaultKind::NotConnected, format!("did not connect within {:.1} s", timeout.as_secs_f64())));
             }
         }
     }
@@ -219,7 +221,7 @@ async fn accept_loop(listener: TcpListener, inbox: Arc<Inbox>) {
                     drop(waiting);
                     inbox.arrived.notify_waiters();
                 }
-                Ok(Err(e)) => tracing::warn!(%peer, "ring listener: refused a connection: {e}"),
+                Ok(Err(e)) => tracing::warn!(%peer, "ring listener: refused a connection that {e}"),
                 Err(_) => tracing::warn!(%peer, "ring listener: refused a connection that sent no hello within {HELLO_TIMEOUT:?}"),
             }
         });
@@ -228,21 +230,22 @@ async fn accept_loop(listener: TcpListener, inbox: Arc<Inbox>) {
 
 /// Dials a member's listener at `endpoint` and says `hello`; retries a
 /// refused connection until `timeout`.
-pub async fn connect(endpoint: &str, hello: &Hello, timeout: Duration) -> Result<TcpStream, String> {
+pub async fn connect(endpoint: &str, hello: &Hello, timeout: Duration) -> Result<TcpStream, LinkFault> {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = String::new();
     loop {
         match tokio::time::timeout_at(deadline, TcpStream::connect(endpoint)).await {
             Ok(Ok(mut s)) => {
                 let _ = s.set_nodelay(true);
-                s.write_all(&hello.encode()).await.map_err(|e| format!("at {endpoint} closed the connection: {e}"))?;
+                s.write_all(&hello.encode()).await.map_err(|e| LinkFault::io(&format!("at {endpoint} did not take its hello"), &e))?;
                 return Ok(s);
             }
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => {}
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("could not be reached at {endpoint} within {:.1} s: {last}", timeout.as_secs_f64()));
+            let why = format!("could not be reached at {endpoint} within {:.1} s: {last}", timeout.as_secs_f64());
+            return Err(LinkFault::new(RingFaultKind::Unreachable, why));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -293,7 +296,8 @@ mod tests {
         let _good = connect(l.endpoint(), &Hello { epoch: 1, from: 9, key }, Duration::from_secs(5)).await.unwrap();
         l.accept_from(1, &key, 9, Duration::from_secs(5)).await.unwrap();
         // Nothing more for that attempt, nor for another.
-        assert!(l.accept_from(1, &key, 9, Duration::from_millis(200)).await.unwrap_err().contains("did not connect"));
+        let e = l.accept_from(1, &key, 9, Duration::from_millis(200)).await.unwrap_err();
+        assert!(e.kind == RingFaultKind::NotConnected && e.detail.contains("did not connect"), "{e}");
         assert!(l.accept_from(2, &key, 9, Duration::from_millis(100)).await.is_err());
     }
 

@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapMut, MmapOptions};
 
+use super::fault::LinkFault;
+
 /// Where outboxes live: the host's shared memory.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 /// Every outbox's file name starts with this.
@@ -67,16 +69,17 @@ impl Offer {
     }
 
     /// Reads an offer's fields (after its flag byte).
-    pub async fn read(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<Self, String> {
+    pub async fn read(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> Result<Self, LinkFault> {
         use tokio::io::AsyncReadExt;
+        let ended = |e: io::Error| LinkFault::io("ended the connection inside its shared-memory offer", &e);
         let mut fixed = [0u8; TOKEN_BYTES + 4 + 8 + 1];
-        r.read_exact(&mut fixed).await.map_err(|e| format!("the connection ended inside its shared-memory offer: {e}"))?;
+        r.read_exact(&mut fixed).await.map_err(ended)?;
         let token: [u8; TOKEN_BYTES] = fixed[..TOKEN_BYTES].try_into().expect("token bytes");
         let slots = u32::from_le_bytes(fixed[16..20].try_into().expect("4 bytes"));
         let slot_bytes = u64::from_le_bytes(fixed[20..28].try_into().expect("8 bytes"));
         let mut path = vec![0u8; fixed[28] as usize];
-        r.read_exact(&mut path).await.map_err(|e| format!("the connection ended inside its shared-memory offer: {e}"))?;
-        let path = String::from_utf8(path).map_err(|_| "offered a shared-memory path that is not UTF-8".to_string())?;
+        r.read_exact(&mut path).await.map_err(ended)?;
+        let path = String::from_utf8(path).map_err(|_| LinkFault::malformed("offered a shared-memory path that is not UTF-8"))?;
         Ok(Self { path, token, slots, slot_bytes })
     }
 }
@@ -229,6 +232,25 @@ pub struct View {
     map: Mmap,
 }
 
+/// Why a predecessor's outbox cannot be mapped here (the link then stays
+/// on TCP, which is no fault of anybody's).
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("{path} is not an outbox in {}", dir.display())]
+    NotAnOutbox { path: String, dir: PathBuf },
+    /// Opening or mapping it failed: another host's, or another shared memory.
+    #[error("{path} cannot be opened or mapped here ({source}): another host or shared memory")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is not a {len}-byte outbox of this user")]
+    NotThisUsers { path: String, len: usize },
+    #[error("{path} is not the outbox offered (its token differs)")]
+    TokenDiffers { path: String },
+}
+
 impl std::fmt::Debug for View {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("View").field("offer", &self.offer).finish()
@@ -238,31 +260,28 @@ impl std::fmt::Debug for View {
 impl View {
     /// Maps the outbox `offer` names, if it is one in `dir` and is the one
     /// offered; `Err` says why not (the link then stays on TCP).
-    pub fn open(offer: &Offer, dir: &Path) -> Result<Self, String> {
+    pub fn open(offer: &Offer, dir: &Path) -> Result<Self, ViewError> {
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let path = Path::new(&offer.path);
         let named = path.file_name().is_some_and(|n| n.to_string_lossy().starts_with(PREFIX));
         if !named || path.parent() != Some(dir) {
-            return Err(format!("{} is not an outbox in {}", offer.path, dir.display()));
+            return Err(ViewError::NotAnOutbox { path: offer.path.clone(), dir: dir.to_path_buf() });
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-            .map_err(|e| format!("{} cannot be opened here ({e}): another host or shared memory", offer.path))?;
-        let meta = file.metadata().map_err(|e| e.to_string())?;
+        let io = |source| ViewError::Io { path: offer.path.clone(), source };
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
         // SAFETY: geteuid cannot fail.
         let uid = unsafe { libc::geteuid() };
         let len = HEADER_BYTES + offer.slots as usize * stride(offer.slot_bytes as usize);
         if !meta.is_file() || meta.uid() != uid || meta.len() < len as u64 {
-            return Err(format!("{} is not a {len}-byte outbox of this user", offer.path));
+            return Err(ViewError::NotThisUsers { path: offer.path.clone(), len });
         }
         // SAFETY: a read-only mapping of a file of this user that its
         // owner never shrinks; its contents change only in slots the
         // protocol has handed to the writer, which this side does not read.
-        let map = unsafe { MmapOptions::new().len(len).populate().map(&file) }.map_err(|e| e.to_string())?;
+        let map = unsafe { MmapOptions::new().len(len).populate().map(&file) }.map_err(io)?;
         if &map[..8] != MAGIC || map[8..24] != offer.token {
-            return Err(format!("{} is not the outbox offered (its token differs)", offer.path));
+            return Err(ViewError::TokenDiffers { path: offer.path.clone() });
         }
         Ok(Self { offer: offer.clone(), map })
     }
@@ -303,15 +322,15 @@ mod tests {
         assert!(v.is(&offer) && v.slots() == 3 && v.slot_bytes() == 10);
         // Another token, another directory, a longer outbox than the file, a symlink.
         let wrong = Offer { token: [0; TOKEN_BYTES], ..offer.clone() };
-        assert!(View::open(&wrong, dir.path()).unwrap_err().contains("token"));
+        assert!(matches!(View::open(&wrong, dir.path()), Err(ViewError::TokenDiffers { .. })));
         let other = tempfile::tempdir().unwrap();
-        assert!(View::open(&offer, other.path()).unwrap_err().contains("not an outbox"));
+        assert!(matches!(View::open(&offer, other.path()), Err(ViewError::NotAnOutbox { .. })));
         let big = Offer { slots: 1000, ..offer.clone() };
-        assert!(View::open(&big, dir.path()).unwrap_err().contains("byte outbox"));
+        assert!(matches!(View::open(&big, dir.path()), Err(ViewError::NotThisUsers { .. })));
         let link = dir.path().join(format!("{PREFIX}link"));
         std::os::unix::fs::symlink(&offer.path, &link).unwrap();
         let via = Offer { path: link.display().to_string(), ..offer.clone() };
-        assert!(View::open(&via, dir.path()).unwrap_err().contains("cannot be opened"));
+        assert!(matches!(View::open(&via, dir.path()), Err(ViewError::Io { .. })));
         let path = offer.path.clone();
         drop(o);
         assert!(!Path::new(&path).exists(), "a dropped outbox is removed");
@@ -346,6 +365,7 @@ mod tests {
         let o = Offer { path: "/dev/shm/ddpm-ring-1-ab".into(), token: [7; TOKEN_BYTES], slots: 9, slot_bytes: 1 << 22 };
         let bytes = o.encode();
         assert_eq!(Offer::read(&mut &bytes[..]).await.unwrap(), o);
-        assert!(Offer::read(&mut &bytes[..10]).await.unwrap_err().contains("ended"));
+        let e = Offer::read(&mut &bytes[..10]).await.unwrap_err();
+        assert!(e.kind == super::super::fault::RingFaultKind::Closed && e.detail.contains("ended"), "{e}");
     }
 }

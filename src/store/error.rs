@@ -53,7 +53,13 @@ pub enum StoreError {
     /// A fenced store refused the write: this process may not write to the
     /// run (it lost the run lease, or could not renew it).
     #[error("refused to {op} {key} in {url}: {reason}")]
-    Fenced { url: String, op: &'static str, key: String, reason: String },
+    Fenced {
+        url: String,
+        op: &'static str,
+        key: String,
+        #[source]
+        reason: FenceError,
+    },
 
     /// Anything else the store reported, with the operation and object.
     #[error("{op} {key} in {url} failed: {detail}")]
@@ -215,4 +221,19 @@ mod tests {
         let e = classify(generic("something odd"), &Context { bucket: None, ..cx() });
         assert!(e.is_transient(), "{e}");
     }
+}
+
+/// Why a fence refuses a write ([`super::Fence`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FenceError {
+    /// Another coordinator took the run, or this one released it.
+    #[error("this coordinator lost the run lease ({why}); it writes nothing more")]
+    LeaseLost { why: String },
+    /// The lease could not be renewed in time: another coordinator may hold
+    /// the run by now.
+    #[error(
+        "the run lease was last renewed {age_s:.0} s ago, past its {ttl_s:.0} s time to live (is the store reachable?); \
+         another coordinator may have taken the run, so nothing is written until it is renewed"
+    )]
+    LeaseExpired { age_s: f64, ttl_s: f64 },
 }

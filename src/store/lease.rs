@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Fence, RunStore, StoreError};
+use super::{Fence, FenceError, RunStore, StoreError};
 
 /// Where the lease objects live in the run.
 pub const LEASE_DIR: &str = "lease";
@@ -123,18 +123,13 @@ struct LeaseFence {
 }
 
 impl Fence for LeaseFence {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), FenceError> {
         if let Some(why) = self.lost.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return Err(format!("this coordinator lost the run lease ({why}); it writes nothing more"));
+            return Err(FenceError::LeaseLost { why: why.clone() });
         }
         let age = self.renewed.lock().unwrap_or_else(|p| p.into_inner()).elapsed();
         if age > self.ttl {
-            return Err(format!(
-                "the run lease was last renewed {:.0} s ago, past its {:.0} s time to live (is the store reachable?); \
-                 another coordinator may have taken the run, so nothing is written until it is renewed",
-                age.as_secs_f64(),
-                self.ttl.as_secs_f64()
-            ));
+            return Err(FenceError::LeaseExpired { age_s: age.as_secs_f64(), ttl_s: self.ttl.as_secs_f64() });
         }
         Ok(())
     }

@@ -39,7 +39,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, WriteMultipart};
 
-pub use error::StoreError;
+pub use error::{FenceError, StoreError};
 pub use options::{Location, RetryOptions, StoreArgs, StoreOptions, DEFAULT_PART_SIZE, MIN_PART_SIZE};
 
 /// Upload parts in flight per multipart upload.
@@ -58,7 +58,7 @@ pub struct ObjectInfo {
 
 /// Asked before every write of a fenced store: `Err(reason)` refuses it.
 pub trait Fence: Send + Sync {
-    fn check(&self) -> Result<(), String>;
+    fn check(&self) -> Result<(), FenceError>;
 }
 
 /// The storage of one run: a root directory or an S3 bucket and prefix.

@@ -11,7 +11,7 @@
 //! Tokens come from a file (a mounted Kubernetes Secret) or an environment
 //! variable; see [`load_token`].
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tonic::metadata::MetadataValue;
@@ -25,21 +25,43 @@ pub const WORKER_TOKEN_ENV: &str = "DDPM_WORKER_TOKEN";
 /// The user token's environment variable.
 pub const USER_TOKEN_ENV: &str = "DDPM_USER_TOKEN";
 
+/// Why a token cannot be used; each names where the token came from.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error("cannot read the token file {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the token file {} is empty", path.display())]
+    EmptyFile { path: PathBuf },
+    #[error("{env} is set but empty: give it a token, or unset it")]
+    EmptyVar { env: String },
+    /// `origin`: "the token in FILE" or the variable's name.
+    #[error("{origin}: a token needs at least 16 characters (this one has {len}); e.g. `openssl rand -hex 32`")]
+    TooShort { origin: String, len: usize },
+    #[error("{origin}: a token may hold printable ASCII only, no spaces")]
+    NotPrintable { origin: String },
+}
+
 /// A token from `file` (trimmed), else from the variable `env`, else none.
 /// An unreadable or empty file, or an empty variable, is an error: a run
 /// meant to be protected must not silently start open.
-pub fn load_token(file: Option<&Path>, env: &str) -> anyhow::Result<Option<String>> {
+pub fn load_token(file: Option<&Path>, env: &str) -> Result<Option<String>, TokenError> {
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read the token file {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|source| TokenError::Read { path: path.to_path_buf(), source })?;
         let token = text.trim();
-        anyhow::ensure!(!token.is_empty(), "the token file {} is empty", path.display());
-        check_token(token).map_err(|e| anyhow::anyhow!("the token in {}: {e}", path.display()))?;
+        if token.is_empty() {
+            return Err(TokenError::EmptyFile { path: path.to_path_buf() });
+        }
+        check_token(token, || format!("the token in {}", path.display()))?;
         return Ok(Some(token.to_string()));
     }
     match std::env::var(env) {
-        Ok(v) if v.trim().is_empty() => anyhow::bail!("{env} is set but empty: give it a token, or unset it"),
+        Ok(v) if v.trim().is_empty() => Err(TokenError::EmptyVar { env: env.to_string() }),
         Ok(v) => {
-            check_token(v.trim()).map_err(|e| anyhow::anyhow!("{env}: {e}"))?;
+            check_token(v.trim(), || env.to_string())?;
             Ok(Some(v.trim().to_string()))
         }
         Err(_) => Ok(None),
@@ -47,12 +69,12 @@ pub fn load_token(file: Option<&Path>, env: &str) -> anyhow::Result<Option<Strin
 }
 
 /// A token must be usable as an HTTP header value, and long enough.
-fn check_token(t: &str) -> Result<(), String> {
+fn check_token(t: &str, origin: impl FnOnce() -> String) -> Result<(), TokenError> {
     if t.len() < 16 {
-        return Err(format!("a token needs at least 16 characters (this one has {}); e.g. `openssl rand -hex 32`", t.len()));
+        return Err(TokenError::TooShort { origin: origin(), len: t.len() });
     }
     if !t.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("a token may hold printable ASCII only, no spaces".into());
+        return Err(TokenError::NotPrintable { origin: origin() });
     }
     Ok(())
 }

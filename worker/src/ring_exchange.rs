@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, gradient_message, reduced_message};
-use ddpm::ring::{PeerListener, RingMembership, RingSpec};
+use ddpm::ring::{PeerListener, RingFault, RingMembership, RingSpec};
 use ddpm::train::Outcome;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -126,7 +126,7 @@ impl GradientExchange for RingExchange<'_> {
         let ring = plan.all_reduce(self.peers, spec, local.grad, owned_tx, Some(first_tx));
         tokio::pin!(ring);
         // None while the ring runs; then its result.
-        let mut reduced: Option<Result<Vec<f32>, String>> = None;
+        let mut reduced: Option<Result<Vec<f32>, RingFault>> = None;
         let mut outcome: Option<proto::StepOutcome> = None;
         let result = loop {
             if let (Some(done), Some(o)) = (&reduced, &outcome) {
@@ -154,11 +154,10 @@ impl GradientExchange for RingExchange<'_> {
                     self.ring_s = started.elapsed().as_secs_f64();
                     match r {
                         Ok(grad) => reduced = Some(Ok(grad)),
-                        Err((suspect, reason)) => {
-                            tracing::warn!(step = a.step, suspect, "the ring broke: {reason}; reporting it");
-                            let fault = proto::RingFault { suspect, reason: reason.clone() };
-                            let _ = tx.send(msg(gradient_message::Kind::Fault(fault))).await;
-                            reduced = Some(Err(reason));
+                        Err(fault) => {
+                            tracing::warn!(step = a.step, suspect = fault.suspect, kind = ?fault.kind, "the ring broke: {fault}; reporting it");
+                            let _ = tx.send(msg(gradient_message::Kind::Fault(fault.to_proto()))).await;
+                            reduced = Some(Err(fault));
                         }
                     }
                 }

@@ -18,7 +18,8 @@
 //! something else, so before the outcome the round also audits each reduced
 //! chunk against them (`audit.rs`): a sum can be no longer than its parts.
 //! A member whose ring broke reports a fault naming a
-//! neighbour; [`Round::ring_verdict`] names the culprit from the reports.
+//! neighbour and its kind; [`Round::ring_verdict`] names the culprit from
+//! the reports (`verdict.rs`).
 //!
 //! A round fails in one place, [`Round::fail`]: every member still streaming
 //! is told why (the culprit that it is refused, the others that the step is
@@ -41,7 +42,9 @@ use tokio::sync::{mpsc, oneshot};
 
 mod audit;
 mod screen;
+mod verdict;
 pub use screen::{loss_ok, Screening};
+pub use verdict::FaultReport;
 
 /// What a member sends back on its ReduceGradients stream.
 pub type Outbound = mpsc::Sender<Result<ReducedMessage, RoundError>>;
@@ -177,8 +180,8 @@ struct Inner {
     outbound: Vec<Option<Outbound>>,
     losses: Vec<Option<(f64, u32, f64)>>,
     last_header: Option<Instant>,
-    /// Ring backend: per rank, the neighbour it reported and why.
-    faults: Vec<Option<(u64, String)>>,
+    /// Ring backend: per rank, the neighbour it reported, the kind and why.
+    faults: Vec<Option<FaultReport>>,
     /// Ring backend: per rank, the norms of its own gradient's chunks.
     norms: Vec<Option<Vec<f64>>>,
     /// Ring backend: every member's norms were screened and passed (the
@@ -524,24 +527,21 @@ impl Round {
     }
 
     /// Ring backend: member `rank` reports that its ring broke, naming
-    /// neighbour `suspect`. False if `suspect` is not a member (the report
-    /// itself is then the reporter's fault).
-    pub fn report_fault(&self, rank: usize, suspect: u64, reason: String) -> bool {
-        if self.rank_of(suspect).is_none() || self.members[rank] == suspect {
+    /// neighbour `report.suspect`. False if the suspect is not another
+    /// member (the report itself is then the reporter's fault).
+    pub fn report_fault(&self, rank: usize, report: FaultReport) -> bool {
+        if self.rank_of(report.suspect).is_none() || self.members[rank] == report.suspect {
             return false;
         }
-        self.lock().faults[rank] = Some((suspect, reason));
+        self.lock().faults[rank] = Some(report);
         self.fault_reported.notify_waiters();
         true
     }
 
     /// Ring backend: resolves once members reported a broken ring, with
-    /// the failure to end the round with. A stalled or dead member reports
-    /// nothing while the others report their neighbours (its successor
-    /// names it, the rest name the member before them, which reported
-    /// too), so the culprit is the one named that did not report. It waits
-    /// for every member but one to report, or `window` after the first.
-    /// Never resolves for the star.
+    /// the failure to end the round with; `verdict.rs` has the rules. It
+    /// waits for every member but one to report, or `window` after the
+    /// first. Never resolves for the star.
     pub async fn ring_verdict(&self, window: std::time::Duration) -> RoundFailure {
         if self.owners.is_none() {
             return std::future::pending().await;
@@ -565,16 +565,10 @@ impl Round {
         }
     }
 
-    fn culprit_of(&self, faults: &[Option<(u64, String)>]) -> RoundFailure {
-        let reporters: Vec<u64> = faults.iter().zip(&self.members).filter(|(f, _)| f.is_some()).map(|(_, &m)| m).collect();
-        let reports = faults.iter().zip(&self.members).filter_map(|(f, &m)| f.as_ref().map(|(s, r)| (m, *s, r)));
-        let (by, suspect, why) = reports
-            .clone()
-            .find(|(_, s, _)| !reporters.contains(s))
-            .or_else(|| reports.clone().next())
-            .expect("at least one report");
-        let reason = format!("worker {suspect} broke the ring of step {} attempt {}: worker {by} reported that {why}", self.step, self.attempt);
-        RoundFailure::new(Some(suspect), reason)
+    fn culprit_of(&self, faults: &[Option<FaultReport>]) -> RoundFailure {
+        let (by, f) = verdict::culprit(&self.members, faults).expect("called with at least one report");
+        let reason = format!("worker {} broke the ring of step {} attempt {}: worker {by} reported that {}", f.suspect, self.step, self.attempt, f.reason);
+        RoundFailure::new(Some(f.suspect), reason)
     }
 
     /// All chunks reduced: decide the outcome, hand the result over.

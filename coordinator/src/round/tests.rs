@@ -1,6 +1,7 @@
 //! Unit tests of the round, without sockets.
 
 use super::*;
+use ddpm::ring::RingFaultKind;
 
 fn header(worker_id: u64, step: u64, elements: u64) -> proto::GradientHeader {
     proto::GradientHeader {
@@ -228,6 +229,10 @@ fn a_ring_header_without_one_norm_per_chunk_or_with_a_negative_one_is_refused() 
     star.join(&header(10, 1, 6), mpsc::channel(16).0).unwrap();
 }
 
+fn fault(suspect: u64, kind: RingFaultKind, reason: &str) -> FaultReport {
+    FaultReport { suspect, kind: Some(kind), reason: reason.into() }
+}
+
 /// The culprit of a broken ring is the member named that reported
 /// nothing itself (a frozen member reports nothing; the one after it names
 /// it; the one before it names the next, which did report).
@@ -236,10 +241,10 @@ async fn a_ring_verdict_names_the_silent_suspect() {
     let (round, _rx) = Round::new(1, 0, vec![1, 2, 3], &[1, 1, 1], 6, 2, GradDtype::F32, 0.0);
     let round = round.ring();
     // 2 is frozen: 3 (after it) names 2, 1 (before it) names 3.
-    assert!(round.report_fault(2, 2, "the predecessor sent nothing".into()));
-    assert!(!round.report_fault(0, 9, "not a member".into()), "a suspect outside the step is refused");
-    assert!(!round.report_fault(0, 1, "itself".into()));
-    assert!(round.report_fault(0, 3, "the successor could not be written to".into()));
+    assert!(round.report_fault(2, fault(2, RingFaultKind::Stalled, "the predecessor sent nothing")));
+    assert!(!round.report_fault(0, fault(9, RingFaultKind::Closed, "not a member")), "a suspect outside the step is refused");
+    assert!(!round.report_fault(0, fault(1, RingFaultKind::Closed, "itself")));
+    assert!(round.report_fault(0, fault(3, RingFaultKind::Closed, "the successor could not be written to")));
     let failure = round.ring_verdict(std::time::Duration::from_secs(60)).await;
     assert_eq!(failure.culprit, Some(2));
     assert!(failure.reason.contains("worker 3 reported that the predecessor sent nothing"), "{}", failure.reason);
@@ -249,7 +254,7 @@ async fn a_ring_verdict_names_the_silent_suspect() {
 async fn a_lone_report_is_decided_after_the_window() {
     let (round, _rx) = Round::new(1, 0, vec![1, 2, 3], &[1, 1, 1], 6, 2, GradDtype::F32, 0.0);
     let round = round.ring();
-    round.report_fault(1, 1, "the predecessor closed the connection".into());
+    round.report_fault(1, fault(1, RingFaultKind::Closed, "the predecessor closed the connection"));
     let failure = round.ring_verdict(std::time::Duration::from_secs(2)).await;
     assert_eq!(failure.culprit, Some(1));
     // The star never gives a verdict.

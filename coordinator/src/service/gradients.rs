@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use ddpm::proto::{self, gradient_message};
+use ddpm::ring::RingFaultKind;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-use crate::round::{deliver, OfferError, Round, RoundFailure};
+use crate::round::{deliver, FaultReport, OfferError, Round, RoundFailure};
 
 /// Feeds the rest of member `worker`'s stream (after the header) to
 /// `round` at rank `rank`, until it ends or fails.
@@ -40,9 +41,10 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
                 Err(e @ (OfferError::NotOwned { .. } | OfferError::OutOfOrder { .. })) => break fail(format!("worker {worker} {e}")),
             },
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Fault(f)) })) if round.is_ring() => {
-                tracing::warn!(worker, suspect = f.suspect, step = round.step, "ring fault reported: {}", f.reason);
-                let reason: String = f.reason.chars().take(1000).collect();
-                if !round.report_fault(rank, f.suspect, reason) {
+                let kind = RingFaultKind::from_proto(f.kind);
+                tracing::warn!(worker, suspect = f.suspect, ?kind, step = round.step, "ring fault reported: {}", f.reason);
+                let report = FaultReport { suspect: f.suspect, kind, reason: f.reason.chars().take(1000).collect() };
+                if !round.report_fault(rank, report) {
                     break fail(format!("worker {worker} reported a ring fault naming {}, which is not another member of the step", f.suspect));
                 }
                 // The reporter keeps its stream open for the verdict; the
