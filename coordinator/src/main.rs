@@ -333,9 +333,8 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         // Tests and scripts read the chosen address from this line.
         println!("listening on {}", listener.local_addr()?);
         let opts = CoordOptions {

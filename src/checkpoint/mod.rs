@@ -28,15 +28,15 @@ use crate::data::OrderState;
 use crate::store::StoreError;
 use crate::train::flat::Layout;
 
-pub use encode::{decode, encode, Encoded, EncodedFile};
-pub use format::{step_dir, Manifest, ManifestError, StateFile, FORMAT_VERSION};
-pub use ops::{
-    latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport,
-    Skipped, WriteReport,
-};
 /// `[checkpoint]` lives with the rest of the config; re-exported here for
 /// the callers that name it `ddpm::checkpoint::CheckpointConfig`.
 pub use crate::config::CheckpointConfig;
+pub use encode::{decode, encode, Encoded, EncodedFile};
+pub use format::{step_dir, Manifest, ManifestError, StateFile, FORMAT_VERSION};
+pub use ops::{
+    latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport, Skipped,
+    WriteReport,
+};
 pub use policy::{CheckpointPolicy, Reason};
 pub use uploader::{UploadEvent, Uploader, UploaderConfig};
 

@@ -29,10 +29,12 @@ pub mod synthetic;
 use bytes::Bytes;
 use serde::Serialize;
 
-pub use decode::{center_crop_resize, chw_to_hwc, decode_rgb, hwc_to_chw, sniff, to_model_input, Decoder, ImageKind, SampleFormat, CHANNELS};
+pub use decode::{
+    center_crop_resize, chw_to_hwc, decode_rgb, hwc_to_chw, sniff, to_model_input, Decoder, ImageKind, SampleFormat, CHANNELS,
+};
 pub use error::DataError;
-pub use remote::{default_cache_dir, fetch_remote, fetch_remote_to, is_remote, FetchReport};
 pub use order::{global_batch, shard_ranges, step_batch, BatchItem, OrderState, ResumeError, SampleOrder};
+pub use remote::{default_cache_dir, fetch_remote, fetch_remote_to, is_remote, FetchReport};
 pub use spec::{DatasetKind, DatasetSpec, Split, MAX_RESOLUTION, SYNTHETIC_NAMES};
 
 /// What `ddpm data inspect` reports and a run records about its data.

@@ -49,7 +49,10 @@ impl GpuSet {
     /// The device indices, given that `visible` devices exist.
     pub fn resolve(&self, visible: usize) -> Result<Vec<usize>, String> {
         if visible == 0 {
-            return Err("--gpus: libtorch sees no CUDA device (no driver, CUDA_VISIBLE_DEVICES empty, or a CPU-only libtorch); use --device cpu".into());
+            return Err(
+                "--gpus: libtorch sees no CUDA device (no driver, CUDA_VISIBLE_DEVICES empty, or a CPU-only libtorch); use --device cpu"
+                    .into(),
+            );
         }
         let ids = match self {
             Self::All => (0..visible).collect(),

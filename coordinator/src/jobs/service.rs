@@ -11,8 +11,8 @@ use ddpm::train::analysis::AnalysisKind;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::roots::JobRoots;
 use super::queue::JobQueue;
+use super::roots::JobRoots;
 use super::spec::{JobSpec, SampleJobSpec};
 use super::spec_analysis::AnalysisJobSpec;
 use super::spec_eval::EvalJobSpec;
@@ -64,9 +64,7 @@ impl JobsService {
         if step == 0 {
             return Ok(());
         }
-        let infos = ddpm::checkpoint::list(&self.store)
-            .await
-            .map_err(|e| JobsError::StoreUnavailable { kind, reason: e.to_string() })?;
+        let infos = ddpm::checkpoint::list(&self.store).await.map_err(|e| JobsError::StoreUnavailable { kind, reason: e.to_string() })?;
         if !infos.iter().any(|i| i.step == step && i.complete) {
             let have: Vec<String> = infos.iter().filter(|i| i.complete).map(|i| i.step.to_string()).collect();
             let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
@@ -179,7 +177,10 @@ mod tests {
     #[test]
     fn errors_map_to_codes_in_one_place() {
         let s = Status::from(JobsError::Invalid { kind: "sample", reason: "count must be between 1 and 100000, got 0".into() });
-        assert_eq!((s.code(), s.message()), (tonic::Code::InvalidArgument, "invalid sample job: count must be between 1 and 100000, got 0"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::InvalidArgument, "invalid sample job: count must be between 1 and 100000, got 0")
+        );
         let s = Status::from(JobsError::Unknown(999));
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(s.message().contains("unknown job id 999"));

@@ -82,21 +82,16 @@ impl EvalJobSpec {
             sample.count = 0;
         }
         if has(Metric::Fid) && sample.count < 2 {
-            return Err(format!(
-                "fid needs at least 2 samples for a covariance (the paper uses 50000), got {}",
-                sample.count
-            ));
+            return Err(format!("fid needs at least 2 samples for a covariance (the paper uses 50000), got {}", sample.count));
         }
         let is_splits = if r.is_splits == 0 { 10 } else { r.is_splits };
         if has(Metric::Is) && sample.count < is_splits as u64 {
             return Err(format!("is: {} samples cannot fill {is_splits} splits; draw more or lower is_splits", sample.count));
         }
         if needs_samples && r.inception.trim().is_empty() {
-            return Err(
-                "fid and is need the Inception TorchScript file: set inception to its path on the workers \
+            return Err("fid and is need the Inception TorchScript file: set inception to its path on the workers \
                  (the inception-2015-12-05.pt of clean-fid / the StyleGAN metrics)"
-                    .into(),
-            );
+                .into());
         }
         if !r.reference_stats.is_empty() && !r.reference_data.is_empty() {
             return Err("give reference_stats (a .npz) or reference_data (a dataset spec), not both".into());

@@ -255,10 +255,7 @@ impl Coordinator for CoordService {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn submit_result(
-        &self,
-        req: Request<Streaming<proto::ResultMessage>>,
-    ) -> Result<Response<proto::SubmitResultReply>, Status> {
+    async fn submit_result(&self, req: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {
         let session = self.worker_session(&req)?;
         let mut inbound = req.into_inner();
         let header = match inbound.next().await {

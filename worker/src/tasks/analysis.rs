@@ -42,7 +42,10 @@ fn device_task(kind: AnalysisKind, a: &proto::AnalysisAssignment, encoded: &[pro
     Ok(match kind {
         AnalysisKind::Progressive => {
             let snapshots = a.snapshots.max(1) as u64;
-            anyhow::ensure!(a.first.is_multiple_of(snapshots) && a.count.is_multiple_of(snapshots), "a progressive task must cover whole rows");
+            anyhow::ensure!(
+                a.first.is_multiple_of(snapshots) && a.count.is_multiple_of(snapshots),
+                "a progressive task must cover whole rows"
+            );
             AnalysisTask::Progressive {
                 seed: a.seed,
                 first_row: a.first / snapshots,

@@ -9,10 +9,10 @@ use ddpm::train::analysis::AnalysisKind;
 
 use crate::jobs::context::JobContext;
 use crate::jobs::outputs::{job_dir, write_images_grid, JobRecord};
-use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
 use crate::jobs::scheduler::run_tasks;
+use crate::jobs::sink::ImageSink;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::spec_analysis::AnalysisJobSpec;
 use crate::jobs::tasks::{ranges, TaskBoard};
@@ -53,7 +53,9 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
             if let Some(ds) = ds {
                 a.decoder_json = serde_json::to_string(&ds.decoder())?;
                 samples = tokio::task::spawn_blocking(move || {
-                    pair.iter().map(|&i| ds.encoded(i as usize).map(|data| proto::Sample { position: i, data })).collect::<Result<Vec<_>, _>>()
+                    pair.iter()
+                        .map(|&i| ds.encoded(i as usize).map(|data| proto::Sample { position: i, data }))
+                        .collect::<Result<Vec<_>, _>>()
                 })
                 .await??;
             }

@@ -15,11 +15,11 @@ use ddpm::proto;
 
 use crate::jobs::context::JobContext;
 use crate::jobs::outputs::{job_dir, stats_npz_bytes, write_images, JobRecord, GRID_IMAGES};
-use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::references::ReferenceCache;
 use crate::jobs::results::{ResultPart, Results};
 use crate::jobs::scheduler::run_tasks;
+use crate::jobs::sink::ImageSink;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::spec_eval::{EvalJobSpec, Metric};
 use crate::jobs::tasks::{ranges, TaskBoard};
@@ -41,9 +41,17 @@ async fn dataset_work(ds: &Arc<dyn Dataset>, mut assignment: proto::EvalAssignme
 }
 
 /// Decodes a part's sums, naming the worker when they are bad.
-fn part_sums<T>(part: &ResultPart, what: &str, bytes: Option<&[u8]>, parse: fn(&[u8]) -> Result<T, ddpm::eval::EvalError>) -> anyhow::Result<T> {
-    let bytes = bytes.ok_or_else(|| anyhow::anyhow!("worker {} sent no {what} for items {}..{}", part.worker_id, part.first, part.first + part.count))?;
-    parse(bytes).map_err(|e| anyhow::anyhow!("worker {} sent unreadable {what} for items {}..{}: {e}", part.worker_id, part.first, part.first + part.count))
+fn part_sums<T>(
+    part: &ResultPart,
+    what: &str,
+    bytes: Option<&[u8]>,
+    parse: fn(&[u8]) -> Result<T, ddpm::eval::EvalError>,
+) -> anyhow::Result<T> {
+    let bytes = bytes
+        .ok_or_else(|| anyhow::anyhow!("worker {} sent no {what} for items {}..{}", part.worker_id, part.first, part.first + part.count))?;
+    parse(bytes).map_err(|e| {
+        anyhow::anyhow!("worker {} sent unreadable {what} for items {}..{}: {e}", part.worker_id, part.first, part.first + part.count)
+    })
 }
 
 pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Results, started: Instant) -> anyhow::Result<JobEnd> {
@@ -238,4 +246,3 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
     record.write(&ctx.store, &json_key).await?;
     Ok(JobEnd::Done { outputs, metrics: serde_json::to_string(&metrics)? })
 }
-

@@ -5,10 +5,10 @@ use std::time::Instant;
 
 use crate::jobs::context::JobContext;
 use crate::jobs::outputs::{grid_png, job_dir, square_cols, write_images, JobRecord, GRID_IMAGES};
-use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
 use crate::jobs::scheduler::run_tasks;
+use crate::jobs::sink::ImageSink;
 use crate::jobs::spec::{GridJobSpec, JobSpec, SampleJobSpec};
 use crate::jobs::tasks::{ranges, TaskBoard};
 use crate::work::Work;
@@ -39,7 +39,13 @@ async fn draw(
     Ok(Some((weights_step, sink)))
 }
 
-pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Results, started: Instant) -> anyhow::Result<JobEnd> {
+pub async fn run_sample(
+    ctx: &JobContext,
+    id: u64,
+    spec: &SampleJobSpec,
+    results: &mut Results,
+    started: Instant,
+) -> anyhow::Result<JobEnd> {
     let Some((weights_step, sink)) = draw(ctx, id, spec, results, GRID_IMAGES).await? else {
         return Ok(JobEnd::Cancelled);
     };
