@@ -8,7 +8,8 @@ use super::blocks::{
 };
 use super::layout::Layout;
 use super::config::ModelInit;
-use super::{UNetConfig, UNetError};
+use super::config::UNetConfig;
+use super::error::UNetError;
 
 /// One level of the down or up path: ResBlocks, each followed by an
 /// attention block when the level has attention, then a resampler.
