@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use bytes::Bytes;
 
 use super::format::{self, RngState, StateFile};
-use super::{CheckpointData, CheckpointError};
+use super::data::CheckpointData;
+use super::error::CheckpointError;
 use crate::config::TrainConfig;
 use crate::train::flat::Layout;
 

@@ -14,7 +14,8 @@ use futures::future::try_join_all;
 
 use super::encode::{self, Encoded};
 use super::format::{self, FileEntry, Manifest};
-use super::{CheckpointData, CheckpointError};
+use super::data::CheckpointData;
+use super::error::CheckpointError;
 use crate::store::{ObjectInfo, RunStore, StoreError};
 
 /// What [`write`] did.
