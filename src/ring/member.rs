@@ -9,7 +9,10 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{Hello, KEY_BYTES};
-use super::{all_reduce, all_reduce_links, connect, links, slots_needed, Next, PeerListener, Prev, RingError, RingSpec};
+use super::allreduce::{all_reduce, RingError, RingSpec};
+use super::allreduce_links::{all_reduce_links, slots_needed, Next, Prev};
+use super::links;
+use super::peers::{connect, PeerListener};
 use crate::config::GradDtype;
 use crate::{proto, wire};
 
