@@ -295,8 +295,7 @@ fn use_tree(toks: &[Tok], mut i: usize, prefix: &[String], top: bool, leaves: &m
         segments.push(String::new());
         i += 1;
     }
-    loop {
-        let Some(t) = toks.get(i) else { break };
+    while let Some(t) = toks.get(i) {
         if t.is("$") {
             i += 1;
         } else if t.is_ident() {
