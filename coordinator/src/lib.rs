@@ -31,6 +31,7 @@ pub mod round_slot;
 pub mod run_status;
 pub mod service;
 pub mod state;
+pub mod step_record;
 pub mod telemetry;
 pub mod training;
 pub mod work;

@@ -19,7 +19,7 @@ use crate::jobs::JobQueue;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::roster::Roster;
 use crate::run_status::RunStatus;
-use crate::training::StepMetrics;
+use crate::step_record::StepMetrics;
 
 /// What only events tell.
 struct Counts {

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use crate::telemetry::RunHistory;
 
-use super::StepMetrics;
+use crate::step_record::StepMetrics;
 
 /// Rows held while the log cannot be written (about 300 bytes each).
 pub const MAX_PENDING_ROWS: usize = 100_000;

@@ -21,7 +21,6 @@ mod periodic;
 mod progress;
 mod saver;
 pub mod start;
-mod step_metrics;
 mod stragglers;
 mod summary;
 
@@ -35,8 +34,6 @@ use ddpm::data::{order, Dataset};
 use ddpm::proto;
 use ddpm::store::RunStore;
 
-pub use progress::eta_s;
-pub use step_metrics::StepMetrics;
 pub use summary::Summary;
 
 use crate::jobs::JobQueue;
@@ -45,6 +42,7 @@ use crate::roster::Roster;
 use crate::round::{Round, RoundFailure, RoundResult, Screening};
 use crate::round_slot::{self, RoundSlot};
 use crate::run_status::RunStatus;
+use crate::step_record::StepMetrics;
 use crate::state::StateHandle;
 use crate::telemetry::{RunHistory, Telemetry};
 use crate::work::Work;
