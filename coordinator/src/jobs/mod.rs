@@ -16,8 +16,9 @@
 //! job gives the same images whatever the number of workers.
 //!
 //! Files: `spec*.rs` (requests validated into typed specs), `queue.rs`
-//! (job records and states), `scheduler.rs` (one job at a time, its tasks
-//! to eligible workers), `tasks.rs` (who holds which range), `runners/`
+//! (job records and states), `scheduler.rs` (one job at a time),
+//! `task_loop.rs` (a job's tasks to eligible workers), `tasks.rs` (who
+//! holds which range), `runners/`
 //! (one per kind), `results.rs` (results routed to their job),
 //! `pinned.rs`, `references.rs`, `sink.rs` (images on disk as they arrive),
 //! `outputs.rs`, `context.rs`, `service.rs`
@@ -37,6 +38,7 @@ pub mod sink;
 pub mod spec;
 pub mod spec_analysis;
 pub mod spec_eval;
+pub mod task_loop;
 pub mod tasks;
 
 pub use context::JobContext;

@@ -12,7 +12,7 @@ use crate::jobs::outputs::{job_dir, write_images_grid, JobRecord};
 use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
-use crate::jobs::scheduler::run_tasks;
+use crate::jobs::task_loop::run_tasks;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::spec_analysis::AnalysisJobSpec;
 use crate::jobs::tasks::{ranges, TaskBoard};

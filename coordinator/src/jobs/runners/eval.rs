@@ -19,7 +19,7 @@ use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::references::ReferenceCache;
 use crate::jobs::results::{ResultPart, Results};
-use crate::jobs::scheduler::run_tasks;
+use crate::jobs::task_loop::run_tasks;
 use crate::jobs::spec::JobSpec;
 use crate::jobs::spec_eval::{EvalJobSpec, Metric};
 use crate::jobs::tasks::{ranges, TaskBoard};

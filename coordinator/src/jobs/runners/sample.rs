@@ -8,7 +8,7 @@ use crate::jobs::outputs::{grid_png, job_dir, square_cols, write_images, JobReco
 use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
-use crate::jobs::scheduler::run_tasks;
+use crate::jobs::task_loop::run_tasks;
 use crate::jobs::spec::{GridJobSpec, JobSpec, SampleJobSpec};
 use crate::jobs::tasks::{ranges, TaskBoard};
 use crate::work::Work;
