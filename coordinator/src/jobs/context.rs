@@ -12,7 +12,7 @@ use super::pinned::{Pinned, PinnedWeights};
 use super::queue::JobQueue;
 use super::references::ReferenceCache;
 use super::results::ResultRouter;
-use super::spec::{SampleJobSpec, WeightsChoice};
+use super::spec_sample::{SampleJobSpec, WeightsChoice};
 use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
 use crate::state::{SnapshotKind, StateHandle};

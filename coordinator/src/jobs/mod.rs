@@ -38,6 +38,7 @@ pub mod sink;
 pub mod spec;
 pub mod spec_analysis;
 pub mod spec_eval;
+pub mod spec_sample;
 pub mod task_loop;
 pub mod tasks;
 

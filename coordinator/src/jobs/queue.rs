@@ -295,7 +295,7 @@ impl JobQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::spec::SampleJobSpec;
+    use crate::jobs::spec_sample::SampleJobSpec;
 
     fn spec(count: u64) -> JobSpec {
         JobSpec::Sample(

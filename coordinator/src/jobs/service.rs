@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status};
 
 use super::roots::JobRoots;
 use super::queue::JobQueue;
-use super::spec::{JobSpec, SampleJobSpec};
+use super::spec::JobSpec;
+use super::spec_sample::SampleJobSpec;
 use super::spec_analysis::AnalysisJobSpec;
 use super::spec_eval::EvalJobSpec;
 

@@ -5,7 +5,7 @@ use ddpm::proto;
 use ddpm::train::analysis::AnalysisKind;
 use serde::Serialize;
 
-use super::spec::{SampleJobSpec, WeightsChoice, MAX_BATCH};
+use super::spec_sample::{SampleJobSpec, WeightsChoice, MAX_BATCH};
 
 /// Most rows of a progressive generation, and mixing weights of an interpolation.
 pub const MAX_ANALYSIS_ROWS: u32 = 256;

@@ -4,7 +4,7 @@
 use ddpm::proto;
 use serde::Serialize;
 
-use super::spec::{SampleJobSpec, MAX_BATCH};
+use super::spec_sample::{SampleJobSpec, MAX_BATCH};
 
 /// Images per forward pass of the feature network and the bound, by default.
 pub const DEFAULT_EVAL_BATCH: u32 = 50;

@@ -9,7 +9,8 @@ use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
 use crate::jobs::task_loop::run_tasks;
-use crate::jobs::spec::{GridJobSpec, JobSpec, SampleJobSpec};
+use crate::jobs::spec::{GridJobSpec, JobSpec};
+use crate::jobs::spec_sample::SampleJobSpec;
 use crate::jobs::tasks::{ranges, TaskBoard};
 use crate::work::Work;
 
