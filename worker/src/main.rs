@@ -8,7 +8,8 @@ use clap::Parser;
 use ddpm::wire::WorkerRole;
 use ddpm::exit;
 use ddpm_worker::gpus::GpuSet;
-use ddpm_worker::{run, Ended, WorkerOptions};
+use ddpm_worker::options::WorkerOptions;
+use ddpm_worker::{run, Ended};
 use tch::Device;
 
 /// A worker of a ddpm training run: one process per device.

@@ -18,9 +18,9 @@ use crate::device::DeviceHandle;
 use crate::directive::{CallError, CallResult, Directed, Flow};
 use crate::exchange::CoordinatorExchange;
 use crate::ring_exchange::RingExchange;
-use crate::tasks::Tasks;
+use crate::tasks::context::Tasks;
 use crate::training::{self, StepEnd};
-use crate::WorkerOptions;
+use crate::options::WorkerOptions;
 
 /// How a worker session ended.
 #[derive(Debug, PartialEq)]

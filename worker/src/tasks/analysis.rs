@@ -8,8 +8,10 @@ use ddpm::proto;
 use ddpm::train::analysis::AnalysisKind;
 use ddpm::wire;
 
-use super::{inputs, ResultParts, Tasks};
-use crate::device::AnalysisTask;
+use super::context::Tasks;
+use super::inputs;
+use super::result::ResultParts;
+use crate::device::messages::AnalysisTask;
 use crate::directive::CallResult;
 
 /// Rows of a progressive generation per pass of the device.

@@ -7,8 +7,11 @@ use std::time::Instant;
 
 use ddpm::proto::{self, eval_assignment::Source};
 
-use super::{inputs, sample_request, ResultParts, Tasks};
-use crate::device::{EvalImages, EvalTask};
+use super::context::Tasks;
+use super::inputs;
+use super::result::ResultParts;
+use super::sample::sample_request;
+use crate::device::messages::{EvalImages, EvalTask};
 use crate::directive::CallResult;
 
 pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::EvalAssignment, encoded: Vec<proto::Sample>) -> CallResult<()> {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use ddpm::proto::{self, result_message, ResultPart};
 
 use crate::client::Client;
-use crate::device::EvalOutput;
+use crate::device::messages::EvalOutput;
 use crate::directive::{CallResult, Directed};
 
 /// Largest data chunk of a result message (well under gRPC's limits).
