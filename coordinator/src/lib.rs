@@ -51,13 +51,17 @@ use ddpm::wire;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use jobs::{JobContext, JobQueue, PinnedWeights, ResultRouter};
+use jobs::context::JobContext;
+use jobs::pinned::PinnedWeights;
+use jobs::queue::JobQueue;
+use jobs::results::ResultRouter;
 use lifecycle::{Lifecycle, Phase};
 use roster::Roster;
 use round_slot::RoundSlot;
 use run_status::RunStatus;
 use state::StateHandle;
-use telemetry::{RunHistory, Telemetry};
+use telemetry::history::RunHistory;
+use telemetry::metrics::{Sources, Telemetry};
 use training::{Summary, Trainer};
 
 /// What `ddpm-coord` was asked to do.
@@ -166,7 +170,7 @@ pub async fn run(
     let pinned = Arc::new(PinnedWeights::default());
     let results = Arc::new(ResultRouter::default());
 
-    let telemetry = Telemetry::new(telemetry::Sources {
+    let telemetry = Telemetry::new(Sources {
         status: status.clone(),
         roster: roster.clone(),
         queue: queue.clone(),

@@ -41,9 +41,3 @@ pub mod spec_eval;
 pub mod spec_sample;
 pub mod task_loop;
 pub mod tasks;
-
-pub use context::JobContext;
-pub use pinned::PinnedWeights;
-pub use queue::{JobEnd, JobQueue, JobState};
-pub use results::{ResultPart, ResultRouter};
-pub use spec::{periodic_spec, GridJobSpec, JobSpec};

@@ -40,8 +40,8 @@ use ddpm::wire::{self, WireError};
 use tokio::sync::{mpsc, oneshot};
 
 mod audit;
-mod screen;
-pub use screen::{loss_ok, Screening};
+pub mod screen;
+use screen::{loss_ok, Screening};
 
 /// What a member sends back on its ReduceGradients stream.
 pub type Outbound = mpsc::Sender<Result<ReducedMessage, RoundError>>;

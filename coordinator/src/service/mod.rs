@@ -11,28 +11,25 @@ pub mod incoming;
 mod results;
 mod streams;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, coordinator_server::Coordinator, gradient_message, result_message};
 use ddpm::wire::{self, auth, WorkerRole};
-use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use errors::RpcError;
-
-use crate::jobs::{PinnedWeights, ResultPart, ResultRouter};
+use crate::jobs::pinned::PinnedWeights;
+use crate::jobs::results::{ResultPart, ResultRouter};
 use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
 use crate::round::RoundError;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
 use crate::state::{Snapshot, SnapshotKind, StateHandle};
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+use errors::RpcError;
+use streams::BoxStream;
 
 pub struct CoordService {
     /// The resolved run config as JSON, and the facts workers check.

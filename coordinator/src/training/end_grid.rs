@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::members::wait_idle;
 use super::Trainer;
-use crate::jobs::{GridJobSpec, JobSpec, JobState};
+use crate::jobs::queue::JobState;
+use crate::jobs::spec::{GridJobSpec, JobSpec};
 
 /// Draws the grid after step `step` with the training workers `members`
 /// (and any eval worker); returns its location.

@@ -22,7 +22,7 @@ use ddpm::store::metrics_rows::RunRows;
 use ddpm::store::{Location, RunStore};
 use serde::Serialize;
 
-use crate::telemetry::RunHistory;
+use crate::telemetry::history::RunHistory;
 
 use crate::step_record::StepMetrics;
 

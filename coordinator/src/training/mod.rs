@@ -36,15 +36,17 @@ use ddpm::store::RunStore;
 
 pub use summary::Summary;
 
-use crate::jobs::JobQueue;
+use crate::jobs::queue::JobQueue;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::roster::Roster;
-use crate::round::{Round, RoundFailure, RoundResult, Screening};
+use crate::round::screen::Screening;
+use crate::round::{Round, RoundFailure, RoundResult};
 use crate::round_slot::{self, RoundSlot};
 use crate::run_status::RunStatus;
 use crate::step_record::StepMetrics;
 use crate::state::StateHandle;
-use crate::telemetry::{RunHistory, Telemetry};
+use crate::telemetry::history::RunHistory;
+use crate::telemetry::metrics::Telemetry;
 use crate::work::Work;
 use checksums::ChecksumBook;
 use metrics_log::MetricsLog;
