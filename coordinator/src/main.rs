@@ -13,7 +13,8 @@ use ddpm::wire::auth;
 use ddpm::wire::tls::ServerTls;
 use ddpm_coord::service::access::Access;
 use ddpm_coord::training::start::{StartPolicy, StartTimeout};
-use ddpm_coord::{run, CoordOptions};
+use ddpm_coord::options::CoordOptions;
+use ddpm_coord::run;
 
 /// The coordinator of a data-parallel DDPM training run.
 ///

@@ -17,18 +17,18 @@ pub async fn run(ctx: Arc<JobContext>) {
     let mut running = tokio::task::JoinSet::new();
     let mut normal: Option<tokio::task::AbortHandle> = None;
     loop {
-        while let Some((id, spec)) = ctx.queue.next_queued_urgent() {
-            ctx.queue.start(id);
+        while let Some((id, spec)) = ctx.queue().next_queued_urgent() {
+            ctx.queue().start(id);
             running.spawn(run_one(ctx.clone(), id, spec));
         }
         if normal.as_ref().is_none_or(|h| h.is_finished()) {
-            if let Some((id, spec)) = ctx.queue.next_queued() {
-                ctx.queue.start(id);
+            if let Some((id, spec)) = ctx.queue().next_queued() {
+                ctx.queue().start(id);
                 normal = Some(running.spawn(run_one(ctx.clone(), id, spec)));
             }
         }
         while running.try_join_next().is_some() {}
-        ctx.queue.changed_within(Duration::from_millis(500)).await;
+        ctx.queue().changed_within(Duration::from_millis(500)).await;
     }
 }
 
@@ -36,10 +36,10 @@ pub async fn run(ctx: Arc<JobContext>) {
 async fn run_one(ctx: Arc<JobContext>, id: u64, spec: JobSpec) {
     tracing::info!(job = id, kind = spec.kind(), spec = %serde_json::to_string(&spec).unwrap_or_default(), "job started");
     let started = Instant::now();
-    let mut results = ctx.results.open(id);
+    let mut results = ctx.results().open(id);
     let result = runners::run(&ctx, id, &spec, &mut results, started).await;
-    ctx.pinned.unpin(id);
-    ctx.results.close(id);
+    ctx.pinned().unpin(id);
+    ctx.results().close(id);
     let end = result.unwrap_or_else(|e| JobEnd::Failed(format!("{e:#}")));
     match &end {
         JobEnd::Done { metrics, .. } => {
@@ -48,6 +48,6 @@ async fn run_one(ctx: Arc<JobContext>, id: u64, spec: JobSpec) {
         JobEnd::Cancelled => tracing::info!(job = id, "job cancelled"),
         JobEnd::Failed(e) => tracing::error!(job = id, "job failed: {e}"),
     }
-    ctx.queue.finish(id, end);
-    ctx.roster.notify();
+    ctx.queue().finish(id, end);
+    ctx.roster().notify();
 }

@@ -29,18 +29,18 @@ where
     Fut: Future<Output = anyhow::Result<Work>>,
 {
     let mut last_wait_log = Instant::now();
-    let urgent = ctx.queue.is_urgent(id);
+    let urgent = ctx.queue().is_urgent(id);
     loop {
-        if ctx.queue.state_of(id) == Some(JobState::Cancelled) {
+        if ctx.queue().state_of(id) == Some(JobState::Cancelled) {
             return Ok(false);
         }
-        let roster_changed = ctx.roster.next_change();
-        for (worker, task) in board.reclaim(|w| ctx.roster.contains(w)) {
+        let roster_changed = ctx.roster().next_change();
+        for (worker, task) in board.reclaim(|w| ctx.roster().contains(w)) {
             tracing::warn!(job = id, worker, first = task.0, "worker left during a task: reassigning it");
         }
         // An urgent job (the run waits for it) has the workers first.
-        let idle = if urgent || !ctx.queue.urgent_running() {
-            ctx.roster.idle_members(|role| ctx.may_take_tasks(role))
+        let idle = if urgent || !ctx.queue().urgent_running() {
+            ctx.roster().idle_members(|role| ctx.may_take_tasks(role))
         } else {
             Vec::new()
         };
@@ -48,7 +48,7 @@ where
         for worker in free {
             let Some(task) = board.next_task() else { break };
             let work = make_work(task.0, task.1).await?;
-            if ctx.roster.send_if_idle(worker, work, |role| ctx.may_take_tasks(role)) {
+            if ctx.roster().send_if_idle(worker, work, |role| ctx.may_take_tasks(role)) {
                 board.assigned(worker, task);
             } else {
                 board.unassigned(task);
@@ -76,8 +76,8 @@ where
                 on_part(part)?;
             }
             _ = roster_changed => {}
-            _ = ctx.queue.changed_within(wait) => {}
-            _ = ctx.lifecycle.changed_within(wait) => {}
+            _ = ctx.queue().changed_within(wait) => {}
+            _ = ctx.lifecycle().changed_within(wait) => {}
         }
     }
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::members::wait_idle;
-use super::Trainer;
+use super::trainer::Trainer;
 use crate::jobs::queue::JobState;
 use crate::jobs::spec::{GridJobSpec, JobSpec};
 

@@ -63,7 +63,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
     let mut on_part = |part: ResultPart| {
         sink.put(&part)?;
         done += part.count;
-        ctx.queue.set_progress(id, done);
+        ctx.queue().set_progress(id, done);
         Ok(())
     };
     if !run_tasks(ctx, id, results, TaskBoard::new(tasks), make, &mut on_part).await? {
@@ -71,9 +71,9 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
     }
     let seconds = started.elapsed().as_secs_f64();
     let dir = job_dir(id);
-    let mut outputs = write_images_grid(&ctx.store, &dir, &sink, cols, count as usize, false).await?;
+    let mut outputs = write_images_grid(ctx.store(), &dir, &sink, cols, count as usize, false).await?;
     let json_key = format!("{dir}/job.json");
-    outputs.push(ctx.store.location(&json_key));
+    outputs.push(ctx.store().location(&json_key));
     let record = JobRecord {
         job_id: id,
         kind: "analysis",
@@ -86,6 +86,6 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
         metrics: None,
         outputs: &outputs,
     };
-    record.write(&ctx.store, &json_key).await?;
+    record.write(ctx.store(), &json_key).await?;
     Ok(JobEnd::Done { outputs, metrics: String::new() })
 }

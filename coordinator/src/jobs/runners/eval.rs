@@ -65,7 +65,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
         let (ds, name) = ctx.open_dataset(&spec.reference_data).await?;
         let n = if spec.reference_images == 0 { ds.len() as u64 } else { spec.reference_images.min(ds.len() as u64) };
         let key = ReferenceCache::key(&name, n, &spec.inception);
-        reference = ctx.references.get(&key);
+        reference = ctx.references().get(&key);
         if reference.is_none() {
             reference_from = Some((ds, name, n, key));
         }
@@ -78,9 +78,9 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
         None
     };
     let total = spec.sample.count + reference_from.as_ref().map_or(0, |r| r.2) + bpd_from.as_ref().map_or(0, |b| b.2);
-    ctx.queue.set_total(id, total);
+    ctx.queue().set_total(id, total);
     let mut done = 0u64;
-    let progress = |done: u64| ctx.queue.set_progress(id, done);
+    let progress = |done: u64| ctx.queue().set_progress(id, done);
 
     // 1. Reference statistics from a dataset.
     if let Some((ds, name, n, key)) = reference_from {
@@ -104,9 +104,9 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
         let stats = stats.ok_or_else(|| anyhow::anyhow!("no reference features came back"))?.to_fid_stats()?;
         let npz = stats_npz_bytes(&stats).await?;
         let key_npz = format!("{dir}/reference_stats.npz");
-        ctx.store.put(&key_npz, npz.into()).await?;
-        outputs.push(ctx.store.location(&key_npz));
-        ctx.references.insert(key, stats.clone());
+        ctx.store().put(&key_npz, npz.into()).await?;
+        outputs.push(ctx.store().location(&key_npz));
+        ctx.references().insert(key, stats.clone());
         reference = Some(stats);
         metrics.insert("reference".into(), serde_json::json!({ "data": name, "images": n }));
     } else if fid {
@@ -179,7 +179,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
                 spec.inception
             )),
         );
-        outputs.extend(write_images(&ctx.store, &dir, &sink, spec.sample.individual_pngs).await?);
+        outputs.extend(write_images(ctx.store(), &dir, &sink, spec.sample.individual_pngs).await?);
     }
 
     // 3. The bound on dataset images.
@@ -221,7 +221,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
 
     let seconds = started.elapsed().as_secs_f64();
     let json_key = format!("{dir}/metrics.json");
-    outputs.push(ctx.store.location(&json_key));
+    outputs.push(ctx.store().location(&json_key));
     let metrics = serde_json::Value::Object(metrics);
     let record = JobRecord {
         job_id: id,
@@ -235,7 +235,7 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &EvalJobSpec, results: &mut Re
         metrics: Some(&metrics),
         outputs: &outputs,
     };
-    record.write(&ctx.store, &json_key).await?;
+    record.write(ctx.store(), &json_key).await?;
     Ok(JobEnd::Done { outputs, metrics: serde_json::to_string(&metrics)? })
 }
 

@@ -30,7 +30,7 @@ async fn draw(
     let mut on_part = |part: ResultPart| {
         sink.put(&part)?;
         done += part.count;
-        ctx.queue.set_progress(id, done);
+        ctx.queue().set_progress(id, done);
         Ok(())
     };
     let board = TaskBoard::new(ranges(spec.count, spec.batch as u64));
@@ -47,9 +47,9 @@ pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results
     let seconds = started.elapsed().as_secs_f64();
     let res = ctx.resolution();
     let dir = job_dir(id);
-    let mut outputs = write_images(&ctx.store, &dir, &sink, spec.individual_pngs).await?;
+    let mut outputs = write_images(ctx.store(), &dir, &sink, spec.individual_pngs).await?;
     let json_key = format!("{dir}/job.json");
-    outputs.push(ctx.store.location(&json_key));
+    outputs.push(ctx.store().location(&json_key));
     let record = JobRecord {
         job_id: id,
         kind: "sample",
@@ -62,7 +62,7 @@ pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results
         metrics: None,
         outputs: &outputs,
     };
-    record.write(&ctx.store, &json_key).await?;
+    record.write(ctx.store(), &json_key).await?;
     Ok(JobEnd::Done { outputs, metrics: String::new() })
 }
 
@@ -75,8 +75,8 @@ pub async fn run_grid(ctx: &JobContext, id: u64, spec: &GridJobSpec, results: &m
     };
     let png = grid_png(sink.head(), ctx.resolution(), square_cols(count), count)?;
     let key = spec.key();
-    ctx.store.put(&key, png.into()).await?;
-    let location = ctx.store.location(&key);
+    ctx.store().put(&key, png.into()).await?;
+    let location = ctx.store().location(&key);
     tracing::info!(grid = %location, "sample grid written");
     Ok(JobEnd::Done { outputs: vec![location], metrics: String::new() })
 }
