@@ -25,6 +25,7 @@
 //! (the `Jobs` gRPC service).
 
 pub mod context;
+pub mod failure;
 pub mod outputs;
 pub mod pinned;
 pub mod queue;
@@ -37,7 +38,9 @@ pub mod service;
 pub mod sink;
 pub mod spec;
 pub mod spec_analysis;
+pub mod spec_error;
 pub mod spec_eval;
 pub mod spec_sample;
 pub mod task_loop;
 pub mod tasks;
+

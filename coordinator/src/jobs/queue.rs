@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ddpm::proto;
 use tokio::sync::watch;
 
+use super::failure::JobFailure;
 use super::spec::JobSpec;
 use crate::changes::Changes;
 
@@ -88,7 +89,7 @@ struct Jobs {
 pub enum JobEnd {
     /// Where the outputs are, and the metrics as JSON (evaluation jobs).
     Done { outputs: Vec<String>, metrics: String },
-    Failed(String),
+    Failed(JobFailure),
     /// Cancelled meanwhile (the state is already set).
     Cancelled,
 }
@@ -231,9 +232,9 @@ impl JobQueue {
                 j.outputs = outputs;
                 j.metrics_json = metrics;
             }
-            JobEnd::Failed(error) => {
+            JobEnd::Failed(failure) => {
                 j.state = JobState::Failed;
-                j.error = error;
+                j.error = failure.to_string();
             }
             JobEnd::Cancelled => {}
         });
@@ -343,7 +344,7 @@ mod tests {
         assert_eq!(q.state_of(a), Some(JobState::Cancelled));
         let b = q.submit(spec(1)).job_id;
         q.start(b);
-        q.finish(b, JobEnd::Failed("boom".into()));
+        q.finish(b, JobEnd::Failed(JobFailure::Metrics("boom".into())));
         assert_eq!(q.cancel(b, "late").unwrap().state, "failed");
         assert!(q.all_final() && q.ended(99));
         assert_eq!(q.list().len(), 2);

@@ -40,7 +40,7 @@ async fn run_one(ctx: Arc<JobContext>, id: u64, spec: JobSpec) {
     let result = runners::run(&ctx, id, &spec, &mut results, started).await;
     ctx.pinned().unpin(id);
     ctx.results().close(id);
-    let end = result.unwrap_or_else(|e| JobEnd::Failed(format!("{e:#}")));
+    let end = result.unwrap_or_else(JobEnd::Failed);
     match &end {
         JobEnd::Done { metrics, .. } => {
             tracing::info!(job = id, seconds = started.elapsed().as_secs_f64(), metrics = %metrics, "job done")

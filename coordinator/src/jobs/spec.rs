@@ -12,6 +12,7 @@ use ddpm::proto;
 use serde::Serialize;
 
 use super::spec_analysis::AnalysisJobSpec;
+use super::spec_error::SpecError;
 use super::spec_eval::EvalJobSpec;
 use super::spec_sample::{SampleJobSpec, WeightsChoice, DEFAULT_SAMPLE_BATCH};
 
@@ -88,7 +89,7 @@ impl JobSpec {
 
 /// The job of a periodic evaluation (config `[eval]`): an evaluation job
 /// when an Inception file is set, else a sample job (the grid only).
-pub fn periodic_spec(config: &TrainConfig) -> Result<JobSpec, String> {
+pub fn periodic_spec(config: &TrainConfig) -> Result<JobSpec, SpecError> {
     let e = &config.eval;
     let sample = proto::SampleJobRequest {
         count: e.samples,

@@ -6,6 +6,8 @@ use ddpm::diffusion::{Sampler, SamplerKind};
 use ddpm::proto;
 use serde::Serialize;
 
+use super::spec_error::SpecError;
+
 /// Most images one job may ask for.
 pub const MAX_IMAGES: u64 = 100_000;
 /// Most images per forward pass.
@@ -25,11 +27,11 @@ pub enum WeightsChoice {
 
 impl WeightsChoice {
     /// From a request's `weights` field.
-    pub fn from_proto(v: i32) -> Result<Self, String> {
+    pub fn from_proto(v: i32) -> Result<Self, SpecError> {
         match proto::Weights::try_from(v) {
             Ok(proto::Weights::Ema) => Ok(Self::Ema),
             Ok(proto::Weights::Raw) => Ok(Self::Raw),
-            Err(_) => Err(format!("unknown weights {v}: use EMA (0) or RAW (1)")),
+            Err(_) => Err(SpecError::UnknownWeights(v)),
         }
     }
 }
@@ -53,17 +55,16 @@ pub struct SampleJobSpec {
 impl SampleJobSpec {
     /// Checks a request against the run; the error says what is wrong and
     /// what would be accepted.
-    pub fn from_request(r: &proto::SampleJobRequest, num_timesteps: usize) -> Result<Self, String> {
+    pub fn from_request(r: &proto::SampleJobRequest, num_timesteps: usize) -> Result<Self, SpecError> {
         if r.count == 0 || r.count > MAX_IMAGES {
-            return Err(format!("count must be between 1 and {MAX_IMAGES}, got {}", r.count));
+            return Err(SpecError::between("count", 1, MAX_IMAGES, r.count));
         }
-        let kind: SamplerKind =
-            if r.sampler.is_empty() { SamplerKind::Ancestral } else { r.sampler.parse().map_err(|e| format!("{e}"))? };
-        let sampler = Sampler::resolve(kind, r.steps, r.eta, num_timesteps).map_err(|e| e.to_string())?;
+        let kind: SamplerKind = if r.sampler.is_empty() { SamplerKind::Ancestral } else { r.sampler.parse()? };
+        let sampler = Sampler::resolve(kind, r.steps, r.eta, num_timesteps)?;
         let weights = WeightsChoice::from_proto(r.weights)?;
         let batch = if r.batch == 0 { DEFAULT_SAMPLE_BATCH } else { r.batch };
         if batch > MAX_BATCH {
-            return Err(format!("batch must be at most {MAX_BATCH}, got {batch}"));
+            return Err(SpecError::at_most("batch", MAX_BATCH, batch));
         }
         Ok(Self {
             count: r.count,
@@ -139,7 +140,7 @@ mod tests {
 
     #[test]
     fn bad_requests_say_what_is_wrong() {
-        let err = |r: proto::SampleJobRequest| SampleJobSpec::from_request(&r, 1000).unwrap_err();
+        let err = |r: proto::SampleJobRequest| SampleJobSpec::from_request(&r, 1000).unwrap_err().to_string();
         assert!(err(proto::SampleJobRequest { count: 0, ..req() }).contains("count must be between 1"));
         assert!(err(proto::SampleJobRequest { count: MAX_IMAGES + 1, ..req() }).contains("count must be between 1"));
         assert!(err(proto::SampleJobRequest { sampler: "euler".into(), ..req() }).contains("unknown sampler \"euler\""));

@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use super::context::JobContext;
+use super::failure::JobFailure;
 use super::queue::JobState;
 use super::results::{ResultPart, Results};
 use super::tasks::{Receipt, Task, TaskBoard};
@@ -22,11 +23,11 @@ pub async fn run_tasks<F, Fut>(
     results: &mut Results,
     mut board: TaskBoard,
     make_work: F,
-    on_part: &mut (dyn FnMut(ResultPart) -> anyhow::Result<()> + Send),
-) -> anyhow::Result<bool>
+    on_part: &mut (dyn FnMut(ResultPart) -> Result<(), JobFailure> + Send),
+) -> Result<bool, JobFailure>
 where
     F: Fn(u64, u64) -> Fut,
-    Fut: Future<Output = anyhow::Result<Work>>,
+    Fut: Future<Output = Result<Work, JobFailure>>,
 {
     let mut last_wait_log = Instant::now();
     let urgent = ctx.queue().is_urgent(id);
@@ -64,14 +65,15 @@ where
         let wait = Duration::from_millis(500);
         tokio::select! {
             part = results.recv() => {
-                let Some(part) = part else { anyhow::bail!("the job's result channel closed") };
+                let Some(part) = part else { return Err(JobFailure::ResultsClosed) };
                 let task: Task = (part.first, part.count);
                 if board.receive(part.worker_id, task) == Receipt::Stray {
                     tracing::warn!(job = id, worker = part.worker_id, first = part.first, "ignoring a result for a task the worker does not hold");
                     continue;
                 }
                 if !part.error.is_empty() {
-                    anyhow::bail!("worker {} failed on items {}..{}: {}", part.worker_id, part.first, part.first + part.count, part.error);
+                    let (worker, first, end) = (part.worker_id, part.first, part.first + part.count);
+                    return Err(JobFailure::Task { worker, first, end, reason: part.error });
                 }
                 on_part(part)?;
             }
