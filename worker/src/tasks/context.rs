@@ -5,6 +5,7 @@
 use ddpm::config::RunConfig;
 use ddpm::proto;
 
+use super::error::TaskError;
 use super::result::{self, ResultParts};
 use crate::client::{self, Client};
 use crate::device::DeviceHandle;
@@ -52,7 +53,7 @@ impl Tasks<'_> {
         }
     }
 
-    pub(super) async fn send(&mut self, header: proto::ResultHeader, result: anyhow::Result<ResultParts>) -> CallResult<()> {
+    pub(super) async fn send(&mut self, header: proto::ResultHeader, result: Result<ResultParts, TaskError>) -> CallResult<()> {
         result::send_result(self.client, header, result).await
     }
 }

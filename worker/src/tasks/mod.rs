@@ -12,10 +12,12 @@
 //! - `context.rs`: [`Tasks`], what every task needs, and the job's weights
 //! - `sample.rs`, `eval.rs`, `analysis.rs`: one kind of task each
 //! - `inputs.rs`: the dataset images a task brings
+//! - `error.rs`: why a task failed on this worker
 //! - `result.rs`: a result's named parts on the wire
 
 mod analysis;
 pub mod context;
+mod error;
 mod eval;
 mod inputs;
 mod result;

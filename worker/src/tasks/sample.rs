@@ -8,6 +8,7 @@ use ddpm::train::sample::SampleRequest;
 use ddpm::wire;
 
 use super::context::Tasks;
+use super::error::TaskError;
 use super::result::ResultParts;
 use crate::directive::CallResult;
 
@@ -20,7 +21,7 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::SampleAssignment) -> CallR
     let drawn = match request {
         Ok(request) => {
             let weights = t.job_weights(a.job_id).await?;
-            let images = t.dev.sample(weights, request).await.map_err(anyhow::Error::from);
+            let images = t.dev.sample(weights, request).await.map_err(TaskError::from);
             t.loaded(a.job_id, images.is_ok());
             images
         }
