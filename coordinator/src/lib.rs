@@ -13,7 +13,7 @@
 //! and [`round::Round`] (the step's all-reduce), [`state::StateHandle`]
 //! (parameters, Adam, EMA on their own thread), [`lifecycle::Lifecycle`]
 //! and [`run_status::RunStatus`] (phase and live numbers), the job
-//! components of [`jobs`], and the [`training::Trainer`] loop that drives
+//! components of [`jobs`], and the [`training::trainer::Trainer`] loop that drives
 //! them. [`run`] builds them ([`components::Components`]), starts the
 //! tasks beside the loop ([`background::Background`]), trains, and stops
 //! them again.
