@@ -163,10 +163,8 @@ fn element<'a>(html: &'a str, tag: &str, id: &str) -> &'a str {
 /// A chart's `data-points` and the number of points of its curve.
 fn chart(html: &str, id: &str) -> (usize, usize) {
     let svg = tag_attrs(html, "svg", &[("id", id)]).unwrap_or_else(|| panic!("no <svg id={id:?}> in the page:\n{html}"));
-    let declared: usize = svg
-        .get("data-points")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("#{id} has no numeric data-points: {svg:?}"));
+    let declared: usize =
+        svg.get("data-points").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("#{id} has no numeric data-points: {svg:?}"));
     let body = element(html, "svg", id);
     let curve = tag_attrs(body, "polyline", &[("class", "curve")]).unwrap_or_else(|| panic!("#{id} has no polyline.curve:\n{body}"));
     let points = curve.get("points").map(String::as_str).unwrap_or("");
@@ -238,8 +236,21 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
     std::fs::write(&cfg, CONFIG).unwrap();
     let steps = STEPS.to_string();
     let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", cfg.to_str().unwrap(), "--data", "synthetic:shapes", "--workers", "1",
-        "--steps", &steps, "--serve", "--metrics-listen", "127.0.0.1:0", "--run", run.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--data",
+        "synthetic:shapes",
+        "--workers",
+        "1",
+        "--steps",
+        &steps,
+        "--serve",
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--run",
+        run.to_str().unwrap(),
     ]);
     let line = coord.wait_for_line("metrics on http://", Duration::from_secs(60));
     let base = line[line.find("http://").unwrap()..].trim().trim_end_matches('/').to_string();
@@ -279,7 +290,11 @@ fn the_dashboard_shows_a_real_run_in_a_real_browser() {
     signal(&worker, libc::SIGCONT);
     let body = tag_attrs(&dom, "body", &[]).expect("a body");
     let (declared, points) = chart(&dom, "loss-chart");
-    eprintln!("mid-run: page at step {:?}, phase {:?}, {points} loss points, {logged} rows logged", body.get("data-step"), body.get("data-phase"));
+    eprintln!(
+        "mid-run: page at step {:?}, phase {:?}, {points} loss points, {logged} rows logged",
+        body.get("data-step"),
+        body.get("data-phase")
+    );
     assert_eq!(body.get("data-phase").map(String::as_str), Some("training"), "{body:?}");
     assert_eq!(declared, points, "loss-chart's data-points and its curve differ");
     assert!(points >= 1 && points <= logged, "mid-run: {points} loss points, {logged} steps logged");

@@ -57,10 +57,7 @@ fn config() -> TrainConfig {
 /// Reads a diffusers-layout safetensors file into name -> values.
 fn read_weights(path: &Path) -> HashMap<String, Vec<f32>> {
     let tensors = Tensor::read_safetensors(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    tensors
-        .into_iter()
-        .map(|(name, t)| (name, ddpm::train::flat::to_vec_f32(&t.to_kind(Kind::Float).reshape([-1]))))
-        .collect()
+    tensors.into_iter().map(|(name, t)| (name, ddpm::train::flat::to_vec_f32(&t.to_kind(Kind::Float).reshape([-1])))).collect()
 }
 
 fn max_abs_diff(a: &HashMap<String, Vec<f32>>, b: &HashMap<String, Vec<f32>>) -> f64 {
@@ -113,8 +110,7 @@ fn run_distributed_with(workers: usize, extra: &[&str], config: &str) -> (tempfi
     for w in &mut ws {
         assert_eq!(w.wait(Duration::from_secs(60)), 0, "worker failed:\n{}", w.output());
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
     (dir, summary)
 }
 

@@ -35,7 +35,6 @@ use serde_json::Value;
 /// The Kubernetes version the manifests must be valid for (the runbook's minimum).
 const KUBERNETES_VERSION: &str = "1.32.0";
 
-
 /// The overlay directories, sorted.
 fn overlay_names() -> Vec<String> {
     let dir = k8s_dir().join("overlays");
@@ -123,7 +122,8 @@ fn committed_renders_match_a_fresh_render() {
                 r.name, r.name
             )),
             Ok(have) if have != want => {
-                let line = have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
+                let line =
+                    have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
                 problems.push(format!(
                     "overlay {}: deploy/k8s/rendered/{}.yaml differs from a fresh `kubectl kustomize deploy/k8s/overlays/{}` \
                      (first at line {}: committed {:?}, now {:?}): run deploy/k8s/render.sh and commit the result",
@@ -253,12 +253,8 @@ fn dummy_secret_file(key: &str) -> String {
 /// Writes the container's ConfigMap volumes (their real data) and Secret
 /// volumes (stand-ins) below `dir`; returns (mountPath, local dir) pairs.
 fn materialize_mounts(r: &Render, pod: &Value, c: &Value, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| Some((v["name"].as_str()?, v)))
-        .collect();
+    let volumes: BTreeMap<&str, &Value> =
+        pod["volumes"].as_array().into_iter().flatten().filter_map(|v| Some((v["name"].as_str()?, v))).collect();
     let mut mounts = Vec::new();
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let (vname, path) = (m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default());
@@ -272,7 +268,10 @@ fn materialize_mounts(r: &Render, pod: &Value, c: &Value, dir: &Path) -> Result<
                     .iter()
                     .map(|i| {
                         let key = i["key"].as_str().unwrap_or_default();
-                        let text = data.get(key).and_then(Value::as_str).ok_or_else(|| format!("volume {vname}: ConfigMap {name} has no key {key}"))?;
+                        let text = data
+                            .get(key)
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| format!("volume {vname}: ConfigMap {name} has no key {key}"))?;
                         Ok((i["path"].as_str().unwrap_or(key).to_string(), text.to_string()))
                     })
                     .collect::<Result<_, String>>()?,
@@ -334,7 +333,8 @@ fn run_check(bin: &str, args: &[String], env: &[(String, String)]) -> (Option<i3
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let text = format!("{}{}", std::fs::read_to_string(&out_path).unwrap_or_default(), std::fs::read_to_string(&err_path).unwrap_or_default());
+    let text =
+        format!("{}{}", std::fs::read_to_string(&out_path).unwrap_or_default(), std::fs::read_to_string(&err_path).unwrap_or_default());
     (status, text)
 }
 
@@ -360,9 +360,7 @@ fn the_binaries_accept_every_containers_command_line() {
             };
             let mut args: Vec<String> = container_args(c, &env)
                 .into_iter()
-                .map(|a| {
-                    mounts.iter().fold(a, |a, (mount, local)| a.replace(&format!("{mount}/"), &format!("{}/", local.display())))
-                })
+                .map(|a| mounts.iter().fold(a, |a, (mount, local)| a.replace(&format!("{mount}/"), &format!("{}/", local.display()))))
                 .collect();
             args.push("--check-config".to_string());
             let (code, output) = run_check(bin, &args, &env);
@@ -423,7 +421,9 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
                 let min = get("DDPM_MIN_WORKERS").and_then(|v| v.parse::<u64>().ok());
                 match (min, world) {
                     (Some(m), Some(w)) if m >= 1 && m <= w => {
-                        let pdb = r.all("PodDisruptionBudget").find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
+                        let pdb = r
+                            .all("PodDisruptionBudget")
+                            .find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
                         if let Some(pdb) = pdb {
                             if pdb["spec"]["minAvailable"].as_u64() != Some(m) {
                                 problems.push(format!(
@@ -495,14 +495,15 @@ fn pods_run_locked_down_with_the_versioned_image_and_probes() {
             let exit_rules = &job["spec"]["podFailurePolicy"]["rules"];
             let rule = |action: &str, code: u64| {
                 exit_rules.as_array().into_iter().flatten().any(|r| {
-                    r["action"] == action && r["onExitCodes"]["operator"] == "In" && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&code.into()))
+                    r["action"] == action
+                        && r["onExitCodes"]["operator"] == "In"
+                        && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&code.into()))
                 })
             };
-            let disruption = exit_rules
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["action"] == "Ignore" && r["onPodConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget")));
+            let disruption = exit_rules.as_array().into_iter().flatten().any(|r| {
+                r["action"] == "Ignore"
+                    && r["onPodConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget"))
+            });
             if !(disruption && rule("Ignore", 75) && rule("FailJob", 2)) {
                 problems.push(format!("{what}: the podFailurePolicy must Ignore DisruptionTarget and exit 75, and FailJob on exit 2"));
             }
@@ -543,7 +544,10 @@ fn resource_id(doc: &Value) -> String {
     let mut name = doc["metadata"]["name"].as_str().unwrap_or("?").to_string();
     if kind == "ConfigMap" || kind == "Secret" {
         if let Some((stem, suffix)) = name.rsplit_once('-') {
-            if suffix.len() == 10 && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) && suffix.bytes().any(|b| b.is_ascii_digit()) {
+            if suffix.len() == 10
+                && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && suffix.bytes().any(|b| b.is_ascii_digit())
+            {
                 name = format!("{stem}-<hash>");
             }
         }

@@ -128,7 +128,8 @@ impl Cluster {
     /// Service's, when a Service selects it on that target port.
     fn local_port(&self, job: &Value, container: &Value, container_port: u16) -> u16 {
         let labels = &job["spec"]["template"]["metadata"]["labels"];
-        let port_name = container["ports"].as_array().into_iter().flatten().find(|p| p["containerPort"] == container_port).map(|p| p["name"].clone());
+        let port_name =
+            container["ports"].as_array().into_iter().flatten().find(|p| p["containerPort"] == container_port).map(|p| p["name"].clone());
         for svc in self.render.all("Service") {
             let selects = svc["spec"]["selector"].as_object().unwrap().iter().all(|(k, v)| &labels[k] == v);
             if !selects {
@@ -173,12 +174,22 @@ impl Cluster {
             std::fs::create_dir_all(&dir).unwrap();
             if let Some(cm) = v["configMap"]["name"].as_str() {
                 let data = self.config_map(cm)["data"].clone();
-                write_keys(&dir, data.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())), &v["configMap"]["items"]);
+                write_keys(
+                    &dir,
+                    data.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())),
+                    &v["configMap"]["items"],
+                );
             } else if let Some(secret) = v["secret"]["secretName"].as_str() {
-                let data = self.secrets.get(secret).unwrap_or_else(|| panic!("{job_name} mounts Secret {secret}, which the runbook does not create"));
+                let data = self
+                    .secrets
+                    .get(secret)
+                    .unwrap_or_else(|| panic!("{job_name} mounts Secret {secret}, which the runbook does not create"));
                 write_keys(&dir, data.clone(), &v["secret"]["items"]);
             } else {
-                assert!(v.get("emptyDir").is_some() || v.get("persistentVolumeClaim").is_some(), "{job_name}: volume {vname} of an unknown kind");
+                assert!(
+                    v.get("emptyDir").is_some() || v.get("persistentVolumeClaim").is_some(),
+                    "{job_name}: volume {vname} of an unknown kind"
+                );
             }
             volume_dirs.insert(vname, dir);
         }
@@ -397,7 +408,11 @@ async fn the_cpu_overlay_trains_survives_a_killed_worker_and_a_drain_and_complet
 
     // The run is on the claim: finished, with its grid.
     let claim = cluster.root.path().join("claims/ddpm-runs");
-    let run = std::fs::read_dir(&claim).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("summary.json").exists()).expect("a run on the claim");
+    let run = std::fs::read_dir(&claim)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").exists())
+        .expect("a run on the claim");
     let summary: Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["error"], Value::Null, "{summary}");
     assert_eq!(summary["replicas_agree"], true, "{summary}");

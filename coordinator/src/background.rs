@@ -13,9 +13,9 @@ use ddpm::checkpoint::{UploadEvent, Uploader, UploaderConfig};
 use ddpm::config::RunConfig;
 use ddpm::observe::health::Health;
 use ddpm::store::lease::RunLease;
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tokio::net::TcpListener;
 
 use crate::components::Components;
 use crate::jobs::context::JobContext;
@@ -92,19 +92,7 @@ impl Background {
                 lifecycle.request_stop();
             })
         };
-        Ok(Self {
-            uploader,
-            drain,
-            server,
-            server_stop,
-            health_watch,
-            metrics_port,
-            history_load,
-            reaper,
-            scheduler,
-            keeper,
-            signal,
-        })
+        Ok(Self { uploader, drain, server, server_stop, health_watch, metrics_port, history_load, reaper, scheduler, keeper, signal })
     }
 
     /// Where the training loop's checkpoints go.

@@ -179,11 +179,10 @@ async fn open_dataset(config: &TrainConfig, store: &StoreOptions) -> anyhow::Res
     let spec = config.data.spec.clone().ok_or_else(|| anyhow::anyhow!("no dataset: pass --data SPEC"))?;
     let local_spec = ddpm::data::fetch_remote(&spec, store).await?;
     let resolution = config.model.image_size as usize;
-    let dataset: Arc<dyn Dataset> = tokio::task::spawn_blocking(move || {
-        ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) })
-    })
-    .await??
-    .into();
+    let dataset: Arc<dyn Dataset> =
+        tokio::task::spawn_blocking(move || ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) }))
+            .await??
+            .into();
     tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
     Ok(dataset)
 }

@@ -11,11 +11,11 @@ use ddpm::exit;
 use ddpm::store::StoreArgs;
 use ddpm::wire::auth;
 use ddpm::wire::tls::ServerTls;
+use ddpm_coord::options::CoordOptions;
+use ddpm_coord::run;
 use ddpm_coord::service::access::Access;
 use ddpm_coord::training::start::{StartPolicy, StartPolicyError, StartTimeout};
 use ddpm_coord::training::summary::Summary;
-use ddpm_coord::options::CoordOptions;
-use ddpm_coord::run;
 
 /// The coordinator of a data-parallel DDPM training run.
 ///
@@ -344,9 +344,8 @@ fn main() -> ExitCode {
         finished_linger: Duration::from_secs_f64(args.finished_linger),
     };
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         // Tests and scripts read the chosen address from this line.
         println!("listening on {}", listener.local_addr()?);
         run(listener, opts, ddpm::runtime::shutdown_signal()).await

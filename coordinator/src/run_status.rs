@@ -127,7 +127,14 @@ mod tests {
         assert_eq!(s.get().unsaved_steps(), 4);
         s.upload_event(&UploadEvent::Failed { step: 12, attempts: 3, error: "no space".into() });
         assert_eq!(s.get().checkpoint_error.as_deref(), Some("the checkpoint of step 12 was not saved: no space"));
-        s.upload_event(&UploadEvent::Saved { step: 14, reason: ddpm::checkpoint::Reason::Steps, bytes: 1, seconds: 0.1, attempts: 1, pruned: vec![5] });
+        s.upload_event(&UploadEvent::Saved {
+            step: 14,
+            reason: ddpm::checkpoint::Reason::Steps,
+            bytes: 1,
+            seconds: 0.1,
+            attempts: 1,
+            pruned: vec![5],
+        });
         let info = s.get();
         assert_eq!((info.last_checkpoint, info.unsaved_steps(), info.checkpoint_error), (14, 0, None));
         assert_eq!(info.checkpoints, vec![10, 14]);

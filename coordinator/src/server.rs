@@ -65,8 +65,6 @@ pub async fn serve(
         .add_service(jobs)
         // Probes carry no token: the health service is outside the gates.
         .add_service(health.service())
-        .serve_with_incoming_shutdown(incoming::capped(listener, gates.limits.max_connections), async move {
-            stop.notified().await
-        })
+        .serve_with_incoming_shutdown(incoming::capped(listener, gates.limits.max_connections), async move { stop.notified().await })
         .await
 }

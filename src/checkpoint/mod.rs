@@ -25,16 +25,16 @@ mod ops;
 pub mod policy;
 pub mod uploader;
 
+/// `[checkpoint]` lives with the rest of the config; re-exported here for
+/// the callers that name it `ddpm::checkpoint::CheckpointConfig`.
+pub use crate::config::CheckpointConfig;
 pub use data::CheckpointData;
 pub use encode::{decode, encode, Encoded, EncodedFile};
 pub use error::CheckpointError;
 pub use format::{step_dir, Manifest, StateFile, FORMAT_VERSION};
 pub use ops::{
-    latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport,
-    Skipped, WriteReport,
+    latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport, Skipped,
+    WriteReport,
 };
-/// `[checkpoint]` lives with the rest of the config; re-exported here for
-/// the callers that name it `ddpm::checkpoint::CheckpointConfig`.
-pub use crate::config::CheckpointConfig;
 pub use policy::{CheckpointPolicy, Reason};
 pub use uploader::{UploadEvent, Uploader, UploaderConfig};

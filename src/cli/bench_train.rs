@@ -32,7 +32,6 @@ pub struct TrainArgs {
     pub on: bench_util::DeviceArgs,
 }
 
-
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = bench_util::parse_device(&args.on.device)?;
     tch::set_num_threads(args.on.threads);

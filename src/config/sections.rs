@@ -266,7 +266,6 @@ impl CheckpointConfig {
     }
 }
 
-
 impl Default for DataConfig {
     fn default() -> Self {
         Self { spec: None, random_flip: true }

@@ -56,10 +56,14 @@ fn validation_names_the_field() {
     c.eval.metrics = vec!["fid".into()];
     c.eval.steps = 0;
     assert!(c.validate().unwrap_err().to_string().contains("eval.steps"));
-    let c = TrainConfig::from_toml_str("[eval]
+    let c = TrainConfig::from_toml_str(
+        "[eval]
 every_steps = 10
 samples = 500
-", &TrainConfig::tiny()).unwrap();
+",
+        &TrainConfig::tiny(),
+    )
+    .unwrap();
     assert_eq!((c.eval.every_steps, c.eval.samples, c.eval.sampler.as_str(), c.eval.steps), (10, 500, "ddim", 50));
 }
 

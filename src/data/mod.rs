@@ -29,10 +29,12 @@ mod spec;
 pub mod synthetic;
 
 pub use dataset::{decode_sample, Dataset, DatasetInfo};
-pub use decode::{center_crop_resize, chw_to_hwc, decode_rgb, hwc_to_chw, sniff, to_model_input, Decoder, ImageKind, SampleFormat, CHANNELS};
+pub use decode::{
+    center_crop_resize, chw_to_hwc, decode_rgb, hwc_to_chw, sniff, to_model_input, Decoder, ImageKind, SampleFormat, CHANNELS,
+};
 pub use error::DataError;
-pub use remote::{default_cache_dir, fetch_remote, fetch_remote_to, is_remote, FetchReport};
 pub use order::{global_batch, shard_ranges, step_batch, BatchItem, OrderState, SampleOrder};
+pub use remote::{default_cache_dir, fetch_remote, fetch_remote_to, is_remote, FetchReport};
 pub use spec::{DatasetKind, DatasetSpec, Split, MAX_RESOLUTION, SYNTHETIC_NAMES};
 
 /// Options from the config that complete a spec.

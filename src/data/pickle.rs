@@ -100,7 +100,9 @@ impl Value {
 
     pub fn dict_keys(&self) -> Vec<String> {
         match self {
-            Value::Dict(d) => d.borrow().iter().map(|(k, _)| k.text().map(str::to_string).unwrap_or_else(|| format!("<{}>", k.kind()))).collect(),
+            Value::Dict(d) => {
+                d.borrow().iter().map(|(k, _)| k.text().map(str::to_string).unwrap_or_else(|| format!("<{}>", k.kind()))).collect()
+            }
             _ => Vec::new(),
         }
     }

@@ -168,8 +168,7 @@ fn parse_descr(v: &str) -> Result<(Dtype, bool), String> {
 }
 
 fn parse_shape(v: &str) -> Result<Vec<usize>, String> {
-    let inner =
-        v.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| format!("shape {v} is not a tuple"))?;
+    let inner = v.strip_prefix('(').and_then(|s| s.strip_suffix(')')).ok_or_else(|| format!("shape {v} is not a tuple"))?;
     inner
         .split(',')
         .map(str::trim)

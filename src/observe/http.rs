@@ -11,9 +11,8 @@ use tokio::net::TcpListener;
 
 /// Binds `addr` (port 0 picks one); the error says which flag to fix.
 pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics (--metrics-listen): {e}"))?;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics (--metrics-listen): {e}"))?;
     let local = listener.local_addr()?;
     if !local.ip().is_loopback() {
         tracing::warn!(

@@ -136,7 +136,9 @@ where
     let (back_tx, mut back_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = async {
         while let Some((tag, chunk, payload)) = rx.recv().await {
-            frame::write_frame(&mut next, tag, chunk, payload.bytes()).await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
+            frame::write_frame(&mut next, tag, chunk, payload.bytes())
+                .await
+                .map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
             if let Payload::Pooled(buf) = payload {
                 let _ = back_tx.send(buf);
             }
@@ -326,7 +328,11 @@ mod tests {
                 let out = ring(&g, &weights, 10, dtype).await;
                 let want = star(&g, &weights, dtype);
                 for (r, (got, _)) in out.iter().enumerate() {
-                    assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), out[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "rank {r} of {n} differs from rank 0");
+                    assert_eq!(
+                        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        out[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "rank {r} of {n} differs from rank 0"
+                    );
                     let tol = if dtype == GradDtype::F32 { 1e-5 } else { 0.1 };
                     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     assert!(worst <= tol, "{n} ranks {dtype:?}: {worst} from the star's sum");

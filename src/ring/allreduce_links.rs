@@ -97,8 +97,19 @@ impl<R: AsyncRead + Unpin> Source<'_, R> {
 /// Where this member's frames go.
 enum Sink<'a, W, C> {
     /// Buffers for the writer future (a TCP successor).
-    Stream { queue: mpsc::UnboundedSender<(u32, u32, Vec<u8>)>, back: mpsc::UnboundedReceiver<Vec<u8>>, current: Vec<u8> },
-    Shared { write: W, read: C, outbox: &'a mut Outbox, sent: u32, taken: u32, timeout: Duration },
+    Stream {
+        queue: mpsc::UnboundedSender<(u32, u32, Vec<u8>)>,
+        back: mpsc::UnboundedReceiver<Vec<u8>>,
+        current: Vec<u8>,
+    },
+    Shared {
+        write: W,
+        read: C,
+        outbox: &'a mut Outbox,
+        sent: u32,
+        taken: u32,
+        timeout: Duration,
+    },
 }
 
 impl<W: AsyncWrite + Unpin, C: AsyncRead + Unpin> Sink<'_, W, C> {
@@ -130,7 +141,10 @@ impl<W: AsyncWrite + Unpin, C: AsyncRead + Unpin> Sink<'_, W, C> {
             Sink::Shared { write, sent, .. } => {
                 // The slot's bytes before the header that announces them.
                 fence(Ordering::Release);
-                write.write_all(&frame::header(tag, chunk, len)).await.map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
+                write
+                    .write_all(&frame::header(tag, chunk, len))
+                    .await
+                    .map_err(|e| RingError::Next(format!("could not be written to: {e}")))?;
                 *sent += 1;
             }
         }
@@ -231,7 +245,9 @@ where
             let more = tell.changed().await.is_ok();
             let latest = *tell.borrow_and_update();
             if shared_in && latest != written {
-                acks.write_all(&latest.to_le_bytes()).await.map_err(|e| RingError::Prev(format!("could not be told a slot is free: {e}")))?;
+                acks.write_all(&latest.to_le_bytes())
+                    .await
+                    .map_err(|e| RingError::Prev(format!("could not be told a slot is free: {e}")))?;
                 written = latest;
             }
             if !more {
@@ -282,7 +298,8 @@ where
                 Phase::ReduceScatter => {
                     // Our own segment's chunk is complete: what every replica keeps.
                     let mine = &mut grad[ranges[c].clone()];
-                    wire::add_to_weighted(inp, GradDtype::F32, id.chunk, w, mine).map_err(|e| RingError::Prev(format!("sent a bad frame: {e}")))?;
+                    wire::add_to_weighted(inp, GradDtype::F32, id.chunk, w, mine)
+                        .map_err(|e| RingError::Prev(format!("sent a bad frame: {e}")))?;
                     let mine: &[u8] = bytemuck::cast_slice(&*mine);
                     if !owned.is_closed() {
                         let _ = owned.send((id.chunk, Bytes::copy_from_slice(mine)));

@@ -57,9 +57,8 @@ pub async fn answer(
             b => Err(format!("sent {b} where a link offer was due")),
         }
     };
-    let offered = tokio::time::timeout(timeout, read)
-        .await
-        .map_err(|_| format!("sent no link offer within {:.1} s", timeout.as_secs_f64()))??;
+    let offered =
+        tokio::time::timeout(timeout, read).await.map_err(|_| format!("sent no link offer within {:.1} s", timeout.as_secs_f64()))??;
     let view = match (offered, dir) {
         (Some(o), Some(dir)) if o.slots as usize >= slots && o.slot_bytes as usize >= slot_bytes => {
             match cached.filter(|v| v.is(&o)).map(Ok).unwrap_or_else(|| View::open(&o, dir)) {

@@ -35,4 +35,3 @@ mod run_store;
 pub use error::StoreError;
 pub use options::{Location, RetryOptions, StoreArgs, StoreOptions, DEFAULT_PART_SIZE, MIN_PART_SIZE};
 pub use run_store::{Fence, ObjectInfo, RunStore};
-

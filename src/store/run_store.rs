@@ -98,11 +98,7 @@ impl RunStore {
         let r = opts.resolve(url)?;
         let retry = &opts.retry;
         let retry_config = object_store::RetryConfig {
-            backoff: object_store::BackoffConfig {
-                init_backoff: retry.initial_backoff,
-                max_backoff: retry.max_backoff,
-                base: 2.0,
-            },
+            backoff: object_store::BackoffConfig { init_backoff: retry.initial_backoff, max_backoff: retry.max_backoff, base: 2.0 },
             max_retries: retry.max_retries,
             retry_timeout: retry.retry_timeout,
         };
@@ -169,8 +165,7 @@ impl RunStore {
             (false, true) => self.root.clone(),
             (false, false) => format!("{}/{key}", self.root),
         };
-        ObjPath::parse(&full)
-            .map_err(|e| StoreError::InvalidUrl { url: format!("{}/{key}", self.url), reason: e.to_string() })
+        ObjPath::parse(&full).map_err(|e| StoreError::InvalidUrl { url: format!("{}/{key}", self.url), reason: e.to_string() })
     }
 
     /// The key of `path` relative to the root.
@@ -186,14 +181,7 @@ impl RunStore {
     fn err(&self, op: &'static str, key: &str, e: object_store::Error) -> StoreError {
         error::classify(
             e,
-            &error::Context {
-                url: &self.url,
-                endpoint: &self.endpoint,
-                region: &self.region,
-                bucket: self.bucket.as_deref(),
-                op,
-                key,
-            },
+            &error::Context { url: &self.url, endpoint: &self.endpoint, region: &self.region, bucket: self.bucket.as_deref(), op, key },
         )
     }
 

@@ -33,13 +33,7 @@ pub struct StepContext {
 /// The step context of 1-based `step` of a run with `config`, whose samples
 /// `decoder` decodes.
 pub fn step_context(config: &TrainConfig, decoder: &Decoder, step: u64) -> StepContext {
-    StepContext {
-        seed: config.train.seed,
-        step,
-        random_flip: config.data.random_flip,
-        channels: 3,
-        resolution: decoder.resolution(),
-    }
+    StepContext { seed: config.train.seed, step, random_flip: config.data.random_flip, channels: 3, resolution: decoder.resolution() }
 }
 
 /// A shard ready for the device: `x0` `[n, C, H, W]`, `t` `[n]`, `noise` like `x0`.

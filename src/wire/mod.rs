@@ -297,9 +297,7 @@ pub fn accumulate_screened(bytes: &[u8], dtype: GradDtype, index: u32, weight: f
 /// reports these for its own gradient so that the coordinator can screen
 /// it as it screens the star's chunks.
 pub fn chunk_norms(values: &[f32], chunk_elements: usize) -> Vec<f64> {
-    chunk_ranges(values.len(), chunk_elements)
-        .map(|r| values[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt())
-        .collect()
+    chunk_ranges(values.len(), chunk_elements).map(|r| values[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()).collect()
 }
 
 /// Rounds values through the wire dtype in place (what the receiver sees).

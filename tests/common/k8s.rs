@@ -51,9 +51,9 @@ pub fn python() -> PathBuf {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
     PYTHON
         .get_or_init(|| {
-            let venv = std::env::var_os("DDPM_VENV").map(PathBuf::from).or_else(|| {
-                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ddpm/torch-2.11.0"))
-            });
+            let venv = std::env::var_os("DDPM_VENV")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/ddpm/torch-2.11.0")));
             let py = std::env::var_os("DDPM_PYTHON")
                 .map(PathBuf::from)
                 .or_else(|| venv.map(|v| v.join("bin/python")))
@@ -121,15 +121,10 @@ pub fn binary_of(container: &Value) -> Option<&'static str> {
     BINARIES.into_iter().find(|b| *b == base)
 }
 
-
 pub fn render(name: &str) -> Render {
     let dir = k8s_dir().join("overlays").join(name);
     let out = Command::new(kubectl()).arg("kustomize").arg(&dir).output().expect("run kubectl");
-    assert!(
-        out.status.success(),
-        "`kubectl kustomize deploy/k8s/overlays/{name}` failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "`kubectl kustomize deploy/k8s/overlays/{name}` failed:\n{}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8(out.stdout).expect("UTF-8 manifests");
     Render { name: name.to_string(), docs: yaml_docs(&yaml, name), yaml }
 }

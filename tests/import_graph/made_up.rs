@@ -61,10 +61,7 @@ fn importing_through_a_re_export_is_a_circle_and_from_the_defining_file_is_not()
 
 #[test]
 fn a_child_importing_its_parent_is_upward_but_declaring_it_is_not_an_import() {
-    let faults = faults_of(&[
-        ("lib.rs", "mod session;\npub struct Options;\n"),
-        ("session.rs", "use crate::Options;\n"),
-    ]);
+    let faults = faults_of(&[("lib.rs", "mod session;\npub struct Options;\n"), ("session.rs", "use crate::Options;\n")]);
     assert_eq!(faults, ["upward import: session.rs:1 `crate::Options` -> lib.rs"]);
 
     let faults = faults_of(&[

@@ -91,11 +91,8 @@ fn the_workspace_has_no_circle_and_no_upward_import() {
     for dir in SOURCE_DIRS {
         read_sources(base, Path::new(dir), &mut sources);
     }
-    let roots: Vec<PathBuf> = SOURCE_DIRS
-        .iter()
-        .flat_map(|d| ["lib.rs", "main.rs"].map(|r| Path::new(d).join(r)))
-        .filter(|r| sources.contains_key(r))
-        .collect();
+    let roots: Vec<PathBuf> =
+        SOURCE_DIRS.iter().flat_map(|d| ["lib.rs", "main.rs"].map(|r| Path::new(d).join(r))).filter(|r| sources.contains_key(r)).collect();
     assert_eq!(roots.len(), 6, "a library and a binary in each package: {roots:?}");
 
     let tree = Tree::read(&roots, &sources).unwrap_or_else(|e| panic!("{e}"));
@@ -111,4 +108,3 @@ fn the_workspace_has_no_circle_and_no_upward_import() {
     let faults = faults(&roots, &sources);
     assert!(faults.is_empty(), "{} faults in the import graph:\n{}", faults.len(), faults.join("\n"));
 }
-

@@ -121,8 +121,7 @@ pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, metrics: Opti
 /// Child `index`'s metrics address: the given port plus `index` (port 0
 /// stays 0: each child picks its own).
 pub fn metrics_addr(listen: &str, index: usize) -> Result<String, MetricsAddrError> {
-    let mut addr: SocketAddr =
-        listen.parse().map_err(|source| MetricsAddrError::Unreadable { listen: listen.to_string(), source })?;
+    let mut addr: SocketAddr = listen.parse().map_err(|source| MetricsAddrError::Unreadable { listen: listen.to_string(), source })?;
     if addr.port() != 0 {
         let port = usize::from(addr.port()) + index;
         let port = u16::try_from(port).map_err(|_| MetricsAddrError::NoPortLeft { listen: listen.to_string(), index })?;

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ddpm::wire::WorkerRole;
 use ddpm::exit;
+use ddpm::wire::WorkerRole;
 use ddpm_worker::gpus::{GpuSet, MetricsAddrError};
 use ddpm_worker::options::WorkerOptions;
 use ddpm_worker::{run, Ended};
@@ -87,8 +87,7 @@ struct Args {
 /// the role (whose wire form also accepts "" for train).
 fn role_parser() -> impl clap::builder::TypedValueParser<Value = WorkerRole> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()])
-        .try_map(|s| s.parse::<WorkerRole>())
+    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()]).try_map(|s| s.parse::<WorkerRole>())
 }
 
 /// A flag the worker cannot run with.

@@ -143,10 +143,8 @@ impl JobContext {
         let parsed: ddpm::data::DatasetSpec = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         let local = ddpm::data::fetch_remote(&parsed, &self.store_options).await?;
         let resolution = self.resolution();
-        let ds = tokio::task::spawn_blocking(move || {
-            ddpm::data::open(&local, &ddpm::data::OpenOptions { resolution: Some(resolution) })
-        })
-        .await??;
+        let ds = tokio::task::spawn_blocking(move || ddpm::data::open(&local, &ddpm::data::OpenOptions { resolution: Some(resolution) }))
+            .await??;
         Ok((ds.into(), spec.to_string()))
     }
 }

@@ -43,4 +43,3 @@ pub mod spec_eval;
 pub mod spec_sample;
 pub mod task_loop;
 pub mod tasks;
-

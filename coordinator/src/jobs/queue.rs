@@ -88,7 +88,10 @@ struct Jobs {
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEnd {
     /// Where the outputs are, and the metrics as JSON (evaluation jobs).
-    Done { outputs: Vec<String>, metrics: String },
+    Done {
+        outputs: Vec<String>,
+        metrics: String,
+    },
     Failed(JobFailure),
     /// Cancelled meanwhile (the state is already set).
     Cancelled,
@@ -299,9 +302,7 @@ mod tests {
     use crate::jobs::spec_sample::SampleJobSpec;
 
     fn spec(count: u64) -> JobSpec {
-        JobSpec::Sample(
-            SampleJobSpec::from_request(&proto::SampleJobRequest { count, ..Default::default() }, 10).unwrap(),
-        )
+        JobSpec::Sample(SampleJobSpec::from_request(&proto::SampleJobRequest { count, ..Default::default() }, 10).unwrap())
     }
 
     #[test]

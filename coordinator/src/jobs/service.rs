@@ -89,9 +89,7 @@ impl JobsService {
         if step == 0 {
             return Ok(());
         }
-        let infos = ddpm::checkpoint::list(&self.store)
-            .await
-            .map_err(|e| JobsError::StoreUnavailable { kind, source: Box::new(e) })?;
+        let infos = ddpm::checkpoint::list(&self.store).await.map_err(|e| JobsError::StoreUnavailable { kind, source: Box::new(e) })?;
         if !infos.iter().any(|i| i.step == step && i.complete) {
             let have: Vec<String> = infos.iter().filter(|i| i.complete).map(|i| i.step.to_string()).collect();
             let have = if have.is_empty() { "none".to_string() } else { have.join(", ") };
@@ -206,7 +204,10 @@ mod tests {
     fn errors_map_to_codes_in_one_place() {
         let reason = SpecError::between("count", 1, 100_000, 0u64);
         let s = Status::from(JobsError::Invalid { kind: "sample", reason });
-        assert_eq!((s.code(), s.message()), (tonic::Code::InvalidArgument, "invalid sample job: count must be between 1 and 100000, got 0"));
+        assert_eq!(
+            (s.code(), s.message()),
+            (tonic::Code::InvalidArgument, "invalid sample job: count must be between 1 and 100000, got 0")
+        );
         let s = Status::from(JobsError::Unknown(999));
         assert_eq!(s.code(), tonic::Code::NotFound);
         assert!(s.message().contains("unknown job id 999"));

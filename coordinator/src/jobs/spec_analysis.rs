@@ -58,7 +58,10 @@ impl AnalysisJobSpec {
         };
         match analysis {
             AnalysisKind::Progressive => {
-                unused("data, index_a, index_b, t and lambdas", !r.data.is_empty() || r.index_a + r.index_b + (r.t + r.lambdas) as u64 > 0)?;
+                unused(
+                    "data, index_a, index_b, t and lambdas",
+                    !r.data.is_empty() || r.index_a + r.index_b + (r.t + r.lambdas) as u64 > 0,
+                )?;
                 spec.rows = if r.rows == 0 { 8 } else { r.rows };
                 spec.snapshots = if r.snapshots == 0 { 10 } else { r.snapshots };
                 spec.batch = if r.batch == 0 { 8 } else { r.batch };

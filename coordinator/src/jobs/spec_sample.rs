@@ -89,15 +89,8 @@ impl SampleJobSpec {
 
     /// The sample assignment of images `[first, first + count)` of job `id`.
     pub fn assignment(&self, id: u64, weights_step: u64, first: u64, count: u64) -> proto::SampleAssignment {
-        let mut a = proto::SampleAssignment {
-            job_id: id,
-            first,
-            count,
-            seed: self.seed,
-            weights_step,
-            batch: self.batch,
-            ..Default::default()
-        };
+        let mut a =
+            proto::SampleAssignment { job_id: id, first, count, seed: self.seed, weights_step, batch: self.batch, ..Default::default() };
         ddpm::wire::set_assignment_sampler(&mut a, self.reverse_process());
         a
     }
@@ -154,8 +147,7 @@ mod tests {
 
     #[test]
     fn an_assignment_carries_the_typed_sampler() {
-        let s = SampleJobSpec::from_request(&proto::SampleJobRequest { sampler: "ddim".into(), steps: 4, ..req() }, 1000)
-            .unwrap();
+        let s = SampleJobSpec::from_request(&proto::SampleJobRequest { sampler: "ddim".into(), steps: 4, ..req() }, 1000).unwrap();
         let a = s.assignment(3, 7, 2, 2);
         assert_eq!(ddpm::wire::assignment_sampler(&a), Ok(Sampler::Ddim { steps: 4, eta: 0.0 }));
         assert_eq!((a.job_id, a.weights_step, a.first, a.count), (3, 7, 2, 2));

@@ -40,11 +40,8 @@ where
             tracing::warn!(job = id, worker, first = task.0, "worker left during a task: reassigning it");
         }
         // An urgent job (the run waits for it) has the workers first.
-        let idle = if urgent || !ctx.queue().urgent_running() {
-            ctx.roster().idle_members(|role| ctx.may_take_tasks(role))
-        } else {
-            Vec::new()
-        };
+        let idle =
+            if urgent || !ctx.queue().urgent_running() { ctx.roster().idle_members(|role| ctx.may_take_tasks(role)) } else { Vec::new() };
         let free: Vec<u64> = board.free(&idle).collect();
         for worker in free {
             let Some(task) = board.next_task() else { break };

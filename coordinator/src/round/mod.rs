@@ -361,8 +361,7 @@ impl Round {
             return;
         }
         for i in 0..self.chunks {
-            let stats: Vec<(bool, f64)> =
-                inner.norms.iter().flatten().map(|n| (n[i].is_finite(), n[i])).collect();
+            let stats: Vec<(bool, f64)> = inner.norms.iter().flatten().map(|n| (n[i].is_finite(), n[i])).collect();
             match self.screening.judge(i, &stats) {
                 Ok(median) => inner.medians[i] = median,
                 Err((rank, reason)) => {
@@ -395,14 +394,7 @@ impl Round {
         let range = wire::chunk_ranges(self.total, self.chunk_elements).nth(i).expect("index < chunks");
         let want = range.len() * self.dtype.bytes_per_element();
         if chunk.data.len() != want {
-            return Err(WireError::WrongSize {
-                index,
-                got: chunk.data.len(),
-                want,
-                elements: range.len(),
-                dtype: self.dtype.name(),
-            }
-            .into());
+            return Err(WireError::WrongSize { index, got: chunk.data.len(), want, elements: range.len(), dtype: self.dtype.name() }.into());
         }
         if let Some(owners) = &self.owners {
             if owners[i] != rank {
@@ -439,20 +431,15 @@ impl Round {
             let (finite, sumsq) = wire::accumulate_screened(part, self.dtype, index, w, acc)?;
             stats.push((finite, sumsq.sqrt()));
         }
-        let median = self
-            .screening
-            .judge(i, &stats)
-            .map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
+        let median =
+            self.screening.judge(i, &stats).map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
         wire::round_trip(acc, self.dtype);
         let encoded = wire::encode(acc, self.dtype);
         inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
         inner.medians[i] = median;
         inner.reduced_chunks += 1;
-        let msg = ReducedMessage {
-            kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })),
-        };
-        let mut sends: Vec<(Outbound, ReducedMessage)> =
-            inner.outbound.iter().flatten().map(|o| (o.clone(), msg.clone())).collect();
+        let msg = ReducedMessage { kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })) };
+        let mut sends: Vec<(Outbound, ReducedMessage)> = inner.outbound.iter().flatten().map(|o| (o.clone(), msg.clone())).collect();
         if inner.reduced_chunks == self.chunks {
             sends.extend(self.finish(&mut inner));
         }
@@ -484,7 +471,12 @@ impl Round {
     /// pass the audit against the members' norms; if not, the failure
     /// waits in [`Round::pending_failure`] and no outcome goes out.
     fn finish_ring_if_complete(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
-        if inner.finished || inner.audited || !inner.screened || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
+        if inner.finished
+            || inner.audited
+            || !inner.screened
+            || inner.reduced_chunks < self.chunks
+            || inner.losses.iter().any(Option::is_none)
+        {
             return Vec::new();
         }
         inner.audited = true;
@@ -568,12 +560,10 @@ impl Round {
     fn culprit_of(&self, faults: &[Option<(u64, String)>]) -> RoundFailure {
         let reporters: Vec<u64> = faults.iter().zip(&self.members).filter(|(f, _)| f.is_some()).map(|(_, &m)| m).collect();
         let reports = faults.iter().zip(&self.members).filter_map(|(f, &m)| f.as_ref().map(|(s, r)| (m, *s, r)));
-        let (by, suspect, why) = reports
-            .clone()
-            .find(|(_, s, _)| !reporters.contains(s))
-            .or_else(|| reports.clone().next())
-            .expect("at least one report");
-        let reason = format!("worker {suspect} broke the ring of step {} attempt {}: worker {by} reported that {why}", self.step, self.attempt);
+        let (by, suspect, why) =
+            reports.clone().find(|(_, s, _)| !reporters.contains(s)).or_else(|| reports.clone().next()).expect("at least one report");
+        let reason =
+            format!("worker {suspect} broke the ring of step {} attempt {}: worker {by} reported that {why}", self.step, self.attempt);
         RoundFailure::new(Some(suspect), reason)
     }
 

@@ -52,7 +52,10 @@ impl Coordinator for FinishedRun {
         over()
     }
     type ReduceGradientsStream = BoxStream<proto::ReducedMessage>;
-    async fn reduce_gradients(&self, _: Request<Streaming<proto::GradientMessage>>) -> Result<Response<Self::ReduceGradientsStream>, Status> {
+    async fn reduce_gradients(
+        &self,
+        _: Request<Streaming<proto::GradientMessage>>,
+    ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
         over()
     }
     async fn submit_result(&self, _: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {

@@ -43,7 +43,10 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
                 tracing::warn!(worker, suspect = f.suspect, step = round.step, "ring fault reported: {}", f.reason);
                 let reason: String = f.reason.chars().take(1000).collect();
                 if !round.report_fault(rank, f.suspect, reason) {
-                    break fail(format!("worker {worker} reported a ring fault naming {}, which is not another member of the step", f.suspect));
+                    break fail(format!(
+                        "worker {worker} reported a ring fault naming {}, which is not another member of the step",
+                        f.suspect
+                    ));
                 }
                 // The reporter keeps its stream open for the verdict; the
                 // round ends from the training loop (`Round::ring_verdict`).

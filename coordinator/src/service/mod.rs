@@ -20,7 +20,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-
 use crate::components::Components;
 use crate::jobs::pinned::PinnedWeights;
 use crate::jobs::results::{ResultPart, ResultRouter};
@@ -276,10 +275,7 @@ impl Coordinator for CoordService {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn submit_result(
-        &self,
-        req: Request<Streaming<proto::ResultMessage>>,
-    ) -> Result<Response<proto::SubmitResultReply>, Status> {
+    async fn submit_result(&self, req: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {
         let session = self.worker_session(&req)?;
         let mut inbound = req.into_inner();
         let header = match inbound.next().await {

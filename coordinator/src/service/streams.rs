@@ -80,8 +80,7 @@ mod tests {
 
     #[test]
     fn samples_follow_their_assignment_in_batches() {
-        let samples: Vec<proto::Sample> =
-            (0..5).map(|i| proto::Sample { position: i, data: Bytes::from(vec![0u8; 1 << 20]) }).collect();
+        let samples: Vec<proto::Sample> = (0..5).map(|i| proto::Sample { position: i, data: Bytes::from(vec![0u8; 1 << 20]) }).collect();
         let msgs = work_messages(Work::Train { assignment: Default::default(), samples });
         assert!(matches!(msgs[0].kind, Some(work_message::Kind::Train(_))));
         let sizes: Vec<usize> = msgs[1..]

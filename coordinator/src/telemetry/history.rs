@@ -38,7 +38,9 @@ impl RunHistory {
                 rows.evals.extend(pushed.evals);
                 *held = rows;
             }
-            Err(e) => tracing::warn!(run = %store.url(), "cannot read the run's metrics log for the dashboard (it shows this start's steps only): {e}"),
+            Err(e) => {
+                tracing::warn!(run = %store.url(), "cannot read the run's metrics log for the dashboard (it shows this start's steps only): {e}")
+            }
         }
     }
 

@@ -35,7 +35,10 @@ pub enum StepEnd {
     Done(Box<RoundResult>),
     /// Redo the step with these members (the rest were dropped), through
     /// the star if the ring's audit failed (`RoundFailure::needs_star`).
-    Redo { left: BTreeSet<u64>, through_star: bool },
+    Redo {
+        left: BTreeSet<u64>,
+        through_star: bool,
+    },
 }
 
 /// How a round ended: its own result or failure, or (`Err`) the members

@@ -79,10 +79,8 @@ impl Trainer {
         let final_ids = members::wait_idle(&self.roster, &run.active, total, step_timeout).await;
         run.checksums.verify(&self.roster, total);
         let (_, coord_sum) = self.state.checksum().await?;
-        let each: BTreeMap<u64, String> = final_ids
-            .iter()
-            .filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}"))))
-            .collect();
+        let each: BTreeMap<u64, String> =
+            final_ids.iter().filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}")))).collect();
         let coordinator = format!("{coord_sum:016x}");
         let agree = !each.is_empty() && each.values().all(|c| *c == coordinator);
         if agree {

@@ -29,17 +29,38 @@ type Reply<T> = oneshot::Sender<Result<T, DeviceError>>;
 
 enum Cmd {
     Load(TrainingState, Reply<()>),
-    Compute { step: u64, samples: Vec<(u64, Bytes)>, reply: Reply<Computed> },
-    Apply { step: u64, grad: Vec<f32>, outcome: Outcome, reply: Reply<()> },
+    Compute {
+        step: u64,
+        samples: Vec<(u64, Bytes)>,
+        reply: Reply<Computed>,
+    },
+    Apply {
+        step: u64,
+        grad: Vec<f32>,
+        outcome: Outcome,
+        reply: Reply<()>,
+    },
     Checksum(Reply<u64>),
     /// Draws images; `weights` replaces the sampling weights (None: keep
     /// those of the previous task).
-    Sample { weights: Option<Vec<f32>>, req: SampleRequest, reply: Reply<Vec<u8>> },
+    Sample {
+        weights: Option<Vec<f32>>,
+        req: SampleRequest,
+        reply: Reply<Vec<u8>>,
+    },
     /// Measures images (drawn or given) for an evaluation job; `weights` as
     /// for `Sample`.
-    Eval { weights: Option<Vec<f32>>, task: EvalTask, reply: Reply<EvalOutput> },
+    Eval {
+        weights: Option<Vec<f32>>,
+        task: EvalTask,
+        reply: Reply<EvalOutput>,
+    },
     /// Draws an analysis task's images; `weights` as for `Sample`.
-    Analysis { weights: Option<Vec<f32>>, task: AnalysisTask, reply: Reply<Vec<u8>> },
+    Analysis {
+        weights: Option<Vec<f32>>,
+        task: AnalysisTask,
+        reply: Reply<Vec<u8>>,
+    },
 }
 
 /// Handle on the device thread.
@@ -111,9 +132,8 @@ impl Thread {
                     let _ = reply.send(r);
                 }
                 Cmd::Eval { weights, task, reply } => {
-                    let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
-                        work::evaluate(&self.ema, &self.diffusion, &self.run, task, &mut self.inception, self.device)
-                    });
+                    let r = work::load_weights(&mut self.ema, weights)
+                        .and_then(|()| work::evaluate(&self.ema, &self.diffusion, &self.run, task, &mut self.inception, self.device));
                     let _ = reply.send(r);
                 }
             }

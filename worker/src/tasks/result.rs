@@ -73,11 +73,7 @@ pub fn result_messages(
 
 /// Sends a task's result (or why it failed) to the coordinator. A job that
 /// ended meanwhile answers with next-work: the caller drops the result.
-pub async fn send_result(
-    client: &mut Client,
-    header: proto::ResultHeader,
-    result: Result<ResultParts, TaskError>,
-) -> CallResult<()> {
+pub async fn send_result(client: &mut Client, header: proto::ResultHeader, result: Result<ResultParts, TaskError>) -> CallResult<()> {
     let job_id = header.job_id;
     if let Err(e) = &result {
         tracing::error!(job = job_id, "task failed: {e}");
@@ -109,21 +105,13 @@ mod tests {
 
     #[test]
     fn parts_go_in_order_each_in_its_own_chunks() {
-        let out = EvalOutput {
-            images: Some(vec![1; 25]),
-            features: Some(vec![2; 10]),
-            scores: Some(vec![3; 3]),
-            bpd: Some(vec![4; 11]),
-        };
+        let out = EvalOutput { images: Some(vec![1; 25]), features: Some(vec![2; 10]), scores: Some(vec![3; 3]), bpd: Some(vec![4; 11]) };
         let msgs = result_messages(proto::ResultHeader { job_id: 5, ..Default::default() }, Ok(ResultParts::measured(out)), 10);
         let (header, data) = shape(&msgs);
         assert_eq!(header.job_id, 5);
         assert!(header.error.is_empty());
         use ResultPart::*;
-        assert_eq!(
-            data,
-            [(Images, 10), (Images, 10), (Images, 5), (FeatureStats, 10), (ScoreStats, 3), (BpdSums, 10), (BpdSums, 1)]
-        );
+        assert_eq!(data, [(Images, 10), (Images, 10), (Images, 5), (FeatureStats, 10), (ScoreStats, 3), (BpdSums, 10), (BpdSums, 1)]);
         // The chunks of a part concatenate to its bytes.
         let images: Vec<u8> = msgs[1..4]
             .iter()

@@ -54,7 +54,9 @@ pub async fn run(ctx: &JobContext, id: u64, spec: &AnalysisJobSpec, results: &mu
             if let Some(ds) = ds {
                 a.decoder_json = serde_json::to_string(&ds.decoder()).or_fail(JobFailure::Input)?;
                 samples = tokio::task::spawn_blocking(move || {
-                    pair.iter().map(|&i| ds.encoded(i as usize).map(|data| proto::Sample { position: i, data })).collect::<Result<Vec<_>, _>>()
+                    pair.iter()
+                        .map(|&i| ds.encoded(i as usize).map(|data| proto::Sample { position: i, data }))
+                        .collect::<Result<Vec<_>, _>>()
                 })
                 .await
                 .or_fail(JobFailure::Input)?

@@ -48,7 +48,12 @@ async fn dataset_work(ds: &Arc<dyn Dataset>, mut assignment: proto::EvalAssignme
 }
 
 /// Decodes a part's sums, naming the worker when they are bad.
-fn part_sums<T>(part: &ResultPart, what: &str, bytes: Option<&[u8]>, parse: fn(&[u8]) -> Result<T, ddpm::eval::EvalError>) -> Result<T, JobFailure> {
+fn part_sums<T>(
+    part: &ResultPart,
+    what: &str,
+    bytes: Option<&[u8]>,
+    parse: fn(&[u8]) -> Result<T, ddpm::eval::EvalError>,
+) -> Result<T, JobFailure> {
     let items = format!("items {}..{}", part.first, part.first + part.count);
     let bytes = bytes.ok_or_else(|| JobFailure::BadResult(format!("worker {} sent no {what} for {items}", part.worker_id)))?;
     parse(bytes).map_err(|e| JobFailure::BadResult(format!("worker {} sent unreadable {what} for {items}: {e}", part.worker_id)))
