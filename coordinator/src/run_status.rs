@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ddpm::checkpoint::UploadEvent;
 
-use crate::training::StepMetrics;
+use crate::step_record::{self, StepMetrics};
 
 /// A copy of the live numbers.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,7 +44,7 @@ impl StatusInfo {
     /// Seconds to step `total` at this start's pace (`None` before this
     /// start's first step).
     pub fn eta_s(&self, total: u64) -> Option<f64> {
-        crate::training::eta_s(self.elapsed_s, self.step.saturating_sub(self.resumed_from), total.saturating_sub(self.step))
+        step_record::eta_s(self.elapsed_s, self.step.saturating_sub(self.resumed_from), total.saturating_sub(self.step))
     }
 }
 

@@ -4,7 +4,8 @@
 
 use tch::{Device, Tensor};
 
-use super::{CheckpointData, CheckpointError};
+use super::data::CheckpointData;
+use super::error::CheckpointError;
 use crate::config::TrainConfig;
 use crate::data::OrderState;
 use crate::train::flat::to_vec_f32;

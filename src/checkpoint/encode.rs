@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::data::CheckpointData;
+use super::error::CheckpointError;
 use super::format::{self, RngState, StateFile};
-use super::{CheckpointData, CheckpointError};
 use crate::config::TrainConfig;
 use crate::train::flat::Layout;
 

@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::CheckpointError;
+use super::error::CheckpointError;
 use crate::data::OrderState;
 use crate::train::flat::Layout;
 

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
 
+use super::data::CheckpointData;
 use super::encode::{self, Encoded};
+use super::error::CheckpointError;
 use super::format::{self, FileEntry, Manifest};
-use super::{CheckpointData, CheckpointError};
 use crate::store::{ObjectInfo, RunStore, StoreError};
 
 /// What [`write`] did.

@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{encode, ops, CheckpointData, CheckpointError, Reason};
+use super::data::CheckpointData;
+use super::error::CheckpointError;
+use super::policy::Reason;
+use super::{encode, ops};
 use crate::config::CheckpointConfig;
 use crate::store::RunStore;
 

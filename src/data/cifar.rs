@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{pickle, DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat, Split};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{Decoder, SampleFormat};
+use super::error::DataError;
+use super::pickle;
+use super::spec::{DatasetSpec, Split};
 
 pub const SIDE: usize = 32;
 pub const RECORD_PIXELS: usize = 3 * SIDE * SIDE;

@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use super::decode::decode_rgb;
-use super::{DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{decode_rgb, Decoder, SampleFormat};
+use super::error::DataError;
+use super::spec::DatasetSpec;
 
 const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 

@@ -17,7 +17,10 @@ use bytes::Bytes;
 use heed::types::Bytes as RawBytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
-use super::{DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{Decoder, SampleFormat};
+use super::error::DataError;
+use super::spec::DatasetSpec;
 
 /// The paper's LSUN resolution, used when neither the spec nor the config sets one.
 pub const DEFAULT_RESOLUTION: usize = 256;

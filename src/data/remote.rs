@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DataError, DatasetKind, DatasetSpec};
+use super::error::DataError;
+use super::spec::{DatasetKind, DatasetSpec};
 use crate::store::{ObjectInfo, RunStore, StoreOptions};
 
 /// The record of a cached fetch.

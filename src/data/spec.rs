@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::DataError;
+use super::error::DataError;
 
 /// The largest resolution a spec may ask for.
 pub const MAX_RESOLUTION: usize = 4096;

@@ -8,10 +8,12 @@ use image::RgbImage;
 
 use super::axis::{label, Scale};
 use super::canvas::{Anchor, Canvas, Color, Rect};
+use super::error::{check_size, PlotError};
 use super::panel::{Curve, Panel, Style};
 use super::rd_curve::RdCurve;
 use super::series::Series;
-use super::{check_size, theme, title_bar, PlotError};
+use super::theme;
+use super::title::title_bar;
 
 /// How large, and the line across the top.
 #[derive(Debug, Clone, PartialEq)]

@@ -167,9 +167,3 @@ fn one_step_and_missing_values_still_make_a_plot() {
     let rows = RunRows::parse("{\"step\":1,\"loss\":1e400}\n{\"step\":2,\"loss\":0.5}\n");
     assert!(draw(&rows, &opts(None)).is_ok());
 }
-
-#[test]
-fn long_titles_are_cut_from_the_left() {
-    assert_eq!(fit("s3://bucket/runs/abc", 40), "s3://bucket/runs/abc");
-    assert_eq!(fit("s3://bucket/runs/abcdef", 12), "...ns/abcdef");
-}

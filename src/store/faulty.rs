@@ -18,7 +18,7 @@ use object_store::{
     PutResult, Result,
 };
 
-use super::RunStore;
+use super::run_store::RunStore;
 
 /// What a failing operation looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +161,7 @@ impl ObjectStore for FaultyStore {
 
 impl RunStore {
     /// This store, failing as `plan` says.
-    pub fn with_faults(mut self, plan: Arc<FaultPlan>) -> Self {
-        self.inner = Arc::new(FaultyStore { inner: self.inner, plan });
-        self
+    pub fn with_faults(self, plan: Arc<FaultPlan>) -> Self {
+        self.wrapped(|inner| Arc::new(FaultyStore { inner, plan }))
     }
 }

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Fence, FenceError, RunStore, StoreError};
+use super::error::{FenceError, StoreError};
+use super::run_store::{Fence, RunStore};
 
 /// Where the lease objects live in the run.
 pub const LEASE_DIR: &str = "lease";

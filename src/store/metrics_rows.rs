@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RunStore, StoreError};
+use super::error::StoreError;
+use super::run_store::RunStore;
 
 /// The local log's key, and the prefix of the remote segments.
 pub const LOCAL_LOG: &str = "metrics.jsonl";

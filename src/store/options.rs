@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// A parsed run location.
 #[derive(Clone, Debug, PartialEq, Eq)]

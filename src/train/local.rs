@@ -5,11 +5,13 @@
 
 use tch::{Device, Tensor};
 
+use super::error::TrainError;
+use super::optim;
+use super::replica::{Outcome, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{self, order, Dataset, Decoder};
 use crate::diffusion::GaussianDiffusion;
 use crate::train::step::{self, DecodedSample, ShardBatch, StepContext};
-use crate::train::{optim, Outcome, TrainError, TrainState};
 
 /// What one step did.
 #[derive(Debug, Clone, Copy)]

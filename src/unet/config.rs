@@ -2,8 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::layout::Layout;
-use super::UNetError;
+use super::error::UNetError;
 
 /// The hyper-parameters of the paper's U-Net (docs/ddpm.md section 6).
 ///
@@ -213,11 +212,5 @@ impl UNetConfig {
     /// Whether level `level` has attention blocks.
     pub fn has_attention(&self, level: usize) -> bool {
         self.attn_resolutions.contains(&self.resolution(level))
-    }
-
-    /// The exact number of parameters of the network, counted from the
-    /// architecture without building it (meaningful for a valid config).
-    pub fn param_count(&self) -> i64 {
-        Layout::new(self).params().total()
     }
 }

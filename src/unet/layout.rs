@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::UNetConfig;
+use super::config::UNetConfig;
 
 /// One level of the down path (diffusers `down_blocks.{level}`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -184,5 +184,15 @@ impl Layout {
             up: self.up.iter().map(|l| level(&l.resnets, l.channels, l.attention, l.upsample)).collect(),
             out: norm_params(self.ch) + conv_params(self.ch, self.out_channels, 3),
         }
+    }
+}
+
+// Here rather than in `config.rs`: the count comes from the layout, which
+// is built from the config (the config knows nothing of it).
+impl UNetConfig {
+    /// The exact number of parameters of the network, counted from the
+    /// architecture without building it (meaningful for a valid config).
+    pub fn param_count(&self) -> i64 {
+        Layout::new(self).params().total()
     }
 }

@@ -5,8 +5,9 @@ use tch::Tensor;
 
 use super::blocks::{Attention, Conv2d, Downsample, GroupNorm, NormSpec, ResBlock, TimestepEmbedding, Upsample};
 use super::config::ModelInit;
+use super::config::UNetConfig;
+use super::error::UNetError;
 use super::layout::Layout;
-use super::{UNetConfig, UNetError};
 
 /// One level of the down or up path: ResBlocks, each followed by an
 /// attention block when the level has attention, then a resampler.

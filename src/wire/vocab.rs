@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::WireError;
+use super::error::WireError;
 use crate::diffusion::{Sampler, SamplerKind};
 use crate::proto;
 use crate::train::analysis::AnalysisKind;

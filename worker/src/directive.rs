@@ -23,7 +23,7 @@ use ddpm::proto::WorkerAction;
 use ddpm::wire::directive;
 use tonic::Status;
 
-use crate::device::DeviceError;
+use crate::device::error::DeviceError;
 
 /// What the coordinator told this worker to do instead of answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

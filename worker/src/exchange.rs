@@ -18,7 +18,7 @@ use ddpm::wire;
 use tokio_stream::StreamExt;
 
 use crate::client::Client;
-use crate::device::Computed;
+use crate::device::messages::Computed;
 use crate::directive::{CallError, Flow};
 
 /// How an exchange ended.

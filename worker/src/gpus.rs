@@ -6,8 +6,32 @@
 //! keeps each GPU's CUDA context, allocator and failures apart, and each
 //! child is an ordinary member of the run.
 
-use std::net::SocketAddr;
+use std::net::{AddrParseError, SocketAddr};
 use std::str::FromStr;
+
+/// A `--gpus` value that names no usable set of devices.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GpuSetError {
+    #[error("--gpus {0:?}: give all, a count (e.g. 8) or device indices (e.g. 0,1,3)")]
+    Unreadable(String),
+    #[error("--gpus {0:?} names a device twice")]
+    Twice(String),
+    #[error("--gpus {0:?}: at least one GPU")]
+    Zero(String),
+    #[error("--gpus: libtorch sees no CUDA device (no driver, CUDA_VISIBLE_DEVICES empty, or a CPU-only libtorch); use --device cpu")]
+    NoneVisible,
+    #[error("--gpus: device {device} requested but only {visible} are visible (0..{visible})")]
+    NotVisible { device: usize, visible: usize },
+}
+
+/// A `--metrics-listen` value no worker process can serve on.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum MetricsAddrError {
+    #[error("--metrics-listen {listen:?}: {source}; give IP:PORT")]
+    Unreadable { listen: String, source: AddrParseError },
+    #[error("--metrics-listen {listen:?}: no port left for GPU process {index}")]
+    NoPortLeft { listen: String, index: usize },
+}
 
 /// Which GPUs `--gpus` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,9 +45,9 @@ pub enum GpuSet {
 }
 
 impl FromStr for GpuSet {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("--gpus {s:?}: give all, a count (e.g. 8) or device indices (e.g. 0,1,3)");
+    type Err = GpuSetError;
+    fn from_str(s: &str) -> Result<Self, GpuSetError> {
+        let bad = || GpuSetError::Unreadable(s.to_string());
         if s == "all" {
             return Ok(Self::All);
         }
@@ -33,12 +57,12 @@ impl FromStr for GpuSet {
             sorted.sort_unstable();
             sorted.dedup();
             if sorted.len() != ids.len() {
-                return Err(format!("--gpus {s:?} names a device twice"));
+                return Err(GpuSetError::Twice(s.to_string()));
             }
             return Ok(Self::List(ids));
         }
         match s.parse::<usize>() {
-            Ok(0) => Err(format!("--gpus {s:?}: at least one GPU")),
+            Ok(0) => Err(GpuSetError::Zero(s.to_string())),
             Ok(n) => Ok(Self::Count(n)),
             Err(_) => Err(bad()),
         }
@@ -47,20 +71,17 @@ impl FromStr for GpuSet {
 
 impl GpuSet {
     /// The device indices, given that `visible` devices exist.
-    pub fn resolve(&self, visible: usize) -> Result<Vec<usize>, String> {
+    pub fn resolve(&self, visible: usize) -> Result<Vec<usize>, GpuSetError> {
         if visible == 0 {
-            return Err(
-                "--gpus: libtorch sees no CUDA device (no driver, CUDA_VISIBLE_DEVICES empty, or a CPU-only libtorch); use --device cpu"
-                    .into(),
-            );
+            return Err(GpuSetError::NoneVisible);
         }
         let ids = match self {
             Self::All => (0..visible).collect(),
             Self::Count(n) => (0..*n).collect(),
             Self::List(ids) => ids.clone(),
         };
-        if let Some(bad) = ids.iter().find(|&&i| i >= visible) {
-            return Err(format!("--gpus: device {bad} requested but only {visible} are visible (0..{visible})"));
+        if let Some(&device) = ids.iter().find(|&&i| i >= visible) {
+            return Err(GpuSetError::NotVisible { device, visible });
         }
         Ok(ids)
     }
@@ -99,11 +120,11 @@ pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, metrics: Opti
 
 /// Child `index`'s metrics address: the given port plus `index` (port 0
 /// stays 0: each child picks its own).
-pub fn metrics_addr(listen: &str, index: usize) -> Result<String, String> {
-    let mut addr: SocketAddr = listen.parse().map_err(|e| format!("--metrics-listen {listen:?}: {e}; give IP:PORT"))?;
+pub fn metrics_addr(listen: &str, index: usize) -> Result<String, MetricsAddrError> {
+    let mut addr: SocketAddr = listen.parse().map_err(|source| MetricsAddrError::Unreadable { listen: listen.to_string(), source })?;
     if addr.port() != 0 {
         let port = usize::from(addr.port()) + index;
-        let port = u16::try_from(port).map_err(|_| format!("--metrics-listen {listen:?}: no port left for GPU process {index}"))?;
+        let port = u16::try_from(port).map_err(|_| MetricsAddrError::NoPortLeft { listen: listen.to_string(), index })?;
         addr.set_port(port);
     }
     Ok(addr.to_string())
@@ -165,11 +186,11 @@ mod tests {
         assert_eq!("all".parse::<GpuSet>().unwrap().resolve(4).unwrap(), vec![0, 1, 2, 3]);
         assert_eq!("2".parse::<GpuSet>().unwrap().resolve(4).unwrap(), vec![0, 1]);
         assert_eq!("3,1".parse::<GpuSet>().unwrap().resolve(4).unwrap(), vec![3, 1]);
-        assert!("5".parse::<GpuSet>().unwrap().resolve(4).unwrap_err().contains("only 4"));
-        assert!("all".parse::<GpuSet>().unwrap().resolve(0).unwrap_err().contains("no CUDA device"));
+        assert!("5".parse::<GpuSet>().unwrap().resolve(4).unwrap_err().to_string().contains("only 4"));
+        assert!("all".parse::<GpuSet>().unwrap().resolve(0).unwrap_err().to_string().contains("no CUDA device"));
         assert!("0".parse::<GpuSet>().is_err());
-        assert!("1,1".parse::<GpuSet>().unwrap_err().contains("twice"));
-        assert!("some".parse::<GpuSet>().unwrap_err().contains("give all"));
+        assert!("1,1".parse::<GpuSet>().unwrap_err().to_string().contains("twice"));
+        assert!("some".parse::<GpuSet>().unwrap_err().to_string().contains("give all"));
     }
 
     #[test]
@@ -180,7 +201,7 @@ mod tests {
         assert_eq!(child_args(&s(&["--gpus=2"]), 0, None, None), s(&["--gpu=0"]));
         assert_eq!(metrics_addr("0.0.0.0:9091", 3).unwrap(), "0.0.0.0:9094");
         assert_eq!(metrics_addr("127.0.0.1:0", 3).unwrap(), "127.0.0.1:0");
-        assert!(metrics_addr("0.0.0.0:65535", 1).unwrap_err().contains("no port left"));
+        assert!(metrics_addr("0.0.0.0:65535", 1).unwrap_err().to_string().contains("no port left"));
     }
 
     #[test]

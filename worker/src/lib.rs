@@ -5,7 +5,8 @@
 //! compute (a training step's gradient, or images), all-reduce, apply the
 //! same update as every other replica. `main` parses flags and calls [`run`].
 //!
-//! - `lib.rs`: [`WorkerOptions`] and [`run`], the reconnect loop
+//! - `lib.rs`: [`run`], the reconnect loop
+//! - `options.rs`: [`WorkerOptions`], what it was asked to do
 //! - `client.rs`: connecting, and downloading state streams
 //! - `directive.rs`: what a failed coordinator call tells the worker to do
 //! - `session.rs`: one membership: register, ready, heartbeats, the work loop
@@ -21,6 +22,7 @@ pub mod device;
 mod directive;
 pub mod exchange;
 pub mod gpus;
+pub mod options;
 mod ring_exchange;
 mod session;
 mod tasks;
@@ -29,34 +31,9 @@ mod training;
 
 use std::time::Duration;
 
-use ddpm::wire::WorkerRole;
-use tch::Device;
-
 use device::DeviceHandle;
+use options::WorkerOptions;
 use session::SessionEnd;
-
-/// What `ddpm-worker` was asked to do.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    /// `host:port` of the coordinator.
-    pub coord: String,
-    pub device: Device,
-    /// Name shown in the coordinator's logs and status.
-    pub name: String,
-    /// How long to keep trying to reach the coordinator.
-    pub connect_timeout: Duration,
-    /// Training steps (and job tasks after training), or job tasks only,
-    /// also while the run trains.
-    pub role: WorkerRole,
-    /// The run's worker token (none: an open run).
-    pub token: Option<String>,
-    /// TLS to the coordinator (plain text by default).
-    pub tls: ddpm::wire::tls::ClientTls,
-    /// What it counts, for its metrics port and health.
-    pub stats: std::sync::Arc<telemetry::WorkerStats>,
-    /// Its ring listener, for `[dist] backend = "ring"` (none: `--peer-listen off`).
-    pub peers: Option<std::sync::Arc<ddpm::ring::PeerListener>>,
-}
 
 /// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use crate::client::Client;
-use crate::device::Computed;
+use crate::device::messages::Computed;
 use crate::directive::CallError;
 use crate::exchange::{ended, Exchanged, GradientExchange};
 

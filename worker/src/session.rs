@@ -17,10 +17,10 @@ use crate::client::Client;
 use crate::device::DeviceHandle;
 use crate::directive::{CallError, CallResult, Directed, Flow};
 use crate::exchange::CoordinatorExchange;
+use crate::options::WorkerOptions;
 use crate::ring_exchange::RingExchange;
-use crate::tasks::Tasks;
+use crate::tasks::context::Tasks;
 use crate::training::{self, StepEnd};
-use crate::WorkerOptions;
 
 /// How a worker session ended.
 #[derive(Debug, PartialEq)]

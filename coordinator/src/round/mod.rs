@@ -41,10 +41,10 @@ use ddpm::wire::{self, WireError};
 use tokio::sync::{mpsc, oneshot};
 
 mod audit;
-mod screen;
-mod verdict;
-pub use screen::{loss_ok, Screening};
-pub use verdict::FaultReport;
+pub mod screen;
+pub mod verdict;
+use screen::{loss_ok, Screening};
+use verdict::FaultReport;
 
 /// What a member sends back on its ReduceGradients stream.
 pub type Outbound = mpsc::Sender<Result<ReducedMessage, RoundError>>;

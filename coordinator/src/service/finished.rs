@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::RpcError;
-use super::BoxStream;
+use super::streams::BoxStream;
 
 /// Counts the workers told (their Register calls), so that the answering
 /// ends once the world size has heard it.

@@ -12,7 +12,8 @@ use ddpm::ring::RingFaultKind;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-use crate::round::{deliver, FaultReport, OfferError, Round, RoundFailure};
+use crate::round::verdict::FaultReport;
+use crate::round::{deliver, OfferError, Round, RoundFailure};
 
 /// Feeds the rest of member `worker`'s stream (after the header) to
 /// `round` at rank `rank`, until it ends or fails.

@@ -2,13 +2,19 @@
 //! assignment, then its samples in batches), and a state snapshot as a
 //! stream of chunks.
 
+use std::pin::Pin;
+
 use ddpm::proto::{self, work_message};
 use ddpm::wire;
+use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::state::Snapshot;
 use crate::work::Work;
+
+/// What a streaming rpc of the service answers with.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Bytes of sample data per WorkMessage.
 const SAMPLE_BATCH_BYTES: usize = 2 << 20;

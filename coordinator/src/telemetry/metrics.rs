@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use ddpm::checkpoint::UploadEvent;
 use ddpm::observe::prom::{self, DescriptorEncoder, Histogram, Labels, Unit};
 
-use crate::jobs::JobQueue;
+use crate::jobs::queue::JobQueue;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::roster::Roster;
 use crate::run_status::RunStatus;
-use crate::training::StepMetrics;
+use crate::step_record::StepMetrics;
 
 /// What only events tell.
 struct Counts {

@@ -14,10 +14,9 @@ use std::time::Duration;
 use ddpm::observe::health::Health;
 use ddpm::store::RunStore;
 
-pub use history::RunHistory;
-pub use metrics::{Sources, Telemetry};
-
 use crate::lifecycle::Lifecycle;
+use history::RunHistory;
+use metrics::Telemetry;
 
 /// Binds `addr` and serves the HTTP port (metrics, dashboard) until the
 /// coordinator shuts down; prints its URL.

@@ -14,20 +14,29 @@
 //! that died before checkpointing them) are superseded: removed from the
 //! log before the new rows, so every step appears once.
 
-use std::path::PathBuf;
-
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ddpm::store::metrics_rows::RunRows;
-use ddpm::store::{Location, RunStore};
+use ddpm::store::{Location, RunStore, StoreError};
 use serde::Serialize;
 
-use crate::telemetry::RunHistory;
-
-use super::StepMetrics;
+use crate::step_record::StepMetrics;
+use crate::telemetry::history::RunHistory;
 
 /// Rows held while the log cannot be written (about 300 bytes each).
 pub const MAX_PENDING_ROWS: usize = 100_000;
+
+/// Why a write of the log failed (the rows are kept for the next one).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("cannot {what} {}: {source}", path.display())]
+    Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the write task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 enum Sink {
     Local(PathBuf),
@@ -42,11 +51,11 @@ pub struct MetricsLog {
     first: Option<u64>,
     /// Rows dropped because the log could not be written for too long.
     dropped: u64,
-    /// The current failure, logged once until a write succeeds.
+    /// The current failure's message, logged once until a write succeeds.
     failing: Option<String>,
     /// A remote write in flight, and how many of the oldest pending rows
     /// it carries (they go once it succeeds).
-    inflight: Option<(tokio::task::JoinHandle<Result<(), String>>, usize)>,
+    inflight: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, usize)>,
     /// Every row also goes to the dashboard's history, as it is pushed.
     history: Arc<RunHistory>,
 }
@@ -209,16 +218,16 @@ impl MetricsLog {
             }
         }
         if let Some((h, carried)) = self.inflight.take() {
-            let result = h.await.unwrap_or_else(|e| Err(format!("the write task failed: {e}")));
+            let result = h.await.map_err(WriteError::from).and_then(|r| r.map_err(WriteError::from));
             self.settle(result, carried);
         }
         let Some(first) = self.first else { return };
         let body = self.pending.join("\n") + "\n";
         let key = format!("metrics/step_{first:010}.jsonl");
         let carried = self.pending.len();
-        let task = tokio::spawn(async move { store.put(&key, body.into()).await.map_err(|e| e.to_string()) });
+        let task = tokio::spawn(async move { store.put(&key, body.into()).await });
         if wait {
-            let result = task.await.unwrap_or_else(|e| Err(format!("the write task failed: {e}")));
+            let result = task.await.map_err(WriteError::from).and_then(|r| r.map_err(WriteError::from));
             self.settle(result, carried);
         } else {
             self.inflight = Some((task, carried));
@@ -226,7 +235,7 @@ impl MetricsLog {
     }
 
     /// The outcome of a write of the oldest `carried` pending rows.
-    fn settle(&mut self, result: Result<(), String>, carried: usize) {
+    fn settle(&mut self, result: Result<(), WriteError>, carried: usize) {
         match result {
             Ok(()) => {
                 if self.failing.take().is_some() || self.dropped > 0 {
@@ -237,6 +246,7 @@ impl MetricsLog {
                 self.dropped = 0;
             }
             Err(e) => {
+                let e = e.to_string();
                 if self.failing.as_deref() != Some(e.as_str()) {
                     tracing::error!(
                         log = %self.place(),
@@ -251,9 +261,9 @@ impl MetricsLog {
 }
 
 /// Appends `bytes` to `path`; a failed append is cut back to the old end.
-fn append(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+fn append(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     use std::io::Write;
-    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+    let fail = |what: &'static str, source: std::io::Error| WriteError::Local { what, path: path.to_path_buf(), source };
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| fail("open", e))?;
     let end = file.metadata().map_err(|e| fail("stat", e))?.len();
     if let Err(e) = file.write_all(bytes).and_then(|()| file.flush()) {

@@ -2,7 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::unet::{UNetConfig, UNetError};
+use crate::unet::config::UNetConfig;
+use crate::unet::error::UNetError;
 
 /// The diffusers version whose `UNet2DModel` layout and config this module
 /// was checked against (tests/golden/gen_unet.py).

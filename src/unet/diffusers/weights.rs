@@ -7,7 +7,7 @@ use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::unet::UNetError;
+use crate::unet::error::UNetError;
 
 /// The attention parameter names of diffusers before 0.14 (still in the
 /// converted google/ddpm-* checkpoints) and their current names; diffusers

@@ -18,7 +18,8 @@ use ddpm::train::step::{self, DecodedSample};
 use ddpm::train::TrainState;
 use tch::{Device, Tensor};
 
-use super::{AnalysisTask, Computed, DeviceError, EvalImages, EvalOutput, EvalTask, TrainingState};
+use super::error::DeviceError;
+use super::messages::{AnalysisTask, Computed, EvalImages, EvalOutput, EvalTask, TrainingState};
 
 /// Replaces the replica's parameters, Adam moments and step with `s`.
 pub(super) fn load(state: &mut TrainState, run: &RunConfig, s: TrainingState) -> Result<(), DeviceError> {
