@@ -172,6 +172,7 @@ pub async fn run(
         lifecycle: lifecycle.clone(),
         total_steps: config.train.steps,
         workers_expected: opts.start.workers,
+        min_workers: opts.start.min_workers,
         reduction: config.dist.backend,
     });
     let history = Arc::new(RunHistory::default());

@@ -253,7 +253,7 @@ impl Trainer {
                 debug_assert_eq!(at, s);
                 checksums.expect(s, sum);
             }
-            checksums.verify(&self.roster, s);
+            self.telemetry.checksum_mismatches(checksums.verify(&self.roster, s));
 
             last_step_time = Some(t0.elapsed());
             let dt = t0.elapsed().as_secs_f64();
