@@ -1,8 +1,14 @@
 //! The Kubernetes manifests (`deploy/k8s`) as CI sees them. For every
-//! overlay directory under `deploy/k8s/overlays` (found, not listed):
+//! overlay directory under `deploy/k8s/overlays` (found, not listed), the
+//! kits beside them (`deploy/k8s/kueue`, `deploy/k8s/monitoring`) and the
+//! runbook's helper manifests (`deploy/k8s/helpers`):
 //!
-//! - it renders with `kubectl kustomize` and the result validates against
-//!   the Kubernetes 1.32 schemas (`kubernetes-validate --strict`);
+//! - it renders with `kubectl kustomize`; its built-in objects (and the
+//!   Jobs inside a JobSet) validate against the Kubernetes 1.32 schemas
+//!   (`kubernetes-validate --strict`), its JobSet, Kueue and Prometheus
+//!   Operator objects against those projects' CRDs vendored in
+//!   `deploy/k8s/schemas` (`validate.py`), which are the files their README
+//!   names;
 //! - the committed render `deploy/k8s/rendered/<overlay>.yaml` is what it
 //!   renders to now (`deploy/k8s/render.sh` writes them);
 //! - the real `ddpm-coord` and `ddpm-worker` accept each container's
@@ -10,16 +16,20 @@
 //!   and with its ConfigMaps and Secrets written to a temporary directory;
 //! - the world size is set once (the worker Job's parallelism is its
 //!   completions and the coordinator's DDPM_WORKERS), `--threads` is each
-//!   container's CPU limit, and the pods keep to the security settings;
-//! - `deploy/README.md` lists the objects it creates.
+//!   container's CPU limit, the Jobs keep to the failure and deadline
+//!   rules, and every pod (the runs' and the helpers') passes the
+//!   restricted Pod Security Standard;
+//! - `deploy/README.md` lists the objects each overlay creates and applies
+//!   only checked manifests.
 //!
 //! Needs kubectl (with kustomize built in; DDPM_KUBECTL picks one) and the
 //! project's Python environment (`source deploy/env.sh && ddpm_setup`,
 //! which installs kubernetes-validate and PyYAML from
-//! deploy/requirements-dev.txt).
+//! deploy/requirements-dev.txt). How the objects refer to each other is
+//! tests/k8s_wiring.rs.
 //!
-//! One concept (what CI knows about the manifests without a cluster) in one
-//! file over 450 lines: the checks share one render of every overlay.
+//! One concept (what CI knows about each manifest without a cluster) in
+//! one file over 450 lines: the checks share one render of every overlay.
 
 mod common;
 
@@ -29,12 +39,12 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::k8s::{binary_of, expand, k8s_dir, python, quantity, render, resource_field, root, Render, BINARIES};
+use common::k8s::{binary_of, expand, k8s_dir, python, quantity, render, render_dir, resource_field, root, Render, BINARIES};
+use common::pss;
 use serde_json::Value;
 
 /// The Kubernetes version the manifests must be valid for (the runbook's minimum).
 const KUBERNETES_VERSION: &str = "1.32.0";
-
 
 /// The overlay directories, sorted.
 fn overlay_names() -> Vec<String> {
@@ -71,34 +81,139 @@ fn report(what: &str, problems: Vec<String>) {
 // ---------------------------------------------------------------------------
 // Rendering, schemas, committed renders.
 
+/// The API groups whose objects are checked against the CRDs vendored in
+/// deploy/k8s/schemas instead of Kubernetes' own schemas.
+const CRD_GROUPS: [&str; 3] = ["jobset.x-k8s.io", "kueue.x-k8s.io", "monitoring.coreos.com"];
+
+fn is_custom(doc: &Value) -> bool {
+    let api = doc["apiVersion"].as_str().unwrap_or_default();
+    CRD_GROUPS.iter().any(|g| api.starts_with(&format!("{g}/")))
+}
+
+/// The kustomizations applied beside the overlays: Kueue's queues and the alerts.
+fn kits() -> &'static [Render] {
+    static KITS: OnceLock<Vec<Render>> = OnceLock::new();
+    KITS.get_or_init(|| ["kueue", "monitoring"].iter().map(|k| render_dir(&k8s_dir().join(k), k)).collect())
+}
+
+/// The runbook's helper objects (deploy/k8s/helpers/*.yaml), as one render per file.
+fn helpers() -> Vec<Render> {
+    let dir = k8s_dir().join("helpers");
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    files.sort();
+    assert!(!files.is_empty(), "no helper manifests in {}", dir.display());
+    files
+        .iter()
+        .map(|f| Render::of(&format!("helpers/{}", f.file_name().unwrap().to_string_lossy()), std::fs::read_to_string(f).unwrap()))
+        .collect()
+}
+
+/// kubernetes-validate --strict of `docs` for Kubernetes 1.32; the problems.
+fn validate_builtin(what: &str, docs: &[Value], dir: &Path) -> Option<String> {
+    if docs.is_empty() {
+        return None;
+    }
+    let file = dir.join(format!("{}.json-stream.yaml", what.replace('/', "_")));
+    let yaml: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
+    std::fs::write(&file, yaml.join("\n---\n")).unwrap();
+    let out = Command::new(python())
+        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet"])
+        .arg(&file)
+        .output()
+        .expect("run kubernetes-validate");
+    (!out.status.success()).then(|| {
+        format!(
+            "{what}: kubernetes-validate --strict --kubernetes-version {KUBERNETES_VERSION} refused it (exit {:?}):\n{}{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// deploy/k8s/schemas/validate.py of `docs` against the vendored CRDs; the problems.
+fn validate_custom(what: &str, docs: &[Value]) -> Option<String> {
+    use std::io::Write;
+    if docs.is_empty() {
+        return None;
+    }
+    let schemas = k8s_dir().join("schemas");
+    let mut child = Command::new(python())
+        .arg(schemas.join("validate.py"))
+        .arg(&schemas)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run validate.py");
+    child.stdin.take().unwrap().write_all(&serde_json::to_vec(docs).unwrap()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (!out.status.success()).then(|| {
+        format!(
+            "{what}: refused by the vendored CRDs (validate.py):\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 #[test]
-fn every_overlay_renders_and_is_valid_for_kubernetes_1_32() {
+fn every_overlay_kit_and_helper_is_valid_for_kubernetes_1_32_and_its_crds() {
     let dir = common::tempdir();
     let mut problems = Vec::new();
+    let helpers = helpers();
+    for r in renders().iter().chain(kits()).chain(&helpers) {
+        let (custom, builtin): (Vec<Value>, Vec<Value>) = r.docs.iter().cloned().partition(is_custom);
+        // A JobSet's Jobs are Jobs: Kubernetes' schema checks their specs
+        // (the JobSet CRD's copy of the Job schema may lag behind).
+        let mut builtin = builtin;
+        for job in r.jobs.iter().filter(|j| j.get("jobset").is_some()) {
+            let mut j = job.clone();
+            j.as_object_mut().unwrap().remove("jobset");
+            builtin.push(j);
+        }
+        problems.extend(validate_builtin(&r.name, &builtin, dir.path()));
+        problems.extend(validate_custom(&r.name, &custom));
+    }
     for r in renders() {
-        for (kind, name) in [("Job", "ddpm-coord"), ("Job", "ddpm-worker"), ("Service", "ddpm-coord")] {
-            if r.find(kind, name).is_none() {
-                problems.push(format!("{}: renders no {kind}/{name}", r.name));
+        for binary in BINARIES {
+            let n = r.ddpm_containers().iter().filter(|(_, c)| binary_of(c) == Some(binary)).count();
+            if n != 1 {
+                problems.push(format!("{}: {n} Jobs run {binary} (want one)", r.name));
             }
         }
-        let file = dir.path().join(format!("{}.yaml", r.name));
-        std::fs::write(&file, &r.yaml).unwrap();
-        let out = Command::new(python())
-            .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet"])
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        if !out.status.success() {
-            problems.push(format!(
-                "{}: kubernetes-validate --strict --kubernetes-version {KUBERNETES_VERSION} refused it (exit {:?}):\n{}{}",
-                r.name,
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
+    }
+    report("manifests that Kubernetes 1.32 or their CRDs would refuse", problems);
+}
+
+/// `| `file` | project | release | commit | path | `sha256` |` rows of the schemas' README.
+#[test]
+fn the_vendored_crds_are_the_ones_their_readme_names() {
+    use sha2::{Digest, Sha256};
+    let dir = k8s_dir().join("schemas");
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    let mut listed = BTreeMap::new();
+    for line in readme.lines().filter(|l| l.starts_with("| `")) {
+        let cells: Vec<&str> = line.split('|').map(|c| c.trim().trim_matches('`')).collect();
+        listed.insert(cells[1].to_string(), cells[6].to_string());
+    }
+    let mut problems = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        if path.extension().is_none_or(|x| x != "yaml") {
+            continue;
+        }
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let have = format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()));
+        match listed.remove(&file) {
+            None => problems.push(format!("{file} is not in deploy/k8s/schemas/README.md (sha256 {have})")),
+            Some(want) if want != have => problems.push(format!("{file}: sha256 {have}, the README says {want}: not the release's file")),
+            Some(_) => {}
         }
     }
-    report("overlays that do not render to valid Kubernetes 1.32 objects", problems);
+    problems.extend(listed.keys().map(|f| format!("deploy/k8s/schemas/README.md lists {f}, which is not there")));
+    report("vendored CRDs", problems);
 }
 
 /// What deploy/k8s/render.sh writes for an overlay.
@@ -123,7 +238,8 @@ fn committed_renders_match_a_fresh_render() {
                 r.name, r.name
             )),
             Ok(have) if have != want => {
-                let line = have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
+                let line =
+                    have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
                 problems.push(format!(
                     "overlay {}: deploy/k8s/rendered/{}.yaml differs from a fresh `kubectl kustomize deploy/k8s/overlays/{}` \
                      (first at line {}: committed {:?}, now {:?}): run deploy/k8s/render.sh and commit the result",
@@ -253,12 +369,8 @@ fn dummy_secret_file(key: &str) -> String {
 /// Writes the container's ConfigMap volumes (their real data) and Secret
 /// volumes (stand-ins) below `dir`; returns (mountPath, local dir) pairs.
 fn materialize_mounts(r: &Render, pod: &Value, c: &Value, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| Some((v["name"].as_str()?, v)))
-        .collect();
+    let volumes: BTreeMap<&str, &Value> =
+        pod["volumes"].as_array().into_iter().flatten().filter_map(|v| Some((v["name"].as_str()?, v))).collect();
     let mut mounts = Vec::new();
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let (vname, path) = (m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default());
@@ -272,7 +384,10 @@ fn materialize_mounts(r: &Render, pod: &Value, c: &Value, dir: &Path) -> Result<
                     .iter()
                     .map(|i| {
                         let key = i["key"].as_str().unwrap_or_default();
-                        let text = data.get(key).and_then(Value::as_str).ok_or_else(|| format!("volume {vname}: ConfigMap {name} has no key {key}"))?;
+                        let text = data
+                            .get(key)
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| format!("volume {vname}: ConfigMap {name} has no key {key}"))?;
                         Ok((i["path"].as_str().unwrap_or(key).to_string(), text.to_string()))
                     })
                     .collect::<Result<_, String>>()?,
@@ -334,7 +449,8 @@ fn run_check(bin: &str, args: &[String], env: &[(String, String)]) -> (Option<i3
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let text = format!("{}{}", std::fs::read_to_string(&out_path).unwrap_or_default(), std::fs::read_to_string(&err_path).unwrap_or_default());
+    let text =
+        format!("{}{}", std::fs::read_to_string(&out_path).unwrap_or_default(), std::fs::read_to_string(&err_path).unwrap_or_default());
     (status, text)
 }
 
@@ -360,9 +476,7 @@ fn the_binaries_accept_every_containers_command_line() {
             };
             let mut args: Vec<String> = container_args(c, &env)
                 .into_iter()
-                .map(|a| {
-                    mounts.iter().fold(a, |a, (mount, local)| a.replace(&format!("{mount}/"), &format!("{}/", local.display())))
-                })
+                .map(|a| mounts.iter().fold(a, |a, (mount, local)| a.replace(&format!("{mount}/"), &format!("{}/", local.display()))))
                 .collect();
             args.push("--check-config".to_string());
             let (code, output) = run_check(bin, &args, &env);
@@ -423,7 +537,9 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
                 let min = get("DDPM_MIN_WORKERS").and_then(|v| v.parse::<u64>().ok());
                 match (min, world) {
                     (Some(m), Some(w)) if m >= 1 && m <= w => {
-                        let pdb = r.all("PodDisruptionBudget").find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
+                        let pdb = r
+                            .all("PodDisruptionBudget")
+                            .find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
                         if let Some(pdb) = pdb {
                             if pdb["spec"]["minAvailable"].as_u64() != Some(m) {
                                 problems.push(format!(
@@ -470,6 +586,42 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
     report("world size, threads and resources", problems);
 }
 
+/// Whether the podFailurePolicy `rules` hold a rule `action` for exit `code`.
+fn exit_rule(rules: &Value, action: &str, code: u64) -> bool {
+    rules.as_array().into_iter().flatten().any(|r| {
+        r["action"] == action
+            && r["onExitCodes"]["operator"] == "In"
+            && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&code.into()))
+    })
+}
+
+/// The Job-level settings each binary's Job needs: (problems).
+fn job_policy_problems(what: &str, binary: &str, spec: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let rules = &spec["podFailurePolicy"]["rules"];
+    let disruption = rules.as_array().into_iter().flatten().any(|r| {
+        r["action"] == "Ignore" && r["onPodConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget"))
+    });
+    if !(disruption && exit_rule(rules, "Ignore", 75) && exit_rule(rules, "FailJob", 2)) {
+        problems.push(format!("{what}: the podFailurePolicy must Ignore DisruptionTarget and exit 75, and FailJob on exit 2"));
+    }
+    if spec["activeDeadlineSeconds"].as_u64().is_none_or(|d| d == 0) {
+        problems.push(format!("{what}: no activeDeadlineSeconds: a stuck run would hold its nodes for ever"));
+    }
+    if binary == "ddpm-worker" {
+        // 4: the coordinator stayed away for --connect-timeout (ddpm::exit::NO_COORDINATOR).
+        if !exit_rule(rules, "FailJob", 4) {
+            problems.push(format!(
+                "{what}: the podFailurePolicy must FailJob on exit 4 (no coordinator): workers would retry for a coordinator that is gone"
+            ));
+        }
+        if spec["backoffLimitPerIndex"].as_u64().is_none() || spec["completionMode"] != "Indexed" {
+            problems.push(format!("{what}: an Indexed Job with backoffLimitPerIndex: one bad node must not use up every worker's retries"));
+        }
+    }
+    problems
+}
+
 #[test]
 fn pods_run_locked_down_with_the_versioned_image_and_probes() {
     let version = workspace_version();
@@ -490,32 +642,30 @@ fn pods_run_locked_down_with_the_versioned_image_and_probes() {
                 ("container readOnlyRootFilesystem", &c["securityContext"]["readOnlyRootFilesystem"], true.into()),
                 ("container capabilities.drop", &c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"])),
                 ("imagePullPolicy", &c["imagePullPolicy"], "IfNotPresent".into()),
-                ("image", &c["image"], format!("ddpm:{version}").into()),
             ];
-            let exit_rules = &job["spec"]["podFailurePolicy"]["rules"];
-            let rule = |action: &str, code: u64| {
-                exit_rules.as_array().into_iter().flatten().any(|r| {
-                    r["action"] == action && r["onExitCodes"]["operator"] == "In" && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&code.into()))
-                })
-            };
-            let disruption = exit_rules
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["action"] == "Ignore" && r["onPodConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget")));
-            if !(disruption && rule("Ignore", 75) && rule("FailJob", 2)) {
-                problems.push(format!("{what}: the podFailurePolicy must Ignore DisruptionTarget and exit 75, and FailJob on exit 2"));
-            }
             for (field, have, expect) in want {
                 if *have != expect {
                     problems.push(format!("{what}: {field} is {have}, want {expect}"));
                 }
             }
+            // ddpm:VERSION, or REGISTRY/PATH/ddpm:VERSION (an overlay's `images:`).
+            let image = c["image"].as_str().unwrap_or_default();
+            let repo_ok = image.rsplit_once(':').is_some_and(|(repo, tag)| tag == version && (repo == "ddpm" || repo.ends_with("/ddpm")));
+            if !repo_ok {
+                problems.push(format!("{what}: image {image:?}, want ddpm:{version} (or a registry's .../ddpm:{version})"));
+            }
+            let binary = binary_of(c).unwrap();
+            problems.extend(job_policy_problems(&what, binary, &job["spec"]));
             let env = container_env(r, c).unwrap_or_default();
             for (k, v) in [("HOME", "/tmp"), ("TMPDIR", "/tmp")] {
                 if !env.iter().any(|(ek, ev)| ek == k && ev == v) {
                     problems.push(format!("{what}: no {k}={v} (the root filesystem is read-only)"));
                 }
+            }
+            if binary == "ddpm-coord" && !env.iter().any(|(k, v)| k == "NVIDIA_VISIBLE_DEVICES" && v == "void") {
+                problems.push(format!(
+                    "{what}: no NVIDIA_VISIBLE_DEVICES=void: a node whose default runtime is NVIDIA's would hand the coordinator every GPU"
+                ));
             }
             let tmp_is_empty_dir = c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
                 m["mountPath"] == "/tmp"
@@ -534,6 +684,62 @@ fn pods_run_locked_down_with_the_versioned_image_and_probes() {
     report("pods that break the deployment rules", problems);
 }
 
+/// Every pod the manifests and the runbook create (the Jobs', the JobSets'
+/// and the helper pods), against the restricted Pod Security Standard.
+#[test]
+fn every_pod_passes_the_restricted_pod_security_standard() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    let helpers = helpers();
+    for r in renders().iter().chain(&helpers) {
+        let pods = r
+            .all("Pod")
+            .map(|p| (format!("Pod/{}", p["metadata"]["name"].as_str().unwrap_or("?")), &p["spec"], &p["metadata"]["annotations"]));
+        let templates = r.jobs.iter().map(|j| {
+            let t = &j["spec"]["template"];
+            (format!("Job/{}", j["metadata"]["name"].as_str().unwrap_or("?")), &t["spec"], &t["metadata"]["annotations"])
+        });
+        for (what, spec, annotations) in pods.chain(templates) {
+            checked += 1;
+            for v in pss::restricted_violations(spec, annotations) {
+                problems.push(format!("{}: {what}: {v}", r.name));
+            }
+        }
+    }
+    assert!(checked > renders().len() * 2, "only {checked} pods checked");
+    report("pods a namespace enforcing the restricted Pod Security Standard would refuse", problems);
+}
+
+#[test]
+fn the_restricted_check_refuses_what_the_standard_refuses() {
+    let ok = serde_json::json!({
+        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
+        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x"}}]
+    });
+    assert_eq!(pss::restricted_violations(&ok, &Value::Null), Vec::<String>::new());
+    // The runbook's helper pods as they were: a pod security context of
+    // user and group, no container security context.
+    let old = serde_json::json!({
+        "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
+        "containers": [{"name": "loader", "image": "busybox:1.36"}]
+    });
+    let v = pss::restricted_violations(&old, &Value::Null);
+    for control in ["privilege escalation", "running as non-root:", "seccomp", "capabilities"] {
+        assert!(v.iter().any(|p| p.starts_with(control)), "{control} not reported: {v:?}");
+    }
+    assert_eq!(v.len(), 4, "{v:?}");
+    let mut bad = ok.clone();
+    bad["hostNetwork"] = true.into();
+    bad["volumes"] = serde_json::json!([{"name": "h", "hostPath": {"path": "/"}}]);
+    bad["containers"][0]["securityContext"]["capabilities"]["add"] = serde_json::json!(["SYS_ADMIN"]);
+    bad["containers"][0]["ports"] = serde_json::json!([{"containerPort": 80, "hostPort": 80}]);
+    let v = pss::restricted_violations(&bad, &Value::Null);
+    for control in ["host namespaces", "HostPath volumes", "volume types", "capabilities: c adds SYS_ADMIN", "host ports"] {
+        assert!(v.iter().any(|p| p.starts_with(control)), "{control} not reported: {v:?}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The runbook.
 
@@ -543,7 +749,10 @@ fn resource_id(doc: &Value) -> String {
     let mut name = doc["metadata"]["name"].as_str().unwrap_or("?").to_string();
     if kind == "ConfigMap" || kind == "Secret" {
         if let Some((stem, suffix)) = name.rsplit_once('-') {
-            if suffix.len() == 10 && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) && suffix.bytes().any(|b| b.is_ascii_digit()) {
+            if suffix.len() == 10
+                && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && suffix.bytes().any(|b| b.is_ascii_digit())
+            {
                 name = format!("{stem}-<hash>");
             }
         }
@@ -551,8 +760,8 @@ fn resource_id(doc: &Value) -> String {
     format!("{kind}/{name}")
 }
 
-/// The lists in deploy/README.md: `<!-- resources: OVERLAY -->`, then lines
-/// "- `Kind/name`", up to `<!-- /resources -->`.
+/// The lists in deploy/README.md: `<!-- resources: OVERLAY -->`, then
+/// every `Kind/name` in backquotes up to `<!-- /resources -->`.
 fn runbook_lists() -> BTreeMap<String, BTreeSet<String>> {
     let text = std::fs::read_to_string(root().join("deploy/README.md")).expect("deploy/README.md");
     let mut lists = BTreeMap::new();
@@ -566,9 +775,7 @@ fn runbook_lists() -> BTreeMap<String, BTreeSet<String>> {
                 lists.insert(name, set);
             }
         } else if let Some((_, set)) = current.as_mut() {
-            if let Some(item) = l.strip_prefix("- `").and_then(|s| s.split('`').next()) {
-                set.insert(item.to_string());
-            }
+            set.extend(l.split('`').skip(1).step_by(2).filter(|item| item.contains('/')).map(str::to_string));
         }
     }
     lists
@@ -603,6 +810,36 @@ fn the_runbook_lists_what_each_overlay_creates() {
         }
     }
     report("the runbook's resource lists", problems);
+}
+
+/// The runbook creates pods only from the checked helper files: no
+/// manifest of a pod (or a Job) written out in its text, and every helper
+/// file it applies exists.
+#[test]
+fn the_runbook_applies_only_checked_manifests() {
+    let text = std::fs::read_to_string(root().join("deploy/README.md")).expect("deploy/README.md");
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if ["kind: Pod", "kind: Job", "kind: Deployment", "kind: StatefulSet"].iter().any(|k| l.starts_with(k)) {
+            problems.push(format!(
+                "deploy/README.md:{}: a manifest in the text ({l}): put it in deploy/k8s/helpers, where the tests check it",
+                i + 1
+            ));
+        }
+        for word in l.split(|c: char| c.is_whitespace() || c == '`').filter(|w| w.starts_with("deploy/k8s/helpers/")) {
+            if !root().join(word).is_file() {
+                problems.push(format!("deploy/README.md:{}: {word} does not exist", i + 1));
+            }
+        }
+    }
+    for h in helpers() {
+        let path = format!("deploy/k8s/{}", h.name);
+        if !text.contains(&path) {
+            problems.push(format!("{path} is not used in deploy/README.md"));
+        }
+    }
+    report("the runbook's manifests", problems);
 }
 
 #[test]
