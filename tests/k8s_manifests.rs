@@ -1,14 +1,6 @@
 //! The Kubernetes manifests (`deploy/k8s`) as CI sees them. For every
-//! overlay directory under `deploy/k8s/overlays` (found, not listed), the
-//! kits beside them (`deploy/k8s/kueue`, `deploy/k8s/monitoring`) and the
-//! runbook's helper manifests (`deploy/k8s/helpers`):
+//! overlay directory under `deploy/k8s/overlays` (found, not listed):
 //!
-//! - it renders with `kubectl kustomize`; its built-in objects (and the
-//!   Jobs inside a JobSet) validate against the Kubernetes 1.32 schemas
-//!   (`kubernetes-validate --strict`), its JobSet, Kueue and Prometheus
-//!   Operator objects against those projects' CRDs vendored in
-//!   `deploy/k8s/schemas` (`validate.py`), which are the files their README
-//!   names;
 //! - the committed render `deploy/k8s/rendered/<overlay>.yaml` is what it
 //!   renders to now (`deploy/k8s/render.sh` writes them);
 //! - the real `ddpm-coord` and `ddpm-worker` accept each container's
@@ -16,20 +8,16 @@
 //!   and with its ConfigMaps and Secrets written to a temporary directory;
 //! - the world size is set once (the worker Job's parallelism is its
 //!   completions and the coordinator's DDPM_WORKERS), `--threads` is each
-//!   container's CPU limit, the Jobs keep to the failure and deadline
-//!   rules, and every pod (the runs' and the helpers') passes the
-//!   restricted Pod Security Standard;
-//! - `deploy/README.md` lists the objects each overlay creates and applies
-//!   only checked manifests.
+//!   container's CPU limit, and the pods and Jobs keep to the security,
+//!   failure and deadline rules.
 //!
 //! Needs kubectl (with kustomize built in; DDPM_KUBECTL picks one) and the
 //! project's Python environment (`source deploy/env.sh && ddpm_setup`,
 //! which installs kubernetes-validate and PyYAML from
-//! deploy/requirements-dev.txt). How the objects refer to each other is
-//! tests/k8s_wiring.rs.
-//!
-//! One concept (what CI knows about each manifest without a cluster) in
-//! one file over 450 lines: the checks share one render of every overlay.
+//! deploy/requirements-dev.txt). Beside it: what the API server and the
+//! CRDs accept (tests/k8s_schemas.rs), how the objects refer to each other
+//! (tests/k8s_wiring.rs), the runbook's promises and Pod Security
+//! (tests/k8s_runbook.rs).
 
 mod common;
 
@@ -39,32 +27,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::k8s::{binary_of, expand, k8s_dir, python, quantity, render, render_dir, resource_field, root, Render, BINARIES};
-use common::pss;
+use common::k8s::{binary_of, expand, k8s_dir, overlays, quantity, report, resource_field, root, Render, BINARIES};
 use serde_json::Value;
-
-/// The Kubernetes version the manifests must be valid for (the runbook's minimum).
-const KUBERNETES_VERSION: &str = "1.32.0";
-
-/// The overlay directories, sorted.
-fn overlay_names() -> Vec<String> {
-    let dir = k8s_dir().join("overlays");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("kustomization.yaml").is_file())
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(!names.is_empty(), "no overlays under {}", dir.display());
-    names
-}
-
-/// Every overlay rendered once per test process.
-fn renders() -> &'static [Render] {
-    static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
-    RENDERS.get_or_init(|| overlay_names().into_iter().map(|n| render(&n)).collect())
-}
 
 /// The workspace version (Cargo.toml), the image's tag.
 fn workspace_version() -> String {
@@ -73,148 +37,8 @@ fn workspace_version() -> String {
     doc["workspace"]["package"]["version"].as_str().expect("workspace.package.version").to_string()
 }
 
-/// Panics with every problem at once, or returns.
-fn report(what: &str, problems: Vec<String>) {
-    assert!(problems.is_empty(), "{what}:\n\n{}", problems.join("\n\n"));
-}
-
 // ---------------------------------------------------------------------------
 // Rendering, schemas, committed renders.
-
-/// The API groups whose objects are checked against the CRDs vendored in
-/// deploy/k8s/schemas instead of Kubernetes' own schemas.
-const CRD_GROUPS: [&str; 3] = ["jobset.x-k8s.io", "kueue.x-k8s.io", "monitoring.coreos.com"];
-
-fn is_custom(doc: &Value) -> bool {
-    let api = doc["apiVersion"].as_str().unwrap_or_default();
-    CRD_GROUPS.iter().any(|g| api.starts_with(&format!("{g}/")))
-}
-
-/// The kustomizations applied beside the overlays: Kueue's queues and the alerts.
-fn kits() -> &'static [Render] {
-    static KITS: OnceLock<Vec<Render>> = OnceLock::new();
-    KITS.get_or_init(|| ["kueue", "monitoring"].iter().map(|k| render_dir(&k8s_dir().join(k), k)).collect())
-}
-
-/// The runbook's helper objects (deploy/k8s/helpers/*.yaml), as one render per file.
-fn helpers() -> Vec<Render> {
-    let dir = k8s_dir().join("helpers");
-    let mut files: Vec<PathBuf> =
-        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
-    files.sort();
-    assert!(!files.is_empty(), "no helper manifests in {}", dir.display());
-    files
-        .iter()
-        .map(|f| Render::of(&format!("helpers/{}", f.file_name().unwrap().to_string_lossy()), std::fs::read_to_string(f).unwrap()))
-        .collect()
-}
-
-/// kubernetes-validate --strict of `docs` for Kubernetes 1.32; the problems.
-fn validate_builtin(what: &str, docs: &[Value], dir: &Path) -> Option<String> {
-    if docs.is_empty() {
-        return None;
-    }
-    let file = dir.join(format!("{}.json-stream.yaml", what.replace('/', "_")));
-    let yaml: Vec<String> = docs.iter().map(|d| serde_json::to_string(d).unwrap()).collect();
-    std::fs::write(&file, yaml.join("\n---\n")).unwrap();
-    let out = Command::new(python())
-        .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet"])
-        .arg(&file)
-        .output()
-        .expect("run kubernetes-validate");
-    (!out.status.success()).then(|| {
-        format!(
-            "{what}: kubernetes-validate --strict --kubernetes-version {KUBERNETES_VERSION} refused it (exit {:?}):\n{}{}",
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-/// deploy/k8s/schemas/validate.py of `docs` against the vendored CRDs; the problems.
-fn validate_custom(what: &str, docs: &[Value]) -> Option<String> {
-    use std::io::Write;
-    if docs.is_empty() {
-        return None;
-    }
-    let schemas = k8s_dir().join("schemas");
-    let mut child = Command::new(python())
-        .arg(schemas.join("validate.py"))
-        .arg(&schemas)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run validate.py");
-    child.stdin.take().unwrap().write_all(&serde_json::to_vec(docs).unwrap()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (!out.status.success()).then(|| {
-        format!(
-            "{what}: refused by the vendored CRDs (validate.py):\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
-
-#[test]
-fn every_overlay_kit_and_helper_is_valid_for_kubernetes_1_32_and_its_crds() {
-    let dir = common::tempdir();
-    let mut problems = Vec::new();
-    let helpers = helpers();
-    for r in renders().iter().chain(kits()).chain(&helpers) {
-        let (custom, builtin): (Vec<Value>, Vec<Value>) = r.docs.iter().cloned().partition(is_custom);
-        // A JobSet's Jobs are Jobs: Kubernetes' schema checks their specs
-        // (the JobSet CRD's copy of the Job schema may lag behind).
-        let mut builtin = builtin;
-        for job in r.jobs.iter().filter(|j| j.get("jobset").is_some()) {
-            let mut j = job.clone();
-            j.as_object_mut().unwrap().remove("jobset");
-            builtin.push(j);
-        }
-        problems.extend(validate_builtin(&r.name, &builtin, dir.path()));
-        problems.extend(validate_custom(&r.name, &custom));
-    }
-    for r in renders() {
-        for binary in BINARIES {
-            let n = r.ddpm_containers().iter().filter(|(_, c)| binary_of(c) == Some(binary)).count();
-            if n != 1 {
-                problems.push(format!("{}: {n} Jobs run {binary} (want one)", r.name));
-            }
-        }
-    }
-    report("manifests that Kubernetes 1.32 or their CRDs would refuse", problems);
-}
-
-/// `| `file` | project | release | commit | path | `sha256` |` rows of the schemas' README.
-#[test]
-fn the_vendored_crds_are_the_ones_their_readme_names() {
-    use sha2::{Digest, Sha256};
-    let dir = k8s_dir().join("schemas");
-    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-    let mut listed = BTreeMap::new();
-    for line in readme.lines().filter(|l| l.starts_with("| `")) {
-        let cells: Vec<&str> = line.split('|').map(|c| c.trim().trim_matches('`')).collect();
-        listed.insert(cells[1].to_string(), cells[6].to_string());
-    }
-    let mut problems = Vec::new();
-    for e in std::fs::read_dir(&dir).unwrap() {
-        let path = e.unwrap().path();
-        if path.extension().is_none_or(|x| x != "yaml") {
-            continue;
-        }
-        let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        let have = format!("{:x}", Sha256::digest(std::fs::read(&path).unwrap()));
-        match listed.remove(&file) {
-            None => problems.push(format!("{file} is not in deploy/k8s/schemas/README.md (sha256 {have})")),
-            Some(want) if want != have => problems.push(format!("{file}: sha256 {have}, the README says {want}: not the release's file")),
-            Some(_) => {}
-        }
-    }
-    problems.extend(listed.keys().map(|f| format!("deploy/k8s/schemas/README.md lists {f}, which is not there")));
-    report("vendored CRDs", problems);
-}
 
 /// What deploy/k8s/render.sh writes for an overlay.
 fn committed_form(r: &Render) -> String {
@@ -229,7 +53,7 @@ fn committed_form(r: &Render) -> String {
 fn committed_renders_match_a_fresh_render() {
     let dir = k8s_dir().join("rendered");
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         let path = dir.join(format!("{}.yaml", r.name));
         let want = committed_form(r);
         match std::fs::read_to_string(&path) {
@@ -254,7 +78,7 @@ fn committed_renders_match_a_fresh_render() {
             Ok(_) => {}
         }
     }
-    let known: BTreeSet<String> = renders().iter().map(|r| format!("{}.yaml", r.name)).collect();
+    let known: BTreeSet<String> = overlays().iter().map(|r| format!("{}.yaml", r.name)).collect();
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
         if file.ends_with(".yaml") && !known.contains(&file) {
@@ -458,7 +282,7 @@ fn run_check(bin: &str, args: &[String], env: &[(String, String)]) -> (Option<i3
 fn the_binaries_accept_every_containers_command_line() {
     let mut problems = Vec::new();
     let mut checked = 0;
-    for r in renders() {
+    for r in overlays() {
         for (job, c) in r.ddpm_containers() {
             let bin = binary_of(c).unwrap();
             let what = format!("{}: {} ({})", r.name, job["metadata"]["name"].as_str().unwrap_or("?"), bin);
@@ -502,7 +326,7 @@ fn the_binaries_accept_every_containers_command_line() {
 #[test]
 fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         let n = &r.name;
         let workers = r.job_running("ddpm-worker");
         let spec = &workers["spec"];
@@ -626,7 +450,7 @@ fn job_policy_problems(what: &str, binary: &str, spec: &Value) -> Vec<String> {
 fn pods_run_locked_down_with_the_versioned_image_and_probes() {
     let version = workspace_version();
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         for (job, c) in r.ddpm_containers() {
             let what = format!("{}: {}", r.name, job["metadata"]["name"].as_str().unwrap_or("?"));
             let pod = &job["spec"]["template"]["spec"];
@@ -682,164 +506,6 @@ fn pods_run_locked_down_with_the_versioned_image_and_probes() {
         }
     }
     report("pods that break the deployment rules", problems);
-}
-
-/// Every pod the manifests and the runbook create (the Jobs', the JobSets'
-/// and the helper pods), against the restricted Pod Security Standard.
-#[test]
-fn every_pod_passes_the_restricted_pod_security_standard() {
-    let mut problems = Vec::new();
-    let mut checked = 0;
-    let helpers = helpers();
-    for r in renders().iter().chain(&helpers) {
-        let pods = r
-            .all("Pod")
-            .map(|p| (format!("Pod/{}", p["metadata"]["name"].as_str().unwrap_or("?")), &p["spec"], &p["metadata"]["annotations"]));
-        let templates = r.jobs.iter().map(|j| {
-            let t = &j["spec"]["template"];
-            (format!("Job/{}", j["metadata"]["name"].as_str().unwrap_or("?")), &t["spec"], &t["metadata"]["annotations"])
-        });
-        for (what, spec, annotations) in pods.chain(templates) {
-            checked += 1;
-            for v in pss::restricted_violations(spec, annotations) {
-                problems.push(format!("{}: {what}: {v}", r.name));
-            }
-        }
-    }
-    assert!(checked > renders().len() * 2, "only {checked} pods checked");
-    report("pods a namespace enforcing the restricted Pod Security Standard would refuse", problems);
-}
-
-#[test]
-fn the_restricted_check_refuses_what_the_standard_refuses() {
-    let ok = serde_json::json!({
-        "securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [{"name": "c", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}],
-        "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "x"}}]
-    });
-    assert_eq!(pss::restricted_violations(&ok, &Value::Null), Vec::<String>::new());
-    // The runbook's helper pods as they were: a pod security context of
-    // user and group, no container security context.
-    let old = serde_json::json!({
-        "securityContext": {"runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001},
-        "containers": [{"name": "loader", "image": "busybox:1.36"}]
-    });
-    let v = pss::restricted_violations(&old, &Value::Null);
-    for control in ["privilege escalation", "running as non-root:", "seccomp", "capabilities"] {
-        assert!(v.iter().any(|p| p.starts_with(control)), "{control} not reported: {v:?}");
-    }
-    assert_eq!(v.len(), 4, "{v:?}");
-    let mut bad = ok.clone();
-    bad["hostNetwork"] = true.into();
-    bad["volumes"] = serde_json::json!([{"name": "h", "hostPath": {"path": "/"}}]);
-    bad["containers"][0]["securityContext"]["capabilities"]["add"] = serde_json::json!(["SYS_ADMIN"]);
-    bad["containers"][0]["ports"] = serde_json::json!([{"containerPort": 80, "hostPort": 80}]);
-    let v = pss::restricted_violations(&bad, &Value::Null);
-    for control in ["host namespaces", "HostPath volumes", "volume types", "capabilities: c adds SYS_ADMIN", "host ports"] {
-        assert!(v.iter().any(|p| p.starts_with(control)), "{control} not reported: {v:?}");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// The runbook.
-
-/// `Kind/name`, with a generated ConfigMap's or Secret's hash suffix as `<hash>`.
-fn resource_id(doc: &Value) -> String {
-    let kind = doc["kind"].as_str().unwrap_or("?");
-    let mut name = doc["metadata"]["name"].as_str().unwrap_or("?").to_string();
-    if kind == "ConfigMap" || kind == "Secret" {
-        if let Some((stem, suffix)) = name.rsplit_once('-') {
-            if suffix.len() == 10
-                && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-                && suffix.bytes().any(|b| b.is_ascii_digit())
-            {
-                name = format!("{stem}-<hash>");
-            }
-        }
-    }
-    format!("{kind}/{name}")
-}
-
-/// The lists in deploy/README.md: `<!-- resources: OVERLAY -->`, then
-/// every `Kind/name` in backquotes up to `<!-- /resources -->`.
-fn runbook_lists() -> BTreeMap<String, BTreeSet<String>> {
-    let text = std::fs::read_to_string(root().join("deploy/README.md")).expect("deploy/README.md");
-    let mut lists = BTreeMap::new();
-    let mut current: Option<(String, BTreeSet<String>)> = None;
-    for line in text.lines() {
-        let l = line.trim();
-        if let Some(rest) = l.strip_prefix("<!-- resources:") {
-            current = Some((rest.trim_end_matches("-->").trim().to_string(), BTreeSet::new()));
-        } else if l.starts_with("<!-- /resources") {
-            if let Some((name, set)) = current.take() {
-                lists.insert(name, set);
-            }
-        } else if let Some((_, set)) = current.as_mut() {
-            set.extend(l.split('`').skip(1).step_by(2).filter(|item| item.contains('/')).map(str::to_string));
-        }
-    }
-    lists
-}
-
-#[test]
-fn the_runbook_lists_what_each_overlay_creates() {
-    let lists = runbook_lists();
-    let mut problems = Vec::new();
-    for r in renders() {
-        let have: BTreeSet<String> = r.docs.iter().map(resource_id).collect();
-        match lists.get(&r.name) {
-            None => problems.push(format!(
-                "deploy/README.md has no list for overlay {} (`<!-- resources: {} -->`, lines \"- `Kind/name`\", `<!-- /resources -->`); \
-                 it renders: {}",
-                r.name,
-                r.name,
-                have.iter().cloned().collect::<Vec<_>>().join(", ")
-            )),
-            Some(listed) if *listed != have => problems.push(format!(
-                "deploy/README.md's list for overlay {} is out of date: listed but not rendered: {:?}; rendered but not listed: {:?}",
-                r.name,
-                listed.difference(&have).collect::<Vec<_>>(),
-                have.difference(listed).collect::<Vec<_>>()
-            )),
-            Some(_) => {}
-        }
-    }
-    for name in lists.keys() {
-        if !renders().iter().any(|r| &r.name == name) {
-            problems.push(format!("deploy/README.md lists resources for {name}, which is no overlay"));
-        }
-    }
-    report("the runbook's resource lists", problems);
-}
-
-/// The runbook creates pods only from the checked helper files: no
-/// manifest of a pod (or a Job) written out in its text, and every helper
-/// file it applies exists.
-#[test]
-fn the_runbook_applies_only_checked_manifests() {
-    let text = std::fs::read_to_string(root().join("deploy/README.md")).expect("deploy/README.md");
-    let mut problems = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let l = line.trim();
-        if ["kind: Pod", "kind: Job", "kind: Deployment", "kind: StatefulSet"].iter().any(|k| l.starts_with(k)) {
-            problems.push(format!(
-                "deploy/README.md:{}: a manifest in the text ({l}): put it in deploy/k8s/helpers, where the tests check it",
-                i + 1
-            ));
-        }
-        for word in l.split(|c: char| c.is_whitespace() || c == '`').filter(|w| w.starts_with("deploy/k8s/helpers/")) {
-            if !root().join(word).is_file() {
-                problems.push(format!("deploy/README.md:{}: {word} does not exist", i + 1));
-            }
-        }
-    }
-    for h in helpers() {
-        let path = format!("deploy/k8s/{}", h.name);
-        if !text.contains(&path) {
-            problems.push(format!("{path} is not used in deploy/README.md"));
-        }
-    }
-    report("the runbook's manifests", problems);
 }
 
 #[test]

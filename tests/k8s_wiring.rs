@@ -13,9 +13,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 
-use common::k8s::{binary_of, expand, failjob_message, jobset_action, k8s_dir, quantity, render, render_dir, selects, Render};
+use common::k8s::{
+    binary_of, expand, failjob_message, jobset_action, k8s_dir, overlays, quantity, render, render_dir, report, selects, Render,
+};
 use serde_json::Value;
 
 /// Objects a run's pods name that the user creates (deploy/README.md): not
@@ -27,26 +28,6 @@ const EXTERNAL: [(&str, &str); 5] = [
     ("Secret", "ddpm-registry"),
     ("PersistentVolumeClaim", "ddpm-data"),
 ];
-
-fn overlay_names() -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(k8s_dir().join("overlays"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("kustomization.yaml").is_file())
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn renders() -> &'static [Render] {
-    static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
-    RENDERS.get_or_init(|| overlay_names().iter().map(|n| render(n)).collect())
-}
-
-fn report(what: &str, problems: Vec<String>) {
-    assert!(problems.is_empty(), "{what}:\n\n{}", problems.join("\n\n"));
-}
 
 fn name(doc: &Value) -> &str {
     doc["metadata"]["name"].as_str().unwrap_or("?")
@@ -200,7 +181,7 @@ fn wiring_problems(r: &Render) -> Vec<String> {
 #[test]
 fn every_run_is_wired_to_itself() {
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         problems.extend(wiring_problems(r));
     }
     report("overlays whose objects do not find each other", problems);
@@ -357,7 +338,7 @@ fn jobset_problems(r: &Render, js: &Value) -> Vec<String> {
 fn a_jobset_completes_with_its_coordinator_starts_it_first_and_fails_at_once_on_exit_2() {
     let mut problems = Vec::new();
     let mut seen = 0;
-    for r in renders() {
+    for r in overlays() {
         for js in r.all("JobSet") {
             seen += 1;
             problems.extend(jobset_problems(r, js));
@@ -423,7 +404,7 @@ fn kueue_is_asked_for_what_the_run_needs_and_can_give_it() {
         }
     }
     let mut queued = 0;
-    for r in renders() {
+    for r in overlays() {
         let queue_of = |d: &Value| d["metadata"]["labels"]["kueue.x-k8s.io/queue-name"].as_str().map(str::to_string);
         let queued_docs: Vec<&Value> = r.docs.iter().filter(|d| queue_of(d).is_some()).collect();
         if queued_docs.is_empty() {
@@ -494,7 +475,7 @@ fn kueue_is_asked_for_what_the_run_needs_and_can_give_it() {
 fn web_identity_needs_no_static_keys() {
     let mut problems = Vec::new();
     let mut seen = 0;
-    for r in renders() {
+    for r in overlays() {
         for (job, c) in r.ddpm_containers() {
             let pod = &job["spec"]["template"]["spec"];
             let what = format!("{}: {}", r.name, name(job));

@@ -75,6 +75,44 @@ pub fn python() -> PathBuf {
         .clone()
 }
 
+/// The overlay directories, sorted.
+pub fn overlay_names() -> Vec<String> {
+    let dir = k8s_dir().join("overlays");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("kustomization.yaml").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no overlays under {}", dir.display());
+    names
+}
+
+/// Every overlay, rendered once per test process.
+pub fn overlays() -> &'static [Render] {
+    static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
+    RENDERS.get_or_init(|| overlay_names().into_iter().map(|n| render(&n)).collect())
+}
+
+/// The runbook's helper objects (deploy/k8s/helpers/*.yaml), as one render per file.
+pub fn helpers() -> Vec<Render> {
+    let dir = k8s_dir().join("helpers");
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "yaml")).collect();
+    files.sort();
+    assert!(!files.is_empty(), "no helper manifests in {}", dir.display());
+    files
+        .iter()
+        .map(|f| Render::of(&format!("helpers/{}", f.file_name().unwrap().to_string_lossy()), std::fs::read_to_string(f).unwrap()))
+        .collect()
+}
+
+/// Panics with every problem at once, or returns.
+pub fn report(what: &str, problems: Vec<String>) {
+    assert!(problems.is_empty(), "{what}:\n\n{}", problems.join("\n\n"));
+}
+
 /// One kustomization, rendered.
 pub struct Render {
     pub name: String,
