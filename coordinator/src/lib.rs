@@ -212,8 +212,7 @@ pub async fn run(
         workers_expected: opts.start.workers,
     };
     let roots = jobs::roots::JobRoots::new(&opts.run, config.data.spec.as_ref(), &opts.job_roots);
-    let jobs_service =
-        jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len(), roots);
+    let jobs_service = jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len(), roots);
     let server_stop = Arc::new(Notify::new());
     let health = ddpm::observe::health::Health::new(&telemetry::HEALTH_SERVICES, true).await;
     let health_watch = tokio::spawn(telemetry::watch_health(health.clone(), lifecycle.clone()));
@@ -245,7 +244,7 @@ pub async fn run(
         let (lease, lifecycle) = (lease.clone(), lifecycle.clone());
         tokio::spawn(async move { lease.keep(|_| lifecycle.request_stop()).await })
     };
-        let signal = {
+    let signal = {
         let lifecycle = lifecycle.clone();
         tokio::spawn(async move {
             shutdown.await;
@@ -355,9 +354,10 @@ async fn serve(
         .add_service(jobs)
         // Probes carry no token: the health service is outside the gates.
         .add_service(health.service())
-        .serve_with_incoming_shutdown(service::incoming::capped(listener, gates.limits.max_connections), async move {
-            stop.notified().await
-        })
+        .serve_with_incoming_shutdown(
+            service::incoming::capped(listener, gates.limits.max_connections),
+            async move { stop.notified().await },
+        )
         .await
 }
 
@@ -397,11 +397,10 @@ async fn open_dataset(config: &TrainConfig, store: &StoreOptions) -> anyhow::Res
     let spec = config.data.spec.clone().ok_or_else(|| anyhow::anyhow!("no dataset: pass --data SPEC"))?;
     let local_spec = ddpm::data::fetch_remote(&spec, store).await?;
     let resolution = config.model.image_size as usize;
-    let dataset: Arc<dyn Dataset> = tokio::task::spawn_blocking(move || {
-        ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) })
-    })
-    .await??
-    .into();
+    let dataset: Arc<dyn Dataset> =
+        tokio::task::spawn_blocking(move || ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) }))
+            .await??
+            .into();
     tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
     Ok(dataset)
 }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, coordinator_client::CoordinatorClient};
+use ddpm::runtime::error_chain;
+use ddpm::wire::tls::{is_tls_failure, ClientTls};
 use ddpm::wire::{self, auth::Credentials};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
-use ddpm::runtime::error_chain;
-use ddpm::wire::tls::{is_tls_failure, ClientTls};
 use tonic::transport::Channel;
 
 use crate::directive::{CallResult, Directed};
@@ -70,11 +70,8 @@ pub async fn fetch_state(
     job_id: u64,
 ) -> CallResult<(proto::StateHeader, Vec<Vec<f32>>)> {
     const CONTEXT: &str = "fetching the state";
-    let mut stream = client
-        .fetch_state(proto::FetchStateRequest { worker_id, kind: kind as i32, job_id })
-        .await
-        .directed(CONTEXT)?
-        .into_inner();
+    let mut stream =
+        client.fetch_state(proto::FetchStateRequest { worker_id, kind: kind as i32, job_id }).await.directed(CONTEXT)?.into_inner();
     let mut header = None;
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -93,12 +90,7 @@ pub async fn fetch_state(
 /// `count` float32 tensors of `elements` each from their concatenated
 /// little-endian bytes.
 fn split_tensors(bytes: &[u8], count: usize, elements: usize) -> anyhow::Result<Vec<Vec<f32>>> {
-    anyhow::ensure!(
-        bytes.len() == count * elements * 4,
-        "state stream has {} bytes, expected {}",
-        bytes.len(),
-        count * elements * 4
-    );
+    anyhow::ensure!(bytes.len() == count * elements * 4, "state stream has {} bytes, expected {}", bytes.len(), count * elements * 4);
     if elements == 0 {
         return Ok(vec![Vec::new(); count]);
     }

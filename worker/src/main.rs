@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ddpm::wire::WorkerRole;
 use ddpm::exit;
+use ddpm::wire::WorkerRole;
 use ddpm_worker::gpus::GpuSet;
 use ddpm_worker::{run, CoordinatorGone, Ended, WorkerOptions};
 use tch::Device;
@@ -86,8 +86,7 @@ struct Args {
 /// the role (whose wire form also accepts "" for train).
 fn role_parser() -> impl clap::builder::TypedValueParser<Value = WorkerRole> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()])
-        .try_map(|s| s.parse::<WorkerRole>())
+    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()]).try_map(|s| s.parse::<WorkerRole>())
 }
 
 /// The device `--device` names, without asking libtorch whether it exists.
@@ -262,11 +261,9 @@ fn main() -> ExitCode {
         if args.peer_listen != "off" {
             let advertise = args.peer_advertise.as_deref();
             let coord = args.coord.as_str();
-            let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| {
-                ddpm::ring::advertised_endpoint(bound, advertise, coord)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
+            let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| ddpm::ring::advertised_endpoint(bound, advertise, coord))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
             tracing::info!(endpoint = peers.endpoint(), "listening for ring neighbours");
             opts.peers = Some(std::sync::Arc::new(peers));
         }

@@ -150,12 +150,15 @@ impl prom::Exporter for Telemetry {
         let e = &mut e;
         let secs = Some(&Unit::Seconds);
         let bytes = Some(&Unit::Bytes);
-        prom::gauges(e, "build_info", "The ddpm version of this coordinator.", &[(vec![("version", env!("CARGO_PKG_VERSION").into())], 1.0)])?;
+        prom::gauges(
+            e,
+            "build_info",
+            "The ddpm version of this coordinator.",
+            &[(vec![("version", env!("CARGO_PKG_VERSION").into())], 1.0)],
+        )?;
         let phase = self.sources.lifecycle.phase();
-        let phases: Vec<(Labels, f64)> = Phase::ALL
-            .iter()
-            .map(|p| (vec![("phase", p.as_str().to_string())], f64::from(u8::from(*p == phase))))
-            .collect();
+        let phases: Vec<(Labels, f64)> =
+            Phase::ALL.iter().map(|p| (vec![("phase", p.as_str().to_string())], f64::from(u8::from(*p == phase)))).collect();
         prom::gauges(e, "phase", "1 for the run's current phase.", &phases)?;
         let backend = vec![("backend", self.sources.reduction.name().to_string())];
         prom::gauges(e, "reduction", "How gradients are reduced ([dist] backend): coordinator or ring.", &[(backend, 1.0)])?;
@@ -165,7 +168,13 @@ impl prom::Exporter for Telemetry {
             prom::gauge(e, "loss", "Mean L_simple of the last completed step over its global batch.", None, m.loss)?;
             prom::gauge(e, "grad_norm", "Global norm of the last step's reduced gradient, before clipping.", None, m.grad_norm)?;
             prom::gauge(e, "learning_rate", "The last step's learning rate.", None, m.lr)?;
-            prom::gauge(e, "images_per_second", "Images per second of the last step (global batch over its wall time).", None, m.images_per_s)?;
+            prom::gauge(
+                e,
+                "images_per_second",
+                "Images per second of the last step (global batch over its wall time).",
+                None,
+                m.images_per_s,
+            )?;
         }
         if let Some(eta) = s.eta_s(self.sources.total_steps) {
             prom::gauge(e, "eta", "Estimated time to the last step at this start's pace.", secs, eta)?;
@@ -174,15 +183,33 @@ impl prom::Exporter for Telemetry {
         prom::counter(e, "trained_images", "Training images in the steps this process completed.", None, c.images)?;
         prom::histogram(e, "step_duration", "Wall time of a step at the coordinator.", secs, &c.step_s)?;
         prom::histogram(e, "step_compute", "The slowest member's forward and backward time in a step.", secs, &c.compute_s)?;
-        prom::histogram(e, "step_allreduce", "Time a step waited for its all-reduce after the last member's gradient began.", secs, &c.allreduce_s)?;
-        prom::counter(e, "reduced", "Gradient bytes the coordinator received (the ring backend: the members' reduced segments).", bytes, c.reduced_bytes)?;
+        prom::histogram(
+            e,
+            "step_allreduce",
+            "Time a step waited for its all-reduce after the last member's gradient began.",
+            secs,
+            &c.allreduce_s,
+        )?;
+        prom::counter(
+            e,
+            "reduced",
+            "Gradient bytes the coordinator received (the ring backend: the members' reduced segments).",
+            bytes,
+            c.reduced_bytes,
+        )?;
         prom::counter(e, "skipped_steps", "Updates skipped because the gradient was not finite (the whole run).", None, s.skipped_steps)?;
         prom::counter(e, "redone_steps", "Step attempts abandoned and redone (a member failed or was too slow).", None, c.redone)?;
 
         let churn = self.sources.roster.churn();
         prom::counter(e, "worker_joins", "Workers registered with this coordinator process.", None, churn.joined)?;
         prom::counter(e, "worker_losses", "Members dropped (silent, failed, disconnected or refused mid-step).", None, churn.lost)?;
-        prom::gauge(e, "workers_expected", "Workers the run waits for before step 1 (--workers).", None, self.sources.workers_expected as f64)?;
+        prom::gauge(
+            e,
+            "workers_expected",
+            "Workers the run waits for before step 1 (--workers).",
+            None,
+            self.sources.workers_expected as f64,
+        )?;
         prom::gauge(e, "min_workers", "Workers the run needs to train (--min-workers).", None, self.sources.min_workers as f64)?;
         prom::counter(
             e,
@@ -207,8 +234,20 @@ impl prom::Exporter for Telemetry {
         prom::histogram(e, "checkpoint_save_duration", "Time to write a checkpoint to the store.", secs, &c.save_s)?;
         prom::counter(e, "checkpoint_written", "Bytes of the checkpoints saved by this process.", bytes, c.saved_bytes)?;
         prom::gauge(e, "last_checkpoint_step", "Step of the newest checkpoint in the store (0: none).", None, s.last_checkpoint as f64)?;
-        prom::gauge(e, "unsaved_steps", "Steps done since the newest checkpoint: what a crash now would redo.", None, s.unsaved_steps() as f64)?;
-        prom::gauge(e, "checkpoint_failing", "1 while the last checkpoint upload failed (until one is saved).", None, f64::from(u8::from(s.checkpoint_error.is_some())))?;
+        prom::gauge(
+            e,
+            "unsaved_steps",
+            "Steps done since the newest checkpoint: what a crash now would redo.",
+            None,
+            s.unsaved_steps() as f64,
+        )?;
+        prom::gauge(
+            e,
+            "checkpoint_failing",
+            "1 while the last checkpoint upload failed (until one is saved).",
+            None,
+            f64::from(u8::from(s.checkpoint_error.is_some())),
+        )?;
 
         let jobs = self.sources.queue.list();
         let mut by_kind = Vec::new();
@@ -242,12 +281,29 @@ mod tests {
             reduction: ddpm::config::Backend::Ring,
         });
         for step in 1..=3 {
-            let m = StepMetrics { step, loss: 0.5 / step as f64, grad_norm: 2.0, lr: 1e-4, step_s: 0.2, compute_s: 0.1, allreduce_s: 0.05, images_per_s: 40.0, ..Default::default() };
+            let m = StepMetrics {
+                step,
+                loss: 0.5 / step as f64,
+                grad_norm: 2.0,
+                lr: 1e-4,
+                step_s: 0.2,
+                compute_s: 0.1,
+                allreduce_s: 0.05,
+                images_per_s: 40.0,
+                ..Default::default()
+            };
             t.record_step(&m, 8, 1000, 0, 40.0);
         }
         t.step_redone();
         t.checksum_mismatches(2);
-        t.upload_event(&UploadEvent::Saved { step: 2, reason: ddpm::checkpoint::Reason::Steps, bytes: 300, seconds: 0.5, attempts: 1, pruned: vec![] });
+        t.upload_event(&UploadEvent::Saved {
+            step: 2,
+            reason: ddpm::checkpoint::Reason::Steps,
+            bytes: 300,
+            seconds: 0.5,
+            attempts: 1,
+            pruned: vec![],
+        });
         let text = prom::encode(&t.registry());
         let v = |s: &str| parse_sample(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
         assert_eq!(v("ddpm_step"), 3.0);

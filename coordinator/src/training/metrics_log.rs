@@ -139,7 +139,8 @@ impl MetricsLog {
             Sink::Remote(store) => {
                 let mut removed = 0;
                 for seg in store.list("metrics").await? {
-                    let first = seg.key.rsplit('/').next().and_then(|n| n.strip_prefix("step_")?.strip_suffix(".jsonl")?.parse::<u64>().ok());
+                    let first =
+                        seg.key.rsplit('/').next().and_then(|n| n.strip_prefix("step_")?.strip_suffix(".jsonl")?.parse::<u64>().ok());
                     let Some(first) = first else { continue };
                     if first > upto {
                         store.delete(&seg.key).await?;
@@ -157,7 +158,11 @@ impl MetricsLog {
             }
         };
         if removed > 0 {
-            tracing::info!(after = upto, removed, "metrics log: rows after the resumed step superseded (a start that did not checkpoint them wrote them)");
+            tracing::info!(
+                after = upto,
+                removed,
+                "metrics log: rows after the resumed step superseded (a start that did not checkpoint them wrote them)"
+            );
         }
         Ok(())
     }

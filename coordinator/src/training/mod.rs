@@ -117,7 +117,10 @@ enum StepEnd {
     Done(Box<RoundResult>),
     /// Redo the step with these members (the rest were dropped), through
     /// the star if the ring's audit failed (`RoundFailure::needs_star`).
-    Redo { left: BTreeSet<u64>, through_star: bool },
+    Redo {
+        left: BTreeSet<u64>,
+        through_star: bool,
+    },
 }
 
 impl Trainer {
@@ -186,7 +189,7 @@ impl Trainer {
         // Per chunk, the members' median norm in the last applied step.
         let mut screen_reference: Option<Arc<Vec<f64>>> = None;
         let mut last_step_time: Option<Duration> = None;
-                let mut started_training = false;
+        let mut started_training = false;
         let mut stopped = false;
         while step < total {
             let s = step + 1;
@@ -211,7 +214,14 @@ impl Trainer {
             if !started_training {
                 started_training = true;
                 self.lifecycle.set_phase(Phase::Training);
-                tracing::info!(workers = step_members.len(), steps = total, batch, params, reduction = cfg.dist.backend.name(), "training starts");
+                tracing::info!(
+                    workers = step_members.len(),
+                    steps = total,
+                    batch,
+                    params,
+                    reduction = cfg.dist.backend.name(),
+                    "training starts"
+                );
             }
             let t0 = Instant::now();
             let samples = match next.take() {
@@ -328,10 +338,8 @@ impl Trainer {
         let final_ids = members::wait_idle(&self.roster, &active, total, step_timeout).await;
         checksums.verify(&self.roster, total);
         let (_, coord_sum) = self.state.checksum().await?;
-        let replica_checksums: BTreeMap<u64, String> = final_ids
-            .iter()
-            .filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}"))))
-            .collect();
+        let replica_checksums: BTreeMap<u64, String> =
+            final_ids.iter().filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}")))).collect();
         let coordinator_checksum = format!("{coord_sum:016x}");
         let replicas_agree = !replica_checksums.is_empty() && replica_checksums.values().all(|c| *c == coordinator_checksum);
         if replicas_agree {
@@ -370,7 +378,7 @@ impl Trainer {
             replica_checksums,
             replicas_agree,
             checksum_mismatches: checksums.mismatches(),
-                checksums_compared: checksums.compared(),
+            checksums_compared: checksums.compared(),
             checkpoint,
             grid,
             images_per_s: images_per_s(total - resumed_from),
