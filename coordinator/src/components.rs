@@ -22,6 +22,7 @@ use crate::run_status::RunStatus;
 use crate::state::StateHandle;
 use crate::telemetry::history::RunHistory;
 use crate::telemetry::metrics::{Sources, Telemetry};
+use crate::training::start::StartPolicy;
 
 /// Handles on the run's components (cheap to clone: each is shared).
 #[derive(Clone)]
@@ -49,16 +50,17 @@ pub struct Components {
 
 impl Components {
     /// Starts the state thread on `resume` (none: a new run) and builds the
-    /// other components around it for a run of `workers` training workers
-    /// under `limits`.
+    /// other components around it for a run that starts as `start` says
+    /// (its `workers` and `min_workers`), under `limits`.
     pub async fn start(
         config: &TrainConfig,
         store: RunStore,
         dataset: Arc<dyn Dataset>,
         resume: Option<CheckpointData>,
         limits: &Limits,
-        workers: usize,
+        start: &StartPolicy,
     ) -> anyhow::Result<Self> {
+        let workers = start.workers;
         let state = StateHandle::start(config.clone(), resume, dataset.len())?;
         let roster = Arc::new(Roster::with_limit(limits.members(workers)));
         let lifecycle = Arc::new(Lifecycle::default());
@@ -73,6 +75,7 @@ impl Components {
             lifecycle: lifecycle.clone(),
             total_steps: config.train.steps,
             workers_expected: workers,
+            min_workers: start.min_workers,
             reduction: config.dist.backend,
         });
         Ok(Self {

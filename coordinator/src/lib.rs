@@ -130,7 +130,7 @@ async fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(Components, Background)> {
     let addr = listener.local_addr()?;
-    let parts = Components::start(&opts.config, store, dataset, resume, &opts.limits, opts.start.workers).await?;
+    let parts = Components::start(&opts.config, store, dataset, resume, &opts.limits, &opts.start).await?;
     let layout = &parts.state.layout;
     let run_config = RunConfig {
         train: opts.config.clone(),

@@ -2,7 +2,9 @@
 //! `ddpm-coord` / `ddpm-worker` binaries started on loopback.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod k8s;
+pub mod pss;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

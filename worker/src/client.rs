@@ -14,6 +14,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::directive::{CallResult, Directed};
+use crate::CoordinatorGone;
 
 /// The coordinator's client; cheap to clone (one HTTP/2 connection). Every
 /// call carries the worker token and, once registered, the session secret.
@@ -47,7 +48,15 @@ pub async fn connect(addr: &str, tls: &ClientTls, timeout: Duration, credentials
                 tracing::debug!("coordinator at {addr} not reachable yet: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => anyhow::bail!("cannot reach the coordinator at {addr} within {:.0} s: {e}", timeout.as_secs_f64()),
+            Err(e) => {
+                return Err(CoordinatorGone {
+                    verb: "reach",
+                    addr: addr.to_string(),
+                    waited_s: started.elapsed().as_secs_f64(),
+                    cause: e.to_string(),
+                }
+                .into())
+            }
         }
     }
 }

@@ -44,6 +44,19 @@ pub enum Ended {
     Stopped,
 }
 
+/// The coordinator stayed unreachable for `--connect-timeout`: gone or
+/// never there. A type of its own so that `main` exits with
+/// [`ddpm::exit::NO_COORDINATOR`], which a supervisor tells from a crash.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} the coordinator at {addr} within {waited_s:.0} s (--connect-timeout): {cause}")]
+pub struct CoordinatorGone {
+    /// "reach" (no connection) or "join" (connections broke while joining).
+    pub verb: &'static str,
+    pub addr: String,
+    pub waited_s: f64,
+    pub cause: String,
+}
+
 /// Backoff between reconnects to a lost coordinator: from the first
 /// value, doubling, up to the last.
 const RECONNECT_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(5));
@@ -87,11 +100,13 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
             SessionEnd::NotJoined(reason) => {
                 let since = *not_joined_since.get_or_insert(began);
                 if since.elapsed() >= opts.connect_timeout {
-                    anyhow::bail!(
-                        "cannot join the coordinator at {} within {:.0} s: {reason}",
-                        opts.coord,
-                        opts.connect_timeout.as_secs_f64()
-                    );
+                    return Err(CoordinatorGone {
+                        verb: "join",
+                        addr: opts.coord.clone(),
+                        waited_s: since.elapsed().as_secs_f64(),
+                        cause: reason,
+                    }
+                    .into());
                 }
                 tracing::warn!("could not join the coordinator at {} ({reason}); retrying in {:.2} s", opts.coord, backoff.as_secs_f64());
                 let pause = backoff;

@@ -9,7 +9,7 @@ use ddpm::exit;
 use ddpm::wire::WorkerRole;
 use ddpm_worker::gpus::{GpuSet, MetricsAddrError};
 use ddpm_worker::options::WorkerOptions;
-use ddpm_worker::{run, Ended};
+use ddpm_worker::{run, CoordinatorGone, Ended};
 use tch::Device;
 
 /// A worker of a ddpm training run: one process per device.
@@ -21,9 +21,9 @@ use tch::Device;
 /// need no restart when the coordinator restarts (or is stopped by SIGTERM:
 /// it resumes the run when it starts again).
 ///
-/// Exit codes: 0 the run is finished; 1 an error (e.g. the coordinator
-/// stayed unreachable for --connect-timeout); 2 bad flags; 75 stopped by
-/// SIGTERM/Ctrl-C before the run's end.
+/// Exit codes: 0 the run is finished; 1 an error; 2 bad flags; 4 the
+/// coordinator stayed unreachable for --connect-timeout (gone, or never
+/// there); 75 stopped by SIGTERM/Ctrl-C before the run's end.
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-worker", version)]
 struct Args {
@@ -237,7 +237,10 @@ fn main() -> ExitCode {
         Ok(Ended::Stopped) => exit::code(exit::STOPPED),
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit::code(exit::FAILED)
+            match e.downcast_ref::<CoordinatorGone>() {
+                Some(_) => exit::code(exit::NO_COORDINATOR),
+                None => exit::code(exit::FAILED),
+            }
         }
     }
 }

@@ -31,6 +31,8 @@ struct Counts {
     images: u64,
     reduced_bytes: u64,
     redone: u64,
+    /// Replica checksums that differed from the coordinator's.
+    checksum_mismatches: u64,
     saves: u64,
     save_failures: u64,
     save_retries: u64,
@@ -48,6 +50,7 @@ impl Default for Counts {
             images: 0,
             reduced_bytes: 0,
             redone: 0,
+            checksum_mismatches: 0,
             saves: 0,
             save_failures: 0,
             save_retries: 0,
@@ -66,6 +69,9 @@ pub struct Sources {
     pub lifecycle: Arc<Lifecycle>,
     pub total_steps: u64,
     pub workers_expected: usize,
+    /// Workers training needs (--min-workers): fewer at the start is a
+    /// failed start, fewer later is what an operator is alerted on.
+    pub min_workers: usize,
     /// How gradients are reduced ([dist] backend).
     pub reduction: ddpm::config::Backend,
 }
@@ -107,6 +113,12 @@ impl Telemetry {
     /// A step's round failed and the step is redone.
     pub fn step_redone(&self) {
         self.lock().redone += 1;
+    }
+
+    /// `n` replicas reported parameters that differ from the coordinator's
+    /// (each is sent the coordinator's state).
+    pub fn checksum_mismatches(&self, n: u64) {
+        self.lock().checksum_mismatches += n;
     }
 
     /// What the checkpoint uploader reported.
@@ -198,6 +210,14 @@ impl prom::Exporter for Telemetry {
             None,
             self.sources.workers_expected as f64,
         )?;
+        prom::gauge(e, "min_workers", "Workers the run needs to train (--min-workers).", None, self.sources.min_workers as f64)?;
+        prom::counter(
+            e,
+            "checksum_mismatches",
+            "Replica parameter checksums that differed from the coordinator's (the replica was resynced).",
+            None,
+            c.checksum_mismatches,
+        )?;
         let members = self.sources.roster.status();
         let mut by_state = Vec::new();
         for role in ["train", "eval"] {
@@ -257,6 +277,7 @@ mod tests {
             lifecycle: Arc::new(Lifecycle::default()),
             total_steps: 10,
             workers_expected: 2,
+            min_workers: 1,
             reduction: ddpm::config::Backend::Ring,
         });
         for step in 1..=3 {
@@ -274,6 +295,7 @@ mod tests {
             t.record_step(&m, 8, 1000, 0, 40.0);
         }
         t.step_redone();
+        t.checksum_mismatches(2);
         t.upload_event(&UploadEvent::Saved {
             step: 2,
             reason: ddpm::checkpoint::Reason::Steps,
@@ -291,6 +313,8 @@ mod tests {
         assert_eq!(v("ddpm_reduced_bytes_total"), 3000.0);
         assert_eq!(v("ddpm_trained_images_total"), 24.0);
         assert_eq!(v("ddpm_redone_steps_total"), 1.0);
+        assert_eq!(v("ddpm_checksum_mismatches_total"), 2.0);
+        assert_eq!(v("ddpm_min_workers"), 1.0);
         assert_eq!(v("ddpm_checkpoint_saves_total"), 1.0);
         assert_eq!(v("ddpm_checkpoint_written_bytes_total"), 300.0);
         assert_eq!(v("ddpm_unsaved_steps"), 1.0);

@@ -1,9 +1,11 @@
 //! Seeing a run: the Prometheus metrics ([`metrics::Telemetry`]), the
-//! metrics history the dashboard draws ([`history::RunHistory`]), the
+//! metrics history the dashboard draws ([`history::RunHistory`]) and its
+//! curves downsampled per pixel column ([`curves`]), the
 //! dashboard's JSON ([`api`]) and the HTTP port serving them all
 //! ([`http`]), and the gRPC health statuses ([`watch_health`]).
 
 pub mod api;
+pub mod curves;
 pub mod history;
 pub mod http;
 pub mod metrics;

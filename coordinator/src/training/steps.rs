@@ -207,7 +207,7 @@ impl Trainer {
             debug_assert_eq!(at, s);
             run.checksums.expect(s, sum);
         }
-        run.checksums.verify(&self.roster, s);
+        self.telemetry.checksum_mismatches(run.checksums.verify(&self.roster, s));
         let took = t0.elapsed();
         run.last_step_time = Some(took);
         let saved = self.status.get();
