@@ -14,7 +14,19 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::directive::{CallResult, Directed};
-use crate::CoordinatorGone;
+
+/// The coordinator stayed unreachable for `--connect-timeout`: gone or
+/// never there. A type of its own so that `main` exits with
+/// [`ddpm::exit::NO_COORDINATOR`], which a supervisor tells from a crash.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} the coordinator at {addr} within {waited_s:.0} s (--connect-timeout): {cause}")]
+pub struct CoordinatorGone {
+    /// "reach" (no connection) or "join" (connections broke while joining).
+    pub verb: &'static str,
+    pub addr: String,
+    pub waited_s: f64,
+    pub cause: String,
+}
 
 /// The coordinator's client; cheap to clone (one HTTP/2 connection). Every
 /// call carries the worker token and, once registered, the session secret.

@@ -17,7 +17,7 @@
 //! - `device/`: the thread that owns the model and every tensor
 //! - `telemetry.rs`: its metrics and health on `--metrics-listen`
 
-mod client;
+pub mod client;
 pub mod device;
 mod directive;
 pub mod exchange;
@@ -31,6 +31,7 @@ mod training;
 
 use std::time::Duration;
 
+use client::CoordinatorGone;
 use device::DeviceHandle;
 use options::WorkerOptions;
 use session::SessionEnd;
@@ -42,19 +43,6 @@ pub enum Ended {
     RunOver,
     /// SIGTERM or Ctrl-C before the run's end.
     Stopped,
-}
-
-/// The coordinator stayed unreachable for `--connect-timeout`: gone or
-/// never there. A type of its own so that `main` exits with
-/// [`ddpm::exit::NO_COORDINATOR`], which a supervisor tells from a crash.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot {verb} the coordinator at {addr} within {waited_s:.0} s (--connect-timeout): {cause}")]
-pub struct CoordinatorGone {
-    /// "reach" (no connection) or "join" (connections broke while joining).
-    pub verb: &'static str,
-    pub addr: String,
-    pub waited_s: f64,
-    pub cause: String,
 }
 
 /// Backoff between reconnects to a lost coordinator: from the first

@@ -7,9 +7,10 @@ use std::time::Duration;
 use clap::Parser;
 use ddpm::exit;
 use ddpm::wire::WorkerRole;
+use ddpm_worker::client::CoordinatorGone;
 use ddpm_worker::gpus::{GpuSet, MetricsAddrError};
 use ddpm_worker::options::WorkerOptions;
-use ddpm_worker::{run, CoordinatorGone, Ended};
+use ddpm_worker::{run, Ended};
 use tch::Device;
 
 /// A worker of a ddpm training run: one process per device.
