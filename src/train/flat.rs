@@ -76,11 +76,30 @@ pub struct FlatModel {
     vars: Vec<Tensor>,
 }
 
+/// Held while a model's initialisation draws from torch's generator.
+static DRAWING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl FlatModel {
     /// Builds the U-Net of `config` on `device` with the paper's
-    /// initialisation (drawn from torch's generator: seed it first with
-    /// `tch::manual_seed` for a reproducible start).
+    /// initialisation, drawn from torch's generator as it stands (use
+    /// [`FlatModel::seeded`] for a reproducible start).
     pub fn new(config: &UNetConfig, device: Device) -> Result<Self, UNetError> {
+        let _drawing = DRAWING.lock().unwrap_or_else(|p| p.into_inner());
+        Self::draw(config, device)
+    }
+
+    /// [`FlatModel::new`] with torch's generator seeded with `seed` first.
+    /// torch's default generator is one per process: two models drawn at
+    /// once on two threads (the coordinator's state and a test's, a bench)
+    /// would interleave their draws and neither would be the seed's, so
+    /// every draw here holds one lock.
+    pub fn seeded(config: &UNetConfig, device: Device, seed: i64) -> Result<Self, UNetError> {
+        let _drawing = DRAWING.lock().unwrap_or_else(|p| p.into_inner());
+        tch::manual_seed(seed);
+        Self::draw(config, device)
+    }
+
+    fn draw(config: &UNetConfig, device: Device) -> Result<Self, UNetError> {
         let vs = nn::VarStore::new(device);
         let unet = UNet::new(&vs.root(), config)?;
         let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();

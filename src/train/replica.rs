@@ -57,8 +57,7 @@ impl TrainState {
     /// torch's generator seeded with the run seed (on the CPU, so that it
     /// does not depend on the device), moved to `device`.
     pub fn init(config: &TrainConfig, device: Device) -> Result<Self, UNetError> {
-        tch::manual_seed(config.train.seed as i64);
-        let cpu = FlatModel::new(&config.model, Device::Cpu)?;
+        let cpu = FlatModel::seeded(&config.model, Device::Cpu, config.train.seed as i64)?;
         let model = if device == Device::Cpu {
             cpu
         } else {
