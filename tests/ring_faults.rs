@@ -17,8 +17,9 @@
 //! The freeze is the worker's fault injection `DDPM_FAULT_RING_FREEZE`
 //! (`worker/src/ring_exchange.rs`): it lands after the predecessor's first
 //! bytes, so the fault is mid-ring by construction, not by timing luck.
-//! The NaN is `DDPM_FAULT_GRAD_POISON`, the lie `DDPM_FAULT_RING_LIE`, in
-//! the same file.
+//! The NaN is `DDPM_FAULT_GRAD_POISON`, the lie `DDPM_FAULT_RING_LIE`, a
+//! member that never feeds the coordinator's copy of the state
+//! `DDPM_FAULT_SKIP_FEED`, in the same file.
 
 mod common;
 
@@ -218,6 +219,33 @@ fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
     assert!(left.is_empty(), "the killed worker's outbox is still there: {left:?}");
     let d = max_diff(&run.final_params(), straight);
     eprintln!("max |fault-free - killed member| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}
+
+/// A member that feeds nothing of a committed step's update to the
+/// coordinator's copy of the state (as if it died right after the
+/// outcome) costs that copy nothing: its predecessor in the ring feeds the
+/// same chunks. The coordinator's checksum is compared with every
+/// replica's after every step (`checksum_every = 1`), so its copy stayed
+/// exact throughout, and the run ends as the fault-free one does.
+#[test]
+fn a_member_that_never_feeds_the_coordinators_copy_costs_it_nothing() {
+    fault_free();
+    let run = Run::new();
+    let (mut coord, mut workers) = run.start([None, Some(("DDPM_FAULT_SKIP_FEED", "3")), None]);
+    workers[1].wait_for_line("fault injection: feeding nothing of this step", Duration::from_secs(300));
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    let out = coord.output();
+    assert!(!out.contains("stops following the run"), "{out}");
+    let summary = run.summary();
+    assert_eq!(summary["steps"], STEPS);
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+    assert_eq!(summary["checksums_compared"].as_u64().unwrap(), STEPS * 3, "every replica every step: {summary}");
+    let d = max_diff(&run.final_params(), fault_free());
     assert!(d < 1e-4, "{d}");
 }
 

@@ -58,7 +58,7 @@ impl Background {
     ) -> anyhow::Result<Self> {
         // The earlier starts' rows, for the dashboard, without holding up training.
         let history_load = {
-            let (history, store, upto) = (parts.history.clone(), parts.store.clone(), parts.state.start_step);
+            let (history, store, upto) = (parts.history.clone(), parts.store.clone(), parts.shadow.start_step());
             tokio::spawn(async move { history.load(&store, upto).await })
         };
         let metrics_port = match &opts.metrics_listen {

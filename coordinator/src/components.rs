@@ -19,6 +19,7 @@ use crate::limits::Limits;
 use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
+use crate::shadow::Shadow;
 use crate::state::StateHandle;
 use crate::telemetry::history::RunHistory;
 use crate::telemetry::metrics::{Sources, Telemetry};
@@ -30,8 +31,9 @@ pub struct Components {
     /// The run's store, fenced by its lease.
     pub store: RunStore,
     pub dataset: Arc<dyn Dataset>,
-    /// Parameters, Adam and the EMA on their own thread.
-    pub state: StateHandle,
+    /// The coordinator's copy of parameters, Adam and the EMA (on their
+    /// own thread), fed off the step's path.
+    pub shadow: Arc<Shadow>,
     /// Membership and liveness.
     pub roster: Arc<Roster>,
     /// The step's all-reduce, while one is open.
@@ -61,6 +63,7 @@ impl Components {
         start: &StartPolicy,
     ) -> anyhow::Result<Self> {
         let workers = start.workers;
+        let skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
         let state = StateHandle::start(config.clone(), resume, dataset.len())?;
         let roster = Arc::new(Roster::with_limit(limits.members(workers)));
         let lifecycle = Arc::new(Lifecycle::default());
@@ -80,8 +83,8 @@ impl Components {
         });
         Ok(Self {
             store,
+            shadow: Shadow::start(state, skipped, dataset.len()),
             dataset,
-            state,
             roster,
             rounds: Arc::default(),
             lifecycle,

@@ -32,6 +32,7 @@ pub mod round_slot;
 pub mod run_status;
 pub mod server;
 pub mod service;
+pub mod shadow;
 pub mod state;
 pub mod step_record;
 pub mod telemetry;
@@ -131,7 +132,7 @@ async fn start(
 ) -> anyhow::Result<(Components, Background)> {
     let addr = listener.local_addr()?;
     let parts = Components::start(&opts.config, store, dataset, resume, &opts.limits, &opts.start).await?;
-    let layout = &parts.state.layout;
+    let layout = parts.shadow.layout();
     let run_config = RunConfig {
         train: opts.config.clone(),
         decoder: parts.dataset.decoder(),

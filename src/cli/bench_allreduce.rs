@@ -3,8 +3,9 @@
 //! the same run. The members are in-process fakes that speak the real
 //! protocol to a real coordinator (no model: a fixed gradient), so only
 //! the reduction is timed: the coordinator's star, and the ring (worker to
-//! worker through `ddpm::ring`, with each member's segment uploaded to the
-//! coordinator and the outcome back, exactly as a worker does).
+//! worker through `ddpm::ring`, with each member's scalars reported to the
+//! coordinator, the outcome back, and the shadow's feed after it, exactly
+//! as a worker does).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +15,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use ddpm::config::{GradDtype, RunConfig};
 use ddpm::proto::{self, coordinator_client::CoordinatorClient, gradient_message, reduced_message, work_message};
-use ddpm::ring::{PeerListener, RingMembership, RingSpec};
+use ddpm::ring::{feed, PeerListener, RingMembership, RingSpec};
 use ddpm::wire;
 use tokio_stream::StreamExt;
 
@@ -234,32 +235,61 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
             peer_timeout: plan.timeout,
             shm: a.ring.as_ref().is_some_and(|p| p.shm),
         };
+        let (rank, n, ce) = (spec.rank, spec.n, spec.chunk_elements);
         let start = Instant::now();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tx.send(m.header(&a, dtype, wire::chunk_norms(&work, spec.chunk_elements))).await?;
+        let header = m.header(&a, dtype, wire::chunk_norms(&work, ce));
+        tx.send(header.clone()).await?;
         let mut inbound = m.c.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+        // The owner's scalars of each final chunk of its segment, as a
+        // worker reports them; the bytes kept for the shadow's feed.
         let (owned_tx, mut owned_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Bytes)>();
-        let upload = tokio::spawn(async move {
-            while let Some((index, data)) = owned_rx.recv().await {
-                let chunk = proto::GradientChunk { index, data };
-                if tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(chunk)) }).await.is_err() {
-                    return;
+        let upload = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                let mut kept = Vec::new();
+                while let Some((index, data)) = owned_rx.recv().await {
+                    let mut values = vec![0f32; data.len() / dtype.bytes_per_element()];
+                    if wire::decode_into(&data, dtype, index, &mut values).is_err() {
+                        break;
+                    }
+                    let (sumsq, digest) = wire::digest::chunk_scalars(&values);
+                    let d = proto::SegmentDigest { index, sumsq, digest };
+                    if tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Segment(d)) }).await.is_err() {
+                        break;
+                    }
+                    kept.push((index, data));
                 }
+                kept
             }
         });
         let reduced = plan
             .all_reduce(&peers, spec, work, owned_tx, None)
             .await
             .map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
+        let digest = wire::digest::gradient_digest(&reduced, wire::chunk_ranges(m.total, ce));
+        tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Replica(proto::ReplicaDigest { digest })) }).await?;
         let ring_s = start.elapsed().as_secs_f64();
         anyhow::ensure!(reduced.len() == m.total);
-        work = reduced;
         while let Some(msg) = inbound.next().await {
             if let Some(reduced_message::Kind::Outcome(_)) = msg?.kind {
                 break;
             }
         }
-        upload.abort();
+        // The step is committed: the shadow's feed goes in the background,
+        // as a worker's does.
+        let mut fed = upload.await?;
+        if a.feed_shadow {
+            fed.extend(feed::successor_chunks(&reduced, rank, n, ce, dtype));
+            let messages = std::iter::once(header)
+                .chain(fed.into_iter().map(|(index, data)| proto::GradientMessage {
+                    kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index, data })),
+                }))
+                .collect::<Vec<_>>();
+            let mut c = m.c.clone();
+            tokio::spawn(async move { c.feed_shadow(tokio_stream::iter(messages)).await });
+        }
+        work = reduced;
         times.push((start.elapsed().as_secs_f64(), ring_s));
         applied = a.step;
     }

@@ -74,7 +74,8 @@ pub fn as_json(r: &proto::StatusReply) -> serde_json::Value {
         "elapsed_s": r.elapsed_s, "eta_s": (r.eta_s >= 0.0).then_some(r.eta_s),
         "skipped_steps": r.skipped_steps, "last_checkpoint_step": r.last_checkpoint_step,
         "unsaved_steps": r.unsaved_steps, "checkpoint_error": (!r.checkpoint_error.is_empty()).then_some(&r.checkpoint_error),
-        "checkpoint_steps": r.checkpoint_steps, "workers_expected": r.workers_expected, "reduction": r.reduction, "members": members,
+        "checkpoint_steps": r.checkpoint_steps, "workers_expected": r.workers_expected, "reduction": r.reduction,
+        "shadow_step": r.shadow_step, "shadow_error": (!r.shadow_error.is_empty()).then_some(&r.shadow_error), "members": members,
     })
 }
 
@@ -112,6 +113,18 @@ pub fn render(r: &proto::StatusReply, coord: &str) -> String {
     let _ = writeln!(out, "checkpoint {saved}  [{} in the store]", r.checkpoint_steps.len());
     if !r.checkpoint_error.is_empty() {
         let _ = writeln!(out, "           ! {}", r.checkpoint_error);
+    }
+    if r.step > 0 && (r.shadow_step != r.step || !r.shadow_error.is_empty()) {
+        // Only worth a line when it is behind: with the star it never is.
+        let _ = writeln!(
+            out,
+            "shadow     the coordinator's copy of the state is at step {} ({} behind)",
+            r.shadow_step,
+            r.step.saturating_sub(r.shadow_step)
+        );
+    }
+    if !r.shadow_error.is_empty() {
+        let _ = writeln!(out, "           ! {}", r.shadow_error);
     }
     let reduction = if r.reduction.is_empty() { String::new() } else { format!("  (gradients reduced by: {})", r.reduction) };
     let _ = writeln!(out, "workers    {} members, {} expected{reduction}", r.members.len(), r.workers_expected);
@@ -156,6 +169,7 @@ mod tests {
             unsaved_steps: 5,
             checkpoint_error: "no space".into(),
             reduction: "ring".into(),
+            shadow_step: 23,
             members: vec![proto::MemberStatus {
                 worker_id: 3,
                 name: "a/gpu0".into(),
@@ -175,6 +189,7 @@ mod tests {
             "! no space",
             "128.0",
             "reduced by: ring",
+            "copy of the state is at step 23 (2 behind)",
         ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
@@ -183,6 +198,8 @@ mod tests {
         assert_eq!(j["eta_s"], 3725.0);
         assert_eq!(j["checkpoint_error"], "no space");
         assert_eq!(j["reduction"], "ring");
+        assert_eq!(j["shadow_step"], 23);
+        assert!(!render(&proto::StatusReply { step: 25, shadow_step: 25, ..Default::default() }, "h:1").contains("shadow"));
         assert!(as_json(&proto::StatusReply { eta_s: -1.0, ..Default::default() })["eta_s"].is_null());
     }
 }

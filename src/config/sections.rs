@@ -91,6 +91,12 @@ pub struct DistConfig {
     /// Compare every replica's parameter checksum with the coordinator's
     /// every this many steps (0: never).
     pub checksum_every: u64,
+    /// Steps the coordinator's own copy of the state (the shadow) may lag
+    /// behind the run before the next step waits for it. With the ring its
+    /// update arrives after each step, fed by the members while the next
+    /// one computes; a crash of every worker loses at most this many steps
+    /// plus the one in flight.
+    pub shadow_lag: u64,
     /// Require the global batch to split evenly across the workers.
     pub require_even_shards: bool,
 }
@@ -309,6 +315,7 @@ impl Default for DistConfig {
             straggler_min_s: 30.0,
             screen_factor: 100.0,
             checksum_every: 100,
+            shadow_lag: 2,
             require_even_shards: false,
         }
     }

@@ -17,6 +17,7 @@
 mod allreduce;
 mod allreduce_links;
 pub mod fault;
+pub mod feed;
 pub mod frame;
 mod links;
 mod member;

@@ -1,24 +1,31 @@
 //! The ring backend of [`GradientExchange`]: the gradient goes worker to
 //! worker (`ddpm::ring`), and the coordinator's ReduceGradients stream
-//! carries only what the control plane needs: the header (loss, shard,
-//! compute time, and the norm of each chunk of this member's own gradient,
-//! which the coordinator screens as it screens the star's chunks), this
-//! member's reduced segment as soon as each chunk of
-//! it is final (while the all-gather still runs), a fault report if the
-//! ring breaks, and back the step's outcome, which commits the step.
+//! carries only scalars, what the control plane decides on: the header
+//! (loss, shard, compute time, and the norm of each chunk of this member's
+//! own gradient, which the coordinator screens as it screens the star's
+//! chunks), the sum of squares and digest of each chunk of this member's
+//! reduced segment as soon as it is final (while the all-gather still
+//! runs), the digest of the whole reduced gradient once this replica holds
+//! it, a fault report if the ring breaks, and back the step's outcome,
+//! which commits the step.
 //!
-//! The update is applied only after the outcome arrives, so a replica
-//! never runs ahead of the coordinator's copy. A broken ring is reported
+//! The update is applied only after the outcome arrives, and the outcome
+//! comes only when every replica holds the bits the owners measured. After
+//! it, with the coordinator's shadow on, this member streams its reduced
+//! segment to the coordinator's copy of the state (FeedShadow) in the
+//! background while the next step computes. A broken ring is reported
 //! (naming the neighbour at fault) and the worker waits for the
 //! coordinator's verdict: the attempt is abandoned and redone without the
 //! culprit.
 
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, gradient_message, reduced_message};
-use ddpm::ring::{PeerListener, RingFault, RingMembership, RingSpec};
+use ddpm::ring::{feed, PeerListener, RingFault, RingMembership, RingSpec};
 use ddpm::train::Outcome;
+use ddpm::wire::{self, digest};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -45,6 +52,14 @@ fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
     let v = std::env::var("DDPM_FAULT_RING_FREEZE").ok()?;
     let (s, secs) = v.split_once(':')?;
     (attempt == 0 && s.parse::<u64>().ok()? == step).then(|| Duration::from_secs_f64(secs.parse().unwrap_or(0.0)))
+}
+
+/// Fault injection for the tests (`tests/ring_faults.rs`):
+/// `DDPM_FAULT_SKIP_FEED=STEP` makes this worker feed nothing of step
+/// STEP's update to the coordinator's copy of the state, as if it had
+/// died right after the outcome.
+fn feed_skipped(step: u64) -> bool {
+    std::env::var("DDPM_FAULT_SKIP_FEED").ok().and_then(|v| v.parse::<u64>().ok()) == Some(step)
 }
 
 /// Fault injections for the tests (`tests/ring_faults.rs`), each setting
@@ -77,106 +92,214 @@ impl GradientExchange for RingExchange<'_> {
             peer_timeout: plan.timeout,
             shm: p.shm,
         };
-        if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_GRAD_POISON", a.step, a.attempt), local.grad.first_mut()) {
-            tracing::warn!(step = a.step, "fault injection: this worker's gradient starts with {value}");
-            *first = value;
-        }
-        let header = proto::GradientHeader {
-            worker_id: self.worker_id,
-            step: a.step,
-            attempt: a.attempt,
-            elements: local.grad.len() as u64,
-            dtype: dtype.to_proto() as i32,
-            loss: local.loss,
-            samples: a.shard_size,
-            compute_s: local.compute_s,
-            // One read of the gradient (memory-bound, a few percent of the
-            // ring's own passes over it).
-            chunk_norms: ddpm::wire::chunk_norms(&local.grad, spec.chunk_elements),
-        };
-        if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_RING_LIE", a.step, a.attempt), local.grad.first_mut()) {
-            tracing::warn!(
-                step = a.step,
-                "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element"
-            );
-            *first = value;
-        }
-        let msg = |kind| proto::GradientMessage { kind: Some(kind) };
+        let header = header_with_faults(self.worker_id, a, &mut local, dtype, spec.chunk_elements);
         let (tx, rx) = mpsc::channel(16);
-        tx.send(msg(gradient_message::Kind::Header(header))).await.map_err(|_| anyhow::anyhow!("upload queue closed"))?;
+        tx.send(msg(gradient_message::Kind::Header(header.clone()))).await.map_err(|_| anyhow::anyhow!("upload queue closed"))?;
         let context = format!("the all-reduce of step {} failed", a.step);
-        let mut inbound = match self.client.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        let inbound = match self.client.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) => return ended(CallError::from_status(&s, &context)),
         };
-        // This member's segment goes up as its chunks become final.
-        let (owned_tx, mut owned_rx) = mpsc::unbounded_channel::<(u32, bytes::Bytes)>();
-        let upload = {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                while let Some((index, data)) = owned_rx.recv().await {
-                    let chunk = proto::GradientChunk { index, data };
-                    if tx.send(msg(gradient_message::Kind::Chunk(chunk))).await.is_err() {
-                        return;
-                    }
-                }
-            })
-        };
+        // This member's segment: its digests go up as its chunks become
+        // final; its bytes stay here for the shadow's feed.
+        let (owned_tx, owned_rx) = mpsc::unbounded_channel::<(u32, Bytes)>();
+        let segment = tokio::spawn(report_segment(owned_rx, tx.clone(), dtype, spec.chunk_elements));
+        let chunking = (spec.total, spec.chunk_elements);
+        let (rank, n) = (spec.rank, spec.n);
         let started = Instant::now();
         let freeze = freeze_at(a.step, a.attempt);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let mut first_bytes = freeze.map(|_| first_rx);
         let ring = plan.all_reduce(self.peers, spec, local.grad, owned_tx, Some(first_tx));
+        let steps = Steps { step: a.step, context: &context, tx: &tx, chunking, freeze, first_bytes: freeze.map(|_| first_rx) };
+        let result = steps.run(ring, inbound, &mut self.ring_s, started).await;
+        match result {
+            Ok(Exchanged::Reduced { grad, outcome }) => {
+                if a.feed_shadow && feed_skipped(a.step) {
+                    tracing::warn!(step = a.step, "fault injection: feeding nothing of this step to the coordinator's copy of the state");
+                    segment.abort();
+                } else if a.feed_shadow {
+                    let mut fed = segment.await.unwrap_or_default();
+                    fed.extend(feed::successor_chunks(&grad, rank, n, chunking.1, dtype));
+                    tokio::spawn(feed_shadow(self.client.clone(), header, fed));
+                } else {
+                    segment.abort();
+                }
+                Ok(Exchanged::Reduced { grad, outcome })
+            }
+            Ok(other) => {
+                segment.abort();
+                Ok(other)
+            }
+            Err(e) => {
+                segment.abort();
+                ended(e)
+            }
+        }
+    }
+}
+
+fn msg(kind: gradient_message::Kind) -> proto::GradientMessage {
+    proto::GradientMessage { kind: Some(kind) }
+}
+
+/// The step's header, with this member's chunk norms taken of its own
+/// gradient, and the fault injections around them.
+fn header_with_faults(
+    worker_id: u64,
+    a: &proto::TrainAssignment,
+    local: &mut Computed,
+    dtype: GradDtype,
+    chunk: usize,
+) -> proto::GradientHeader {
+    if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_GRAD_POISON", a.step, a.attempt), local.grad.first_mut()) {
+        tracing::warn!(step = a.step, "fault injection: this worker's gradient starts with {value}");
+        *first = value;
+    }
+    let header = proto::GradientHeader {
+        worker_id,
+        step: a.step,
+        attempt: a.attempt,
+        elements: local.grad.len() as u64,
+        dtype: dtype.to_proto() as i32,
+        loss: local.loss,
+        samples: a.shard_size,
+        compute_s: local.compute_s,
+        // One read of the gradient (memory-bound, a few percent of the
+        // ring's own passes over it).
+        chunk_norms: wire::chunk_norms(&local.grad, chunk),
+    };
+    if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_RING_LIE", a.step, a.attempt), local.grad.first_mut()) {
+        tracing::warn!(
+            step = a.step,
+            "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element"
+        );
+        *first = value;
+    }
+    header
+}
+
+/// Reports each final chunk of this member's segment (its float64 sum of
+/// squares and digest, of the values every replica applies) as it comes;
+/// returns the chunks as encoded, for the shadow's feed.
+async fn report_segment(
+    mut owned: mpsc::UnboundedReceiver<(u32, Bytes)>,
+    tx: mpsc::Sender<proto::GradientMessage>,
+    dtype: GradDtype,
+    chunk_elements: usize,
+) -> Vec<(u32, Bytes)> {
+    let mut kept = Vec::new();
+    let mut values = vec![0f32; chunk_elements];
+    while let Some((index, data)) = owned.recv().await {
+        let n = data.len() / dtype.bytes_per_element();
+        let v = &mut values[..n.min(chunk_elements)];
+        if wire::decode_into(&data, dtype, index, v).is_err() {
+            // The ring checked its own frames: this cannot be, and the
+            // coordinator, missing this digest, ends the attempt.
+            tracing::error!(index, "an owned chunk of the wrong size; not reported");
+            return kept;
+        }
+        let (sumsq, digest) = digest::chunk_scalars(v);
+        let d = proto::SegmentDigest { index, sumsq, digest };
+        if tx.send(msg(gradient_message::Kind::Segment(d))).await.is_err() {
+            return kept;
+        }
+        kept.push((index, data));
+    }
+    kept
+}
+
+/// Streams this member's reduced segment of the step `header` names, and
+/// its successor's (`ddpm::ring::feed`), to the coordinator's copy of the
+/// state. In the background: nothing waits for
+/// it but the coordinator, which breaks its copy if it never arrives.
+async fn feed_shadow(mut client: Client, header: proto::GradientHeader, owned: Vec<(u32, Bytes)>) {
+    let step = header.step;
+    let messages = std::iter::once(msg(gradient_message::Kind::Header(header)))
+        .chain(owned.into_iter().map(|(index, data)| msg(gradient_message::Kind::Chunk(proto::GradientChunk { index, data }))));
+    if let Err(s) = client.feed_shadow(tokio_stream::iter(messages)).await {
+        tracing::warn!(step, "feeding the coordinator's copy of the state failed: {}", s.message());
+    }
+}
+
+/// One attempt's ring as it runs beside the coordinator's stream.
+struct Steps<'a> {
+    step: u64,
+    context: &'a str,
+    tx: &'a mpsc::Sender<proto::GradientMessage>,
+    /// (elements, elements per chunk) of the step's gradient.
+    chunking: (usize, usize),
+    freeze: Option<Duration>,
+    first_bytes: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Steps<'_> {
+    /// Runs `ring` to its end, reporting this replica's digest (or the
+    /// fault) to the coordinator, and waits for the outcome on `inbound`.
+    async fn run(
+        mut self,
+        ring: impl std::future::Future<Output = Result<Vec<f32>, RingFault>>,
+        mut inbound: tonic::Streaming<proto::ReducedMessage>,
+        ring_s: &mut f64,
+        started: Instant,
+    ) -> Result<Exchanged, CallError> {
         tokio::pin!(ring);
+        let step = self.step;
         // None while the ring runs; then its result.
         let mut reduced: Option<Result<Vec<f32>, RingFault>> = None;
         let mut outcome: Option<proto::StepOutcome> = None;
-        let result = loop {
-            if let (Some(done), Some(o)) = (&reduced, &outcome) {
-                break match done {
-                    Ok(_) => {
-                        let Some(Ok(grad)) = reduced.take() else { unreachable!() };
-                        let outcome = Outcome { apply: o.apply, grad_norm: o.grad_norm, clip_scale: o.clip_scale };
-                        Ok(Exchanged::Reduced { grad, outcome })
+        loop {
+            if let (Some(_), Some(o)) = (&reduced, &outcome) {
+                return Ok(match reduced.take().expect("matched") {
+                    Ok(grad) => {
+                        Exchanged::Reduced { grad, outcome: Outcome { apply: o.apply, grad_norm: o.grad_norm, clip_scale: o.clip_scale } }
                     }
-                    // Committed without this replica's copy complete: the
-                    // coordinator sends it the state again (it is behind).
-                    Err(why) => Ok(Exchanged::Abandoned(format!("step {} was committed but this replica's ring failed ({why})", a.step))),
-                };
+                    // Committed without this replica's copy complete (the
+                    // coordinator waits for every replica's digest, so this
+                    // is a coordinator that did not): it is behind.
+                    Err(why) => Exchanged::Abandoned(format!("step {step} was committed but this replica's ring failed ({why})")),
+                });
             }
             tokio::select! {
-                arrived = async { first_bytes.as_mut().expect("guarded").await }, if first_bytes.is_some() => {
-                    first_bytes = None;
+                arrived = async { self.first_bytes.as_mut().expect("guarded").await }, if self.first_bytes.is_some() => {
+                    self.first_bytes = None;
                     if arrived.is_ok() {
-                        let secs = freeze.expect("set with first_bytes");
-                        tracing::warn!(step = a.step, "fault injection: freezing the ring for {:.1} s", secs.as_secs_f64());
+                        let secs = self.freeze.expect("set with first_bytes");
+                        tracing::warn!(step, "fault injection: freezing the ring for {:.1} s", secs.as_secs_f64());
                         tokio::time::sleep(secs).await;
                     }
                 }
                 r = &mut ring, if reduced.is_none() => {
-                    self.ring_s = started.elapsed().as_secs_f64();
-                    match r {
-                        Ok(grad) => reduced = Some(Ok(grad)),
-                        Err(fault) => {
-                            tracing::warn!(step = a.step, suspect = fault.suspect, kind = ?fault.kind, "the ring broke: {fault}; reporting it");
-                            let _ = tx.send(msg(gradient_message::Kind::Fault(fault.to_proto()))).await;
-                            reduced = Some(Err(fault));
-                        }
-                    }
+                    *ring_s = started.elapsed().as_secs_f64();
+                    reduced = Some(self.report(r).await);
                 }
                 // After the outcome the coordinator ends the stream: not read again.
                 m = inbound.next(), if outcome.is_none() => match m {
                     Some(Ok(proto::ReducedMessage { kind: Some(reduced_message::Kind::Outcome(o)) })) => outcome = Some(o),
-                    Some(Ok(other)) => break Err(anyhow::anyhow!("unexpected message on a ring step's stream: {other:?}").into()),
-                    Some(Err(s)) => break Err(CallError::from_status(&s, &context)),
-                    None => break Err(anyhow::anyhow!("the all-reduce of step {} ended without an outcome", a.step).into()),
+                    Some(Ok(other)) => return Err(anyhow::anyhow!("unexpected message on a ring step's stream: {other:?}").into()),
+                    Some(Err(s)) => return Err(CallError::from_status(&s, self.context)),
+                    None => return Err(anyhow::anyhow!("the all-reduce of step {step} ended without an outcome").into()),
                 },
             }
-        };
-        upload.abort();
-        match result {
-            Ok(done) => Ok(done),
-            Err(e) => ended(e),
         }
+    }
+
+    /// Tells the coordinator how the ring ended here: this replica's
+    /// digest of the whole reduced gradient, or the fault naming a
+    /// neighbour.
+    async fn report(&self, r: Result<Vec<f32>, RingFault>) -> Result<Vec<f32>, RingFault> {
+        match &r {
+            Ok(grad) => {
+                // One read of the gradient, on the step's path: the price
+                // of committing on scalars.
+                let (total, chunk) = self.chunking;
+                let d = proto::ReplicaDigest { digest: digest::gradient_digest(grad, wire::chunk_ranges(total, chunk)) };
+                let _ = self.tx.send(msg(gradient_message::Kind::Replica(d))).await;
+            }
+            Err(fault) => {
+                tracing::warn!(step = self.step, suspect = fault.suspect, kind = ?fault.kind, "the ring broke: {fault}; reporting it");
+                let _ = self.tx.send(msg(gradient_message::Kind::Fault(fault.to_proto()))).await;
+            }
+        }
+        r
     }
 }

@@ -16,7 +16,8 @@ use super::spec_sample::{SampleJobSpec, WeightsChoice};
 use crate::components::Components;
 use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
-use crate::state::{SnapshotKind, StateHandle};
+use crate::shadow::Shadow;
+use crate::state::SnapshotKind;
 
 /// Built once per run by [`JobContext::new`] and shared by the jobs.
 pub struct JobContext {
@@ -27,7 +28,7 @@ pub struct JobContext {
     pinned: Arc<PinnedWeights>,
     results: Arc<ResultRouter>,
     references: ReferenceCache,
-    state: StateHandle,
+    shadow: Arc<Shadow>,
     store: RunStore,
     /// The training dataset (evaluation jobs also read it).
     dataset: Arc<dyn Dataset>,
@@ -47,7 +48,7 @@ impl JobContext {
             pinned: parts.pinned.clone(),
             results: parts.results.clone(),
             references: ReferenceCache::default(),
-            state: parts.state.clone(),
+            shadow: parts.shadow.clone(),
             store: parts.store.clone(),
             dataset: parts.dataset.clone(),
             store_options,
@@ -104,7 +105,7 @@ impl JobContext {
                 WeightsChoice::Raw => SnapshotKind::Params,
                 WeightsChoice::Ema => SnapshotKind::Ema,
             };
-            let mut snap = self.state.snapshot(kind).await?;
+            let mut snap = self.shadow.snapshot_latest(kind).await?;
             let (_, weights) = snap.tensors.pop().ok_or_else(|| anyhow::anyhow!("empty snapshot"))?;
             return Ok(Pinned { step: snap.step, weights: Arc::new(weights) });
         }
@@ -112,11 +113,11 @@ impl JobContext {
             .await
             .map_err(|e| anyhow::anyhow!("reading the checkpoint of step {}: {e}", spec.checkpoint_step))?;
         anyhow::ensure!(
-            data.layout.total == self.state.layout.total,
+            data.layout.total == self.shadow.layout().total,
             "the checkpoint of step {} holds {} parameters, this run's model {}",
             spec.checkpoint_step,
             data.layout.total,
-            self.state.layout.total
+            self.shadow.layout().total
         );
         let weights = match spec.weights {
             WeightsChoice::Raw => data.params,

@@ -9,14 +9,22 @@
 //! summed chunk by chunk in order.
 //!
 //! With the ring backend ([`Round::ring`]) the members sum among
-//! themselves (`ddpm::ring`) and each streams only the reduced chunks of its
-//! own segment: the round keeps them as they are (no sum), decides the
-//! outcome from them the same way, and sends back only the outcome. It never
-//! sees a member's own gradient, so it screens the per-chunk norms each
-//! member reports in its header instead, once every header is in and before
-//! any outcome. Norms a member merely reports would let it send the ring
-//! something else, so before the outcome the round also audits each reduced
-//! chunk against them (`audit.rs`): a sum can be no longer than its parts.
+//! themselves (`ddpm::ring`) and the round sees only scalars: for each
+//! chunk of its own segment its owner reports the reduced chunk's float64
+//! sum of squares and digest ([`Round::offer_segment`]), and every member,
+//! once it holds the whole reduced gradient, one digest of it
+//! ([`Round::offer_replica`]). The outcome is decided from the sums of
+//! squares the same way as the star's, and goes out only when every
+//! replica's digest is the one the owners' chunk digests give: every
+//! replica then applies the bits the owners measured. The round never sees
+//! a member's own gradient, so it screens the per-chunk norms each member
+//! reports in its header instead, once every header is in and before any
+//! outcome. Norms a member merely reports would let it send the ring
+//! something else, so before the outcome the round also audits each
+//! reduced chunk's sum of squares against them (`audit.rs`): a sum can be
+//! no longer than its parts. No gradient byte reaches the coordinator on
+//! the step's path; its own copy of the state is fed afterwards
+//! (`shadow.rs`).
 //! A member whose ring broke reports a fault naming a
 //! neighbour and its kind; [`Round::ring_verdict`] names the culprit from
 //! the reports (`verdict.rs`).
@@ -93,6 +101,15 @@ pub enum OfferError {
     /// Ring backend: the member sent a chunk of another member's segment.
     #[error("sent chunk {index}, which is in rank {owner}'s segment, not its own")]
     NotOwned { index: u32, owner: usize },
+    /// Ring backend: gradient bytes, where only scalars belong.
+    #[error("sent gradient chunk {index} on a ring step's stream, which carries only digests")]
+    ChunkInRing { index: u32 },
+    /// Ring backend: a segment's sum of squares no chunk can have.
+    #[error("reported the sum of squares {sumsq} for chunk {index}, which no chunk can have")]
+    BadSumsq { index: u32, sumsq: f64 },
+    /// Ring backend: a second replica digest.
+    #[error("sent a second replica digest")]
+    SecondReplica,
     /// Ring backend: a member's segment must arrive in order.
     #[error("sent chunk {index} where chunk {due} was due")]
     OutOfOrder { index: u32, due: u32 },
@@ -110,7 +127,8 @@ pub async fn deliver(sends: FailureSends) {
 
 /// The result of a completed round.
 pub struct RoundResult {
-    /// The reduced gradient as every member decoded it, `[P]`.
+    /// The reduced gradient as every member decoded it, `[P]`; empty with
+    /// the ring, whose bytes never reach the coordinator on the step's path.
     pub reduced: Vec<f32>,
     pub outcome: Outcome,
     /// Shard-size-weighted mean loss.
@@ -174,6 +192,10 @@ struct Inner {
     reduced: Vec<f32>,
     /// Per chunk, the float64 sum of squares of the reduced values.
     sumsq: Vec<f64>,
+    /// Ring backend: per chunk, its owner's digest of the reduced values.
+    digests: Vec<u64>,
+    /// Ring backend: per rank, the digest of the whole reduced gradient it holds.
+    replicas: Vec<Option<u64>>,
     /// Per chunk, the members' median norm (screening's output).
     medians: Vec<f64>,
     reduced_chunks: usize,
@@ -222,6 +244,8 @@ impl Round {
             next_index: vec![0; n],
             reduced: vec![0.0; total],
             sumsq: vec![0.0; chunks],
+            digests: vec![0; chunks],
+            replicas: vec![None; n],
             medians: vec![0.0; chunks],
             reduced_chunks: 0,
             outbound: vec![None; n],
@@ -260,12 +284,15 @@ impl Round {
         self
     }
 
-    /// The round of a ring all-reduce: each member uploads the reduced
-    /// chunks of its own segment (`ddpm::ring::plan`), in order.
+    /// The round of a ring all-reduce: each member reports the digests of
+    /// its own segment's reduced chunks (`ddpm::ring::plan`), in order, then
+    /// the digest of the whole reduced gradient it holds.
     pub fn ring(mut self) -> Self {
         let n = self.members.len();
         let owners = ddpm::ring::plan::chunk_owners(self.chunks, n);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        // No gradient bytes come in: no buffer for them.
+        inner.reduced = Vec::new();
         for (rank, seg) in ddpm::ring::plan::segments(self.chunks, n).into_iter().enumerate() {
             inner.next_index[rank] = seg.start as u32;
         }
@@ -399,10 +426,8 @@ impl Round {
         if chunk.data.len() != want {
             return Err(WireError::WrongSize { index, got: chunk.data.len(), want, elements: range.len(), dtype: self.dtype.name() }.into());
         }
-        if let Some(owners) = &self.owners {
-            if owners[i] != rank {
-                return Err(OfferError::NotOwned { index, owner: owners[i] });
-            }
+        if self.owners.is_some() {
+            return Err(OfferError::ChunkInRing { index });
         }
         let mut inner = self.lock();
         if inner.finished {
@@ -410,12 +435,6 @@ impl Round {
         }
         if inner.pending[i][rank].is_some() || inner.next_index[rank] > index {
             return Err(WireError::Duplicate { index }.into());
-        }
-        if self.owners.is_some() {
-            if index != inner.next_index[rank] {
-                return Err(OfferError::OutOfOrder { index, due: inner.next_index[rank] });
-            }
-            return Ok(self.keep_reduced(&mut inner, rank, i, range, &chunk.data)?);
         }
         inner.next_index[rank] = index + 1;
         inner.pending[i][rank] = Some(chunk.data);
@@ -449,36 +468,69 @@ impl Round {
         Ok(sends)
     }
 
-    /// Ring backend: member `rank`'s reduced chunk `i` is the step's; it is
-    /// kept as sent (the bits every replica applies).
-    fn keep_reduced(
-        &self,
-        inner: &mut Inner,
-        rank: usize,
-        i: usize,
-        range: std::ops::Range<usize>,
-        data: &[u8],
-    ) -> Result<Vec<(Outbound, ReducedMessage)>, WireError> {
-        let index = i as u32;
-        let acc = &mut inner.reduced[range];
-        inner.sumsq[i] = wire::decode_into_sumsq(data, self.dtype, index, acc)?;
+    /// Ring backend: member `rank` owns reduced chunk `d.index`, whose sum
+    /// of squares and digest are the step's. Returns the outcome to send if
+    /// this completed the round.
+    pub fn offer_segment(&self, rank: usize, d: &proto::SegmentDigest) -> Result<Vec<(Outbound, ReducedMessage)>, OfferError> {
+        let (index, i) = (d.index, d.index as usize);
+        let owners = self.owners.as_ref().ok_or(OfferError::Malformed(WireError::BadIndex { index, chunks: 0 }))?;
+        if i >= self.chunks {
+            return Err(WireError::BadIndex { index, chunks: self.chunks }.into());
+        }
+        if owners[i] != rank {
+            return Err(OfferError::NotOwned { index, owner: owners[i] });
+        }
+        // A sum of squares is never negative; NaN or infinity says the
+        // chunk is not finite (the step is then skipped).
+        if d.sumsq < 0.0 {
+            return Err(OfferError::BadSumsq { index, sumsq: d.sumsq });
+        }
+        let mut inner = self.lock();
+        if inner.finished {
+            return Ok(Vec::new());
+        }
+        if inner.next_index[rank] > index {
+            return Err(WireError::Duplicate { index }.into());
+        }
+        if index != inner.next_index[rank] {
+            return Err(OfferError::OutOfOrder { index, due: inner.next_index[rank] });
+        }
+        inner.sumsq[i] = d.sumsq;
+        inner.digests[i] = d.digest;
         inner.next_index[rank] = index + 1;
         inner.reduced_chunks += 1;
-        Ok(self.finish_ring_if_complete(inner))
+        Ok(self.finish_ring_if_complete(&mut inner))
     }
 
-    /// Ring backend: the round is complete once every chunk is in and
+    /// Ring backend: member `rank` holds the whole reduced gradient, whose
+    /// digest is `digest`. Returns the outcome to send if this completed
+    /// the round.
+    pub fn offer_replica(&self, rank: usize, digest: u64) -> Result<Vec<(Outbound, ReducedMessage)>, OfferError> {
+        let mut inner = self.lock();
+        if inner.finished {
+            return Ok(Vec::new());
+        }
+        if inner.replicas[rank].replace(digest).is_some() {
+            return Err(OfferError::SecondReplica);
+        }
+        Ok(self.finish_ring_if_complete(&mut inner))
+    }
+
+    /// Ring backend: the round is complete once every chunk's digest is in,
     /// every member has joined (a member whose segment is empty, with
-    /// fewer chunks than members, still owes its header: its loss, and
-    /// its stream for the outcome). It then finishes if the reduced chunks
-    /// pass the audit against the members' norms; if not, the failure
-    /// waits in [`Round::pending_failure`] and no outcome goes out.
+    /// fewer chunks than members, still owes its header: its loss, and its
+    /// stream for the outcome) and every member reported its replica's
+    /// digest. It then finishes if the reduced chunks pass the audit
+    /// against the members' norms and every replica holds what the owners
+    /// measured; if not, the failure waits in [`Round::pending_failure`] and
+    /// no outcome goes out.
     fn finish_ring_if_complete(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
         if inner.finished
             || inner.audited
             || !inner.screened
             || inner.reduced_chunks < self.chunks
             || inner.losses.iter().any(Option::is_none)
+            || inner.replicas.iter().any(Option::is_none)
         {
             return Vec::new();
         }
@@ -489,6 +541,22 @@ impl Round {
             let reason = format!(
                 "step {} attempt {}: {why}; a member sent the ring another gradient than the one its header describes, \
                  and the reduced gradient cannot tell which, so the step is redone through the coordinator, which screens each member's own gradient",
+                self.step, self.attempt
+            );
+            inner.pending_failure = Some(RoundFailure { culprit: None, reason, needs_star: true });
+            return Vec::new();
+        }
+        let expected = wire::digest::replica_digest(inner.digests.iter().copied());
+        let differ: Vec<u64> = inner.replicas.iter().zip(&self.members).filter(|(d, _)| **d != Some(expected)).map(|(_, &m)| m).collect();
+        if !differ.is_empty() {
+            // A replica whose copy differs got other bytes in the
+            // all-gather than its chunks' owners measured (a member that
+            // forwards something else, or a corrupted copy), or lies about
+            // it: which one the digests cannot say, so the star redoes the
+            // step and hands every replica the same reduced gradient.
+            let reason = format!(
+                "step {} attempt {}: the reduced gradient held by worker(s) {differ:?} is not the one its chunks' owners measured; \
+                 the step is redone through the coordinator, which sends every replica the same reduced gradient",
                 self.step, self.attempt
             );
             inner.pending_failure = Some(RoundFailure { culprit: None, reason, needs_star: true });
@@ -628,12 +696,14 @@ impl Round {
         sends
     }
 
-    /// If member `rank` has not sent all its chunks (and the round is still
-    /// open), how many it sent.
+    /// If member `rank` has not sent all its chunks (with the ring: the
+    /// digests of its segment and of its replica), and the round is still
+    /// open, how many chunks it sent.
     pub fn owes(&self, rank: usize) -> Option<u32> {
         let inner = self.lock();
         let sent = inner.next_index[rank];
-        (!inner.finished && sent < self.share_end(rank)).then_some(sent)
+        let replica_due = self.is_ring() && inner.replicas[rank].is_none();
+        (!inner.finished && (sent < self.share_end(rank) || replica_due)).then_some(sent)
     }
 
     /// Members that have not delivered their whole gradient.
@@ -643,7 +713,10 @@ impl Round {
             .iter()
             .zip(&inner.next_index)
             .enumerate()
-            .filter(|(rank, (_, &sent))| sent < self.share_end(*rank) || (self.is_ring() && inner.losses[*rank].is_none()))
+            .filter(|(rank, (_, &sent))| {
+                let ring_due = self.is_ring() && (inner.losses[*rank].is_none() || inner.replicas[*rank].is_none());
+                sent < self.share_end(*rank) || ring_due
+            })
             .map(|(_, (&id, _))| id)
             .collect()
     }

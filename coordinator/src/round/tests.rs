@@ -99,37 +99,80 @@ async fn failing_a_round_aborts_the_others_and_blames_the_culprit() {
     assert!(round.fail(RoundFailure::new(None, "again".into())).is_empty(), "a round fails once");
 }
 
-/// Ring backend: each member uploads only its own segment's reduced
-/// chunks, in order; the round keeps them as sent, waits for every
-/// member's header, and sends back the outcome alone.
+/// Ring backend: an owner's scalars for one reduced chunk.
+fn seg(index: u32, v: &[f32]) -> proto::SegmentDigest {
+    let (sumsq, digest) = wire::digest::chunk_scalars(v);
+    proto::SegmentDigest { index, sumsq, digest }
+}
+
+/// The replica digest of a gradient with these chunks.
+fn replica(chunks: &[&[f32]]) -> u64 {
+    wire::digest::replica_digest(chunks.iter().map(|c| wire::digest::chunk_digest(c)))
+}
+
+/// Ring backend: each member reports the scalars of its own segment's
+/// reduced chunks, in order, then its replica's digest; the round commits
+/// on them once every header is in, and sends back the outcome alone. No
+/// gradient byte is taken.
 #[tokio::test]
-async fn a_ring_round_keeps_each_owners_segment_and_completes_with_every_header() {
+async fn a_ring_round_commits_on_its_owners_scalars_and_every_replicas_digest() {
     // 5 elements in chunks of 2: chunks 0, 1, 2; two members own [0] and [1, 2].
     let (round, rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 5, 2, GradDtype::F32, 0.0);
     let round = round.ring();
     let (o1, mut r1) = mpsc::channel(16);
     let (o2, _r2) = mpsc::channel(16);
+    let reduced: [&[f32]; 3] = [&[3.0, 4.0], &[0.0, 0.0], &[12.0]];
     // Each member's own chunks as long as the reduced ones: the audit's bound.
     let a = round.join(&ring_header(10, 1, 5, &[5.0, 0.0, 12.0]), o1).unwrap();
-    assert!(matches!(round.offer(a, chunk(1, &[1.0, 1.0])), Err(OfferError::NotOwned { index: 1, owner: 1 })));
-    assert!(round.offer(a, chunk(0, &[3.0, 4.0])).unwrap().is_empty());
-    assert_eq!(round.stragglers(), vec![20], "member 20 owes its header and its segment");
-    assert!(matches!(round.offer(1, chunk(2, &[0.0])), Err(OfferError::OutOfOrder { index: 2, due: 1 })));
-    assert!(round.offer(1, chunk(1, &[0.0, 0.0])).unwrap().is_empty());
-    // Every chunk is in, but member 20 has not joined: not complete yet.
-    assert!(round.offer(1, chunk(2, &[12.0])).unwrap().is_empty());
+    assert!(matches!(round.offer(a, chunk(0, &[3.0, 4.0])), Err(OfferError::ChunkInRing { index: 0 })), "no bytes on a ring step");
+    assert!(matches!(round.offer_segment(a, &seg(1, &[1.0, 1.0])), Err(OfferError::NotOwned { index: 1, owner: 1 })));
+    assert!(round.offer_segment(a, &seg(0, reduced[0])).unwrap().is_empty());
+    assert_eq!(round.stragglers(), vec![10, 20], "10 owes its replica's digest, 20 everything");
+    assert!(matches!(round.offer_segment(1, &seg(2, reduced[2])), Err(OfferError::OutOfOrder { index: 2, due: 1 })));
+    assert!(matches!(
+        round.offer_segment(1, &proto::SegmentDigest { index: 1, sumsq: -1.0, digest: 0 }),
+        Err(OfferError::BadSumsq { index: 1, .. })
+    ));
+    assert!(round.offer_segment(1, &seg(1, reduced[1])).unwrap().is_empty());
+    assert!(round.offer_segment(1, &seg(2, reduced[2])).unwrap().is_empty());
+    assert!(round.offer_replica(0, replica(&reduced)).unwrap().is_empty());
+    assert!(matches!(round.offer_replica(0, replica(&reduced)), Err(OfferError::SecondReplica)));
+    // Every chunk is in, but member 20 has neither joined nor reported its replica.
     assert!(!round.is_finished());
     round.join(&ring_header(20, 1, 5, &[5.0, 0.0, 12.0]), o2).unwrap();
     assert!(round.pending_failure().is_none());
-    let sends = round.after_join();
+    assert!(round.after_join().is_empty(), "member 20's replica is still due");
+    assert_eq!(round.stragglers(), vec![20]);
+    let sends = round.offer_replica(1, replica(&reduced)).unwrap();
     assert_eq!(sends.len(), 2, "the outcome to both members, no chunks");
     for (o, m) in sends {
         o.send(Ok(m)).await.unwrap();
     }
     assert!(matches!(r1.recv().await.unwrap().unwrap().kind, Some(reduced_message::Kind::Outcome(_))));
     let result = rx.await.unwrap().ok().unwrap();
-    assert_eq!(result.reduced, vec![3.0, 4.0, 0.0, 0.0, 12.0]);
+    assert!(result.reduced.is_empty(), "the coordinator holds no gradient on the step's path");
     assert_eq!(result.outcome.grad_norm, 13.0);
+}
+
+/// Ring backend: a replica whose copy is not the one the owners measured
+/// (a member that forwarded other bytes in the all-gather) holds the
+/// outcome back; the step is redone through the star.
+#[tokio::test]
+async fn a_ring_round_whose_replica_differs_from_its_owners_digests_is_redone_through_the_star() {
+    let (round, rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 4, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    let reduced: [&[f32]; 2] = [&[0.6, 0.8], &[0.0, 1.0]];
+    round.join(&ring_header(10, 1, 4, &[1.0, 1.0]), mpsc::channel(16).0).unwrap();
+    round.join(&ring_header(20, 1, 4, &[1.0, 1.0]), mpsc::channel(16).0).unwrap();
+    assert!(round.offer_segment(0, &seg(0, reduced[0])).unwrap().is_empty());
+    assert!(round.offer_segment(1, &seg(1, reduced[1])).unwrap().is_empty());
+    assert!(round.offer_replica(0, replica(&reduced)).unwrap().is_empty());
+    assert!(round.offer_replica(1, replica(&[reduced[0], &[0.0, 1.5]])).unwrap().is_empty(), "no outcome");
+    let failure = round.pending_failure().expect("the replicas differ");
+    assert!(failure.needs_star && failure.culprit.is_none());
+    assert!(failure.reason.contains("worker(s) [20]"), "{}", failure.reason);
+    deliver(round.fail(failure)).await;
+    assert!(matches!(rx.await.unwrap(), Err(RoundFailure { culprit: None, needs_star: true, .. })));
 }
 
 /// Ring backend: the coordinator never sees a member's own gradient, so it
@@ -141,22 +184,25 @@ async fn a_ring_round_screens_its_members_chunk_norms_before_any_outcome() {
         let (round, rx) = Round::new(1, 0, vec![10, 20, 30], &[1, 1, 1], 6, 2, GradDtype::F32, 0.0);
         (round.ring().screened(screening), rx)
     };
+    let zeros: [&[f32]; 3] = [&[0.0, 0.0], &[0.0, 0.0], &[0.0, 0.0]];
     // A NaN in one member's chunk while the others' are finite.
     let (round, rx) = ring(Screening::default());
     let outs: Vec<_> = (0..3).map(|_| mpsc::channel(16)).collect();
     round.join(&ring_header(10, 1, 6, &[1.0, 2.0, 3.0]), outs[0].0.clone()).unwrap();
     round.join(&ring_header(20, 1, 6, &[1.0, f64::NAN, 3.0]), outs[1].0.clone()).unwrap();
     assert!(round.pending_failure().is_none(), "not judged before every header is in");
-    for rank in 0..2 {
-        assert!(round.offer(rank, chunk(rank as u32, &[0.0, 0.0])).unwrap().is_empty());
+    for (rank, chunk) in zeros.iter().take(2).enumerate() {
+        assert!(round.offer_segment(rank, &seg(rank as u32, chunk)).unwrap().is_empty());
+        assert!(round.offer_replica(rank, replica(&zeros)).unwrap().is_empty());
     }
     round.join(&ring_header(30, 1, 6, &[1.0, 2.0, 3.0]), outs[2].0.clone()).unwrap();
     let failure = round.pending_failure().expect("screened out");
     assert_eq!(failure.culprit, Some(20));
     assert!(failure.reason.contains("non-finite") && failure.reason.contains("chunk 1"), "{}", failure.reason);
     assert!(round.pending_failure().is_none(), "reported once");
-    // Every chunk and header is in, but no outcome goes out.
-    assert!(round.offer(2, chunk(2, &[0.0, 0.0])).unwrap().is_empty());
+    // Every digest and header is in, but no outcome goes out.
+    assert!(round.offer_segment(2, &seg(2, zeros[2])).unwrap().is_empty());
+    assert!(round.offer_replica(2, replica(&zeros)).unwrap().is_empty());
     assert!(round.after_join().is_empty() && !round.is_finished());
     let sends = round.fail(failure);
     assert_eq!(sends.len(), 3);
@@ -178,16 +224,21 @@ async fn a_ring_round_screens_its_members_chunk_norms_before_any_outcome() {
         round.join(&ring_header(id, 1, 6, &norms), mpsc::channel(16).0).unwrap();
     }
     assert!(round.pending_failure().is_none());
-    for rank in 0..2 {
-        assert!(round.offer(rank, chunk(rank as u32, &[0.0, 1.0])).unwrap().is_empty());
+    let ones: [&[f32]; 3] = [&[0.0, 1.0], &[0.0, 1.0], &[0.0, 1.0]];
+    for (rank, chunk) in ones.iter().enumerate() {
+        assert!(round.offer_segment(rank, &seg(rank as u32, chunk)).unwrap().is_empty());
     }
-    assert_eq!(round.offer(2, chunk(2, &[0.0, 1.0])).unwrap().len(), 3, "the outcome to every member");
+    for rank in 0..2 {
+        assert!(round.offer_replica(rank, replica(&ones)).unwrap().is_empty());
+    }
+    assert_eq!(round.offer_replica(2, replica(&ones)).unwrap().len(), 3, "the outcome to every member");
     assert_eq!(rx.await.unwrap().ok().unwrap().chunk_medians, vec![2.0, 4.0, 6.0]);
 }
 
-/// Ring backend: honest norms in the headers, but a reduced chunk longer
-/// than its members' chunks together. Someone lied and nobody can be
-/// named: no outcome goes out, and the failure asks for a star redo.
+/// Ring backend: honest norms in the headers, but a reduced chunk whose
+/// sum of squares outgrows its members' chunks together. Someone lied and
+/// nobody can be named: no outcome goes out, and the failure asks for a
+/// star redo.
 #[tokio::test]
 async fn a_ring_round_whose_reduced_chunk_outgrows_its_members_norms_fails_without_a_culprit() {
     let (round, rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 4, 2, GradDtype::F32, 0.0);
@@ -197,8 +248,11 @@ async fn a_ring_round_whose_reduced_chunk_outgrows_its_members_norms_fails_witho
     round.join(&ring_header(10, 1, 4, &[1.0, 1.0]), o1).unwrap();
     round.join(&ring_header(20, 1, 4, &[1.0, 1.0]), o2).unwrap();
     assert!(round.pending_failure().is_none(), "the headers' norms pass screening");
-    assert!(round.offer(0, chunk(0, &[0.6, 0.8])).unwrap().is_empty());
-    assert!(round.offer(1, chunk(1, &[1e20, 0.0])).unwrap().is_empty(), "no outcome");
+    let reduced: [&[f32]; 2] = [&[0.6, 0.8], &[1e20, 0.0]];
+    assert!(round.offer_segment(0, &seg(0, reduced[0])).unwrap().is_empty());
+    assert!(round.offer_segment(1, &seg(1, reduced[1])).unwrap().is_empty());
+    assert!(round.offer_replica(0, replica(&reduced)).unwrap().is_empty());
+    assert!(round.offer_replica(1, replica(&reduced)).unwrap().is_empty(), "no outcome");
     let failure = round.pending_failure().expect("the audit failed");
     assert_eq!(failure.culprit, None);
     assert!(failure.needs_star);

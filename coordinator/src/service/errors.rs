@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 
 use crate::roster::RosterError;
 use crate::round::RoundError;
+use crate::shadow::FeedError;
 
 /// Errors a peer's request can cause.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +57,9 @@ pub enum RpcError {
     EmptyAttach,
     #[error(transparent)]
     Round(#[from] RoundError),
+    /// A chunk fed to the shadow that it does not expect: the worker goes on.
+    #[error("the coordinator's copy of the state refused a chunk: {0}")]
+    Feed(#[from] FeedError),
     #[error("{0}")]
     Internal(String),
 }
@@ -104,6 +108,7 @@ impl RpcError {
                 | RoundError::BadNorms { .. } => (Code::InvalidArgument, Rejoin),
                 RoundError::AlreadyStreaming { .. } => (Code::AlreadyExists, Quit),
             },
+            Self::Feed(_) => (Code::FailedPrecondition, NextWork),
             Self::Internal(_) => (Code::Internal, Unspecified),
         }
     }

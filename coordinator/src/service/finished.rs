@@ -58,6 +58,9 @@ impl Coordinator for FinishedRun {
     ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
         over()
     }
+    async fn feed_shadow(&self, _: Request<Streaming<proto::GradientMessage>>) -> Result<Response<proto::FeedShadowReply>, Status> {
+        over()
+    }
     async fn submit_result(&self, _: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {
         over()
     }

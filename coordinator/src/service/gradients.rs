@@ -2,8 +2,9 @@
 //! the reduced chunks and the outcome back. A malformed stream fails the
 //! round with the member as its culprit, a chunk that screening refuses
 //! with whichever member it names, through [`Round::fail`]. With the ring
-//! backend the stream carries the member's reduced segment and, if its
-//! ring broke, a fault report naming a neighbour.
+//! backend the stream carries only scalars: the digests of the member's
+//! reduced segment and of its replica and, if its ring broke, a fault
+//! report naming a neighbour.
 
 use std::sync::Arc;
 
@@ -24,23 +25,10 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
     };
     let fail = |reason: String| fail_member(worker, reason);
     let failures = loop {
-        match inbound.next().await {
-            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(c)) })) => match round.offer(rank, c) {
-                Ok(sends) => {
-                    // Ring backend: the last chunk completes the round, whose
-                    // audit may fail it.
-                    if let Some(failure) = round.pending_failure() {
-                        log_failure(&failure, round.step);
-                        break round.fail(failure);
-                    }
-                    for (out, msg) in sends {
-                        let _ = out.send(Ok(msg)).await;
-                    }
-                }
-                Err(OfferError::Malformed(e)) => break fail(format!("worker {worker} sent a bad gradient chunk: {e}")),
-                Err(e @ OfferError::Screened { culprit, .. }) => break fail_member(culprit, e.to_string()),
-                Err(e @ (OfferError::NotOwned { .. } | OfferError::OutOfOrder { .. })) => break fail(format!("worker {worker} {e}")),
-            },
+        let offered = match inbound.next().await {
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(c)) })) => round.offer(rank, c),
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Segment(d)) })) => round.offer_segment(rank, &d),
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Replica(d)) })) => round.offer_replica(rank, d.digest),
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Fault(f)) })) if round.is_ring() => {
                 let kind = RingFaultKind::from_proto(f.kind);
                 tracing::warn!(worker, suspect = f.suspect, ?kind, step = round.step, "ring fault reported: {}", f.reason);
@@ -53,6 +41,7 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
                 }
                 // The reporter keeps its stream open for the verdict; the
                 // round ends from the training loop (`Round::ring_verdict`).
+                continue;
             }
             Some(Ok(_)) => break fail(format!("worker {worker} sent a second header or an empty message")),
             Some(Err(e)) => break fail(format!("worker {worker}'s gradient stream failed: {}", e.message())),
@@ -60,6 +49,22 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
                 Some(sent) => break fail(format!("worker {worker}'s gradient stream ended after {sent} chunks")),
                 None => break Vec::new(),
             },
+        };
+        match offered {
+            Ok(sends) => {
+                // Ring backend: the last digest completes the round, whose
+                // audit or replica check may fail it.
+                if let Some(failure) = round.pending_failure() {
+                    log_failure(&failure, round.step);
+                    break round.fail(failure);
+                }
+                for (out, msg) in sends {
+                    let _ = out.send(Ok(msg)).await;
+                }
+            }
+            Err(OfferError::Malformed(e)) => break fail(format!("worker {worker} sent a bad gradient chunk: {e}")),
+            Err(e @ OfferError::Screened { culprit, .. }) => break fail_member(culprit, e.to_string()),
+            Err(e) => break fail(format!("worker {worker} {e}")),
         }
     };
     deliver(failures).await;

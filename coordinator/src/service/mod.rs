@@ -12,6 +12,7 @@ mod results;
 mod streams;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, coordinator_server::Coordinator, gradient_message, result_message};
@@ -28,16 +29,21 @@ use crate::roster::Roster;
 use crate::round::RoundError;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
-use crate::state::{Snapshot, SnapshotKind, StateHandle};
+use crate::shadow::Shadow;
+use crate::state::{Snapshot, SnapshotKind};
 use errors::RpcError;
 use streams::BoxStream;
+
+/// How long a shadow feed may wait for its step to be registered (the
+/// outcome goes out a moment before the loop records the commit).
+const FEED_WAIT: Duration = Duration::from_secs(30);
 
 /// The `Coordinator` service: built once per run by [`CoordService::new`].
 pub struct CoordService {
     /// The resolved run config as JSON, and the facts workers check.
     run_config: RunConfig,
     run_config_json: String,
-    state: StateHandle,
+    shadow: Arc<Shadow>,
     roster: Arc<Roster>,
     rounds: Arc<RoundSlot>,
     pinned: Arc<PinnedWeights>,
@@ -57,7 +63,7 @@ impl CoordService {
         Ok(Self {
             run_config_json: serde_json::to_string(&run_config)?,
             run_config,
-            state: parts.state.clone(),
+            shadow: parts.shadow.clone(),
             roster: parts.roster.clone(),
             rounds: parts.rounds.clone(),
             pinned: parts.pinned.clone(),
@@ -212,8 +218,8 @@ impl Coordinator for CoordService {
             step: snap.step,
             adam_step: snap.adam_step,
             tensors: snap.tensors.iter().map(|(n, _)| n.clone()).collect(),
-            elements: self.state.layout.total as u64,
-            layout_hash: self.state.layout.hash(),
+            elements: self.shadow.layout().total as u64,
+            layout_hash: self.shadow.layout().hash(),
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(streams::state_stream(snap, header)))))
     }
@@ -231,19 +237,32 @@ impl Coordinator for CoordService {
 
     type ReduceGradientsStream = BoxStream<proto::ReducedMessage>;
 
+    async fn feed_shadow(&self, req: Request<Streaming<proto::GradientMessage>>) -> Result<Response<proto::FeedShadowReply>, Status> {
+        let (header, mut inbound) = self.gradient_stream(req).await?;
+        let (worker, step, attempt) = (header.worker_id, header.step, header.attempt);
+        // The member had the outcome before the loop registered the step.
+        self.shadow.expecting(step, attempt, FEED_WAIT).await.map_err(RpcError::Feed)?;
+        let mut chunks = 0u32;
+        while let Some(m) = inbound.next().await {
+            match m? {
+                proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(c)) } => {
+                    self.shadow.offer(worker, step, attempt, &c).map_err(|e| {
+                        tracing::warn!(worker, step, "refusing a chunk fed to the coordinator's copy of the state: {e}");
+                        RpcError::Feed(e)
+                    })?;
+                    chunks += 1;
+                }
+                _ => return Err(RpcError::BadGradientStream("a feed carries chunks after its header".into()).into()),
+            }
+        }
+        Ok(Response::new(proto::FeedShadowReply { chunks }))
+    }
+
     async fn reduce_gradients(
         &self,
         req: Request<Streaming<proto::GradientMessage>>,
     ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
-        let session = self.worker_session(&req)?;
-        let mut inbound = req.into_inner();
-        let header = match inbound.next().await {
-            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Header(h)) })) => h,
-            Some(Ok(_)) => return Err(RpcError::BadGradientStream("the first gradient message must be the header".into()).into()),
-            Some(Err(e)) => return Err(e),
-            None => return Err(RpcError::BadGradientStream("empty gradient stream".into()).into()),
-        };
-        self.roster.check_session(header.worker_id, session.as_deref())?;
+        let (header, inbound) = self.gradient_stream(req).await?;
         self.roster.touch(header.worker_id)?;
         let round = self.rounds.join_target(header.worker_id, header.step)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
@@ -319,6 +338,8 @@ impl Coordinator for CoordService {
             workers_expected: self.workers_expected as u32,
             checkpoint_steps: s.checkpoints.clone(),
             reduction: self.run_config.train.dist.backend.name().into(),
+            shadow_step: self.shadow.steps().0,
+            shadow_error: self.shadow.broken().map(|e| e.to_string()).unwrap_or_default(),
         }))
     }
 }
@@ -339,8 +360,28 @@ impl CoordService {
         Ok(self.roster.check_session(id, session.as_deref())?)
     }
 
+    /// A worker's gradient stream (`ReduceGradients`, `FeedShadow`): its
+    /// header, from the worker whose session the call carries, and the rest.
+    async fn gradient_stream(
+        &self,
+        req: Request<Streaming<proto::GradientMessage>>,
+    ) -> Result<(proto::GradientHeader, Streaming<proto::GradientMessage>), Status> {
+        let session = self.worker_session(&req)?;
+        let mut inbound = req.into_inner();
+        let header = match inbound.next().await {
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Header(h)) })) => h,
+            Some(Ok(_)) => return Err(RpcError::BadGradientStream("the first gradient message must be the header".into()).into()),
+            Some(Err(e)) => return Err(e),
+            None => return Err(RpcError::BadGradientStream("empty gradient stream".into()).into()),
+        };
+        self.roster.check_session(header.worker_id, session.as_deref())?;
+        Ok((header, inbound))
+    }
+
+    /// A snapshot at the run's last committed step (the shadow catches up
+    /// first; joiners and resyncs are waited for before the next step).
     async fn snapshot(&self, kind: SnapshotKind) -> Result<Snapshot, RpcError> {
-        self.state.snapshot(kind).await.map_err(|e| RpcError::Internal(e.to_string()))
+        self.shadow.snapshot_latest(kind).await.map_err(|e| RpcError::Internal(e.to_string()))
     }
 }
 

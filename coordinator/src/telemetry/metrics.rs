@@ -33,6 +33,10 @@ struct Counts {
     redone: u64,
     /// Replica checksums that differed from the coordinator's.
     checksum_mismatches: u64,
+    /// Steps the coordinator's copy of the state is behind the run, and
+    /// whether it stopped following it.
+    shadow_lag: u64,
+    shadow_broken: bool,
     saves: u64,
     save_failures: u64,
     save_retries: u64,
@@ -51,6 +55,8 @@ impl Default for Counts {
             reduced_bytes: 0,
             redone: 0,
             checksum_mismatches: 0,
+            shadow_lag: 0,
+            shadow_broken: false,
             saves: 0,
             save_failures: 0,
             save_retries: 0,
@@ -113,6 +119,14 @@ impl Telemetry {
     /// A step's round failed and the step is redone.
     pub fn step_redone(&self) {
         self.lock().redone += 1;
+    }
+
+    /// Where the coordinator's copy of the state (`shadow.rs`) stands:
+    /// `lag` steps behind the run, or `broken`.
+    pub fn shadow(&self, lag: u64, broken: bool) {
+        let mut c = self.lock();
+        c.shadow_lag = lag;
+        c.shadow_broken = broken;
     }
 
     /// `n` replicas reported parameters that differ from the coordinator's
@@ -193,7 +207,7 @@ impl prom::Exporter for Telemetry {
         prom::counter(
             e,
             "reduced",
-            "Gradient bytes the coordinator received (the ring backend: the members' reduced segments).",
+            "Gradient bytes the coordinator received on the steps' path (the ring backend: scalars only, whatever the model's size).",
             bytes,
             c.reduced_bytes,
         )?;
@@ -217,6 +231,20 @@ impl prom::Exporter for Telemetry {
             "Replica parameter checksums that differed from the coordinator's (the replica was resynced).",
             None,
             c.checksum_mismatches,
+        )?;
+        prom::gauge(
+            e,
+            "shadow_lag",
+            "Steps the coordinator's own copy of the state is behind the run ([dist] shadow_lag bounds it).",
+            None,
+            c.shadow_lag as f64,
+        )?;
+        prom::gauge(
+            e,
+            "shadow_broken",
+            "1 when the coordinator's copy of the state stopped following the run (a step's update could not be completed).",
+            None,
+            f64::from(u8::from(c.shadow_broken)),
         )?;
         let members = self.sources.roster.status();
         let mut by_state = Vec::new();

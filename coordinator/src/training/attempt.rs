@@ -8,6 +8,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ddpm::config::DistConfig;
 use ddpm::data::order;
 use ddpm::proto;
 use tokio::sync::oneshot;
@@ -41,6 +42,25 @@ pub enum StepEnd {
     },
 }
 
+/// Elements per gradient chunk on the wire (`[dist] chunk_kib`).
+pub fn chunk_elements(dist: &DistConfig) -> usize {
+    (dist.chunk_kib * 1024 / dist.grad_dtype.bytes_per_element()).max(1)
+}
+
+/// Bytes of gradient data the coordinator receives on `plan`'s path, that
+/// the step waits for: the star every member's whole gradient; the ring
+/// only scalars, per member its header's chunk norms and its replica
+/// digest, per chunk its owner's sum of squares and digest (the shadow's
+/// feed comes after the step and is counted apart).
+pub fn step_received_bytes(plan: &StepPlan, params: usize, dist: &DistConfig) -> u64 {
+    let n = plan.members.len();
+    if !plan.ring {
+        return (n * params * dist.grad_dtype.bytes_per_element()) as u64;
+    }
+    let chunks = ddpm::wire::chunk_count(params, chunk_elements(dist));
+    (n * (chunks * 8 + 8) + chunks * 16) as u64
+}
+
 /// How a round ended: its own result or failure, or (`Err`) the members
 /// that did not deliver in time and why.
 type Ended = Result<Result<RoundResult, RoundFailure>, (Vec<u64>, String)>;
@@ -51,8 +71,7 @@ impl Trainer {
     /// failed round drops its culprit (or, on the deadline, the members
     /// that did not deliver) and the step is redone by the rest.
     pub(super) async fn run_step(&self, plan: &StepPlan, attempt: u32, samples: &[proto::Sample], screening: Screening) -> StepEnd {
-        let dist = &self.config.dist;
-        let chunk_elements = (dist.chunk_kib * 1024 / dist.grad_dtype.bytes_per_element()).max(1);
+        let chunk_elements = chunk_elements(&self.config.dist);
         let shards = order::shard_ranges(self.config.train.batch_size, plan.members.len());
         let (round, done) = self.open_round(plan, attempt, &shards, chunk_elements, screening);
         self.hand_out(plan, attempt, samples, &shards, chunk_elements);
@@ -72,12 +91,13 @@ impl Trainer {
     ) -> (Arc<Round>, oneshot::Receiver<Result<RoundResult, RoundFailure>>) {
         let cfg = &self.config;
         let sizes: Vec<usize> = shards.iter().map(|r| r.len()).collect();
-        let total = self.state.layout.total;
+        let total = self.shadow.layout().total;
         let (round, done) =
             Round::new(plan.step, attempt, plan.members.clone(), &sizes, total, chunk_elements, cfg.dist.grad_dtype, cfg.optim.grad_clip);
-        let round = round.with_buffer(self.state.gradient_buffer(total));
-        // The star screens the members' chunks, the ring their norms.
-        let round = Arc::new(if plan.ring { round.ring() } else { round }.screened(screening));
+        // The star sums into a buffer and screens the members' chunks; the
+        // ring takes digests only and screens the members' norms.
+        let round = if plan.ring { round.ring() } else { round.with_buffer(self.shadow.gradient_buffer()) };
+        let round = Arc::new(round.screened(screening));
         self.rounds.open(round.clone());
         (round, done)
     }
@@ -97,6 +117,7 @@ impl Trainer {
                 grad_dtype: cfg.dist.grad_dtype.to_proto() as i32,
                 chunk_elements: chunk_elements as u32,
                 ring: ring.clone().map(|p| proto::RingPlan { rank: rank as u32, ..p }),
+                feed_shadow: plan.ring,
             };
             self.roster.send(*id, Work::Train { assignment, samples: samples[range.clone()].to_vec() });
         }

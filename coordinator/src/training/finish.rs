@@ -37,7 +37,7 @@ impl Trainer {
     /// lost lease): its state saved and the upload waited for.
     pub(super) async fn stopped(&self, mut run: RunState<'_>) -> anyhow::Result<Summary> {
         let step = run.step;
-        run.saver.on_stop(step, run.skipped).await?;
+        run.saver.on_stop(step).await?;
         let (checkpoint, error) = settled(run.saver.flush().await);
         let checkpoint = checkpoint.or_else(|| self.saved_location());
         tracing::warn!(step, "stopped after step {step}; run the same command again to resume");
@@ -49,7 +49,7 @@ impl Trainer {
     pub(super) async fn finish(&self, mut run: RunState<'_>) -> anyhow::Result<Summary> {
         let total = self.config.train.steps;
         let replicas = self.final_checksums(&mut run).await?;
-        run.saver.at_end(total, run.skipped).await?;
+        run.saver.at_end(total).await?;
         let (checkpoint, error) = settled(run.saver.flush().await);
         let checkpoint = checkpoint.or_else(|| self.saved_location());
         if let Some(c) = &checkpoint {
@@ -77,8 +77,9 @@ impl Trainer {
         let total = self.config.train.steps;
         let step_timeout = Duration::from_secs_f64(self.config.dist.step_timeout_s);
         let final_ids = members::wait_idle(&self.roster, &run.active, total, step_timeout).await;
+        run.await_shadow_sums().await;
         run.checksums.verify(&self.roster, total);
-        let (_, coord_sum) = self.state.checksum().await?;
+        let coord_sum = self.shadow.checksum_at(total).await?;
         let each: BTreeMap<u64, String> =
             final_ids.iter().filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}")))).collect();
         let coordinator = format!("{coord_sum:016x}");

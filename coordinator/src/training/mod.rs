@@ -65,7 +65,7 @@ impl Trainer {
             Ok(summary) => (summary, None),
             Err(e) => {
                 let elapsed = started.elapsed().as_secs_f64();
-                (Summary::failed(&self.status.get(), self.state.start_step, &self.store, elapsed, format!("{e:#}")), Some(e))
+                (Summary::failed(&self.status.get(), self.shadow.start_step(), &self.store, elapsed, format!("{e:#}")), Some(e))
             }
         };
         let written = summary.write(&self.store).await;

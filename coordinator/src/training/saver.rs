@@ -1,84 +1,115 @@
 //! Checkpoint bookkeeping for the training loop: the run's policy decides
 //! when (every N steps, every M minutes, at the end, when asked to stop);
-//! the state thread captures, the background uploader saves, and training
-//! never waits for an upload except at the end.
+//! the shadow captures the state of that exact step when its update is
+//! applied (the loop goes on meanwhile), the background uploader saves,
+//! and training never waits for an upload except at the end.
 
 use std::time::Instant;
 
-use ddpm::checkpoint::{self, CheckpointPolicy, Reason, UploadEvent, Uploader};
+use ddpm::checkpoint::{self, CheckpointData, CheckpointPolicy, Reason, UploadEvent, Uploader};
 use ddpm::store::RunStore;
+use tokio::sync::oneshot;
 
-use crate::state::StateHandle;
+use crate::shadow::Shadow;
+
+/// A capture asked of the shadow and not yet handed to the uploader.
+struct Capturing {
+    step: u64,
+    reason: Reason,
+    data: oneshot::Receiver<CheckpointData>,
+}
 
 pub struct Saver<'a> {
-    state: &'a StateHandle,
+    shadow: &'a Shadow,
     uploader: &'a Uploader,
     store: RunStore,
-    dataset_len: usize,
     policy: CheckpointPolicy,
     last_save: Instant,
     last_saved_step: Option<u64>,
+    capturing: Option<Capturing>,
 }
 
 impl<'a> Saver<'a> {
     /// `resumed_from`: the step of the checkpoint this start resumed from (0: none).
-    pub fn new(
-        state: &'a StateHandle,
-        uploader: &'a Uploader,
-        store: RunStore,
-        dataset_len: usize,
-        config: &ddpm::config::TrainConfig,
-        resumed_from: u64,
-    ) -> Self {
+    pub fn new(shadow: &'a Shadow, uploader: &'a Uploader, store: RunStore, config: &ddpm::config::TrainConfig, resumed_from: u64) -> Self {
         Self {
-            state,
+            shadow,
             uploader,
             store,
-            dataset_len,
             policy: CheckpointPolicy::new(&config.checkpoint),
             last_save: Instant::now(),
             last_saved_step: (resumed_from > 0).then_some(resumed_from),
+            capturing: None,
         }
     }
 
-    /// Captures the state after `step` and hands it to the uploader (which
-    /// never blocks training).
-    async fn save(&mut self, step: u64, skipped: u64, reason: Reason) -> anyhow::Result<()> {
-        let data = self.state.capture(skipped, self.dataset_len).await?;
-        debug_assert_eq!(data.step, step);
-        tracing::info!(step, %reason, "checkpoint captured; uploading in the background");
-        self.uploader.submit(data, reason);
+    /// Asks the shadow for the state after `step`; it reaches the uploader
+    /// (which never blocks training) once the shadow applied that step.
+    async fn save(&mut self, step: u64, reason: Reason) -> anyhow::Result<()> {
+        // One capture at a time: an earlier one still waiting is taken first.
+        self.hand_over(true).await?;
+        let data = self.shadow.request_capture(step).await?;
+        tracing::info!(step, %reason, "checkpoint of step {step} asked of the coordinator's copy of the state");
+        self.capturing = Some(Capturing { step, reason, data });
         self.last_save = Instant::now();
         self.last_saved_step = Some(step);
         Ok(())
     }
 
-    /// After step `step` of training: saves if the policy says so.
-    pub async fn after_step(&mut self, step: u64, skipped: u64) -> anyhow::Result<()> {
+    /// Hands a finished capture to the uploader (`wait`: waits for it).
+    async fn hand_over(&mut self, wait: bool) -> anyhow::Result<()> {
+        let Some(mut c) = self.capturing.take() else { return Ok(()) };
+        let data = if wait {
+            c.data.await.ok()
+        } else {
+            match c.data.try_recv() {
+                Ok(data) => Some(data),
+                Err(oneshot::error::TryRecvError::Empty) => {
+                    self.capturing = Some(c);
+                    return Ok(());
+                }
+                Err(oneshot::error::TryRecvError::Closed) => None,
+            }
+        };
+        let Some(data) = data else {
+            let why = self.shadow.broken().map_or_else(|| "the state thread stopped".to_string(), |e| e.to_string());
+            anyhow::bail!("the checkpoint of step {} could not be captured: {why}", c.step)
+        };
+        debug_assert_eq!(data.step, c.step);
+        tracing::info!(step = c.step, reason = %c.reason, "checkpoint captured; uploading in the background");
+        self.uploader.submit(data, c.reason);
+        Ok(())
+    }
+
+    /// After step `step` of training: hands over a capture that is ready,
+    /// and saves if the policy says so.
+    pub async fn after_step(&mut self, step: u64) -> anyhow::Result<()> {
+        self.hand_over(false).await?;
         if let Some(reason) = self.policy.should_save(step, Instant::now(), self.last_save) {
-            self.save(step, skipped, reason).await?;
+            self.save(step, reason).await?;
         }
         Ok(())
     }
 
     /// Stopped after `step`: saves unless that step is saved already.
-    pub async fn on_stop(&mut self, step: u64, skipped: u64) -> anyhow::Result<()> {
+    pub async fn on_stop(&mut self, step: u64) -> anyhow::Result<()> {
         if let Some(reason) = self.policy.on_signal(step, self.last_saved_step) {
-            self.save(step, skipped, reason).await?;
+            self.save(step, reason).await?;
         }
-        Ok(())
+        self.hand_over(true).await
     }
 
     /// After the last step `step`: saves as the policy says.
-    pub async fn at_end(&mut self, step: u64, skipped: u64) -> anyhow::Result<()> {
+    pub async fn at_end(&mut self, step: u64) -> anyhow::Result<()> {
         if let Some(reason) = self.policy.at_end(step, self.last_saved_step) {
-            self.save(step, skipped, reason).await?;
+            self.save(step, reason).await?;
         }
-        Ok(())
+        self.hand_over(true).await
     }
 
     /// Waits for the uploads; where the last one went, or an error if it failed.
-    pub async fn flush(&self) -> anyhow::Result<Option<String>> {
+    pub async fn flush(&mut self) -> anyhow::Result<Option<String>> {
+        self.hand_over(true).await?;
         match self.uploader.flush().await {
             Some(UploadEvent::Saved { step, .. }) => Ok(Some(self.store.location(&checkpoint::step_dir(step)))),
             Some(UploadEvent::Failed { step, error, .. }) => {

@@ -11,8 +11,9 @@ use ddpm::checkpoint::Uploader;
 use ddpm::config::{Backend, TrainConfig};
 use ddpm::data::{order, Dataset};
 use ddpm::proto;
+use tokio::sync::oneshot;
 
-use super::attempt::{StepEnd, StepPlan};
+use super::attempt::{chunk_elements, step_received_bytes, StepEnd, StepPlan};
 use super::checksums::{self, ChecksumBook};
 use super::members;
 use super::metrics_log::MetricsLog;
@@ -57,6 +58,9 @@ pub struct RunState<'u> {
     next: Option<(u64, Prefetch)>,
     /// Per chunk, the members' median norm in the last applied step.
     screen_reference: Option<Arc<Vec<f64>>>,
+    /// The coordinator's checksums asked of the shadow, by step, until it
+    /// reaches those steps.
+    shadow_sums: Vec<(u64, oneshot::Receiver<u64>)>,
     last_step_time: Option<Duration>,
     started_training: bool,
 }
@@ -74,6 +78,30 @@ fn prefetch(config: &TrainConfig, dataset: &Arc<dyn Dataset>, step: u64) -> Pref
 }
 
 impl RunState<'_> {
+    /// The coordinator's checksums the shadow has computed meanwhile, into
+    /// the book (those of steps it never reaches are dropped).
+    fn take_shadow_sums(&mut self) {
+        let checksums = &mut self.checksums;
+        self.shadow_sums.retain_mut(|(step, rx)| match rx.try_recv() {
+            Ok(sum) => {
+                checksums.expect(*step, sum);
+                false
+            }
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            Err(oneshot::error::TryRecvError::Closed) => false,
+        });
+    }
+
+    /// Every coordinator checksum asked of the shadow, once it computed
+    /// them (those of steps it never reaches are dropped).
+    pub(super) async fn await_shadow_sums(&mut self) {
+        for (step, rx) in std::mem::take(&mut self.shadow_sums) {
+            if let Ok(sum) = rx.await {
+                self.checksums.expect(step, sum);
+            }
+        }
+    }
+
     /// Step `s`'s global batch (read ahead during the step before), and the
     /// read of the next one started.
     async fn batch(&mut self, config: &TrainConfig, dataset: &Arc<dyn Dataset>, s: u64) -> anyhow::Result<Vec<proto::Sample>> {
@@ -94,7 +122,7 @@ impl Trainer {
     /// batch being read.
     pub(super) async fn open_run<'a>(&'a self, uploader: &'a Uploader) -> anyhow::Result<RunState<'a>> {
         let cfg = &self.config;
-        let (step, total) = (self.state.start_step, cfg.train.steps);
+        let (step, total) = (self.shadow.start_step(), cfg.train.steps);
         let run = RunState {
             step,
             resumed_from: step,
@@ -103,7 +131,7 @@ impl Trainer {
             checksums: ChecksumBook::default(),
             skipped: self.start_skipped,
             last_loss: f64::NAN,
-            saver: Saver::new(&self.state, uploader, self.store.clone(), self.dataset.len(), cfg, step),
+            saver: Saver::new(&self.shadow, uploader, self.store.clone(), cfg, step),
             metrics: MetricsLog::open(&self.store, &self.run, step, self.history.clone()).await?,
             evals: PeriodicEvals::new(cfg).await?,
             resyncing: BTreeSet::new(),
@@ -112,6 +140,7 @@ impl Trainer {
             progress: Progress::default(),
             next: (step < total).then(|| (step + 1, prefetch(cfg, &self.dataset, step + 1))),
             screen_reference: None,
+            shadow_sums: Vec::new(),
             last_step_time: None,
             started_training: false,
         };
@@ -179,7 +208,7 @@ impl Trainer {
         run.started_training = true;
         self.lifecycle.set_phase(Phase::Training);
         let cfg = &self.config;
-        let (steps, batch, params) = (cfg.train.steps, cfg.train.batch_size, self.state.layout.total);
+        let (steps, batch, params) = (cfg.train.steps, cfg.train.batch_size, self.shadow.layout().total);
         tracing::info!(workers, steps, batch, params, reduction = cfg.dist.backend.name(), "training starts");
     }
 
@@ -188,14 +217,21 @@ impl Trainer {
     /// an evaluation if due.
     async fn step_done(&self, run: &mut RunState<'_>, plan: &StepPlan, result: RoundResult, t0: Instant) -> anyhow::Result<()> {
         let (s, cfg) = (plan.step, &self.config);
-        run.attempt = 0;
+        let attempt = std::mem::take(&mut run.attempt);
         run.star_redo = false;
         run.active = plan.members.iter().copied().collect();
         let RoundResult { reduced, outcome, loss, compute_s, allreduce_s, per_member, chunk_medians, .. } = result;
         if outcome.apply {
             run.screen_reference = Some(Arc::new(chunk_medians));
         }
-        self.state.apply(s, reduced, outcome).await?;
+        // The step is committed: its update reaches the shadow from here
+        // (the star's in hand, the ring's fed by its members meanwhile).
+        if plan.ring {
+            let dist = &cfg.dist;
+            self.shadow.expect_feed(s, attempt, plan.members.clone(), dist.grad_dtype, chunk_elements(dist), outcome);
+        } else {
+            self.shadow.commit_reduced(s, reduced, outcome);
+        }
         run.step = s;
         if !outcome.apply {
             run.skipped += 1;
@@ -203,10 +239,9 @@ impl Trainer {
             tracing::warn!(step = s, grad_norm = outcome.grad_norm, skipped, "non-finite gradient: every replica skipped this update");
         }
         if plan.checksum_requested {
-            let (at, sum) = self.state.checksum().await?;
-            debug_assert_eq!(at, s);
-            run.checksums.expect(s, sum);
+            run.shadow_sums.push((s, self.shadow.request_checksum(s).await?));
         }
+        run.take_shadow_sums();
         self.telemetry.checksum_mismatches(run.checksums.verify(&self.roster, s));
         let took = t0.elapsed();
         run.last_step_time = Some(took);
@@ -232,9 +267,38 @@ impl Trainer {
         }
         run.last_loss = loss;
         if s < cfg.train.steps {
-            run.saver.after_step(s, run.skipped).await?;
+            run.saver.after_step(s).await?;
         }
-        run.evals.after_step(&self.queue, &self.roster, &self.lifecycle, s, &mut run.metrics).await
+        run.evals.after_step(&self.queue, &self.roster, &self.lifecycle, s, &mut run.metrics).await?;
+        self.keep_shadow_close().await
+    }
+
+    /// Waits while the shadow is more than `[dist] shadow_lag` steps
+    /// behind: the one place training waits for the coordinator's copy.
+    /// A member that owes its part of a committed step and is gone, or
+    /// none of it arriving within the step timeout, breaks the shadow.
+    async fn keep_shadow_close(&self) -> anyhow::Result<()> {
+        let dist = &self.config.dist;
+        let started = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), self.shadow.wait_lag(dist.shadow_lag)).await {
+                Ok(done) => {
+                    let (applied, committed) = self.shadow.steps();
+                    self.telemetry.shadow(committed - applied, done.is_err());
+                    return Ok(done?);
+                }
+                Err(_) => {
+                    for id in self.shadow.owing() {
+                        if !self.roster.contains(id) {
+                            self.shadow.member_lost(id);
+                        }
+                    }
+                    if started.elapsed().as_secs_f64() > dist.step_timeout_s {
+                        self.shadow.give_up(format!("no part of its update arrived for {:.0} s", dist.step_timeout_s));
+                    }
+                }
+            }
+        }
     }
 
     /// The step's record, to each of its consumers: the metrics log, the
@@ -244,11 +308,10 @@ impl Trainer {
         let (s, total, batch) = (plan.step, cfg.train.steps, cfg.train.batch_size);
         run.metrics.push_step(record)?;
         run.progress.add(record, batch);
-        let member_bytes = self.state.layout.total * cfg.dist.grad_dtype.bytes_per_element();
-        // The star receives every member's gradient, the ring one in all.
-        let copies = if plan.ring { 1 } else { plan.members.len() };
-        let reduced_bytes = (member_bytes * copies) as u64;
-        self.telemetry.record_step(record, batch, reduced_bytes, run.skipped, run.progress.images_per_s());
+        let params = self.shadow.layout().total;
+        let member_bytes = params * cfg.dist.grad_dtype.bytes_per_element();
+        let received = step_received_bytes(plan, params, &cfg.dist);
+        self.telemetry.record_step(record, batch, received, run.skipped, run.progress.images_per_s());
         if progress::line_due(s, run.resumed_from, total, cfg.train.log_every) {
             let eta = self.status.get().eta_s(total);
             run.progress.log_and_reset(s, total, plan.members.len(), member_bytes, eta);

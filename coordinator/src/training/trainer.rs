@@ -16,7 +16,7 @@ use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
-use crate::state::StateHandle;
+use crate::shadow::Shadow;
 use crate::telemetry::history::RunHistory;
 use crate::telemetry::metrics::Telemetry;
 
@@ -28,7 +28,8 @@ pub struct Trainer {
     pub(super) run: String,
     pub(super) store: RunStore,
     pub(super) dataset: Arc<dyn Dataset>,
-    pub(super) state: StateHandle,
+    /// The coordinator's copy of the state, fed off the step's path.
+    pub(super) shadow: Arc<Shadow>,
     /// Steps skipped before this start (from the resumed checkpoint).
     pub(super) start_skipped: u64,
     pub(super) roster: Arc<Roster>,
@@ -53,7 +54,7 @@ impl Trainer {
             run,
             store: parts.store.clone(),
             dataset: parts.dataset.clone(),
-            state: parts.state.clone(),
+            shadow: parts.shadow.clone(),
             start_skipped,
             roster: parts.roster.clone(),
             rounds: parts.rounds.clone(),

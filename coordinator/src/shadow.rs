@@ -1,0 +1,477 @@
+//! The coordinator's own copy of the run state (parameters, Adam, EMA),
+//! kept off the step's critical path: the shadow.
+//!
+//! A step commits on scalars (`round/`); its update reaches the shadow
+//! afterwards. With the star the reduced gradient is in the coordinator's
+//! hands already ([`Shadow::commit_reduced`]); with the ring each member
+//! streams its reduced segment after the outcome, while the next step
+//! computes ([`Shadow::expect_feed`], [`Shadow::offer`]). An applier task
+//! hands complete steps, in order, to the state thread (`state.rs`), which
+//! runs Adam and the EMA on its own thread. The training loop waits only
+//! when the shadow is more than `[dist] shadow_lag` steps behind
+//! ([`Shadow::wait_lag`]).
+//!
+//! What reads the state asks for it at a step ([`Shadow::at`]): a
+//! checkpoint or a checksum of step `s` is taken right after the shadow
+//! applied `s` (the state thread runs commands in order), so it is exactly
+//! step `s`'s, however far the loop has gone meanwhile.
+//!
+//! Every replica holds the whole reduced gradient after the all-gather, so
+//! each chunk is fed twice: by its owner and by the owner's predecessor in
+//! the ring (the first copy is taken, the second ignored). A member that
+//! leaves before it fed a committed step costs nothing while the other
+//! feeder of each of its chunks is alive; when both are gone, that step's
+//! update cannot be completed: the shadow is then broken from that step on
+//! ([`Shadow::broken`]) and stays at the step before.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use ddpm::checkpoint::CheckpointData;
+use ddpm::config::GradDtype;
+use ddpm::proto;
+use ddpm::train::flat::Layout;
+use ddpm::train::Outcome;
+use ddpm::wire::{self, WireError};
+use tokio::sync::{oneshot, Notify};
+
+use crate::state::{Snapshot, SnapshotKind, StateHandle};
+
+/// Why a fed chunk was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    #[error("no committed step {step} attempt {attempt} is waiting for its update (the shadow is at step {applied})")]
+    NotExpected { step: u64, attempt: u32, applied: u64 },
+    #[error("worker {worker} was not a member of step {step}")]
+    NotMember { worker: u64, step: u64 },
+    #[error("chunk {index} of step {step} is fed by rank {owner} and its predecessor, not by worker {worker}")]
+    NotOwned { step: u64, index: u32, owner: usize, worker: u64 },
+    #[error(transparent)]
+    Malformed(#[from] WireError),
+}
+
+/// Why the shadow cannot give what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ShadowError {
+    #[error("the coordinator's copy of the state is broken since step {step}: {reason}")]
+    Broken { step: u64, reason: String },
+    #[error("the coordinator's copy of the state is at step {applied}, past step {step}")]
+    Past { step: u64, applied: u64 },
+    #[error("the state thread has stopped")]
+    Stopped,
+}
+
+/// What to take from the state right after a step is applied.
+pub enum Hook {
+    Checksum(oneshot::Sender<u64>),
+    Capture(oneshot::Sender<CheckpointData>),
+    Snapshot(SnapshotKind, oneshot::Sender<Snapshot>),
+}
+
+impl Pending {
+    /// Whether rank `r` feeds chunk `i`: its owner, or the owner's
+    /// predecessor in the ring.
+    fn feeds(&self, r: usize, i: usize) -> bool {
+        let n = self.members.len();
+        let owner = self.owners[i];
+        owner == r || (owner + n - 1) % n == r
+    }
+
+    /// Whether rank `r` feeds a chunk still missing.
+    fn owes(&self, r: usize) -> bool {
+        self.filled.iter().enumerate().any(|(i, &f)| !f && self.feeds(r, i))
+    }
+
+    /// A missing chunk both of whose feeders are gone.
+    fn orphan(&self) -> Option<usize> {
+        (0..self.filled.len()).find(|&i| !self.filled[i] && (0..self.lost.len()).all(|r| !self.feeds(r, i) || self.lost[r]))
+    }
+}
+
+/// A committed step whose update has not reached the state thread.
+struct Pending {
+    step: u64,
+    attempt: u32,
+    outcome: Outcome,
+    /// Member ids in rank order (the ring's owners), empty for the star.
+    members: Vec<u64>,
+    /// The owning rank of each chunk (empty: the update is complete).
+    owners: Vec<usize>,
+    /// Per chunk, whether it arrived.
+    filled: Vec<bool>,
+    /// Per rank, whether the member left.
+    lost: Vec<bool>,
+    remaining: usize,
+    dtype: GradDtype,
+    chunk_elements: usize,
+    grad: Vec<f32>,
+    hooks: Vec<Hook>,
+}
+
+struct Inner {
+    pending: VecDeque<Pending>,
+    /// The last step handed to the state thread.
+    applied: u64,
+    /// The last step committed.
+    committed: u64,
+    /// Steps skipped (non-finite gradients) up to `applied`.
+    skipped: u64,
+    broken: Option<ShadowError>,
+}
+
+/// The shadow: one per coordinator, shared by the loop, the services and
+/// the jobs.
+pub struct Shadow {
+    state: StateHandle,
+    /// Samples in the dataset (checkpoints record the data stream's shape).
+    dataset_len: usize,
+    inner: Mutex<Inner>,
+    changed: Notify,
+    /// Held while commands go to the state thread, so that what reads the
+    /// state at a step is queued right behind that step's update.
+    issuing: tokio::sync::Mutex<()>,
+}
+
+impl Shadow {
+    /// The shadow over `state` (at its start step, with `skipped` steps
+    /// skipped before) of a run on `dataset_len` samples, and its applier
+    /// task.
+    pub fn start(state: StateHandle, skipped: u64, dataset_len: usize) -> Arc<Self> {
+        let step = state.start_step;
+        let inner = Inner { pending: VecDeque::new(), applied: step, committed: step, skipped, broken: None };
+        let shadow =
+            Arc::new(Self { state, dataset_len, inner: Mutex::new(inner), changed: Notify::new(), issuing: tokio::sync::Mutex::new(()) });
+        tokio::spawn(apply_in_order(shadow.clone()));
+        shadow
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn layout(&self) -> &Arc<Layout> {
+        &self.state.layout
+    }
+
+    /// The step the state started at (0, or the resumed checkpoint's).
+    pub fn start_step(&self) -> u64 {
+        self.state.start_step
+    }
+
+    /// `(applied, committed)`: the shadow's step and the run's.
+    pub fn steps(&self) -> (u64, u64) {
+        let inner = self.lock();
+        (inner.applied, inner.committed)
+    }
+
+    /// Why the shadow stopped following the run, if it did.
+    pub fn broken(&self) -> Option<ShadowError> {
+        self.lock().broken.clone()
+    }
+
+    /// A buffer for a star round's reduced gradient (the state thread's
+    /// last one when it handed it back).
+    pub fn gradient_buffer(&self) -> Vec<f32> {
+        self.state.gradient_buffer(self.state.layout.total)
+    }
+
+    /// Step `step` committed with its reduced gradient in hand (the star).
+    pub fn commit_reduced(&self, step: u64, grad: Vec<f32>, outcome: Outcome) {
+        let p = Pending {
+            step,
+            attempt: 0,
+            outcome,
+            members: Vec::new(),
+            owners: Vec::new(),
+            filled: Vec::new(),
+            lost: Vec::new(),
+            remaining: 0,
+            dtype: GradDtype::F32,
+            chunk_elements: 1,
+            grad,
+            hooks: Vec::new(),
+        };
+        self.push(p);
+    }
+
+    /// Step `step` (attempt `attempt`) committed through the ring: its
+    /// members (rank order) will feed their own and their successors'
+    /// segments' reduced chunks.
+    pub fn expect_feed(&self, step: u64, attempt: u32, members: Vec<u64>, dtype: GradDtype, chunk_elements: usize, outcome: Outcome) {
+        let total = self.state.layout.total;
+        let chunks = wire::chunk_count(total, chunk_elements);
+        let p = Pending {
+            step,
+            attempt,
+            outcome,
+            filled: vec![false; chunks],
+            lost: vec![false; members.len()],
+            owners: ddpm::ring::plan::chunk_owners(chunks, members.len()),
+            members,
+            remaining: chunks,
+            dtype,
+            chunk_elements,
+            grad: self.state.gradient_buffer(total),
+            hooks: Vec::new(),
+        };
+        self.push(p);
+    }
+
+    fn push(&self, p: Pending) {
+        let mut inner = self.lock();
+        inner.committed = p.step;
+        inner.pending.push_back(p);
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// Chunk `chunk` of step `step`'s reduced gradient from `worker`.
+    pub fn offer(&self, worker: u64, step: u64, attempt: u32, chunk: &proto::GradientChunk) -> Result<(), FeedError> {
+        let mut inner = self.lock();
+        let (applied, committed) = (inner.applied, inner.committed);
+        let Some(p) = inner.pending.iter_mut().find(|p| p.step == step && p.attempt == attempt && !p.owners.is_empty()) else {
+            // A second copy of a step already complete is late, not wrong.
+            let other_attempt = inner.pending.iter().any(|p| p.step == step);
+            return if step > committed || other_attempt { Err(FeedError::NotExpected { step, attempt, applied }) } else { Ok(()) };
+        };
+        let rank = p.members.iter().position(|&m| m == worker).ok_or(FeedError::NotMember { worker, step })?;
+        let (index, i) = (chunk.index, chunk.index as usize);
+        let owner = *p.owners.get(i).ok_or(WireError::BadIndex { index, chunks: p.owners.len() })?;
+        if !p.feeds(rank, i) {
+            return Err(FeedError::NotOwned { step, index, owner, worker });
+        }
+        if p.filled[i] {
+            // The other feeder's copy came first: the same bits (every
+            // replica's digest matched before the step committed).
+            return Ok(());
+        }
+        let range = wire::chunk_ranges(p.grad.len(), p.chunk_elements).nth(i).expect("index < chunks");
+        wire::decode_into(&chunk.data, p.dtype, index, &mut p.grad[range])?;
+        p.filled[i] = true;
+        p.remaining -= 1;
+        let complete = p.remaining == 0;
+        drop(inner);
+        if complete {
+            self.changed.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Members that still owe chunks of a committed step.
+    pub fn owing(&self) -> Vec<u64> {
+        let inner = self.lock();
+        let mut ids: Vec<u64> =
+            inner.pending.iter().flat_map(|p| p.members.iter().enumerate().filter(|(r, _)| p.owes(*r))).map(|(_, &m)| m).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Member `worker` left: a committed step with a chunk that neither of
+    /// its feeders can send any more can never complete, and the shadow
+    /// breaks there.
+    pub fn member_lost(&self, worker: u64) {
+        let orphan = {
+            let mut inner = self.lock();
+            for p in inner.pending.iter_mut() {
+                if let Some(r) = p.members.iter().position(|&m| m == worker) {
+                    p.lost[r] = true;
+                }
+            }
+            inner.pending.iter().find_map(|p| p.orphan().map(|i| (p.step, i)))
+        };
+        if let Some((step, chunk)) = orphan {
+            self.break_at(
+                step,
+                format!("worker {worker} left, and with it the last member that could feed chunk {chunk} of step {step}'s update"),
+            );
+        }
+    }
+
+    /// Waits until committed step `step` (attempt `attempt`) expects its
+    /// feed: a member may start feeding as soon as it has the outcome,
+    /// before the training loop has registered the step.
+    pub async fn expecting(&self, step: u64, attempt: u32, within: std::time::Duration) -> Result<(), FeedError> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let inner = self.lock();
+                if inner.pending.iter().any(|p| p.step == step && p.attempt == attempt && !p.owners.is_empty()) {
+                    return Ok(());
+                }
+                if inner.broken.is_some() {
+                    return Err(FeedError::NotExpected { step, attempt, applied: inner.applied });
+                }
+                if inner.committed >= step {
+                    // Complete already (the other feeder was faster) or
+                    // another attempt's: [`Shadow::offer`] tells which.
+                    return Ok(());
+                }
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(FeedError::NotExpected { step, attempt, applied: self.lock().applied });
+            }
+        }
+    }
+
+    /// The oldest committed step's update will not arrive (`why`): the
+    /// shadow breaks there.
+    pub fn give_up(&self, why: String) {
+        let step = self.lock().pending.front().map(|p| p.step);
+        if let Some(step) = step {
+            self.break_at(step, format!("step {step}'s update: {why}"));
+        }
+    }
+
+    fn break_at(&self, step: u64, reason: String) {
+        let mut inner = self.lock();
+        if inner.broken.is_some() {
+            return;
+        }
+        tracing::error!(step, "the coordinator's copy of the state stops following the run: {reason}");
+        inner.broken = Some(ShadowError::Broken { step, reason });
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until the shadow is at most `lag` steps behind the run (or
+    /// broken, which is returned).
+    pub async fn wait_lag(&self, lag: u64) -> Result<(), ShadowError> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            {
+                let inner = self.lock();
+                if let Some(e) = &inner.broken {
+                    return Err(e.clone());
+                }
+                if inner.committed - inner.applied <= lag {
+                    return Ok(());
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Runs `hook` on the state right after step `step` is applied (at
+    /// once if it is the shadow's step and nothing is queued after it).
+    pub async fn at(&self, step: u64, hook: Hook) -> Result<(), ShadowError> {
+        let _issuing = self.issuing.lock().await;
+        let now = {
+            let mut inner = self.lock();
+            if let Some(e) = &inner.broken {
+                return Err(e.clone());
+            }
+            if let Some(p) = inner.pending.iter_mut().find(|p| p.step == step) {
+                p.hooks.push(hook);
+                return Ok(());
+            }
+            if step != inner.applied {
+                return Err(ShadowError::Past { step, applied: inner.applied });
+            }
+            (hook, inner.skipped)
+        };
+        run_hook(&self.state, now.0, now.1, self.dataset_len).await
+    }
+
+    /// The parameters' checksum after step `step`, when the shadow gets
+    /// there (the receiver closes if it never does).
+    pub async fn request_checksum(&self, step: u64) -> Result<oneshot::Receiver<u64>, ShadowError> {
+        let (tx, rx) = oneshot::channel();
+        self.at(step, Hook::Checksum(tx)).await?;
+        Ok(rx)
+    }
+
+    /// [`Shadow::request_checksum`], awaited.
+    pub async fn checksum_at(&self, step: u64) -> Result<u64, ShadowError> {
+        let rx = self.request_checksum(step).await?;
+        rx.await.map_err(|_| self.broken().unwrap_or(ShadowError::Stopped))
+    }
+
+    /// Everything a checkpoint of step `step` holds, when the shadow gets
+    /// there (the receiver closes if it never does).
+    pub async fn request_capture(&self, step: u64) -> Result<oneshot::Receiver<CheckpointData>, ShadowError> {
+        let (tx, rx) = oneshot::channel();
+        self.at(step, Hook::Capture(tx)).await?;
+        Ok(rx)
+    }
+
+    /// [`Shadow::request_capture`], awaited.
+    pub async fn capture_at(&self, step: u64) -> Result<CheckpointData, ShadowError> {
+        let rx = self.request_capture(step).await?;
+        rx.await.map_err(|_| self.broken().unwrap_or(ShadowError::Stopped))
+    }
+
+    /// A snapshot at the run's last committed step (waiting for the
+    /// shadow to get there).
+    pub async fn snapshot_latest(&self, kind: SnapshotKind) -> Result<Snapshot, ShadowError> {
+        let step = self.lock().committed;
+        let (tx, rx) = oneshot::channel();
+        self.at(step, Hook::Snapshot(kind, tx)).await?;
+        rx.await.map_err(|_| self.broken().unwrap_or(ShadowError::Stopped))
+    }
+}
+
+/// Issues `hook`'s command to the state thread; `skipped`: the steps
+/// skipped up to the state's step.
+async fn run_hook(state: &StateHandle, hook: Hook, skipped: u64, dataset_len: usize) -> Result<(), ShadowError> {
+    let stopped = |_| ShadowError::Stopped;
+    match hook {
+        Hook::Checksum(tx) => {
+            let _ = tx.send(state.checksum().await.map_err(stopped)?.1);
+        }
+        Hook::Capture(tx) => {
+            let _ = tx.send(state.capture(skipped, dataset_len).await.map_err(stopped)?);
+        }
+        Hook::Snapshot(kind, tx) => {
+            let _ = tx.send(state.snapshot(kind).await.map_err(stopped)?);
+        }
+    }
+    Ok(())
+}
+
+/// The applier: hands each complete step to the state thread in order,
+/// then its hooks. Ends when the state thread stops.
+async fn apply_in_order(shadow: Arc<Shadow>) {
+    loop {
+        let changed = shadow.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        // Taken before the step leaves the queue: a hook asked for between
+        // the two would find the step neither queued nor applied.
+        let issuing = shadow.issuing.lock().await;
+        let ready = {
+            let mut inner = shadow.lock();
+            let complete = inner.broken.is_none() && inner.pending.front().is_some_and(|p| p.remaining == 0);
+            complete.then(|| inner.pending.pop_front().expect("front is complete"))
+        };
+        let Some(p) = ready else {
+            drop(issuing);
+            changed.await;
+            continue;
+        };
+        if shadow.state.apply(p.step, p.grad, p.outcome).await.is_err() {
+            return;
+        }
+        let skipped = {
+            let mut inner = shadow.lock();
+            inner.applied = p.step;
+            inner.skipped += u64::from(!p.outcome.apply);
+            inner.skipped
+        };
+        for hook in p.hooks {
+            if run_hook(&shadow.state, hook, skipped, shadow.dataset_len).await.is_err() {
+                return;
+            }
+        }
+        drop(issuing);
+        shadow.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests;

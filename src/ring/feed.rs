@@ -1,0 +1,46 @@
+//! What a ring member feeds the coordinator's copy of the state (its
+//! shadow) after a step commits: the reduced chunks of its own segment, as
+//! they went round the ring, and those of its successor's, which it holds
+//! too after the all-gather. Each chunk thus has two feeders, so a member
+//! that dies before it fed its part costs the shadow nothing while its
+//! predecessor lives.
+
+use bytes::Bytes;
+
+use crate::config::GradDtype;
+use crate::wire;
+
+/// The chunks of rank `rank`'s successor's segment, encoded as `dtype`
+/// from the reduced gradient `grad` (chunks of `chunk_elements`) of a ring
+/// of `n`. With bf16 on the wire the values are bf16 already, so the
+/// encoding is exact: the same bits as the owner's copy.
+pub fn successor_chunks(grad: &[f32], rank: usize, n: usize, chunk_elements: usize, dtype: GradDtype) -> Vec<(u32, Bytes)> {
+    if n < 2 {
+        return Vec::new();
+    }
+    let chunks = wire::chunk_count(grad.len(), chunk_elements);
+    let segment = super::plan::segments(chunks, n)[(rank + 1) % n].clone();
+    wire::chunk_ranges(grad.len(), chunk_elements)
+        .enumerate()
+        .skip(segment.start)
+        .take(segment.len())
+        .map(|(i, range)| (i as u32, wire::encode(&grad[range], dtype)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_feeds_its_successors_segment_and_a_lone_member_nothing_more() {
+        let grad: Vec<f32> = (0..10).map(|i| i as f32).collect();
+        // 5 chunks of 2 in a ring of 2: rank 0 owns 0..2, rank 1 owns 2..5.
+        let fed = successor_chunks(&grad, 0, 2, 2, GradDtype::F32);
+        assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(fed[0].1, wire::encode(&[4.0, 5.0], GradDtype::F32));
+        let fed = successor_chunks(&grad, 1, 2, 2, GradDtype::F32);
+        assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1], "the last rank's successor is rank 0");
+        assert!(successor_chunks(&grad, 0, 1, 2, GradDtype::F32).is_empty());
+    }
+}
