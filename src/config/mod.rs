@@ -20,7 +20,8 @@ use crate::unet::UNetConfig;
 mod sections;
 
 pub use sections::{
-    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, SampleConfig,
+    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, Precision,
+    SampleConfig, NCCL_EXCHANGE_BUILT,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.
@@ -122,10 +123,9 @@ impl TrainConfig {
     /// Reads a TOML config file. Keys left out keep the values of `base`
     /// (a preset), so a file may hold only what differs from it.
     pub fn from_toml_file(path: &Path, base: &TrainConfig) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
-        Self::from_toml_str(&text, base)
-            .map_err(|e| ConfigError::Parse { path: path.display().to_string(), reason: e.to_string() })
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        Self::from_toml_str(&text, base).map_err(|e| ConfigError::Parse { path: path.display().to_string(), reason: e.to_string() })
     }
 
     /// Parses TOML over `base`.
@@ -140,9 +140,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |field: &str, reason: String| Err(ConfigError::Invalid { field: field.into(), reason });
         self.model.validate().map_err(|e| ConfigError::Invalid { field: "model".into(), reason: e.to_string() })?;
-        self.diffusion
-            .validate()
-            .map_err(|e| ConfigError::Invalid { field: "diffusion".into(), reason: e.to_string() })?;
+        self.diffusion.validate().map_err(|e| ConfigError::Invalid { field: "diffusion".into(), reason: e.to_string() })?;
         if self.data.spec.is_none() {
             return bad("data.spec", "no dataset: pass --data SPEC (e.g. cifar10:PATH or synthetic:shapes)".into());
         }
@@ -189,10 +187,10 @@ impl TrainConfig {
         if !(d.screen_factor >= 0.0 && d.screen_factor.is_finite()) {
             return bad("dist.screen_factor", format!("must be 0 (off) or a positive factor, got {}", d.screen_factor));
         }
-                if !(d.straggler_min_s >= 0.0 && d.straggler_min_s.is_finite()) {
+        if !(d.straggler_min_s >= 0.0 && d.straggler_min_s.is_finite()) {
             return bad("dist.straggler_min_s", format!("must be a number of seconds >= 0, got {}", d.straggler_min_s));
         }
-                if d.heartbeat_timeout_s <= d.heartbeat_interval_s {
+        if d.heartbeat_timeout_s <= d.heartbeat_interval_s {
             return bad(
                 "dist.heartbeat_timeout_s",
                 format!("must exceed heartbeat_interval_s ({} <= {})", d.heartbeat_timeout_s, d.heartbeat_interval_s),
@@ -201,10 +199,7 @@ impl TrainConfig {
         self.checkpoint.validate().map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?;
         let s = &self.sample;
         if s.sampler == SamplerKind::Ddim && (s.steps == 0 || s.steps as usize > self.diffusion.num_timesteps) {
-            return bad(
-                "sample.steps",
-                format!("DDIM steps must be in 1..={}, got {}", self.diffusion.num_timesteps, s.steps),
-            );
+            return bad("sample.steps", format!("DDIM steps must be in 1..={}, got {}", self.diffusion.num_timesteps, s.steps));
         }
         let e = &self.eval;
         if e.every_steps > 0 {
@@ -212,10 +207,7 @@ impl TrainConfig {
                 return bad("eval.samples", "must be at least 1 (the images each evaluation draws)".into());
             }
             if e.sampler == SamplerKind::Ddim && (e.steps == 0 || e.steps as usize > self.diffusion.num_timesteps) {
-                return bad(
-                    "eval.steps",
-                    format!("DDIM steps must be in 1..={}, got {}", self.diffusion.num_timesteps, e.steps),
-                );
+                return bad("eval.steps", format!("DDIM steps must be in 1..={}, got {}", self.diffusion.num_timesteps, e.steps));
             }
             if let Some(m) = e.metrics.iter().find(|m| *m != "fid" && *m != "is") {
                 return bad("eval.metrics", format!("unknown metric {m:?}: use \"fid\" and/or \"is\""));

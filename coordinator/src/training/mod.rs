@@ -224,7 +224,9 @@ impl Trainer {
 
             let checksum_requested = checksums::due(s, total, cfg.dist.checksum_every);
             let screening = Screening { factor: cfg.dist.screen_factor, reference: screen_reference.clone() };
-            let ring = cfg.dist.backend == ddpm::config::Backend::Ring && !star_redo;
+            // `auto` is the ring until the NCCL exchange exists (Backend::resolve);
+            // `nccl` never trains: its workers refuse it when they register.
+            let ring = cfg.dist.backend.may_use_ring() && !star_redo;
             let mut result = match self.run_step(s, attempt, &step_members, &samples, checksum_requested, screening, ring).await {
                 StepEnd::Done(result) => *result,
                 StepEnd::Redo { left, through_star } => {
