@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ddpm::wire::WorkerRole;
 use ddpm::exit;
+use ddpm::wire::WorkerRole;
 use ddpm_worker::gpus::GpuSet;
 use ddpm_worker::{run, Ended, WorkerOptions};
 use tch::Device;
@@ -33,8 +33,10 @@ struct Args {
     #[arg(long, conflicts_with = "device")]
     gpu: Option<usize>,
     /// One worker process per GPU: all (every visible device), a count N
-    /// (devices 0..N) or indices I,J,...; each gets --gpu I, NAME-gpuI as
-    /// its name and the --metrics-listen port plus its position.
+    /// (devices 0..N) or indices I,J,...; the K-th (from 0) gets --gpu I,
+    /// NAME-gpuI as its name, and the --metrics-listen and --peer-listen
+    /// ports (and a --peer-advertise port) plus K; ranges that would meet
+    /// are refused. With --check-config: prints each child's command line.
     #[arg(long, value_name = "all|N|I,J", value_parser = clap::value_parser!(GpuSet), conflicts_with_all = ["gpu", "device"])]
     gpus: Option<GpuSet>,
     /// Device to run on: cpu or cuda:N (default: cpu unless --gpu is given).
@@ -86,8 +88,7 @@ struct Args {
 /// the role (whose wire form also accepts "" for train).
 fn role_parser() -> impl clap::builder::TypedValueParser<Value = WorkerRole> {
     use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()])
-        .try_map(|s| s.parse::<WorkerRole>())
+    clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()]).try_map(|s| s.parse::<WorkerRole>())
 }
 
 /// The device `--device` names, without asking libtorch whether it exists.
@@ -122,8 +123,22 @@ fn pick_device(args: &Args) -> Result<Device, String> {
     }
 }
 
+/// The ports flags, read once for both `--check-config` and `--gpus`.
+fn port_plan(args: &Args) -> Result<ddpm_worker::gpus::PortPlan, String> {
+    ddpm_worker::gpus::PortPlan::parse(args.metrics_listen.as_deref(), &args.peer_listen, args.peer_advertise.as_deref())
+}
+
+/// This process's flags, which each `--gpus` child gets with its own
+/// device, name and ports in place of the parent's (less `--check-config`,
+/// so that its dry run shows the children as `--gpus` starts them).
+fn child_argv() -> Vec<String> {
+    std::env::args().skip(1).filter(|a| a != "--check-config").collect()
+}
+
 /// `--check-config`: everything a flag says, short of the device, the
-/// token and TLS files and the coordinator.
+/// token and TLS files and the coordinator. With `--gpus N` or `I,J` it
+/// also prints each child's command line (stdout), so that a GPU node's
+/// flags can be checked on any machine.
 fn check_only(args: &Args) -> Result<(), String> {
     if let Some(d) = &args.device {
         device_form(d)?;
@@ -139,11 +154,22 @@ fn check_only(args: &Args) -> Result<(), String> {
     if !(args.connect_timeout.is_finite() && args.connect_timeout > 0.0) {
         return Err("--connect-timeout must be a positive number of seconds".into());
     }
-    if let Some(m) = &args.metrics_listen {
-        ddpm_worker::gpus::metrics_addr(m, 0)?;
-    }
-    if args.peer_listen != "off" && args.peer_listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(format!("--peer-listen {:?}: give IP:PORT (port 0: any free one) or off", args.peer_listen));
+    let ports = port_plan(args)?;
+    match &args.gpus {
+        // `all` has as many children as devices, which only a device check
+        // can count: say how many the ports fit instead.
+        Some(GpuSet::All) => match ports.capacity() {
+            usize::MAX => eprintln!("--gpus all: any number of GPU processes fit these ports"),
+            cap => eprintln!("--gpus all: up to {cap} GPU processes fit these ports"),
+        },
+        Some(set) => {
+            let ids = set.resolve(usize::MAX)?;
+            // The dry run: each child's command line, as --gpus would start it.
+            for child in ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), &ports)? {
+                println!("ddpm-worker {}", child.join(" "));
+            }
+        }
+        None => ports.check(1)?,
     }
     Ok(())
 }
@@ -158,18 +184,14 @@ fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
             return exit::code(exit::USAGE);
         }
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut children = Vec::new();
-    for (index, gpu) in ids.iter().enumerate() {
-        let metrics = match args.metrics_listen.as_deref().map(|m| ddpm_worker::gpus::metrics_addr(m, index)).transpose() {
-            Ok(m) => m,
+    let children =
+        match port_plan(args).and_then(|ports| ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), &ports)) {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::code(exit::USAGE);
             }
         };
-        children.push(ddpm_worker::gpus::child_args(&argv, *gpu, args.name.as_deref(), metrics.as_deref()));
-    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -262,11 +284,9 @@ fn main() -> ExitCode {
         if args.peer_listen != "off" {
             let advertise = args.peer_advertise.as_deref();
             let coord = args.coord.as_str();
-            let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| {
-                ddpm::ring::advertised_endpoint(bound, advertise, coord)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
+            let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| ddpm::ring::advertised_endpoint(bound, advertise, coord))
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
             tracing::info!(endpoint = peers.endpoint(), "listening for ring neighbours");
             opts.peers = Some(std::sync::Arc::new(peers));
         }
