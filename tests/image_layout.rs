@@ -175,8 +175,7 @@ struct Started {
 
 impl Started {
     fn new(name: &'static str, mut cmd: Command) -> Started {
-        let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (tx, rx) = mpsc::channel();
         for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
             let tx = tx.clone();
@@ -255,7 +254,12 @@ fn the_image_layout_runs_the_binaries_on_its_own_libraries() {
     // --- layout.sh, as the Dockerfile's build stage runs it.
     let t = Instant::now();
     // Hard links where it can (DDPM_LAYOUT_LINK): the same tree without a 4 GB copy.
-    let out = run(Command::new("bash").env("DDPM_LAYOUT_LINK", "1").arg(repo().join("deploy/image/layout.sh")).arg(&out_dir).arg(&bin_dir).arg(&site));
+    let out = run(Command::new("bash")
+        .env("DDPM_LAYOUT_LINK", "1")
+        .arg(repo().join("deploy/image/layout.sh"))
+        .arg(&out_dir)
+        .arg(&bin_dir)
+        .arg(&site));
     let layout_s = t.elapsed().as_secs_f64();
     println!("{}", text(&out.stdout));
     assert!(out.status.success(), "layout.sh failed:\n{}{}", text(&out.stdout), text(&out.stderr));
@@ -265,12 +269,23 @@ fn the_image_layout_runs_the_binaries_on_its_own_libraries() {
 
     // --- check.sh accepts the tree and the Dockerfile.
     let dockerfile = repo().join("deploy/Dockerfile");
-    let check = |dockerfile: &Path| {
-        run(Command::new("bash").arg(repo().join("deploy/image/check.sh")).arg(&out_dir).arg(dockerfile))
-    };
+    let check = |dockerfile: &Path| run(Command::new("bash").arg(repo().join("deploy/image/check.sh")).arg(&out_dir).arg(dockerfile));
     let out = check(&dockerfile);
     assert!(out.status.success(), "check.sh refused the layout or deploy/Dockerfile:\n{}{}", text(&out.stdout), text(&out.stderr));
     println!("{}", text(&out.stdout).trim());
+
+    // --- NCCL (CUDA wheel only): the layout carries the wheel's
+    // libnccl.so.2 beside libtorch, where ddpm's loader (src/nccl/search.rs)
+    // looks first in the image.
+    let wheel_nccl = site.join("nvidia/nccl/lib/libnccl.so.2");
+    if wheel_nccl.is_file() {
+        let laid = lib.join("libnccl.so.2");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(size(&laid), size(&wheel_nccl), "the layout's libnccl.so.2 is not the wheel's");
+        let candidates = ddpm::nccl::search::candidates(None, Some(&lib));
+        assert_eq!(candidates[0].target, laid, "the loader's first place in the image is not the layout's NCCL");
+        println!("the layout carries the wheel's NCCL at {}", laid.display());
+    }
 
     let before = snapshot(&out_dir);
 

@@ -15,12 +15,14 @@
 //! - `tasks/`: job tasks (sampling, evaluation, analysis) and their results
 //! - `device/`: the thread that owns the model and every tensor
 //! - `telemetry.rs`: its metrics and health on `--metrics-listen`
+//! - `nccl_check.rs`: an NCCL run's refusal of a worker that cannot be a rank
 
 mod client;
 pub mod device;
 mod directive;
 pub mod exchange;
 pub mod gpus;
+mod nccl_check;
 mod ring_exchange;
 mod session;
 mod tasks;
