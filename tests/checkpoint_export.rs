@@ -15,8 +15,8 @@ use ddpm::config::TrainConfig;
 use ddpm::data::OrderState;
 use ddpm::diffusion::{GaussianDiffusion, ModelMeanType, VarianceType};
 use ddpm::rng::{Purpose, Stream};
-use ddpm::train::sample::{self, Sampler};
 use ddpm::train::flat::{self, FlatModel};
+use ddpm::train::sample::{self, Sampler};
 use ddpm::train::TrainState;
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Device, Tensor};
@@ -81,9 +81,8 @@ fn python_check(script: &str, args: &[&std::ffi::OsStr], what: &str) -> serde_js
 }
 
 fn python() -> String {
-    std::env::var("DDPM_PYTHON").unwrap_or_else(|_| {
-        panic!("DDPM_PYTHON is not set: run tests/run.sh (it sets up the Python environment with torch and diffusers)")
-    })
+    std::env::var("DDPM_PYTHON")
+        .unwrap_or_else(|_| panic!("DDPM_PYTHON is not set: run tests/run.sh (it sets up the Python environment with torch and diffusers)"))
 }
 
 /// Our U-Net with `weights` on fixed inputs, saved as x, t, y for the script.
@@ -290,11 +289,22 @@ fn exported_pipeline_loads_in_diffusers_and_samples_like_our_sampler() {
     let index = json("model_index.json");
     assert_eq!(index["_class_name"], "DDPMPipeline", "{index}");
     assert_eq!(index["_diffusers_version"], ddpm::unet::diffusers::DIFFUSERS_VERSION, "{index}");
-    assert_eq!((&index["unet"], &index["scheduler"]), (&serde_json::json!(["diffusers", "UNet2DModel"]), &serde_json::json!(["diffusers", "DDPMScheduler"])));
+    assert_eq!(
+        (&index["unet"], &index["scheduler"]),
+        (&serde_json::json!(["diffusers", "UNet2DModel"]), &serde_json::json!(["diffusers", "DDPMScheduler"]))
+    );
     let sc = json("scheduler/scheduler_config.json");
     assert_eq!(sc["num_train_timesteps"], 1000, "{sc}");
-    assert_eq!((sc["beta_schedule"].as_str(), sc["beta_start"].as_f64(), sc["beta_end"].as_f64()), (Some("linear"), Some(1e-4), Some(0.02)), "{sc}");
-    assert_eq!((sc["variance_type"].as_str(), sc["clip_sample"].as_bool(), sc["prediction_type"].as_str()), (Some("fixed_large"), Some(true), Some("epsilon")), "{sc}");
+    assert_eq!(
+        (sc["beta_schedule"].as_str(), sc["beta_start"].as_f64(), sc["beta_end"].as_f64()),
+        (Some("linear"), Some(1e-4), Some(0.02)),
+        "{sc}"
+    );
+    assert_eq!(
+        (sc["variance_type"].as_str(), sc["clip_sample"].as_bool(), sc["prediction_type"].as_str()),
+        (Some("fixed_large"), Some(true), Some("epsilon")),
+        "{sc}"
+    );
     assert!(out.join("unet/config.json").is_file() && out.join("unet/diffusion_pytorch_model.safetensors").is_file());
 
     let io = dir.path().join("sampler_io.safetensors");
@@ -319,7 +329,42 @@ fn exported_pipeline_loads_in_diffusers_and_samples_like_our_sampler() {
     mu.config.diffusion.model_mean_type = ModelMeanType::Mu;
     let mu_run = local_run(dir.path(), "mu-run", &mu);
     let mu_out = dir.path().join("mu-pipeline");
-    let err = ddpm_fails(&["checkpoints", "export", "--run", &mu_run, "--format", "diffusers-pipeline", "--out", &mu_out.display().to_string()]);
+    let err =
+        ddpm_fails(&["checkpoints", "export", "--run", &mu_run, "--format", "diffusers-pipeline", "--out", &mu_out.display().to_string()]);
     assert!(err.contains("model_mean_type = \"mu\""), "{err}");
     assert!(!mu_out.exists());
+}
+
+/// A checkpoint of a run trained with `[train] precision = "bf16"`: its
+/// weights are the float32 masters, so the export is the same float32
+/// diffusers model, which loads and computes what our float32 U-Net does.
+#[test]
+fn a_bf16_trained_checkpoint_exports_and_loads_in_diffusers() {
+    let mut config = TrainConfig::tiny();
+    config.train.precision = ddpm::config::Precision::Bf16;
+    config.train.batch_size = 4;
+    // Past the zero-initialised output conv, so that the outputs are not trivially zero.
+    config.optim.warmup_steps = 0;
+    let mut trainer = ddpm::train::local::LocalTrainer::new(config.clone(), Device::Cpu).unwrap();
+    for _ in 0..3 {
+        assert!(trainer.step().unwrap().loss.is_finite());
+    }
+    let (params, ema) = (flat::to_vec_f32(&trainer.state.model.flat), flat::to_vec_f32(&trainer.ema));
+    let mut data = tiny_checkpoint();
+    data.order.batch_size = config.train.batch_size;
+    data.config = config;
+    data.layout = trainer.state.model.layout.clone();
+    (data.params, data.ema) = (params, ema);
+    let dir = tempfile::tempdir().unwrap();
+    let run = local_run(dir.path(), "run", &data);
+    let out = dir.path().join("export");
+    ddpm(&["checkpoints", "export", "--run", &run, "--ema", "--format", "diffusers", "--out", &out.display().to_string()]);
+    for file in std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+    {
+        let tensors = Tensor::read_safetensors(file.path()).unwrap();
+        assert!(tensors.iter().all(|(_, t)| t.kind() == tch::Kind::Float), "{}: not all float32", file.path().display());
+    }
+    let io = dir.path().join("io.safetensors");
+    write_io(&data, &data.ema, &io);
+    check_with_diffusers(&out, &io);
 }

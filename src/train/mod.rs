@@ -6,11 +6,12 @@
 //! worker crates, which call [`step::loss_and_grad`] on workers and
 //! [`TrainState::apply`] everywhere.
 
+pub mod analysis;
+pub mod autocast;
 pub mod flat;
 pub mod fused;
 pub mod local;
 pub mod optim;
-pub mod analysis;
 pub mod sample;
 pub mod step;
 
