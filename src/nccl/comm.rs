@@ -4,7 +4,8 @@
 //!
 //! NOT YET RUN ON A GPU: this wrapper is built and its types are checked,
 //! but no communicator has been created with it (the machine it was written
-//! on has no CUDA device). The exchange that uses it (a communicator per
+//! on has no CUDA device; there `init_rank` of a lone rank is tested to
+//! return NCCL's "unhandled cuda error" as a typed error). The exchange that uses it (a communicator per
 //! epoch, the unique id through the coordinator, abort on a lost member)
 //! is not written yet.
 

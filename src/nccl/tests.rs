@@ -106,3 +106,18 @@ fn a_cpu_worker_is_refused_before_any_library_is_looked_for() {
     let text = e.to_string();
     assert!(text.contains("needs a CUDA device") && text.contains("runs on cpu") && text.contains("--gpu"), "{text}");
 }
+
+#[test]
+fn joining_a_communicator_without_a_cuda_device_fails_with_nccls_error() {
+    // The one part of a communicator this machine can run: ncclCommInitRank
+    // of a lone rank reaches CUDA and reports its failure as an error code
+    // (not a crash or a hang), which `Comm::init_rank` returns typed. It
+    // also shows the id crosses the C boundary by value as nccl.h declares.
+    let (nccl, _) = wheel_nccl();
+    let id = nccl.unique_id().unwrap();
+    let e = Comm::init_rank(&nccl, 1, &id, 0).err().expect("no CUDA device here, so no communicator");
+    assert!(matches!(&e, NcclError::Call { call: "ncclCommInitRank", code, .. } if *code != 0), "{e:?}");
+    eprintln!("{e}");
+    let e = Comm::init_rank(&nccl, 2, &id, 2).err().unwrap();
+    assert!(e.to_string().contains("rank 2 is not below the size 2"), "{e}");
+}
