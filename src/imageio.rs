@@ -76,7 +76,13 @@ pub fn view_scale(h: usize, w: usize) -> usize {
 /// image enlarged by [`view_scale`] with nearest-neighbour sampling (every
 /// pixel becomes a square block: nothing is smoothed or made up), with a
 /// [`VIEW_PADDING`]-pixel grey border between and around them.
-pub fn view_grid_chw(images_chw: &[&[u8]], channels: usize, h: usize, w: usize, cols: usize) -> Result<(Vec<u8>, usize, usize), ImageIoError> {
+pub fn view_grid_chw(
+    images_chw: &[&[u8]],
+    channels: usize,
+    h: usize,
+    w: usize,
+    cols: usize,
+) -> Result<(Vec<u8>, usize, usize), ImageIoError> {
     if images_chw.is_empty() || cols == 0 {
         return Err(ImageIoError::Shape("a grid needs at least one image and one column".into()));
     }

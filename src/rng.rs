@@ -161,13 +161,7 @@ mod tests {
         // First outputs of SplitMix64 seeded with 1234567, from the reference
         // C implementation (Vigna, prng.di.unimi.it/splitmix64.c).
         let mut s = Stream::new(1234567);
-        let want = [
-            6457827717110365317u64,
-            3203168211198807973,
-            9817491932198370423,
-            4593380528125082431,
-            16408922859458223821,
-        ];
+        let want = [6457827717110365317u64, 3203168211198807973, 9817491932198370423, 4593380528125082431, 16408922859458223821];
         for w in want {
             assert_eq!(s.next_u64(), w);
         }

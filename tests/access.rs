@@ -97,8 +97,24 @@ async fn every_rpc_needs_the_right_token_and_session_and_the_run_is_untouched() 
     let ut = write(dir.path(), "user.token", USER_TOKEN);
     let run = dir.path().join("run").display().to_string();
     let args = [
-        "--preset", "tiny", "--steps", "4", "--batch-size", "4", "--samples", "0", "--threads", "1", "--workers", "2", "--run", &run,
-        "--worker-token-file", &wt, "--user-token-file", &ut,
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--samples",
+        "0",
+        "--threads",
+        "1",
+        "--workers",
+        "2",
+        "--run",
+        &run,
+        "--worker-token-file",
+        &wt,
+        "--user-token-file",
+        &ut,
     ];
     let (mut coord, addr) = start_coordinator(&args);
     let worker = |name: &str| {
@@ -164,8 +180,7 @@ async fn every_rpc_needs_the_right_token_and_session_and_the_run_is_untouched() 
     for w in [&mut w1, &mut w2] {
         assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
     }
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("run/summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 4, "{summary}");
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 2, "{summary}");

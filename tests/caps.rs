@@ -72,11 +72,26 @@ async fn a_maximal_sample_job_and_a_connection_flood_leave_memory_bounded_and_tr
     std::fs::write(&cfg, CONFIG).unwrap();
     let run = dir.path().join("run");
     let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", cfg.to_str().unwrap(), "--workers", "1", "--steps", "1000000", "--samples", "0",
-        "--threads", "1", "--max-connections", "128", "--run", run.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--steps",
+        "1000000",
+        "--samples",
+        "0",
+        "--threads",
+        "1",
+        "--max-connections",
+        "128",
+        "--run",
+        run.to_str().unwrap(),
         // Uploads hold a few parts in memory: the smallest parts, so that
         // what the job's size would add stands out.
-        "--s3-part-size-mib", "5",
+        "--s3-part-size-mib",
+        "5",
     ]);
     let pid = coord.child.id();
     let worker = |name: &str, role: &str| {
@@ -108,7 +123,11 @@ async fn a_maximal_sample_job_and_a_connection_flood_leave_memory_bounded_and_tr
     assert!(npz_mib > 70.0, "{npz_mib}");
     // Less than one copy of the images (the upload's few parts, decode
     // buffers); holding them in memory took three.
-    assert!(after - before < npz_mib * 0.8, "the job raised the coordinator's peak RSS by {:.0} MiB for {npz_mib:.0} MiB of images", after - before);
+    assert!(
+        after - before < npz_mib * 0.8,
+        "the job raised the coordinator's peak RSS by {:.0} MiB for {npz_mib:.0} MiB of images",
+        after - before
+    );
     drop(sampler);
 
     // 2. The flood: 10,000 connections that never speak.

@@ -19,15 +19,8 @@ fn json_has_the_exact_param_counts_and_the_config() {
     assert_eq!(cifar["config"]["ch_mult"], serde_json::json!([1, 2, 2, 2]));
     assert_eq!(cifar["config"]["dropout"], 0.1);
     let sections = &cifar["sections"];
-    let sum: i64 =
-        ["time_embedding", "conv_in", "mid", "out"].iter().map(|k| sections[k].as_i64().unwrap()).sum::<i64>()
-            + sections["down"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .chain(sections["up"].as_array().unwrap())
-                .map(|v| v.as_i64().unwrap())
-                .sum::<i64>();
+    let sum: i64 = ["time_embedding", "conv_in", "mid", "out"].iter().map(|k| sections[k].as_i64().unwrap()).sum::<i64>()
+        + sections["down"].as_array().unwrap().iter().chain(sections["up"].as_array().unwrap()).map(|v| v.as_i64().unwrap()).sum::<i64>();
     assert_eq!(sum, 35_746_307);
     assert_eq!(json(&["model", "--preset", "lsun256", "--json"])["params"], 113_673_219);
     assert_eq!(json(&["model", "--preset", "tiny", "--json"])["params"], 774_531);

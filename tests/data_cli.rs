@@ -17,7 +17,8 @@ fn png_pixels(path: &std::path::Path) -> (usize, usize, Vec<u8>) {
 fn inspect_reports_and_draws_a_grid() {
     let tmp = tempfile::tempdir().unwrap();
     let grid = tmp.path().join("grid.png");
-    let (ok, out, err) = ddpm(&["data", "inspect", "--data", "synthetic:shapes", "--json", "--grid", grid.to_str().unwrap(), "--grid-count", "16"]);
+    let (ok, out, err) =
+        ddpm(&["data", "inspect", "--data", "synthetic:shapes", "--json", "--grid", grid.to_str().unwrap(), "--grid-count", "16"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["count"], 50_000);
@@ -42,7 +43,16 @@ fn export_writes_the_decoded_sample() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("s.png");
     let d = common::golden_dir("data");
-    let (ok, _, err) = ddpm(&["data", "export", "--data", &format!("cifar10:{}", d.join("cifar-10-batches-bin").display()), "--index", "11", "--out", png.to_str().unwrap()]);
+    let (ok, _, err) = ddpm(&[
+        "data",
+        "export",
+        "--data",
+        &format!("cifar10:{}", d.join("cifar-10-batches-bin").display()),
+        "--index",
+        "11",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
     assert!(ok, "{err}");
     let (w, h, rgb) = png_pixels(&png);
     assert_eq!((w, h), (32, 32));

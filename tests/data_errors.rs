@@ -54,7 +54,10 @@ fn truncated_download_names_the_archive() {
 #[test]
 fn wrong_pickles_name_the_file() {
     let e = open_err(&spec("cifar10", &dir().join("bad/wrong-pickle")));
-    assert_has(&e, &["wrong-pickle/cifar-10-batches-py/data_batch_1", "not a CIFAR-10 python batch", "no 'data' entry", "keys: images, classes"]);
+    assert_has(
+        &e,
+        &["wrong-pickle/cifar-10-batches-py/data_batch_1", "not a CIFAR-10 python batch", "no 'data' entry", "keys: images, classes"],
+    );
     let e = open_err(&spec("cifar10", &dir().join("bad/not-a-pickle")));
     assert_has(&e, &["not-a-pickle/cifar-10-batches-py/data_batch_1", "not a pickle of protocol 2 or later", "starts with 74 68 69 73"]);
 }
@@ -112,7 +115,10 @@ fn empty_or_missing_folder() {
 
 #[test]
 fn bad_specs() {
-    assert_has(&open_err("imagenet:/data/train"), &["imagenet:/data/train", "unknown dataset kind 'imagenet'", "cifar10, lsun, folder, synthetic"]);
+    assert_has(
+        &open_err("imagenet:/data/train"),
+        &["imagenet:/data/train", "unknown dataset kind 'imagenet'", "cifar10, lsun, folder, synthetic"],
+    );
     assert_has(&open_err("/data/cifar"), &["expected KIND:LOCATION"]);
     assert_has(&open_err("synthetic:mnist"), &["unknown synthetic dataset 'mnist'", "shapes"]);
     let spec: DatasetSpec = "synthetic:shapes@32".parse().unwrap();

@@ -8,17 +8,15 @@ use std::time::Duration;
 use common::{start_coordinator, start_worker, tempdir, Proc};
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, coordinator_client::CoordinatorClient, gradient_message, work_message};
-use tokio_stream::StreamExt;
 use ddpm::wire::auth::Credentials;
+use tokio_stream::StreamExt;
 use tonic::Code;
 
 fn tiny_args(run: &str) -> Vec<String> {
-    [
-        "--preset", "tiny", "--steps", "3", "--batch-size", "4", "--samples", "0", "--threads", "1", "--run", run,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ["--preset", "tiny", "--steps", "3", "--batch-size", "4", "--samples", "0", "--threads", "1", "--run", run]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 
 type Client = CoordinatorClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Credentials>>;
@@ -31,7 +29,14 @@ async fn client(addr: &str) -> (Client, Credentials) {
 }
 
 fn register_req(version: u32) -> proto::RegisterRequest {
-    proto::RegisterRequest { protocol_version: version, name: "test".into(), device: "cpu".into(), version: "test".into(), role: String::new(), peer_endpoint: String::new() }
+    proto::RegisterRequest {
+        protocol_version: version,
+        name: "test".into(),
+        device: "cpu".into(),
+        version: "test".into(),
+        role: String::new(),
+        peer_endpoint: String::new(),
+    }
 }
 
 #[test]
@@ -79,15 +84,17 @@ async fn wrong_protocol_and_wrong_model_are_refused_at_registration() {
 
     let e = c.register(register_req(99)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
-    assert!(e.message().contains("protocol version 99") && e.message().contains(&format!("version {}", ddpm::wire::PROTOCOL_VERSION)), "{}", e.message());
+    assert!(
+        e.message().contains("protocol version 99") && e.message().contains(&format!("version {}", ddpm::wire::PROTOCOL_VERSION)),
+        "{}",
+        e.message()
+    );
 
     let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
     credentials.set_session(&reply.session_secret);
     let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
-    let e = c
-        .ready(proto::ReadyRequest { worker_id: reply.worker_id, layout_hash: 1, param_count: run.param_count + 1 })
-        .await
-        .unwrap_err();
+    let e =
+        c.ready(proto::ReadyRequest { worker_id: reply.worker_id, layout_hash: 1, param_count: run.param_count + 1 }).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("different ddpm build"), "{}", e.message());
     // Refused means removed: the id is gone.
@@ -137,7 +144,11 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
     let (mut coord, addr) = start_coordinator(&args);
     // The fake member stays alive (heartbeats) while the real worker starts.
     let (mut c, id, run, hb) = fake_member(&addr).await;
-    let mut state = c.fetch_state(proto::FetchStateRequest { worker_id: id, kind: proto::StateKind::Training as i32, job_id: 0 }).await.unwrap().into_inner();
+    let mut state = c
+        .fetch_state(proto::FetchStateRequest { worker_id: id, kind: proto::StateKind::Training as i32, job_id: 0 })
+        .await
+        .unwrap()
+        .into_inner();
     while state.next().await.is_some() {}
     let mut worker = start_worker(&addr, "real");
     let mut work = c.next_work(proto::NextWorkRequest { worker_id: id, ..Default::default() }).await.unwrap().into_inner();
@@ -161,9 +172,7 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
                 chunk_norms: Vec::new(),
             })),
         },
-        proto::GradientMessage {
-            kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index: 0, data: vec![0u8; 10].into() })),
-        },
+        proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index: 0, data: vec![0u8; 10].into() })) },
     ];
     let mut reduced = c.reduce_gradients(tokio_stream::iter(msgs)).await.unwrap().into_inner();
     let e = loop {
@@ -186,8 +195,7 @@ async fn a_malformed_gradient_is_rejected_and_the_run_goes_on() {
     assert_eq!(code.0, 0, "{}", code.1);
     assert!(code.1.contains("rejecting gradient"), "{}", code.1);
     assert!(code.1.contains("redoing it"), "{}", code.1);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 3);
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(worker.wait(Duration::from_secs(60)), 0, "{}", worker.output());

@@ -57,9 +57,8 @@ impl Run {
     fn start(&self, steps: u64, extra: &[&str]) -> (Proc, Vec<Proc>) {
         let steps = steps.to_string();
         let run = self.run_dir();
-        let mut args = vec![
-            "--preset", "tiny", "--config", &self.config, "--workers", "2", "--steps", &steps, "--run", &run, "--threads", "1",
-        ];
+        let mut args =
+            vec!["--preset", "tiny", "--config", &self.config, "--workers", "2", "--steps", &steps, "--run", &run, "--threads", "1"];
         args.extend_from_slice(extra);
         let (coord, addr) = start_coordinator(&args);
         let workers = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();

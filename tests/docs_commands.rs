@@ -30,10 +30,7 @@ fn root() -> PathBuf {
 }
 
 fn relative(path: &Path) -> String {
-    path.strip_prefix(root())
-        .unwrap_or(path)
-        .display()
-        .to_string()
+    path.strip_prefix(root()).unwrap_or(path).display().to_string()
 }
 
 fn binaries() -> BinaryHelps {
@@ -42,11 +39,7 @@ fn binaries() -> BinaryHelps {
 }
 
 fn report(problems: &[Problem]) -> String {
-    problems
-        .iter()
-        .map(|p| format!("  {p}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
 }
 
 #[test]
@@ -54,30 +47,21 @@ fn every_documented_command_uses_subcommands_and_flags_that_exist() {
     let mut helps = binaries();
     let (mut problems, mut checked) = (Vec::new(), 0);
     for page in pages(&root()) {
-        let text =
-            std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
         let (found, n) = check_commands(&root(), &relative(&page), &text, &mut helps);
         problems.extend(found);
         checked += n;
     }
-    assert!(
-        problems.is_empty(),
-        "the docs show commands the binaries no longer accept:\n{}",
-        report(&problems)
-    );
+    assert!(problems.is_empty(), "the docs show commands the binaries no longer accept:\n{}", report(&problems));
     // A guard against an extractor that silently finds nothing.
-    assert!(
-        checked >= 40,
-        "only {checked} command lines found in README.md and docs/"
-    );
+    assert!(checked >= 40, "only {checked} command lines found in README.md and docs/");
 }
 
 #[test]
 fn every_relative_link_in_the_docs_resolves() {
     let mut problems = Vec::new();
     for page in pages(&root()) {
-        let text =
-            std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+        let text = std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()));
         problems.extend(check_page_links(&root(), &page, &relative(&page), &text));
     }
     assert!(problems.is_empty(), "broken links:\n{}", report(&problems));
@@ -87,31 +71,15 @@ fn every_relative_link_in_the_docs_resolves() {
 fn the_spec_is_cited_in_the_repository_only() {
     let spec = std::fs::read_to_string(root().join("docs/ddpm.md")).expect("docs/ddpm.md");
     let sections = spec_sections(&spec);
-    assert_eq!(
-        sections,
-        (1..=9).collect::<Vec<u32>>(),
-        "docs/ddpm.md's numbered sections (the code cites them)"
-    );
+    assert_eq!(sections, (1..=9).collect::<Vec<u32>>(), "docs/ddpm.md's numbered sections (the code cites them)");
     let mut problems = Vec::new();
     for file in text_files(&root()) {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        problems.extend(
-            check_text(&text, &sections)
-                .into_iter()
-                .map(|(line, what)| Problem {
-                    file: relative(&file),
-                    line,
-                    what,
-                }),
-        );
+        problems.extend(check_text(&text, &sections).into_iter().map(|(line, what)| Problem { file: relative(&file), line, what }));
     }
-    assert!(
-        problems.is_empty(),
-        "spec citations:\n{}",
-        report(&problems)
-    );
+    assert!(problems.is_empty(), "spec citations:\n{}", report(&problems));
 }
 
 /// Made-up help texts, so that the checker itself is tested without binaries.
@@ -119,14 +87,8 @@ struct FakeHelps(HashMap<String, &'static str>);
 
 impl Helps for FakeHelps {
     fn help(&mut self, program: &str, path: &[String]) -> Result<Help, String> {
-        let key = std::iter::once(program.to_string())
-            .chain(path.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        self.0
-            .get(&key)
-            .map(|t| Help::parse(t))
-            .ok_or_else(|| format!("no help for {key}"))
+        let key = std::iter::once(program.to_string()).chain(path.iter().cloned()).collect::<Vec<_>>().join(" ");
+        self.0.get(&key).map(|t| Help::parse(t)).ok_or_else(|| format!("no help for {key}"))
     }
 }
 
@@ -165,13 +127,10 @@ fn the_checker_names_page_line_and_bogus_flag() {
             )
         })
         .collect();
-    assert_eq!(
-        found,
-        vec![(3, true), (6, true), (9, true), (10, true)],
-        "{}",
-        report(&problems)
-    );
-    assert!(problems[0].to_string().starts_with("made-up.md:3: `ddpm-coord --workers 2 --bogus-flag`: --bogus-flag is not an option of `ddpm-coord`"));
+    assert_eq!(found, vec![(3, true), (6, true), (9, true), (10, true)], "{}", report(&problems));
+    assert!(problems[0]
+        .to_string()
+        .starts_with("made-up.md:3: `ddpm-coord --workers 2 --bogus-flag`: --bogus-flag is not an option of `ddpm-coord`"));
 }
 
 #[test]
@@ -181,27 +140,9 @@ fn the_check_fails_on_a_bogus_flag_with_the_real_binaries() {
     assert_eq!(checked, 4);
     let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
     assert_eq!(lines, vec![2, 3, 5], "{}", report(&problems));
-    assert!(
-        problems[0]
-            .what
-            .contains("--no-such-flag is not an option of `ddpm-coord`"),
-        "{}",
-        problems[0]
-    );
-    assert!(
-        problems[1]
-            .what
-            .contains("`lsit` is not a subcommand of `ddpm checkpoints`"),
-        "{}",
-        problems[1]
-    );
-    assert!(
-        problems[2]
-            .what
-            .contains("already passes --run to ddpm-coord"),
-        "{}",
-        problems[2]
-    );
+    assert!(problems[0].what.contains("--no-such-flag is not an option of `ddpm-coord`"), "{}", problems[0]);
+    assert!(problems[1].what.contains("`lsit` is not a subcommand of `ddpm checkpoints`"), "{}", problems[1]);
+    assert!(problems[2].what.contains("already passes --run to ddpm-coord"), "{}", problems[2]);
 }
 
 #[test]

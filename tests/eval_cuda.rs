@@ -51,8 +51,7 @@ fn standin_on_cuda_matches_pytorch_and_stats_match_the_cpu() {
         let f = model.features(x).unwrap();
         assert_eq!(f.device(), dev);
         let df = max_abs_diff(&vec64(&f), &vec64(&t[&format!("features/{set}")]));
-        let dp =
-            max_abs_diff(&vec64(&model.probabilities(x, true).unwrap()), &vec64(&t[&format!("probs_nobias/{set}")]));
+        let dp = max_abs_diff(&vec64(&model.probabilities(x, true).unwrap()), &vec64(&t[&format!("probs_nobias/{set}")]));
         eprintln!("cuda {set}: max abs diff features {df:.2e}, probabilities (no bias) {dp:.2e}");
         assert!(df < 2e-2 && dp < 2e-2, "{set}: {df} {dp}");
         // float64 sums of the same features on the GPU and on the host.
@@ -76,9 +75,7 @@ fn dataset_stats_on_cuda() {
     let s = eval::dataset_stats(ds.as_ref(), &model, None, 16, &mut |_, _| {}).unwrap().to_fid_stats().unwrap();
     let (dm, ds_) = (max_abs_diff(&s.mu, &vec64(&t["folder/mu"])), max_abs_diff(&s.sigma, &vec64(&t["folder/sigma"])));
     let fid = s.fid(&eval::FidStats::new(vec64(&t["folder/mu"]), vec64(&t["folder/sigma"])).unwrap()).unwrap();
-    eprintln!(
-        "cuda folder stats: mu max diff {dm:.2e}, sigma max diff {ds_:.2e}, FID vs PyTorch's CPU stats {fid:.3e}"
-    );
+    eprintln!("cuda folder stats: mu max diff {dm:.2e}, sigma max diff {ds_:.2e}, FID vs PyTorch's CPU stats {fid:.3e}");
     assert!(dm < 1e-2 && ds_ < 1e-2 && fid.abs() < 1e-3);
 }
 
@@ -124,11 +121,7 @@ fn timings_at_inception_size() {
     let b = o.to_fid_stats().unwrap();
     let start = Instant::now();
     let fid = a.fid(&b).unwrap();
-    eprintln!(
-        "FID at D = 2048 on {} CPU threads: {fid:.6} in {:.2} s",
-        tch::get_num_threads(),
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("FID at D = 2048 on {} CPU threads: {fid:.6} in {:.2} s", tch::get_num_threads(), start.elapsed().as_secs_f64());
     let own = a.fid(&a).unwrap();
     eprintln!("FID of the 50k statistics against themselves: {own:.3e}");
     assert!(fid > 0.0 && own.abs() < 1e-6);

@@ -59,10 +59,7 @@ fn reads_assorted_arrays_in_c_order() {
     assert_eq!(a.shape, [3, 5]);
     assert_eq!(a.data, NpyData::F32(m35.iter().map(|&x| x as f32).collect()));
     let a = eval::read_npz_array(&path, "u8_fortran").unwrap();
-    assert_eq!(
-        (a.shape.clone(), a.data),
-        (vec![2, 3, 4], NpyData::U8(Vec::<u8>::try_from(&t["npz/u8"].flatten(0, -1)).unwrap()))
-    );
+    assert_eq!((a.shape.clone(), a.data), (vec![2, 3, 4], NpyData::U8(Vec::<u8>::try_from(&t["npz/u8"].flatten(0, -1)).unwrap())));
     let a = eval::read_npz_array(&path, "scalar").unwrap();
     assert_eq!((a.shape.clone(), a.data), (vec![], NpyData::F64(vec![2.5])));
 }
@@ -122,11 +119,7 @@ fn files_we_write_round_trip_through_numpy() {
     assert!(w.push_nchw(&[pixels.as_slice(), &pixels[..240]].concat()).is_err());
     w.push_nchw(&pixels[..240]).unwrap();
     assert!(w.finish().unwrap_err().to_string().contains("only 1 of 6 images"));
-    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .starts_with("short")));
+    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("short")));
 }
 
 fn err_text(e: EvalError) -> String {
@@ -144,31 +137,19 @@ fn assert_has(text: &str, parts: &[&str]) {
 fn broken_stats_files_give_clear_errors() {
     let e = eval::read_stats_npz(&npz("missing_sigma.npz")).unwrap_err();
     assert!(matches!(e, EvalError::MissingKey { .. }));
-    assert_has(
-        &err_text(e),
-        &["missing_sigma.npz", "no array `sigma`", "it holds: mu", "np.savez(path, mu=mu, sigma=sigma)"],
-    );
+    assert_has(&err_text(e), &["missing_sigma.npz", "no array `sigma`", "it holds: mu", "np.savez(path, mu=mu, sigma=sigma)"]);
     let e = err_text(eval::read_stats_npz(&npz("wrong_shape.npz")).unwrap_err());
     assert_has(&e, &["`sigma`", "expected [32, 32]", "[32, 33]"]);
-    assert_has(
-        &err_text(eval::read_stats_npz(&npz("complex.npz")).unwrap_err()),
-        &["array `sigma`", "dtype '<c16' is not supported"],
-    );
+    assert_has(&err_text(eval::read_stats_npz(&npz("complex.npz")).unwrap_err()), &["array `sigma`", "dtype '<c16' is not supported"]);
     assert_has(&err_text(eval::read_stats_npz(&npz("nan.npz")).unwrap_err()), &["nan.npz", "NaN or infinite"]);
-    assert_has(
-        &err_text(eval::read_stats_npz(&npz("truncated.npz")).unwrap_err()),
-        &["truncated.npz", "not a usable .npz"],
-    );
+    assert_has(&err_text(eval::read_stats_npz(&npz("truncated.npz")).unwrap_err()), &["truncated.npz", "not a usable .npz"]);
     assert_has(&err_text(eval::read_stats_npz(&npz("not_a_zip.npz")).unwrap_err()), &["not a readable zip archive"]);
     assert_has(&err_text(eval::read_stats_npz(&npz("absent.npz")).unwrap_err()), &["cannot open", "absent.npz"]);
     assert_has(
         &err_text(eval::read_samples_npz(&npz("samples_wrong.npz")).unwrap_err()),
         &["`arr_0`", "uint8 [N, H, W, 3]", "float32 [6, 8, 10, 3]"],
     );
-    assert_has(
-        &err_text(eval::read_samples_npz(&npz("stats_f64.npz")).unwrap_err()),
-        &["no array `arr_0`", "mu, sigma"],
-    );
+    assert_has(&err_text(eval::read_samples_npz(&npz("stats_f64.npz")).unwrap_err()), &["no array `arr_0`", "mu, sigma"]);
 }
 
 #[test]
@@ -207,9 +188,6 @@ fn fid_stats_cli_reports_a_missing_inception_file() {
     ];
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_ddpm")).args(args).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert_has(
-        &String::from_utf8_lossy(&o.stderr),
-        &["error: Inception model /nonexistent/inception-2015-12-05.pt does not exist"],
-    );
+    assert_has(&String::from_utf8_lossy(&o.stderr), &["error: Inception model /nonexistent/inception-2015-12-05.pt does not exist"]);
     assert!(!out.exists());
 }

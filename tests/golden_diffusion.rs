@@ -40,29 +40,20 @@ pub struct Fixture {
 impl Fixture {
     pub fn load() -> Self {
         let dir = common::golden_dir("diffusion");
-        let tensors = Tensor::read_safetensors(dir.join("diffusion.safetensors"))
-            .expect("read diffusion.safetensors")
-            .into_iter()
-            .collect();
+        let tensors =
+            Tensor::read_safetensors(dir.join("diffusion.safetensors")).expect("read diffusion.safetensors").into_iter().collect();
         let meta = std::fs::read_to_string(dir.join("meta.json")).expect("read meta.json");
-        Self {
-            tensors,
-            meta: serde_json::from_str(&meta).expect("parse meta.json"),
-        }
+        Self { tensors, meta: serde_json::from_str(&meta).expect("parse meta.json") }
     }
 
     /// The tensor `name`, as stored (float32, float64 or int64), on [`device`].
     pub fn get(&self, name: &str) -> Tensor {
-        self.tensors
-            .get(name)
-            .unwrap_or_else(|| panic!("fixture has no tensor {name}"))
-            .to_device(device())
+        self.tensors.get(name).unwrap_or_else(|| panic!("fixture has no tensor {name}")).to_device(device())
     }
 
     /// The tensor `name` as float64 values.
     pub fn vec(&self, name: &str) -> Vec<f64> {
-        Vec::<f64>::try_from(self.get(name).to_kind(Kind::Double).flatten(0, -1))
-            .expect("float64 values")
+        Vec::<f64>::try_from(self.get(name).to_kind(Kind::Double).flatten(0, -1)).expect("float64 values")
     }
 }
 
@@ -71,11 +62,7 @@ impl Fixture {
 /// returns the largest absolute one.
 pub fn check(label: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: f64) -> f64 {
     assert_eq!(actual.size(), expected.size(), "{label}: shapes");
-    assert_eq!(
-        actual.device(),
-        expected.device(),
-        "{label}: the result stays on the input's device"
-    );
+    assert_eq!(actual.device(), expected.device(), "{label}: the result stays on the input's device");
     let cpu64 = |x: &Tensor| x.to_device(Device::Cpu).to_kind(Kind::Double);
     let (a, e) = (cpu64(actual), cpu64(expected));
     let diff = (&a - &e).abs();
@@ -92,13 +79,7 @@ pub fn check(label: &str, actual: &Tensor, expected: &Tensor, atol: f64, rtol: f
 
 /// [`check`] for float64 tables.
 pub fn check_vec(label: &str, actual: &[f64], expected: &[f64], atol: f64, rtol: f64) -> f64 {
-    check(
-        label,
-        &Tensor::from_slice(actual),
-        &Tensor::from_slice(expected),
-        atol,
-        rtol,
-    )
+    check(label, &Tensor::from_slice(actual), &Tensor::from_slice(expected), atol, rtol)
 }
 
 /// [`check`] for an estimate of x0 at step(s) `t` (`[B]`), compared at the scale
@@ -106,15 +87,7 @@ pub fn check_vec(label: &str, actual: &[f64], expected: &[f64], atol: f64, rtol:
 /// rounds its terms before dividing by `sqrt(abar_t)` (0.0064 at t = 999); from
 /// mu, `(mu - coef2 x_t) / coef1` divides by `coef1` (1.3e-4 at t = 999). Both
 /// sides are multiplied by that divisor before comparing.
-pub fn check_x0(
-    label: &str,
-    actual: &Tensor,
-    expected: &Tensor,
-    d: &GaussianDiffusion,
-    t: &Tensor,
-    atol: f64,
-    rtol: f64,
-) -> f64 {
+pub fn check_x0(label: &str, actual: &Tensor, expected: &Tensor, d: &GaussianDiffusion, t: &Tensor, atol: f64, rtol: f64) -> f64 {
     let divisor = match d.config.model_mean_type {
         ModelMeanType::Eps => d.sqrt_alphas_cumprod.clone(),
         ModelMeanType::X0 => vec![1.0; d.betas.len()],
@@ -122,22 +95,12 @@ pub fn check_x0(
     };
     let scale = extract(&divisor, t, &actual.to_kind(Kind::Double));
     let scaled = |x: &Tensor| x.to_kind(Kind::Double) * &scale;
-    check(
-        &format!("{label} (x divisor)"),
-        &scaled(actual),
-        &scaled(expected),
-        atol,
-        rtol,
-    )
+    check(&format!("{label} (x divisor)"), &scaled(actual), &scaled(expected), atol, rtol)
 }
 
 /// A diffusion over the paper's schedule (T = 1000, linear 1e-4..0.02).
 pub fn paper(mean: ModelMeanType, var: VarianceType) -> GaussianDiffusion {
-    let config = DiffusionConfig {
-        model_mean_type: mean,
-        model_var_type: var,
-        ..DiffusionConfig::default()
-    };
+    let config = DiffusionConfig { model_mean_type: mean, model_var_type: var, ..DiffusionConfig::default() };
     GaussianDiffusion::new(&config).expect("valid config")
 }
 

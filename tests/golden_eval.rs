@@ -24,8 +24,7 @@ fn arrays() -> HashMap<String, Tensor> {
 }
 
 fn meta() -> Value {
-    serde_json::from_str(&std::fs::read_to_string(dir().join("meta.json")).expect("meta.json"))
-        .expect("meta.json is JSON")
+    serde_json::from_str(&std::fs::read_to_string(dir().join("meta.json")).expect("meta.json")).expect("meta.json is JSON")
 }
 
 fn vec64(t: &Tensor) -> Vec<f64> {
@@ -59,10 +58,7 @@ fn frechet_distance_matches_pytorch_fid() {
         eprintln!("{case}: FID {fid:.12} vs pytorch-fid {want:.12}, rel diff {:.2e}", rel(fid, want));
         assert!(rel(fid, want) < tol, "{case}: {fid} vs {want}");
         let own = eval::frechet_distance(&v("mu1"), &v("sigma1"), &v("mu1"), &v("sigma1")).unwrap();
-        eprintln!(
-            "{case}: FID against itself {own:.3e} (pytorch-fid {:.3e})",
-            m["fid"][case]["self"].as_f64().unwrap()
-        );
+        eprintln!("{case}: FID against itself {own:.3e} (pytorch-fid {:.3e})", m["fid"][case]["self"].as_f64().unwrap());
         assert!(own.abs() < 1e-9, "{case}: FID of identical statistics {own}");
     }
 }
@@ -158,10 +154,7 @@ fn standin_outputs_match_pytorch() {
             max_abs_diff(&vec64(&probs), &vec64(&t[&format!("probs/{set}")])),
             max_abs_diff(&vec64(&nobias), &vec64(&t[&format!("probs_nobias/{set}")])),
         ];
-        eprintln!(
-            "{set}: max abs diff features {:.2e}, probabilities {:.2e}, no_output_bias {:.2e}",
-            diffs[0], diffs[1], diffs[2]
-        );
+        eprintln!("{set}: max abs diff features {:.2e}, probabilities {:.2e}, no_output_bias {:.2e}", diffs[0], diffs[1], diffs[2]);
         assert!(diffs.iter().all(|&d| d < 1e-5), "{set}: {diffs:?}");
         assert!(max_abs_diff(&vec64(&probs), &vec64(&nobias)) > 1e-3, "no_output_bias must reach the module");
     }
@@ -181,10 +174,7 @@ fn standin_fid_and_is_match_python() {
     let want = m["standin"]["fid_a_b"].as_f64().unwrap();
     let (is, is_std) = a.scores.as_ref().unwrap().score().unwrap();
     let want_is = m["standin"]["is_a_nobias_4"][0].as_f64().unwrap();
-    eprintln!(
-        "stand-in FID {fid:.9} vs {want:.9} (rel {:.2e}); IS {is:.9} +- {is_std:.3e} vs {want_is:.9}",
-        rel(fid, want)
-    );
+    eprintln!("stand-in FID {fid:.9} vs {want:.9} (rel {:.2e}); IS {is:.9} +- {is_std:.3e} vs {want_is:.9}", rel(fid, want));
     assert!(rel(fid, want) < 1e-5 && rel(is, want_is) < 1e-5);
 }
 
@@ -216,8 +206,7 @@ fn fid_stats_cli_matches_python_and_scores_zero_against_itself() -> Result<()> {
     assert!(o.status.success(), "ddpm data fid-stats failed:\n{}", String::from_utf8_lossy(&o.stderr));
     let t = arrays();
     let stats = eval::read_stats_npz(&out)?;
-    let (dm, ds) =
-        (max_abs_diff(&stats.mu, &vec64(&t["folder/mu"])), max_abs_diff(&stats.sigma, &vec64(&t["folder/sigma"])));
+    let (dm, ds) = (max_abs_diff(&stats.mu, &vec64(&t["folder/mu"])), max_abs_diff(&stats.sigma, &vec64(&t["folder/sigma"])));
     eprintln!("fid-stats of the folder vs PyTorch + numpy: mu max diff {dm:.2e}, sigma max diff {ds:.2e}");
     assert!(dm < 1e-5 && ds < 1e-5);
     // The library over three uneven shards, against the CLI's file.
@@ -241,11 +230,7 @@ fn bits_per_dim_match_numpy() -> Result<()> {
     // The Python port of the noise streams draws the same numbers.
     let mut n0 = vec![0f32; 3 * 8 * 8];
     eval::bpd_noise(seed, indices[0], 0, &mut n0);
-    assert_eq!(
-        n0,
-        Vec::<f32>::try_from(&t["bpd/noise_t0"].get(0).flatten(0, -1))?,
-        "noise streams differ from ddpm_rng.py"
-    );
+    assert_eq!(n0, Vec::<f32>::try_from(&t["bpd/noise_t0"].get(0).flatten(0, -1))?, "noise streams differ from ddpm_rng.py");
     let (_vs, unet) = ddpm::unet::diffusers::load_pretrained(&dir().join("unet"), Device::Cpu)?;
     let diffusion = GaussianDiffusion::new(&DiffusionConfig {
         num_timesteps: b["t"].as_u64().unwrap() as usize,

@@ -137,9 +137,7 @@ fn export(trainer: &LocalTrainer, case: &Case, dir: &Path) -> Result<()> {
         c.diffusion.model_mean_type == ModelMeanType::Eps && c.diffusion.loss_type == LossType::Mse,
         "the reference trains eps-prediction with L_simple"
     );
-    let BetaSchedule::Linear { start, end } = c.diffusion.beta_schedule else {
-        bail!("the reference has the linear schedule")
-    };
+    let BetaSchedule::Linear { start, end } = c.diffusion.beta_schedule else { bail!("the reference has the linear schedule") };
     diffusers::save_pretrained(&trainer.state.model.vs, &c.model, &dir.join("model"))?;
     let mut batches = Vec::new();
     for k in 1..=K {

@@ -137,12 +137,7 @@ fn diffusers_loads_our_export() -> Result<()> {
         let dir = tmp.path().join(case);
         diffusers::save_pretrained(&vs, &config, &dir)?;
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/gen_unet.py");
-        let out = std::process::Command::new(&python)
-            .arg(script)
-            .arg("--check-export")
-            .arg(&dir)
-            .arg(case_dir(case))
-            .output()?;
+        let out = std::process::Command::new(&python).arg(script).arg("--check-export").arg(&dir).arg(case_dir(case)).output()?;
         let log = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{case}: diffusers could not use our export:\n{log}");
     }

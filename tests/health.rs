@@ -52,9 +52,24 @@ async fn probes_see_the_coordinator_and_the_workers_membership() {
     // Long enough that the run is still going when the coordinator is killed.
     let coord_args = |listen: &str| {
         vec![
-            "--listen".to_string(), listen.to_string(), "--preset".into(), "tiny".into(), "--data".into(), "synthetic:shapes".into(),
-            "--steps".into(), "100000".into(), "--batch-size".into(), "2".into(), "--samples".into(), "0".into(),
-            "--run".into(), run.clone(), "--worker-token-file".into(), wt.clone(), "--user-token-file".into(), ut.clone(),
+            "--listen".to_string(),
+            listen.to_string(),
+            "--preset".into(),
+            "tiny".into(),
+            "--data".into(),
+            "synthetic:shapes".into(),
+            "--steps".into(),
+            "100000".into(),
+            "--batch-size".into(),
+            "2".into(),
+            "--samples".into(),
+            "0".into(),
+            "--run".into(),
+            run.clone(),
+            "--worker-token-file".into(),
+            wt.clone(),
+            "--user-token-file".into(),
+            ut.clone(),
         ]
     };
     let args = coord_args("127.0.0.1:0");
@@ -70,7 +85,20 @@ async fn probes_see_the_coordinator_and_the_workers_membership() {
     let mut worker = Proc::start(
         "w0",
         "ddpm-worker",
-        &["--coord", &addr, "--device", "cpu", "--threads", "1", "--token-file", &wt, "--metrics-listen", "127.0.0.1:0", "--connect-timeout", "120"],
+        &[
+            "--coord",
+            &addr,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--token-file",
+            &wt,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--connect-timeout",
+            "120",
+        ],
     );
     let wurl = metrics_url(&mut worker);
     let waddr = wurl.trim_start_matches("http://").to_string();

@@ -141,8 +141,17 @@ fn serve_after_3_steps() -> Served {
     let cfg_path = write_config(dir.path());
     let config = TrainConfig::from_toml_str(CONFIG, &TrainConfig::tiny()).unwrap();
     let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", &cfg_path, "--workers", "1", "--steps", "3", "--serve",
-        "--run", run.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--config",
+        &cfg_path,
+        "--workers",
+        "1",
+        "--steps",
+        "3",
+        "--serve",
+        "--run",
+        run.to_str().unwrap(),
     ]);
     let worker = start_worker(&addr, "w1");
     coord.wait_for_line("serving jobs", Duration::from_secs(300));
@@ -156,8 +165,23 @@ fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
 
     // Through the CLI: submit, watch to the end, JSON statuses.
     let out = ddpm_cli(&[
-        "jobs", "--coord", &addr, "--json", "submit-sample", "--count", "6", "--sampler", "ddim", "--steps", "4",
-        "--seed", "11", "--batch", "2", "--individual-pngs", "--watch",
+        "jobs",
+        "--coord",
+        &addr,
+        "--json",
+        "submit-sample",
+        "--count",
+        "6",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--batch",
+        "2",
+        "--individual-pngs",
+        "--watch",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "ddpm jobs submit-sample failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -191,8 +215,26 @@ fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
     // `ddpm sample` on this machine, no coordinator: the job's files, byte for byte.
     let local = _dir.path().join("local");
     let out = ddpm_cli(&[
-        "sample", "--run", run.to_str().unwrap(), "--checkpoint-step", "3", "--count", "6", "--sampler", "ddim", "--steps", "4",
-        "--seed", "11", "--batch", "2", "--individual-pngs", "--threads", "1", "--out", local.to_str().unwrap(),
+        "sample",
+        "--run",
+        run.to_str().unwrap(),
+        "--checkpoint-step",
+        "3",
+        "--count",
+        "6",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--batch",
+        "2",
+        "--individual-pngs",
+        "--threads",
+        "1",
+        "--out",
+        local.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "ddpm sample failed: {}", String::from_utf8_lossy(&out.stderr));
     // (The .npz members carry a fixed time, so whole files compare.)
@@ -206,14 +248,7 @@ fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
     rt().block_on(async {
         wait_members(&addr, 2).await;
         let mut c = jobs_client(&addr).await;
-        let req = proto::SampleJobRequest {
-            count: 6,
-            sampler: "ddim".into(),
-            steps: 4,
-            seed: 11,
-            batch: 2,
-            ..Default::default()
-        };
+        let req = proto::SampleJobRequest { count: 6, sampler: "ddim".into(), steps: 4, seed: 11, batch: 2, ..Default::default() };
         let id = c.submit_sample_job(req).await.unwrap().into_inner().job_id;
         let s = watch(&addr, id).await;
         assert_eq!(s.state, "done", "{s:?}");
@@ -226,16 +261,11 @@ fn sample_jobs_after_training_give_the_same_images_with_one_and_two_workers() {
         let bad = c.submit_sample_job(proto::SampleJobRequest { count: 0, ..Default::default() }).await.unwrap_err();
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("count must be between 1 and"), "{}", bad.message());
-        let bad = c
-            .submit_sample_job(proto::SampleJobRequest { count: 2, sampler: "euler".into(), ..Default::default() })
-            .await
-            .unwrap_err();
+        let bad =
+            c.submit_sample_job(proto::SampleJobRequest { count: 2, sampler: "euler".into(), ..Default::default() }).await.unwrap_err();
         assert_eq!(bad.code(), Code::InvalidArgument);
         assert!(bad.message().contains("unknown sampler \"euler\""), "{}", bad.message());
-        let bad = c
-            .submit_sample_job(proto::SampleJobRequest { count: 2, checkpoint_step: 2, ..Default::default() })
-            .await
-            .unwrap_err();
+        let bad = c.submit_sample_job(proto::SampleJobRequest { count: 2, checkpoint_step: 2, ..Default::default() }).await.unwrap_err();
         assert!(bad.message().contains("no complete checkpoint of step 2 (complete ones: 3)"), "{}", bad.message());
         let unknown = c.get_job(proto::JobRef { job_id: 999 }).await.unwrap_err();
         assert_eq!(unknown.code(), Code::NotFound);
@@ -283,15 +313,11 @@ fn a_sample_job_runs_during_training_on_an_eval_worker() {
     let dir = tempdir();
     let run = dir.path().join("run");
     let cfg_path = write_config(dir.path());
-    let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", &cfg_path, "--workers", "1", "--steps", "400", "--run", run.to_str().unwrap(),
-    ]);
+    let (mut coord, addr) =
+        start_coordinator(&["--preset", "tiny", "--config", &cfg_path, "--workers", "1", "--steps", "400", "--run", run.to_str().unwrap()]);
     let _trainer = start_worker(&addr, "trainer");
-    let _eval: Proc = Proc::start(
-        "eval",
-        "ddpm-worker",
-        &["--coord", &addr, "--device", "cpu", "--threads", "1", "--name", "eval", "--role", "eval"],
-    );
+    let _eval: Proc =
+        Proc::start("eval", "ddpm-worker", &["--coord", &addr, "--device", "cpu", "--threads", "1", "--name", "eval", "--role", "eval"]);
     coord.wait_for_line("step 2/400", Duration::from_secs(120));
     rt().block_on(async {
         assert_eq!(phase(&addr).await, "training");
@@ -304,8 +330,7 @@ fn a_sample_job_runs_during_training_on_an_eval_worker() {
         assert_eq!(phase(&addr).await, "training", "the job should have finished while the run trained");
     });
     assert_eq!(coord.wait(Duration::from_secs(600)), 0, "{}", coord.output());
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps"], 400);
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 1, "the eval worker is not a replica: {summary}");
@@ -339,10 +364,7 @@ fn eval_here(run: &Path, config: &TrainConfig, job: u64, reference: usize, bpd: 
     use ddpm::eval::{add_images, dataset_bpd, dataset_stats, ImageEvalSums, InceptionModel};
     let model = InceptionModel::load(Path::new(&standin()), tch::Device::Cpu).unwrap();
     let open = |spec: &str| ddpm::data::open(&spec.parse().unwrap(), &ddpm::data::OpenOptions { resolution: Some(8) }).unwrap();
-    let reference = dataset_stats(&*open("synthetic:shapes"), &model, Some(reference), 2, &mut |_, _| {})
-        .unwrap()
-        .to_fid_stats()
-        .unwrap();
+    let reference = dataset_stats(&*open("synthetic:shapes"), &model, Some(reference), 2, &mut |_, _| {}).unwrap().to_fid_stats().unwrap();
     let samples = read_images(run, job);
     let mut sums = ImageEvalSums::new(&model, samples.count as u64, Some(2)).unwrap();
     add_images(&model, &samples.pixels_nchw, 8, 8, 0, 2, &mut sums).unwrap();
@@ -351,10 +373,8 @@ fn eval_here(run: &Path, config: &TrainConfig, job: u64, reference: usize, bpd: 
 
     let (unet, diffusion) = checkpoint_ema(run, config, 3);
     let ds = open("synthetic:shapes:test");
-    let bound = dataset_bpd(&*ds, &unet.unet, &diffusion, 0..bpd, 2, 11, true, tch::Device::Cpu, &mut |_, _| {})
-        .unwrap()
-        .mean_total()
-        .unwrap();
+    let bound =
+        dataset_bpd(&*ds, &unet.unet, &diffusion, 0..bpd, 2, 11, true, tch::Device::Cpu, &mut |_, _| {}).unwrap().mean_total().unwrap();
     (reference, fid, is, bound)
 }
 
@@ -366,9 +386,36 @@ fn eval_jobs_measure_fid_is_and_bits_per_dim_across_workers() {
 
     // Through the CLI, one worker: all three metrics, tasks of 4 samples.
     let out = ddpm_cli(&[
-        "jobs", "--coord", &addr, "--json", "submit-eval", "--metrics", "fid,is,bpd", "--count", "10", "--sampler",
-        "ddim", "--steps", "4", "--seed", "11", "--batch", "4", "--inception", &inception, "--reference-images", "20",
-        "--bpd-data", "synthetic:shapes:test", "--bpd-images", "3", "--is-splits", "2", "--eval-batch", "2", "--watch",
+        "jobs",
+        "--coord",
+        &addr,
+        "--json",
+        "submit-eval",
+        "--metrics",
+        "fid,is,bpd",
+        "--count",
+        "10",
+        "--sampler",
+        "ddim",
+        "--steps",
+        "4",
+        "--seed",
+        "11",
+        "--batch",
+        "4",
+        "--inception",
+        &inception,
+        "--reference-images",
+        "20",
+        "--bpd-data",
+        "synthetic:shapes:test",
+        "--bpd-images",
+        "3",
+        "--is-splits",
+        "2",
+        "--eval-batch",
+        "2",
+        "--watch",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "ddpm jobs submit-eval failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -448,12 +495,24 @@ fn eval_jobs_measure_fid_is_and_bits_per_dim_across_workers() {
         for (r, want) in [
             (proto::EvalJobRequest { metrics: vec!["kid".into()], ..req.clone() }, "unknown metric \"kid\""),
             (proto::EvalJobRequest { inception: String::new(), ..req.clone() }, "need the Inception TorchScript file"),
-            (proto::EvalJobRequest { reference_stats: "/nonexistent/stats.npz".into(), reference_images: 0, ..req.clone() }, "reference_stats"),
             (
-                proto::EvalJobRequest { bpd_data: "mnist:/x".into(), metrics: vec!["bpd".into()], sample: None, reference_images: 0, ..req.clone() },
+                proto::EvalJobRequest { reference_stats: "/nonexistent/stats.npz".into(), reference_images: 0, ..req.clone() },
+                "reference_stats",
+            ),
+            (
+                proto::EvalJobRequest {
+                    bpd_data: "mnist:/x".into(),
+                    metrics: vec!["bpd".into()],
+                    sample: None,
+                    reference_images: 0,
+                    ..req.clone()
+                },
                 "bpd_data",
             ),
-            (proto::EvalJobRequest { sample: Some(proto::SampleJobRequest { count: 1, ..sample.clone() }), ..req.clone() }, "at least 2 samples"),
+            (
+                proto::EvalJobRequest { sample: Some(proto::SampleJobRequest { count: 1, ..sample.clone() }), ..req.clone() },
+                "at least 2 samples",
+            ),
         ] {
             let e = bad(r).await;
             assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -493,7 +552,15 @@ fn eval_jobs_measure_fid_is_and_bits_per_dim_across_workers() {
             assert_eq!(last, &drawn[row * 192..(row + 1) * 192], "row {row}: the last snapshot is not the sample");
         }
 
-        let req = proto::AnalysisJobRequest { kind: "interpolate".into(), seed: 2, index_a: 4, index_b: 9, t: 40, lambdas: 3, ..Default::default() };
+        let req = proto::AnalysisJobRequest {
+            kind: "interpolate".into(),
+            seed: 2,
+            index_a: 4,
+            index_b: 9,
+            t: 40,
+            lambdas: 3,
+            ..Default::default()
+        };
         let id = c.submit_analysis_job(req.clone()).await.unwrap().into_inner().job_id;
         assert_eq!(watch(&addr, id).await.state, "done");
         let got = read_images(&run, id);
@@ -533,8 +600,16 @@ fn periodic_evaluation_pauses_training_and_logs_fid_with_the_step() {
     );
     std::fs::write(&path, format!("{CONFIG}\n[checkpoint]\nat_end = true\nevery_steps = 1000000\n{eval}")).unwrap();
     let (mut coord, _addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", path.to_str().unwrap(), "--workers", "1", "--steps", "5",
-        "--run", run.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--config",
+        path.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--steps",
+        "5",
+        "--run",
+        run.to_str().unwrap(),
     ]);
     let _w = start_worker(&_addr, "w1");
     assert_eq!(coord.wait(Duration::from_secs(600)), 0, "{}", coord.output());
@@ -550,12 +625,15 @@ fn periodic_evaluation_pauses_training_and_logs_fid_with_the_step() {
         assert!(e["fid"]["value"].as_f64().unwrap() > 0.0, "{r}");
         assert!(e["inception_score"]["mean"].as_f64().unwrap() >= 1.0, "{r}");
         let grid = e["grid"].as_str().unwrap();
-        assert!(Path::new(grid.trim_start_matches("file://")).exists() || run.join(format!("jobs/{:06}/grid.png", e["job_id"].as_u64().unwrap())).exists(), "{grid}");
+        assert!(
+            Path::new(grid.trim_start_matches("file://")).exists()
+                || run.join(format!("jobs/{:06}/grid.png", e["job_id"].as_u64().unwrap())).exists(),
+            "{grid}"
+        );
     }
     // The same seed each time: the samples of step 2 and step 4 differ only by training.
     let ids: Vec<u64> = evals.iter().map(|r| r["eval"]["job_id"].as_u64().unwrap()).collect();
     assert_ne!(read_images(&run, ids[0]).pixels_nchw, read_images(&run, ids[1]).pixels_nchw);
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!((summary["steps"].as_u64(), summary["replicas_agree"].as_bool()), (Some(5), Some(true)), "{summary}");
 }

@@ -1,8 +1,6 @@
 //! The Kubernetes manifests (`deploy/k8s`) as CI sees them. For every
 //! overlay directory under `deploy/k8s/overlays` (found, not listed):
 //!
-//! - it renders with `kubectl kustomize` and the result validates against
-//!   the Kubernetes 1.32 schemas (`kubernetes-validate --strict`);
 //! - the committed render `deploy/k8s/rendered/<overlay>.yaml` is what it
 //!   renders to now (`deploy/k8s/render.sh` writes them);
 //! - the real `ddpm-coord` and `ddpm-worker` accept each container's
@@ -10,16 +8,16 @@
 //!   and with its ConfigMaps and Secrets written to a temporary directory;
 //! - the world size is set once (the worker Job's parallelism is its
 //!   completions and the coordinator's DDPM_WORKERS), `--threads` is each
-//!   container's CPU limit, and the pods keep to the security settings;
-//! - `deploy/README.md` lists the objects it creates.
+//!   container's CPU limit, and the pods and Jobs keep to the security,
+//!   failure and deadline rules.
 //!
 //! Needs kubectl (with kustomize built in; DDPM_KUBECTL picks one) and the
 //! project's Python environment (`source deploy/env.sh && ddpm_setup`,
 //! which installs kubernetes-validate and PyYAML from
-//! deploy/requirements-dev.txt).
-//!
-//! One concept (what CI knows about the manifests without a cluster) in one
-//! file over 450 lines: the checks share one render of every overlay.
+//! deploy/requirements-dev.txt). Beside it: what the API server and the
+//! CRDs accept (tests/k8s_schemas.rs), how the objects refer to each other
+//! (tests/k8s_wiring.rs), the runbook's promises and Pod Security
+//! (tests/k8s_runbook.rs).
 
 mod common;
 
@@ -29,32 +27,8 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::k8s::{binary_of, expand, k8s_dir, python, quantity, render, resource_field, root, Render, BINARIES};
+use common::k8s::{binary_of, expand, k8s_dir, overlays, quantity, report, resource_field, root, Render, BINARIES};
 use serde_json::Value;
-
-/// The Kubernetes version the manifests must be valid for (the runbook's minimum).
-const KUBERNETES_VERSION: &str = "1.32.0";
-
-
-/// The overlay directories, sorted.
-fn overlay_names() -> Vec<String> {
-    let dir = k8s_dir().join("overlays");
-    let mut names: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.join("kustomization.yaml").is_file())
-        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    assert!(!names.is_empty(), "no overlays under {}", dir.display());
-    names
-}
-
-/// Every overlay rendered once per test process.
-fn renders() -> &'static [Render] {
-    static RENDERS: OnceLock<Vec<Render>> = OnceLock::new();
-    RENDERS.get_or_init(|| overlay_names().into_iter().map(|n| render(&n)).collect())
-}
 
 /// The workspace version (Cargo.toml), the image's tag.
 fn workspace_version() -> String {
@@ -63,43 +37,8 @@ fn workspace_version() -> String {
     doc["workspace"]["package"]["version"].as_str().expect("workspace.package.version").to_string()
 }
 
-/// Panics with every problem at once, or returns.
-fn report(what: &str, problems: Vec<String>) {
-    assert!(problems.is_empty(), "{what}:\n\n{}", problems.join("\n\n"));
-}
-
 // ---------------------------------------------------------------------------
 // Rendering, schemas, committed renders.
-
-#[test]
-fn every_overlay_renders_and_is_valid_for_kubernetes_1_32() {
-    let dir = common::tempdir();
-    let mut problems = Vec::new();
-    for r in renders() {
-        for (kind, name) in [("Job", "ddpm-coord"), ("Job", "ddpm-worker"), ("Service", "ddpm-coord")] {
-            if r.find(kind, name).is_none() {
-                problems.push(format!("{}: renders no {kind}/{name}", r.name));
-            }
-        }
-        let file = dir.path().join(format!("{}.yaml", r.name));
-        std::fs::write(&file, &r.yaml).unwrap();
-        let out = Command::new(python())
-            .args(["-m", "kubernetes_validate", "--strict", "--kubernetes-version", KUBERNETES_VERSION, "--quiet"])
-            .arg(&file)
-            .output()
-            .expect("run kubernetes-validate");
-        if !out.status.success() {
-            problems.push(format!(
-                "{}: kubernetes-validate --strict --kubernetes-version {KUBERNETES_VERSION} refused it (exit {:?}):\n{}{}",
-                r.name,
-                out.status.code(),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-    }
-    report("overlays that do not render to valid Kubernetes 1.32 objects", problems);
-}
 
 /// What deploy/k8s/render.sh writes for an overlay.
 fn committed_form(r: &Render) -> String {
@@ -114,7 +53,7 @@ fn committed_form(r: &Render) -> String {
 fn committed_renders_match_a_fresh_render() {
     let dir = k8s_dir().join("rendered");
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         let path = dir.join(format!("{}.yaml", r.name));
         let want = committed_form(r);
         match std::fs::read_to_string(&path) {
@@ -123,7 +62,8 @@ fn committed_renders_match_a_fresh_render() {
                 r.name, r.name
             )),
             Ok(have) if have != want => {
-                let line = have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
+                let line =
+                    have.lines().zip(want.lines()).position(|(a, b)| a != b).unwrap_or(have.lines().count().min(want.lines().count()));
                 problems.push(format!(
                     "overlay {}: deploy/k8s/rendered/{}.yaml differs from a fresh `kubectl kustomize deploy/k8s/overlays/{}` \
                      (first at line {}: committed {:?}, now {:?}): run deploy/k8s/render.sh and commit the result",
@@ -138,7 +78,7 @@ fn committed_renders_match_a_fresh_render() {
             Ok(_) => {}
         }
     }
-    let known: BTreeSet<String> = renders().iter().map(|r| format!("{}.yaml", r.name)).collect();
+    let known: BTreeSet<String> = overlays().iter().map(|r| format!("{}.yaml", r.name)).collect();
     for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
         if file.ends_with(".yaml") && !known.contains(&file) {
@@ -253,12 +193,8 @@ fn dummy_secret_file(key: &str) -> String {
 /// Writes the container's ConfigMap volumes (their real data) and Secret
 /// volumes (stand-ins) below `dir`; returns (mountPath, local dir) pairs.
 fn materialize_mounts(r: &Render, pod: &Value, c: &Value, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    let volumes: BTreeMap<&str, &Value> = pod["volumes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|v| Some((v["name"].as_str()?, v)))
-        .collect();
+    let volumes: BTreeMap<&str, &Value> =
+        pod["volumes"].as_array().into_iter().flatten().filter_map(|v| Some((v["name"].as_str()?, v))).collect();
     let mut mounts = Vec::new();
     for m in c["volumeMounts"].as_array().into_iter().flatten() {
         let (vname, path) = (m["name"].as_str().unwrap_or_default(), m["mountPath"].as_str().unwrap_or_default());
@@ -272,7 +208,10 @@ fn materialize_mounts(r: &Render, pod: &Value, c: &Value, dir: &Path) -> Result<
                     .iter()
                     .map(|i| {
                         let key = i["key"].as_str().unwrap_or_default();
-                        let text = data.get(key).and_then(Value::as_str).ok_or_else(|| format!("volume {vname}: ConfigMap {name} has no key {key}"))?;
+                        let text = data
+                            .get(key)
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| format!("volume {vname}: ConfigMap {name} has no key {key}"))?;
                         Ok((i["path"].as_str().unwrap_or(key).to_string(), text.to_string()))
                     })
                     .collect::<Result<_, String>>()?,
@@ -334,7 +273,8 @@ fn run_check(bin: &str, args: &[String], env: &[(String, String)]) -> (Option<i3
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    let text = format!("{}{}", std::fs::read_to_string(&out_path).unwrap_or_default(), std::fs::read_to_string(&err_path).unwrap_or_default());
+    let text =
+        format!("{}{}", std::fs::read_to_string(&out_path).unwrap_or_default(), std::fs::read_to_string(&err_path).unwrap_or_default());
     (status, text)
 }
 
@@ -342,7 +282,7 @@ fn run_check(bin: &str, args: &[String], env: &[(String, String)]) -> (Option<i3
 fn the_binaries_accept_every_containers_command_line() {
     let mut problems = Vec::new();
     let mut checked = 0;
-    for r in renders() {
+    for r in overlays() {
         for (job, c) in r.ddpm_containers() {
             let bin = binary_of(c).unwrap();
             let what = format!("{}: {} ({})", r.name, job["metadata"]["name"].as_str().unwrap_or("?"), bin);
@@ -360,9 +300,7 @@ fn the_binaries_accept_every_containers_command_line() {
             };
             let mut args: Vec<String> = container_args(c, &env)
                 .into_iter()
-                .map(|a| {
-                    mounts.iter().fold(a, |a, (mount, local)| a.replace(&format!("{mount}/"), &format!("{}/", local.display())))
-                })
+                .map(|a| mounts.iter().fold(a, |a, (mount, local)| a.replace(&format!("{mount}/"), &format!("{}/", local.display()))))
                 .collect();
             args.push("--check-config".to_string());
             let (code, output) = run_check(bin, &args, &env);
@@ -388,7 +326,7 @@ fn the_binaries_accept_every_containers_command_line() {
 #[test]
 fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         let n = &r.name;
         let workers = r.job_running("ddpm-worker");
         let spec = &workers["spec"];
@@ -423,7 +361,9 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
                 let min = get("DDPM_MIN_WORKERS").and_then(|v| v.parse::<u64>().ok());
                 match (min, world) {
                     (Some(m), Some(w)) if m >= 1 && m <= w => {
-                        let pdb = r.all("PodDisruptionBudget").find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
+                        let pdb = r
+                            .all("PodDisruptionBudget")
+                            .find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
                         if let Some(pdb) = pdb {
                             if pdb["spec"]["minAvailable"].as_u64() != Some(m) {
                                 problems.push(format!(
@@ -470,11 +410,47 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
     report("world size, threads and resources", problems);
 }
 
+/// Whether the podFailurePolicy `rules` hold a rule `action` for exit `code`.
+fn exit_rule(rules: &Value, action: &str, code: u64) -> bool {
+    rules.as_array().into_iter().flatten().any(|r| {
+        r["action"] == action
+            && r["onExitCodes"]["operator"] == "In"
+            && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&code.into()))
+    })
+}
+
+/// The Job-level settings each binary's Job needs: (problems).
+fn job_policy_problems(what: &str, binary: &str, spec: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let rules = &spec["podFailurePolicy"]["rules"];
+    let disruption = rules.as_array().into_iter().flatten().any(|r| {
+        r["action"] == "Ignore" && r["onPodConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget"))
+    });
+    if !(disruption && exit_rule(rules, "Ignore", 75) && exit_rule(rules, "FailJob", 2)) {
+        problems.push(format!("{what}: the podFailurePolicy must Ignore DisruptionTarget and exit 75, and FailJob on exit 2"));
+    }
+    if spec["activeDeadlineSeconds"].as_u64().is_none_or(|d| d == 0) {
+        problems.push(format!("{what}: no activeDeadlineSeconds: a stuck run would hold its nodes for ever"));
+    }
+    if binary == "ddpm-worker" {
+        // 4: the coordinator stayed away for --connect-timeout (ddpm::exit::NO_COORDINATOR).
+        if !exit_rule(rules, "FailJob", 4) {
+            problems.push(format!(
+                "{what}: the podFailurePolicy must FailJob on exit 4 (no coordinator): workers would retry for a coordinator that is gone"
+            ));
+        }
+        if spec["backoffLimitPerIndex"].as_u64().is_none() || spec["completionMode"] != "Indexed" {
+            problems.push(format!("{what}: an Indexed Job with backoffLimitPerIndex: one bad node must not use up every worker's retries"));
+        }
+    }
+    problems
+}
+
 #[test]
 fn pods_run_locked_down_with_the_versioned_image_and_probes() {
     let version = workspace_version();
     let mut problems = Vec::new();
-    for r in renders() {
+    for r in overlays() {
         for (job, c) in r.ddpm_containers() {
             let what = format!("{}: {}", r.name, job["metadata"]["name"].as_str().unwrap_or("?"));
             let pod = &job["spec"]["template"]["spec"];
@@ -490,32 +466,30 @@ fn pods_run_locked_down_with_the_versioned_image_and_probes() {
                 ("container readOnlyRootFilesystem", &c["securityContext"]["readOnlyRootFilesystem"], true.into()),
                 ("container capabilities.drop", &c["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"])),
                 ("imagePullPolicy", &c["imagePullPolicy"], "IfNotPresent".into()),
-                ("image", &c["image"], format!("ddpm:{version}").into()),
             ];
-            let exit_rules = &job["spec"]["podFailurePolicy"]["rules"];
-            let rule = |action: &str, code: u64| {
-                exit_rules.as_array().into_iter().flatten().any(|r| {
-                    r["action"] == action && r["onExitCodes"]["operator"] == "In" && r["onExitCodes"]["values"].as_array().is_some_and(|v| v.contains(&code.into()))
-                })
-            };
-            let disruption = exit_rules
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|r| r["action"] == "Ignore" && r["onPodConditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget")));
-            if !(disruption && rule("Ignore", 75) && rule("FailJob", 2)) {
-                problems.push(format!("{what}: the podFailurePolicy must Ignore DisruptionTarget and exit 75, and FailJob on exit 2"));
-            }
             for (field, have, expect) in want {
                 if *have != expect {
                     problems.push(format!("{what}: {field} is {have}, want {expect}"));
                 }
             }
+            // ddpm:VERSION, or REGISTRY/PATH/ddpm:VERSION (an overlay's `images:`).
+            let image = c["image"].as_str().unwrap_or_default();
+            let repo_ok = image.rsplit_once(':').is_some_and(|(repo, tag)| tag == version && (repo == "ddpm" || repo.ends_with("/ddpm")));
+            if !repo_ok {
+                problems.push(format!("{what}: image {image:?}, want ddpm:{version} (or a registry's .../ddpm:{version})"));
+            }
+            let binary = binary_of(c).unwrap();
+            problems.extend(job_policy_problems(&what, binary, &job["spec"]));
             let env = container_env(r, c).unwrap_or_default();
             for (k, v) in [("HOME", "/tmp"), ("TMPDIR", "/tmp")] {
                 if !env.iter().any(|(ek, ev)| ek == k && ev == v) {
                     problems.push(format!("{what}: no {k}={v} (the root filesystem is read-only)"));
                 }
+            }
+            if binary == "ddpm-coord" && !env.iter().any(|(k, v)| k == "NVIDIA_VISIBLE_DEVICES" && v == "void") {
+                problems.push(format!(
+                    "{what}: no NVIDIA_VISIBLE_DEVICES=void: a node whose default runtime is NVIDIA's would hand the coordinator every GPU"
+                ));
             }
             let tmp_is_empty_dir = c["volumeMounts"].as_array().into_iter().flatten().any(|m| {
                 m["mountPath"] == "/tmp"
@@ -532,77 +506,6 @@ fn pods_run_locked_down_with_the_versioned_image_and_probes() {
         }
     }
     report("pods that break the deployment rules", problems);
-}
-
-// ---------------------------------------------------------------------------
-// The runbook.
-
-/// `Kind/name`, with a generated ConfigMap's or Secret's hash suffix as `<hash>`.
-fn resource_id(doc: &Value) -> String {
-    let kind = doc["kind"].as_str().unwrap_or("?");
-    let mut name = doc["metadata"]["name"].as_str().unwrap_or("?").to_string();
-    if kind == "ConfigMap" || kind == "Secret" {
-        if let Some((stem, suffix)) = name.rsplit_once('-') {
-            if suffix.len() == 10 && suffix.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) && suffix.bytes().any(|b| b.is_ascii_digit()) {
-                name = format!("{stem}-<hash>");
-            }
-        }
-    }
-    format!("{kind}/{name}")
-}
-
-/// The lists in deploy/README.md: `<!-- resources: OVERLAY -->`, then lines
-/// "- `Kind/name`", up to `<!-- /resources -->`.
-fn runbook_lists() -> BTreeMap<String, BTreeSet<String>> {
-    let text = std::fs::read_to_string(root().join("deploy/README.md")).expect("deploy/README.md");
-    let mut lists = BTreeMap::new();
-    let mut current: Option<(String, BTreeSet<String>)> = None;
-    for line in text.lines() {
-        let l = line.trim();
-        if let Some(rest) = l.strip_prefix("<!-- resources:") {
-            current = Some((rest.trim_end_matches("-->").trim().to_string(), BTreeSet::new()));
-        } else if l.starts_with("<!-- /resources") {
-            if let Some((name, set)) = current.take() {
-                lists.insert(name, set);
-            }
-        } else if let Some((_, set)) = current.as_mut() {
-            if let Some(item) = l.strip_prefix("- `").and_then(|s| s.split('`').next()) {
-                set.insert(item.to_string());
-            }
-        }
-    }
-    lists
-}
-
-#[test]
-fn the_runbook_lists_what_each_overlay_creates() {
-    let lists = runbook_lists();
-    let mut problems = Vec::new();
-    for r in renders() {
-        let have: BTreeSet<String> = r.docs.iter().map(resource_id).collect();
-        match lists.get(&r.name) {
-            None => problems.push(format!(
-                "deploy/README.md has no list for overlay {} (`<!-- resources: {} -->`, lines \"- `Kind/name`\", `<!-- /resources -->`); \
-                 it renders: {}",
-                r.name,
-                r.name,
-                have.iter().cloned().collect::<Vec<_>>().join(", ")
-            )),
-            Some(listed) if *listed != have => problems.push(format!(
-                "deploy/README.md's list for overlay {} is out of date: listed but not rendered: {:?}; rendered but not listed: {:?}",
-                r.name,
-                listed.difference(&have).collect::<Vec<_>>(),
-                have.difference(listed).collect::<Vec<_>>()
-            )),
-            Some(_) => {}
-        }
-    }
-    for name in lists.keys() {
-        if !renders().iter().any(|r| &r.name == name) {
-            problems.push(format!("deploy/README.md lists resources for {name}, which is no overlay"));
-        }
-    }
-    report("the runbook's resource lists", problems);
 }
 
 #[test]

@@ -1,20 +1,25 @@
-//! The pods of the `cpu-small` overlay, run as local processes exactly as
-//! its rendered manifests describe them: each container's command, args
-//! (with Kubernetes' `$(VAR)` expansion) and environment (literal values,
-//! ConfigMap and Secret keys, the pod's name, its CPU limit), its
-//! ConfigMaps and Secrets written as files at its mount paths (under a
-//! per-pod root: the paths in args and env are rewritten to it), emptyDirs
-//! fresh per pod and a claim shared by the pods that mount it, the Service
-//! name resolved to loopback and each container port mapped to a free one.
-//! The test plays the Job controller: it replaces failed pods as the Jobs'
-//! podFailurePolicy says, and runs the containers' gRPC probes.
+//! The pods of the CPU overlays run as local processes exactly as their
+//! rendered manifests describe them (tests/common/cluster.rs), with this
+//! test playing the Job and JobSet controllers: it replaces or ends pods
+//! as the rendered podFailurePolicy and JobSet failurePolicy say, starts
+//! a JobSet's workers once its coordinator is ready (dependsOn), and runs
+//! the containers' gRPC probes.
 //!
-//! What it shows: the run trains and completes; a worker pod killed with
-//! SIGKILL is replaced and its replacement rejoins; a coordinator pod
-//! stopped as in a node drain (SIGTERM) exits 75, which the Job ignores,
-//! and its replacement resumes the run with the same worker pods; both
-//! Jobs applied again on the finished run complete (the coordinator tells
-//! the new workers the run is over) and change nothing.
+//! What it shows:
+//! - `cpu-small` (plain Jobs): the run trains and completes; a worker pod
+//!   killed with SIGKILL is replaced and its replacement rejoins; a
+//!   coordinator pod stopped as in a node drain (SIGTERM) exits 75, which
+//!   the Job ignores, and its replacement resumes the run with the same
+//!   worker pods; both Jobs applied again on the finished run complete
+//!   (the coordinator tells the new workers the run is over) and change
+//!   nothing. A worker pod that finds no coordinator exits 4, which fails
+//!   the worker Job and so ends its other pods.
+//! - `cpu-small-jobset`: the coordinator failing for good (every pod of
+//!   its Job killed, past its backoffLimit, through every restart the
+//!   JobSet allows) ends the workers: each JobSet restart and its final
+//!   failure delete the Jobs, whose worker pods leave on SIGTERM.
+//! - `two-runs-a` and `two-runs-b`: two runs side by side in one
+//!   namespace, each coordinator with exactly its own workers.
 
 mod common;
 
@@ -22,299 +27,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::k8s::{binary_of, expand, render, resource_field, Render};
-use common::{tempdir, Proc};
+use common::cluster::{job_action, kill, until_ready, Cluster, JobAction, PodSpec};
+use common::k8s::jobset_action;
+use common::Proc;
 use serde_json::Value;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
-
-const OVERLAY: &str = "cpu-small";
-
-/// What the Job controller does with a pod that ended with `code` (None:
-/// killed by a signal), by the Job's podFailurePolicy.
-#[derive(Debug, PartialEq, Eq)]
-enum JobAction {
-    /// The pod succeeded.
-    Complete,
-    /// Replaced without counting against backoffLimit.
-    Ignore,
-    /// Replaced, counted against backoffLimit.
-    Count,
-    /// The whole Job fails.
-    FailJob,
-}
-
-fn job_action(job: &Value, container: &str, code: Option<i32>) -> JobAction {
-    let Some(code) = code else { return JobAction::Count };
-    if code == 0 {
-        return JobAction::Complete;
-    }
-    for rule in job["spec"]["podFailurePolicy"]["rules"].as_array().into_iter().flatten() {
-        let Some(on) = rule.get("onExitCodes") else { continue };
-        if on.get("containerName").and_then(Value::as_str).is_some_and(|c| c != container) {
-            continue;
-        }
-        let values: Vec<i64> = on["values"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
-        let hit = match on["operator"].as_str().unwrap() {
-            "In" => values.contains(&i64::from(code)),
-            "NotIn" => !values.contains(&i64::from(code)),
-            other => panic!("unknown operator {other}"),
-        };
-        if hit {
-            return match rule["action"].as_str().unwrap() {
-                "Ignore" => JobAction::Ignore,
-                "Count" => JobAction::Count,
-                "FailJob" => JobAction::FailJob,
-                other => panic!("unknown action {other}"),
-            };
-        }
-    }
-    JobAction::Count
-}
-
-/// The cluster this test stands in for: the render, the Secrets the user
-/// creates (`deploy/README.md`), the claims, and the loopback ports that
-/// stand for each Service.
-struct Cluster {
-    render: Render,
-    secrets: BTreeMap<String, BTreeMap<String, String>>,
-    root: tempfile::TempDir,
-    /// (Service name, port) -> the local port it reaches.
-    services: BTreeMap<(String, u16), u16>,
-    pods_started: usize,
-}
-
-/// One container of one pod, ready to start.
-struct PodSpec {
-    name: String,
-    binary: &'static str,
-    args: Vec<String>,
-    env: Vec<(String, String)>,
-    /// containerPort -> local port.
-    ports: BTreeMap<u16, u16>,
-    container: Value,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-impl Cluster {
-    fn new() -> Self {
-        let render = render(OVERLAY);
-        // The Secrets the runbook tells the user to create.
-        let token = || format!("{:032x}{:032x}", rand_u128(), rand_u128());
-        let mut secrets = BTreeMap::new();
-        secrets.insert("ddpm-tokens".to_string(), BTreeMap::from([("worker".to_string(), token()), ("user".to_string(), token())]));
-        let mut services = BTreeMap::new();
-        for svc in render.all("Service") {
-            for p in svc["spec"]["ports"].as_array().unwrap() {
-                services.insert((svc["metadata"]["name"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap() as u16), free_port());
-            }
-        }
-        Cluster { render, secrets, root: tempdir(), services, pods_started: 0 }
-    }
-
-    fn job(&self, name: &str) -> &Value {
-        self.render.find("Job", name).unwrap_or_else(|| panic!("{OVERLAY} has no Job {name}"))
-    }
-
-    fn config_map(&self, name: &str) -> &Value {
-        self.render.find("ConfigMap", name).unwrap_or_else(|| panic!("{OVERLAY} has no ConfigMap {name}"))
-    }
-
-    /// The local port a container port of a pod of `job` is reached at: the
-    /// Service's, when a Service selects it on that target port.
-    fn local_port(&self, job: &Value, container: &Value, container_port: u16) -> u16 {
-        let labels = &job["spec"]["template"]["metadata"]["labels"];
-        let port_name = container["ports"].as_array().into_iter().flatten().find(|p| p["containerPort"] == container_port).map(|p| p["name"].clone());
-        for svc in self.render.all("Service") {
-            let selects = svc["spec"]["selector"].as_object().unwrap().iter().all(|(k, v)| &labels[k] == v);
-            if !selects {
-                continue;
-            }
-            for p in svc["spec"]["ports"].as_array().unwrap() {
-                let target = &p["targetPort"];
-                if target.as_u64() == Some(u64::from(container_port)) || port_name.as_ref() == Some(target) {
-                    return self.services[&(svc["metadata"]["name"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap() as u16)];
-                }
-            }
-        }
-        free_port()
-    }
-
-    /// Pod `index` of `job_name` (a new pod each call, as the Job controller makes).
-    fn pod(&mut self, job_name: &str, index: Option<usize>) -> PodSpec {
-        self.pods_started += 1;
-        let job = self.job(job_name).clone();
-        let spec = &job["spec"]["template"]["spec"];
-        let containers = spec["containers"].as_array().unwrap();
-        assert_eq!(containers.len(), 1, "{job_name}: one container per pod");
-        let c = &containers[0];
-        let binary = binary_of(c).unwrap_or_else(|| panic!("{job_name} does not run a ddpm binary"));
-        let hostname = match index {
-            Some(i) => format!("{job_name}-{i}"),
-            None => job_name.to_string(),
-        };
-        let pod_name = format!("{hostname}-p{}", self.pods_started);
-        let pod_root = self.root.path().join("pods").join(&pod_name);
-
-        // Volumes: where each lives on this machine.
-        let mut volume_dirs: BTreeMap<String, PathBuf> = BTreeMap::new();
-        for v in spec["volumes"].as_array().into_iter().flatten() {
-            let vname = v["name"].as_str().unwrap().to_string();
-            let dir = if let Some(claim) = v["persistentVolumeClaim"]["claimName"].as_str() {
-                assert!(self.render.find("PersistentVolumeClaim", claim).is_some(), "{job_name}: claim {claim} is not in the overlay");
-                self.root.path().join("claims").join(claim)
-            } else {
-                pod_root.join("volumes").join(&vname)
-            };
-            std::fs::create_dir_all(&dir).unwrap();
-            if let Some(cm) = v["configMap"]["name"].as_str() {
-                let data = self.config_map(cm)["data"].clone();
-                write_keys(&dir, data.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string())), &v["configMap"]["items"]);
-            } else if let Some(secret) = v["secret"]["secretName"].as_str() {
-                let data = self.secrets.get(secret).unwrap_or_else(|| panic!("{job_name} mounts Secret {secret}, which the runbook does not create"));
-                write_keys(&dir, data.clone(), &v["secret"]["items"]);
-            } else {
-                assert!(v.get("emptyDir").is_some() || v.get("persistentVolumeClaim").is_some(), "{job_name}: volume {vname} of an unknown kind");
-            }
-            volume_dirs.insert(vname, dir);
-        }
-        // Mount path -> directory, longest first (a mount inside another wins).
-        let mut mounts: Vec<(String, PathBuf)> = c["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| (m["mountPath"].as_str().unwrap().to_string(), volume_dirs[m["name"].as_str().unwrap()].clone()))
-            .collect();
-        mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-        let relocate = |s: &str| -> String {
-            // A path under a mount, alone or as a flag's value.
-            let (prefix, path) = match s.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => (format!("{flag}="), value),
-                _ => (String::new(), s),
-            };
-            for (mount, dir) in &mounts {
-                if path == mount || path.starts_with(&format!("{mount}/")) {
-                    return format!("{prefix}{}{}", dir.display(), &path[mount.len()..]);
-                }
-            }
-            s.to_string()
-        };
-
-        // Ports: every container port to a local one; Services' names to loopback.
-        let mut ports = BTreeMap::new();
-        for p in c["ports"].as_array().into_iter().flatten() {
-            let cp = p["containerPort"].as_u64().unwrap() as u16;
-            ports.insert(cp, self.local_port(&job, c, cp));
-        }
-        let reach = |s: &str| -> String {
-            let mut s = s.to_string();
-            for ((svc, port), local) in &self.services {
-                s = s.replace(&format!("{svc}:{port}"), &format!("127.0.0.1:{local}"));
-            }
-            for (cp, local) in &ports {
-                for host in ["0.0.0.0", "127.0.0.1", "[::]"] {
-                    s = s.replace(&format!("{host}:{cp}"), &format!("{host}:{local}"));
-                }
-            }
-            s
-        };
-
-        // The environment, in order ($(VAR) may name an earlier one).
-        let mut env: Vec<(String, String)> = Vec::new();
-        if let Some(i) = index {
-            env.push(("JOB_COMPLETION_INDEX".into(), i.to_string()));
-        }
-        for e in c["env"].as_array().into_iter().flatten() {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = if let Some(v) = e["value"].as_str() {
-                expand(v, &env)
-            } else if let Some(r) = e["valueFrom"]["configMapKeyRef"].as_object() {
-                self.config_map(r["name"].as_str().unwrap())["data"][r["key"].as_str().unwrap()].as_str().unwrap().to_string()
-            } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
-                self.secrets[r["name"].as_str().unwrap()][r["key"].as_str().unwrap()].clone()
-            } else if let Some(path) = e["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
-                match path {
-                    "metadata.name" => pod_name.clone(),
-                    "metadata.namespace" => "default".into(),
-                    // Every pod is on loopback here.
-                    "status.podIP" => "127.0.0.1".into(),
-                    "metadata.annotations['batch.kubernetes.io/job-completion-index']" => index.unwrap().to_string(),
-                    other => panic!("{job_name}: fieldRef {other} is not emulated"),
-                }
-            } else if let Some(r) = e["valueFrom"].get("resourceFieldRef") {
-                resource_field(c, r).unwrap_or_else(|err| panic!("{job_name}: {err}"))
-            } else {
-                panic!("{job_name}: env {name} of an unknown form: {e}")
-            };
-            env.push((name, reach(&relocate(&value))));
-        }
-        let args = c["args"].as_array().into_iter().flatten().map(|a| reach(&relocate(&expand(a.as_str().unwrap(), &env)))).collect();
-        PodSpec { name: pod_name, binary, args, env, ports, container: c.clone() }
-    }
-
-    /// Starts a pod's container.
-    fn start(&self, pod: &PodSpec) -> Proc {
-        let mut cmd = std::process::Command::new(common::binary(pod.binary));
-        // A pod's environment is what its spec says, and nothing of ours.
-        cmd.env_clear().env("PATH", "/usr/bin:/bin").args(&pod.args).envs(pod.env.iter().map(|(k, v)| (k, v)));
-        Proc::spawn(&pod.name, cmd)
-    }
-}
-
-fn rand_u128() -> u128 {
-    use std::hash::{BuildHasher, Hasher};
-    let s = std::collections::hash_map::RandomState::new();
-    let mut h = s.build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    (u128::from(h.finish()) << 64) | u128::from(s.build_hasher().finish())
-}
-
-/// A ConfigMap's or Secret's keys as files (`items`: only those, at their paths).
-fn write_keys(dir: &Path, data: impl IntoIterator<Item = (String, String)>, items: &Value) {
-    let data: BTreeMap<String, String> = data.into_iter().collect();
-    match items.as_array() {
-        Some(items) => {
-            for it in items {
-                let key = it["key"].as_str().unwrap();
-                std::fs::write(dir.join(it["path"].as_str().unwrap()), &data[key]).unwrap();
-            }
-        }
-        None => {
-            for (k, v) in &data {
-                std::fs::write(dir.join(k), v).unwrap();
-            }
-        }
-    }
-}
-
-/// A container's gRPC probe, as kubelet sends it (no credentials).
-async fn probe(port: u16, service: &str) -> Option<ServingStatus> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(1))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .ok()?;
-    let reply = HealthClient::new(channel).check(HealthCheckRequest { service: service.into() }).await.ok()?;
-    Some(reply.into_inner().status())
-}
-
-/// Runs `pod`'s readiness probe until it passes (`timeout` at most).
-async fn until_ready(pod: &PodSpec, timeout: Duration) {
-    let p = &pod.container["readinessProbe"]["grpc"];
-    let port = pod.ports[&(p["port"].as_u64().unwrap() as u16)];
-    let service = p["service"].as_str().unwrap_or("");
-    let deadline = Instant::now() + timeout;
-    while probe(port, service).await != Some(ServingStatus::Serving) {
-        assert!(Instant::now() < deadline, "{}: readiness probe ({service:?} on {port}) did not pass within {timeout:?}", pod.name);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 /// Every file under `dir` with its bytes (the run, before and after).
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
@@ -333,13 +49,9 @@ fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     out
 }
 
-fn kill(p: &Proc, signal: &str) {
-    assert!(std::process::Command::new("kill").args([signal, &p.child.id().to_string()]).status().unwrap().success());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cpu_overlay_trains_survives_a_killed_worker_and_a_drain_and_completes_once() {
-    let mut cluster = Cluster::new();
+    let mut cluster = Cluster::new("cpu-small");
     let coord_job = cluster.job("ddpm-coord").clone();
     let worker_job = cluster.job("ddpm-worker").clone();
     assert_eq!(worker_job["spec"]["completionMode"], "Indexed");
@@ -349,6 +61,8 @@ async fn the_cpu_overlay_trains_survives_a_killed_worker_and_a_drain_and_complet
         assert_eq!(job_action(job, container, Some(0)), JobAction::Complete);
         assert_eq!(job_action(job, container, Some(75)), JobAction::Ignore, "a drain (75) must not count as a failure");
         assert_eq!(job_action(job, container, Some(2)), JobAction::FailJob, "bad flags (2) cannot heal by retrying");
+        let no_coordinator = if container == "worker" { JobAction::FailJob } else { JobAction::Count };
+        assert_eq!(job_action(job, container, Some(4)), no_coordinator, "a worker without a coordinator (4) stops the workers");
         assert_eq!(job_action(job, container, Some(1)), JobAction::Count);
         assert_eq!(job_action(job, container, None), JobAction::Count);
     }
@@ -397,7 +111,11 @@ async fn the_cpu_overlay_trains_survives_a_killed_worker_and_a_drain_and_complet
 
     // The run is on the claim: finished, with its grid.
     let claim = cluster.root.path().join("claims/ddpm-runs");
-    let run = std::fs::read_dir(&claim).unwrap().map(|e| e.unwrap().path()).find(|p| p.join("summary.json").exists()).expect("a run on the claim");
+    let run = std::fs::read_dir(&claim)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("summary.json").exists())
+        .expect("a run on the claim");
     let summary: Value = serde_json::from_slice(&std::fs::read(run.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["error"], Value::Null, "{summary}");
     assert_eq!(summary["replicas_agree"], true, "{summary}");
@@ -417,4 +135,172 @@ async fn the_cpu_overlay_trains_survives_a_killed_worker_and_a_drain_and_complet
     assert_eq!(coord.wait(Duration::from_secs(120)), 0, "{}", coord.output());
     assert!(coord.output().contains("already finished"), "{}", coord.output());
     assert_eq!(snapshot(&claim), before, "a coordinator started on the finished run changed it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_pod_without_a_coordinator_exits_4_and_its_job_fails() {
+    let mut cluster = Cluster::new("cpu-small");
+    let worker_job = cluster.job("ddpm-worker").clone();
+    let workers = worker_job["spec"]["parallelism"].as_u64().unwrap() as usize;
+    // The coordinator Job has failed for good: no coordinator pod. The
+    // workers' command lines as rendered, but --connect-timeout 3 s
+    // instead of 900 (the one change: the test does not wait 15 minutes).
+    let mut pods: Vec<PodSpec> = (0..workers).map(|i| cluster.pod("ddpm-worker", Some(i))).collect();
+    for p in &mut pods {
+        let at = p.args.iter().position(|a| a == "--connect-timeout=900").expect("the workers' --connect-timeout=900");
+        p.args[at] = "--connect-timeout=3".into();
+    }
+    let mut first = cluster.start(&pods[0]);
+    let code = first.wait(Duration::from_secs(60));
+    assert_eq!(code, 4, "{}", first.output());
+    assert!(first.output().contains("cannot reach the coordinator"), "{}", first.output());
+    // The Job fails (FailJob): the controller ends the Job's other pods,
+    // which leave on SIGTERM, instead of replacing pods up to the backoff limit.
+    assert_eq!(job_action(&worker_job, "worker", Some(code)), JobAction::FailJob);
+    let mut others: Vec<Proc> = pods[1..].iter().map(|p| cluster.start(p)).collect();
+    for w in &mut others {
+        // Up (its metrics port serves), waiting for a coordinator: it
+        // leaves at once (75), or, still starting, dies of the signal (-1).
+        w.wait_for_line("metrics on http://", Duration::from_secs(60));
+        kill(w, "-TERM");
+        let code = w.wait(Duration::from_secs(30));
+        assert!(code == 75 || code == -1, "a worker pod ended by its failed Job exited {code}:\n{}", w.output());
+    }
+}
+
+/// The JobSet's coordinator fails for good: the run's volume is lost with
+/// the coordinator's node, so every coordinator pod from then on fails at
+/// its start (exit 1, counted), through the Job's backoffLimit and every
+/// restart the JobSet allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jobset_ends_its_workers_when_the_coordinator_fails_for_good() {
+    let mut cluster = Cluster::new("cpu-small-jobset");
+    let js = cluster.render.all("JobSet").next().expect("a JobSet").clone();
+    let coord_job = cluster.job("ddpm-coord").clone();
+    let rj = coord_job["jobset"]["replicatedJob"].as_str().unwrap().to_string();
+    let backoff = coord_job["spec"]["backoffLimit"].as_u64().unwrap();
+    let max_restarts = js["spec"]["failurePolicy"]["maxRestarts"].as_u64().unwrap();
+    let workers = cluster.job("ddpm-worker")["spec"]["parallelism"].as_u64().unwrap() as usize;
+
+    // The first generation: the coordinator, then (once it is ready) the workers; it trains.
+    let coord_pod = cluster.pod("ddpm-coord", None);
+    let mut coord = cluster.start(&coord_pod);
+    until_ready(&coord_pod, Duration::from_secs(120)).await;
+    let worker_pods: Vec<PodSpec> = (0..workers).map(|i| cluster.pod("ddpm-worker", Some(i))).collect();
+    let mut worker_procs: Vec<Proc> = worker_pods.iter().map(|p| cluster.start(p)).collect();
+    for p in &worker_pods {
+        until_ready(p, Duration::from_secs(120)).await;
+    }
+    coord.wait_for_line("\"step 20/", Duration::from_secs(600));
+
+    // The node dies with the run's volume: the run's directory on the
+    // claim is gone (a file stands in its place), the coordinator is killed.
+    let run_dir = PathBuf::from(coord_pod.args.iter().find_map(|a| a.strip_prefix("--run=")).expect("the coordinator's --run"));
+    std::fs::remove_dir_all(&run_dir).unwrap();
+    std::fs::write(&run_dir, "the volume is lost").unwrap();
+    kill(&coord, "-KILL");
+    let code = coord.wait(Duration::from_secs(30));
+    assert_eq!(job_action(&coord_job, "coordinator", (code >= 0).then_some(code)), JobAction::Count);
+    let mut failures = 1;
+    let mut restarts = 0;
+    loop {
+        // The Job replaces its failed pods until its backoff limit; each fails at its start.
+        while failures <= backoff {
+            let pod = cluster.pod("ddpm-coord", None);
+            let mut p = cluster.start(&pod);
+            let code = p.wait(Duration::from_secs(120));
+            assert_eq!(job_action(&coord_job, "coordinator", Some(code)), JobAction::Count, "exit {code}:\n{}", p.output());
+            failures += 1;
+        }
+        // Meanwhile the workers wait for a coordinator (--connect-timeout).
+        for w in &mut worker_procs {
+            assert!(w.child.try_wait().unwrap().is_none(), "a worker pod ended while its coordinator's Job retried:\n{}", w.output());
+        }
+        // The Job failed (BackoffLimitExceeded): the JobSet restarts (or,
+        // its restarts used up, fails), and either way deletes its Jobs:
+        // their worker pods get SIGTERM and leave at once.
+        let action = jobset_action(&js, &rj, "BackoffLimitExceeded", "Job has reached the specified backoff limit");
+        assert_eq!(action, "RestartJobSet", "a coordinator that failed for good restarts the set, at most {max_restarts} times");
+        let ending = Instant::now();
+        for mut w in worker_procs.drain(..) {
+            kill(&w, "-TERM");
+            let code = w.wait(Duration::from_secs(60));
+            assert_eq!(code, 75, "a worker pod of a deleted Job:\n{}", w.output());
+        }
+        assert!(ending.elapsed() < Duration::from_secs(60), "the workers took {:?} to leave", ending.elapsed());
+        if restarts == max_restarts {
+            break;
+        }
+        // A new generation: its coordinator first. Its workers would start
+        // once it is ready, which it never is: they hold no GPU for it.
+        restarts += 1;
+        failures = 0;
+    }
+    assert_eq!(restarts, max_restarts);
+}
+
+/// The metric `name`'s value summed over its series that have the label
+/// `label` (`key="value"`; "" for all) in a scrape of `url`.
+fn scrape_sum(url: &str, name: &str, label: &str) -> f64 {
+    let (code, body) = common::http_get(url).unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(code, 200, "GET {url}");
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_train_side_by_side_in_one_namespace() {
+    let mut runs = [Cluster::new("two-runs-a"), Cluster::new("two-runs-b")];
+    let mut procs = Vec::new();
+    let mut names = Vec::new();
+    for run in &mut runs {
+        let coord_pod = run.pod("ddpm-coord", None);
+        let coord = run.start(&coord_pod);
+        until_ready(&coord_pod, Duration::from_secs(120)).await;
+        let workers = run.job("ddpm-worker")["spec"]["parallelism"].as_u64().unwrap() as usize;
+        let worker_pods: Vec<PodSpec> = (0..workers).map(|i| run.pod("ddpm-worker", Some(i))).collect();
+        let worker_procs: Vec<Proc> = worker_pods.iter().map(|p| run.start(p)).collect();
+        names.push(worker_pods.iter().map(|p| p.name.clone()).collect::<Vec<_>>());
+        let metrics = format!("http://127.0.0.1:{}/metrics", coord_pod.ports[&9090]);
+        procs.push((coord, worker_pods, worker_procs, metrics));
+    }
+    for (coord, worker_pods, _, metrics) in &mut procs {
+        for p in worker_pods.iter() {
+            until_ready(p, Duration::from_secs(120)).await;
+        }
+        coord.wait_for_line("\"step 20/", Duration::from_secs(600));
+        assert_eq!(scrape_sum(metrics, "ddpm_worker_joins_total", ""), worker_pods.len() as f64, "{metrics}");
+        assert_eq!(scrape_sum(metrics, "ddpm_members", "role=\"train\""), worker_pods.len() as f64, "{metrics}");
+    }
+    // Each coordinator trained with its own workers and never saw the other run's.
+    for (i, (coord, _, _, _)) in procs.iter_mut().enumerate() {
+        let out = coord.output();
+        for n in &names[i] {
+            assert!(out.contains(n.as_str()), "run {i}'s coordinator does not name its worker {n}");
+        }
+        for n in &names[1 - i] {
+            assert!(!out.contains(n.as_str()), "run {i}'s coordinator names the other run's worker {n}:\n{out}");
+        }
+    }
+    // Stopped as on a drain: each coordinator checkpoints its own run.
+    for (coord, _, workers, _) in &mut procs {
+        kill(coord, "-TERM");
+        assert_eq!(coord.wait(Duration::from_secs(120)), 75, "{}", coord.output());
+        for w in workers.iter_mut() {
+            kill(w, "-TERM");
+            w.wait(Duration::from_secs(60));
+        }
+    }
+    for (run, claim) in runs.iter().zip(["run-a-ddpm-runs", "run-b-ddpm-runs"]) {
+        let dir = run.claim(claim);
+        let logs: Vec<PathBuf> = walk(&dir).into_iter().filter(|p| p.ends_with("metrics.jsonl")).collect();
+        assert_eq!(logs.len(), 1, "{}: {logs:?}", dir.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    snapshot(dir).into_keys().map(|p| dir.join(p)).collect()
 }

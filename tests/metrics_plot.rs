@@ -147,10 +147,7 @@ fn errors_say_what_is_wrong() {
     let nowhere: Vec<&str> =
         "--s3-endpoint http://127.0.0.1:1 --s3-allow-http --s3-region r --s3-access-key k --s3-secret-key s".split(' ').collect();
     let err = plot_fails("s3://no-bucket/run", out_s, &nowhere);
-    assert!(
-        err.contains("reading the metrics log of s3://no-bucket/run") && err.contains("cannot reach the object store"),
-        "{err}"
-    );
+    assert!(err.contains("reading the metrics log of s3://no-bucket/run") && err.contains("cannot reach the object store"), "{err}");
     // An unwritable --out: named.
     std::fs::write(empty.join("metrics.jsonl"), "{\"step\":1,\"loss\":0.5}\n").unwrap();
     let err = plot_fails(empty.to_str().unwrap(), "/nonexistent-dir/x.png", &[]);
@@ -178,19 +175,9 @@ fn a_run_on_s3_is_plotted_from_the_bucket() {
     let (endpoint, region) = (s3_env("DDPM_TEST_S3_ENDPOINT"), s3_env("DDPM_TEST_S3_REGION"));
     let (key, secret) = (s3_env("DDPM_TEST_S3_ACCESS_KEY"), s3_env("DDPM_TEST_S3_SECRET"));
     let s3_flags = |secret: &str| -> Vec<String> {
-        [
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-region",
-            &region,
-            "--s3-access-key",
-            &key,
-            "--s3-secret-key",
-            secret,
-            "--s3-allow-http",
-        ]
-        .map(String::from)
-        .to_vec()
+        ["--s3-endpoint", &endpoint, "--s3-region", &region, "--s3-access-key", &key, "--s3-secret-key", secret, "--s3-allow-http"]
+            .map(String::from)
+            .to_vec()
     };
     let dir = tempdir();
     let out = dir.path().join("s3.png");

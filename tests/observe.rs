@@ -56,11 +56,29 @@ impl Files {
     /// A coordinator training to `steps`; with `serve`, it stays up after
     /// the last step (until SIGTERM), so its ports can still be asked.
     fn coordinator(&self, steps: u64, serve: bool) -> (Proc, String, String) {
-        let (cfg, run, wt, ut, steps) = (self.path("run.toml"), self.path("run"), self.path("worker.token"), self.path("user.token"), steps.to_string());
+        let (cfg, run, wt, ut, steps) =
+            (self.path("run.toml"), self.path("run"), self.path("worker.token"), self.path("user.token"), steps.to_string());
         let mut args = vec![
-            "--preset", "tiny", "--config", &cfg, "--data", "synthetic:shapes", "--steps", &steps, "--workers", "2",
-            "--run", &run, "--worker-token-file", &wt, "--user-token-file", &ut,
-            "--metrics-listen", "127.0.0.1:0", "--log-format", "json",
+            "--preset",
+            "tiny",
+            "--config",
+            &cfg,
+            "--data",
+            "synthetic:shapes",
+            "--steps",
+            &steps,
+            "--workers",
+            "2",
+            "--run",
+            &run,
+            "--worker-token-file",
+            &wt,
+            "--user-token-file",
+            &ut,
+            "--metrics-listen",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
         ];
         if serve {
             args.push("--serve");
@@ -75,7 +93,11 @@ impl Files {
         (0..2)
             .map(|i| {
                 let name = format!("w{i}");
-                Proc::start(&name, "ddpm-worker", &["--coord", addr, "--device", "cpu", "--threads", "1", "--name", &name, "--token-file", &wt])
+                Proc::start(
+                    &name,
+                    "ddpm-worker",
+                    &["--coord", addr, "--device", "cpu", "--threads", "1", "--name", &name, "--token-file", &wt],
+                )
             })
             .collect()
     }
@@ -88,7 +110,8 @@ impl Files {
             .output()
             .unwrap();
         assert!(out.status.success(), "ddpm status failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("ddpm status --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("ddpm status --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// The run's metrics log, step rows by step.
@@ -187,7 +210,11 @@ fn metrics_status_and_logs_agree_with_the_run_and_survive_a_resume() {
     let log = coord.output();
     let mut progress = 0;
     for line in log.lines() {
-        if line.starts_with("listening on") || line.starts_with("metrics on") || line.starts_with("run finished") || line.starts_with("checkpoint:") {
+        if line.starts_with("listening on")
+            || line.starts_with("metrics on")
+            || line.starts_with("run finished")
+            || line.starts_with("checkpoint:")
+        {
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));

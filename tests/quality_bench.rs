@@ -15,8 +15,7 @@ use std::process::Command;
 fn quality_bench_scores_both_trainers_and_real_digits() {
     let dir = common::tempdir();
     let out = dir.path().join("bench");
-    let python =
-        std::env::var_os("DDPM_PYTHON").expect("DDPM_PYTHON: run tests/run.sh, or `source deploy/env.sh && ddpm_setup`");
+    let python = std::env::var_os("DDPM_PYTHON").expect("DDPM_PYTHON: run tests/run.sh, or `source deploy/env.sh && ddpm_setup`");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/quality/bench.py");
     let bin = common::binary("ddpm-coord").parent().unwrap().to_path_buf();
     let output = Command::new(python)

@@ -76,14 +76,37 @@ fn evaluated_job(dir: &Path) -> std::path::PathBuf {
     std::fs::write(&cfg, CONFIG).unwrap();
     let run = dir.join("run");
     let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", cfg.to_str().unwrap(), "--workers", "1", "--steps", "20", "--serve",
-        "--threads", "1", "--run", run.to_str().unwrap(),
+        "--preset",
+        "tiny",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--steps",
+        "20",
+        "--serve",
+        "--threads",
+        "1",
+        "--run",
+        run.to_str().unwrap(),
     ]);
     let _worker = start_worker(&addr, "w1");
     coord.wait_for_line("serving jobs", Duration::from_secs(300));
     let out = ddpm(&[
-        "jobs", "--coord", &addr, "--json", "submit-eval", "--metrics", "bpd", "--bpd-data", "synthetic:shapes:test",
-        "--bpd-images", "4", "--eval-batch", "4", "--watch",
+        "jobs",
+        "--coord",
+        &addr,
+        "--json",
+        "submit-eval",
+        "--metrics",
+        "bpd",
+        "--bpd-data",
+        "synthetic:shapes:test",
+        "--bpd-images",
+        "4",
+        "--eval-batch",
+        "4",
+        "--watch",
     ]);
     assert!(out.status.success(), "submit-eval failed:\n{}\ncoordinator:\n{}", text(&out), coord.output());
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();

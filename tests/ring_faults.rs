@@ -22,8 +22,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -236,7 +236,8 @@ fn a_member_with_a_non_finite_gradient_is_screened_out_by_its_chunk_norms_and_th
     workers[1].wait_for_line("fault injection: this worker's gradient starts with NaN", Duration::from_secs(300));
     let rejected = coord.wait_for_line("rejecting gradient", Duration::from_secs(60));
     assert!(
-        rejected.contains(&format!("worker {poisoned} sent a non-finite gradient")) && rejected.contains("by the chunk norms in its header"),
+        rejected.contains(&format!("worker {poisoned} sent a non-finite gradient"))
+            && rejected.contains("by the chunk norms in its header"),
         "the poisoned worker is {poisoned}: {rejected}"
     );
     let summary = assert_survived(&run, &mut coord, &mut workers, "poisoned member screened out");

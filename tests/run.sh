@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: set-up (Python env with torch and the reference
-# packages, protoc, headless Chromium, patchelf, kubectl), golden fixtures from their generator scripts, a build of
+# packages, protoc, headless Chromium, patchelf, kubectl, Prometheus), golden fixtures from their generator scripts, a build of
 # every binary, the S3 test server (deploy/s3-test-server.sh), then every
 # test of the workspace.
 #
@@ -16,6 +16,8 @@ ddpm_setup_chromium
 # The image layout test patches RUNPATHs; the manifest tests render with kubectl.
 ddpm_setup_patchelf
 ddpm_setup_kubectl
+# The alert tests run promtool and a real Prometheus.
+ddpm_setup_prometheus
 
 export DDPM_GOLDEN_DIR="${DDPM_GOLDEN_DIR:-$root/target/golden}"
 mkdir -p "$DDPM_GOLDEN_DIR"

@@ -153,7 +153,10 @@ fn check_config_parses_everything_and_touches_nothing() {
     let good = good.display().to_string();
     let bad = bad.display().to_string();
 
-    let (code, stdout, stderr) = run("ddpm-coord", &["--preset", "tiny", "--config", &good, "--run", &run_arg, "--listen", "127.0.0.1:50051", "--check-config", "--workers", "2"]);
+    let (code, stdout, stderr) = run(
+        "ddpm-coord",
+        &["--preset", "tiny", "--config", &good, "--run", &run_arg, "--listen", "127.0.0.1:50051", "--check-config", "--workers", "2"],
+    );
     assert_eq!(code, 0, "{stderr}");
     // The resolved config, as TOML the binary reads back.
     let table: toml::Table = stdout.parse().unwrap_or_else(|e| panic!("not TOML: {e}\n{stdout}"));
@@ -163,7 +166,8 @@ fn check_config_parses_everything_and_touches_nothing() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     for (file, init, sampler) in [("deploy/demo.toml", "paper", "ancestral"), ("deploy/quality/recipe.toml", "paper", "ddim")] {
         let file = root.join(file).display().to_string();
-        let (code, stdout, stderr) = run("ddpm-coord", &["--preset", "tiny", "--config", &file, "--listen", "127.0.0.1:0", "--check-config"]);
+        let (code, stdout, stderr) =
+            run("ddpm-coord", &["--preset", "tiny", "--config", &file, "--listen", "127.0.0.1:0", "--check-config"]);
         assert_eq!(code, 0, "{file}: {stderr}");
         let table: toml::Table = stdout.parse().unwrap();
         assert_eq!((table["model"]["init"].as_str(), table["sample"]["sampler"].as_str()), (Some(init), Some(sampler)), "{file}");
@@ -183,10 +187,21 @@ fn check_config_parses_everything_and_touches_nothing() {
     assert!(stderr.contains("without credentials"), "{stderr}");
     let (code, _, stderr) = run(
         "ddpm-coord",
-        &["--preset", "tiny", "--listen", "0.0.0.0:50051", "--worker-token-file", "/nonexistent/w", "--user-token-file", "/nonexistent/u", "--check-config"],
+        &[
+            "--preset",
+            "tiny",
+            "--listen",
+            "0.0.0.0:50051",
+            "--worker-token-file",
+            "/nonexistent/w",
+            "--user-token-file",
+            "/nonexistent/u",
+            "--check-config",
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
-    let (code, _, stderr) = run("ddpm-coord", &["--preset", "tiny", "--listen", "127.0.0.1:0", "--workers", "2", "--min-workers", "3", "--check-config"]);
+    let (code, _, stderr) =
+        run("ddpm-coord", &["--preset", "tiny", "--listen", "127.0.0.1:0", "--workers", "2", "--min-workers", "3", "--check-config"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("--min-workers 3 is more than --workers 2"), "{stderr}");
 

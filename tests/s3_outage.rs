@@ -63,9 +63,29 @@ async fn training_goes_on_while_the_s3_store_is_frozen_and_its_checkpoints_land_
     let (key, secret) = (s3_env("DDPM_TEST_S3_ACCESS_KEY"), s3_env("DDPM_TEST_S3_SECRET"));
     let steps = 400u64;
     let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--config", cfg.to_str().unwrap(), "--workers", "1", "--steps", &steps.to_string(), "--samples", "0",
-        "--threads", "1", "--run", &url, "--s3-endpoint", &endpoint, "--s3-region", &region, "--s3-access-key", &key,
-        "--s3-secret-key", &secret, "--s3-allow-http",
+        "--preset",
+        "tiny",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--workers",
+        "1",
+        "--steps",
+        &steps.to_string(),
+        "--samples",
+        "0",
+        "--threads",
+        "1",
+        "--run",
+        &url,
+        "--s3-endpoint",
+        &endpoint,
+        "--s3-region",
+        &region,
+        "--s3-access-key",
+        &key,
+        "--s3-secret-key",
+        &secret,
+        "--s3-allow-http",
     ]);
     let _worker = start_worker(&addr, "w1");
     coord.wait_for_line("checkpoint saved", Duration::from_secs(120));

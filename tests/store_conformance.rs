@@ -398,13 +398,8 @@ async fn unreachable_endpoint_is_reported_fast_and_the_uploader_gives_up() {
 async fn a_superseding_checkpoint_still_waits_its_backoff_between_attempts() {
     let (store, _) = unreachable_store(RetryOptions { max_retries: 0, ..RetryOptions::quick() });
     let backoff = Duration::from_millis(700);
-    let config = checkpoint::UploaderConfig {
-        attempts: 3,
-        initial_backoff: backoff,
-        max_backoff: backoff,
-        keep_last: 2,
-        milestone_every: 0,
-    };
+    let config =
+        checkpoint::UploaderConfig { attempts: 3, initial_backoff: backoff, max_backoff: backoff, keep_last: 2, milestone_every: 0 };
     let (up, mut events) = checkpoint::Uploader::start(store, config);
     up.submit(checkpoint_of(5), checkpoint::Reason::Steps);
     loop {

@@ -79,9 +79,31 @@ fn a_worker_and_ddpm_jobs_talk_to_a_coordinator_that_requires_client_certificate
     let ut = write(dir.path(), "user.token", "user-token-0123456789abcdef01");
     let run = dir.path().join("run");
     let (mut coord, addr) = start_coordinator(&[
-        "--preset", "tiny", "--steps", "3", "--batch-size", "4", "--samples", "0", "--threads", "1", "--workers", "1", "--serve",
-        "--run", s(&run), "--worker-token-file", s(&wt), "--user-token-file", s(&ut),
-        "--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.server_key), "--tls-client-ca", s(&pki.ca),
+        "--preset",
+        "tiny",
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--samples",
+        "0",
+        "--threads",
+        "1",
+        "--workers",
+        "1",
+        "--serve",
+        "--run",
+        s(&run),
+        "--worker-token-file",
+        s(&wt),
+        "--user-token-file",
+        s(&ut),
+        "--tls-cert",
+        s(&pki.server_cert),
+        "--tls-key",
+        s(&pki.server_key),
+        "--tls-client-ca",
+        s(&pki.ca),
     ]);
     coord.wait_for_line("clients must present a certificate", Duration::from_secs(10));
     let port = addr.rsplit(':').next().unwrap().to_string();
@@ -91,8 +113,22 @@ fn a_worker_and_ddpm_jobs_talk_to_a_coordinator_that_requires_client_certificate
         "w1",
         "ddpm-worker",
         &[
-            "--coord", &by_name, "--device", "cpu", "--threads", "1", "--name", "w1", "--token-file", s(&wt),
-            "--tls-ca", s(&pki.ca), "--tls-cert", s(&pki.client_cert), "--tls-key", s(&pki.client_key),
+            "--coord",
+            &by_name,
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+            "--name",
+            "w1",
+            "--token-file",
+            s(&wt),
+            "--tls-ca",
+            s(&pki.ca),
+            "--tls-cert",
+            s(&pki.client_cert),
+            "--tls-key",
+            s(&pki.client_key),
         ],
     );
     coord.wait_for_line("serving jobs", Duration::from_secs(300));
@@ -161,7 +197,18 @@ fn bad_tls_files_are_named_at_start_up() {
     let mut p = Proc::start(
         "ddpm-coord",
         "ddpm-coord",
-        &["--preset", "tiny", "--run", s(&run), "--listen", "0.0.0.0:0", "--tls-cert", s(&pki.server_cert), "--tls-key", s(&pki.server_key)],
+        &[
+            "--preset",
+            "tiny",
+            "--run",
+            s(&run),
+            "--listen",
+            "0.0.0.0:0",
+            "--tls-cert",
+            s(&pki.server_cert),
+            "--tls-key",
+            s(&pki.server_key),
+        ],
     );
     assert_eq!(p.wait(Duration::from_secs(60)), 2);
     assert!(p.output().contains("refusing to listen on 0.0.0.0:0 without credentials"), "{}", p.output());

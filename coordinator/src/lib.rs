@@ -13,24 +13,27 @@
 //! and [`round::Round`] (the step's all-reduce), [`state::StateHandle`]
 //! (parameters, Adam, EMA on their own thread), [`lifecycle::Lifecycle`]
 //! and [`run_status::RunStatus`] (phase and live numbers), the job
-//! components of [`jobs`], and the [`training::Trainer`] loop that drives
-//! them. [`run`] builds them and hands each service and loop the ones it
-//! uses.
-//!
-//! Over 450 lines and still one concept: `run()` wiring the components
-//! together, in the order they depend on each other.
+//! components of [`jobs`], and the [`training::trainer::Trainer`] loop that drives
+//! them. [`run`] builds them ([`components::Components`]), starts the
+//! tasks beside the loop ([`background::Background`]), trains, and stops
+//! them again.
 
+pub mod background;
 pub mod changes;
+pub mod components;
 pub mod jobs;
 pub mod lifecycle;
 pub mod limits;
 pub mod liveness;
+pub mod options;
 pub mod roster;
 pub mod round;
 pub mod round_slot;
 pub mod run_status;
+pub mod server;
 pub mod service;
 pub mod state;
+pub mod step_record;
 pub mod telemetry;
 pub mod training;
 pub mod work;
@@ -39,57 +42,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ddpm::checkpoint::{self, CheckpointData, Uploader, UploaderConfig};
+use ddpm::checkpoint::{self, CheckpointData};
 use ddpm::config::{RunConfig, TrainConfig};
 use ddpm::data::Dataset;
-use ddpm::proto::coordinator_server::CoordinatorServer;
-use ddpm::proto::jobs_server::JobsServer;
 use ddpm::store::lease::{Identity, RunLease};
 use ddpm::store::{RunStore, StoreOptions};
-use ddpm::wire;
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
 
-use jobs::{JobContext, JobQueue, PinnedWeights, ResultRouter};
+use background::Background;
+use components::Components;
+use jobs::queue::JobQueue;
 use lifecycle::{Lifecycle, Phase};
-use roster::Roster;
-use round_slot::RoundSlot;
-use run_status::RunStatus;
-use state::StateHandle;
-use telemetry::{RunHistory, Telemetry};
-use training::{Summary, Trainer};
-
-/// What `ddpm-coord` was asked to do.
-#[derive(Debug, Clone)]
-pub struct CoordOptions {
-    pub config: TrainConfig,
-    /// How many workers to wait for before the first step, and how long.
-    pub start: training::start::StartPolicy,
-    /// Where the run's outputs go: a local directory or `s3://bucket/prefix`.
-    pub run: String,
-    /// How to reach an S3-compatible store (also for `s3://` datasets).
-    pub store: StoreOptions,
-    /// Refuse to start on a run that already has checkpoints (instead of
-    /// resuming from the latest).
-    pub fresh: bool,
-    /// Keep serving jobs after the last step, until SIGTERM/Ctrl-C.
-    pub serve: bool,
-    /// Time to live of the run lease (renewed every third of it).
-    pub lease_ttl: Duration,
-    /// The run's tokens (none: an open run, on loopback or `--insecure`).
-    pub access: service::access::Access,
-    /// Places job requests may read besides the run and its dataset
-    /// (directories or `s3://bucket/prefix`).
-    pub job_roots: Vec<String>,
-    /// TLS on the port (none: plain text).
-    pub tls: Option<wire::tls::ServerTls>,
-    /// How much any peer can make the coordinator hold.
-    pub limits: limits::Limits,
-    /// Where to serve `/metrics` and the dashboard (none: nowhere).
-    pub metrics_listen: Option<String>,
-    /// On a finished run, how long to tell connecting workers it is over.
-    pub finished_linger: Duration,
-}
+use options::CoordOptions;
+use training::summary::Summary;
+use training::trainer::Trainer;
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
 /// refuses to, with `fresh`), and trains on `listener` until the run ends.
@@ -100,23 +66,19 @@ pub async fn run(
     opts: CoordOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
-    let config = opts.config.clone();
-    config.validate()?;
-    config.check_world_size(opts.start.workers)?;
-    opts.limits.check(opts.start.workers)?;
+    opts.check()?;
     let store = RunStore::open(&opts.run, &opts.store)?;
     store.check().await?;
-    let dataset = open_dataset(&config, &opts.store).await?;
+    let dataset = open_dataset(&opts.config, &opts.store).await?;
     let resume = resume_point(&store, opts.fresh).await?;
     // A finished run started again changes nothing: without --serve it
     // ends here, before taking the lease; with it, it only serves jobs.
-    let finished = training::finished_run(&store, &config, resume.as_ref()).await;
-    if let Some(done) = &finished {
-        if !opts.serve {
-            tracing::info!(run = %store.url(), steps = done.steps, "the run is already finished (summary.json): nothing to do; raise --steps to train on, or use another --run");
-            service::finished::answer_for(listener, opts.tls.as_ref(), opts.start.workers, opts.finished_linger, shutdown).await?;
-            return Ok(done.clone());
-        }
+    let finished = training::finished_run(&store, &opts.config, resume.as_ref()).await;
+    if let Some(done) = finished.as_ref().filter(|_| !opts.serve) {
+        tracing::info!(run = %store.url(), steps = done.steps, "the run is already finished (summary.json): nothing to do; raise --steps to train on, or use another --run");
+        let linger = opts.finished_linger;
+        service::finished::answer_for(listener, opts.tls.as_ref(), opts.start.workers, linger, shutdown).await?;
+        return Ok(done.clone());
     }
     let addr: SocketAddr = listener.local_addr()?;
     let lease = Arc::new(RunLease::acquire(&store, &Identity::this_process(&addr.to_string()), opts.lease_ttl).await?);
@@ -127,187 +89,28 @@ pub async fn run(
     let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
     // A start-up failure from here on hands the lease back, so that the
     // next start need not wait for it to expire.
-    macro_rules! or_release {
-        ($e:expr) => {
-            match $e {
-                Ok(v) => v,
-                Err(e) => {
-                    lease.release().await;
-                    return Err(e.into());
-                }
-            }
-        };
-    }
-    let state = or_release!(StateHandle::start(config.clone(), resume, dataset.len()));
-    let run_config = RunConfig {
-        train: config.clone(),
-        decoder: dataset.decoder(),
-        param_count: state.layout.total as u64,
-        layout_hash: state.layout.hash(),
-    };
-    tracing::info!(%addr, params = state.layout.total, run = %store.url(), "coordinator listening");
-
-    // The components, each owning its state.
-    let roster = Arc::new(Roster::with_limit(opts.limits.members(opts.start.workers)));
-    let rounds = Arc::new(RoundSlot::default());
-    let lifecycle = Arc::new(Lifecycle::default());
-    let checkpoints = match checkpoint::list(&store).await {
-        Ok(list) => list.iter().filter(|c| c.complete).map(|c| c.step).collect(),
+    let (parts, background) = match start(listener, &opts, store, dataset, resume, lease.clone(), shutdown).await {
+        Ok(started) => started,
         Err(e) => {
-            tracing::warn!("cannot list the run's checkpoints for the status: {e}");
-            vec![state.start_step].into_iter().filter(|&s| s > 0).collect()
+            lease.release().await;
+            return Err(e);
         }
-    };
-    let status = Arc::new(RunStatus::starting_at(state.start_step, checkpoints));
-    // Job ids go on from the run's earlier starts: outputs never collide.
-    let last_job = or_release!(jobs::outputs::last_job_id(&store).await);
-    let queue = Arc::new(JobQueue::numbered_after(last_job).with_limit(opts.limits.max_queued_jobs));
-    let pinned = Arc::new(PinnedWeights::default());
-    let results = Arc::new(ResultRouter::default());
-
-    let telemetry = Telemetry::new(telemetry::Sources {
-        status: status.clone(),
-        roster: roster.clone(),
-        queue: queue.clone(),
-        lifecycle: lifecycle.clone(),
-        total_steps: config.train.steps,
-        workers_expected: opts.start.workers,
-        reduction: config.dist.backend,
-    });
-    let history = Arc::new(RunHistory::default());
-    // The earlier starts' rows, for the dashboard, without holding up training.
-    let history_load = {
-        let (history, store, upto) = (history.clone(), store.clone(), state.start_step);
-        tokio::spawn(async move { history.load(&store, upto).await })
-    };
-    let metrics_port = match &opts.metrics_listen {
-        Some(addr) => Some(or_release!(telemetry::start_port(addr, &telemetry, history.clone(), store.clone()).await)),
-        None => None,
-    };
-
-    let (uploader, mut events) = Uploader::start(store.clone(), UploaderConfig::from_config(&config.checkpoint));
-    // The uploader logs every event itself; the status and the metrics
-    // show where checkpointing stands.
-    let drain = {
-        let telemetry = telemetry.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.recv().await {
-                telemetry.upload_event(&e);
-            }
-        })
-    };
-
-    let coordinator = service::CoordService {
-        run_config_json: or_release!(serde_json::to_string(&run_config)),
-        run_config,
-        state: state.clone(),
-        roster: roster.clone(),
-        rounds: rounds.clone(),
-        pinned: pinned.clone(),
-        results: results.clone(),
-        status: status.clone(),
-        lifecycle: lifecycle.clone(),
-        run_url: store.url().to_string(),
-        workers_expected: opts.start.workers,
-    };
-    let roots = jobs::roots::JobRoots::new(&opts.run, config.data.spec.as_ref(), &opts.job_roots);
-    let jobs_service =
-        jobs::service::JobsService::new(queue.clone(), store.clone(), config.diffusion.num_timesteps, dataset.len(), roots);
-    let server_stop = Arc::new(Notify::new());
-    let health = ddpm::observe::health::Health::new(&telemetry::HEALTH_SERVICES, true).await;
-    let health_watch = tokio::spawn(telemetry::watch_health(health.clone(), lifecycle.clone()));
-    let server = tokio::spawn(serve(
-        listener,
-        coordinator,
-        jobs_service,
-        health,
-        Gates { access: opts.access.clone(), tls: opts.tls.clone(), limits: opts.limits.clone() },
-        server_stop.clone(),
-    ));
-    let heartbeat_timeout = Duration::from_secs_f64(config.dist.heartbeat_timeout_s);
-    let reaper = tokio::spawn(liveness::reap_silent_members(roster.clone(), rounds.clone(), heartbeat_timeout));
-    let job_context = JobContext {
-        config: config.clone(),
-        roster: roster.clone(),
-        lifecycle: lifecycle.clone(),
-        queue: queue.clone(),
-        pinned,
-        results,
-        references: Default::default(),
-        state: state.clone(),
-        store: store.clone(),
-        dataset: dataset.clone(),
-        store_options: opts.store.clone(),
-    };
-    let scheduler = tokio::spawn(jobs::scheduler::run(Arc::new(job_context)));
-    let keeper = {
-        let (lease, lifecycle) = (lease.clone(), lifecycle.clone());
-        tokio::spawn(async move { lease.keep(|_| lifecycle.request_stop()).await })
-    };
-        let signal = {
-        let lifecycle = lifecycle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::warn!("stop requested: finishing the current step, then checkpointing");
-            lifecycle.request_stop();
-        })
-    };
-
-    let trainer = Trainer {
-        config,
-        start: opts.start.clone(),
-        run: opts.run.clone(),
-        store,
-        dataset,
-        state,
-        start_skipped,
-        roster: roster.clone(),
-        rounds,
-        lifecycle: lifecycle.clone(),
-        status,
-        queue: queue.clone(),
-        telemetry,
-        history,
     };
     let result = match finished {
         Some(done) => {
-            lifecycle.set_phase(Phase::Done);
+            parts.lifecycle.set_phase(Phase::Done);
             Ok(done)
         }
-        None => trainer.train(&uploader).await,
-    };
-    lifecycle.end_training();
-    if result.is_ok() {
-        serve_jobs(&lifecycle, &queue, opts.serve).await;
-    }
-    scheduler.abort();
-    signal.abort();
-    let finished = matches!(&result, Ok(s) if !s.stopped);
-    lifecycle.begin_shutdown(finished);
-    roster.shutdown_all(if finished { "the run is over" } else { "the coordinator stops; the run goes on when it starts again" }, finished);
-    uploader.close().await;
-    drain.abort();
-    // Give workers a moment to pick up the shutdown before the server goes.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    reaper.abort();
-    server_stop.notify_one();
-    // Graceful, but bounded: a hung worker's open calls (its Attach stream)
-    // would hold the server forever.
-    let mut server = server;
-    if tokio::time::timeout(Duration::from_secs(2), &mut server).await.is_err() {
-        tracing::warn!("calls still open 2 s after the run ended (a hung worker?); closing them");
-        server.abort();
-    }
-    keeper.abort();
-    health_watch.abort();
-    history_load.abort();
-    if let Some(mut port) = metrics_port {
-        // Stopped with the lifecycle's shutdown; bounded like the gRPC server.
-        if tokio::time::timeout(Duration::from_secs(2), &mut port).await.is_err() {
-            tracing::warn!("the metrics port still had requests open 2 s after the run ended; closing it");
-            port.abort();
+        None => {
+            let trainer = Trainer::new(&parts, opts.config.clone(), opts.start.clone(), opts.run.clone(), start_skipped);
+            trainer.train(background.uploader()).await
         }
+    };
+    parts.lifecycle.end_training();
+    if result.is_ok() {
+        serve_jobs(&parts.lifecycle, &parts.queue, opts.serve).await;
     }
+    background.stop(&parts, matches!(&result, Ok(s) if !s.stopped)).await;
     if let Some(why) = lease.lost() {
         anyhow::bail!("this coordinator lost the run lease ({why}) and stopped; the run belongs to the coordinator that took it");
     }
@@ -315,49 +118,29 @@ pub async fn run(
     result
 }
 
-/// What stands between the port and the services: tokens, TLS, caps.
-struct Gates {
-    access: service::access::Access,
-    tls: Option<wire::tls::ServerTls>,
-    limits: limits::Limits,
-}
-
-/// The gRPC server with limits and windows set for bulk transfer.
-async fn serve(
+/// Builds the run's components on `store` (resumed from `resume`) and
+/// starts the tasks beside the training loop, serving on `listener`.
+async fn start(
     listener: TcpListener,
-    coordinator: service::CoordService,
-    jobs_service: jobs::service::JobsService,
-    health: ddpm::observe::health::Health,
-    gates: Gates,
-    stop: Arc<Notify>,
-) -> Result<(), tonic::transport::Error> {
-    let coordinator = CoordinatorServer::new(coordinator)
-        .max_decoding_message_size(wire::MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(wire::MAX_MESSAGE_BYTES);
-    let coordinator = tonic::service::interceptor::InterceptedService::new(coordinator, gates.access.coordinator_gate());
-    let jobs = JobsServer::new(jobs_service).max_decoding_message_size(limits::MAX_JOB_REQUEST_BYTES);
-    let jobs = tonic::service::interceptor::InterceptedService::new(jobs, gates.access.jobs_gate());
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &gates.tls {
-        builder = builder.tls_config(tls.config())?;
-    }
-    builder
-        .initial_stream_window_size(Some(8 << 20))
-        .initial_connection_window_size(Some(32 << 20))
-        .max_frame_size(Some(wire::MAX_FRAME_BYTES))
-        .max_concurrent_streams(Some(limits::MAX_STREAMS_PER_CONNECTION))
-        // A peer that vanished without closing (a cut cable, a frozen VM)
-        // frees its connection when the pings go unanswered.
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .add_service(coordinator)
-        .add_service(jobs)
-        // Probes carry no token: the health service is outside the gates.
-        .add_service(health.service())
-        .serve_with_incoming_shutdown(service::incoming::capped(listener, gates.limits.max_connections), async move {
-            stop.notified().await
-        })
-        .await
+    opts: &CoordOptions,
+    store: RunStore,
+    dataset: Arc<dyn Dataset>,
+    resume: Option<CheckpointData>,
+    lease: Arc<RunLease>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(Components, Background)> {
+    let addr = listener.local_addr()?;
+    let parts = Components::start(&opts.config, store, dataset, resume, &opts.limits, &opts.start).await?;
+    let layout = &parts.state.layout;
+    let run_config = RunConfig {
+        train: opts.config.clone(),
+        decoder: parts.dataset.decoder(),
+        param_count: layout.total as u64,
+        layout_hash: layout.hash(),
+    };
+    tracing::info!(%addr, params = layout.total, run = %parts.store.url(), "coordinator listening");
+    let background = Background::start(listener, opts, &parts, run_config, lease, shutdown).await?;
+    Ok((parts, background))
 }
 
 /// Refuses to serve an open run (no tokens) on an address other hosts can
@@ -396,11 +179,10 @@ async fn open_dataset(config: &TrainConfig, store: &StoreOptions) -> anyhow::Res
     let spec = config.data.spec.clone().ok_or_else(|| anyhow::anyhow!("no dataset: pass --data SPEC"))?;
     let local_spec = ddpm::data::fetch_remote(&spec, store).await?;
     let resolution = config.model.image_size as usize;
-    let dataset: Arc<dyn Dataset> = tokio::task::spawn_blocking(move || {
-        ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) })
-    })
-    .await??
-    .into();
+    let dataset: Arc<dyn Dataset> =
+        tokio::task::spawn_blocking(move || ddpm::data::open(&local_spec, &ddpm::data::OpenOptions { resolution: Some(resolution) }))
+            .await??
+            .into();
     tracing::info!(data = %spec, samples = dataset.len(), "dataset opened");
     Ok(dataset)
 }

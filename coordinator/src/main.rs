@@ -11,9 +11,11 @@ use ddpm::exit;
 use ddpm::store::StoreArgs;
 use ddpm::wire::auth;
 use ddpm::wire::tls::ServerTls;
+use ddpm_coord::options::CoordOptions;
+use ddpm_coord::run;
 use ddpm_coord::service::access::Access;
-use ddpm_coord::training::start::{StartPolicy, StartTimeout};
-use ddpm_coord::{run, CoordOptions};
+use ddpm_coord::training::start::{StartPolicy, StartPolicyError, StartTimeout};
+use ddpm_coord::training::summary::Summary;
 
 /// The coordinator of a data-parallel DDPM training run.
 ///
@@ -190,35 +192,48 @@ fn access(args: &Args) -> anyhow::Result<(Access, Option<ServerTls>)> {
     Ok((access, tls))
 }
 
-fn parse_ttl(s: &str) -> Result<f64, String> {
+/// A flag's value that does not parse (clap prints it with the flag).
+#[derive(Debug, thiserror::Error)]
+enum FlagError {
+    #[error("{0:?} is no lease time to live: give seconds, at least 1")]
+    Ttl(String),
+    #[error("{0:?} is no number of seconds: give a number, 0 or more")]
+    Seconds(String),
+    #[error("unknown gradient dtype {0:?}: use f32 or bf16")]
+    Dtype(String),
+    #[error("unknown reduction backend {0:?}: use coordinator, ring, nccl or auto")]
+    Backend(String),
+}
+
+fn parse_ttl(s: &str) -> Result<f64, FlagError> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 1.0 => Ok(v),
-        _ => Err(format!("{s:?} is no lease time to live: give seconds, at least 1")),
+        _ => Err(FlagError::Ttl(s.to_string())),
     }
 }
 
-fn parse_seconds(s: &str) -> Result<f64, String> {
+fn parse_seconds(s: &str) -> Result<f64, FlagError> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => Err(format!("{s:?} is no number of seconds: give a number, 0 or more")),
+        _ => Err(FlagError::Seconds(s.to_string())),
     }
 }
 
-fn parse_dtype(s: &str) -> Result<GradDtype, String> {
+fn parse_dtype(s: &str) -> Result<GradDtype, FlagError> {
     match s {
         "f32" => Ok(GradDtype::F32),
         "bf16" => Ok(GradDtype::Bf16),
-        _ => Err(format!("unknown gradient dtype {s:?}: use f32 or bf16")),
+        _ => Err(FlagError::Dtype(s.to_string())),
     }
 }
 
-fn parse_backend(s: &str) -> Result<Backend, String> {
+fn parse_backend(s: &str) -> Result<Backend, FlagError> {
     match s {
         "coordinator" => Ok(Backend::Coordinator),
         "ring" => Ok(Backend::Ring),
         "nccl" => Ok(Backend::Nccl),
         "auto" => Ok(Backend::Auto),
-        _ => Err(format!("unknown reduction backend {s:?}: use coordinator, ring, nccl or auto")),
+        _ => Err(FlagError::Backend(s.to_string())),
     }
 }
 
@@ -252,11 +267,11 @@ fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
     }
     c.validate()?;
     c.check_world_size(args.workers)?;
-    start_policy(args).map_err(anyhow::Error::msg)?;
+    start_policy(args)?;
     Ok(c)
 }
 
-fn start_policy(args: &Args) -> Result<StartPolicy, String> {
+fn start_policy(args: &Args) -> Result<StartPolicy, StartPolicyError> {
     let policy = StartPolicy {
         workers: args.workers,
         min_workers: args.min_workers.unwrap_or(args.workers),
@@ -290,41 +305,22 @@ fn main() -> ExitCode {
     args.log.init();
     let config = match resolve(&args) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return exit::code(exit::USAGE);
-        }
+        Err(e) => return usage_error(e),
     };
     if args.check_config {
-        return match check_only(&args, &config) {
-            Ok(toml) => {
-                println!("{toml}");
-                eprintln!("config ok: {} steps, global batch {}, {} workers", config.train.steps, config.train.batch_size, args.workers);
-                exit::code(exit::DONE)
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                exit::code(exit::USAGE)
-            }
-        };
+        return check_config(&args, &config);
     }
     // Validated by resolve().
     let Ok(start) = start_policy(&args) else { return exit::code(exit::USAGE) };
-    let run_location = match &args.run {
-        Some(r) => r.clone(),
-        None => {
-            let dir = new_run_dir();
-            // Scripts read the run from this line, as they read the address.
-            println!("new run: {dir} (to resume it later, pass --run {dir})");
-            dir
-        }
-    };
+    let run_location = args.run.clone().unwrap_or_else(|| {
+        let dir = new_run_dir();
+        // Scripts read the run from this line, as they read the address.
+        println!("new run: {dir} (to resume it later, pass --run {dir})");
+        dir
+    });
     let (access, tls) = match access(&args).and_then(|a| args.limits.check(args.workers).map(|()| a)) {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return exit::code(exit::USAGE);
-        }
+        Err(e) => return usage_error(e),
     };
     if args.threads > 0 {
         tch::set_num_threads(args.threads);
@@ -336,29 +332,51 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let opts = CoordOptions {
+        config,
+        start,
+        run: run_location,
+        store: args.store.options(),
+        fresh: args.fresh,
+        serve: args.serve,
+        lease_ttl: Duration::from_secs_f64(args.lease_ttl),
+        access,
+        job_roots: args.job_roots.clone(),
+        tls,
+        limits: args.limits.clone(),
+        metrics_listen: args.metrics_listen.clone(),
+        finished_linger: Duration::from_secs_f64(args.finished_linger),
+    };
     let result = rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+        let listener =
+            tokio::net::TcpListener::bind(&args.listen).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
         // Tests and scripts read the chosen address from this line.
         println!("listening on {}", listener.local_addr()?);
-        let opts = CoordOptions {
-            config,
-            start,
-            run: run_location,
-            store: args.store.options(),
-            fresh: args.fresh,
-            serve: args.serve,
-            lease_ttl: std::time::Duration::from_secs_f64(args.lease_ttl),
-            access,
-            job_roots: args.job_roots.clone(),
-            tls,
-            limits: args.limits.clone(),
-            metrics_listen: args.metrics_listen.clone(),
-            finished_linger: Duration::from_secs_f64(args.finished_linger),
-        };
         run(listener, opts, ddpm::runtime::shutdown_signal()).await
     });
+    ended(result)
+}
+
+/// A usage error: its message, and the exit code that says so.
+fn usage_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    exit::code(exit::USAGE)
+}
+
+/// `--check-config`: prints the resolved config, or why it cannot run.
+fn check_config(args: &Args, config: &TrainConfig) -> ExitCode {
+    match check_only(args, config) {
+        Ok(toml) => {
+            println!("{toml}");
+            eprintln!("config ok: {} steps, global batch {}, {} workers", config.train.steps, config.train.batch_size, args.workers);
+            exit::code(exit::DONE)
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+/// What the run's end prints, and its exit code.
+fn ended(result: anyhow::Result<Summary>) -> ExitCode {
     match result {
         Ok(summary) => {
             let code = if summary.stopped { exit::STOPPED } else { exit::DONE };

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use ddpm::checkpoint::UploadEvent;
 
-use crate::training::StepMetrics;
+use crate::step_record::{self, StepMetrics};
 
 /// A copy of the live numbers.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -44,7 +44,7 @@ impl StatusInfo {
     /// Seconds to step `total` at this start's pace (`None` before this
     /// start's first step).
     pub fn eta_s(&self, total: u64) -> Option<f64> {
-        crate::training::eta_s(self.elapsed_s, self.step.saturating_sub(self.resumed_from), total.saturating_sub(self.step))
+        step_record::eta_s(self.elapsed_s, self.step.saturating_sub(self.resumed_from), total.saturating_sub(self.step))
     }
 }
 
@@ -127,7 +127,14 @@ mod tests {
         assert_eq!(s.get().unsaved_steps(), 4);
         s.upload_event(&UploadEvent::Failed { step: 12, attempts: 3, error: "no space".into() });
         assert_eq!(s.get().checkpoint_error.as_deref(), Some("the checkpoint of step 12 was not saved: no space"));
-        s.upload_event(&UploadEvent::Saved { step: 14, reason: ddpm::checkpoint::Reason::Steps, bytes: 1, seconds: 0.1, attempts: 1, pruned: vec![5] });
+        s.upload_event(&UploadEvent::Saved {
+            step: 14,
+            reason: ddpm::checkpoint::Reason::Steps,
+            bytes: 1,
+            seconds: 0.1,
+            attempts: 1,
+            pruned: vec![5],
+        });
         let info = s.get();
         assert_eq!((info.last_checkpoint, info.unsaved_steps(), info.checkpoint_error), (14, 0, None));
         assert_eq!(info.checkpoints, vec![10, 14]);

@@ -129,8 +129,7 @@ impl StateHandle {
                 }
             }
         })?;
-        let (layout, start_step) =
-            ready_rx.recv().map_err(|_| anyhow::anyhow!("the state thread died while starting"))??;
+        let (layout, start_step) = ready_rx.recv().map_err(|_| anyhow::anyhow!("the state thread died while starting"))??;
         Ok(Self { tx, layout: std::sync::Arc::new(layout), start_step, spare })
     }
 

@@ -4,7 +4,8 @@
 
 use tch::{Device, Tensor};
 
-use super::{CheckpointData, CheckpointError};
+use super::data::CheckpointData;
+use super::error::CheckpointError;
 use crate::config::TrainConfig;
 use crate::data::OrderState;
 use crate::train::flat::to_vec_f32;
@@ -20,12 +21,7 @@ impl CheckpointData {
             step: state.step,
             adam_step: state.adam.step,
             skipped_steps,
-            order: OrderState {
-                seed: config.train.seed,
-                dataset_len,
-                batch_size: config.train.batch_size,
-                step: state.step,
-            },
+            order: OrderState { seed: config.train.seed, dataset_len, batch_size: config.train.batch_size, step: state.step },
             config: config.clone(),
             layout: state.model.layout.clone(),
             params: to_vec_f32(&state.model.flat),

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
+use super::data::CheckpointData;
+use super::error::CheckpointError;
 use super::format::{self, RngState, StateFile};
-use super::{CheckpointData, CheckpointError};
 use crate::config::TrainConfig;
 use crate::train::flat::Layout;
 
@@ -105,19 +106,15 @@ pub fn encode(data: &CheckpointData) -> Result<Encoded, CheckpointError> {
 /// Rebuilds a checkpoint from its data files (already checked against the
 /// manifest), checking that they agree with each other.
 pub fn decode(step: u64, files: &HashMap<String, Bytes>) -> Result<CheckpointData, CheckpointError> {
-    let get = |name: &str| {
-        files.get(name).ok_or_else(|| CheckpointError::Torn { step, problem: format!("{name} is missing") })
-    };
+    let get = |name: &str| files.get(name).ok_or_else(|| CheckpointError::Torn { step, problem: format!("{name} is missing") });
     let bad = |file: &str, reason: String| CheckpointError::Format { step, file: file.to_string(), reason };
 
-    let state: StateFile =
-        serde_json::from_slice(get(format::STATE_FILE)?).map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
+    let state: StateFile = serde_json::from_slice(get(format::STATE_FILE)?).map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
     if state.step != step {
         return Err(bad(format::STATE_FILE, format!("says step {} in the directory of step {step}", state.step)));
     }
     let text = std::str::from_utf8(get(format::CONFIG_FILE)?).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
-    let config =
-        TrainConfig::from_toml_str(text, &TrainConfig::default()).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
+    let config = TrainConfig::from_toml_str(text, &TrainConfig::default()).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
 
     let model = get(format::MODEL_FILE)?;
     let layout: Layout = format::layout_of(step, format::MODEL_FILE, model)?;

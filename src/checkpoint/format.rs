@@ -21,7 +21,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::CheckpointError;
+use super::error::CheckpointError;
 use crate::data::OrderState;
 use crate::train::flat::Layout;
 
@@ -205,11 +205,7 @@ fn read_le_f32(bytes: &[u8], dst: &mut [f32]) {
 
 /// A safetensors file of flat buffers cut per parameter: for each
 /// `(prefix, buffer)`, one f32 tensor `{prefix}{name}` per layout entry.
-pub fn encode_tensors(
-    layout: &Layout,
-    buffers: &[(&str, &[f32])],
-    metadata: HashMap<String, String>,
-) -> Result<Bytes, CheckpointError> {
+pub fn encode_tensors(layout: &Layout, buffers: &[(&str, &[f32])], metadata: HashMap<String, String>) -> Result<Bytes, CheckpointError> {
     let host: Vec<Vec<u8>> = buffers.iter().map(|(_, b)| le_bytes(b)).collect();
     let mut views = Vec::with_capacity(layout.entries.len() * buffers.len());
     for ((prefix, _), bytes) in buffers.iter().zip(&host) {
@@ -239,16 +235,9 @@ pub type Decoded = (Vec<Vec<f32>>, HashMap<String, String>);
 /// Gathers `{prefix}{name}` for every layout entry of a safetensors file
 /// into one flat buffer; every tensor must be f32 of the layout's shape,
 /// and the file must hold no tensor the prefixes do not account for.
-pub fn decode_tensors(
-    step: u64,
-    file: &str,
-    bytes: &[u8],
-    layout: &Layout,
-    prefixes: &[&str],
-) -> Result<Decoded, CheckpointError> {
+pub fn decode_tensors(step: u64, file: &str, bytes: &[u8], layout: &Layout, prefixes: &[&str]) -> Result<Decoded, CheckpointError> {
     let bad = |reason: String| format_err(step, file, reason);
-    let (_, meta) =
-        SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let expected = layout.entries.len() * prefixes.len();
     if st.len() != expected {

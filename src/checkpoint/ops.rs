@@ -12,9 +12,10 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::future::try_join_all;
 
+use super::data::CheckpointData;
 use super::encode::{self, Encoded};
+use super::error::CheckpointError;
 use super::format::{self, FileEntry, Manifest};
-use super::{CheckpointData, CheckpointError};
 use crate::store::{ObjectInfo, RunStore, StoreError};
 
 /// What [`write`] did.
@@ -85,11 +86,7 @@ pub async fn write_encoded(store: &RunStore, enc: &Encoded) -> Result<WriteRepor
         step,
         created: Utc::now(),
         ddpm_version: env!("CARGO_PKG_VERSION").into(),
-        files: enc
-            .files
-            .iter()
-            .map(|f| FileEntry { name: f.name.into(), bytes: f.bytes.len() as u64, sha256: f.sha256.clone() })
-            .collect(),
+        files: enc.files.iter().map(|f| FileEntry { name: f.name.into(), bytes: f.bytes.len() as u64, sha256: f.sha256.clone() }).collect(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Invalid { reason: e.to_string() })?;
     store.put(&key(step, format::MANIFEST_FILE), Bytes::from(json)).await?;
@@ -123,8 +120,7 @@ pub async fn list(store: &RunStore) -> Result<Vec<CheckpointInfo>, CheckpointErr
 async fn inspect(store: &RunStore, step: u64, objects: &[ObjectInfo]) -> Result<CheckpointInfo, CheckpointError> {
     let bytes = objects.iter().map(|o| o.size).sum();
     let newest = objects.iter().map(|o| o.last_modified).max().unwrap_or_else(Utc::now);
-    let sizes: HashMap<&str, u64> =
-        objects.iter().filter_map(|o| Some((o.key.rsplit('/').next()?, o.size))).collect();
+    let sizes: HashMap<&str, u64> = objects.iter().filter_map(|o| Some((o.key.rsplit('/').next()?, o.size))).collect();
     let torn = |problem: String| CheckpointInfo { step, created: newest, bytes, complete: false, problem: Some(problem) };
     if !sizes.contains_key(format::MANIFEST_FILE) {
         return Ok(torn("no manifest.json: data without a manifest (an upload that did not finish)".into()));

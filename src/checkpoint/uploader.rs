@@ -23,7 +23,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::{encode, ops, CheckpointData, CheckpointError, Reason};
+use super::data::CheckpointData;
+use super::error::CheckpointError;
+use super::policy::Reason;
+use super::{encode, ops};
 use crate::config::CheckpointConfig;
 use crate::store::RunStore;
 
@@ -139,11 +142,7 @@ impl Uploader {
     pub fn submit(&self, data: CheckpointData, reason: Reason) -> Option<u64> {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
         let step = data.step;
-        let old = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(Job {
-            seq,
-            reason,
-            data: Arc::new(data),
-        });
+        let old = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(Job { seq, reason, data: Arc::new(data) });
         self.shared.wake.notify_one();
         let replaced = old.map(|j| j.data.step);
         if let Some(old_step) = replaced {
@@ -245,7 +244,14 @@ async fn upload(shared: &Shared, store: &RunStore, config: &UploaderConfig, job:
                     }
                 };
                 let seconds = start.elapsed().as_secs_f64();
-                return shared.emit(UploadEvent::Saved { step, reason: job.reason, bytes: report.bytes, seconds, attempts: attempt, pruned });
+                return shared.emit(UploadEvent::Saved {
+                    step,
+                    reason: job.reason,
+                    bytes: report.bytes,
+                    seconds,
+                    attempts: attempt,
+                    pruned,
+                });
             }
             Err(e) => e,
         };

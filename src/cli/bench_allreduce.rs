@@ -52,7 +52,6 @@ pub struct AllreduceArgs {
     pub no_baseline: bool,
 }
 
-
 /// GB/s of one TCP stream on loopback writing `bytes` (best of 3).
 fn raw_tcp_gbps(bytes: usize) -> anyhow::Result<f64> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -191,9 +190,8 @@ async fn coordinator_member(addr: String, dtype: GradDtype) -> anyhow::Result<Ti
     let mut applied = 0;
     let mut chunks: Option<Vec<Bytes>> = None;
     while let Some(a) = m.next(applied).await? {
-        let encoded = chunks.get_or_insert_with(|| {
-            wire::chunk_ranges(m.total, a.chunk_elements as usize).map(|r| wire::encode(&grad[r], dtype)).collect()
-        });
+        let encoded = chunks
+            .get_or_insert_with(|| wire::chunk_ranges(m.total, a.chunk_elements as usize).map(|r| wire::encode(&grad[r], dtype)).collect());
         let mut msgs = vec![m.header(&a, dtype, Vec::new())];
         msgs.extend(encoded.iter().enumerate().map(|(i, d)| proto::GradientMessage {
             kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index: i as u32, data: d.clone() })),
@@ -249,7 +247,10 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
                 }
             }
         });
-        let reduced = plan.all_reduce(&peers, spec, work, owned_tx, None).await.map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
+        let reduced = plan
+            .all_reduce(&peers, spec, work, owned_tx, None)
+            .await
+            .map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
         let ring_s = start.elapsed().as_secs_f64();
         anyhow::ensure!(reduced.len() == m.total);
         work = reduced;
@@ -268,7 +269,14 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
 /// The ring alone: `n` members in this process over loopback TCP, no
 /// coordinator (what gloo's number is: the data plane only). Median seconds
 /// of `steps` all-reduces after one warm-up, the slowest member's each time.
-async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDtype, steps: u64, shm: bool) -> anyhow::Result<(f64, &'static str)> {
+async fn ring_alone(
+    n: usize,
+    total: usize,
+    chunk_elements: usize,
+    dtype: GradDtype,
+    steps: u64,
+    shm: bool,
+) -> anyhow::Result<(f64, &'static str)> {
     let mut listeners = Vec::new();
     for _ in 0..n {
         listeners.push(std::sync::Arc::new(PeerListener::bind("127.0.0.1:0", |a| a.to_string()).await?));
@@ -286,20 +294,14 @@ async fn ring_alone(n: usize, total: usize, chunk_elements: usize, dtype: GradDt
                 let mut buf = std::mem::take(&mut work[rank]);
                 buf.copy_from_slice(&grad);
                 tokio::spawn(async move {
-                    let spec = RingSpec {
-                        n,
-                        rank,
-                        total,
-                        chunk_elements,
-                        dtype,
-                        weight: 1.0 / n as f32,
-                        peer_timeout: plan.timeout,
-                        shm,
-                    };
+                    let spec = RingSpec { n, rank, total, chunk_elements, dtype, weight: 1.0 / n as f32, peer_timeout: plan.timeout, shm };
                     // Nobody takes the owned segment: gloo uploads nothing either.
                     let (owned, _) = tokio::sync::mpsc::unbounded_channel();
                     let start = Instant::now();
-                    let buf = plan.all_reduce(&peers, spec, buf, owned, None).await.map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
+                    let buf = plan
+                        .all_reduce(&peers, spec, buf, owned, None)
+                        .await
+                        .map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
                     anyhow::Ok((start.elapsed().as_secs_f64(), buf))
                 })
             })
@@ -365,9 +367,22 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
             let dir = tempfile::tempdir()?;
             let log = dir.path().join("coord.log");
             let coord_args: Vec<String> = [
-                "--preset", "cifar10", "--data", "synthetic:shapes", "--samples", "0", "--grad-dtype", &args.dtype,
-                "--backend", backend, "--workers", &n.to_string(), "--steps", &(args.steps + 1).to_string(),
-                "--run", &dir.path().join("run").display().to_string(),
+                "--preset",
+                "cifar10",
+                "--data",
+                "synthetic:shapes",
+                "--samples",
+                "0",
+                "--grad-dtype",
+                &args.dtype,
+                "--backend",
+                backend,
+                "--workers",
+                &n.to_string(),
+                "--steps",
+                &(args.steps + 1).to_string(),
+                "--run",
+                &dir.path().join("run").display().to_string(),
             ]
             .map(String::from)
             .to_vec();

@@ -108,9 +108,6 @@ async fn bench(args: CheckpointBenchArgs) -> anyhow::Result<()> {
     let (w, r) = (median(&writes), median(&reads));
     println!("write (upload, manifest last), median of {}: {w:.2} s = {:.0} MB/s", writes.len(), mb / w);
     println!("read (download + sha256 verify + decode), median of {}: {r:.2} s = {:.0} MB/s", reads.len(), mb / r);
-    println!(
-        "checkpoint every 30 min costs {:.2}% of wall time in background upload",
-        100.0 * (encode_s + w) / 1800.0
-    );
+    println!("checkpoint every 30 min costs {:.2}% of wall time in background upload", 100.0 * (encode_s + w) / 1800.0);
     Ok(())
 }

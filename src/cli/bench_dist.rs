@@ -66,9 +66,26 @@ fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, backend: &str) -
     let overrides = dir.path().join("bench.toml");
     std::fs::write(&overrides, "[train]\nlog_every = 1\n")?;
     let coord_args: Vec<String> = [
-        "--preset", &args.preset, "--config", &overrides.display().to_string(), "--data", data, "--workers", &n.to_string(), "--steps", &args.steps.to_string(),
-        "--samples", "0", "--threads", "1", "--batch-size", &batch.to_string(), "--backend", backend,
-        "--run", &run.display().to_string(),
+        "--preset",
+        &args.preset,
+        "--config",
+        &overrides.display().to_string(),
+        "--data",
+        data,
+        "--workers",
+        &n.to_string(),
+        "--steps",
+        &args.steps.to_string(),
+        "--samples",
+        "0",
+        "--threads",
+        "1",
+        "--batch-size",
+        &batch.to_string(),
+        "--backend",
+        backend,
+        "--run",
+        &run.display().to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -98,9 +115,20 @@ fn ddp_images_per_s(args: &DistArgs, model: &ddpm::unet::UNetConfig, n: usize, p
     let unet = dir.join("torch_unet.py");
     std::fs::write(&unet, TORCH_UNET)?;
     let a: Vec<String> = [
-        "--config", &config.display().to_string(), "--world", &n.to_string(), "--batch", &per_worker.to_string(),
-        "--steps", &args.steps.saturating_sub(3).max(3).to_string(), "--warmup", "3", "--threads", &args.threads.to_string(),
-        "--unet-module", &unet.display().to_string(),
+        "--config",
+        &config.display().to_string(),
+        "--world",
+        &n.to_string(),
+        "--batch",
+        &per_worker.to_string(),
+        "--steps",
+        &args.steps.saturating_sub(3).max(3).to_string(),
+        "--warmup",
+        "3",
+        "--threads",
+        &args.threads.to_string(),
+        "--unet-module",
+        &unet.display().to_string(),
     ]
     .map(String::from)
     .to_vec();
@@ -121,8 +149,12 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
     for b in &args.backend {
         anyhow::ensure!(b == "coordinator" || b == "ring", "unknown backend {b:?}: use coordinator or ring");
     }
-    println!("distributed training, preset {} on {data}, loopback, CPU workers with {} thread(s) each; this machine has {} cores",
-        args.preset, args.threads, std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "distributed training, preset {} on {data}, loopback, CPU workers with {} thread(s) each; this machine has {} cores",
+        args.preset,
+        args.threads,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
     println!(
         "{:>8} {:>12} {:>7} {:>10} {:>10} {:>12} {:>14} {:>9} {:>12} {:>9}",
         "workers", "backend", "batch", "img/s", "step ms", "compute ms", "all-reduce ms", "speedup", "vs DDP gloo", "CPU idle"

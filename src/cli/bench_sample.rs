@@ -125,9 +125,20 @@ fn bench_preset(args: &SampleArgs, preset: &str, device: Device) -> anyhow::Resu
     let py = bench_util::python(&args.on.python);
     let steps = if args.full { t } else { args.evals };
     let a: Vec<String> = [
-        "--unet-module", "torch_unet.py", "--config", &config.display().to_string(), "--batch", &args.batch.to_string(),
-        "--steps", &steps.to_string(), "--threads", &args.on.threads.to_string(), "--device", &args.on.device,
-        "--ddim-steps", &DDIM_STEPS.to_string(),
+        "--unet-module",
+        "torch_unet.py",
+        "--config",
+        &config.display().to_string(),
+        "--batch",
+        &args.batch.to_string(),
+        "--steps",
+        &steps.to_string(),
+        "--threads",
+        &args.on.threads.to_string(),
+        "--device",
+        &args.on.device,
+        "--ddim-steps",
+        &DDIM_STEPS.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -135,7 +146,8 @@ fn bench_preset(args: &SampleArgs, preset: &str, device: Device) -> anyhow::Resu
     let modules = [("torch_train_step.py", TORCH_TRAIN), ("torch_unet.py", TORCH_UNET)];
     match bench_util::python_baseline_with(&py, "torch_sample_step.py", TORCH_SCRIPT, &modules, &a) {
         Ok(v) => {
-            let times = |k: &str| median(&v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>()).unwrap_or_default());
+            let times =
+                |k: &str| median(&v[k].as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).collect::<Vec<_>>()).unwrap_or_default());
             let (their_anc, their_ddim) = (times("ancestral"), times("ddim"));
             println!(
                 "PyTorch eager ({}): ancestral {:.2} ms, DDIM {:.2} ms per evaluation",

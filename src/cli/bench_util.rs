@@ -95,16 +95,8 @@ pub fn python_baseline_with(
     for (file, text) in modules {
         std::fs::write(dir.path().join(file), text)?;
     }
-    let out = Command::new(python)
-        .arg(&script)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {python} {name}"))?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{name} failed: {}",
-        String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
-    );
+    let out = Command::new(python).arg(&script).args(args).output().with_context(|| format!("running {python} {name}"))?;
+    anyhow::ensure!(out.status.success(), "{name} failed: {}", String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or(""));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let line = stdout.lines().last().context("no output")?;
     Ok(serde_json::from_str(line)?)

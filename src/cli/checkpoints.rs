@@ -170,9 +170,8 @@ fn human(bytes: u64) -> String {
 /// complete one; torn newer ones are skipped with a warning).
 pub async fn read_checkpoint(store: &RunStore, step: &str) -> anyhow::Result<checkpoint::CheckpointData> {
     if step == "latest" {
-        let loaded = checkpoint::load_latest(store)
-            .await?
-            .ok_or_else(|| checkpoint::CheckpointError::NoCheckpoint { url: store.url().into() })?;
+        let loaded =
+            checkpoint::load_latest(store).await?.ok_or_else(|| checkpoint::CheckpointError::NoCheckpoint { url: store.url().into() })?;
         for s in &loaded.skipped {
             eprintln!("warning: skipped the checkpoint of step {}: {}", s.step, s.problem);
         }

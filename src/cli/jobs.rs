@@ -1,11 +1,10 @@
 //! `ddpm jobs`: submit, follow and cancel a coordinator's sampling and
 //! evaluation jobs over gRPC (the `Jobs` service of `ddpm-coord`).
 
-
+use super::coord_conn::rpc_err;
 use clap::{Args, Subcommand, ValueEnum};
 use ddpm::diffusion::SamplerKind;
 use ddpm::proto::{self, jobs_client::JobsClient};
-use super::coord_conn::rpc_err;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_stream::StreamExt;
 
@@ -275,14 +274,7 @@ async fn run_async(args: JobsArgs) -> anyhow::Result<()> {
             } else {
                 println!("{:>6}  {:<7} {:<10} {:>13}  spec", "id", "kind", "state", "images");
                 for j in &jobs {
-                    println!(
-                        "{:>6}  {:<7} {:<10} {:>13}  {}",
-                        j.job_id,
-                        j.kind,
-                        j.state,
-                        format!("{}/{}", j.done, j.total),
-                        j.spec_json
-                    );
+                    println!("{:>6}  {:<7} {:<10} {:>13}  {}", j.job_id, j.kind, j.state, format!("{}/{}", j.done, j.total), j.spec_json);
                 }
             }
         }

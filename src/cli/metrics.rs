@@ -184,9 +184,8 @@ async fn read_job_record(job: &str, store_args: &StoreArgs) -> anyhow::Result<(s
             )
         }
         Err(e @ StoreError::NotFound { .. }) => {
-            return Err(anyhow::Error::new(e).context(format!(
-                "reading {location} (give an evaluation job's directory, RUN/jobs/NNNNNN, or its metrics.json)"
-            )))
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading {location} (give an evaluation job's directory, RUN/jobs/NNNNNN, or its metrics.json)")))
         }
         Err(e) => return Err(anyhow::Error::new(e).context(format!("reading {location}"))),
     };

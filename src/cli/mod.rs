@@ -1,8 +1,8 @@
 //! The `ddpm` subcommands, one file each.
 
 pub mod bench;
-pub mod bench_checkpoint;
 pub mod bench_allreduce;
+pub mod bench_checkpoint;
 pub mod bench_dist;
 pub mod bench_idle;
 pub mod bench_sample;

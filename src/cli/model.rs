@@ -96,24 +96,8 @@ fn summary(name: &str, c: &UNetConfig, layout: &Layout) -> String {
     // section, resolution, channels, res blocks, attention, resample, params
     let mut rows: Vec<[String; 7]> = vec![
         ["section", "res", "channels", "res blocks", "attention", "resample", "params"].map(String::from),
-        [
-            "time embedding".into(),
-            dash(),
-            layout.temb_channels.to_string(),
-            dash(),
-            dash(),
-            dash(),
-            thousands(params.time_embedding),
-        ],
-        [
-            "conv_in".into(),
-            c.image_size.to_string(),
-            layout.ch.to_string(),
-            dash(),
-            dash(),
-            dash(),
-            thousands(params.conv_in),
-        ],
+        ["time embedding".into(), dash(), layout.temb_channels.to_string(), dash(), dash(), dash(), thousands(params.time_embedding)],
+        ["conv_in".into(), c.image_size.to_string(), layout.ch.to_string(), dash(), dash(), dash(), thousands(params.conv_in)],
     ];
     for (i, (l, n)) in layout.down.iter().zip(&params.down).enumerate() {
         let resample = if l.downsample { "down".into() } else { dash() };
@@ -160,15 +144,7 @@ fn summary(name: &str, c: &UNetConfig, layout: &Layout) -> String {
         dash(),
         thousands(params.out),
     ]);
-    rows.push([
-        "total".into(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        thousands(params.total()),
-    ]);
+    rows.push(["total".into(), String::new(), String::new(), String::new(), String::new(), String::new(), thousands(params.total())]);
     for [section, res, channels, blocks, attn, resample, n] in rows {
         s += &format!("{section:<18}{res:>6}{channels:>10}{blocks:>12}{attn:>11}{resample:>10}{n:>14}\n");
     }

@@ -61,7 +61,10 @@ pub struct SampleArgs {
 
 fn device(spec: &str) -> anyhow::Result<tch::Device> {
     let cuda = |i: usize| -> anyhow::Result<tch::Device> {
-        anyhow::ensure!(tch::Cuda::is_available(), "--device {spec}: libtorch sees no CUDA device (driver missing, or a CPU-only libtorch)");
+        anyhow::ensure!(
+            tch::Cuda::is_available(),
+            "--device {spec}: libtorch sees no CUDA device (driver missing, or a CPU-only libtorch)"
+        );
         let n = tch::Cuda::device_count() as usize;
         anyhow::ensure!(i < n, "--device {spec}: only {n} CUDA device(s) exist");
         Ok(tch::Device::Cuda(i))

@@ -116,7 +116,11 @@ pub fn render(r: &proto::StatusReply, coord: &str) -> String {
     let reduction = if r.reduction.is_empty() { String::new() } else { format!("  (gradients reduced by: {})", r.reduction) };
     let _ = writeln!(out, "workers    {} members, {} expected{reduction}", r.members.len(), r.workers_expected);
     if !r.members.is_empty() {
-        let _ = writeln!(out, "  {:>4}  {:<24} {:<8} {:<5} {:<7} {:>9} {:>9} {:>9}", "id", "name", "device", "role", "state", "last step", "compute", "images/s");
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:<24} {:<8} {:<5} {:<7} {:>9} {:>9} {:>9}",
+            "id", "name", "device", "role", "state", "last step", "compute", "images/s"
+        );
         for m in &r.members {
             let (compute, speed) = if m.compute_s > 0.0 {
                 (format!("{:.2}s", m.compute_s), format!("{:.1}", m.shard_size as f64 / m.compute_s))
@@ -152,11 +156,26 @@ mod tests {
             unsaved_steps: 5,
             checkpoint_error: "no space".into(),
             reduction: "ring".into(),
-            members: vec![proto::MemberStatus { worker_id: 3, name: "a/gpu0".into(), state: "busy".into(), compute_s: 0.5, shard_size: 64, last_step: 25, ..Default::default() }],
+            members: vec![proto::MemberStatus {
+                worker_id: 3,
+                name: "a/gpu0".into(),
+                state: "busy".into(),
+                compute_s: 0.5,
+                shard_size: 64,
+                last_step: 25,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let text = render(&r, "h:1");
-        for want in ["25 / 100  (25.0%)  resumed from step 20", "time left 1h02m", "step 20  (5 steps since)", "! no space", "128.0", "reduced by: ring"] {
+        for want in [
+            "25 / 100  (25.0%)  resumed from step 20",
+            "time left 1h02m",
+            "step 20  (5 steps since)",
+            "! no space",
+            "128.0",
+            "reduced by: ring",
+        ] {
             assert!(text.contains(want), "{want:?} not in\n{text}");
         }
         let j = as_json(&r);

@@ -256,7 +256,11 @@ fn merge_toml(base: &mut toml::Value, top: toml::Value) {
         (toml::Value::Table(b), toml::Value::Table(t)) => {
             for (k, v) in t {
                 match b.get_mut(&k) {
-                    Some(existing) if existing.is_table() && v.is_table() => merge_toml(existing, v),
+                    // A table tagged by `kind` (an enum such as the beta
+                    // schedule) whose kind the overlay changes is replaced
+                    // whole: the preset's fields belong to the old kind
+                    // (`start`/`end` of "linear" are no fields of "cosine").
+                    Some(existing) if existing.is_table() && v.is_table() && !switches_kind(existing, &v) => merge_toml(existing, v),
                     _ => {
                         b.insert(k, v);
                     }
@@ -265,6 +269,11 @@ fn merge_toml(base: &mut toml::Value, top: toml::Value) {
         }
         (b, t) => *b = t,
     }
+}
+
+/// Whether `top` names another `kind` than the tagged table `base`.
+fn switches_kind(base: &toml::Value, top: &toml::Value) -> bool {
+    matches!((base.get("kind"), top.get("kind")), (Some(old), Some(new)) if old != new)
 }
 
 /// A configuration that cannot work, with what to change.

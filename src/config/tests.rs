@@ -29,6 +29,20 @@ fn toml_overlays_a_preset() {
 }
 
 #[test]
+fn toml_switches_a_tagged_table_to_another_kind_and_merges_within_one() {
+    use crate::diffusion::BetaSchedule;
+    let cosine = "[diffusion.beta_schedule]\nkind = \"cosine\"\ns = 0.01\n";
+    let c = TrainConfig::from_toml_str(cosine, &TrainConfig::tiny()).unwrap();
+    assert_eq!(c.diffusion.beta_schedule, BetaSchedule::Cosine { s: 0.01 });
+    // The same kind keeps the preset's other fields.
+    let c = TrainConfig::from_toml_str("[diffusion.beta_schedule]\nend = 0.03\n", &TrainConfig::tiny()).unwrap();
+    assert_eq!(c.diffusion.beta_schedule, BetaSchedule::Linear { start: 1e-4, end: 0.03 });
+    // A new kind without its fields is refused, naming what is missing.
+    let e = TrainConfig::from_toml_str("[diffusion.beta_schedule]\nkind = \"cosine\"\n", &TrainConfig::tiny()).unwrap_err();
+    assert!(e.to_string().contains("missing field `s`"), "{e}");
+}
+
+#[test]
 fn toml_rejects_unknown_keys_and_bad_types() {
     let e = TrainConfig::from_toml_str("[train]\nbatchsize = 8\n", &TrainConfig::tiny()).unwrap_err();
     assert!(e.to_string().contains("batchsize"), "{e}");

@@ -18,7 +18,11 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use super::{pickle, DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat, Split};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{Decoder, SampleFormat};
+use super::error::DataError;
+use super::pickle;
+use super::spec::{DatasetSpec, Split};
 
 pub const SIDE: usize = 32;
 pub const RECORD_PIXELS: usize = 3 * SIDE * SIDE;
@@ -77,11 +81,7 @@ impl Cifar10 {
         let path = spec.path();
         let split = spec.effective_split().unwrap_or(Split::Train);
         let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
-        let (version, files) = if meta.is_dir() {
-            read_folder(path, split)?
-        } else {
-            read_archive(path, split)?
-        };
+        let (version, files) = if meta.is_dir() { read_folder(path, split)? } else { read_archive(path, split)? };
         let mut pixels = Vec::new();
         let mut batches = Vec::new();
         for (name, bytes) in files {
@@ -92,14 +92,7 @@ impl Cifar10 {
             }
             batches.push((name.display().to_string(), start));
         }
-        Ok(Cifar10 {
-            spec: spec.clone(),
-            split,
-            version,
-            source: path.display().to_string(),
-            pixels: Bytes::from(pixels),
-            batches,
-        })
+        Ok(Cifar10 { spec: spec.clone(), split, version, source: path.display().to_string(), pixels: Bytes::from(pixels), batches })
     }
 }
 
@@ -158,11 +151,8 @@ fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<BatchFile>), 
         f.read_exact(&mut head).is_ok() && head == [0x1f, 0x8b]
     };
     let file = fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let reader: Box<dyn Read> = if gz {
-        Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))
-    } else {
-        Box::new(std::io::BufReader::new(file))
-    };
+    let reader: Box<dyn Read> =
+        if gz { Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file))) } else { Box::new(std::io::BufReader::new(file)) };
     let corrupt = |e: std::io::Error| {
         DataError::format(path, format!("not a readable .tar.gz ({e}); expected the CIFAR-10 download cifar-10-binary.tar.gz or cifar-10-python.tar.gz, or its extracted folder"))
     };
@@ -199,7 +189,11 @@ fn read_archive(path: &Path, split: Split) -> Result<(Version, Vec<BatchFile>), 
         let Some(pos) = members.iter().position(|m| m.0 == version && m.1 == want) else {
             return Err(DataError::format(
                 path,
-                format!("the archive lacks {want}: the {} split needs {} (incomplete download?)", split.as_str(), expected_list(version, split)),
+                format!(
+                    "the archive lacks {want}: the {} split needs {} (incomplete download?)",
+                    split.as_str(),
+                    expected_list(version, split)
+                ),
             ));
         };
         let (_, _, shown, bytes) = members.swap_remove(pos);
@@ -217,10 +211,7 @@ fn parse_binary(path: &Path, bytes: &[u8], pixels: &mut Vec<u8>) -> Result<(), D
         };
         return Err(DataError::format(
             path,
-            format!(
-                "{} bytes is not a whole number of {BIN_RECORD}-byte records (1 label byte + 3072 pixel bytes){hint}",
-                bytes.len()
-            ),
+            format!("{} bytes is not a whole number of {BIN_RECORD}-byte records (1 label byte + 3072 pixel bytes){hint}", bytes.len()),
         ));
     }
     pixels.reserve(bytes.len() / BIN_RECORD * RECORD_PIXELS);
@@ -237,9 +228,8 @@ fn parse_binary(path: &Path, bytes: &[u8], pixels: &mut Vec<u8>) -> Result<(), D
 }
 
 fn parse_python(path: &Path, bytes: &[u8], pixels: &mut Vec<u8>) -> Result<(), DataError> {
-    let bad = |problem: String| {
-        DataError::format(path, format!("not a CIFAR-10 python batch: {problem}; re-download cifar-10-python.tar.gz"))
-    };
+    let bad =
+        |problem: String| DataError::format(path, format!("not a CIFAR-10 python batch: {problem}; re-download cifar-10-python.tar.gz"));
     let v = pickle::load(bytes).map_err(|e| bad(e.to_string()))?;
     let keys = v.dict_keys();
     if !matches!(v, pickle::Value::Dict(_)) {

@@ -17,7 +17,7 @@
 use fast_image_resize::{images::Image, FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use serde::{Deserialize, Serialize};
 
-use super::DataError;
+use super::error::DataError;
 
 /// How a dataset's encoded samples are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,9 +189,7 @@ fn decode_webp(bytes: &[u8]) -> Result<(usize, usize, Vec<u8>), DataError> {
     let mut rgb = vec![0u8; w * h * 3];
     // SAFETY: `rgb` is exactly `h` rows of `3 * w` bytes; libwebp checks the
     // bitstream against the buffer size and stride before writing.
-    let out = unsafe {
-        libwebp_sys::WebPDecodeRGBInto(bytes.as_ptr(), bytes.len(), rgb.as_mut_ptr(), rgb.len(), (w * 3) as i32)
-    };
+    let out = unsafe { libwebp_sys::WebPDecodeRGBInto(bytes.as_ptr(), bytes.len(), rgb.as_mut_ptr(), rgb.len(), (w * 3) as i32) };
     if out.is_null() {
         return Err(DataError::decode(format!(
             "corrupt, truncated or animated WebP image ({w}x{h}, {} bytes; libwebp could not decode it)",
@@ -216,9 +214,12 @@ pub fn center_crop_resize(rgb: &[u8], w: usize, h: usize, size: usize) -> Result
     let src = fast_image_resize::images::ImageRef::new(w as u32, h as u32, rgb, PixelType::U8x3)
         .map_err(|e| DataError::decode(format!("cannot resize a {w}x{h} image: {e}")))?;
     let mut dst = Image::new(size as u32, size as u32, PixelType::U8x3);
-    let options = ResizeOptions::new()
-        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
-        .crop(left as f64, top as f64, side as f64, side as f64);
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3)).crop(
+        left as f64,
+        top as f64,
+        side as f64,
+        side as f64,
+    );
     Resizer::new()
         .resize(&src, &mut dst, &options)
         .map_err(|e| DataError::decode(format!("cannot resize a {w}x{h} image to {size}x{size}: {e}")))?;

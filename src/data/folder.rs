@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 
-use super::decode::decode_rgb;
-use super::{DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{decode_rgb, Decoder, SampleFormat};
+use super::error::DataError;
+use super::spec::DatasetSpec;
 
 const EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
@@ -35,11 +37,8 @@ impl Folder {
                     None => DataError::format(&path, "a symbolic link loop"),
                 }
             })?;
-            let is_image = entry
-                .path()
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
+            let is_image =
+                entry.path().extension().and_then(|e| e.to_str()).is_some_and(|e| EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)));
             if entry.file_type().is_file() && is_image {
                 files.push(entry.into_path());
             }
@@ -59,7 +58,6 @@ impl Folder {
         };
         Ok(Folder { spec: spec.clone(), root, files, resolution })
     }
-
 }
 
 impl Dataset for Folder {

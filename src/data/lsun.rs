@@ -17,7 +17,10 @@ use bytes::Bytes;
 use heed::types::Bytes as RawBytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, WithoutTls};
 
-use super::{DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{Decoder, SampleFormat};
+use super::error::DataError;
+use super::spec::DatasetSpec;
 
 /// The paper's LSUN resolution, used when neither the spec nor the config sets one.
 pub const DEFAULT_RESOLUTION: usize = 256;
@@ -71,10 +74,9 @@ fn open_env(path: &Path) -> Result<LmdbEnv, DataError> {
         options.open(if dir_mode { path } else { &canonical })
     }
     .map_err(|e| match e {
-        heed::Error::Mdb(heed::MdbError::Invalid) => DataError::format(
-            &data_file,
-            "not an LMDB database (bad header): expected the data.mdb of an LSUN LMDB directory",
-        ),
+        heed::Error::Mdb(heed::MdbError::Invalid) => {
+            DataError::format(&data_file, "not an LMDB database (bad header): expected the data.mdb of an LSUN LMDB directory")
+        }
         heed::Error::Mdb(heed::MdbError::VersionMismatch) => {
             DataError::format(&data_file, "an LMDB database of an incompatible LMDB version")
         }
@@ -138,11 +140,9 @@ impl Dataset for Lsun {
             return Err(DataError::IndexOutOfRange { index, len: self.len() });
         }
         let rtxn = self.env.read_txn().map_err(|e| lmdb_error(&self.path, e))?;
-        let value = self
-            .db
-            .get(&rtxn, self.key(index))
-            .map_err(|e| lmdb_error(&self.path, e))?
-            .ok_or_else(|| DataError::format(&self.path, format!("key {} vanished: was the database changed while open?", self.describe(index))))?;
+        let value = self.db.get(&rtxn, self.key(index)).map_err(|e| lmdb_error(&self.path, e))?.ok_or_else(|| {
+            DataError::format(&self.path, format!("key {} vanished: was the database changed while open?", self.describe(index)))
+        })?;
         Ok(Bytes::copy_from_slice(value))
     }
 

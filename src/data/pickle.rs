@@ -117,7 +117,9 @@ impl Value {
 
     pub fn dict_keys(&self) -> Vec<String> {
         match self {
-            Value::Dict(d) => d.borrow().iter().map(|(k, _)| k.text().map(str::to_string).unwrap_or_else(|| format!("<{}>", k.kind()))).collect(),
+            Value::Dict(d) => {
+                d.borrow().iter().map(|(k, _)| k.text().map(str::to_string).unwrap_or_else(|| format!("<{}>", k.kind()))).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -226,11 +228,11 @@ impl Machine<'_> {
     }
 
     fn take(&mut self, n: usize) -> Result<&[u8], PickleError> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|&e| e <= self.data.len())
-            .ok_or(PickleError::Truncated { needed: n, at: self.pos, len: self.data.len() })?;
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or(PickleError::Truncated {
+            needed: n,
+            at: self.pos,
+            len: self.data.len(),
+        })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)

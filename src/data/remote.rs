@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{DataError, DatasetKind, DatasetSpec};
+use super::error::DataError;
+use super::spec::{DatasetKind, DatasetSpec};
 use crate::store::{ObjectInfo, RunStore, StoreOptions};
 
 /// The record of a cached fetch.
@@ -87,9 +88,11 @@ pub async fn fetch_remote_to(spec: &DatasetSpec, opts: &StoreOptions, cache_root
     let listed = store.list("").await.map_err(|e| fail(e.to_string()))?;
     let folder = !listed.is_empty();
     let (objects, local_root): (Vec<(ObjectInfo, PathBuf)>, PathBuf) = if !folder {
-        let info = store.head("").await.map_err(|e| fail(e.to_string()))?.ok_or_else(|| {
-            fail("no such object, and no objects under it: check the bucket and key (`aws s3 ls` the URL)".into())
-        })?;
+        let info = store
+            .head("")
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .ok_or_else(|| fail("no such object, and no objects under it: check the bucket and key (`aws s3 ls` the URL)".into()))?;
         let path = cache.join(&name);
         (vec![(info, path.clone())], path)
     } else {
@@ -113,9 +116,8 @@ pub async fn fetch_remote_to(spec: &DatasetSpec, opts: &StoreOptions, cache_root
     let mut record = Record { url: url.clone(), objects: Vec::with_capacity(objects.len()) };
     for (obj, path) in &objects {
         let entry = RecordEntry { key: obj.key.clone(), size: obj.size, e_tag: obj.e_tag.clone() };
-        let cached = old.url == url
-            && old.objects.contains(&entry)
-            && std::fs::metadata(path).map(|m| m.len() == obj.size).unwrap_or(false);
+        let cached =
+            old.url == url && old.objects.contains(&entry) && std::fs::metadata(path).map(|m| m.len() == obj.size).unwrap_or(false);
         if cached {
             report.reused += 1;
         } else {

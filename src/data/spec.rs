@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::DataError;
+use super::error::DataError;
 
 /// The largest resolution a spec may ask for.
 pub const MAX_RESOLUTION: usize = 4096;
@@ -129,10 +129,9 @@ impl FromStr for DatasetSpec {
         let Some((kind_str, rest)) = body.split_once(':') else {
             return Err(DataError::spec(spec, format!("expected KIND:LOCATION with KIND one of {}; {EXAMPLES}", kinds_list())));
         };
-        let kind = DatasetKind::ALL
-            .into_iter()
-            .find(|k| k.as_str() == kind_str)
-            .ok_or_else(|| DataError::spec(spec, format!("unknown dataset kind '{kind_str}'; expected one of {}; {EXAMPLES}", kinds_list())))?;
+        let kind = DatasetKind::ALL.into_iter().find(|k| k.as_str() == kind_str).ok_or_else(|| {
+            DataError::spec(spec, format!("unknown dataset kind '{kind_str}'; expected one of {}; {EXAMPLES}", kinds_list()))
+        })?;
         let (location, split) = if kind.takes_split() {
             match rest.rsplit_once(':') {
                 Some((loc, "train")) => (loc, Some(Split::Train)),
@@ -210,7 +209,10 @@ mod tests {
             assert_eq!(parse(s).to_string(), s);
         }
         let s = parse("cifar10:/d/x.tar.gz:test@32");
-        assert_eq!((s.kind, s.location.as_str(), s.split, s.resolution), (DatasetKind::Cifar10, "/d/x.tar.gz", Some(Split::Test), Some(32)));
+        assert_eq!(
+            (s.kind, s.location.as_str(), s.split, s.resolution),
+            (DatasetKind::Cifar10, "/d/x.tar.gz", Some(Split::Test), Some(32))
+        );
         // Folders and LSUN have no split: the suffix stays part of the path.
         assert_eq!(parse("folder:/x:test").location, "/x:test");
         assert_eq!(parse("lsun:/a@b/c@64").location, "/a@b/c");

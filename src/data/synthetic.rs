@@ -19,7 +19,10 @@
 
 use bytes::Bytes;
 
-use super::{DataError, Dataset, DatasetInfo, DatasetSpec, Decoder, SampleFormat, Split};
+use super::dataset::{Dataset, DatasetInfo};
+use super::decode::{Decoder, SampleFormat};
+use super::error::DataError;
+use super::spec::{DatasetSpec, Split};
 use crate::rng::{mix64, Stream};
 
 pub const DEFAULT_RESOLUTION: usize = 32;

@@ -32,14 +32,7 @@ impl GaussianDiffusion {
     ///   target being `noise`, `x0` or `mu_tilde(x_t, x0)` per the model mean type;
     /// - `Kl`: the bound term of [`vb_terms_bpd`](Self::vb_terms_bpd) in bits/dim,
     ///   without clipping (as the official code trains it).
-    pub fn training_losses(
-        &self,
-        model_output: &Tensor,
-        x0: &Tensor,
-        xt: &Tensor,
-        t: &Tensor,
-        noise: &Tensor,
-    ) -> Tensor {
+    pub fn training_losses(&self, model_output: &Tensor, x0: &Tensor, xt: &Tensor, t: &Tensor, noise: &Tensor) -> Tensor {
         match self.config.loss_type {
             LossType::Mse => {
                 let target = match self.config.model_mean_type {
@@ -58,22 +51,10 @@ impl GaussianDiffusion {
     /// `L_t` (its t is ours + 1); for t == 0 the decoder NLL `-log p(x0 | x_t)`, the
     /// paper's `L_0`.
     /// The decoder term is computed in float64 (see inside), the KL in the inputs' kind.
-    pub fn vb_terms_bpd(
-        &self,
-        model_output: &Tensor,
-        x0: &Tensor,
-        xt: &Tensor,
-        t: &Tensor,
-        clip_denoised: bool,
-    ) -> (Tensor, Tensor) {
+    pub fn vb_terms_bpd(&self, model_output: &Tensor, x0: &Tensor, xt: &Tensor, t: &Tensor, clip_denoised: bool) -> (Tensor, Tensor) {
         let (true_mean, _, true_log_var) = self.q_posterior_mean_variance(x0, xt, t);
         let p = self.p_mean_variance(model_output, xt, t, clip_denoised);
-        let kl = mean_flat(&normal_kl(
-            &true_mean,
-            &true_log_var,
-            &p.mean,
-            &p.log_variance,
-        )) / LN_2;
+        let kl = mean_flat(&normal_kl(&true_mean, &true_log_var, &p.mean, &p.log_variance)) / LN_2;
         // The decoder in float64 whatever the input: in float32, bins holding less
         // than ~1e-6 of the mass (pixels 5+ sigma from the mean) round to 0 and hit
         // the 1e-12 floor, as in the official float32 code. Only t = 0 needs it.
@@ -124,12 +105,7 @@ impl GaussianDiffusion {
             let terms_bpd = Tensor::stack(&terms, 1); // [B, T]
             let prior_bpd = self.prior_bpd(x0);
             let total_bpd = terms_bpd.sum_dim_intlist(1, false, None) + &prior_bpd;
-            BpdResult {
-                total_bpd,
-                prior_bpd,
-                terms_bpd,
-                x0_mse: Tensor::stack(&mses, 1),
-            }
+            BpdResult { total_bpd, prior_bpd, terms_bpd, x0_mse: Tensor::stack(&mses, 1) }
         })
     }
 }

@@ -85,10 +85,7 @@ impl Default for DiffusionConfig {
     fn default() -> Self {
         Self {
             num_timesteps: 1000,
-            beta_schedule: BetaSchedule::Linear {
-                start: 1e-4,
-                end: 0.02,
-            },
+            beta_schedule: BetaSchedule::Linear { start: 1e-4, end: 0.02 },
             model_mean_type: ModelMeanType::Eps,
             model_var_type: VarianceType::FixedLarge,
             loss_type: LossType::Mse,

@@ -82,9 +82,7 @@ impl GaussianDiffusion {
         let n = betas.len();
         let alphas: Vec<f64> = betas.iter().map(|b| 1.0 - b).collect();
         let ac = cumprod(&alphas);
-        let ac_prev: Vec<f64> = std::iter::once(1.0)
-            .chain(ac[..n - 1].iter().copied())
-            .collect();
+        let ac_prev: Vec<f64> = std::iter::once(1.0).chain(ac[..n - 1].iter().copied()).collect();
         let map = |f: &dyn Fn(usize) -> f64| (0..n).map(f).collect::<Vec<f64>>();
         let posterior_variance = map(&|t| betas[t] * (1.0 - ac_prev[t]) / (1.0 - ac[t]));
         // beta_tilde_0 = 0, so its log borrows t = 1's value (code; docs/ddpm.md section 2).
@@ -101,10 +99,7 @@ impl GaussianDiffusion {
                 });
                 (betas.clone(), log)
             }
-            VarianceType::FixedSmall => (
-                posterior_variance.clone(),
-                posterior_log_variance_clipped.clone(),
-            ),
+            VarianceType::FixedSmall => (posterior_variance.clone(), posterior_log_variance_clipped.clone()),
         };
         Ok(Self {
             config: config.clone(),
@@ -133,8 +128,7 @@ impl GaussianDiffusion {
     /// Samples `x_t ~ q(x_t | x0)` with the given noise (eq. (4)):
     /// `sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`. `x0`, `noise`: `[B, C, H, W]`; t: `[B]`.
     pub fn q_sample(&self, x0: &Tensor, t: &Tensor, noise: &Tensor) -> Tensor {
-        extract(&self.sqrt_alphas_cumprod, t, x0) * x0
-            + extract(&self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        extract(&self.sqrt_alphas_cumprod, t, x0) * x0 + extract(&self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
     }
 
     /// Mean, variance and log-variance of `q(x_t | x0)` (eq. (4)), each `[B, C, H, W]`.
@@ -148,14 +142,8 @@ impl GaussianDiffusion {
 
     /// Mean `mu_tilde(x_t, x0)`, variance `beta_tilde_t` and clipped log-variance of the
     /// posterior `q(x_{t-1} | x_t, x0)` (eqs. (6)-(7)), each `[B, C, H, W]`.
-    pub fn q_posterior_mean_variance(
-        &self,
-        x0: &Tensor,
-        xt: &Tensor,
-        t: &Tensor,
-    ) -> (Tensor, Tensor, Tensor) {
-        let mean = extract(&self.posterior_mean_coef1, t, xt) * x0
-            + extract(&self.posterior_mean_coef2, t, xt) * xt;
+    pub fn q_posterior_mean_variance(&self, x0: &Tensor, xt: &Tensor, t: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let mean = extract(&self.posterior_mean_coef1, t, xt) * x0 + extract(&self.posterior_mean_coef2, t, xt) * xt;
         let var = extract(&self.posterior_variance, t, xt).expand_as(xt);
         let log_var = extract(&self.posterior_log_variance_clipped, t, xt).expand_as(xt);
         (mean, var, log_var)
@@ -163,26 +151,19 @@ impl GaussianDiffusion {
 
     /// `x0 = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps`, eq. (4) solved for x0 (cf. eq. (15)).
     pub fn predict_x0_from_eps(&self, xt: &Tensor, t: &Tensor, eps: &Tensor) -> Tensor {
-        extract(&self.sqrt_recip_alphas_cumprod, t, xt) * xt
-            - extract(&self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
+        extract(&self.sqrt_recip_alphas_cumprod, t, xt) * xt - extract(&self.sqrt_recipm1_alphas_cumprod, t, xt) * eps
     }
 
     /// `eps = (sqrt(1/abar_t) x_t - x0) / sqrt(1/abar_t - 1)`, eq. (4) solved for eps.
     pub fn predict_eps_from_x0(&self, xt: &Tensor, t: &Tensor, x0: &Tensor) -> Tensor {
-        (extract(&self.sqrt_recip_alphas_cumprod, t, xt) * xt - x0)
-            / extract(&self.sqrt_recipm1_alphas_cumprod, t, xt)
+        (extract(&self.sqrt_recip_alphas_cumprod, t, xt) * xt - x0) / extract(&self.sqrt_recipm1_alphas_cumprod, t, xt)
     }
 
     /// `x0 = (mu - coef2 x_t) / coef1`, eq. (7) solved for x0 (the official code's
     /// `_predict_xstart_from_xprev`).
     pub fn predict_x0_from_mu(&self, xt: &Tensor, t: &Tensor, mu: &Tensor) -> Tensor {
         let recip: Vec<f64> = self.posterior_mean_coef1.iter().map(|c| 1.0 / c).collect();
-        let ratio: Vec<f64> = self
-            .posterior_mean_coef2
-            .iter()
-            .zip(&self.posterior_mean_coef1)
-            .map(|(c2, c1)| c2 / c1)
-            .collect();
+        let ratio: Vec<f64> = self.posterior_mean_coef2.iter().zip(&self.posterior_mean_coef1).map(|(c2, c1)| c2 / c1).collect();
         extract(&recip, t, xt) * mu - extract(&ratio, t, xt) * xt
     }
 
@@ -190,19 +171,10 @@ impl GaussianDiffusion {
     /// as `eps`, `x0` or `mu` per the config (docs/ddpm.md section 3). With `clip_denoised`, the
     /// estimate of x0 is clipped to [-1, 1] before it forms the mean (the mean of
     /// a mu-model is its output and is never clipped).
-    pub fn p_mean_variance(
-        &self,
-        model_output: &Tensor,
-        xt: &Tensor,
-        t: &Tensor,
-        clip_denoised: bool,
-    ) -> PMeanVariance {
+    pub fn p_mean_variance(&self, model_output: &Tensor, xt: &Tensor, t: &Tensor, clip_denoised: bool) -> PMeanVariance {
         let clip = |x: Tensor| if clip_denoised { x.clamp(-1.0, 1.0) } else { x };
         let (mean, pred_x0) = match self.config.model_mean_type {
-            ModelMeanType::Mu => (
-                model_output.shallow_clone(),
-                clip(self.predict_x0_from_mu(xt, t, model_output)),
-            ),
+            ModelMeanType::Mu => (model_output.shallow_clone(), clip(self.predict_x0_from_mu(xt, t, model_output))),
             ModelMeanType::X0 | ModelMeanType::Eps => {
                 let pred_x0 = match self.config.model_mean_type {
                     ModelMeanType::Eps => clip(self.predict_x0_from_eps(xt, t, model_output)),
@@ -222,14 +194,8 @@ impl GaussianDiffusion {
     /// The model's `(x0, eps)` estimates from its output, before any clipping.
     pub fn x0_and_eps(&self, model_output: &Tensor, xt: &Tensor, t: &Tensor) -> (Tensor, Tensor) {
         match self.config.model_mean_type {
-            ModelMeanType::Eps => (
-                self.predict_x0_from_eps(xt, t, model_output),
-                model_output.shallow_clone(),
-            ),
-            ModelMeanType::X0 => (
-                model_output.shallow_clone(),
-                self.predict_eps_from_x0(xt, t, model_output),
-            ),
+            ModelMeanType::Eps => (self.predict_x0_from_eps(xt, t, model_output), model_output.shallow_clone()),
+            ModelMeanType::X0 => (model_output.shallow_clone(), self.predict_eps_from_x0(xt, t, model_output)),
             ModelMeanType::Mu => {
                 let x0 = self.predict_x0_from_mu(xt, t, model_output);
                 let eps = self.predict_eps_from_x0(xt, t, &x0);

@@ -36,11 +36,7 @@ pub fn approx_standard_normal_cdf(x: &Tensor) -> Tensor {
 /// probability floored at 1e-12 (the official `discretized_gaussian_log_likelihood`).
 ///
 /// `x`: data on the grid `k/127.5 - 1`, `[B, C, H, W]`; `means`, `log_scales` broadcast to it.
-pub fn discretized_gaussian_log_likelihood(
-    x: &Tensor,
-    means: &Tensor,
-    log_scales: &Tensor,
-) -> Tensor {
+pub fn discretized_gaussian_log_likelihood(x: &Tensor, means: &Tensor, log_scales: &Tensor) -> Tensor {
     let centered = x - means;
     let inv_stdv = (-log_scales).exp();
     let cdf_plus = approx_standard_normal_cdf(&(&inv_stdv * (&centered + BIN_HALF_WIDTH)));

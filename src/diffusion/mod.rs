@@ -35,11 +35,9 @@ mod sampling;
 mod schedule;
 
 pub use bound::BpdResult;
-pub use config::{
-    BetaSchedule, DiffusionConfig, DiffusionError, LossType, ModelMeanType, VarianceType,
-};
-pub use sampler::{Sampler, SamplerError, SamplerKind, DEFAULT_DDIM_STEPS};
+pub use config::{BetaSchedule, DiffusionConfig, DiffusionError, LossType, ModelMeanType, VarianceType};
 pub use gaussian::{extract, full_t, GaussianDiffusion, PMeanVariance};
+pub use sampler::{Sampler, SamplerError, SamplerKind, DEFAULT_DDIM_STEPS};
 pub use schedule::{make_betas, COSINE_MAX_BETA};
 
 #[cfg(test)]

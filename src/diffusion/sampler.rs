@@ -63,9 +63,7 @@ pub enum Sampler {
 pub enum SamplerError {
     #[error("unknown sampler {0:?}: use \"ancestral\" or \"ddim\"")]
     Unknown(String),
-    #[error(
-        "the ancestral sampler runs all {num_timesteps} steps; leave steps at 0 or use sampler \"ddim\" for {steps} steps"
-    )]
+    #[error("the ancestral sampler runs all {num_timesteps} steps; leave steps at 0 or use sampler \"ddim\" for {steps} steps")]
     AncestralSteps { steps: u32, num_timesteps: usize },
     #[error("ddim steps must be at most the run's {num_timesteps} timesteps, got {steps}")]
     TooManyDdimSteps { steps: u32, num_timesteps: usize },
@@ -147,10 +145,7 @@ mod tests {
         for kind in [SamplerKind::Ancestral, SamplerKind::Ddim] {
             assert_eq!(kind.as_str().parse::<SamplerKind>().unwrap(), kind);
         }
-        assert_eq!(
-            "euler".parse::<SamplerKind>().unwrap_err().to_string(),
-            "unknown sampler \"euler\": use \"ancestral\" or \"ddim\""
-        );
+        assert_eq!("euler".parse::<SamplerKind>().unwrap_err().to_string(), "unknown sampler \"euler\": use \"ancestral\" or \"ddim\"");
     }
 
     #[test]

@@ -15,23 +15,12 @@ impl GaussianDiffusion {
     /// `fixed_small`, `clip_sample` = `clip_denoised`), with float64 tables: stock
     /// diffusers forms `1 - abar` in float32 and is off by up to ~3e-4 at t = 1, 2
     /// (`tests/golden_diffusion/steps.rs`).
-    pub fn p_sample(
-        &self,
-        model_output: &Tensor,
-        xt: &Tensor,
-        t: &Tensor,
-        noise: &Tensor,
-        clip_denoised: bool,
-    ) -> (Tensor, Tensor) {
+    pub fn p_sample(&self, model_output: &Tensor, xt: &Tensor, t: &Tensor, noise: &Tensor, clip_denoised: bool) -> (Tensor, Tensor) {
         let p = self.p_mean_variance(model_output, xt, t, clip_denoised);
         let mut mask_shape = vec![1i64; xt.dim()];
         mask_shape[0] = t.size()[0];
         // [B, 1, 1, 1]: 0 where t == 0, else 1.
-        let nonzero = t
-            .ne(0)
-            .to_kind(xt.kind())
-            .to_device(xt.device())
-            .view(mask_shape.as_slice());
+        let nonzero = t.ne(0).to_kind(xt.kind()).to_device(xt.device()).view(mask_shape.as_slice());
         let sample = p.mean + nonzero * (p.log_variance * 0.5).exp() * noise;
         (sample, p.pred_x0)
     }
@@ -43,10 +32,7 @@ impl GaussianDiffusion {
     pub fn ddim_timesteps(&self, steps: usize) -> Result<Vec<i64>, DiffusionError> {
         let n = self.betas.len();
         if steps == 0 || steps > n {
-            return Err(DiffusionError::DdimSteps {
-                steps,
-                num_timesteps: n,
-            });
+            return Err(DiffusionError::DdimSteps { steps, num_timesteps: n });
         }
         let ratio = (n / steps) as i64;
         Ok((0..steps as i64).rev().map(|i| i * ratio).collect())
@@ -75,33 +61,18 @@ impl GaussianDiffusion {
         noise: &Tensor,
         clip_denoised: bool,
     ) -> (Tensor, Tensor) {
-        assert!(
-            (0..self.num_timesteps()).contains(&t),
-            "DDIM step t = {t} outside 0..{}",
-            self.num_timesteps()
-        );
+        assert!((0..self.num_timesteps()).contains(&t), "DDIM step t = {t} outside 0..{}", self.num_timesteps());
         if let Some(p) = t_prev {
-            assert!(
-                (0..t).contains(&p),
-                "DDIM step t_prev = {p} must be in 0..t = {t}"
-            );
+            assert!((0..t).contains(&p), "DDIM step t_prev = {p} must be in 0..t = {t}");
         }
-        assert!(
-            (0.0..=1.0).contains(&eta),
-            "DDIM eta = {eta} must be in [0, 1]"
-        );
+        assert!((0.0..=1.0).contains(&eta), "DDIM eta = {eta} must be in [0, 1]");
         let ab_t = self.alphas_cumprod[t as usize];
         let ab_prev = t_prev.map_or(1.0, |p| self.alphas_cumprod[p as usize]);
         let (x0, eps) = self.x0_and_eps(model_output, xt, &full_t(t, xt));
-        let x0 = if clip_denoised {
-            x0.clamp(-1.0, 1.0)
-        } else {
-            x0
-        };
+        let x0 = if clip_denoised { x0.clamp(-1.0, 1.0) } else { x0 };
         let sigma = eta * ((1.0 - ab_prev) / (1.0 - ab_t) * (1.0 - ab_t / ab_prev)).sqrt();
         // The radicand is >= 0 for eta <= 1; max(0) only absorbs rounding at eta = 1.
-        let mut x_prev =
-            &x0 * ab_prev.sqrt() + eps * (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
+        let mut x_prev = &x0 * ab_prev.sqrt() + eps * (1.0 - ab_prev - sigma * sigma).max(0.0).sqrt();
         if eta > 0.0 {
             x_prev += noise * sigma;
         }

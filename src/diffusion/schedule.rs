@@ -16,24 +16,12 @@ pub fn make_betas(config: &DiffusionConfig) -> Result<Vec<f64>, DiffusionError> 
         BetaSchedule::Linear { start, end } => {
             // numpy's linspace: arange(n) * step + start, and the last point set to `end`.
             let step = (end - start) / (n - 1) as f64;
-            (0..n)
-                .map(|i| {
-                    if i == n - 1 {
-                        end
-                    } else {
-                        i as f64 * step + start
-                    }
-                })
-                .collect()
+            (0..n).map(|i| if i == n - 1 { end } else { i as f64 * step + start }).collect()
         }
         BetaSchedule::Cosine { s } => {
             // f(t) of eq. (17); i and n are converted to f64 before dividing (an
             // integer i / n would make every beta 0).
-            let f = |t: f64| {
-                ((t + s) / (1.0 + s) * std::f64::consts::PI / 2.0)
-                    .cos()
-                    .powi(2)
-            };
+            let f = |t: f64| ((t + s) / (1.0 + s) * std::f64::consts::PI / 2.0).cos().powi(2);
             (0..n)
                 .map(|i| {
                     let t1 = i as f64 / n as f64;
@@ -46,11 +34,7 @@ pub fn make_betas(config: &DiffusionConfig) -> Result<Vec<f64>, DiffusionError> 
     for (index, &value) in betas.iter().enumerate() {
         // 1 - beta must differ from 1, or 1 - abar_0 = 0 and the posterior divides by zero.
         if !(value > 0.0 && value < 1.0) || 1.0 - value == 1.0 {
-            return Err(DiffusionError::DegenerateBeta {
-                index,
-                value,
-                num_timesteps: n,
-            });
+            return Err(DiffusionError::DegenerateBeta { index, value, num_timesteps: n });
         }
     }
     Ok(betas)

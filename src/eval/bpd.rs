@@ -119,10 +119,7 @@ impl BpdSums {
     pub fn add(&mut self, b: &BpdBatch) -> Result<(), EvalError> {
         let t = self.terms.len();
         if b.num_timesteps != t {
-            return Err(EvalError::InvalidArgument(format!(
-                "a bound over {} steps added to sums over {t}",
-                b.num_timesteps
-            )));
+            return Err(EvalError::InvalidArgument(format!("a bound over {} steps added to sums over {t}", b.num_timesteps)));
         }
         self.count += b.indices.len() as u64;
         self.total += b.total.iter().sum::<f64>();

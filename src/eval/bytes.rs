@@ -73,9 +73,7 @@ impl FeatureStats {
         let d = r.len_field("dimension")?;
         let count = r.u64()?;
         let tri = d.checked_mul(d + 1).map(|x| x / 2).ok_or_else(|| r.bad("dimension too large"))?;
-        r.expect_remaining(
-            d.checked_add(tri).and_then(|x| x.checked_mul(8)).ok_or_else(|| r.bad("dimension too large"))?,
-        )?;
+        r.expect_remaining(d.checked_add(tri).and_then(|x| x.checked_mul(8)).ok_or_else(|| r.bad("dimension too large"))?)?;
         let sum: Vec<f64> = (0..d).map(|_| r.f64()).collect::<Result<_, _>>()?;
         let mut outer = vec![0.0; d * d];
         for i in 0..d {

@@ -41,19 +41,11 @@ pub fn frechet_distance(mu1: &[f64], sigma1: &[f64], mu2: &[f64], sigma2: &[f64]
         return Err(EvalError::shape("mu1", "[D] with D >= 1", "[0]"));
     }
     if mu2.len() != d {
-        return Err(EvalError::shape(
-            "mu2",
-            format!("[{d}] like mu1 (features of the same network)"),
-            format!("[{}]", mu2.len()),
-        ));
+        return Err(EvalError::shape("mu2", format!("[{d}] like mu1 (features of the same network)"), format!("[{}]", mu2.len())));
     }
     for (name, s) in [("sigma1", sigma1), ("sigma2", sigma2)] {
         if s.len() != d * d {
-            return Err(EvalError::shape(
-                name,
-                format!("[{d}, {d}] ({} values)", d * d),
-                format!("{} values", s.len()),
-            ));
+            return Err(EvalError::shape(name, format!("[{d}, {d}] ({} values)", d * d), format!("{} values", s.len())));
         }
     }
     if mu1.iter().chain(mu2).chain(sigma1).chain(sigma2).any(|v| !v.is_finite()) {

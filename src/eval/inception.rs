@@ -62,21 +62,16 @@ impl InceptionModel {
         match std::fs::metadata(path) {
             Ok(m) if m.is_file() => {}
             Ok(_) => return Err(EvalError::NotTorchScript { path: path.into(), reason: "it is a directory".into() }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(EvalError::ModelMissing { path: path.into() })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(EvalError::ModelMissing { path: path.into() }),
             Err(e) => return Err(EvalError::io("read", path, e)),
         }
         let mut module = CModule::load_on_device(path, device)
             .map_err(|e| EvalError::NotTorchScript { path: path.into(), reason: first_line(&e.to_string()) })?;
-        module
-            .f_set_eval()
-            .map_err(|e| EvalError::NotTorchScript { path: path.into(), reason: first_line(&e.to_string()) })?;
+        module.f_set_eval().map_err(|e| EvalError::NotTorchScript { path: path.into(), reason: first_line(&e.to_string()) })?;
         let mut model = Self { module, path: path.into(), device, feature_dim: 0, num_classes: 0 };
         let probe = Tensor::full([1, 3, 32, 32], 128.0, (Kind::Float, device));
         model.feature_dim = model.call(&probe, Call::Features, "features")?.size()[1] as usize;
-        model.num_classes =
-            model.call(&probe, Call::Probabilities { no_output_bias: false }, "probabilities")?.size()[1] as usize;
+        model.num_classes = model.call(&probe, Call::Probabilities { no_output_bias: false }, "probabilities")?.size()[1] as usize;
         Ok(model)
     }
 
@@ -115,11 +110,7 @@ impl InceptionModel {
     fn call(&self, images: &Tensor, call: Call, what: &str) -> Result<Tensor, EvalError> {
         let size = images.size();
         if size.len() != 4 || size[1] != 3 || size[0] == 0 {
-            return Err(EvalError::shape(
-                "images for the Inception model",
-                "[N >= 1, 3, H, W] valued 0..255",
-                format!("{size:?}"),
-            ));
+            return Err(EvalError::shape("images for the Inception model", "[N >= 1, 3, H, W] valued 0..255", format!("{size:?}")));
         }
         let n = size[0];
         let x = images
@@ -130,9 +121,7 @@ impl InceptionModel {
         match call {
             Call::Features => args.push(IValue::Bool(true)),
             Call::Probabilities { no_output_bias: false } => {}
-            Call::Probabilities { no_output_bias: true } => {
-                args.extend([IValue::Bool(false), IValue::Bool(false), IValue::Bool(true)])
-            }
+            Call::Probabilities { no_output_bias: true } => args.extend([IValue::Bool(false), IValue::Bool(false), IValue::Bool(true)]),
         }
         let out = tch::no_grad(|| self.module.forward_is(&args)).map_err(|e| {
             self.problem(format!(
@@ -143,28 +132,18 @@ impl InceptionModel {
         })?;
         let t = match out {
             IValue::Tensor(t) => t,
-            other => {
-                return Err(self.problem(format!("forward returned {} for {what}, not a tensor", ivalue_kind(&other))))
-            }
+            other => return Err(self.problem(format!("forward returned {} for {what}, not a tensor", ivalue_kind(&other)))),
         };
         let got = t.size();
         if got.len() != 2 || got[0] != n || got[1] < 1 {
-            return Err(EvalError::shape(
-                format!("{} {what}", self.path.display()),
-                format!("[{n}, D]"),
-                format!("{got:?}"),
-            ));
+            return Err(EvalError::shape(format!("{} {what}", self.path.display()), format!("[{n}, D]"), format!("{got:?}")));
         }
         let expect = match call {
             Call::Features => self.feature_dim,
             Call::Probabilities { .. } => self.num_classes,
         };
         if expect != 0 && got[1] as usize != expect {
-            return Err(EvalError::shape(
-                format!("{} {what}", self.path.display()),
-                format!("[{n}, {expect}]"),
-                format!("{got:?}"),
-            ));
+            return Err(EvalError::shape(format!("{} {what}", self.path.display()), format!("[{n}, {expect}]"), format!("{got:?}")));
         }
         t.f_to_kind(Kind::Float).map_err(EvalError::torch("model output to float32"))
     }

@@ -44,10 +44,7 @@ pub use error::EvalError;
 pub use fid::{frechet_distance, trace_sqrt_product};
 pub use images::{add_images, dataset_stats, dataset_stats_range, ImageEvalSums};
 pub use inception::{images_tensor, InceptionModel};
-pub use npz::{
-    read_npz_array, read_samples_npz, read_stats_npz, write_samples_npz, write_stats_npz, SampleImages,
-    SamplesNpzWriter,
-};
+pub use npz::{read_npz_array, read_samples_npz, read_stats_npz, write_samples_npz, write_stats_npz, SampleImages, SamplesNpzWriter};
 pub use score::{inception_score, ScoreStats};
 pub use stats::{FeatureStats, FidStats};
 

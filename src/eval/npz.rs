@@ -49,12 +49,7 @@ fn keys<R: Read + Seek>(archive: &ZipArchive<R>) -> Vec<String> {
 }
 
 /// Reads array `key` of an open archive.
-fn read_member<R: Read + Seek>(
-    archive: &mut ZipArchive<R>,
-    path: &Path,
-    key: &str,
-    hint: &'static str,
-) -> Result<NpyArray, EvalError> {
+fn read_member<R: Read + Seek>(archive: &mut ZipArchive<R>, path: &Path, key: &str, hint: &'static str) -> Result<NpyArray, EvalError> {
     let found = keys(archive);
     let mut member = match archive.by_name(&format!("{key}.npy")) {
         Ok(m) => m,
@@ -64,9 +59,9 @@ fn read_member<R: Read + Seek>(
         Err(e) => return Err(EvalError::npz(path, format!("array `{key}`: {e}"))),
     };
     let mut bytes = Vec::with_capacity(member.size().min(1 << 32) as usize);
-    member.read_to_end(&mut bytes).map_err(|e| {
-        EvalError::npz(path, format!("array `{key}` cannot be read (corrupt or truncated archive): {e}"))
-    })?;
+    member
+        .read_to_end(&mut bytes)
+        .map_err(|e| EvalError::npz(path, format!("array `{key}` cannot be read (corrupt or truncated archive): {e}")))?;
     parse_npy(&bytes).map_err(|p| EvalError::npz(path, format!("array `{key}`: {p}")))
 }
 
@@ -86,11 +81,7 @@ pub fn read_stats_npz(path: &Path) -> Result<FidStats, EvalError> {
         _ => return Err(EvalError::shape(what("mu"), "a vector [D]", format!("{:?} {}", mu.shape, mu.dtype_name()))),
     };
     if sigma.shape != [d, d] {
-        return Err(EvalError::shape(
-            what("sigma"),
-            format!("[{d}, {d}] to match mu [{d}]"),
-            format!("{:?}", sigma.shape),
-        ));
+        return Err(EvalError::shape(what("sigma"), format!("[{d}, {d}] to match mu [{d}]"), format!("{:?}", sigma.shape)));
     }
     if matches!(mu.data, NpyData::U8(_)) || matches!(sigma.data, NpyData::U8(_)) {
         return Err(EvalError::npz(path, "mu and sigma must be float64 or float32, not uint8"));
@@ -242,8 +233,7 @@ impl SamplesNpzWriter {
         let tmp = tmp_path(&self.path);
         let zip = self.zip.as_mut().expect("open until finish");
         for image in pixels_nchw.chunks_exact(per) {
-            zip.write_all(&chw_to_hwc(image, 3, self.height, self.width))
-                .map_err(|e| EvalError::io("write", &tmp, e))?;
+            zip.write_all(&chw_to_hwc(image, 3, self.height, self.width)).map_err(|e| EvalError::io("write", &tmp, e))?;
         }
         self.written += k;
         Ok(())

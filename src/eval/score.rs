@@ -37,13 +37,7 @@ impl ScoreStats {
                  need splits >= 1, classes >= 1 and at least one image per split"
             )));
         }
-        Ok(Self {
-            total,
-            classes,
-            counts: vec![0; splits],
-            sum_plogp: vec![0.0; splits],
-            sum_p: vec![0.0; splits * classes],
-        })
+        Ok(Self { total, classes, counts: vec![0; splits], sum_plogp: vec![0.0; splits], sum_p: vec![0.0; splits * classes] })
     }
 
     pub(crate) fn from_parts(
@@ -158,9 +152,7 @@ impl ScoreStats {
         }
         for k in 0..self.splits() {
             if self.counts[k] + other.counts[k] > self.part_len(k) {
-                return Err(EvalError::Stats(format!(
-                    "split {k} would count more images than it holds: overlapping shards"
-                )));
+                return Err(EvalError::Stats(format!("split {k} would count more images than it holds: overlapping shards")));
             }
         }
         self.counts.iter_mut().zip(&other.counts).for_each(|(a, b)| *a += b);
@@ -182,11 +174,8 @@ impl ScoreStats {
                 )));
             }
             let n = n as f64;
-            let marginal_term: f64 = self.sum_p[k * c..(k + 1) * c]
-                .iter()
-                .map(|&s| s / n)
-                .map(|py| if py > 0.0 { py * py.ln() } else { 0.0 })
-                .sum();
+            let marginal_term: f64 =
+                self.sum_p[k * c..(k + 1) * c].iter().map(|&s| s / n).map(|py| if py > 0.0 { py * py.ln() } else { 0.0 }).sum();
             scores.push((self.sum_plogp[k] / n - marginal_term).exp());
         }
         let mean = scores.iter().sum::<f64>() / scores.len() as f64;

@@ -86,13 +86,11 @@ impl FeatureStats {
         let (sum, outer) = tch::no_grad(|| -> Result<(Vec<f64>, Vec<f64>), EvalError> {
             let x = features.f_to_kind(Kind::Double).map_err(EvalError::torch("features to float64"))?; // [n, D]
             let outer = x.f_tr().and_then(|xt| xt.f_mm(&x)).map_err(EvalError::torch("x^T x in float64"))?; // [D, D]
-            // BLAS need not give (i, j) and (j, i) the same rounding: mirror the
-            // upper triangle (exact, as it adds zeros) so that the sums stay
-            // bitwise symmetric.
-            let symmetric = outer
-                .f_triu(0)
-                .and_then(|upper| upper.f_add(&upper.f_triu(1)?.f_tr()?))
-                .map_err(EvalError::torch("mirroring x^T x"))?;
+                                                                                                            // BLAS need not give (i, j) and (j, i) the same rounding: mirror the
+                                                                                                            // upper triangle (exact, as it adds zeros) so that the sums stay
+                                                                                                            // bitwise symmetric.
+            let symmetric =
+                outer.f_triu(0).and_then(|upper| upper.f_add(&upper.f_triu(1)?.f_tr()?)).map_err(EvalError::torch("mirroring x^T x"))?;
             let sum = x.f_sum_dim_intlist(0, false, Kind::Double).map_err(EvalError::torch("sum of features"))?; // [D]
             Ok((to_vec_f64(&sum)?, to_vec_f64(&symmetric)?))
         })?;
@@ -106,11 +104,7 @@ impl FeatureStats {
     /// Adds `rows.len() / D` feature vectors stored row after row.
     pub fn add_rows(&mut self, rows: &[f32]) -> Result<(), EvalError> {
         if self.dim == 0 || !rows.len().is_multiple_of(self.dim) {
-            return Err(EvalError::shape(
-                "feature rows",
-                format!("a multiple of D = {}", self.dim),
-                rows.len().to_string(),
-            ));
+            return Err(EvalError::shape("feature rows", format!("a multiple of D = {}", self.dim), rows.len().to_string()));
         }
         let n = (rows.len() / self.dim) as i64;
         self.add_batch(&Tensor::from_slice(rows).view([n, self.dim as i64]))
@@ -196,11 +190,7 @@ impl FidStats {
             return Err(EvalError::shape("mu", "[D] with D >= 1", "[0]"));
         }
         if sigma.len() != d * d {
-            return Err(EvalError::shape(
-                "sigma",
-                format!("[{d}, {d}] ({} values) to match mu", d * d),
-                format!("{} values", sigma.len()),
-            ));
+            return Err(EvalError::shape("sigma", format!("[{d}, {d}] ({} values) to match mu", d * d), format!("{} values", sigma.len())));
         }
         if mu.iter().chain(&sigma).any(|v| !v.is_finite()) {
             return Err(EvalError::NonFinite("mu or sigma".into()));

@@ -51,10 +51,7 @@ fn stats_bytes_round_trip_exactly_and_detect_damage() {
     let mut version = bytes.clone();
     version[7] = 9;
     assert!(FeatureStats::from_bytes(&version).unwrap_err().to_string().contains("version 9"));
-    assert!(FeatureStats::from_bytes(&ScoreStats::new(10, 2, 3).unwrap().to_bytes())
-        .unwrap_err()
-        .to_string()
-        .contains("magic"));
+    assert!(FeatureStats::from_bytes(&ScoreStats::new(10, 2, 3).unwrap().to_bytes()).unwrap_err().to_string().contains("magic"));
     assert!(FeatureStats::from_bytes(b"short").is_err());
 }
 

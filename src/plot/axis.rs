@@ -195,8 +195,7 @@ mod tests {
 
     #[test]
     fn labels_are_short() {
-        let got: Vec<String> =
-            [0.0, 0.1 + 0.2, 250.0, 12_000.0, 1_500_000.0, 0.00025, -2.0, 1e-4].iter().map(|v| label(*v)).collect();
+        let got: Vec<String> = [0.0, 0.1 + 0.2, 250.0, 12_000.0, 1_500_000.0, 0.00025, -2.0, 1e-4].iter().map(|v| label(*v)).collect();
         assert_eq!(got, ["0", "0.3", "250", "12k", "1.5M", "2.5e-4", "-2", "1e-4"]);
     }
 }

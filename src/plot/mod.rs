@@ -10,18 +10,23 @@
 
 pub mod axis;
 pub mod canvas;
+pub mod error;
 pub mod panel;
 pub mod rd;
 pub mod rd_curve;
 pub mod series;
+mod title;
 
 use image::RgbImage;
 
 use crate::store::metrics_rows::RunRows;
 use axis::{label, Scale};
 use canvas::{Anchor, Canvas, Rect};
+use error::check_size;
+pub use error::{PlotError, MAX_SIDE, MIN_SIZE};
 use panel::{Curve, Panel, Style, Swatch};
 use series::Series;
+use title::title_bar;
 
 /// The colours of a plot; tests look for the curves' by value.
 pub mod theme {
@@ -48,10 +53,6 @@ pub mod theme {
     pub const RATE_DISTORTION: Color = [110, 60, 170];
 }
 
-/// The smallest and largest plot sides, in pixels.
-pub const MIN_SIZE: (u32, u32) = (480, 360);
-pub const MAX_SIDE: u32 = 4096;
-
 /// What to draw, and how large.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlotOptions {
@@ -68,20 +69,6 @@ impl Default for PlotOptions {
     fn default() -> Self {
         Self { width: 1200, height: 800, smooth: None, title: String::new() }
     }
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum PlotError {
-    #[error("the metrics log has no step rows to plot")]
-    NoSteps,
-    #[error(
-        "a plot of {width}x{height} pixels is outside what can be drawn: from {}x{} to {MAX_SIDE}x{MAX_SIDE}",
-        MIN_SIZE.0,
-        MIN_SIZE.1
-    )]
-    Size { width: u32, height: u32 },
-    #[error("a smoothing window of 0 steps: give 1 (none) or more")]
-    Smooth,
 }
 
 /// Draws the loss and throughput panels of `rows`.
@@ -140,35 +127,6 @@ fn draw(rows: &RunRows, opts: &PlotOptions) -> Result<(RgbImage, [Rect; 2]), Plo
     let x_title_y = y - gap + x_title_h / 2;
     c.text("step", st.axis, ((x0 + x1) / 2, x_title_y), Anchor::Center, false, theme::TEXT);
     Ok((c.img, areas))
-}
-
-fn check_size(width: u32, height: u32) -> Result<(), PlotError> {
-    if width < MIN_SIZE.0 || height < MIN_SIZE.1 || width > MAX_SIDE || height > MAX_SIDE {
-        return Err(PlotError::Size { width, height });
-    }
-    Ok(())
-}
-
-/// The line across the top of a plot: `title` on the left (cut from the
-/// left to fit), `summary` on the right, both `pad` in from the edges.
-/// Returns where what comes below it starts.
-fn title_bar(c: &mut Canvas, st: &Style, title: &str, summary: &str, pad: i32) -> i32 {
-    let width = c.img.width() as i32;
-    let title_y = pad + st.title.height() / 2;
-    let right = c.text(summary, st.tick, (width - pad, title_y), Anchor::MiddleRight, false, theme::MUTED);
-    let room = ((right.x0 - 2 * pad - pad) / st.title.size("m").0).max(8) as usize;
-    c.text(&fit(title, room), st.title, (pad, title_y), Anchor::MiddleLeft, false, theme::TEXT);
-    pad + st.title.height() + pad
-}
-
-/// `text` cut to `room` characters from the left (a URL's end says most).
-fn fit(text: &str, room: usize) -> String {
-    let n = text.chars().count();
-    if n <= room {
-        return text.to_string();
-    }
-    let tail: String = text.chars().skip(n + 3 - room).collect();
-    format!("...{tail}")
 }
 
 fn curve(raw: Series, window: usize, dark: [u8; 3], light: [u8; 3]) -> Curve {

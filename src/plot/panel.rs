@@ -123,8 +123,7 @@ impl Panel {
             let px = at_x(*step as f64).round() as i32;
             c.vline(px, plot.y0, plot.y1, s, 4 * s, theme::EVAL);
             let (w, _) = st.tick.size(text);
-            let (lx, anchor) =
-                if px + 4 * s + w < plot.x1 { (px + 4 * s, Anchor::TopLeft) } else { (px - 3 * s, Anchor::TopRight) };
+            let (lx, anchor) = if px + 4 * s + w < plot.x1 { (px + 4 * s, Anchor::TopLeft) } else { (px - 3 * s, Anchor::TopRight) };
             let x0 = if matches!(anchor, Anchor::TopLeft) { lx } else { lx - w };
             if x0 > label_end && x0 >= plot.x0 {
                 c.text(text, st.tick, (lx, plot.y0 + 4 * s), anchor, false, theme::EVAL);

@@ -8,10 +8,12 @@ use image::RgbImage;
 
 use super::axis::{label, Scale};
 use super::canvas::{Anchor, Canvas, Color, Rect};
+use super::error::{check_size, PlotError};
 use super::panel::{Curve, Panel, Style};
 use super::rd_curve::RdCurve;
 use super::series::Series;
-use super::{check_size, theme, title_bar, PlotError};
+use super::theme;
+use super::title::title_bar;
 
 /// How large, and the line across the top.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,11 +96,7 @@ pub(super) fn draw(curve: &RdCurve, opts: &RdOptions) -> Result<(RgbImage, [Rect
     if !curve.data.is_empty() {
         summary += &format!(" of {}", curve.data);
     }
-    summary += &format!(
-        " \u{b7} L_0 {} \u{b7} bound {} bits/dim",
-        label(curve.decoder_nll()),
-        label(curve.bits_per_dim)
-    );
+    summary += &format!(" \u{b7} L_0 {} \u{b7} bound {} bits/dim", label(curve.decoder_nll()), label(curve.bits_per_dim));
     let top = title_bar(&mut c, &st, &opts.title, &summary, pad);
 
     // Per column: the y title, y labels, ticks, plot; rows: header, plot,

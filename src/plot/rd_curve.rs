@@ -162,9 +162,10 @@ fn json_kind(v: &Value) -> &'static str {
 /// What a record without the bound is, for the error.
 fn describe(v: &Value) -> String {
     let metrics = |v: &Value| -> Vec<String> {
-        v.get("spec").and_then(|s| s.get("metrics")).and_then(Value::as_array).map_or_else(Vec::new, |a| {
-            a.iter().filter_map(|m| m.as_str().map(String::from)).collect()
-        })
+        v.get("spec")
+            .and_then(|s| s.get("metrics"))
+            .and_then(Value::as_array)
+            .map_or_else(Vec::new, |a| a.iter().filter_map(|m| m.as_str().map(String::from)).collect())
     };
     match v.get("kind").and_then(Value::as_str) {
         Some("eval") => match metrics(v) {

@@ -67,12 +67,9 @@ fn a_plot_has_the_asked_size_text_and_both_curves() {
     let colours: HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
     assert!(colours.len() > 20, "{} colours", colours.len());
     // Faint steps and the bold average, each in its own panel only.
-    for (c, inside, outside) in [
-        (theme::LOSS, loss, ips),
-        (theme::LOSS_RAW, loss, ips),
-        (theme::THROUGHPUT, ips, loss),
-        (theme::THROUGHPUT_RAW, ips, loss),
-    ] {
+    for (c, inside, outside) in
+        [(theme::LOSS, loss, ips), (theme::LOSS_RAW, loss, ips), (theme::THROUGHPUT, ips, loss), (theme::THROUGHPUT_RAW, ips, loss)]
+    {
         let n = count_where(&img, inside, |p| tinted(p, c));
         assert!(n > 200, "{c:?}: {n} pixels");
         assert_eq!(count_where(&img, outside, |p| tinted(p, c)), 0, "{c:?}");
@@ -100,8 +97,7 @@ fn an_exponential_decay_is_a_straight_line_on_the_log_axis() {
         assert!(!near(&img, (p.0, p.1 - 20.0), 3, theme::LOSS) && !near(&img, (p.0, p.1 + 20.0), 3, theme::LOSS));
     }
     // Midway in steps is midway in height.
-    let (a, b, m) =
-        (at(loss, (1.0, xs), (0.99, ys)), at(loss, (300.0, xs), (1e-3, ys)), at(loss, (150.5, xs), (10f64.powf(-1.505), ys)));
+    let (a, b, m) = (at(loss, (1.0, xs), (0.99, ys)), at(loss, (300.0, xs), (1e-3, ys)), at(loss, (150.5, xs), (10f64.powf(-1.505), ys)));
     assert!((m.1 - (a.1 + b.1) / 2.0).abs() < 1.5, "{a:?} {m:?} {b:?}");
     // Constant throughput: one flat line at 50 on an axis from 0 to 56.
     let p = at(ips, (150.0, xs), (50.0, Scale::linear(0.0, 56.0)));
@@ -152,10 +148,7 @@ fn any_size_in_range_renders_and_others_are_refused() {
         assert!(img.pixels().any(|p| p.0 == theme::LOSS) && img.pixels().any(|p| p.0 == theme::THROUGHPUT), "{w}x{h}");
     }
     for (w, h) in [(479, 800), (1200, 100), (5000, 800)] {
-        assert_eq!(
-            render(&rows, &PlotOptions { width: w, height: h, ..opts(None) }),
-            Err(PlotError::Size { width: w, height: h })
-        );
+        assert_eq!(render(&rows, &PlotOptions { width: w, height: h, ..opts(None) }), Err(PlotError::Size { width: w, height: h }));
     }
     assert_eq!(render(&RunRows::default(), &opts(None)), Err(PlotError::NoSteps));
     assert_eq!(render(&rows, &opts(Some(0))), Err(PlotError::Smooth));
@@ -173,10 +166,4 @@ fn one_step_and_missing_values_still_make_a_plot() {
     // A non-finite loss is left out, not drawn off the axis.
     let rows = RunRows::parse("{\"step\":1,\"loss\":1e400}\n{\"step\":2,\"loss\":0.5}\n");
     assert!(draw(&rows, &opts(None)).is_ok());
-}
-
-#[test]
-fn long_titles_are_cut_from_the_left() {
-    assert_eq!(fit("s3://bucket/runs/abc", 40), "s3://bucket/runs/abc");
-    assert_eq!(fit("s3://bucket/runs/abcdef", 12), "...ns/abcdef");
 }

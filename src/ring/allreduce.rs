@@ -230,7 +230,13 @@ pub(super) fn stalled(timeout: Duration) -> LinkFault {
 
 /// The next frame's payload read into `into` (its exact size), checked
 /// against what is due, within `timeout`.
-async fn read_frame_into(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32, timeout: Duration, into: &mut [u8]) -> Result<(), LinkFault> {
+async fn read_frame_into(
+    r: &mut (impl AsyncRead + Unpin),
+    tag: u32,
+    chunk: u32,
+    timeout: Duration,
+    into: &mut [u8],
+) -> Result<(), LinkFault> {
     use tokio::io::AsyncReadExt;
     let len = into.len();
     tokio::time::timeout(timeout, frame::read_header(r, tag, chunk, len)).await.map_err(|_| stalled(timeout))??;
@@ -332,7 +338,11 @@ mod tests {
                 let out = ring(&g, &weights, 10, dtype).await;
                 let want = star(&g, &weights, dtype);
                 for (r, (got, _)) in out.iter().enumerate() {
-                    assert_eq!(got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), out[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "rank {r} of {n} differs from rank 0");
+                    assert_eq!(
+                        got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        out[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                        "rank {r} of {n} differs from rank 0"
+                    );
                     let tol = if dtype == GradDtype::F32 { 1e-5 } else { 0.1 };
                     let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
                     assert!(worst <= tol, "{n} ranks {dtype:?}: {worst} from the star's sum");

@@ -97,8 +97,19 @@ impl<R: AsyncRead + Unpin> Source<'_, R> {
 /// Where this member's frames go.
 enum Sink<'a, W, C> {
     /// Buffers for the writer future (a TCP successor).
-    Stream { queue: mpsc::UnboundedSender<(u32, u32, Vec<u8>)>, back: mpsc::UnboundedReceiver<Vec<u8>>, current: Vec<u8> },
-    Shared { write: W, read: C, outbox: &'a mut Outbox, sent: u32, taken: u32, timeout: Duration },
+    Stream {
+        queue: mpsc::UnboundedSender<(u32, u32, Vec<u8>)>,
+        back: mpsc::UnboundedReceiver<Vec<u8>>,
+        current: Vec<u8>,
+    },
+    Shared {
+        write: W,
+        read: C,
+        outbox: &'a mut Outbox,
+        sent: u32,
+        taken: u32,
+        timeout: Duration,
+    },
 }
 
 impl<W: AsyncWrite + Unpin, C: AsyncRead + Unpin> Sink<'_, W, C> {
@@ -231,7 +242,9 @@ where
             let more = tell.changed().await.is_ok();
             let latest = *tell.borrow_and_update();
             if shared_in && latest != written {
-                acks.write_all(&latest.to_le_bytes()).await.map_err(|e| RingError::Prev(LinkFault::io("could not be told a slot is free", &e)))?;
+                acks.write_all(&latest.to_le_bytes())
+                    .await
+                    .map_err(|e| RingError::Prev(LinkFault::io("could not be told a slot is free", &e)))?;
                 written = latest;
             }
             if !more {
@@ -485,6 +498,9 @@ mod tests {
             &mut Vec::new(),
         )
         .await;
-        assert!(matches!(&e, Err(RingError::Next(f)) if f.kind == RingFaultKind::Malformed && f.detail.contains("took 99 frames")), "{e:?}");
+        assert!(
+            matches!(&e, Err(RingError::Next(f)) if f.kind == RingFaultKind::Malformed && f.detail.contains("took 99 frames")),
+            "{e:?}"
+        );
     }
 }

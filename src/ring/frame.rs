@@ -72,7 +72,9 @@ pub async fn read_header(r: &mut (impl AsyncRead + Unpin), tag: u32, chunk: u32,
     let got = |i: usize| u32::from_le_bytes(h[i..i + 4].try_into().expect("4 bytes"));
     let (t, c, l) = (got(0), got(4), got(8));
     if (t, c, l as usize) != (tag, chunk, len) {
-        return Err(LinkFault::malformed(format!("sent frame (step {t}, chunk {c}, {l} bytes) where (step {tag}, chunk {chunk}, {len} bytes) was due")));
+        return Err(LinkFault::malformed(format!(
+            "sent frame (step {t}, chunk {c}, {l} bytes) where (step {tag}, chunk {chunk}, {len} bytes) was due"
+        )));
     }
     Ok(())
 }

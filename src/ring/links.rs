@@ -21,7 +21,11 @@ const MAPPED: u8 = 1;
 
 /// The sender's side: offers `outbox` (or none) and returns whether the
 /// receiver mapped it (then the frames' payloads go through it).
-pub async fn offer(stream: &mut (impl AsyncRead + AsyncWrite + Unpin), outbox: Option<&Offer>, timeout: Duration) -> Result<bool, LinkFault> {
+pub async fn offer(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    outbox: Option<&Offer>,
+    timeout: Duration,
+) -> Result<bool, LinkFault> {
     let mut msg = vec![if outbox.is_some() { OFFER } else { NO_OFFER }];
     if let Some(o) = outbox {
         msg.extend_from_slice(&o.encode());

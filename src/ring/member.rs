@@ -115,8 +115,10 @@ impl RingMembership {
         let mut outbox = if f32_ring && same_host { peers.take_outbox(need.0, need.1) } else { None };
         let offer = outbox.as_ref().map(|o| o.offer());
         let dir = peers.shm_dir().filter(|_| f32_ring);
-        let (offered, answered) =
-            tokio::join!(links::offer(&mut out, offer.as_ref(), self.timeout), links::answer(&mut inn, dir, need, peers.take_view(), self.timeout));
+        let (offered, answered) = tokio::join!(
+            links::offer(&mut out, offer.as_ref(), self.timeout),
+            links::answer(&mut inn, dir, need, peers.take_view(), self.timeout)
+        );
         let (out_shm, view) = match (offered, answered) {
             (Ok(o), Ok(v)) => (o, v),
             (o, v) => {
@@ -178,7 +180,14 @@ mod tests {
     #[test]
     fn a_plan_that_is_not_for_this_worker_is_refused() {
         let member = |id| proto::RingMember { worker_id: id, endpoint: "127.0.0.1:1".into() };
-        let mut p = proto::RingPlan { epoch: 1, key: vec![0; 32].into(), rank: 1, members: vec![member(4), member(5)], peer_timeout_s: 1.0, shm: false };
+        let mut p = proto::RingPlan {
+            epoch: 1,
+            key: vec![0; 32].into(),
+            rank: 1,
+            members: vec![member(4), member(5)],
+            peer_timeout_s: 1.0,
+            shm: false,
+        };
         assert!(RingMembership::from_plan(&p, 5).is_ok());
         assert_eq!(RingMembership::from_plan(&p, 4).err(), Some(PlanError::NotMine { rank: 1, at: Some(5), me: 4 }));
         assert!(RingMembership::from_plan(&p, 4).err().unwrap().to_string().contains("not this worker"));

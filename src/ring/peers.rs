@@ -93,7 +93,16 @@ impl PeerListener {
         if let Some(d) = &shm_dir {
             shm::sweep(d);
         }
-        Ok(Self { endpoint, inbox, accept, frames: Mutex::default(), shm_dir, outbox: Mutex::default(), view: Mutex::default(), last_links: Default::default() })
+        Ok(Self {
+            endpoint,
+            inbox,
+            accept,
+            frames: Mutex::default(),
+            shm_dir,
+            outbox: Mutex::default(),
+            view: Mutex::default(),
+            last_links: Default::default(),
+        })
     }
 
     /// Where shared-memory links live for this worker (`DDPM_RING_SHM_DIR`,
@@ -268,15 +277,12 @@ pub fn advertised_endpoint(bound: SocketAddr, advertise: Option<&str>, coord: &s
     }
     let coord = coord.trim_start_matches("https://").trim_start_matches("http://");
     // A UDP "connect" sends nothing; it only asks the kernel for the route.
-    let local = std::net::ToSocketAddrs::to_socket_addrs(coord)
-        .ok()
-        .and_then(|mut a| a.next())
-        .and_then(|target| {
-            let any: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
-            let s = std::net::UdpSocket::bind(any).ok()?;
-            s.connect(target).ok()?;
-            s.local_addr().ok()
-        });
+    let local = std::net::ToSocketAddrs::to_socket_addrs(coord).ok().and_then(|mut a| a.next()).and_then(|target| {
+        let any: SocketAddr = if target.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+        let s = std::net::UdpSocket::bind(any).ok()?;
+        s.connect(target).ok()?;
+        s.local_addr().ok()
+    });
     match local {
         Some(l) => SocketAddr::new(l.ip(), bound.port()).to_string(),
         None => SocketAddr::new([127, 0, 0, 1].into(), bound.port()).to_string(),

@@ -124,10 +124,7 @@ mod tests {
                 assert_eq!(received_segment(r, n, Phase::ReduceScatter, 0), first_sent_segment(prev, n));
                 // Later steps: what prev received one step before.
                 for t in 1..n - 1 {
-                    assert_eq!(
-                        received_segment(r, n, Phase::ReduceScatter, t),
-                        received_segment(prev, n, Phase::ReduceScatter, t - 1)
-                    );
+                    assert_eq!(received_segment(r, n, Phase::ReduceScatter, t), received_segment(prev, n, Phase::ReduceScatter, t - 1));
                     assert_eq!(received_segment(r, n, Phase::AllGather, t), received_segment(prev, n, Phase::AllGather, t - 1));
                 }
                 // The last reduce-scatter step completes r's own segment;

@@ -180,12 +180,7 @@ impl Outbox {
     }
 
     pub fn offer(&self) -> Offer {
-        Offer {
-            path: self.path.display().to_string(),
-            token: self.token,
-            slots: self.slots as u32,
-            slot_bytes: self.slot_bytes as u64,
-        }
+        Offer { path: self.path.display().to_string(), token: self.token, slots: self.slots as u32, slot_bytes: self.slot_bytes as u64 }
     }
 
     /// Slot `i`'s first `len` bytes, to be written.

@@ -139,21 +139,14 @@ pub(crate) fn classify(err: object_store::Error, cx: &Context<'_>) -> StoreError
         if matches!(err, object_store::Error::NotFound { .. }) {
             return StoreError::NotFound { url, key };
         }
-        let auth_variant =
-            matches!(err, object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. });
+        let auth_variant = matches!(err, object_store::Error::Unauthenticated { .. } | object_store::Error::PermissionDenied { .. });
         if auth_variant || AUTH.iter().any(|a| detail.contains(a)) {
             return StoreError::Credentials { url, region: cx.region.to_string(), detail };
         }
     }
     match err {
         object_store::Error::NotFound { .. } => StoreError::NotFound { url, key },
-        _ if is_connection_failure(&detail) => StoreError::Unreachable {
-            url,
-            endpoint: cx.endpoint.to_string(),
-            op: cx.op,
-            key,
-            detail,
-        },
+        _ if is_connection_failure(&detail) => StoreError::Unreachable { url, endpoint: cx.endpoint.to_string(), op: cx.op, key, detail },
         _ => match refusal(&detail) {
             Some(hint) => StoreError::Refused { url, op: cx.op, key, detail, hint },
             None => StoreError::Other { url, op: cx.op, key, detail },

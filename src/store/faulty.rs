@@ -14,11 +14,11 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions,
-    PutPayload, PutResult, Result,
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, Result,
 };
 
-use super::RunStore;
+use super::run_store::RunStore;
 
 /// What a failing operation looks like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,8 +161,7 @@ impl ObjectStore for FaultyStore {
 
 impl RunStore {
     /// This store, failing as `plan` says.
-    pub fn with_faults(mut self, plan: Arc<FaultPlan>) -> Self {
-        self.inner = Arc::new(FaultyStore { inner: self.inner, plan });
-        self
+    pub fn with_faults(self, plan: Arc<FaultPlan>) -> Self {
+        self.wrapped(|inner| Arc::new(FaultyStore { inner, plan }))
     }
 }

@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::{Fence, FenceError, RunStore, StoreError};
+use super::error::{FenceError, StoreError};
+use super::run_store::{Fence, RunStore};
 
 /// Where the lease objects live in the run.
 pub const LEASE_DIR: &str = "lease";
@@ -152,9 +153,7 @@ pub async fn current(store: &RunStore) -> Result<Option<LeaseRecord>, LeaseError
         Err(StoreError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| LeaseError::Corrupt { url: store.url().to_string(), key, reason: e.to_string() })
+    serde_json::from_slice(&bytes).map(Some).map_err(|e| LeaseError::Corrupt { url: store.url().to_string(), key, reason: e.to_string() })
 }
 
 /// True when `rec` names a process of this host that is gone (or this very
@@ -180,7 +179,12 @@ impl RunLease {
                 } else if age_s > rec.ttl_s {
                     tracing::warn!(epoch = rec.epoch, host = %rec.host, pid = rec.pid, "taking over the run: its lease expired {:.0} s ago", age_s - rec.ttl_s);
                 } else if holder_gone_here(&rec, me) {
-                    tracing::warn!(epoch = rec.epoch, pid = rec.pid, "taking over the run: its coordinator (pid {} on this host) is gone", rec.pid);
+                    tracing::warn!(
+                        epoch = rec.epoch,
+                        pid = rec.pid,
+                        "taking over the run: its coordinator (pid {} on this host) is gone",
+                        rec.pid
+                    );
                 } else {
                     return Err(LeaseError::Held {
                         url: store.url().to_string(),
@@ -296,7 +300,10 @@ impl RunLease {
                     tracing::error!("lost the run lease: {why}; this coordinator stops and writes nothing more");
                     return on_lost(&why);
                 }
-                Err(e) => tracing::warn!("could not renew the run lease: {e}; writes stop {:.0} s after the last renewal", self.time_to_live().as_secs_f64()),
+                Err(e) => tracing::warn!(
+                    "could not renew the run lease: {e}; writes stop {:.0} s after the last renewal",
+                    self.time_to_live().as_secs_f64()
+                ),
             }
         }
     }

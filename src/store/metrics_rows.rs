@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::{RunStore, StoreError};
+use super::error::StoreError;
+use super::run_store::RunStore;
 
 /// The local log's key, and the prefix of the remote segments.
 pub const LOCAL_LOG: &str = "metrics.jsonl";
@@ -107,9 +108,23 @@ impl RunRows {
 /// The rows of the run in `store`; a run with no log yet has none.
 pub async fn read(store: &RunStore) -> Result<RunRows, StoreError> {
     let mut text = String::new();
+    for_each_part(store, |part| {
+        text.push_str(&String::from_utf8_lossy(part));
+        text.push('\n');
+    })
+    .await?;
+    Ok(RunRows::parse(&text))
+}
+
+/// Hands `f` each part of the run's metrics log as it is read, in the
+/// log's order: a local run's `metrics.jsonl`, then the remote segments.
+/// A reader that keeps only some columns of each row holds one part at a
+/// time, never the whole log's text and rows (the dashboard's history of
+/// an 800,000-step run).
+pub async fn for_each_part(store: &RunStore, mut f: impl FnMut(&[u8])) -> Result<(), StoreError> {
     if !store.is_remote() {
         match store.get(LOCAL_LOG).await {
-            Ok(bytes) => text.push_str(&String::from_utf8_lossy(&bytes)),
+            Ok(bytes) => f(&bytes),
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
@@ -120,16 +135,13 @@ pub async fn read(store: &RunStore) -> Result<RunRows, StoreError> {
             continue;
         }
         match store.get(&seg.key).await {
-            Ok(bytes) => {
-                text.push_str(&String::from_utf8_lossy(&bytes));
-                text.push('\n');
-            }
+            Ok(bytes) => f(&bytes),
             // Superseded between the listing and the read.
             Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(RunRows::parse(&text))
+    Ok(())
 }
 
 #[cfg(test)]

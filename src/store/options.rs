@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::StoreError;
+use super::error::StoreError;
 
 /// A parsed run location.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,9 +56,7 @@ impl Location {
             return Ok(Location::Local(PathBuf::from(path)));
         }
         if let Some((scheme, _)) = url.split_once("://") {
-            return Err(bad(&format!(
-                "unsupported scheme {scheme}://: use a local path, file:///path or s3://bucket/prefix"
-            )));
+            return Err(bad(&format!("unsupported scheme {scheme}://: use a local path, file:///path or s3://bucket/prefix")));
         }
         Ok(Location::Local(PathBuf::from(url)))
     }
@@ -205,21 +203,15 @@ impl StoreOptions {
                 return Err(cfg(format!("the endpoint {e:?} must start with http:// or https://")));
             }
             if e.starts_with("http://") && !allow_http {
-                return Err(cfg(format!(
-                    "the endpoint {e} is plain http: pass --s3-allow-http (or set AWS_ALLOW_HTTP=true) to allow it"
-                )));
+                return Err(cfg(format!("the endpoint {e} is plain http: pass --s3-allow-http (or set AWS_ALLOW_HTTP=true) to allow it")));
             }
         }
         let key = self.access_key_id.clone().or_else(|| env(&["AWS_ACCESS_KEY_ID"]));
         let secret = self.secret_access_key.clone().or_else(|| env(&["AWS_SECRET_ACCESS_KEY"]));
         let credentials = match (key, secret) {
             (Some(k), Some(s)) => Some((k, s)),
-            (Some(_), None) => {
-                return Err(cfg("an access key id but no secret: set AWS_SECRET_ACCESS_KEY or --s3-secret-key".into()))
-            }
-            (None, Some(_)) => {
-                return Err(cfg("a secret but no access key id: set AWS_ACCESS_KEY_ID or --s3-access-key".into()))
-            }
+            (Some(_), None) => return Err(cfg("an access key id but no secret: set AWS_SECRET_ACCESS_KEY or --s3-secret-key".into())),
+            (None, Some(_)) => return Err(cfg("a secret but no access key id: set AWS_ACCESS_KEY_ID or --s3-access-key".into())),
             (None, None) => {
                 // Kubernetes service accounts (web identity) and ECS task roles
                 // need no static keys; anything else would wait on the EC2
@@ -292,10 +284,7 @@ mod tests {
         assert_eq!(Location::parse("runs/a").unwrap(), Location::Local("runs/a".into()));
         assert_eq!(Location::parse("/x/y").unwrap(), Location::Local("/x/y".into()));
         assert_eq!(Location::parse("file:///x/y").unwrap(), Location::Local("/x/y".into()));
-        assert_eq!(
-            Location::parse("s3://bkt/runs/a/").unwrap(),
-            Location::S3 { bucket: "bkt".into(), prefix: "runs/a".into() }
-        );
+        assert_eq!(Location::parse("s3://bkt/runs/a/").unwrap(), Location::S3 { bucket: "bkt".into(), prefix: "runs/a".into() });
         assert_eq!(Location::parse("s3://bkt").unwrap(), Location::S3 { bucket: "bkt".into(), prefix: String::new() });
         for (bad, why) in [
             ("s3://", "no bucket"),

@@ -130,9 +130,7 @@ pub fn interpolate(
         return Err(SampleError::NoMixingWeights);
     }
     let _guard = tch::no_grad_guard();
-    let image = |px: &[u8]| {
-        Tensor::from_slice(px).to_kind(Kind::Float).view([1, c, r, r]).to_device(device) / 127.5 - 1.0
-    };
+    let image = |px: &[u8]| Tensor::from_slice(px).to_kind(Kind::Float).view([1, c, r, r]).to_device(device) / 127.5 - 1.0;
     let gaussian = |index: u64, key: u64| {
         let mut buf = vec![0f32; per];
         Stream::for_key(seed, Purpose::Interpolate, index, key).fill_normal(&mut buf);

@@ -207,8 +207,7 @@ pub fn with_tensor_view<R>(values: &mut [f32], f: impl FnOnce(&mut Tensor) -> R)
     // borrowed mutably (so nothing else touches them) for as long as the
     // tensor exists: it is dropped before the borrow ends, and libtorch
     // does not free memory it did not allocate.
-    let mut view =
-        unsafe { Tensor::from_blob(values.as_mut_ptr() as *const u8, &[values.len() as i64], &[1], Kind::Float, Device::Cpu) };
+    let mut view = unsafe { Tensor::from_blob(values.as_mut_ptr() as *const u8, &[values.len() as i64], &[1], Kind::Float, Device::Cpu) };
     let out = f(&mut view);
     drop(view);
     out

@@ -28,8 +28,7 @@ pub struct AdamScalars {
 
 /// A contiguous float32 CPU tensor's elements, or None for any other tensor.
 fn host_f32(t: &Tensor) -> Option<(*mut f32, usize)> {
-    (t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous())
-        .then(|| (t.data_ptr() as *mut f32, t.numel()))
+    (t.device() == Device::Cpu && t.kind() == Kind::Float && t.is_contiguous()).then(|| (t.data_ptr() as *mut f32, t.numel()))
 }
 
 /// Mutable slices over distinct contiguous float32 CPU tensors of one
@@ -206,7 +205,15 @@ mod tests {
         let a = Tensor::zeros([8], (Kind::Float, Device::Cpu));
         let b = Tensor::zeros([8], (Kind::Float, Device::Cpu));
         let short = Tensor::zeros([7], (Kind::Float, Device::Cpu));
-        let k = AdamScalars { beta1: 0.9, one_minus_beta1: 0.1, beta2: 0.9, one_minus_beta2: 0.1, inv_bias2_sqrt: 1.0, eps: 1e-8, step_size: 1.0 };
+        let k = AdamScalars {
+            beta1: 0.9,
+            one_minus_beta1: 0.1,
+            beta2: 0.9,
+            one_minus_beta2: 0.1,
+            inv_bias2_sqrt: 1.0,
+            eps: 1e-8,
+            step_size: 1.0,
+        };
         assert!(!adam_cpu(&a, &b, &a, &b, &k), "aliased buffers");
         assert!(!ema_cpu(&a, &short, 0.1), "different lengths");
         assert!(!ema_cpu(&a, &a.narrow(0, 0, 8), 0.1), "a view of the same memory");

@@ -5,11 +5,13 @@
 
 use tch::{Device, Tensor};
 
+use super::error::TrainError;
+use super::optim;
+use super::replica::{Outcome, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{self, order, Dataset, Decoder};
 use crate::diffusion::GaussianDiffusion;
 use crate::train::step::{self, DecodedSample, ShardBatch, StepContext};
-use crate::train::{optim, Outcome, TrainError, TrainState};
 
 /// What one step did.
 #[derive(Debug, Clone, Copy)]
@@ -75,21 +77,17 @@ impl LocalTrainer {
 
 /// Opens the run's dataset at the model's resolution.
 pub fn open_dataset(config: &TrainConfig) -> Result<Box<dyn Dataset>, TrainError> {
-    let spec = config.data.spec.as_ref().ok_or_else(|| crate::config::ConfigError::Invalid {
-        field: "data.spec".into(),
-        reason: "no dataset: pass --data SPEC".into(),
-    })?;
+    let spec = config
+        .data
+        .spec
+        .as_ref()
+        .ok_or_else(|| crate::config::ConfigError::Invalid { field: "data.spec".into(), reason: "no dataset: pass --data SPEC".into() })?;
     let opts = data::OpenOptions { resolution: Some(config.model.image_size as usize) };
     Ok(data::open(spec, &opts)?)
 }
 
 /// Reads and decodes the global batch of `step`.
-fn read_batch(
-    dataset: &dyn Dataset,
-    decoder: &Decoder,
-    config: &TrainConfig,
-    step: u64,
-) -> Result<Vec<DecodedSample>, TrainError> {
+fn read_batch(dataset: &dyn Dataset, decoder: &Decoder, config: &TrainConfig, step: u64) -> Result<Vec<DecodedSample>, TrainError> {
     order::step_batch(config.train.seed, dataset.len(), config.train.batch_size, step)
         .into_iter()
         .map(|item| {

@@ -108,11 +108,8 @@ pub fn reverse(
                 let tt = Tensor::full([n as i64], t, (Kind::Int64, device));
                 let out = unet.forward_t(&x, &tt, false);
                 let t_prev = ts.get(k + 1).copied();
-                let z = if eta > 0.0 && t_prev.is_some() {
-                    noise(seed, first, n, t as u64 + 1, per, shape, device)
-                } else {
-                    x.zeros_like()
-                };
+                let z =
+                    if eta > 0.0 && t_prev.is_some() { noise(seed, first, n, t as u64 + 1, per, shape, device) } else { x.zeros_like() };
                 let (next, pred_x0) = diffusion.ddim_step(&out, &x, t, t_prev, eta, &z, true);
                 x = next;
                 observe(t, &pred_x0);
@@ -126,11 +123,7 @@ pub fn reverse(
 /// `round((x + 1) * 127.5)` clamped to [0, 255]. Returns the bytes in
 /// `[n, C, H, W]` order.
 pub fn to_uint8(x: &Tensor) -> Vec<u8> {
-    let q = ((x.to_device(Device::Cpu).to_kind(Kind::Float) + 1.0) * 127.5)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .contiguous();
+    let q = ((x.to_device(Device::Cpu).to_kind(Kind::Float) + 1.0) * 127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).contiguous();
     let n = q.numel();
     let mut out = vec![0u8; n];
     q.copy_data(&mut out, n);

@@ -92,10 +92,11 @@ pub fn loss_and_grad(
     tch::manual_seed((rng::key(ctx.seed, Purpose::Dropout, ctx.step, first_position) >> 1) as i64);
     model.zero_grad();
     let x_t = diffusion.q_sample(&batch.x0, &batch.t, &batch.noise); // eq. (4)
-                                                                     // Only the network runs under autocast (bf16); its output comes back to
-                                                                     // float32 so that the loss and its first gradient are float32, and
-                                                                     // backward (outside the region, as torch.autocast's recipe has it)
-                                                                     // follows the forward's types down to the float32 parameters.
+
+    // Only the network runs under autocast (bf16); its output comes back to
+    // float32 so that the loss and its first gradient are float32, and
+    // backward (outside the region, as torch.autocast's recipe has it)
+    // follows the forward's types down to the float32 parameters.
     let out = autocast::run(model.device(), ctx.precision, || model.unet.forward_t(&x_t, &batch.t, true).to_kind(Kind::Float));
     let losses = diffusion.training_losses(&out, &batch.x0, &x_t, &batch.t, &batch.noise); // [n]
     let loss = losses.mean(Kind::Float);

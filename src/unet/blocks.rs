@@ -164,7 +164,7 @@ impl TimestepEmbedding {
         let t = t.to_device(self.linear_1.weight.device());
         let freqs = (Tensor::arange(half, (Kind::Float, t.device())) * -(10000f64.ln()) / (half - 1) as f64).exp();
         let args = t.to_kind(Kind::Float).unsqueeze(1) * freqs.unsqueeze(0); // [B, half]
-        // [B, ch], layout [sin, cos], in the weights' kind (as diffusers casts to the model dtype).
+                                                                             // [B, ch], layout [sin, cos], in the weights' kind (as diffusers casts to the model dtype).
         let emb = Tensor::cat(&[args.sin(), args.cos()], 1).to_kind(self.linear_1.weight.kind());
         self.linear_2.forward(&self.linear_1.forward(&emb).silu())
     }
@@ -184,11 +184,7 @@ pub(crate) struct ResBlock {
 
 impl ResBlock {
     pub fn new(p: &Path, (cin, cout): (i64, i64), temb: i64, norm: NormSpec, dropout: f64, init: ModelInit) -> Result<Self, TchError> {
-        let conv_shortcut = if cin != cout {
-            Some(Conv2d::new(&p.sub("conv_shortcut"), cin, cout, 1, init.glorot())?)
-        } else {
-            None
-        };
+        let conv_shortcut = if cin != cout { Some(Conv2d::new(&p.sub("conv_shortcut"), cin, cout, 1, init.glorot())?) } else { None };
         Ok(Self {
             norm1: GroupNorm::new(&p.sub("norm1"), cin, norm.groups, norm.eps)?,
             conv1: Conv2d::new(&p.sub("conv1"), cin, cout, 3, init.glorot())?,
@@ -255,16 +251,7 @@ impl Attention {
         let qkv = hn.linear(&w_qkv, Some(&b_qkv)); // [B, HW, 3C]
         let head = |i: i64| qkv.narrow(2, i * c, c).unsqueeze(1); // [B, 1, HW, C]
         let scale = 1.0 / (c as f64).sqrt();
-        let a = Tensor::scaled_dot_product_attention(
-            &head(0),
-            &head(1),
-            &head(2),
-            None::<Tensor>,
-            0.0,
-            false,
-            scale,
-            false,
-        ); // [B, 1, HW, C]
+        let a = Tensor::scaled_dot_product_attention(&head(0), &head(1), &head(2), None::<Tensor>, 0.0, false, scale, false); // [B, 1, HW, C]
         let out = self.to_out.forward(&a.squeeze_dim(1)); // [B, HW, C]
         x + out.transpose(1, 2).reshape(x.size()) // [B, C, HW] viewed as [B, C, H, W]
     }

@@ -2,8 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::layout::Layout;
-use super::UNetError;
+use super::error::UNetError;
 
 /// The hyper-parameters of the paper's U-Net (docs/ddpm.md section 6).
 ///
@@ -134,18 +133,19 @@ impl UNetConfig {
     /// the field and what would be accepted.
     pub fn validate(&self) -> Result<(), UNetError> {
         let bad = |field: &'static str, reason: String| Err(UNetError::InvalidConfig { field, reason });
-        for (field, value) in
-            [("image_size", self.image_size), ("in_channels", self.in_channels), ("out_channels", self.out_channels)]
-        {
+        for (field, value) in [("image_size", self.image_size), ("in_channels", self.in_channels), ("out_channels", self.out_channels)] {
             if value < 1 {
                 return bad(field, format!("must be at least 1, got {value}"));
             }
         }
         if self.ch < 4 || self.ch % 2 != 0 {
-            return bad("ch", format!(
-                "must be even and at least 4 (the timestep embedding has ch/2 frequencies spaced by ln(10000)/(ch/2 - 1)), got {}",
-                self.ch
-            ));
+            return bad(
+                "ch",
+                format!(
+                    "must be even and at least 4 (the timestep embedding has ch/2 frequencies spaced by ln(10000)/(ch/2 - 1)), got {}",
+                    self.ch
+                ),
+            );
         }
         if self.ch_mult.is_empty() {
             return bad("ch_mult", "must list at least one level".into());
@@ -154,11 +154,14 @@ impl UNetConfig {
             return bad("ch_mult", format!("multipliers must be at least 1, got {m} in {:?}", self.ch_mult));
         }
         if self.ch_mult[0] != 1 {
-            return bad("ch_mult", format!(
-                "the first multiplier must be 1 (level 0 has the `ch` channels of conv_in, as in diffusers' UNet2DModel); \
+            return bad(
+                "ch_mult",
+                format!(
+                    "the first multiplier must be 1 (level 0 has the `ch` channels of conv_in, as in diffusers' UNet2DModel); \
                  got {:?}: scale `ch` instead",
-                self.ch_mult
-            ));
+                    self.ch_mult
+                ),
+            );
         }
         if self.ch_mult.len() > 16 {
             return bad("ch_mult", format!("at most 16 levels, got {}", self.ch_mult.len()));
@@ -175,9 +178,9 @@ impl UNetConfig {
                 return bad(
                     "num_groups",
                     format!(
-                    "level {level} has ch * ch_mult[{level}] = {channels} channels, not divisible by num_groups = {}",
-                    self.num_groups
-                ),
+                        "level {level} has ch * ch_mult[{level}] = {channels} channels, not divisible by num_groups = {}",
+                        self.num_groups
+                    ),
                 );
             }
         }
@@ -195,10 +198,7 @@ impl UNetConfig {
         }
         let reachable: Vec<i64> = (0..self.levels()).map(|l| self.resolution(l)).collect();
         if let Some(r) = self.attn_resolutions.iter().find(|r| !reachable.contains(r)) {
-            return bad(
-                "attn_resolutions",
-                format!("resolution {r} is not a level of this U-Net; its levels run at {reachable:?}"),
-            );
+            return bad("attn_resolutions", format!("resolution {r} is not a level of this U-Net; its levels run at {reachable:?}"));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout", format!("must be in [0, 1), got {}", self.dropout));
@@ -212,11 +212,5 @@ impl UNetConfig {
     /// Whether level `level` has attention blocks.
     pub fn has_attention(&self, level: usize) -> bool {
         self.attn_resolutions.contains(&self.resolution(level))
-    }
-
-    /// The exact number of parameters of the network, counted from the
-    /// architecture without building it (meaningful for a valid config).
-    pub fn param_count(&self) -> i64 {
-        Layout::new(self).params().total()
     }
 }

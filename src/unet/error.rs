@@ -44,9 +44,7 @@ pub enum UNetError {
     },
 
     /// `UNet::new` was given a path that already holds U-Net variables.
-    #[error(
-        "the var-store path `{path}` already holds a U-Net (`{existing}` exists); build each U-Net under a fresh path"
-    )]
+    #[error("the var-store path `{path}` already holds a U-Net (`{existing}` exists); build each U-Net under a fresh path")]
     PathInUse {
         /// The path given to `UNet::new` (empty for the root).
         path: String,

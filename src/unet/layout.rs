@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::UNetConfig;
+use super::config::UNetConfig;
 
 /// One level of the down path (diffusers `down_blocks.{level}`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -78,12 +78,7 @@ pub struct ParamCounts {
 impl ParamCounts {
     /// The exact parameter count of the network.
     pub fn total(&self) -> i64 {
-        self.time_embedding
-            + self.conv_in
-            + self.down.iter().sum::<i64>()
-            + self.mid
-            + self.up.iter().sum::<i64>()
-            + self.out
+        self.time_embedding + self.conv_in + self.down.iter().sum::<i64>() + self.mid + self.up.iter().sum::<i64>() + self.out
     }
 }
 
@@ -106,12 +101,7 @@ pub fn norm_params(c: i64) -> i64 {
 /// projection and the 1x1 shortcut when the width changes.
 pub fn resnet_params(cin: i64, cout: i64, temb: i64) -> i64 {
     let shortcut = if cin != cout { conv_params(cin, cout, 1) } else { 0 };
-    norm_params(cin)
-        + conv_params(cin, cout, 3)
-        + linear_params(temb, cout)
-        + norm_params(cout)
-        + conv_params(cout, cout, 3)
-        + shortcut
+    norm_params(cin) + conv_params(cin, cout, 3) + linear_params(temb, cout) + norm_params(cout) + conv_params(cout, cout, 3) + shortcut
 }
 
 /// Parameters of an attention block: a norm and q, k, v, out projections.
@@ -170,15 +160,7 @@ impl Layout {
                 upsample: level > 0,
             });
         }
-        Layout {
-            in_channels: config.in_channels,
-            out_channels: config.out_channels,
-            ch,
-            temb_channels: 4 * ch,
-            down,
-            mid_channels,
-            up,
-        }
+        Layout { in_channels: config.in_channels, out_channels: config.out_channels, ch, temb_channels: 4 * ch, down, mid_channels, up }
     }
 
     /// Parameter counts per section.
@@ -202,5 +184,15 @@ impl Layout {
             up: self.up.iter().map(|l| level(&l.resnets, l.channels, l.attention, l.upsample)).collect(),
             out: norm_params(self.ch) + conv_params(self.ch, self.out_channels, 3),
         }
+    }
+}
+
+// Here rather than in `config.rs`: the count comes from the layout, which
+// is built from the config (the config knows nothing of it).
+impl UNetConfig {
+    /// The exact number of parameters of the network, counted from the
+    /// architecture without building it (meaningful for a valid config).
+    pub fn param_count(&self) -> i64 {
+        Layout::new(self).params().total()
     }
 }

@@ -3,12 +3,11 @@
 use tch::nn::Path;
 use tch::Tensor;
 
-use super::blocks::{
-    Attention, Conv2d, Downsample, GroupNorm, NormSpec, ResBlock, TimestepEmbedding, Upsample,
-};
-use super::layout::Layout;
+use super::blocks::{Attention, Conv2d, Downsample, GroupNorm, NormSpec, ResBlock, TimestepEmbedding, Upsample};
 use super::config::ModelInit;
-use super::{UNetConfig, UNetError};
+use super::config::UNetConfig;
+use super::error::UNetError;
+use super::layout::Layout;
 
 /// One level of the down or up path: ResBlocks, each followed by an
 /// attention block when the level has attention, then a resampler.
@@ -48,8 +47,7 @@ impl UNet {
         config.validate()?;
         if vs.sub("conv_in").get("weight").is_some() {
             let path = vs.components().collect::<Vec<_>>().join(".");
-            let existing =
-                if path.is_empty() { "conv_in.weight".to_string() } else { format!("{path}.conv_in.weight") };
+            let existing = if path.is_empty() { "conv_in.weight".to_string() } else { format!("{path}.conv_in.weight") };
             return Err(UNetError::PathInUse { path, existing });
         }
         let layout = Layout::new(config);
@@ -66,10 +64,7 @@ impl UNet {
             down.push(Level {
                 resnets: resnets(&p, &spec.resnets, &res)?,
                 attentions: attentions(&p, spec.attention, spec.resnets.len(), spec.channels, norm, init)?,
-                resample: spec
-                    .downsample
-                    .then(|| Downsample::new(&p.sub("downsamplers").sub(0), spec.channels, init))
-                    .transpose()?,
+                resample: spec.downsample.then(|| Downsample::new(&p.sub("downsamplers").sub(0), spec.channels, init)).transpose()?,
             });
         }
         let p = vs.sub("mid_block");
@@ -85,10 +80,7 @@ impl UNet {
             up.push(Level {
                 resnets: resnets(&p, &spec.resnets, &res)?,
                 attentions: attentions(&p, spec.attention, spec.resnets.len(), spec.channels, norm, init)?,
-                resample: spec
-                    .upsample
-                    .then(|| Upsample::new(&p.sub("upsamplers").sub(0), spec.channels, init))
-                    .transpose()?,
+                resample: spec.upsample.then(|| Upsample::new(&p.sub("upsamplers").sub(0), spec.channels, init)).transpose()?,
             });
         }
         let conv_norm_out = GroupNorm::new(&vs.sub("conv_norm_out"), layout.ch, norm.groups, norm.eps)?;

@@ -6,15 +6,7 @@ use tch::{Device, Kind, Tensor};
 use super::{UNet, UNetConfig, UNetError};
 
 fn small(image_size: i64, ch_mult: Vec<i64>, attn: Vec<i64>) -> UNetConfig {
-    UNetConfig {
-        image_size,
-        ch: 32,
-        ch_mult,
-        num_res_blocks: 1,
-        attn_resolutions: attn,
-        dropout: 0.0,
-        ..UNetConfig::cifar10()
-    }
+    UNetConfig { image_size, ch: 32, ch_mult, num_res_blocks: 1, attn_resolutions: attn, dropout: 0.0, ..UNetConfig::cifar10() }
 }
 
 fn built_count(vs: &VarStore) -> i64 {
@@ -88,14 +80,7 @@ fn built_models_have_the_analytic_param_count() {
         UNetConfig::cifar10(),
         UNetConfig::tiny(),
         small(8, vec![1, 2], vec![8, 4]),
-        UNetConfig {
-            in_channels: 1,
-            out_channels: 2,
-            ch: 16,
-            num_groups: 8,
-            num_res_blocks: 3,
-            ..small(16, vec![1, 3, 2], vec![16, 4])
-        },
+        UNetConfig { in_channels: 1, out_channels: 2, ch: 16, num_groups: 8, num_res_blocks: 3, ..small(16, vec![1, 3, 2], vec![16, 4]) },
     ];
     for config in configs {
         let vs = VarStore::new(Device::Cpu);
@@ -110,8 +95,7 @@ fn initialisation_follows_the_paper() {
     let vs = VarStore::new(Device::Cpu);
     UNet::new(&vs.root(), &UNetConfig::cifar10()).unwrap();
     let vars = vs.variables();
-    let zero_weight =
-        |name: &str| name.ends_with("conv2.weight") || name.ends_with("to_out.0.weight") || name == "conv_out.weight";
+    let zero_weight = |name: &str| name.ends_with("conv2.weight") || name.ends_with("to_out.0.weight") || name == "conv_out.weight";
     for (name, t) in &vars {
         let is_norm = name.contains("norm");
         let (min, max) = (t.min().double_value(&[]), t.max().double_value(&[]));
@@ -135,11 +119,7 @@ fn initialisation_follows_the_paper() {
     // The zero-initialised residual branches make the fresh network output zero.
     let vs_tiny = VarStore::new(Device::Cpu);
     let unet = UNet::new(&vs_tiny.root(), &UNetConfig::tiny()).unwrap();
-    let out = unet.forward_t(
-        &Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)),
-        &Tensor::from_slice(&[0i64, 999]),
-        false,
-    );
+    let out = unet.forward_t(&Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu)), &Tensor::from_slice(&[0i64, 999]), false);
     assert_eq!(out.abs().max().double_value(&[]), 0.0);
 }
 
@@ -231,14 +211,7 @@ fn odd_configs_give_the_input_shape() {
     let configs = [
         small(8, vec![1, 2], vec![8, 4]),
         small(8, vec![1, 1, 2, 2], vec![1]),
-        UNetConfig {
-            in_channels: 1,
-            out_channels: 2,
-            ch: 16,
-            num_groups: 8,
-            num_res_blocks: 3,
-            ..small(16, vec![1, 3, 2], vec![16, 4])
-        },
+        UNetConfig { in_channels: 1, out_channels: 2, ch: 16, num_groups: 8, num_res_blocks: 3, ..small(16, vec![1, 3, 2], vec![16, 4]) },
         small(32, vec![1], vec![]),
     ];
     for config in configs {
@@ -250,10 +223,7 @@ fn odd_configs_give_the_input_shape() {
         assert!(out.isfinite().all().int64_value(&[]) == 1);
         // Fully convolutional: a larger input of a valid size works too.
         let x2 = Tensor::randn([1, config.in_channels, 2 * s, 2 * s], (Kind::Float, Device::Cpu));
-        assert_eq!(
-            unet.forward_t(&x2, &Tensor::from_slice(&[5i64]), true).size(),
-            [1, config.out_channels, 2 * s, 2 * s]
-        );
+        assert_eq!(unet.forward_t(&x2, &Tensor::from_slice(&[5i64]), true).size(), [1, config.out_channels, 2 * s, 2 * s]);
     }
 }
 

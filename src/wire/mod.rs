@@ -1,7 +1,8 @@
 //! Tensor data on the wire: float32 and bfloat16 encodings of flat buffers,
 //! chunking, and the weighted accumulation the all-reduce does per chunk;
 //! the typed vocabulary of the proto (`vocab.rs`) and the directives that
-//! tell a worker what to do after an error (`directive.rs`).
+//! tell a worker what to do after an error (`directive.rs`); [`WireError`]
+//! (`error.rs`), what a peer can send wrong.
 
 use std::ops::Range;
 
@@ -12,9 +13,11 @@ use crate::proto;
 
 pub mod auth;
 pub mod directive;
+pub mod error;
 pub mod tls;
 mod vocab;
 
+pub use error::WireError;
 pub use vocab::{analysis_kind, assignment_sampler, sampler_kind, set_assignment_sampler, WorkerRole};
 
 /// The protocol version of `proto/ddpm.proto`; a worker speaking another is
@@ -27,25 +30,6 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// HTTP/2 frame size both sides announce: bulk data in 1 MiB frames rather
 /// than the 16 KiB default, 64 times fewer frames to parse and acknowledge.
 pub const MAX_FRAME_BYTES: u32 = 1 << 20;
-
-/// Bad tensor data from a peer.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
-pub enum WireError {
-    #[error("chunk {index} has {got} bytes, expected {want} ({elements} {dtype} elements)")]
-    WrongSize { index: u32, got: usize, want: usize, elements: usize, dtype: &'static str },
-    #[error("chunk index {index} out of range: the gradient has {chunks} chunks")]
-    BadIndex { index: u32, chunks: usize },
-    #[error("chunk {index} arrived twice")]
-    Duplicate { index: u32 },
-    #[error("unknown gradient dtype {0}")]
-    BadDtype(i32),
-    #[error("unknown {what} value {value}")]
-    BadEnum { what: &'static str, value: i32 },
-    #[error(transparent)]
-    Sampler(#[from] crate::diffusion::SamplerError),
-    #[error("unknown worker role {0:?}: use \"train\" or \"eval\"")]
-    UnknownRole(String),
-}
 
 impl GradDtype {
     pub fn bytes_per_element(self) -> usize {
@@ -313,9 +297,7 @@ pub fn accumulate_screened(bytes: &[u8], dtype: GradDtype, index: u32, weight: f
 /// reports these for its own gradient so that the coordinator can screen
 /// it as it screens the star's chunks.
 pub fn chunk_norms(values: &[f32], chunk_elements: usize) -> Vec<f64> {
-    chunk_ranges(values.len(), chunk_elements)
-        .map(|r| values[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt())
-        .collect()
+    chunk_ranges(values.len(), chunk_elements).map(|r| values[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()).collect()
 }
 
 /// Rounds values through the wire dtype in place (what the receiver sees).

@@ -149,7 +149,9 @@ impl ClientTls {
             (None, false) => format!("http://{addr}"),
             (Some(("https", _)), true) | (Some(("http", _)), false) => addr.to_string(),
             (Some(("https", _)), false) => {
-                anyhow::bail!("the coordinator address {addr:?} is https:// but no TLS flag is given: pass --tls-ca (the CA of its certificate)")
+                anyhow::bail!(
+                    "the coordinator address {addr:?} is https:// but no TLS flag is given: pass --tls-ca (the CA of its certificate)"
+                )
             }
             (Some(("http", _)), true) => {
                 anyhow::bail!("the coordinator address {addr:?} is http:// but TLS flags are given: drop the scheme or use https://")

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::WireError;
+use super::error::WireError;
 use crate::diffusion::{Sampler, SamplerKind};
 use crate::proto;
 use crate::train::analysis::AnalysisKind;
@@ -118,9 +118,6 @@ mod tests {
         set_assignment_sampler(&mut a, Sampler::Ddim { steps: 4, eta: 0.5 });
         assert_eq!(assignment_sampler(&a), Ok(Sampler::Ddim { steps: 4, eta: 0.5 }));
         assert_eq!("".parse::<WorkerRole>(), Ok(WorkerRole::Train));
-        assert_eq!(
-            "gpu".parse::<WorkerRole>().unwrap_err().to_string(),
-            "unknown worker role \"gpu\": use \"train\" or \"eval\""
-        );
+        assert_eq!("gpu".parse::<WorkerRole>().unwrap_err().to_string(), "unknown worker role \"gpu\": use \"train\" or \"eval\"");
     }
 }

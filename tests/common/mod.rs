@@ -2,7 +2,9 @@
 //! `ddpm-coord` / `ddpm-worker` binaries started on loopback.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod k8s;
+pub mod pss;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -56,15 +58,10 @@ impl Proc {
 
     /// Starts `cmd` as it is set up; stdout and stderr lines are collected.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        let mut child =
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         let (tx, rx) = mpsc::channel();
-        for stream in
-            [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())]
-        {
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {

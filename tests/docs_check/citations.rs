@@ -10,9 +10,7 @@ use walkdir::WalkDir;
 /// pieces so that this file does not name them either).
 const GONE: &[&str] = &[concat!("..", "/shared/"), concat!("DDPM", ".md")];
 const CITATION: &str = "docs/ddpm.md section";
-const TEXT_EXTENSIONS: &[&str] = &[
-    "rs", "py", "sh", "proto", "md", "toml", "yaml", "yml", "html", "js", "css", "txt",
-];
+const TEXT_EXTENSIONS: &[&str] = &["rs", "py", "sh", "proto", "md", "toml", "yaml", "yml", "html", "js", "css", "txt"];
 
 /// The repository's text files (no build outputs, runs or hidden directories).
 pub fn text_files(root: &Path) -> Vec<PathBuf> {
@@ -20,30 +18,18 @@ pub fn text_files(root: &Path) -> Vec<PathBuf> {
         .into_iter()
         .filter_entry(|e| {
             let name = e.file_name().to_string_lossy();
-            e.depth() == 0
-                || !(name.starts_with('.')
-                    || name == "target"
-                    || name == "runs"
-                    || name == "node_modules")
+            e.depth() == 0 || !(name.starts_with('.') || name == "target" || name == "runs" || name == "node_modules")
         })
         .filter_map(Result::ok)
         .filter(|e| e.file_type().is_file())
         .map(|e| e.into_path())
-        .filter(|p| {
-            p.extension()
-                .and_then(|x| x.to_str())
-                .is_some_and(|x| TEXT_EXTENSIONS.contains(&x))
-        })
+        .filter(|p| p.extension().and_then(|x| x.to_str()).is_some_and(|x| TEXT_EXTENSIONS.contains(&x)))
         .collect()
 }
 
 /// The numbers of the `## N. Title` sections of the spec.
 pub fn spec_sections(spec: &str) -> Vec<u32> {
-    spec.lines()
-        .filter_map(|l| l.strip_prefix("## "))
-        .filter_map(|t| t.split_once('.'))
-        .filter_map(|(n, _)| n.parse().ok())
-        .collect()
+    spec.lines().filter_map(|l| l.strip_prefix("## ")).filter_map(|t| t.split_once('.')).filter_map(|(n, _)| n.parse().ok()).collect()
 }
 
 /// The problems of one file's text: old spec places, and citations of
@@ -60,14 +46,8 @@ pub fn check_text(text: &str, sections: &[u32]) -> Vec<(usize, String)> {
         while let Some(pos) = rest.find(CITATION) {
             rest = &rest[pos + CITATION.len()..];
             // "section N" with a number; prose about the citations themselves has none.
-            for n in cited_sections(rest)
-                .into_iter()
-                .filter(|n| !sections.contains(n))
-            {
-                problems.push((
-                    i + 1,
-                    format!("cites docs/ddpm.md section {n}, which does not exist"),
-                ));
+            for n in cited_sections(rest).into_iter().filter(|n| !sections.contains(n)) {
+                problems.push((i + 1, format!("cites docs/ddpm.md section {n}, which does not exist")));
             }
         }
     }
@@ -99,19 +79,9 @@ mod tests {
     fn reads_citations_and_flags_missing_sections() {
         let sections = spec_sections("# Spec\n\n## 1. One\n\n## 2. Two\n\n## 3. Three\n");
         assert_eq!(sections, vec![1, 2, 3]);
-        assert!(check_text(
-            "// the bound (docs/ddpm.md sections 1-2 and 3), see docs/ddpm.md section 2.",
-            &sections
-        )
-        .is_empty());
+        assert!(check_text("// the bound (docs/ddpm.md sections 1-2 and 3), see docs/ddpm.md section 2.", &sections).is_empty());
         let problems = check_text("x\n// docs/ddpm.md section 7: Adam\n", &sections);
-        assert_eq!(
-            problems,
-            vec![(
-                2,
-                "cites docs/ddpm.md section 7, which does not exist".to_string()
-            )]
-        );
+        assert_eq!(problems, vec![(2, "cites docs/ddpm.md section 7, which does not exist".to_string())]);
         let old = format!("see {}", GONE[0]);
         assert_eq!(check_text(&old, &sections).len(), 1);
     }

@@ -32,22 +32,13 @@ pub fn target(words: &[String]) -> Option<Target> {
         return Some(Target::Binary(bin, args()));
     }
     if first == "cargo" && words.get(1).map(String::as_str) == Some("run") {
-        let bin = words
-            .windows(2)
-            .find(|w| w[0] == "--bin")
-            .map(|w| w[1].as_str())?;
+        let bin = words.windows(2).find(|w| w[0] == "--bin").map(|w| w[1].as_str())?;
         let bin = BINARIES.iter().find(|b| **b == bin)?;
-        let after = words
-            .iter()
-            .position(|w| w == "--")
-            .map_or(words.len(), |i| i + 1);
+        let after = words.iter().position(|w| w == "--").map_or(words.len(), |i| i + 1);
         return Some(Target::Binary(bin, clean(&words[after..])));
     }
     let path = first.trim_start_matches("./");
-    if (path.ends_with(".sh") || path.ends_with(".py"))
-        && path.contains('/')
-        && !path.starts_with(['/', '$', '~'])
-    {
+    if (path.ends_with(".sh") || path.ends_with(".py")) && path.contains('/') && !path.starts_with(['/', '$', '~']) {
         return Some(Target::Script(path.to_string(), args()));
     }
     None
@@ -74,11 +65,7 @@ pub fn check_binary(program: &str, args: &[String], helps: &mut dyn Helps) -> Ve
     let mut i = 0;
     while i < args.len() {
         let arg = &args[i];
-        let command = || {
-            format!("{program} {}", path.join(" "))
-                .trim_end()
-                .to_string()
-        };
+        let command = || format!("{program} {}", path.join(" ")).trim_end().to_string();
         if arg == "--" {
             break;
         } else if let Some(flag) = arg.strip_prefix("--") {
@@ -87,32 +74,21 @@ pub fn check_binary(program: &str, args: &[String], helps: &mut dyn Helps) -> Ve
                 None => (flag, false),
             };
             // `--max-*` names a family of flags.
-            let family = name
-                .strip_suffix('*')
-                .is_some_and(|prefix| help.flags.keys().any(|f| f.starts_with(prefix)));
+            let family = name.strip_suffix('*').is_some_and(|prefix| help.flags.keys().any(|f| f.starts_with(prefix)));
             match help.flags.get(name) {
                 _ if family => {}
                 Some(&takes_value) => i += usize::from(takes_value && !inline),
                 None => {
-                    problems.push(format!(
-                        "--{name} is not an option of `{}` (see its --help)",
-                        command()
-                    ));
+                    problems.push(format!("--{name} is not an option of `{}` (see its --help)", command()));
                     // Its value, if it had one, is not a stray argument.
-                    i += usize::from(
-                        !inline && args.get(i + 1).is_some_and(|v| !v.starts_with('-')),
-                    );
+                    i += usize::from(!inline && args.get(i + 1).is_some_and(|v| !v.starts_with('-')));
                 }
             }
         } else if is_short(arg) {
             i += short_flags(arg, &help, &command(), &mut problems);
         } else if !help.subcommands.is_empty() && positionals == 0 {
             if !help.subcommands.contains(arg) {
-                problems.push(format!(
-                    "`{arg}` is not a subcommand of `{}` (it has: {})",
-                    command(),
-                    help.subcommands.join(", ")
-                ));
+                problems.push(format!("`{arg}` is not a subcommand of `{}` (it has: {})", command(), help.subcommands.join(", ")));
                 break;
             }
             path.push(arg.clone());
@@ -133,9 +109,7 @@ pub fn check_binary(program: &str, args: &[String], helps: &mut dyn Helps) -> Ve
 
 /// `-x`, not a negative number.
 fn is_short(arg: &str) -> bool {
-    arg.len() >= 2
-        && arg.starts_with('-')
-        && !arg[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')
+    arg.len() >= 2 && arg.starts_with('-') && !arg[1..].starts_with(|c: char| c.is_ascii_digit() || c == '.')
 }
 
 /// Checks `-abc` / `-xVALUE`; returns 1 when the next word is its value.
@@ -146,9 +120,7 @@ fn short_flags(arg: &str, help: &Help, command: &str, problems: &mut Vec<String>
             Some(true) => return usize::from(k + 1 == letters.len()),
             Some(false) => {}
             None => {
-                problems.push(format!(
-                    "-{c} is not an option of `{command}` (see its --help)"
-                ));
+                problems.push(format!("-{c} is not an option of `{command}` (see its --help)"));
                 return 0;
             }
         }
@@ -157,12 +129,7 @@ fn short_flags(arg: &str, help: &Help, command: &str, problems: &mut Vec<String>
 }
 
 /// The problems of `script args` (`script` relative to `root`).
-pub fn check_script(
-    root: &Path,
-    script: &str,
-    args: &[String],
-    helps: &mut dyn Helps,
-) -> Vec<String> {
+pub fn check_script(root: &Path, script: &str, args: &[String], helps: &mut dyn Helps) -> Vec<String> {
     let text = match std::fs::read_to_string(root.join(script)) {
         Ok(t) => t,
         Err(e) => return vec![format!("{script}: no such script in the repository ({e})")],
@@ -172,9 +139,7 @@ pub fn check_script(
         for arg in args.iter().filter_map(|a| a.strip_prefix("--")) {
             let name = arg.split('=').next().unwrap_or(arg);
             if own.contains(name) {
-                problems.push(format!(
-                    "{script} already passes --{name} to {bin} (a second one is refused)"
-                ));
+                problems.push(format!("{script} already passes --{name} to {bin} (a second one is refused)"));
             }
         }
         return problems;
@@ -184,12 +149,7 @@ pub fn check_script(
         .filter(|a| a.starts_with('-') && a.len() > 1)
         .map(|a| a.split('=').next().unwrap_or(a))
         .filter(|a| !accepted.contains(*a))
-        .map(|a| {
-            format!(
-                "{script} does not accept {a} (it parses: {})",
-                accepted.iter().cloned().collect::<Vec<_>>().join(", ")
-            )
-        })
+        .map(|a| format!("{script} does not accept {a} (it parses: {})", accepted.iter().cloned().collect::<Vec<_>>().join(", ")))
         .collect()
 }
 
@@ -202,11 +162,7 @@ fn forwards(text: &str) -> Option<(&'static str, BTreeSet<String>)> {
         for (k, w) in words.iter().enumerate() {
             let name = w.trim_matches('"').rsplit('/').next().unwrap_or("");
             if let Some(bin) = BINARIES.iter().find(|b| **b == name) {
-                let own = words[k + 1..]
-                    .iter()
-                    .filter_map(|w| w.strip_prefix("--"))
-                    .map(str::to_string)
-                    .collect();
+                let own = words[k + 1..].iter().filter_map(|w| w.strip_prefix("--")).map(str::to_string).collect();
                 return Some((bin, own));
             }
         }
@@ -220,19 +176,12 @@ fn script_flags(text: &str) -> BTreeSet<String> {
     let mut flags = BTreeSet::new();
     for line in text.lines().map(str::trim) {
         if let Some((pattern, _)) = line.split_once(')') {
-            if pattern.starts_with('-')
-                && pattern
-                    .split('|')
-                    .all(|p| p.starts_with('-') && !p.contains(' '))
-            {
+            if pattern.starts_with('-') && pattern.split('|').all(|p| p.starts_with('-') && !p.contains(' ')) {
                 flags.extend(pattern.split('|').map(str::to_string));
             }
         }
         if line.contains("add_argument(") {
-            for quoted in line
-                .split(['"', '\''])
-                .filter(|q| q.starts_with('-') && !q.contains(' '))
-            {
+            for quoted in line.split(['"', '\'']).filter(|q| q.starts_with('-') && !q.contains(' ')) {
                 flags.insert(quoted.to_string());
             }
         }

@@ -21,10 +21,7 @@ pub struct Help {
 impl Help {
     /// Parses clap's help output (short or long form).
     pub fn parse(text: &str) -> Help {
-        let mut help = Help {
-            positionals: Some(0),
-            ..Help::default()
-        };
+        let mut help = Help { positionals: Some(0), ..Help::default() };
         let mut section = "";
         for line in text.lines() {
             if !line.starts_with(' ') && line.ends_with(':') {
@@ -58,22 +55,15 @@ impl Help {
         let mut short = None;
         if let Some(after) = rest.strip_prefix('-').filter(|r| !r.starts_with('-')) {
             short = after.chars().next().filter(char::is_ascii_alphanumeric);
-            rest = after
-                .get(1..)
-                .unwrap_or("")
-                .trim_start_matches(',')
-                .trim_start();
+            rest = after.get(1..).unwrap_or("").trim_start_matches(',').trim_start();
         }
         let mut long = None;
         if let Some(after) = rest.strip_prefix("--") {
-            let end = after
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
-                .unwrap_or(after.len());
+            let end = after.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).unwrap_or(after.len());
             long = Some(after[..end].to_string());
             rest = &after[end..];
         }
-        let takes_value =
-            rest.starts_with(" <") || rest.starts_with("=<") || rest.starts_with(" [<");
+        let takes_value = rest.starts_with(" <") || rest.starts_with("=<") || rest.starts_with(" [<");
         if let Some(s) = short {
             self.shorts.insert(s, takes_value);
         }
@@ -99,10 +89,7 @@ pub struct BinaryHelps {
 impl BinaryHelps {
     /// The binaries in `dir` (target/<profile>).
     pub fn new(dir: PathBuf) -> Self {
-        Self {
-            dir,
-            cache: HashMap::new(),
-        }
+        Self { dir, cache: HashMap::new() }
     }
 }
 
@@ -127,10 +114,7 @@ impl Helps for BinaryHelps {
                 Err(format!(
                     "`{program} {} --help` failed: {}",
                     path.join(" "),
-                    String::from_utf8_lossy(&o.stderr)
-                        .lines()
-                        .next()
-                        .unwrap_or("")
+                    String::from_utf8_lossy(&o.stderr).lines().next().unwrap_or("")
                 ))
             }
         });

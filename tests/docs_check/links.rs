@@ -18,16 +18,9 @@ pub fn check_links(root: &Path, page: &Path, text: &str) -> Vec<(usize, String)>
             Some((f, a)) => (f, Some(a)),
             None => (target, None),
         };
-        let resolved = if file.is_empty() {
-            page.to_path_buf()
-        } else {
-            dir.join(file)
-        };
+        let resolved = if file.is_empty() { page.to_path_buf() } else { dir.join(file) };
         if !resolved.exists() {
-            problems.push((
-                link.line,
-                format!("link to {target}: {} does not exist", resolved.display()),
-            ));
+            problems.push((link.line, format!("link to {target}: {} does not exist", resolved.display())));
             continue;
         }
         let Some(anchor) = anchor else { continue };
@@ -36,13 +29,7 @@ pub fn check_links(root: &Path, page: &Path, text: &str) -> Vec<(usize, String)>
         }
         let page_text = std::fs::read_to_string(&resolved).unwrap_or_default();
         if !anchors(&page_text).iter().any(|a| a == anchor) {
-            problems.push((
-                link.line,
-                format!(
-                    "link to {target}: {} has no heading #{anchor}",
-                    resolved.display()
-                ),
-            ));
+            problems.push((link.line, format!("link to {target}: {} has no heading #{anchor}", resolved.display())));
         }
     }
     problems

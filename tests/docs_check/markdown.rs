@@ -64,11 +64,7 @@ pub fn shell_lines(text: &str, programs: &[&str]) -> Vec<Shown> {
             Some(body) => (body, true),
             None => (content, false),
         };
-        let shown = pending.get_or_insert(Shown {
-            line,
-            text: String::new(),
-            pipes: true,
-        });
+        let shown = pending.get_or_insert(Shown { line, text: String::new(), pipes: true });
         shown.text.push_str(body);
         shown.text.push(' ');
         if !continues {
@@ -87,16 +83,10 @@ fn inline_commands(paragraph: &[(usize, &str)], programs: &[&str]) -> Vec<Shown>
         .into_iter()
         .filter(|(_, span)| {
             let first = span.split_whitespace().next().unwrap_or("");
-            programs
-                .iter()
-                .any(|p| first == *p || first.ends_with(&format!("/{p}")))
+            programs.iter().any(|p| first == *p || first.ends_with(&format!("/{p}")))
         })
         // Tables escape `|` inside spans.
-        .map(|(line, span)| Shown {
-            line,
-            text: span.replace("\\|", "|"),
-            pipes: false,
-        })
+        .map(|(line, span)| Shown { line, text: span.replace("\\|", "|"), pipes: false })
         .collect()
 }
 
@@ -110,13 +100,7 @@ fn spans(paragraph: &[(usize, &str)]) -> Vec<(usize, String)> {
         text.push_str(raw);
         text.push('\n');
     }
-    let line_at = |offset: usize| {
-        starts
-            .iter()
-            .rev()
-            .find(|(s, _)| *s <= offset)
-            .map_or(0, |(_, l)| *l)
-    };
+    let line_at = |offset: usize| starts.iter().rev().find(|(s, _)| *s <= offset).map_or(0, |(_, l)| *l);
     let mut out = Vec::new();
     let mut pos = 0;
     while let Some(found) = text[pos..].find('`') {
@@ -153,15 +137,8 @@ pub fn links(text: &str) -> Vec<Link> {
             let after = &rest[pos + 2..];
             match after.find(')') {
                 Some(end) => {
-                    let target = after[..end]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
-                    out.push(Link {
-                        line: i + 1,
-                        target,
-                    });
+                    let target = after[..end].split_whitespace().next().unwrap_or("").to_string();
+                    out.push(Link { line: i + 1, target });
                     rest = &after[end..];
                 }
                 None => break,
@@ -209,11 +186,7 @@ pub fn anchors(text: &str) -> Vec<String> {
             })
             .collect();
         let repeats = seen.entry(slug.clone()).or_insert(0);
-        out.push(if *repeats == 0 {
-            slug
-        } else {
-            format!("{slug}-{repeats}")
-        });
+        out.push(if *repeats == 0 { slug } else { format!("{slug}-{repeats}") });
         *repeats += 1;
     }
     out
@@ -260,13 +233,7 @@ params: 774531
                 (13, "ddpm model --preset tiny"),
             ]
         );
-        assert_eq!(
-            links(PAGE),
-            vec![Link {
-                line: 3,
-                target: "docs/g.md#a-b".into()
-            }]
-        );
+        assert_eq!(links(PAGE), vec![Link { line: 3, target: "docs/g.md#a-b".into() }]);
         assert_eq!(anchors(PAGE), vec!["title", "a-b", "a-b-1"]);
     }
 }

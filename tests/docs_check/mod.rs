@@ -34,12 +34,7 @@ impl fmt::Display for Problem {
 pub fn pages(root: &Path) -> Vec<PathBuf> {
     let mut out = vec![root.join("README.md")];
     let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "md"))
-                .collect()
-        })
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "md")).collect())
         .unwrap_or_default();
     docs.sort();
     out.extend(docs);
@@ -48,12 +43,7 @@ pub fn pages(root: &Path) -> Vec<PathBuf> {
 
 /// Every command of ours that `text` shows, checked; returns the problems
 /// and how many command lines were checked.
-pub fn check_commands(
-    root: &Path,
-    file: &str,
-    text: &str,
-    helps: &mut dyn Helps,
-) -> (Vec<Problem>, usize) {
+pub fn check_commands(root: &Path, file: &str, text: &str, helps: &mut dyn Helps) -> (Vec<Problem>, usize) {
     let mut problems = Vec::new();
     let mut checked = 0;
     for shown in markdown::shell_lines(text, BINARIES) {
@@ -77,12 +67,5 @@ pub fn check_commands(
 
 /// The page's relative links, checked.
 pub fn check_page_links(root: &Path, page: &Path, file: &str, text: &str) -> Vec<Problem> {
-    links::check_links(root, page, text)
-        .into_iter()
-        .map(|(line, what)| Problem {
-            file: file.to_string(),
-            line,
-            what,
-        })
-        .collect()
+    links::check_links(root, page, text).into_iter().map(|(line, what)| Problem { file: file.to_string(), line, what }).collect()
 }

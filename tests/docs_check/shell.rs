@@ -104,10 +104,7 @@ mod tests {
     use super::commands;
 
     fn check(line: &str, pipes: bool, want: &[&[&str]]) {
-        let want: Vec<Vec<String>> = want
-            .iter()
-            .map(|c| c.iter().map(|w| w.to_string()).collect())
-            .collect();
+        let want: Vec<Vec<String>> = want.iter().map(|c| c.iter().map(|w| w.to_string()).collect()).collect();
         assert_eq!(commands(line, pipes), want, "{line}");
     }
 
@@ -116,38 +113,19 @@ mod tests {
         check(
             "source deploy/env.sh && ddpm_setup && A=1 ddpm model --preset tiny   # a comment",
             true,
-            &[
-                &["source", "deploy/env.sh"],
-                &["ddpm_setup"],
-                &["ddpm", "model", "--preset", "tiny"],
-            ],
+            &[&["source", "deploy/env.sh"], &["ddpm_setup"], &["ddpm", "model", "--preset", "tiny"]],
         );
         check(
             "ddpm checkpoints list --json | python3 -c 'x | y'",
             true,
-            &[
-                &["ddpm", "checkpoints", "list", "--json"],
-                &["python3", "-c", "x | y"],
-            ],
+            &[&["ddpm", "checkpoints", "list", "--json"], &["python3", "-c", "x | y"]],
         );
-        check(
-            "ddpm-coord --grad-dtype f32|bf16",
-            false,
-            &[&["ddpm-coord", "--grad-dtype", "f32|bf16"]],
-        );
+        check("ddpm-coord --grad-dtype f32|bf16", false, &[&["ddpm-coord", "--grad-dtype", "f32|bf16"]]);
     }
 
     #[test]
     fn keeps_substitutions_whole_and_skips_exports() {
-        check(
-            "export T=$(openssl rand -hex 32) U=$(openssl rand -hex 32)",
-            true,
-            &[],
-        );
-        check(
-            "ddpm-coord --run \"runs/a b\" --seed $(echo 1)",
-            true,
-            &[&["ddpm-coord", "--run", "runs/a b", "--seed", "$(echo 1)"]],
-        );
+        check("export T=$(openssl rand -hex 32) U=$(openssl rand -hex 32)", true, &[]);
+        check("ddpm-coord --run \"runs/a b\" --seed $(echo 1)", true, &[&["ddpm-coord", "--run", "runs/a b", "--seed", "$(echo 1)"]]);
     }
 }

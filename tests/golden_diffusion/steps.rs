@@ -20,10 +20,7 @@ const RTOL32: f64 = 1e-5;
 
 fn ddpm_case(fx: &Fixture, case: &str) -> (ddpm::diffusion::GaussianDiffusion, bool) {
     let c = &fx.meta["ddpm"]["cases"][case];
-    let d = paper(
-        mean_type(c["prediction_type"].as_str().expect("str")),
-        var_type(c["variance_type"].as_str().expect("str")),
-    );
+    let d = paper(mean_type(c["prediction_type"].as_str().expect("str")), var_type(c["variance_type"].as_str().expect("str")));
     (d, c["clip"].as_bool().expect("bool"))
 }
 
@@ -36,45 +33,14 @@ fn ancestral_step_matches_ddpm_scheduler() {
     for case in cases.keys() {
         let (d, clip) = ddpm_case(&fx, case);
         for &t in &ts {
-            let (xt, out) = (
-                fx.get(&format!("ddpm/xt/{t}")),
-                fx.get(&format!("ddpm/out/{t}")),
-            );
+            let (xt, out) = (fx.get(&format!("ddpm/xt/{t}")), fx.get(&format!("ddpm/out/{t}")));
             let p = format!("ddpm/{case}/{t}");
             let tb = full_t(t, &xt);
             let (prev, x0) = d.p_sample(&out, &xt, &tb, &fx.get(&format!("{p}/noise")), clip);
-            check(
-                &format!("{p} x_prev vs f64"),
-                &prev,
-                &fx.get(&format!("{p}/prev64")),
-                ATOL64,
-                RTOL64,
-            );
-            check_x0(
-                &format!("{p} pred_x0 vs f64"),
-                &x0,
-                &fx.get(&format!("{p}/x0_64")),
-                &d,
-                &tb,
-                ATOL64,
-                RTOL64,
-            );
-            check(
-                &format!("{p} x_prev vs stock"),
-                &prev,
-                &fx.get(&format!("{p}/prev32")),
-                ATOL32,
-                RTOL32,
-            );
-            check_x0(
-                &format!("{p} pred_x0 vs stock"),
-                &x0,
-                &fx.get(&format!("{p}/x0_32")),
-                &d,
-                &tb,
-                ATOL32,
-                RTOL32,
-            );
+            check(&format!("{p} x_prev vs f64"), &prev, &fx.get(&format!("{p}/prev64")), ATOL64, RTOL64);
+            check_x0(&format!("{p} pred_x0 vs f64"), &x0, &fx.get(&format!("{p}/x0_64")), &d, &tb, ATOL64, RTOL64);
+            check(&format!("{p} x_prev vs stock"), &prev, &fx.get(&format!("{p}/prev32")), ATOL32, RTOL32);
+            check_x0(&format!("{p} pred_x0 vs stock"), &x0, &fx.get(&format!("{p}/x0_32")), &d, &tb, ATOL32, RTOL32);
         }
     }
 }
@@ -89,29 +55,9 @@ fn ancestral_step_with_mixed_timesteps_in_a_batch() {
         let row = |name: &str, t: i64| fx.get(&name.replace("{t}", &t.to_string())).get(0);
         let stack = |name: &str| Tensor::stack(&ts.map(|t| row(name, t)), 0);
         let tb = Tensor::from_slice(&ts).to_device(device());
-        let (prev, x0) = d.p_sample(
-            &stack("ddpm/out/{t}"),
-            &stack("ddpm/xt/{t}"),
-            &tb,
-            &stack(&format!("ddpm/{case}/{{t}}/noise")),
-            clip,
-        );
-        check(
-            &format!("{case} mixed-t x_prev"),
-            &prev,
-            &stack(&format!("ddpm/{case}/{{t}}/prev64")),
-            ATOL64,
-            RTOL64,
-        );
-        check_x0(
-            &format!("{case} mixed-t pred_x0"),
-            &x0,
-            &stack(&format!("ddpm/{case}/{{t}}/x0_64")),
-            &d,
-            &tb,
-            ATOL64,
-            RTOL64,
-        );
+        let (prev, x0) = d.p_sample(&stack("ddpm/out/{t}"), &stack("ddpm/xt/{t}"), &tb, &stack(&format!("ddpm/{case}/{{t}}/noise")), clip);
+        check(&format!("{case} mixed-t x_prev"), &prev, &stack(&format!("ddpm/{case}/{{t}}/prev64")), ATOL64, RTOL64);
+        check_x0(&format!("{case} mixed-t pred_x0"), &x0, &stack(&format!("ddpm/{case}/{{t}}/x0_64")), &d, &tb, ATOL64, RTOL64);
     }
 }
 
@@ -121,69 +67,23 @@ fn ddim_step_matches_ddim_scheduler() {
     let cases = fx.meta["ddim"]["cases"].as_object().expect("cases");
     assert_eq!(cases.len(), 6);
     for (case, c) in cases {
-        let d = paper(
-            mean_type(c["prediction_type"].as_str().expect("str")),
-            var_type("fixedlarge"),
-        );
-        let (eta, clip) = (
-            c["eta"].as_f64().expect("eta"),
-            c["clip"].as_bool().expect("clip"),
-        );
+        let d = paper(mean_type(c["prediction_type"].as_str().expect("str")), var_type("fixedlarge"));
+        let (eta, clip) = (c["eta"].as_f64().expect("eta"), c["clip"].as_bool().expect("clip"));
         let steps = c["steps"].as_u64().expect("steps") as usize;
         let sequence = d.ddim_timesteps(steps).expect("steps");
-        let pairs: Vec<(i64, Option<i64>)> =
-            serde_json::from_value(c["pairs"].clone()).expect("pairs");
+        let pairs: Vec<(i64, Option<i64>)> = serde_json::from_value(c["pairs"].clone()).expect("pairs");
         for (t, t_prev) in pairs {
             // The step after t in our sequence is diffusers' t - T / steps.
-            let i = sequence
-                .iter()
-                .position(|&s| s == t)
-                .expect("t in the sequence");
-            assert_eq!(
-                sequence.get(i + 1).copied(),
-                t_prev,
-                "{case}: step after {t}"
-            );
+            let i = sequence.iter().position(|&s| s == t).expect("t in the sequence");
+            assert_eq!(sequence.get(i + 1).copied(), t_prev, "{case}: step after {t}");
             let p = format!("ddim/{case}/{t}");
-            let (xt, out, noise) = (
-                fx.get(&format!("{p}/xt")),
-                fx.get(&format!("{p}/out")),
-                fx.get(&format!("{p}/noise")),
-            );
+            let (xt, out, noise) = (fx.get(&format!("{p}/xt")), fx.get(&format!("{p}/out")), fx.get(&format!("{p}/noise")));
             let (prev, x0) = d.ddim_step(&out, &xt, t, t_prev, eta, &noise, clip);
             let tb = full_t(t, &xt);
-            check(
-                &format!("{p} x_prev vs f64"),
-                &prev,
-                &fx.get(&format!("{p}/prev64")),
-                ATOL64,
-                RTOL64,
-            );
-            check_x0(
-                &format!("{p} pred_x0 vs f64"),
-                &x0,
-                &fx.get(&format!("{p}/x0_64")),
-                &d,
-                &tb,
-                ATOL64,
-                RTOL64,
-            );
-            check(
-                &format!("{p} x_prev vs stock"),
-                &prev,
-                &fx.get(&format!("{p}/prev32")),
-                ATOL32,
-                RTOL32,
-            );
-            check_x0(
-                &format!("{p} pred_x0 vs stock"),
-                &x0,
-                &fx.get(&format!("{p}/x0_32")),
-                &d,
-                &tb,
-                ATOL32,
-                RTOL32,
-            );
+            check(&format!("{p} x_prev vs f64"), &prev, &fx.get(&format!("{p}/prev64")), ATOL64, RTOL64);
+            check_x0(&format!("{p} pred_x0 vs f64"), &x0, &fx.get(&format!("{p}/x0_64")), &d, &tb, ATOL64, RTOL64);
+            check(&format!("{p} x_prev vs stock"), &prev, &fx.get(&format!("{p}/prev32")), ATOL32, RTOL32);
+            check_x0(&format!("{p} pred_x0 vs stock"), &x0, &fx.get(&format!("{p}/x0_32")), &d, &tb, ATOL32, RTOL32);
         }
     }
 }

@@ -6,14 +6,27 @@ use std::time::{Duration, Instant};
 
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, coordinator_client::CoordinatorClient};
+use ddpm::runtime::error_chain;
+use ddpm::wire::tls::{is_tls_failure, ClientTls};
 use ddpm::wire::{self, auth::Credentials};
 use tokio_stream::StreamExt;
 use tonic::service::interceptor::InterceptedService;
-use ddpm::runtime::error_chain;
-use ddpm::wire::tls::{is_tls_failure, ClientTls};
 use tonic::transport::Channel;
 
 use crate::directive::{CallResult, Directed};
+
+/// The coordinator stayed unreachable for `--connect-timeout`: gone or
+/// never there. A type of its own so that `main` exits with
+/// [`ddpm::exit::NO_COORDINATOR`], which a supervisor tells from a crash.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} the coordinator at {addr} within {waited_s:.0} s (--connect-timeout): {cause}")]
+pub struct CoordinatorGone {
+    /// "reach" (no connection) or "join" (connections broke while joining).
+    pub verb: &'static str,
+    pub addr: String,
+    pub waited_s: f64,
+    pub cause: String,
+}
 
 /// The coordinator's client; cheap to clone (one HTTP/2 connection). Every
 /// call carries the worker token and, once registered, the session secret.
@@ -47,7 +60,15 @@ pub async fn connect(addr: &str, tls: &ClientTls, timeout: Duration, credentials
                 tracing::debug!("coordinator at {addr} not reachable yet: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => anyhow::bail!("cannot reach the coordinator at {addr} within {:.0} s: {e}", timeout.as_secs_f64()),
+            Err(e) => {
+                return Err(CoordinatorGone {
+                    verb: "reach",
+                    addr: addr.to_string(),
+                    waited_s: started.elapsed().as_secs_f64(),
+                    cause: e.to_string(),
+                }
+                .into())
+            }
         }
     }
 }
@@ -61,11 +82,8 @@ pub async fn fetch_state(
     job_id: u64,
 ) -> CallResult<(proto::StateHeader, Vec<Vec<f32>>)> {
     const CONTEXT: &str = "fetching the state";
-    let mut stream = client
-        .fetch_state(proto::FetchStateRequest { worker_id, kind: kind as i32, job_id })
-        .await
-        .directed(CONTEXT)?
-        .into_inner();
+    let mut stream =
+        client.fetch_state(proto::FetchStateRequest { worker_id, kind: kind as i32, job_id }).await.directed(CONTEXT)?.into_inner();
     let mut header = None;
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -84,12 +102,7 @@ pub async fn fetch_state(
 /// `count` float32 tensors of `elements` each from their concatenated
 /// little-endian bytes.
 fn split_tensors(bytes: &[u8], count: usize, elements: usize) -> anyhow::Result<Vec<Vec<f32>>> {
-    anyhow::ensure!(
-        bytes.len() == count * elements * 4,
-        "state stream has {} bytes, expected {}",
-        bytes.len(),
-        count * elements * 4
-    );
+    anyhow::ensure!(bytes.len() == count * elements * 4, "state stream has {} bytes, expected {}", bytes.len(), count * elements * 4);
     if elements == 0 {
         return Ok(vec![Vec::new(); count]);
     }

@@ -23,7 +23,7 @@ use ddpm::proto::WorkerAction;
 use ddpm::wire::directive;
 use tonic::Status;
 
-use crate::device::DeviceError;
+use crate::device::error::DeviceError;
 
 /// What the coordinator told this worker to do instead of answering.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,10 +48,7 @@ pub enum CallError {
         reason: String,
     },
     /// The connection to the coordinator broke: no directive, a transport code.
-    Lost {
-        context: String,
-        detail: String,
-    },
+    Lost { context: String, detail: String },
     /// A fault: `Quit`, no directive on another code, or something this
     /// worker cannot work with. The worker exits with it.
     Fault(anyhow::Error),
@@ -204,11 +201,8 @@ mod tests {
 
     #[test]
     fn a_directive_of_another_domain_is_no_directive() {
-        let details = tonic_types::ErrorDetails::with_error_info(
-            WorkerAction::Stop.as_str_name(),
-            "example.com",
-            std::collections::HashMap::new(),
-        );
+        let details =
+            tonic_types::ErrorDetails::with_error_info(WorkerAction::Stop.as_str_name(), "example.com", std::collections::HashMap::new());
         use tonic_types::StatusExt;
         let s = Status::with_error_details(Code::InvalidArgument, "bye", details);
         assert!(matches!(CallError::from_status(&s, "x"), CallError::Fault(_)));

@@ -18,7 +18,7 @@ use ddpm::wire;
 use tokio_stream::StreamExt;
 
 use crate::client::Client;
-use crate::device::Computed;
+use crate::device::messages::Computed;
 use crate::directive::{CallError, Flow};
 
 /// How an exchange ended.
@@ -45,11 +45,7 @@ pub enum Exchanged {
 /// and compute time. An `Err` is a fault the worker exits with; the ends a
 /// step can meet in a healthy run are [`Exchanged`] values.
 pub trait GradientExchange {
-    fn exchange(
-        &mut self,
-        assignment: &proto::TrainAssignment,
-        local: Computed,
-    ) -> impl Future<Output = anyhow::Result<Exchanged>> + Send;
+    fn exchange(&mut self, assignment: &proto::TrainAssignment, local: Computed) -> impl Future<Output = anyhow::Result<Exchanged>> + Send;
 }
 
 /// The coordinator's `ReduceGradients` stream.
@@ -106,9 +102,7 @@ impl GradientExchange for CoordinatorExchange<'_> {
                     Some(Ok(proto::ReducedMessage { kind: Some(reduced_message::Kind::Outcome(o)) })) => break o,
                     Some(Ok(_)) => return Err(anyhow::anyhow!("empty reduced message").into()),
                     Some(Err(s)) => return Err(CallError::from_status(&s, &context)),
-                    None => {
-                        return Err(anyhow::anyhow!("the all-reduce of step {} ended without an outcome", a.step).into())
-                    }
+                    None => return Err(anyhow::anyhow!("the all-reduce of step {} ended without an outcome", a.step).into()),
                 }
             };
             if got != ranges.len() {
@@ -194,8 +188,7 @@ mod tests {
 
     #[test]
     fn directed_ends_are_typed_and_faults_are_errors() {
-        let directed =
-            |flow| CallError::Directed { flow, context: "the all-reduce of step 1".into(), reason: "why".into() };
+        let directed = |flow| CallError::Directed { flow, context: "the all-reduce of step 1".into(), reason: "why".into() };
         assert!(matches!(ended(directed(Flow::NextWork)), Ok(Exchanged::Abandoned(r)) if r == "why"));
         assert!(matches!(ended(directed(Flow::Rejoin)), Ok(Exchanged::Rejected(r)) if r == "why"));
         assert!(matches!(ended(directed(Flow::Stop)), Ok(Exchanged::RunOver(_))));

@@ -5,7 +5,8 @@
 //! compute (a training step's gradient, or images), all-reduce, apply the
 //! same update as every other replica. `main` parses flags and calls [`run`].
 //!
-//! - `lib.rs`: [`WorkerOptions`] and [`run`], the reconnect loop
+//! - `lib.rs`: [`run`], the reconnect loop
+//! - `options.rs`: [`WorkerOptions`], what it was asked to do
 //! - `client.rs`: connecting, and downloading state streams
 //! - `directive.rs`: what a failed coordinator call tells the worker to do
 //! - `session.rs`: one membership: register, ready, heartbeats, the work loop
@@ -15,14 +16,18 @@
 //! - `tasks/`: job tasks (sampling, evaluation, analysis) and their results
 //! - `device/`: the thread that owns the model and every tensor
 //! - `telemetry.rs`: its metrics and health on `--metrics-listen`
+//! - `gpus.rs`: `--gpus`, one child process per GPU; `ports.rs`: each
+//!   child's own metrics and peer ports
 //! - `nccl_check.rs`: an NCCL run's refusal of a worker that cannot be a rank
 
-mod client;
+pub mod client;
 pub mod device;
 mod directive;
 pub mod exchange;
 pub mod gpus;
 mod nccl_check;
+pub mod options;
+pub mod ports;
 mod ring_exchange;
 mod session;
 mod tasks;
@@ -31,34 +36,10 @@ mod training;
 
 use std::time::Duration;
 
-use ddpm::wire::WorkerRole;
-use tch::Device;
-
+use client::CoordinatorGone;
 use device::DeviceHandle;
+use options::WorkerOptions;
 use session::SessionEnd;
-
-/// What `ddpm-worker` was asked to do.
-#[derive(Debug, Clone)]
-pub struct WorkerOptions {
-    /// `host:port` of the coordinator.
-    pub coord: String,
-    pub device: Device,
-    /// Name shown in the coordinator's logs and status.
-    pub name: String,
-    /// How long to keep trying to reach the coordinator.
-    pub connect_timeout: Duration,
-    /// Training steps (and job tasks after training), or job tasks only,
-    /// also while the run trains.
-    pub role: WorkerRole,
-    /// The run's worker token (none: an open run).
-    pub token: Option<String>,
-    /// TLS to the coordinator (plain text by default).
-    pub tls: ddpm::wire::tls::ClientTls,
-    /// What it counts, for its metrics port and health.
-    pub stats: std::sync::Arc<telemetry::WorkerStats>,
-    /// Its ring listener, for `[dist] backend = "ring"` (none: `--peer-listen off`).
-    pub peers: Option<std::sync::Arc<ddpm::ring::PeerListener>>,
-}
 
 /// Why [`run`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,11 +93,13 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
             SessionEnd::NotJoined(reason) => {
                 let since = *not_joined_since.get_or_insert(began);
                 if since.elapsed() >= opts.connect_timeout {
-                    anyhow::bail!(
-                        "cannot join the coordinator at {} within {:.0} s: {reason}",
-                        opts.coord,
-                        opts.connect_timeout.as_secs_f64()
-                    );
+                    return Err(CoordinatorGone {
+                        verb: "join",
+                        addr: opts.coord.clone(),
+                        waited_s: since.elapsed().as_secs_f64(),
+                        cause: reason,
+                    }
+                    .into());
                 }
                 tracing::warn!("could not join the coordinator at {} ({reason}); retrying in {:.2} s", opts.coord, backoff.as_secs_f64());
                 let pause = backoff;

@@ -7,8 +7,11 @@ use std::time::Duration;
 use clap::Parser;
 use ddpm::exit;
 use ddpm::wire::WorkerRole;
-use ddpm_worker::gpus::GpuSet;
-use ddpm_worker::{run, Ended, WorkerOptions};
+use ddpm_worker::client::CoordinatorGone;
+use ddpm_worker::gpus::{GpuSet, GpuSetError};
+use ddpm_worker::options::WorkerOptions;
+use ddpm_worker::ports::{PortError, PortPlan};
+use ddpm_worker::{run, Ended};
 use tch::Device;
 
 /// A worker of a ddpm training run: one process per device.
@@ -20,9 +23,9 @@ use tch::Device;
 /// need no restart when the coordinator restarts (or is stopped by SIGTERM:
 /// it resumes the run when it starts again).
 ///
-/// Exit codes: 0 the run is finished; 1 an error (e.g. the coordinator
-/// stayed unreachable for --connect-timeout); 2 bad flags; 75 stopped by
-/// SIGTERM/Ctrl-C before the run's end.
+/// Exit codes: 0 the run is finished; 1 an error; 2 bad flags; 4 the
+/// coordinator stayed unreachable for --connect-timeout (gone, or never
+/// there); 75 stopped by SIGTERM/Ctrl-C before the run's end.
 #[derive(Parser, Debug)]
 #[command(name = "ddpm-worker", version)]
 struct Args {
@@ -91,28 +94,47 @@ fn role_parser() -> impl clap::builder::TypedValueParser<Value = WorkerRole> {
     clap::builder::PossibleValuesParser::new([WorkerRole::Train.as_str(), WorkerRole::Eval.as_str()]).try_map(|s| s.parse::<WorkerRole>())
 }
 
+/// A flag the worker cannot run with.
+#[derive(Debug, thiserror::Error)]
+enum FlagError {
+    #[error("unknown device {0:?}: use cpu or cuda:N")]
+    UnknownDevice(String),
+    #[error("CUDA device {0} requested but libtorch sees no CUDA device (driver missing, or a CPU-only libtorch); use --device cpu")]
+    NoCuda(usize),
+    #[error("CUDA device {device} requested but only {count} device(s) exist (0..{count})")]
+    NoSuchCuda { device: usize, count: usize },
+    #[error("--coord {0:?}: give HOST:PORT, e.g. ddpm-coord:50051")]
+    Coord(String),
+    #[error("--threads must be 0 (libtorch's default) or more")]
+    Threads,
+    #[error("--connect-timeout must be a positive number of seconds")]
+    ConnectTimeout,
+    #[error(transparent)]
+    Ports(#[from] PortError),
+    #[error(transparent)]
+    Gpus(#[from] GpuSetError),
+}
+
 /// The device `--device` names, without asking libtorch whether it exists.
-fn device_form(d: &str) -> Result<Option<usize>, String> {
+fn device_form(d: &str) -> Result<Option<usize>, FlagError> {
     match d {
         "cpu" => Ok(None),
         "cuda" => Ok(Some(0)),
         _ => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(i)) => Ok(Some(i)),
-            _ => Err(format!("unknown device {d:?}: use cpu or cuda:N")),
+            _ => Err(FlagError::UnknownDevice(d.to_string())),
         },
     }
 }
 
-fn pick_device(args: &Args) -> Result<Device, String> {
-    let cuda = |i: usize| -> Result<Device, String> {
+fn pick_device(args: &Args) -> Result<Device, FlagError> {
+    let cuda = |i: usize| -> Result<Device, FlagError> {
         if !tch::Cuda::is_available() {
-            return Err(format!(
-                "CUDA device {i} requested but libtorch sees no CUDA device (driver missing, or a CPU-only libtorch); use --device cpu"
-            ));
+            return Err(FlagError::NoCuda(i));
         }
-        let n = tch::Cuda::device_count() as usize;
-        if i >= n {
-            return Err(format!("CUDA device {i} requested but only {n} device(s) exist (0..{n})"));
+        let count = tch::Cuda::device_count() as usize;
+        if i >= count {
+            return Err(FlagError::NoSuchCuda { device: i, count });
         }
         Ok(Device::Cuda(i))
     };
@@ -124,8 +146,8 @@ fn pick_device(args: &Args) -> Result<Device, String> {
 }
 
 /// The ports flags, read once for both `--check-config` and `--gpus`.
-fn port_plan(args: &Args) -> Result<ddpm_worker::gpus::PortPlan, String> {
-    ddpm_worker::gpus::PortPlan::parse(args.metrics_listen.as_deref(), &args.peer_listen, args.peer_advertise.as_deref())
+fn port_plan(args: &Args) -> Result<PortPlan, PortError> {
+    PortPlan::parse(args.metrics_listen.as_deref(), &args.peer_listen, args.peer_advertise.as_deref())
 }
 
 /// This process's flags, which each `--gpus` child gets with its own
@@ -139,20 +161,20 @@ fn child_argv() -> Vec<String> {
 /// token and TLS files and the coordinator. With `--gpus N` or `I,J` it
 /// also prints each child's command line (stdout), so that a GPU node's
 /// flags can be checked on any machine.
-fn check_only(args: &Args) -> Result<(), String> {
+fn check_only(args: &Args) -> Result<(), FlagError> {
     if let Some(d) = &args.device {
         device_form(d)?;
     }
     let coord = args.coord.trim_start_matches("https://").trim_start_matches("http://");
     match coord.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {}
-        _ => return Err(format!("--coord {:?}: give HOST:PORT, e.g. ddpm-coord:50051", args.coord)),
+        _ => return Err(FlagError::Coord(args.coord.clone())),
     }
     if args.threads < 0 {
-        return Err("--threads must be 0 (libtorch's default) or more".into());
+        return Err(FlagError::Threads);
     }
     if !(args.connect_timeout.is_finite() && args.connect_timeout > 0.0) {
-        return Err("--connect-timeout must be a positive number of seconds".into());
+        return Err(FlagError::ConnectTimeout);
     }
     let ports = port_plan(args)?;
     match &args.gpus {
@@ -218,52 +240,15 @@ fn main() -> ExitCode {
                 eprintln!("flags ok");
                 exit::code(exit::DONE)
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::code(exit::USAGE)
-            }
+            Err(e) => usage_error(e.into()),
         };
     }
     if let Some(set) = &args.gpus {
         return run_per_gpu(&args, set);
     }
-    let device = match pick_device(&args) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::code(exit::USAGE);
-        }
-    };
-    let token = match ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::WORKER_TOKEN_ENV) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return exit::code(exit::USAGE);
-        }
-    };
-    let tls = match args.tls.load() {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return exit::code(exit::USAGE);
-        }
-    };
-    if args.threads > 0 {
-        tch::set_num_threads(args.threads);
-    }
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    let name = args.name.clone().unwrap_or_else(|| format!("{host}/{device:?}").to_lowercase());
-    let stats = ddpm_worker::telemetry::WorkerStats::new(&format!("{device:?}").to_lowercase(), &name);
-    let opts = WorkerOptions {
-        coord: args.coord.clone(),
-        device,
-        name,
-        stats: stats.clone(),
-        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
-        role: args.role,
-        token,
-        tls,
-        peers: None,
+    let opts = match options(&args) {
+        Ok(opts) => opts,
+        Err(e) => return usage_error(e),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -272,34 +257,67 @@ fn main() -> ExitCode {
             return exit::code(exit::FAILED);
         }
     };
-    if let Err(e) = check_only(&args) {
-        eprintln!("error: {e}");
-        return exit::code(exit::USAGE);
-    }
-    let worked = rt.block_on(async {
-        let mut opts = opts;
-        if let Some(addr) = &args.metrics_listen {
-            ddpm_worker::telemetry::serve(addr, stats).await?;
-        }
-        if args.peer_listen != "off" {
-            let advertise = args.peer_advertise.as_deref();
-            let coord = args.coord.as_str();
-            let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| ddpm::ring::advertised_endpoint(bound, advertise, coord))
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
-            tracing::info!(endpoint = peers.endpoint(), "listening for ring neighbours");
-            opts.peers = Some(std::sync::Arc::new(peers));
-        }
-        run(opts, ddpm::runtime::shutdown_signal()).await
-    });
-    match worked {
+    match rt.block_on(serve(&args, opts)) {
         Ok(Ended::RunOver) => exit::code(exit::DONE),
         Ok(Ended::Stopped) => exit::code(exit::STOPPED),
         Err(e) => {
             eprintln!("error: {e:#}");
-            exit::code(exit::FAILED)
+            match e.downcast_ref::<CoordinatorGone>() {
+                Some(_) => exit::code(exit::NO_COORDINATOR),
+                None => exit::code(exit::FAILED),
+            }
         }
     }
+}
+
+/// A usage error: its message, and the exit code that says so.
+fn usage_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    exit::code(exit::USAGE)
+}
+
+/// What the flags ask of one worker process: its device, token, TLS and
+/// name, and every flag checked.
+fn options(args: &Args) -> anyhow::Result<WorkerOptions> {
+    let device = pick_device(args)?;
+    let token = ddpm::wire::auth::load_token(args.token_file.as_deref(), ddpm::wire::auth::WORKER_TOKEN_ENV)?;
+    let tls = args.tls.load()?;
+    if args.threads > 0 {
+        tch::set_num_threads(args.threads);
+    }
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let name = args.name.clone().unwrap_or_else(|| format!("{host}/{device:?}").to_lowercase());
+    let stats = ddpm_worker::telemetry::WorkerStats::new(&format!("{device:?}").to_lowercase(), &name);
+    check_only(args)?;
+    Ok(WorkerOptions {
+        coord: args.coord.clone(),
+        device,
+        name,
+        stats,
+        connect_timeout: Duration::from_secs_f64(args.connect_timeout),
+        role: args.role,
+        token,
+        tls,
+        peers: None,
+    })
+}
+
+/// The worker's ports (metrics, ring neighbours) as the flags ask, then
+/// the worker itself until the run ends or a signal stops it.
+async fn serve(args: &Args, mut opts: WorkerOptions) -> anyhow::Result<Ended> {
+    if let Some(addr) = &args.metrics_listen {
+        ddpm_worker::telemetry::serve(addr, opts.stats.clone()).await?;
+    }
+    if args.peer_listen != "off" {
+        let advertise = args.peer_advertise.as_deref();
+        let coord = args.coord.as_str();
+        let peers = ddpm::ring::PeerListener::bind(&args.peer_listen, |bound| ddpm::ring::advertised_endpoint(bound, advertise, coord))
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen for ring neighbours on {} (--peer-listen): {e}", args.peer_listen))?;
+        tracing::info!(endpoint = peers.endpoint(), "listening for ring neighbours");
+        opts.peers = Some(std::sync::Arc::new(peers));
+    }
+    run(opts, ddpm::runtime::shutdown_signal()).await
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
 use crate::client::Client;
-use crate::device::Computed;
+use crate::device::messages::Computed;
 use crate::directive::CallError;
 use crate::exchange::{ended, Exchanged, GradientExchange};
 
@@ -95,7 +95,10 @@ impl GradientExchange for RingExchange<'_> {
             chunk_norms: ddpm::wire::chunk_norms(&local.grad, spec.chunk_elements),
         };
         if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_RING_LIE", a.step, a.attempt), local.grad.first_mut()) {
-            tracing::warn!(step = a.step, "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element");
+            tracing::warn!(
+                step = a.step,
+                "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element"
+            );
             *first = value;
         }
         let msg = |kind| proto::GradientMessage { kind: Some(kind) };

@@ -17,10 +17,10 @@ use crate::client::Client;
 use crate::device::DeviceHandle;
 use crate::directive::{CallError, CallResult, Directed, Flow};
 use crate::exchange::CoordinatorExchange;
+use crate::options::WorkerOptions;
 use crate::ring_exchange::RingExchange;
-use crate::tasks::Tasks;
+use crate::tasks::context::Tasks;
 use crate::training::{self, StepEnd};
-use crate::WorkerOptions;
 
 /// How a worker session ended.
 #[derive(Debug, PartialEq)]
@@ -59,9 +59,7 @@ enum Phase {
 /// fault the worker exits with.
 fn on_error(e: CallError, phase: Phase) -> anyhow::Result<Next> {
     match e {
-        CallError::Directed { flow: Flow::Rejoin, context, reason } => {
-            Ok(Next::End(SessionEnd::Dropped(format!("{context}: {reason}"))))
-        }
+        CallError::Directed { flow: Flow::Rejoin, context, reason } => Ok(Next::End(SessionEnd::Dropped(format!("{context}: {reason}")))),
         CallError::Directed { flow: Flow::Stop, context, reason } => {
             tracing::info!("the run is over ({context}: {reason}); exiting");
             Ok(Next::End(SessionEnd::Shutdown))
@@ -293,9 +291,7 @@ impl Work<'_> {
                 Ok(Next::End(SessionEnd::Shutdown))
             }
             Some(work_message::Kind::Shutdown(s)) => Ok(Next::End(SessionEnd::Lost(format!("the coordinator stops: {}", s.reason)))),
-            Some(work_message::Kind::Samples(_)) | None => {
-                Err(anyhow::anyhow!("work stream did not start with an assignment").into())
-            }
+            Some(work_message::Kind::Samples(_)) | None => Err(anyhow::anyhow!("work stream did not start with an assignment").into()),
         }
     }
 
@@ -317,12 +313,15 @@ impl Work<'_> {
                 ended
             }
             (Some(_), None) => {
-                return Err(anyhow::anyhow!("the coordinator sent a ring plan, but this worker has no peer listener (--peer-listen off)").into())
+                return Err(
+                    anyhow::anyhow!("the coordinator sent a ring plan, but this worker has no peer listener (--peer-listen off)").into()
+                )
             }
         };
         match ended {
             StepEnd::Applied { compute_s } => {
-                let bytes = self.dev.param_count * ddpm::config::GradDtype::from_proto(a.grad_dtype).map_or(4, |d| d.bytes_per_element() as u64);
+                let bytes =
+                    self.dev.param_count * ddpm::config::GradDtype::from_proto(a.grad_dtype).map_or(4, |d| d.bytes_per_element() as u64);
                 self.stats.step_applied(a.step, compute_s, started.elapsed().as_secs_f64(), bytes);
                 self.applied = a.step;
                 // Conservative, as before: a job task after training
@@ -351,13 +350,7 @@ impl Work<'_> {
     }
 
     fn tasks(&mut self) -> Tasks<'_> {
-        Tasks {
-            client: &mut self.client,
-            worker_id: self.id,
-            run: &self.run,
-            dev: self.dev,
-            loaded_job: &mut self.loaded_job,
-        }
+        Tasks { client: &mut self.client, worker_id: self.id, run: &self.run, dev: self.dev, loaded_job: &mut self.loaded_job }
     }
 }
 

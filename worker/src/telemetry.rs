@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::routing::get;
 use ddpm::observe::health::Health;
-use ddpm::observe::prom::{self, DescriptorEncoder, Histogram, Unit};
 use ddpm::observe::http as obs_http;
+use ddpm::observe::prom::{self, DescriptorEncoder, Histogram, Unit};
 
 /// The health service name of a worker's membership.
 pub const MEMBER_SERVICE: &str = "ddpm.v1.Worker";
@@ -140,7 +140,13 @@ impl prom::Exporter for WorkerStats {
         let bytes = Some(&Unit::Bytes);
         let info = vec![("version", env!("CARGO_PKG_VERSION").to_string()), ("device", self.device.clone()), ("name", self.name.clone())];
         prom::gauges(e, "worker_info", "This worker's version, device and name.", &[(info, 1.0)])?;
-        prom::gauge(e, "worker_member", "1 while the worker is a member of a run.", None, f64::from(u8::from(self.joined.load(Ordering::SeqCst))))?;
+        prom::gauge(
+            e,
+            "worker_member",
+            "1 while the worker is a member of a run.",
+            None,
+            f64::from(u8::from(self.joined.load(Ordering::SeqCst))),
+        )?;
         prom::gauge(e, "worker_id", "The worker id of its current or last membership (0: none yet).", None, n(&self.worker_id) as f64)?;
         prom::gauge(e, "worker_last_step", "The last training step it applied.", None, n(&self.last_step) as f64)?;
         prom::counter(e, "worker_steps", "Training steps it computed and applied.", None, n(&self.steps))?;
@@ -154,12 +160,24 @@ impl prom::Exporter for WorkerStats {
             let labels = vec![("backend", r.0.to_string()), ("ring_links", r.2.to_string())];
             prom::gauges(e, "worker_reduction", "The reduction backend of its last step ([dist] backend) and, for the ring, how its links carried the bytes (from/to: shm or tcp).", &[(labels, 1.0)])?;
         }
-        prom::histogram(e, "worker_ring_allreduce", "Ring all-reduces (ring backend): connecting, reduce-scatter and all-gather.", secs, &r.1)?;
+        prom::histogram(
+            e,
+            "worker_ring_allreduce",
+            "Ring all-reduces (ring backend): connecting, reduce-scatter and all-gather.",
+            secs,
+            &r.1,
+        )?;
         drop(r);
         prom::counter(e, "worker_gradient_sent", "Gradient bytes sent to the all-reduce.", bytes, n(&self.sent_bytes))?;
         prom::counter(e, "worker_gradient_received", "Reduced gradient bytes received.", bytes, n(&self.received_bytes))?;
         prom::counter(e, "worker_joins", "Times it joined a run.", None, n(&self.joins))?;
-        prom::counter(e, "worker_reconnects", "Sessions begun again after one ended (the coordinator lost, or refusing or dropping this worker).", None, n(&self.reconnects))?;
+        prom::counter(
+            e,
+            "worker_reconnects",
+            "Sessions begun again after one ended (the coordinator lost, or refusing or dropping this worker).",
+            None,
+            n(&self.reconnects),
+        )?;
         prom::counter(e, "worker_tasks", "Job tasks (sampling, evaluation, analysis) it finished.", None, n(&self.tasks))?;
         Ok(())
     }

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use ddpm::proto;
 
 use crate::client::{self, Client};
-use crate::device::{DeviceHandle, TrainingState};
+use crate::device::messages::TrainingState;
+use crate::device::DeviceHandle;
 use crate::directive::CallResult;
 use crate::exchange::{Exchanged, GradientExchange};
 

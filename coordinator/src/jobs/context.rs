@@ -12,28 +12,78 @@ use super::pinned::{Pinned, PinnedWeights};
 use super::queue::JobQueue;
 use super::references::ReferenceCache;
 use super::results::ResultRouter;
-use super::spec::{SampleJobSpec, WeightsChoice};
+use super::spec_sample::{SampleJobSpec, WeightsChoice};
+use crate::components::Components;
 use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
 use crate::state::{SnapshotKind, StateHandle};
 
+/// Built once per run by [`JobContext::new`] and shared by the jobs.
 pub struct JobContext {
-    pub config: TrainConfig,
-    pub roster: Arc<Roster>,
-    pub lifecycle: Arc<Lifecycle>,
-    pub queue: Arc<JobQueue>,
-    pub pinned: Arc<PinnedWeights>,
-    pub results: Arc<ResultRouter>,
-    pub references: ReferenceCache,
-    pub state: StateHandle,
-    pub store: RunStore,
+    config: TrainConfig,
+    roster: Arc<Roster>,
+    lifecycle: Arc<Lifecycle>,
+    queue: Arc<JobQueue>,
+    pinned: Arc<PinnedWeights>,
+    results: Arc<ResultRouter>,
+    references: ReferenceCache,
+    state: StateHandle,
+    store: RunStore,
     /// The training dataset (evaluation jobs also read it).
-    pub dataset: Arc<dyn Dataset>,
+    dataset: Arc<dyn Dataset>,
     /// How to reach an S3-compatible store, for datasets jobs name.
-    pub store_options: StoreOptions,
+    store_options: StoreOptions,
 }
 
 impl JobContext {
+    /// The jobs' view of a run of `config` on `parts`; `store_options`
+    /// reach the datasets jobs name.
+    pub fn new(config: TrainConfig, store_options: StoreOptions, parts: &Components) -> Self {
+        Self {
+            config,
+            roster: parts.roster.clone(),
+            lifecycle: parts.lifecycle.clone(),
+            queue: parts.queue.clone(),
+            pinned: parts.pinned.clone(),
+            results: parts.results.clone(),
+            references: ReferenceCache::default(),
+            state: parts.state.clone(),
+            store: parts.store.clone(),
+            dataset: parts.dataset.clone(),
+            store_options,
+        }
+    }
+
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    pub fn lifecycle(&self) -> &Lifecycle {
+        &self.lifecycle
+    }
+
+    pub fn queue(&self) -> &JobQueue {
+        &self.queue
+    }
+
+    pub fn pinned(&self) -> &PinnedWeights {
+        &self.pinned
+    }
+
+    pub fn results(&self) -> &ResultRouter {
+        &self.results
+    }
+
+    /// Reference statistics computed for evaluation jobs, kept for the next.
+    pub fn references(&self) -> &ReferenceCache {
+        &self.references
+    }
+
+    /// The run's store (job outputs go there).
+    pub fn store(&self) -> &RunStore {
+        &self.store
+    }
+
     /// Whether a worker of `role` may take job tasks now: eval workers at
     /// any time, training workers once training is over (or while it
     /// pauses for a periodic evaluation); never in the middle of a step.
@@ -93,10 +143,8 @@ impl JobContext {
         let parsed: ddpm::data::DatasetSpec = spec.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
         let local = ddpm::data::fetch_remote(&parsed, &self.store_options).await?;
         let resolution = self.resolution();
-        let ds = tokio::task::spawn_blocking(move || {
-            ddpm::data::open(&local, &ddpm::data::OpenOptions { resolution: Some(resolution) })
-        })
-        .await??;
+        let ds = tokio::task::spawn_blocking(move || ddpm::data::open(&local, &ddpm::data::OpenOptions { resolution: Some(resolution) }))
+            .await??;
         Ok((ds.into(), spec.to_string()))
     }
 }

@@ -16,14 +16,16 @@
 //! job gives the same images whatever the number of workers.
 //!
 //! Files: `spec*.rs` (requests validated into typed specs), `queue.rs`
-//! (job records and states), `scheduler.rs` (one job at a time, its tasks
-//! to eligible workers), `tasks.rs` (who holds which range), `runners/`
+//! (job records and states), `scheduler.rs` (one job at a time),
+//! `task_loop.rs` (a job's tasks to eligible workers), `tasks.rs` (who
+//! holds which range), `runners/`
 //! (one per kind), `results.rs` (results routed to their job),
 //! `pinned.rs`, `references.rs`, `sink.rs` (images on disk as they arrive),
 //! `outputs.rs`, `context.rs`, `service.rs`
 //! (the `Jobs` gRPC service).
 
 pub mod context;
+pub mod failure;
 pub mod outputs;
 pub mod pinned;
 pub mod queue;
@@ -36,11 +38,8 @@ pub mod service;
 pub mod sink;
 pub mod spec;
 pub mod spec_analysis;
+pub mod spec_error;
 pub mod spec_eval;
+pub mod spec_sample;
+pub mod task_loop;
 pub mod tasks;
-
-pub use context::JobContext;
-pub use pinned::PinnedWeights;
-pub use queue::{JobEnd, JobQueue, JobState};
-pub use results::{ResultPart, ResultRouter};
-pub use spec::{periodic_spec, GridJobSpec, JobSpec};

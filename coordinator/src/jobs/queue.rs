@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use ddpm::proto;
 use tokio::sync::watch;
 
+use super::failure::JobFailure;
 use super::spec::JobSpec;
 use crate::changes::Changes;
 
@@ -87,8 +88,11 @@ struct Jobs {
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobEnd {
     /// Where the outputs are, and the metrics as JSON (evaluation jobs).
-    Done { outputs: Vec<String>, metrics: String },
-    Failed(String),
+    Done {
+        outputs: Vec<String>,
+        metrics: String,
+    },
+    Failed(JobFailure),
     /// Cancelled meanwhile (the state is already set).
     Cancelled,
 }
@@ -231,9 +235,9 @@ impl JobQueue {
                 j.outputs = outputs;
                 j.metrics_json = metrics;
             }
-            JobEnd::Failed(error) => {
+            JobEnd::Failed(failure) => {
                 j.state = JobState::Failed;
-                j.error = error;
+                j.error = failure.to_string();
             }
             JobEnd::Cancelled => {}
         });
@@ -295,12 +299,10 @@ impl JobQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jobs::spec::SampleJobSpec;
+    use crate::jobs::spec_sample::SampleJobSpec;
 
     fn spec(count: u64) -> JobSpec {
-        JobSpec::Sample(
-            SampleJobSpec::from_request(&proto::SampleJobRequest { count, ..Default::default() }, 10).unwrap(),
-        )
+        JobSpec::Sample(SampleJobSpec::from_request(&proto::SampleJobRequest { count, ..Default::default() }, 10).unwrap())
     }
 
     #[test]
@@ -343,7 +345,7 @@ mod tests {
         assert_eq!(q.state_of(a), Some(JobState::Cancelled));
         let b = q.submit(spec(1)).job_id;
         q.start(b);
-        q.finish(b, JobEnd::Failed("boom".into()));
+        q.finish(b, JobEnd::Failed(JobFailure::Metrics("boom".into())));
         assert_eq!(q.cancel(b, "late").unwrap().state, "failed");
         assert!(q.all_final() && q.ended(99));
         assert_eq!(q.list().len(), 2);

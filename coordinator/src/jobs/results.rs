@@ -28,13 +28,7 @@ pub struct ResultPart {
 impl ResultPart {
     /// An empty part for the task `header` describes.
     pub fn new(header: &ddpm::proto::ResultHeader) -> Self {
-        Self {
-            worker_id: header.worker_id,
-            first: header.first,
-            count: header.count,
-            resolution: header.resolution,
-            ..Default::default()
-        }
+        Self { worker_id: header.worker_id, first: header.first, count: header.count, resolution: header.resolution, ..Default::default() }
     }
 }
 

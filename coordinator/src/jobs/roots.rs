@@ -13,8 +13,18 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use ddpm::data::DatasetSpec;
+use ddpm::data::{DataError, DatasetSpec};
 use ddpm::store::Location;
+
+/// Why a path or dataset of a job request may not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum RootError {
+    /// The same message whether `path` exists or not.
+    #[error("{field}: {path} is outside the places jobs may read ({roots}); the operator can add one with ddpm-coord --job-root")]
+    Outside { field: &'static str, path: String, roots: String },
+    #[error("{field}: {source}")]
+    Dataset { field: &'static str, source: DataError },
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct JobRoots {
@@ -64,15 +74,12 @@ impl JobRoots {
         }
     }
 
-    /// Whether the path `path` of the field `what` may be read.
-    pub fn check_path(&self, what: &str, path: &str) -> Result<(), String> {
+    /// Whether the path `path` of the field `field` may be read.
+    pub fn check_path(&self, field: &'static str, path: &str) -> Result<(), RootError> {
         let refused = || {
             let mut all: Vec<String> = self.local.iter().map(|p| p.display().to_string()).collect();
             all.extend(self.remote.iter().cloned());
-            format!(
-                "{what}: {path} is outside the places jobs may read ({}); the operator can add one with ddpm-coord --job-root",
-                all.join(", ")
-            )
+            RootError::Outside { field, path: path.to_string(), roots: all.join(", ") }
         };
         if path.starts_with("s3://") {
             let inside = self.remote.iter().any(|r| path == r || path.starts_with(&format!("{r}/")));
@@ -89,16 +96,16 @@ impl JobRoots {
         }
     }
 
-    /// Whether the dataset spec `spec` of the field `what` may be read.
-    pub fn check_dataset(&self, what: &str, spec: &str) -> Result<(), String> {
+    /// Whether the dataset spec `spec` of the field `field` may be read.
+    pub fn check_dataset(&self, field: &'static str, spec: &str) -> Result<(), RootError> {
         if spec.is_empty() {
             return Ok(());
         }
-        let parsed: DatasetSpec = spec.parse().map_err(|e| format!("{what}: {e}"))?;
+        let parsed: DatasetSpec = spec.parse().map_err(|source| RootError::Dataset { field, source })?;
         if parsed.kind == ddpm::data::DatasetKind::Synthetic {
             return Ok(());
         }
-        self.check_path(what, &parsed.location)
+        self.check_path(field, &parsed.location)
     }
 }
 
@@ -114,8 +121,8 @@ mod tests {
         let roots = JobRoots::new(run.to_str().unwrap(), None, &["s3://bucket/data".into()]);
         let inside = run.join("jobs/stats.npz");
         assert!(roots.check_path("reference_stats", inside.to_str().unwrap()).is_ok());
-        let a = roots.check_path("reference_stats", "/etc/passwd").unwrap_err();
-        let b = roots.check_path("reference_stats", "/etc/no-such-file").unwrap_err();
+        let a = roots.check_path("reference_stats", "/etc/passwd").unwrap_err().to_string();
+        let b = roots.check_path("reference_stats", "/etc/no-such-file").unwrap_err().to_string();
         assert_eq!(a.replace("/etc/passwd", "X"), b.replace("/etc/no-such-file", "X"));
         assert!(a.contains("outside the places jobs may read") && a.contains("--job-root"), "{a}");
         let escape = format!("{}/../../etc/passwd", run.display());

@@ -1,20 +1,14 @@
-//! Runs queued jobs, for the life of the coordinator, and hands each job's
-//! tasks (whole forward batches) to the workers that may
-//! take them ([`JobContext::may_take_tasks`]). A task of a worker that
-//! leaves goes back to the queue; a result for a task a worker does not
-//! hold is ignored; a task that failed on its worker fails the job.
+//! Runs queued jobs, for the life of the coordinator: the urgent ones at
+//! once, the others one after another, each through its runner
+//! (`runners/`), which hands out its tasks through `task_loop.rs`.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::context::JobContext;
-use super::queue::{JobEnd, JobState};
-use super::results::{ResultPart, Results};
+use super::queue::JobEnd;
 use super::runners;
 use super::spec::JobSpec;
-use super::tasks::{Receipt, Task, TaskBoard};
-use crate::work::Work;
 
 /// Runs queued jobs until the task is aborted: the coordinator's urgent
 /// jobs (the end-of-training grid) at once, the others one after another.
@@ -23,18 +17,18 @@ pub async fn run(ctx: Arc<JobContext>) {
     let mut running = tokio::task::JoinSet::new();
     let mut normal: Option<tokio::task::AbortHandle> = None;
     loop {
-        while let Some((id, spec)) = ctx.queue.next_queued_urgent() {
-            ctx.queue.start(id);
+        while let Some((id, spec)) = ctx.queue().next_queued_urgent() {
+            ctx.queue().start(id);
             running.spawn(run_one(ctx.clone(), id, spec));
         }
         if normal.as_ref().is_none_or(|h| h.is_finished()) {
-            if let Some((id, spec)) = ctx.queue.next_queued() {
-                ctx.queue.start(id);
+            if let Some((id, spec)) = ctx.queue().next_queued() {
+                ctx.queue().start(id);
                 normal = Some(running.spawn(run_one(ctx.clone(), id, spec)));
             }
         }
         while running.try_join_next().is_some() {}
-        ctx.queue.changed_within(Duration::from_millis(500)).await;
+        ctx.queue().changed_within(Duration::from_millis(500)).await;
     }
 }
 
@@ -42,11 +36,11 @@ pub async fn run(ctx: Arc<JobContext>) {
 async fn run_one(ctx: Arc<JobContext>, id: u64, spec: JobSpec) {
     tracing::info!(job = id, kind = spec.kind(), spec = %serde_json::to_string(&spec).unwrap_or_default(), "job started");
     let started = Instant::now();
-    let mut results = ctx.results.open(id);
+    let mut results = ctx.results().open(id);
     let result = runners::run(&ctx, id, &spec, &mut results, started).await;
-    ctx.pinned.unpin(id);
-    ctx.results.close(id);
-    let end = result.unwrap_or_else(|e| JobEnd::Failed(format!("{e:#}")));
+    ctx.pinned().unpin(id);
+    ctx.results().close(id);
+    let end = result.unwrap_or_else(JobEnd::Failed);
     match &end {
         JobEnd::Done { metrics, .. } => {
             tracing::info!(job = id, seconds = started.elapsed().as_secs_f64(), metrics = %metrics, "job done")
@@ -54,75 +48,6 @@ async fn run_one(ctx: Arc<JobContext>, id: u64, spec: JobSpec) {
         JobEnd::Cancelled => tracing::info!(job = id, "job cancelled"),
         JobEnd::Failed(e) => tracing::error!(job = id, "job failed: {e}"),
     }
-    ctx.queue.finish(id, end);
-    ctx.roster.notify();
-}
-
-/// Hands the tasks of `board` to workers that may take them (`make_work`
-/// builds a task's work) and feeds every result to `on_part`, until all are
-/// done. Returns false when the job was cancelled meanwhile.
-pub async fn run_tasks<F, Fut>(
-    ctx: &JobContext,
-    id: u64,
-    results: &mut Results,
-    mut board: TaskBoard,
-    make_work: F,
-    on_part: &mut (dyn FnMut(ResultPart) -> anyhow::Result<()> + Send),
-) -> anyhow::Result<bool>
-where
-    F: Fn(u64, u64) -> Fut,
-    Fut: Future<Output = anyhow::Result<Work>>,
-{
-    let mut last_wait_log = Instant::now();
-    let urgent = ctx.queue.is_urgent(id);
-    loop {
-        if ctx.queue.state_of(id) == Some(JobState::Cancelled) {
-            return Ok(false);
-        }
-        let roster_changed = ctx.roster.next_change();
-        for (worker, task) in board.reclaim(|w| ctx.roster.contains(w)) {
-            tracing::warn!(job = id, worker, first = task.0, "worker left during a task: reassigning it");
-        }
-        // An urgent job (the run waits for it) has the workers first.
-        let idle = if urgent || !ctx.queue.urgent_running() {
-            ctx.roster.idle_members(|role| ctx.may_take_tasks(role))
-        } else {
-            Vec::new()
-        };
-        let free: Vec<u64> = board.free(&idle).collect();
-        for worker in free {
-            let Some(task) = board.next_task() else { break };
-            let work = make_work(task.0, task.1).await?;
-            if ctx.roster.send_if_idle(worker, work, |role| ctx.may_take_tasks(role)) {
-                board.assigned(worker, task);
-            } else {
-                board.unassigned(task);
-            }
-        }
-        if board.is_done() {
-            return Ok(true);
-        }
-        if board.is_idle() && last_wait_log.elapsed() > Duration::from_secs(30) {
-            tracing::info!(job = id, "waiting for a worker that can take job tasks (an eval worker, or the end of training)");
-            last_wait_log = Instant::now();
-        }
-        let wait = Duration::from_millis(500);
-        tokio::select! {
-            part = results.recv() => {
-                let Some(part) = part else { anyhow::bail!("the job's result channel closed") };
-                let task: Task = (part.first, part.count);
-                if board.receive(part.worker_id, task) == Receipt::Stray {
-                    tracing::warn!(job = id, worker = part.worker_id, first = part.first, "ignoring a result for a task the worker does not hold");
-                    continue;
-                }
-                if !part.error.is_empty() {
-                    anyhow::bail!("worker {} failed on items {}..{}: {}", part.worker_id, part.first, part.first + part.count, part.error);
-                }
-                on_part(part)?;
-            }
-            _ = roster_changed => {}
-            _ = ctx.queue.changed_within(wait) => {}
-            _ = ctx.lifecycle.changed_within(wait) => {}
-        }
-    }
+    ctx.queue().finish(id, end);
+    ctx.roster().notify();
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
+use crate::jobs::failure::JobFailure;
 use crate::jobs::results::ResultPart;
 
 /// Images read back per batch when writing outputs.
@@ -30,20 +31,35 @@ pub struct SinkReader {
     pub count: usize,
 }
 
-fn scratch_error(e: std::io::Error) -> anyhow::Error {
-    anyhow::anyhow!(
-        "cannot keep the job's images in the temporary directory {}: {e} (free space there, or point TMPDIR at a larger disk)",
-        std::env::temp_dir().display()
-    )
+/// Why images could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The worker's fault.
+    #[error("worker {0} sent images of the wrong size or outside the job")]
+    BadImages(u64),
+    #[error(
+        "cannot keep the job's images in the temporary directory {dir}: {0} (free space there, or point TMPDIR at a larger disk)",
+        dir = std::env::temp_dir().display()
+    )]
+    Scratch(#[from] std::io::Error),
+}
+
+impl From<SinkError> for JobFailure {
+    fn from(e: SinkError) -> Self {
+        match e {
+            SinkError::BadImages(_) => JobFailure::BadResult(e.to_string()),
+            SinkError::Scratch(_) => JobFailure::Scratch(e.to_string()),
+        }
+    }
 }
 
 impl ImageSink {
     /// A sink for `count` images of `res`x`res`, keeping the first `keep`
     /// in memory.
-    pub fn new(count: u64, res: usize, keep: usize) -> anyhow::Result<Self> {
+    pub fn new(count: u64, res: usize, keep: usize) -> Result<Self, SinkError> {
         let count = count as usize;
         let keep = keep.min(count);
-        let file = tempfile::tempfile().map_err(scratch_error)?;
+        let file = tempfile::tempfile()?;
         Ok(Self { res, count, file, head: vec![0u8; keep * 3 * res * res], keep, by_worker: BTreeMap::new() })
     }
 
@@ -53,18 +69,17 @@ impl ImageSink {
 
     /// Places a result's images; a result whose images do not fit the task
     /// is the worker's fault, and the error names it.
-    pub fn put(&mut self, part: &ResultPart) -> anyhow::Result<()> {
+    pub fn put(&mut self, part: &ResultPart) -> Result<(), SinkError> {
         let per = self.per();
         let data = part.images.as_deref().unwrap_or_default();
         let first = part.first as usize;
-        anyhow::ensure!(
-            part.resolution as usize == self.res
-                && data.len() == part.count as usize * per
-                && first.checked_add(part.count as usize).is_some_and(|end| end <= self.count),
-            "worker {} sent images of the wrong size or outside the job",
-            part.worker_id
-        );
-        self.file.write_all_at(data, (first * per) as u64).map_err(scratch_error)?;
+        let fits = part.resolution as usize == self.res
+            && data.len() == part.count as usize * per
+            && first.checked_add(part.count as usize).is_some_and(|end| end <= self.count);
+        if !fits {
+            return Err(SinkError::BadImages(part.worker_id));
+        }
+        self.file.write_all_at(data, (first * per) as u64)?;
         if first < self.keep {
             let n = (self.keep - first).min(part.count as usize);
             self.head[first * per..(first + n) * per].copy_from_slice(&data[..n * per]);
@@ -87,16 +102,16 @@ impl ImageSink {
     }
 
     /// A reader of every image, for another thread.
-    pub fn reader(&self) -> anyhow::Result<SinkReader> {
-        Ok(SinkReader { file: self.file.try_clone().map_err(scratch_error)?, per: self.per(), count: self.count })
+    pub fn reader(&self) -> Result<SinkReader, SinkError> {
+        Ok(SinkReader { file: self.file.try_clone()?, per: self.per(), count: self.count })
     }
 }
 
 impl SinkReader {
     /// Images `[first, first + n)`, uint8 CHW each.
-    pub fn read(&self, first: usize, n: usize) -> anyhow::Result<Vec<u8>> {
+    pub fn read(&self, first: usize, n: usize) -> Result<Vec<u8>, SinkError> {
         let mut buf = vec![0u8; n * self.per];
-        self.file.read_exact_at(&mut buf, (first * self.per) as u64).map_err(scratch_error)?;
+        self.file.read_exact_at(&mut buf, (first * self.per) as u64)?;
         Ok(buf)
     }
 

@@ -5,7 +5,8 @@ use ddpm::proto;
 use ddpm::train::analysis::AnalysisKind;
 use serde::Serialize;
 
-use super::spec::{SampleJobSpec, WeightsChoice, MAX_BATCH};
+use super::spec_error::SpecError;
+use super::spec_sample::{SampleJobSpec, WeightsChoice, MAX_BATCH};
 
 /// Most rows of a progressive generation, and mixing weights of an interpolation.
 pub const MAX_ANALYSIS_ROWS: u32 = 256;
@@ -30,9 +31,10 @@ pub struct AnalysisJobSpec {
 }
 
 impl AnalysisJobSpec {
-    pub fn from_request(r: &proto::AnalysisJobRequest, num_timesteps: usize) -> Result<Self, String> {
+    /// Checks a request against the run; the error says what is wrong.
+    pub fn from_request(r: &proto::AnalysisJobRequest, num_timesteps: usize) -> Result<Self, SpecError> {
         let weights = WeightsChoice::from_proto(r.weights)?;
-        let analysis: AnalysisKind = r.kind.parse().map_err(|e| format!("{e}"))?;
+        let analysis: AnalysisKind = r.kind.parse()?;
         let mut spec = Self {
             analysis,
             seed: r.seed,
@@ -47,39 +49,48 @@ impl AnalysisJobSpec {
             t: 0,
             lambdas: 0,
         };
-        let unused = |what: &str, set: bool| if set { Err(format!("{what} does not apply to {:?}", r.kind)) } else { Ok(()) };
+        let unused = |fields: &'static str, set: bool| {
+            if set {
+                Err(SpecError::NotForAnalysis { fields, kind: r.kind.clone() })
+            } else {
+                Ok(())
+            }
+        };
         match analysis {
             AnalysisKind::Progressive => {
-                unused("data, index_a, index_b, t and lambdas", !r.data.is_empty() || r.index_a + r.index_b + (r.t + r.lambdas) as u64 > 0)?;
+                unused(
+                    "data, index_a, index_b, t and lambdas",
+                    !r.data.is_empty() || r.index_a + r.index_b + (r.t + r.lambdas) as u64 > 0,
+                )?;
                 spec.rows = if r.rows == 0 { 8 } else { r.rows };
                 spec.snapshots = if r.snapshots == 0 { 10 } else { r.snapshots };
                 spec.batch = if r.batch == 0 { 8 } else { r.batch };
                 if spec.rows > MAX_ANALYSIS_ROWS {
-                    return Err(format!("rows must be at most {MAX_ANALYSIS_ROWS}, got {}", spec.rows));
+                    return Err(SpecError::at_most("rows", MAX_ANALYSIS_ROWS, spec.rows));
                 }
                 let most = MAX_SNAPSHOTS.min(num_timesteps as u32);
                 if spec.snapshots < 2 || spec.snapshots > most {
-                    return Err(format!("snapshots must be between 2 and {most}, got {}", spec.snapshots));
+                    return Err(SpecError::between("snapshots", 2, most, spec.snapshots));
                 }
                 if spec.batch > MAX_BATCH {
-                    return Err(format!("batch must be at most {MAX_BATCH}, got {}", spec.batch));
+                    return Err(SpecError::at_most("batch", MAX_BATCH, spec.batch));
                 }
             }
             AnalysisKind::Interpolate => {
                 unused("rows, snapshots and batch", r.rows + r.snapshots + r.batch > 0)?;
                 spec.data = r.data.clone();
                 if !spec.data.is_empty() {
-                    spec.data.parse::<ddpm::data::DatasetSpec>().map_err(|e| format!("data: {e}"))?;
+                    SpecError::check_dataset("data", &spec.data)?;
                 }
                 spec.index_a = r.index_a;
                 spec.index_b = r.index_b;
                 spec.t = if r.t == 0 { 500.min(num_timesteps as u32) } else { r.t };
                 if spec.t as usize > num_timesteps {
-                    return Err(format!("t must be between 1 and the run's {num_timesteps} timesteps, got {}", spec.t));
+                    return Err(SpecError::between("t", 1, format!("the run's {num_timesteps} timesteps"), spec.t));
                 }
                 spec.lambdas = if r.lambdas == 0 { 11 } else { r.lambdas };
                 if spec.lambdas > MAX_ANALYSIS_ROWS {
-                    return Err(format!("lambdas must be at most {MAX_ANALYSIS_ROWS}, got {}", spec.lambdas));
+                    return Err(SpecError::at_most("lambdas", MAX_ANALYSIS_ROWS, spec.lambdas));
                 }
             }
         }
@@ -110,9 +121,9 @@ mod tests {
         let s = AnalysisJobSpec::from_request(&r, 1000).unwrap();
         assert_eq!((s.analysis, s.shape()), (AnalysisKind::Progressive, (80, 10)));
         assert_eq!(serde_json::to_value(&s).unwrap()["analysis"], "progressive");
-        let e = AnalysisJobSpec::from_request(&proto::AnalysisJobRequest { t: 3, ..r.clone() }, 1000).unwrap_err();
+        let e = AnalysisJobSpec::from_request(&proto::AnalysisJobRequest { t: 3, ..r.clone() }, 1000).unwrap_err().to_string();
         assert!(e.contains("does not apply to \"progressive\""), "{e}");
-        let e = AnalysisJobSpec::from_request(&proto::AnalysisJobRequest { kind: "morph".into(), ..r }, 1000).unwrap_err();
+        let e = AnalysisJobSpec::from_request(&proto::AnalysisJobRequest { kind: "morph".into(), ..r }, 1000).unwrap_err().to_string();
         assert!(e.contains("unknown analysis \"morph\""), "{e}");
         let i = proto::AnalysisJobRequest { kind: "interpolate".into(), ..Default::default() };
         assert_eq!(AnalysisJobSpec::from_request(&i, 1000).unwrap().shape(), (13, 13));

@@ -4,7 +4,8 @@
 use ddpm::proto;
 use serde::Serialize;
 
-use super::spec::{SampleJobSpec, MAX_BATCH};
+use super::spec_error::SpecError;
+use super::spec_sample::{SampleJobSpec, MAX_BATCH};
 
 /// Images per forward pass of the feature network and the bound, by default.
 pub const DEFAULT_EVAL_BATCH: u32 = 50;
@@ -23,15 +24,15 @@ pub enum Metric {
 }
 
 impl std::str::FromStr for Metric {
-    type Err = String;
+    type Err = SpecError;
 
     /// A request's word, in any case and with spaces around it.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "fid" => Ok(Self::Fid),
             "is" => Ok(Self::Is),
             "bpd" => Ok(Self::Bpd),
-            other => Err(format!("unknown metric {other:?}: use \"fid\", \"is\" (Inception Score) or \"bpd\" (bits/dim)")),
+            other => Err(SpecError::UnknownMetric(other.to_string())),
         }
     }
 }
@@ -56,7 +57,7 @@ pub struct EvalJobSpec {
 
 impl EvalJobSpec {
     /// Checks a request against the run; the error says what is wrong.
-    pub fn from_request(r: &proto::EvalJobRequest, num_timesteps: usize) -> Result<Self, String> {
+    pub fn from_request(r: &proto::EvalJobRequest, num_timesteps: usize) -> Result<Self, SpecError> {
         let mut metrics = Vec::new();
         for m in &r.metrics {
             let m: Metric = m.parse()?;
@@ -73,49 +74,42 @@ impl EvalJobSpec {
         let mut req = r.sample.clone().unwrap_or_default();
         if !needs_samples {
             if req.count != 0 {
-                return Err("sample.count applies to fid and is; a bits/dim-only job draws no samples".into());
+                return Err(SpecError::NotForMetrics("sample.count applies to fid and is; a bits/dim-only job draws no samples"));
             }
             req.count = 1;
         }
-        let mut sample = SampleJobSpec::from_request(&req, num_timesteps).map_err(|e| format!("sample: {e}"))?;
+        let mut sample = SampleJobSpec::from_request(&req, num_timesteps).map_err(|e| SpecError::Sample(Box::new(e)))?;
         if !needs_samples {
             sample.count = 0;
         }
         if has(Metric::Fid) && sample.count < 2 {
-            return Err(format!(
-                "fid needs at least 2 samples for a covariance (the paper uses 50000), got {}",
-                sample.count
-            ));
+            return Err(SpecError::FidSamples(sample.count));
         }
         let is_splits = if r.is_splits == 0 { 10 } else { r.is_splits };
         if has(Metric::Is) && sample.count < is_splits as u64 {
-            return Err(format!("is: {} samples cannot fill {is_splits} splits; draw more or lower is_splits", sample.count));
+            return Err(SpecError::IsSplits { samples: sample.count, splits: is_splits });
         }
         if needs_samples && r.inception.trim().is_empty() {
-            return Err(
-                "fid and is need the Inception TorchScript file: set inception to its path on the workers \
-                 (the inception-2015-12-05.pt of clean-fid / the StyleGAN metrics)"
-                    .into(),
-            );
+            return Err(SpecError::NoInception);
         }
         if !r.reference_stats.is_empty() && !r.reference_data.is_empty() {
-            return Err("give reference_stats (a .npz) or reference_data (a dataset spec), not both".into());
+            return Err(SpecError::TwoReferences);
         }
         let reference_set = !r.reference_stats.is_empty() || !r.reference_data.is_empty() || r.reference_images != 0;
         if !has(Metric::Fid) && reference_set {
-            return Err("reference_stats, reference_data and reference_images apply to fid only".into());
+            return Err(SpecError::NotForMetrics("reference_stats, reference_data and reference_images apply to fid only"));
         }
         if !has(Metric::Bpd) && (!r.bpd_data.is_empty() || r.bpd_images != 0) {
-            return Err("bpd_data and bpd_images apply to bpd only".into());
+            return Err(SpecError::NotForMetrics("bpd_data and bpd_images apply to bpd only"));
         }
-        for (what, spec) in [("reference_data", &r.reference_data), ("bpd_data", &r.bpd_data)] {
+        for (field, spec) in [("reference_data", &r.reference_data), ("bpd_data", &r.bpd_data)] {
             if !spec.is_empty() {
-                spec.parse::<ddpm::data::DatasetSpec>().map_err(|e| format!("{what}: {e}"))?;
+                SpecError::check_dataset(field, spec)?;
             }
         }
         let eval_batch = if r.eval_batch == 0 { DEFAULT_EVAL_BATCH } else { r.eval_batch };
         if eval_batch > MAX_BATCH {
-            return Err(format!("eval_batch must be at most {MAX_BATCH}, got {eval_batch}"));
+            return Err(SpecError::at_most("eval_batch", MAX_BATCH, eval_batch));
         }
         Ok(Self {
             metrics,
@@ -154,7 +148,7 @@ mod tests {
         let s = EvalJobSpec::from_request(&req(&["BPD", " is", "fid", "is"]), 1000).unwrap();
         assert_eq!(s.metrics, vec![Metric::Fid, Metric::Is, Metric::Bpd]);
         assert_eq!(serde_json::to_value(&s.metrics).unwrap(), serde_json::json!(["fid", "is", "bpd"]));
-        let e = EvalJobSpec::from_request(&req(&["kid"]), 1000).unwrap_err();
+        let e = EvalJobSpec::from_request(&req(&["kid"]), 1000).unwrap_err().to_string();
         assert!(e.contains("unknown metric \"kid\""), "{e}");
         assert_eq!(EvalJobSpec::from_request(&req(&[]), 1000).unwrap().metrics, vec![Metric::Fid]);
     }
@@ -166,6 +160,6 @@ mod tests {
         let s = EvalJobSpec::from_request(&r, 1000).unwrap();
         assert_eq!(s.sample.count, 0);
         r.sample = Some(proto::SampleJobRequest { count: 3, ..Default::default() });
-        assert!(EvalJobSpec::from_request(&r, 1000).unwrap_err().contains("bits/dim-only job draws no samples"));
+        assert!(EvalJobSpec::from_request(&r, 1000).unwrap_err().to_string().contains("bits/dim-only job draws no samples"));
     }
 }

@@ -300,8 +300,7 @@ impl Roster {
     pub fn reap(&self, timeout: Duration) -> Vec<MemberInfo> {
         let now = Instant::now();
         let mut m = self.lock();
-        let dead: Vec<u64> =
-            m.by_id.iter().filter(|(_, x)| now.duration_since(x.last_seen) > timeout).map(|(id, _)| *id).collect();
+        let dead: Vec<u64> = m.by_id.iter().filter(|(_, x)| now.duration_since(x.last_seen) > timeout).map(|(id, _)| *id).collect();
         let gone: Vec<MemberInfo> = dead.into_iter().filter_map(|id| m.by_id.remove(&id).map(|x| x.info(id))).collect();
         m.lost += gone.len() as u64;
         drop(m);

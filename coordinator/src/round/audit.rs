@@ -35,6 +35,18 @@ pub struct Audit<'a> {
     pub dtype: GradDtype,
 }
 
+/// A reduced chunk that proves a member lied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AuditFailure {
+    #[error("the reduced chunk {chunk} is not finite (a NaN or an infinity), though every member reported a finite norm for it")]
+    NotFinite { chunk: usize },
+    #[error(
+        "the reduced chunk {chunk} has norm {norm:.3e}, but the norms its members reported allow at most {bound:.3e} \
+         (a sum is never longer than its parts)"
+    )]
+    TooLong { chunk: usize, norm: f64, bound: f64 },
+}
+
 /// Smallest positive normal float32: the slack for chunks that are all zeros.
 const SLACK: f64 = f32::MIN_POSITIVE as f64;
 
@@ -50,7 +62,7 @@ impl Audit<'_> {
 
     /// Checks every reduced chunk (its float64 sum of squares, `sumsq[i]`)
     /// against its bound; why the first one that breaks it does.
-    pub fn check(&self, sumsq: &[f64]) -> Result<(), String> {
+    pub fn check(&self, sumsq: &[f64]) -> Result<(), AuditFailure> {
         let slack = 1.0 + self.rounding();
         for (i, &sq) in sumsq.iter().enumerate() {
             let parts: Vec<f64> = self.norms.iter().map(|n| n[i]).collect();
@@ -64,17 +76,12 @@ impl Audit<'_> {
             if !reduced.is_finite() {
                 // Honest float32 sums overflow only near f32::MAX.
                 if bound * slack < f64::from(f32::MAX) {
-                    return Err(format!(
-                        "the reduced chunk {i} is not finite (a NaN or an infinity), though every member reported a finite norm for it"
-                    ));
+                    return Err(AuditFailure::NotFinite { chunk: i });
                 }
                 continue;
             }
             if reduced > bound * slack + SLACK {
-                return Err(format!(
-                    "the reduced chunk {i} has norm {reduced:.3e}, but the norms its members reported allow at most {bound:.3e} \
-                     (a sum is never longer than its parts)"
-                ));
+                return Err(AuditFailure::TooLong { chunk: i, norm: reduced, bound });
             }
         }
         Ok(())
@@ -109,12 +116,12 @@ mod tests {
         let norms: [&[f64]; 2] = [&[1.0, 2.0], &[1.0, 2.0]];
         let audit = Audit { weights: &w, norms: &norms, dtype: GradDtype::F32 };
         // Chunk 0 may be 1.0 long at most.
-        let e = audit.check(&sumsq(&[&[0.6, 0.9], &[1.0]])).unwrap_err();
+        let e = audit.check(&sumsq(&[&[0.6, 0.9], &[1.0]])).unwrap_err().to_string();
         assert!(e.contains("chunk 0 has norm 1.082e0") && e.contains("at most 1.000e0"), "{e}");
         assert!(audit.check(&sumsq(&[&[0.6, 0.8], &[1.0]])).is_ok(), "float32's 0.6 and 0.8 are a hair over 1.0 long");
-        let e = audit.check(&sumsq(&[&[0.6], &[1e20]])).unwrap_err();
+        let e = audit.check(&sumsq(&[&[0.6], &[1e20]])).unwrap_err().to_string();
         assert!(e.contains("chunk 1 has norm 1.000e20"), "{e}");
-        let e = audit.check(&[0.5, f64::NAN]).unwrap_err();
+        let e = audit.check(&[0.5, f64::NAN]).unwrap_err().to_string();
         assert!(e.contains("chunk 1 is not finite"), "{e}");
         // A chunk every member reported non-finite is divergence, not a lie.
         let nan: [&[f64]; 2] = [&[f64::NAN, 1.0], &[f64::NAN, 1.0]];

@@ -41,10 +41,10 @@ use ddpm::wire::{self, WireError};
 use tokio::sync::{mpsc, oneshot};
 
 mod audit;
-mod screen;
-mod verdict;
-pub use screen::{loss_ok, Screening};
-pub use verdict::FaultReport;
+pub mod screen;
+pub mod verdict;
+use screen::{loss_ok, Screening};
+use verdict::FaultReport;
 
 /// What a member sends back on its ReduceGradients stream.
 pub type Outbound = mpsc::Sender<Result<ReducedMessage, RoundError>>;
@@ -364,8 +364,7 @@ impl Round {
             return;
         }
         for i in 0..self.chunks {
-            let stats: Vec<(bool, f64)> =
-                inner.norms.iter().flatten().map(|n| (n[i].is_finite(), n[i])).collect();
+            let stats: Vec<(bool, f64)> = inner.norms.iter().flatten().map(|n| (n[i].is_finite(), n[i])).collect();
             match self.screening.judge(i, &stats) {
                 Ok(median) => inner.medians[i] = median,
                 Err((rank, reason)) => {
@@ -398,14 +397,7 @@ impl Round {
         let range = wire::chunk_ranges(self.total, self.chunk_elements).nth(i).expect("index < chunks");
         let want = range.len() * self.dtype.bytes_per_element();
         if chunk.data.len() != want {
-            return Err(WireError::WrongSize {
-                index,
-                got: chunk.data.len(),
-                want,
-                elements: range.len(),
-                dtype: self.dtype.name(),
-            }
-            .into());
+            return Err(WireError::WrongSize { index, got: chunk.data.len(), want, elements: range.len(), dtype: self.dtype.name() }.into());
         }
         if let Some(owners) = &self.owners {
             if owners[i] != rank {
@@ -442,20 +434,15 @@ impl Round {
             let (finite, sumsq) = wire::accumulate_screened(part, self.dtype, index, w, acc)?;
             stats.push((finite, sumsq.sqrt()));
         }
-        let median = self
-            .screening
-            .judge(i, &stats)
-            .map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
+        let median =
+            self.screening.judge(i, &stats).map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
         wire::round_trip(acc, self.dtype);
         let encoded = wire::encode(acc, self.dtype);
         inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
         inner.medians[i] = median;
         inner.reduced_chunks += 1;
-        let msg = ReducedMessage {
-            kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })),
-        };
-        let mut sends: Vec<(Outbound, ReducedMessage)> =
-            inner.outbound.iter().flatten().map(|o| (o.clone(), msg.clone())).collect();
+        let msg = ReducedMessage { kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })) };
+        let mut sends: Vec<(Outbound, ReducedMessage)> = inner.outbound.iter().flatten().map(|o| (o.clone(), msg.clone())).collect();
         if inner.reduced_chunks == self.chunks {
             sends.extend(self.finish(&mut inner));
         }
@@ -487,7 +474,12 @@ impl Round {
     /// pass the audit against the members' norms; if not, the failure
     /// waits in [`Round::pending_failure`] and no outcome goes out.
     fn finish_ring_if_complete(&self, inner: &mut Inner) -> Vec<(Outbound, ReducedMessage)> {
-        if inner.finished || inner.audited || !inner.screened || inner.reduced_chunks < self.chunks || inner.losses.iter().any(Option::is_none) {
+        if inner.finished
+            || inner.audited
+            || !inner.screened
+            || inner.reduced_chunks < self.chunks
+            || inner.losses.iter().any(Option::is_none)
+        {
             return Vec::new();
         }
         inner.audited = true;
@@ -567,7 +559,10 @@ impl Round {
 
     fn culprit_of(&self, faults: &[Option<FaultReport>]) -> RoundFailure {
         let (by, f) = verdict::culprit(&self.members, faults).expect("called with at least one report");
-        let reason = format!("worker {} broke the ring of step {} attempt {}: worker {by} reported that {}", f.suspect, self.step, self.attempt, f.reason);
+        let reason = format!(
+            "worker {} broke the ring of step {} attempt {}: worker {by} reported that {}",
+            f.suspect, self.step, self.attempt, f.reason
+        );
         RoundFailure::new(Some(f.suspect), reason)
     }
 

@@ -67,10 +67,7 @@ async fn bad_chunks_are_rejected_with_the_reason() {
     assert!(matches!(round.join(&header(2, 3, 5), o.clone()).unwrap_err(), RoundError::NotMember { .. }));
     assert!(matches!(round.join(&header(1, 4, 5), o.clone()).unwrap_err(), RoundError::WrongStep { .. }));
     let r = round.join(&header(1, 3, 5), o).unwrap();
-    assert_eq!(
-        round.offer(r, chunk(0, &[1.0])).unwrap_err().to_string(),
-        "chunk 0 has 4 bytes, expected 8 (2 f32 elements)"
-    );
+    assert_eq!(round.offer(r, chunk(0, &[1.0])).unwrap_err().to_string(), "chunk 0 has 4 bytes, expected 8 (2 f32 elements)");
     assert!(matches!(round.offer(r, chunk(9, &[1.0])).unwrap_err(), OfferError::Malformed(WireError::BadIndex { .. })));
     round.offer(r, chunk(0, &[1.0, 2.0])).unwrap();
     assert!(matches!(round.offer(r, chunk(0, &[1.0, 2.0])).unwrap_err(), OfferError::Malformed(WireError::Duplicate { .. })));

@@ -6,8 +6,8 @@ use ddpm::proto::WorkerAction;
 use ddpm::wire::directive;
 use tonic::{Code, Status};
 
-use crate::round::RoundError;
 use crate::roster::RosterError;
+use crate::round::RoundError;
 
 /// Errors a peer's request can cause.
 #[derive(Debug, thiserror::Error)]
@@ -93,10 +93,9 @@ impl RpcError {
             Self::BadGradientStream(_) => (Code::InvalidArgument, Rejoin),
             Self::Round(r) => match r {
                 RoundError::NotMember { .. } => (Code::FailedPrecondition, Rejoin),
-                RoundError::WrongStep { .. }
-                | RoundError::Over { .. }
-                | RoundError::NoRound { .. }
-                | RoundError::Abandoned { .. } => (Code::Aborted, NextWork),
+                RoundError::WrongStep { .. } | RoundError::Over { .. } | RoundError::NoRound { .. } | RoundError::Abandoned { .. } => {
+                    (Code::Aborted, NextWork)
+                }
                 RoundError::WrongElements { .. }
                 | RoundError::BadDtype(_)
                 | RoundError::WrongDtype { .. }

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::errors::RpcError;
-use super::BoxStream;
+use super::streams::BoxStream;
 
 /// Counts the workers told (their Register calls), so that the answering
 /// ends once the world size has heard it.
@@ -52,7 +52,10 @@ impl Coordinator for FinishedRun {
         over()
     }
     type ReduceGradientsStream = BoxStream<proto::ReducedMessage>;
-    async fn reduce_gradients(&self, _: Request<Streaming<proto::GradientMessage>>) -> Result<Response<Self::ReduceGradientsStream>, Status> {
+    async fn reduce_gradients(
+        &self,
+        _: Request<Streaming<proto::GradientMessage>>,
+    ) -> Result<Response<Self::ReduceGradientsStream>, Status> {
         over()
     }
     async fn submit_result(&self, _: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {

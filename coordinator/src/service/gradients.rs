@@ -12,7 +12,8 @@ use ddpm::ring::RingFaultKind;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
 
-use crate::round::{deliver, FaultReport, OfferError, Round, RoundFailure};
+use crate::round::verdict::FaultReport;
+use crate::round::{deliver, OfferError, Round, RoundFailure};
 
 /// Feeds the rest of member `worker`'s stream (after the header) to
 /// `round` at rank `rank`, until it ends or fails.
@@ -45,7 +46,10 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
                 tracing::warn!(worker, suspect = f.suspect, ?kind, step = round.step, "ring fault reported: {}", f.reason);
                 let report = FaultReport { suspect: f.suspect, kind, reason: f.reason.chars().take(1000).collect() };
                 if !round.report_fault(rank, report) {
-                    break fail(format!("worker {worker} reported a ring fault naming {}, which is not another member of the step", f.suspect));
+                    break fail(format!(
+                        "worker {worker} reported a ring fault naming {}, which is not another member of the step",
+                        f.suspect
+                    ));
                 }
                 // The reporter keeps its stream open for the verdict; the
                 // round ends from the training loop (`Round::ring_verdict`).

@@ -11,43 +11,63 @@ pub mod incoming;
 mod results;
 mod streams;
 
-use std::pin::Pin;
 use std::sync::Arc;
 
 use ddpm::config::RunConfig;
 use ddpm::proto::{self, coordinator_server::Coordinator, gradient_message, result_message};
 use ddpm::wire::{self, auth, WorkerRole};
-use futures::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
-pub use errors::RpcError;
-
-use crate::jobs::{PinnedWeights, ResultPart, ResultRouter};
+use crate::components::Components;
+use crate::jobs::pinned::PinnedWeights;
+use crate::jobs::results::{ResultPart, ResultRouter};
 use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
 use crate::round::RoundError;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
 use crate::state::{Snapshot, SnapshotKind, StateHandle};
+use errors::RpcError;
+use streams::BoxStream;
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
-
+/// The `Coordinator` service: built once per run by [`CoordService::new`].
 pub struct CoordService {
     /// The resolved run config as JSON, and the facts workers check.
-    pub run_config: RunConfig,
-    pub run_config_json: String,
-    pub state: StateHandle,
-    pub roster: Arc<Roster>,
-    pub rounds: Arc<RoundSlot>,
-    pub pinned: Arc<PinnedWeights>,
-    pub results: Arc<ResultRouter>,
-    pub status: Arc<RunStatus>,
-    pub lifecycle: Arc<Lifecycle>,
+    run_config: RunConfig,
+    run_config_json: String,
+    state: StateHandle,
+    roster: Arc<Roster>,
+    rounds: Arc<RoundSlot>,
+    pinned: Arc<PinnedWeights>,
+    results: Arc<ResultRouter>,
+    status: Arc<RunStatus>,
+    lifecycle: Arc<Lifecycle>,
     /// The run's location and the workers it waits for, for GetStatus.
-    pub run_url: String,
-    pub workers_expected: usize,
+    run_url: String,
+    workers_expected: usize,
+}
+
+impl CoordService {
+    /// The service of a run whose workers receive `run_config`, waiting for
+    /// `workers_expected` training workers, on the components it answers
+    /// from.
+    pub fn new(run_config: RunConfig, workers_expected: usize, parts: &Components) -> serde_json::Result<Self> {
+        Ok(Self {
+            run_config_json: serde_json::to_string(&run_config)?,
+            run_config,
+            state: parts.state.clone(),
+            roster: parts.roster.clone(),
+            rounds: parts.rounds.clone(),
+            pinned: parts.pinned.clone(),
+            results: parts.results.clone(),
+            status: parts.status.clone(),
+            lifecycle: parts.lifecycle.clone(),
+            run_url: parts.store.url().to_string(),
+            workers_expected,
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -256,10 +276,7 @@ impl Coordinator for CoordService {
         Ok(Response::new(Box::pin(out)))
     }
 
-    async fn submit_result(
-        &self,
-        req: Request<Streaming<proto::ResultMessage>>,
-    ) -> Result<Response<proto::SubmitResultReply>, Status> {
+    async fn submit_result(&self, req: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {
         let session = self.worker_session(&req)?;
         let mut inbound = req.into_inner();
         let header = match inbound.next().await {

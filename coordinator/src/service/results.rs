@@ -7,7 +7,7 @@ use tokio_stream::StreamExt;
 use tonic::Streaming;
 
 use super::errors::RpcError;
-use crate::jobs::ResultPart;
+use crate::jobs::results::ResultPart;
 
 /// Largest evaluation sums a result may carry (2048-d features: 16.8 MB).
 const MAX_SUM_BYTES: usize = 1 << 30;

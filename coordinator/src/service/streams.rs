@@ -2,13 +2,19 @@
 //! assignment, then its samples in batches), and a state snapshot as a
 //! stream of chunks.
 
+use std::pin::Pin;
+
 use ddpm::proto::{self, work_message};
 use ddpm::wire;
+use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::state::Snapshot;
 use crate::work::Work;
+
+/// What a streaming rpc of the service answers with.
+pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Bytes of sample data per WorkMessage.
 const SAMPLE_BATCH_BYTES: usize = 2 << 20;
@@ -74,8 +80,7 @@ mod tests {
 
     #[test]
     fn samples_follow_their_assignment_in_batches() {
-        let samples: Vec<proto::Sample> =
-            (0..5).map(|i| proto::Sample { position: i, data: Bytes::from(vec![0u8; 1 << 20]) }).collect();
+        let samples: Vec<proto::Sample> = (0..5).map(|i| proto::Sample { position: i, data: Bytes::from(vec![0u8; 1 << 20]) }).collect();
         let msgs = work_messages(Work::Train { assignment: Default::default(), samples });
         assert!(matches!(msgs[0].kind, Some(work_message::Kind::Train(_))));
         let sizes: Vec<usize> = msgs[1..]

@@ -1,16 +1,17 @@
-//! The dashboard's JSON: the run at a glance (`/api/status`) and its
-//! metrics history (`/api/metrics`), built from the components' copies.
+//! The dashboard's JSON: the run at a glance (`/api/status`), its curves
+//! downsampled to the page's width (`/api/curves`) and its metrics history
+//! step by step (`/api/metrics`), built from the components' copies.
 //! Images are named by URLs under `/files/`, which serves only the run's
 //! sample grids ([`servable`]).
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ddpm::store::metrics_rows::StepRow;
 use ddpm::store::RunStore;
 use serde::Serialize;
 
-use super::history::RunHistory;
+use super::curves::Curves;
+use super::history::{RunHistory, StepPoint};
 use super::metrics::Sources;
 
 #[derive(Serialize)]
@@ -76,7 +77,7 @@ pub struct GridView {
 
 #[derive(Serialize)]
 pub struct MetricsView {
-    pub steps: Vec<StepRow>,
+    pub steps: Vec<StepPoint>,
     pub evals: Vec<EvalView>,
 }
 
@@ -234,6 +235,11 @@ impl Api {
         };
         *self.listed_grid.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), grid.clone()));
         grid
+    }
+
+    /// The curves in `columns` pixel columns.
+    pub fn curves(&self, columns: usize) -> Curves {
+        self.history.curves(columns)
     }
 
     /// Step rows after `after` (at most `limit`) and every evaluation.

@@ -1,7 +1,7 @@
 //! The coordinator's HTTP port (`--metrics-listen`): `/metrics` for
 //! Prometheus, the dashboard (`/`, its script and style, embedded in the
 //! binary: nothing is fetched from elsewhere, clusters are often offline),
-//! its JSON (`/api/status`, `/api/metrics?after=N`), the run's sample
+//! its JSON (`/api/status`, `/api/curves?columns=N`, `/api/metrics?after=N`), the run's sample
 //! grids (`/files/samples/...`, `/files/jobs/N/grid.png`) and `/healthz`.
 //! Read-only: nothing here changes the run.
 
@@ -27,6 +27,9 @@ const DASHBOARD_CSS: &str = include_str!("dashboard/dashboard.css");
 /// after the last one it got).
 pub const MAX_ROWS_PER_ANSWER: usize = 20_000;
 
+/// Pixel columns `/api/curves` draws at most (a wide, high-density screen).
+pub const MAX_COLUMNS: usize = 4096;
+
 struct Port {
     registry: Registry,
     api: Api,
@@ -40,10 +43,13 @@ pub fn router(registry: Registry, api: Api) -> Router {
         .route("/dashboard.css", get(|| async { page("text/css; charset=utf-8", DASHBOARD_CSS) }))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
+        .route("/api/curves", get(curves))
         .route("/api/metrics", get(rows))
         .route("/files/{*key}", get(file))
         .route("/healthz", get(|| async { "ok\n" }))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: this port serves /, /metrics, /api/status, /api/metrics and /healthz\n") })
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, "not found: this port serves /, /metrics, /api/status, /api/curves, /api/metrics and /healthz\n")
+        })
         .with_state(Arc::new(Port { registry, api }))
 }
 
@@ -70,6 +76,15 @@ async fn rows(State(port): State<Arc<Port>>, Query(q): Query<HashMap<String, Str
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
     Json(port.api.metrics(after, limit)).into_response()
+}
+
+async fn curves(State(port): State<Arc<Port>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let columns = match q.get("columns").map(|v| v.parse::<usize>()) {
+        None => 800,
+        Some(Ok(c)) if (1..=MAX_COLUMNS).contains(&c) => c,
+        Some(_) => return (StatusCode::BAD_REQUEST, format!("columns must be a whole number from 1 to {MAX_COLUMNS}\n")).into_response(),
+    };
+    Json(port.api.curves(columns)).into_response()
 }
 
 async fn file(State(port): State<Arc<Port>>, Path(key): Path<String>) -> Response {

@@ -15,11 +15,11 @@ use std::sync::{Arc, Mutex};
 use ddpm::checkpoint::UploadEvent;
 use ddpm::observe::prom::{self, DescriptorEncoder, Histogram, Labels, Unit};
 
-use crate::jobs::JobQueue;
+use crate::jobs::queue::JobQueue;
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::roster::Roster;
 use crate::run_status::RunStatus;
-use crate::training::StepMetrics;
+use crate::step_record::StepMetrics;
 
 /// What only events tell.
 struct Counts {
@@ -31,6 +31,8 @@ struct Counts {
     images: u64,
     reduced_bytes: u64,
     redone: u64,
+    /// Replica checksums that differed from the coordinator's.
+    checksum_mismatches: u64,
     saves: u64,
     save_failures: u64,
     save_retries: u64,
@@ -48,6 +50,7 @@ impl Default for Counts {
             images: 0,
             reduced_bytes: 0,
             redone: 0,
+            checksum_mismatches: 0,
             saves: 0,
             save_failures: 0,
             save_retries: 0,
@@ -66,6 +69,9 @@ pub struct Sources {
     pub lifecycle: Arc<Lifecycle>,
     pub total_steps: u64,
     pub workers_expected: usize,
+    /// Workers training needs (--min-workers): fewer at the start is a
+    /// failed start, fewer later is what an operator is alerted on.
+    pub min_workers: usize,
     /// How gradients are reduced ([dist] backend).
     pub reduction: ddpm::config::Backend,
 }
@@ -109,6 +115,12 @@ impl Telemetry {
         self.lock().redone += 1;
     }
 
+    /// `n` replicas reported parameters that differ from the coordinator's
+    /// (each is sent the coordinator's state).
+    pub fn checksum_mismatches(&self, n: u64) {
+        self.lock().checksum_mismatches += n;
+    }
+
     /// What the checkpoint uploader reported.
     pub fn upload_event(&self, e: &UploadEvent) {
         let mut c = self.lock();
@@ -138,12 +150,15 @@ impl prom::Exporter for Telemetry {
         let e = &mut e;
         let secs = Some(&Unit::Seconds);
         let bytes = Some(&Unit::Bytes);
-        prom::gauges(e, "build_info", "The ddpm version of this coordinator.", &[(vec![("version", env!("CARGO_PKG_VERSION").into())], 1.0)])?;
+        prom::gauges(
+            e,
+            "build_info",
+            "The ddpm version of this coordinator.",
+            &[(vec![("version", env!("CARGO_PKG_VERSION").into())], 1.0)],
+        )?;
         let phase = self.sources.lifecycle.phase();
-        let phases: Vec<(Labels, f64)> = Phase::ALL
-            .iter()
-            .map(|p| (vec![("phase", p.as_str().to_string())], f64::from(u8::from(*p == phase))))
-            .collect();
+        let phases: Vec<(Labels, f64)> =
+            Phase::ALL.iter().map(|p| (vec![("phase", p.as_str().to_string())], f64::from(u8::from(*p == phase)))).collect();
         prom::gauges(e, "phase", "1 for the run's current phase.", &phases)?;
         let backend = vec![("backend", self.sources.reduction.name().to_string())];
         prom::gauges(e, "reduction", "How gradients are reduced ([dist] backend): coordinator, ring, nccl or auto.", &[(backend, 1.0)])?;
@@ -153,7 +168,13 @@ impl prom::Exporter for Telemetry {
             prom::gauge(e, "loss", "Mean L_simple of the last completed step over its global batch.", None, m.loss)?;
             prom::gauge(e, "grad_norm", "Global norm of the last step's reduced gradient, before clipping.", None, m.grad_norm)?;
             prom::gauge(e, "learning_rate", "The last step's learning rate.", None, m.lr)?;
-            prom::gauge(e, "images_per_second", "Images per second of the last step (global batch over its wall time).", None, m.images_per_s)?;
+            prom::gauge(
+                e,
+                "images_per_second",
+                "Images per second of the last step (global batch over its wall time).",
+                None,
+                m.images_per_s,
+            )?;
         }
         if let Some(eta) = s.eta_s(self.sources.total_steps) {
             prom::gauge(e, "eta", "Estimated time to the last step at this start's pace.", secs, eta)?;
@@ -162,15 +183,41 @@ impl prom::Exporter for Telemetry {
         prom::counter(e, "trained_images", "Training images in the steps this process completed.", None, c.images)?;
         prom::histogram(e, "step_duration", "Wall time of a step at the coordinator.", secs, &c.step_s)?;
         prom::histogram(e, "step_compute", "The slowest member's forward and backward time in a step.", secs, &c.compute_s)?;
-        prom::histogram(e, "step_allreduce", "Time a step waited for its all-reduce after the last member's gradient began.", secs, &c.allreduce_s)?;
-        prom::counter(e, "reduced", "Gradient bytes the coordinator received (the ring backend: the members' reduced segments).", bytes, c.reduced_bytes)?;
+        prom::histogram(
+            e,
+            "step_allreduce",
+            "Time a step waited for its all-reduce after the last member's gradient began.",
+            secs,
+            &c.allreduce_s,
+        )?;
+        prom::counter(
+            e,
+            "reduced",
+            "Gradient bytes the coordinator received (the ring backend: the members' reduced segments).",
+            bytes,
+            c.reduced_bytes,
+        )?;
         prom::counter(e, "skipped_steps", "Updates skipped because the gradient was not finite (the whole run).", None, s.skipped_steps)?;
         prom::counter(e, "redone_steps", "Step attempts abandoned and redone (a member failed or was too slow).", None, c.redone)?;
 
         let churn = self.sources.roster.churn();
         prom::counter(e, "worker_joins", "Workers registered with this coordinator process.", None, churn.joined)?;
         prom::counter(e, "worker_losses", "Members dropped (silent, failed, disconnected or refused mid-step).", None, churn.lost)?;
-        prom::gauge(e, "workers_expected", "Workers the run waits for before step 1 (--workers).", None, self.sources.workers_expected as f64)?;
+        prom::gauge(
+            e,
+            "workers_expected",
+            "Workers the run waits for before step 1 (--workers).",
+            None,
+            self.sources.workers_expected as f64,
+        )?;
+        prom::gauge(e, "min_workers", "Workers the run needs to train (--min-workers).", None, self.sources.min_workers as f64)?;
+        prom::counter(
+            e,
+            "checksum_mismatches",
+            "Replica parameter checksums that differed from the coordinator's (the replica was resynced).",
+            None,
+            c.checksum_mismatches,
+        )?;
         let members = self.sources.roster.status();
         let mut by_state = Vec::new();
         for role in ["train", "eval"] {
@@ -187,8 +234,20 @@ impl prom::Exporter for Telemetry {
         prom::histogram(e, "checkpoint_save_duration", "Time to write a checkpoint to the store.", secs, &c.save_s)?;
         prom::counter(e, "checkpoint_written", "Bytes of the checkpoints saved by this process.", bytes, c.saved_bytes)?;
         prom::gauge(e, "last_checkpoint_step", "Step of the newest checkpoint in the store (0: none).", None, s.last_checkpoint as f64)?;
-        prom::gauge(e, "unsaved_steps", "Steps done since the newest checkpoint: what a crash now would redo.", None, s.unsaved_steps() as f64)?;
-        prom::gauge(e, "checkpoint_failing", "1 while the last checkpoint upload failed (until one is saved).", None, f64::from(u8::from(s.checkpoint_error.is_some())))?;
+        prom::gauge(
+            e,
+            "unsaved_steps",
+            "Steps done since the newest checkpoint: what a crash now would redo.",
+            None,
+            s.unsaved_steps() as f64,
+        )?;
+        prom::gauge(
+            e,
+            "checkpoint_failing",
+            "1 while the last checkpoint upload failed (until one is saved).",
+            None,
+            f64::from(u8::from(s.checkpoint_error.is_some())),
+        )?;
 
         let jobs = self.sources.queue.list();
         let mut by_kind = Vec::new();
@@ -218,14 +277,33 @@ mod tests {
             lifecycle: Arc::new(Lifecycle::default()),
             total_steps: 10,
             workers_expected: 2,
+            min_workers: 1,
             reduction: ddpm::config::Backend::Ring,
         });
         for step in 1..=3 {
-            let m = StepMetrics { step, loss: 0.5 / step as f64, grad_norm: 2.0, lr: 1e-4, step_s: 0.2, compute_s: 0.1, allreduce_s: 0.05, images_per_s: 40.0, ..Default::default() };
+            let m = StepMetrics {
+                step,
+                loss: 0.5 / step as f64,
+                grad_norm: 2.0,
+                lr: 1e-4,
+                step_s: 0.2,
+                compute_s: 0.1,
+                allreduce_s: 0.05,
+                images_per_s: 40.0,
+                ..Default::default()
+            };
             t.record_step(&m, 8, 1000, 0, 40.0);
         }
         t.step_redone();
-        t.upload_event(&UploadEvent::Saved { step: 2, reason: ddpm::checkpoint::Reason::Steps, bytes: 300, seconds: 0.5, attempts: 1, pruned: vec![] });
+        t.checksum_mismatches(2);
+        t.upload_event(&UploadEvent::Saved {
+            step: 2,
+            reason: ddpm::checkpoint::Reason::Steps,
+            bytes: 300,
+            seconds: 0.5,
+            attempts: 1,
+            pruned: vec![],
+        });
         let text = prom::encode(&t.registry());
         let v = |s: &str| parse_sample(&text, s).unwrap_or_else(|| panic!("no {s} in\n{text}"));
         assert_eq!(v("ddpm_step"), 3.0);
@@ -235,6 +313,8 @@ mod tests {
         assert_eq!(v("ddpm_reduced_bytes_total"), 3000.0);
         assert_eq!(v("ddpm_trained_images_total"), 24.0);
         assert_eq!(v("ddpm_redone_steps_total"), 1.0);
+        assert_eq!(v("ddpm_checksum_mismatches_total"), 2.0);
+        assert_eq!(v("ddpm_min_workers"), 1.0);
         assert_eq!(v("ddpm_checkpoint_saves_total"), 1.0);
         assert_eq!(v("ddpm_checkpoint_written_bytes_total"), 300.0);
         assert_eq!(v("ddpm_unsaved_steps"), 1.0);

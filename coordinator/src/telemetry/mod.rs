@@ -1,9 +1,11 @@
 //! Seeing a run: the Prometheus metrics ([`metrics::Telemetry`]), the
-//! metrics history the dashboard draws ([`history::RunHistory`]), the
+//! metrics history the dashboard draws ([`history::RunHistory`]) and its
+//! curves downsampled per pixel column ([`curves`]), the
 //! dashboard's JSON ([`api`]) and the HTTP port serving them all
 //! ([`http`]), and the gRPC health statuses ([`watch_health`]).
 
 pub mod api;
+pub mod curves;
 pub mod history;
 pub mod http;
 pub mod metrics;
@@ -14,10 +16,9 @@ use std::time::Duration;
 use ddpm::observe::health::Health;
 use ddpm::store::RunStore;
 
-pub use history::RunHistory;
-pub use metrics::{Sources, Telemetry};
-
 use crate::lifecycle::Lifecycle;
+use history::RunHistory;
+use metrics::Telemetry;
 
 /// Binds `addr` and serves the HTTP port (metrics, dashboard) until the
 /// coordinator shuts down; prints its URL.

@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::members::wait_idle;
-use super::Trainer;
-use crate::jobs::{GridJobSpec, JobSpec, JobState};
+use super::trainer::Trainer;
+use crate::jobs::queue::JobState;
+use crate::jobs::spec::{GridJobSpec, JobSpec};
 
 /// Draws the grid after step `step` with the training workers `members`
 /// (and any eval worker); returns its location.

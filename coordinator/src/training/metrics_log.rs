@@ -14,20 +14,29 @@
 //! that died before checkpointing them) are superseded: removed from the
 //! log before the new rows, so every step appears once.
 
-use std::path::PathBuf;
-
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ddpm::store::metrics_rows::RunRows;
-use ddpm::store::{Location, RunStore};
+use ddpm::store::{Location, RunStore, StoreError};
 use serde::Serialize;
 
-use crate::telemetry::RunHistory;
-
-use super::StepMetrics;
+use crate::step_record::StepMetrics;
+use crate::telemetry::history::RunHistory;
 
 /// Rows held while the log cannot be written (about 300 bytes each).
 pub const MAX_PENDING_ROWS: usize = 100_000;
+
+/// Why a write of the log failed (the rows are kept for the next one).
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("cannot {what} {}: {source}", path.display())]
+    Local { what: &'static str, path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the write task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 enum Sink {
     Local(PathBuf),
@@ -42,18 +51,61 @@ pub struct MetricsLog {
     first: Option<u64>,
     /// Rows dropped because the log could not be written for too long.
     dropped: u64,
-    /// The current failure, logged once until a write succeeds.
+    /// The current failure's message, logged once until a write succeeds.
     failing: Option<String>,
     /// A remote write in flight, and how many of the oldest pending rows
     /// it carries (they go once it succeeds).
-    inflight: Option<(tokio::task::JoinHandle<Result<(), String>>, usize)>,
+    inflight: Option<(tokio::task::JoinHandle<Result<(), StoreError>>, usize)>,
     /// Every row also goes to the dashboard's history, as it is pushed.
     history: Arc<RunHistory>,
 }
 
 /// The step a metrics row belongs to (`None`: not a row, e.g. a torn line).
 fn row_step(line: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(line).ok()?.get("step")?.as_u64()
+    #[derive(serde::Deserialize)]
+    struct Step {
+        step: Option<u64>,
+    }
+    serde_json::from_str::<Step>(line).ok()?.step
+}
+
+/// Removes the rows after step `upto` from the local log at `path`, line
+/// by line: a paper-length log (800,000 rows, about 160 MB) is never held
+/// in memory, and is rewritten only when it has such rows (a start that
+/// died before checkpointing them). Returns how many lines went.
+fn supersede_local(path: &std::path::Path, upto: u64) -> std::io::Result<usize> {
+    use std::io::{BufRead, BufReader, BufWriter, Write};
+    // Each non-empty line and whether it stays.
+    let for_each_line = |f: &mut dyn FnMut(&str, bool) -> std::io::Result<()>| -> std::io::Result<()> {
+        let mut reader = BufReader::new(std::fs::File::open(path)?);
+        let mut buf = Vec::new();
+        while reader.read_until(b'\n', &mut buf)? > 0 {
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end_matches(['\n', '\r']);
+            if !line.trim().is_empty() {
+                f(line, row_step(line).is_some_and(|s| s <= upto))?;
+            }
+            buf.clear();
+        }
+        Ok(())
+    };
+    let mut removed = 0;
+    match for_each_line(&mut |_, keep| {
+        removed += usize::from(!keep);
+        Ok(())
+    }) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        other => other?,
+    }
+    if removed > 0 {
+        // A new file renamed over the old: a crash leaves one or the other.
+        let tmp = path.with_extension("jsonl.tmp");
+        let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
+        for_each_line(&mut |line, keep| if keep { writeln!(out, "{line}") } else { Ok(()) })?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+    }
+    Ok(removed)
 }
 
 /// The rows of `text` up to step `upto`, and how many were removed.
@@ -91,26 +143,13 @@ impl MetricsLog {
     /// Removes rows after step `upto` (all rows for a new run).
     async fn supersede_after(&self, upto: u64) -> anyhow::Result<()> {
         let removed = match &self.sink {
-            Sink::Local(path) => {
-                let text = match std::fs::read_to_string(path) {
-                    Ok(t) => t,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-                    Err(e) => anyhow::bail!("cannot read the metrics log {}: {e}", path.display()),
-                };
-                let (kept, removed) = keep_upto(&text, upto);
-                if removed > 0 {
-                    // A new file renamed over the old: a crash leaves one or the other.
-                    let tmp = path.with_extension("jsonl.tmp");
-                    std::fs::write(&tmp, kept)
-                        .and_then(|()| std::fs::rename(&tmp, path))
-                        .map_err(|e| anyhow::anyhow!("cannot rewrite the metrics log {}: {e}", path.display()))?;
-                }
-                removed
-            }
+            Sink::Local(path) => supersede_local(path, upto)
+                .map_err(|e| anyhow::anyhow!("cannot supersede the rows of the metrics log {}: {e}", path.display()))?,
             Sink::Remote(store) => {
                 let mut removed = 0;
                 for seg in store.list("metrics").await? {
-                    let first = seg.key.rsplit('/').next().and_then(|n| n.strip_prefix("step_")?.strip_suffix(".jsonl")?.parse::<u64>().ok());
+                    let first =
+                        seg.key.rsplit('/').next().and_then(|n| n.strip_prefix("step_")?.strip_suffix(".jsonl")?.parse::<u64>().ok());
                     let Some(first) = first else { continue };
                     if first > upto {
                         store.delete(&seg.key).await?;
@@ -128,7 +167,11 @@ impl MetricsLog {
             }
         };
         if removed > 0 {
-            tracing::info!(after = upto, removed, "metrics log: rows after the resumed step superseded (a start that did not checkpoint them wrote them)");
+            tracing::info!(
+                after = upto,
+                removed,
+                "metrics log: rows after the resumed step superseded (a start that did not checkpoint them wrote them)"
+            );
         }
         Ok(())
     }
@@ -204,16 +247,16 @@ impl MetricsLog {
             }
         }
         if let Some((h, carried)) = self.inflight.take() {
-            let result = h.await.unwrap_or_else(|e| Err(format!("the write task failed: {e}")));
+            let result = h.await.map_err(WriteError::from).and_then(|r| r.map_err(WriteError::from));
             self.settle(result, carried);
         }
         let Some(first) = self.first else { return };
         let body = self.pending.join("\n") + "\n";
         let key = format!("metrics/step_{first:010}.jsonl");
         let carried = self.pending.len();
-        let task = tokio::spawn(async move { store.put(&key, body.into()).await.map_err(|e| e.to_string()) });
+        let task = tokio::spawn(async move { store.put(&key, body.into()).await });
         if wait {
-            let result = task.await.unwrap_or_else(|e| Err(format!("the write task failed: {e}")));
+            let result = task.await.map_err(WriteError::from).and_then(|r| r.map_err(WriteError::from));
             self.settle(result, carried);
         } else {
             self.inflight = Some((task, carried));
@@ -221,7 +264,7 @@ impl MetricsLog {
     }
 
     /// The outcome of a write of the oldest `carried` pending rows.
-    fn settle(&mut self, result: Result<(), String>, carried: usize) {
+    fn settle(&mut self, result: Result<(), WriteError>, carried: usize) {
         match result {
             Ok(()) => {
                 if self.failing.take().is_some() || self.dropped > 0 {
@@ -232,6 +275,7 @@ impl MetricsLog {
                 self.dropped = 0;
             }
             Err(e) => {
+                let e = e.to_string();
                 if self.failing.as_deref() != Some(e.as_str()) {
                     tracing::error!(
                         log = %self.place(),
@@ -246,9 +290,9 @@ impl MetricsLog {
 }
 
 /// Appends `bytes` to `path`; a failed append is cut back to the old end.
-fn append(path: &std::path::Path, bytes: &[u8]) -> Result<(), String> {
+fn append(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     use std::io::Write;
-    let fail = |what: &str, e: std::io::Error| format!("cannot {what} {}: {e}", path.display());
+    let fail = |what: &'static str, source: std::io::Error| WriteError::Local { what, path: path.to_path_buf(), source };
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| fail("open", e))?;
     let end = file.metadata().map_err(|e| fail("stat", e))?.len();
     if let Err(e) = file.write_all(bytes).and_then(|()| file.flush()) {
@@ -267,6 +311,20 @@ mod tests {
         let text = "{\"step\":1}\n{\"step\":2,\"fid\":3.0}\n{\"step\":3}\n{\"st";
         assert_eq!(keep_upto(text, 2), ("{\"step\":1}\n{\"step\":2,\"fid\":3.0}\n".to_string(), 2));
         assert_eq!(keep_upto(text, 0).1, 4);
+    }
+
+    #[test]
+    fn the_local_log_is_superseded_line_by_line_and_left_alone_when_nothing_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        assert_eq!(supersede_local(&path, 2).unwrap(), 0, "no log yet");
+        std::fs::write(&path, "{\"step\":1}\n\n{\"step\":2,\"fid\":3.0}\n").unwrap();
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(supersede_local(&path, 2).unwrap(), 0);
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), before, "rewritten though nothing went");
+        std::fs::write(&path, "{\"step\":1}\n{\"step\":2,\"fid\":3.0}\n{\"step\":3}\n{\"st").unwrap();
+        assert_eq!(supersede_local(&path, 2).unwrap(), 2);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"step\":1}\n{\"step\":2,\"fid\":3.0}\n");
     }
 
     #[tokio::test]

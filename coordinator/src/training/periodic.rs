@@ -9,7 +9,8 @@ use std::time::Duration;
 use ddpm::config::TrainConfig;
 
 use super::metrics_log::MetricsLog;
-use crate::jobs::{periodic_spec, JobQueue, JobSpec};
+use crate::jobs::queue::JobQueue;
+use crate::jobs::spec::{periodic_spec, JobSpec};
 use crate::lifecycle::{Lifecycle, Phase};
 use crate::roster::Roster;
 

@@ -2,7 +2,7 @@
 //! loss, throughput, compute and all-reduce time over the window since the
 //! last line, the workers and the time left.
 
-use super::StepMetrics;
+use crate::step_record::StepMetrics;
 
 /// Rolling numbers since the last progress line.
 #[derive(Default)]
@@ -64,12 +64,6 @@ impl Progress {
         );
         *self = Self::default();
     }
-}
-
-/// Seconds left for `remaining` steps when `done` steps took `elapsed_s`
-/// (`None` before the first: nothing to go by).
-pub fn eta_s(elapsed_s: f64, done: u64, remaining: u64) -> Option<f64> {
-    (done > 0).then(|| elapsed_s / done as f64 * remaining as f64)
 }
 
 /// Whether step `step` gets a progress line: the first of this start, the

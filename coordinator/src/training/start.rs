@@ -12,6 +12,15 @@ use std::time::{Duration, Instant};
 use crate::lifecycle::Lifecycle;
 use crate::roster::Roster;
 
+/// A start policy the run could not start with.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StartPolicyError {
+    #[error("--min-workers must be at least 1")]
+    NoMinimum,
+    #[error("--min-workers {min} is more than --workers {workers}: the run could never start; give at most {workers}")]
+    MinAboveWorkers { min: usize, workers: usize },
+}
+
 /// How many workers the run waits for at its start, and for how long.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StartPolicy {
@@ -33,15 +42,12 @@ impl StartPolicy {
     }
 
     /// Refuses a minimum that cannot be met or means nothing.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), StartPolicyError> {
         if self.min_workers == 0 {
-            return Err("--min-workers must be at least 1".into());
+            return Err(StartPolicyError::NoMinimum);
         }
         if self.min_workers > self.workers {
-            return Err(format!(
-                "--min-workers {} is more than --workers {}: the run could never start; give at most {}",
-                self.min_workers, self.workers, self.workers
-            ));
+            return Err(StartPolicyError::MinAboveWorkers { min: self.min_workers, workers: self.workers });
         }
         Ok(())
     }
@@ -171,8 +177,8 @@ mod tests {
 
     #[test]
     fn a_minimum_that_cannot_be_met_is_refused() {
-        assert!(policy(4, 0, 0, None).check().unwrap_err().contains("at least 1"));
-        assert!(policy(4, 5, 0, None).check().unwrap_err().contains("at most 4"));
+        assert!(policy(4, 0, 0, None).check().unwrap_err().to_string().contains("at least 1"));
+        assert!(policy(4, 5, 0, None).check().unwrap_err().to_string().contains("at most 4"));
         assert!(policy(4, 4, 0, None).check().is_ok());
     }
 

@@ -81,7 +81,15 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn header(worker_id: u64) -> proto::GradientHeader {
-        proto::GradientHeader { worker_id, step: 1, elements: 2, dtype: proto::GradDtype::F32 as i32, loss: 1.0, samples: 1, ..Default::default() }
+        proto::GradientHeader {
+            worker_id,
+            step: 1,
+            elements: 2,
+            dtype: proto::GradDtype::F32 as i32,
+            loss: 1.0,
+            samples: 1,
+            ..Default::default()
+        }
     }
 
     /// Under paused time: member 20 never delivers; member 10 delivers

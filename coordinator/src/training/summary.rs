@@ -58,8 +58,7 @@ impl Summary {
 
     /// The summary of a run that failed with `error` after the steps `status` shows.
     pub fn failed(status: &StatusInfo, resumed_from: u64, store: &RunStore, elapsed_s: f64, error: String) -> Self {
-        let checkpoint =
-            (status.last_checkpoint > 0).then(|| store.location(&ddpm::checkpoint::step_dir(status.last_checkpoint)));
+        let checkpoint = (status.last_checkpoint > 0).then(|| store.location(&ddpm::checkpoint::step_dir(status.last_checkpoint)));
         Self {
             steps: status.step,
             stopped: false,

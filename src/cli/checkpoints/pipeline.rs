@@ -125,9 +125,7 @@ pub fn write(out: &Path, unet_config: &Value, unet_weights: &[u8], scheduler: &V
 /// so `from_pretrained` never sees half a pipeline. `out` may exist only as
 /// an empty directory; a non-empty one is refused, not replaced.
 pub fn write_dir_atomically(out: &Path, files: &[(PathBuf, &[u8])]) -> anyhow::Result<()> {
-    let name = out
-        .file_name()
-        .with_context(|| format!("--out {}: name a new directory for the pipeline", out.display()))?;
+    let name = out.file_name().with_context(|| format!("--out {}: name a new directory for the pipeline", out.display()))?;
     if out.exists() {
         let empty = std::fs::read_dir(out)
             .with_context(|| format!("--out {}: exists and is not a readable directory", out.display()))?
@@ -183,7 +181,10 @@ mod tests {
     fn the_paper_setting_is_a_linear_fixed_large_epsilon_scheduler() {
         let c = scheduler_config(&DiffusionConfig::default()).unwrap();
         assert_eq!(c["num_train_timesteps"], 1000);
-        assert_eq!((c["beta_schedule"].as_str(), c["beta_start"].as_f64(), c["beta_end"].as_f64()), (Some("linear"), Some(1e-4), Some(0.02)));
+        assert_eq!(
+            (c["beta_schedule"].as_str(), c["beta_start"].as_f64(), c["beta_end"].as_f64()),
+            (Some("linear"), Some(1e-4), Some(0.02))
+        );
         assert_eq!(c["trained_betas"], Value::Null);
         assert_eq!(c["variance_type"], "fixed_large");
         assert_eq!(c["clip_sample"], true);
@@ -236,8 +237,7 @@ mod tests {
         export(&empty).unwrap();
         assert!(empty.join("scheduler").join(SCHEDULER_CONFIG_FILE).is_file());
         // No temporary directory is left behind.
-        let names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        let names: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
         assert!(names.iter().all(|n| !n.contains(".partial-")), "{names:?}");
     }
 }

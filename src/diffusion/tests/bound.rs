@@ -5,9 +5,7 @@ use std::cell::RefCell;
 use tch::{Device, Kind, Tensor};
 
 use super::{diffusion, max_diff, randn, ts};
-use crate::diffusion::losses::{
-    approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl,
-};
+use crate::diffusion::losses::{approx_standard_normal_cdf, discretized_gaussian_log_likelihood, mean_flat, normal_kl};
 use crate::diffusion::{LossType, ModelMeanType, VarianceType};
 
 /// Images on the data grid `k/127.5 - 1`, including both ends.
@@ -19,10 +17,7 @@ fn grid_x0(b: i64) -> Tensor {
 #[test]
 fn normal_kl_is_zero_for_equal_gaussians_and_matches_closed_form() {
     let (m, lv) = (randn(20, 1), randn(21, 1) * 0.3);
-    assert_eq!(
-        normal_kl(&m, &lv, &m, &lv).abs().max().double_value(&[]),
-        0.0
-    );
+    assert_eq!(normal_kl(&m, &lv, &m, &lv).abs().max().double_value(&[]), 0.0);
     // KL(N(1, e^0) || N(0, e^2)) = 0.5 * (-1 + 2 + e^-2 + e^-2).
     let one = |v: f64| Tensor::from_slice(&[v]);
     let kl = normal_kl(&one(1.0), &one(0.0), &one(0.0), &one(2.0)).double_value(&[0]);
@@ -33,10 +28,7 @@ fn normal_kl_is_zero_for_equal_gaussians_and_matches_closed_form() {
 fn approx_cdf_is_a_close_symmetric_cdf() {
     let x = Tensor::linspace(-6.0, 6.0, 241, (Kind::Double, Device::Cpu));
     let cdf = approx_standard_normal_cdf(&x);
-    assert_eq!(
-        approx_standard_normal_cdf(&Tensor::from_slice(&[0.0])).double_value(&[0]),
-        0.5
-    );
+    assert_eq!(approx_standard_normal_cdf(&Tensor::from_slice(&[0.0])).double_value(&[0]), 0.5);
     assert!(max_diff(&(&cdf + approx_standard_normal_cdf(&-&x)), &cdf.ones_like()) < 1e-15);
     // Within 2e-4 of Phi(x) = 0.5 erfc(-x / sqrt 2).
     let exact = (-&x / std::f64::consts::SQRT_2).erfc() * 0.5;
@@ -51,27 +43,17 @@ fn decoder_probabilities_over_all_256_bins_sum_to_1() {
         let ls = x.full_like(log_scale);
         let p = discretized_gaussian_log_likelihood(&x, &m, &ls).exp();
         let total = p.sum(Kind::Double).double_value(&[]);
-        assert!(
-            (total - 1.0).abs() < 1e-9,
-            "mean {mean}, log scale {log_scale}: {total}"
-        );
+        assert!((total - 1.0).abs() < 1e-9, "mean {mean}, log scale {log_scale}: {total}");
     }
     // Far from the mean, the probability is floored at 1e-12.
-    let far = discretized_gaussian_log_likelihood(
-        &Tensor::from_slice(&[0.5]),
-        &Tensor::from_slice(&[-0.5]),
-        &Tensor::from_slice(&[-6.0]),
-    );
+    let far = discretized_gaussian_log_likelihood(&Tensor::from_slice(&[0.5]), &Tensor::from_slice(&[-0.5]), &Tensor::from_slice(&[-6.0]));
     assert_eq!(far.double_value(&[0]), 1e-12f64.ln());
 }
 
 #[test]
 fn mean_flat_keeps_the_batch() {
     let x = Tensor::arange(24, (Kind::Double, Device::Cpu)).view([2, 3, 4]);
-    assert_eq!(
-        Vec::<f64>::try_from(mean_flat(&x)).expect("f64"),
-        vec![5.5, 17.5]
-    );
+    assert_eq!(Vec::<f64>::try_from(mean_flat(&x)).expect("f64"), vec![5.5, 17.5]);
 }
 
 #[test]
@@ -91,16 +73,10 @@ fn a_perfect_mu_model_has_zero_kl_and_the_prior_is_tiny() {
     let xt0 = d.q_sample(&x0, &t0, &randn(23, 4));
     let mu0 = d.q_posterior_mean_variance(&x0, &xt0, &t0).0;
     let (nll, _) = d.vb_terms_bpd(&mu0, &x0, &xt0, &t0, false);
-    assert!(
-        nll.min().double_value(&[]) > 0.0 && nll.max().double_value(&[]) < 8.0,
-        "{nll}"
-    );
+    assert!(nll.min().double_value(&[]) > 0.0 && nll.max().double_value(&[]) < 8.0, "{nll}");
     // docs/ddpm.md section 4: L_T is about 1e-5 bits/dim.
     let prior = d.prior_bpd(&x0);
-    assert!(
-        prior.max().double_value(&[]) < 1e-4 && prior.min().double_value(&[]) > 0.0,
-        "{prior}"
-    );
+    assert!(prior.max().double_value(&[]) < 1e-4 && prior.min().double_value(&[]) > 0.0, "{prior}");
 }
 
 #[test]
@@ -108,11 +84,7 @@ fn training_losses_targets() {
     let t = ts(&[0, 3, 9]);
     let x0 = grid_x0(3);
     let noise = randn(24, 3);
-    for (mean_type, shift) in [
-        (ModelMeanType::Eps, 1.0),
-        (ModelMeanType::X0, 0.5),
-        (ModelMeanType::Mu, 2.0),
-    ] {
+    for (mean_type, shift) in [(ModelMeanType::Eps, 1.0), (ModelMeanType::X0, 0.5), (ModelMeanType::Mu, 2.0)] {
         let d = diffusion(10, |c| c.model_mean_type = mean_type);
         let xt = d.q_sample(&x0, &t, &noise);
         let target = match mean_type {
@@ -122,10 +94,7 @@ fn training_losses_targets() {
         };
         let loss = d.training_losses(&(&target + shift), &x0, &xt, &t, &noise);
         assert_eq!(loss.size(), [3]);
-        assert!(
-            max_diff(&loss, &loss.full_like(shift * shift)) < 1e-12,
-            "{mean_type:?}"
-        );
+        assert!(max_diff(&loss, &loss.full_like(shift * shift)) < 1e-12, "{mean_type:?}");
     }
     let d = diffusion(10, |c| c.loss_type = LossType::Kl);
     let xt = d.q_sample(&x0, &t, &noise);
@@ -146,24 +115,13 @@ fn bpd_loop_visits_every_t_once_and_orders_columns_by_t() {
     let mut noise = |t: i64| randn(100 + t as u64, 2);
     let r = d.calc_bpd_loop(&mut model, &x0, &mut noise, true);
     assert_eq!(*seen.borrow(), vec![5, 4, 3, 2, 1, 0]);
-    assert_eq!(
-        (r.terms_bpd.size(), r.x0_mse.size(), r.total_bpd.size()),
-        (vec![2, 6], vec![2, 6], vec![2])
-    );
+    assert_eq!((r.terms_bpd.size(), r.x0_mse.size(), r.total_bpd.size()), (vec![2, 6], vec![2, 6], vec![2]));
     for t in [0i64, 3, 5] {
         let tb = ts(&[t, t]);
         let xt = d.q_sample(&x0, &tb, &randn(100 + t as u64, 2));
         let (term, pred_x0) = d.vb_terms_bpd(&(&xt * 0.3), &x0, &xt, &tb, true);
-        assert!(
-            max_diff(&r.terms_bpd.select(1, t), &term) < 1e-12,
-            "column {t}"
-        );
-        assert!(
-            max_diff(
-                &r.x0_mse.select(1, t),
-                &mean_flat(&(pred_x0 - &x0).square())
-            ) < 1e-12
-        );
+        assert!(max_diff(&r.terms_bpd.select(1, t), &term) < 1e-12, "column {t}");
+        assert!(max_diff(&r.x0_mse.select(1, t), &mean_flat(&(pred_x0 - &x0).square())) < 1e-12);
     }
     let sum = r.terms_bpd.sum_dim_intlist(1, false, None) + d.prior_bpd(&x0);
     assert!(max_diff(&r.total_bpd, &sum) < 1e-12);

@@ -14,10 +14,7 @@ use super::{DiffusionConfig, GaussianDiffusion};
 /// A diffusion with the default config but `num_timesteps` steps (linear betas
 /// 1e-4..0.02 over T steps), and the given changes.
 fn diffusion(num_timesteps: usize, edit: impl FnOnce(&mut DiffusionConfig)) -> GaussianDiffusion {
-    let mut config = DiffusionConfig {
-        num_timesteps,
-        ..DiffusionConfig::default()
-    };
+    let mut config = DiffusionConfig { num_timesteps, ..DiffusionConfig::default() };
     edit(&mut config);
     GaussianDiffusion::new(&config).expect("valid test config")
 }
@@ -28,9 +25,7 @@ fn diffusion(num_timesteps: usize, edit: impl FnOnce(&mut DiffusionConfig)) -> G
 fn randn(seed: u64, b: i64) -> Tensor {
     let mut v = vec![0f32; (b * 48) as usize];
     crate::rng::Stream::new(seed).fill_normal(&mut v);
-    Tensor::from_slice(&v)
-        .to_kind(Kind::Double)
-        .view([b, 3, 4, 4])
+    Tensor::from_slice(&v).to_kind(Kind::Double).view([b, 3, 4, 4])
 }
 
 /// int64 `[B]` timesteps.

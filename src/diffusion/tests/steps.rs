@@ -14,17 +14,10 @@ fn p_sample_adds_no_noise_at_t0_only() {
     let p = d.p_mean_variance(&out, &xt, &t, true);
     let (sample, pred_x0) = d.p_sample(&out, &xt, &t, &noise, true);
     assert_eq!(max_diff(&pred_x0, &p.pred_x0), 0.0);
-    assert_eq!(
-        max_diff(&sample.get(0), &p.mean.get(0)),
-        0.0,
-        "t = 0: the mean, no noise"
-    );
+    assert_eq!(max_diff(&sample.get(0), &p.mean.get(0)), 0.0, "t = 0: the mean, no noise");
     for (i, t) in [(1, 1usize), (2, 999)] {
         let expected = p.mean.get(i) + noise.get(i) * d.betas[t].sqrt();
-        assert!(
-            max_diff(&sample.get(i), &expected) < 1e-9,
-            "t = {t}: sigma = sqrt(beta_t) (fixedlarge)"
-        );
+        assert!(max_diff(&sample.get(i), &expected) < 1e-9, "t = {t}: sigma = sqrt(beta_t) (fixedlarge)");
     }
 }
 
@@ -35,10 +28,7 @@ fn pred_x0_is_clipped_to_minus_1_1_only_when_asked() {
     let xt = randn(4, 3) * 3.0;
     let eps = randn(5, 3);
     let raw = d.predict_x0_from_eps(&xt, &t, &eps);
-    assert!(
-        raw.abs().max().double_value(&[]) > 10.0,
-        "the test needs values outside [-1, 1]"
-    );
+    assert!(raw.abs().max().double_value(&[]) > 10.0, "the test needs values outside [-1, 1]");
     let clipped = d.p_mean_variance(&eps, &xt, &t, true);
     assert_eq!(max_diff(&clipped.pred_x0, &raw.clamp(-1.0, 1.0)), 0.0);
     let free = d.p_mean_variance(&eps, &xt, &t, false);
@@ -70,11 +60,7 @@ fn eps_x0_and_mu_models_agree_when_consistent() {
             });
             d.p_mean_variance(output, &xt, &t, true)
         };
-        let (pe, px, pm) = (
-            get(ModelMeanType::Eps, &eps),
-            get(ModelMeanType::X0, &x0),
-            get(ModelMeanType::Mu, &mu),
-        );
+        let (pe, px, pm) = (get(ModelMeanType::Eps, &eps), get(ModelMeanType::X0, &x0), get(ModelMeanType::Mu, &mu));
         assert!(max_diff(&pe.mean, &px.mean) < 1e-9 && max_diff(&pm.mean, &px.mean) < 1e-9);
         assert!(max_diff(&pe.pred_x0, &x0) < 1e-9 && max_diff(&pm.pred_x0, &x0) < 1e-9);
         assert_eq!(max_diff(&pe.log_variance, &pm.log_variance), 0.0);
@@ -92,18 +78,8 @@ fn ddim_timesteps_leading_spacing() {
     assert_eq!((all[0], all[999]), (999, 0));
     for bad in [0, 1001] {
         let err = d.ddim_timesteps(bad).expect_err("out of range");
-        assert_eq!(
-            err,
-            DiffusionError::DdimSteps {
-                steps: bad,
-                num_timesteps: 1000
-            }
-        );
-        assert!(
-            err.to_string()
-                .contains("between 1 and num_timesteps = 1000"),
-            "{err}"
-        );
+        assert_eq!(err, DiffusionError::DdimSteps { steps: bad, num_timesteps: 1000 });
+        assert!(err.to_string().contains("between 1 and num_timesteps = 1000"), "{err}");
     }
 }
 
@@ -113,9 +89,7 @@ fn ddim_final_step_returns_x0_estimate() {
     let (xt, eps) = (randn(8, 2) * 0.2, randn(9, 2));
     let (x_prev, x0) = d.ddim_step(&eps, &xt, 0, None, 0.0, &eps, true);
     assert!(max_diff(&x_prev, &x0) < 1e-12, "abar_prev = 1 at the end");
-    let expected = d
-        .predict_x0_from_eps(&xt, &ts(&[0, 0]), &eps)
-        .clamp(-1.0, 1.0);
+    let expected = d.predict_x0_from_eps(&xt, &ts(&[0, 0]), &eps).clamp(-1.0, 1.0);
     assert!(max_diff(&x0, &expected) < 1e-12);
 }
 
@@ -128,11 +102,7 @@ fn ddim_with_eta_1_on_consecutive_steps_is_the_ancestral_step() {
     for t in [1i64, 2, 500, 999] {
         let (ddim, _) = d.ddim_step(&eps, &xt, t, Some(t - 1), 1.0, &z, false);
         let (ancestral, _) = d.p_sample(&eps, &xt, &ts(&[t, t]), &z, false);
-        assert!(
-            max_diff(&ddim, &ancestral) < 1e-9,
-            "t = {t}: {}",
-            max_diff(&ddim, &ancestral)
-        );
+        assert!(max_diff(&ddim, &ancestral) < 1e-9, "t = {t}: {}", max_diff(&ddim, &ancestral));
     }
 }
 
@@ -143,8 +113,7 @@ fn ddim_derives_eps_from_unclipped_x0_for_x0_models() {
     let (x_prev, x0) = d.ddim_step(&x0_out, &xt, 60, Some(40), 0.0, &xt, true);
     let t = ts(&[60, 60]);
     let eps = d.predict_eps_from_x0(&xt, &t, &x0_out);
-    let expected = x0_out.clamp(-1.0, 1.0) * d.alphas_cumprod[40].sqrt()
-        + eps * (1.0 - d.alphas_cumprod[40]).sqrt();
+    let expected = x0_out.clamp(-1.0, 1.0) * d.alphas_cumprod[40].sqrt() + eps * (1.0 - d.alphas_cumprod[40]).sqrt();
     assert!(max_diff(&x_prev, &expected) < 1e-12);
     assert_eq!(max_diff(&x0, &x0_out.clamp(-1.0, 1.0)), 0.0);
 }

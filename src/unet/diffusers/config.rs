@@ -2,7 +2,8 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::unet::{UNetConfig, UNetError};
+use crate::unet::config::UNetConfig;
+use crate::unet::error::UNetError;
 
 /// The diffusers version whose `UNet2DModel` layout and config this module
 /// was checked against (tests/golden/gen_unet.py).
@@ -15,10 +16,8 @@ pub const DIFFUSERS_VERSION: &str = "0.42.1";
 /// downsampling (`downsample_padding: 0`).
 pub fn config_json(config: &UNetConfig) -> Value {
     let levels = config.levels();
-    let down: Vec<&str> =
-        (0..levels).map(|l| if config.has_attention(l) { "AttnDownBlock2D" } else { "DownBlock2D" }).collect();
-    let up: Vec<&str> =
-        (0..levels).rev().map(|l| if config.has_attention(l) { "AttnUpBlock2D" } else { "UpBlock2D" }).collect();
+    let down: Vec<&str> = (0..levels).map(|l| if config.has_attention(l) { "AttnDownBlock2D" } else { "DownBlock2D" }).collect();
+    let up: Vec<&str> = (0..levels).rev().map(|l| if config.has_attention(l) { "AttnUpBlock2D" } else { "UpBlock2D" }).collect();
     let block_out_channels: Vec<i64> = config.ch_mult.iter().map(|m| config.ch * m).collect();
     json!({
         "_class_name": "UNet2DModel",
@@ -79,9 +78,7 @@ impl Reader<'_> {
     fn opt_int(&self, key: &str) -> Result<Option<i64>, UNetError> {
         match self.map.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => {
-                v.as_i64().map(Some).ok_or_else(|| unsupported(key, format!("expected null or an integer, got {v}")))
-            }
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| unsupported(key, format!("expected null or an integer, got {v}"))),
         }
     }
 
@@ -195,9 +192,7 @@ pub fn config_from_json(value: &Value) -> Result<UNetConfig, UNetError> {
     let ch_mult: Vec<i64> = block_out_channels.iter().map(|c| c / ch).collect();
     let image_size = match r.get("sample_size", &Value::Null) {
         Value::Number(n) => n.as_i64().ok_or_else(|| unsupported("sample_size", format!("{n} is not an integer")))?,
-        Value::Array(a) if a.len() == 2 && a[0] == a[1] => {
-            a[0].as_i64().ok_or_else(|| unsupported("sample_size", "not integers"))?
-        }
+        Value::Array(a) if a.len() == 2 && a[0] == a[1] => a[0].as_i64().ok_or_else(|| unsupported("sample_size", "not integers"))?,
         other => return Err(unsupported("sample_size", format!("{other}: expected the side of a square image"))),
     };
     let config_without_attention = UNetConfig {
@@ -214,13 +209,9 @@ pub fn config_from_json(value: &Value) -> Result<UNetConfig, UNetError> {
         // The weights come with the config; this matters only to a new run.
         init: Default::default(),
     };
-    let config =
-        UNetConfig { attn_resolutions: attention_levels(&r, &config_without_attention)?, ..config_without_attention };
+    let config = UNetConfig { attn_resolutions: attention_levels(&r, &config_without_attention)?, ..config_without_attention };
     if r.opt_int("time_embedding_dim")?.is_some_and(|d| d != 4 * ch) {
-        return Err(unsupported(
-            "time_embedding_dim",
-            format!("must be null or 4 * block_out_channels[0] = {}", 4 * ch),
-        ));
+        return Err(unsupported("time_embedding_dim", format!("must be null or 4 * block_out_channels[0] = {}", 4 * ch)));
     }
     if r.opt_int("attn_norm_num_groups")?.is_some_and(|g| g != config.num_groups) {
         return Err(unsupported("attn_norm_num_groups", "must be null or equal norm_num_groups"));
@@ -231,9 +222,7 @@ pub fn config_from_json(value: &Value) -> Result<UNetConfig, UNetError> {
         if let Some(c) = attention_widths.map(|l| config.ch * config.ch_mult[l]).find(|&c| c != dim) {
             return Err(unsupported(
                 "attention_head_dim",
-                format!(
-                "{dim} splits the attention over {c} channels into heads; the paper's attention is single-head (null)"
-            ),
+                format!("{dim} splits the attention over {c} channels into heads; the paper's attention is single-head (null)"),
             ));
         }
     }
@@ -250,11 +239,7 @@ fn attention_levels(r: &Reader<'_>, config: &UNetConfig) -> Result<Vec<i64>, UNe
     if down.len() != levels || up.len() != levels {
         return Err(unsupported(
             "down_block_types",
-            format!(
-                "{} down and {} up block types for {levels} block_out_channels; they must match",
-                down.len(),
-                up.len()
-            ),
+            format!("{} down and {} up block types for {levels} block_out_channels; they must match", down.len(), up.len()),
         ));
     }
     let mut attn_resolutions = Vec::new();
@@ -262,16 +247,18 @@ fn attention_levels(r: &Reader<'_>, config: &UNetConfig) -> Result<Vec<i64>, UNe
         let attention = match kind.as_str() {
             "DownBlock2D" => false,
             "AttnDownBlock2D" => true,
-            other => {
-                return Err(unsupported("down_block_types", format!("{other}: only DownBlock2D and AttnDownBlock2D")))
-            }
+            other => return Err(unsupported("down_block_types", format!("{other}: only DownBlock2D and AttnDownBlock2D"))),
         };
         let expected = if attention { "AttnUpBlock2D" } else { "UpBlock2D" };
         let mirror = &up[levels - 1 - level];
         if mirror != expected {
-            return Err(unsupported("up_block_types", format!(
-                "up_block_types[{}] is {mirror} but mirrors down_block_types[{level}] = {kind}: expected {expected}", levels - 1 - level
-            )));
+            return Err(unsupported(
+                "up_block_types",
+                format!(
+                    "up_block_types[{}] is {mirror} but mirrors down_block_types[{level}] = {kind}: expected {expected}",
+                    levels - 1 - level
+                ),
+            ));
         }
         if attention {
             attn_resolutions.push(config.resolution(level));

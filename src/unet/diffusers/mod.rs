@@ -11,7 +11,9 @@ use std::path::Path;
 use tch::nn::VarStore;
 use tch::Device;
 
-use super::{UNet, UNetConfig, UNetError};
+use super::config::UNetConfig;
+use super::error::UNetError;
+use super::model::UNet;
 
 pub use config::{config_from_json, config_json, DIFFUSERS_VERSION};
 pub use weights::{load_safetensors, save_safetensors};

@@ -36,8 +36,7 @@ fn model() -> VarStore {
 
 /// Writes `tensors` (name, dtype, shape, bytes) as a safetensors file.
 fn write(path: &Path, tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) {
-    let views: Vec<_> =
-        tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
+    let views: Vec<_> = tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
     safetensors::serialize_to_file(views, None, path).unwrap();
 }
 
@@ -93,11 +92,7 @@ fn unreadable_files_are_named() {
     let cases: [(&str, Vec<u8>, &str); 4] = [
         ("truncated.safetensors", bytes[..bytes.len() - 100].to_vec(), "truncated"),
         ("tiny.safetensors", vec![1, 2, 3], "not a safetensors file"),
-        (
-            "garbage.safetensors",
-            [16u64.to_le_bytes().to_vec(), b"{not json at all".to_vec()].concat(),
-            "not valid JSON",
-        ),
+        ("garbage.safetensors", [16u64.to_le_bytes().to_vec(), b"{not json at all".to_vec()].concat(), "not valid JSON"),
         ("hugeheader.safetensors", [u64::MAX.to_le_bytes().to_vec(), vec![0; 64]].concat(), "safetensors"),
     ];
     for (name, content, expected) in cases {
@@ -160,9 +155,7 @@ fn legacy_attention_names_load_and_duplicates_are_refused() {
     let good = tensors_of(&model());
     let legacy: Vec<_> = good
         .iter()
-        .map(|(n, d, s, b)| {
-            (n.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."), *d, s.clone(), b.clone())
-        })
+        .map(|(n, d, s, b)| (n.replace(".to_q.", ".query.").replace(".to_out.0.", ".proj_attn."), *d, s.clone(), b.clone()))
         .collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("legacy.safetensors");

@@ -7,13 +7,12 @@ use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
-use crate::unet::UNetError;
+use crate::unet::error::UNetError;
 
 /// The attention parameter names of diffusers before 0.14 (still in the
 /// converted google/ddpm-* checkpoints) and their current names; diffusers
 /// renames them the same way when it loads such a file.
-const LEGACY_ATTENTION: [(&str, &str); 4] =
-    [("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")];
+const LEGACY_ATTENTION: [(&str, &str); 4] = [("query", "to_q"), ("key", "to_k"), ("value", "to_v"), ("proj_attn", "to_out.0")];
 
 /// The current diffusers name of a tensor name that may use the legacy
 /// attention names (`...attentions.0.query.weight` -> `...attentions.0.to_q.weight`).
@@ -32,12 +31,12 @@ fn current_name(name: &str) -> String {
 
 fn describe(err: SafeTensorError, file_len: usize) -> String {
     match err {
-        SafeTensorError::HeaderTooSmall | SafeTensorError::InvalidHeaderLength => format!(
-            "not a safetensors file, or truncated: the 8-byte header length is missing or exceeds the file size ({file_len} bytes)"
-        ),
-        SafeTensorError::MetadataIncompleteBuffer => format!(
-            "truncated or corrupt: the tensors' data offsets do not match the file size ({file_len} bytes)"
-        ),
+        SafeTensorError::HeaderTooSmall | SafeTensorError::InvalidHeaderLength => {
+            format!("not a safetensors file, or truncated: the 8-byte header length is missing or exceeds the file size ({file_len} bytes)")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            format!("truncated or corrupt: the tensors' data offsets do not match the file size ({file_len} bytes)")
+        }
         SafeTensorError::InvalidHeader(_) | SafeTensorError::InvalidHeaderDeserialization(_) | SafeTensorError::JsonError(_) => {
             format!("not a safetensors file: the header is not valid JSON ({err})")
         }
@@ -59,19 +58,12 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), UNetError>
     let mut tensors: BTreeMap<String, (String, TensorView<'_>)> = BTreeMap::new();
     for (name, view) in file.iter() {
         if let Some((other, _)) = tensors.insert(current_name(name), (name.to_string(), view)) {
-            return Err(err(format!(
-                "tensors `{other}` and `{name}` are the same parameter (legacy and current attention names)"
-            )));
+            return Err(err(format!("tensors `{other}` and `{name}` are the same parameter (legacy and current attention names)")));
         }
     }
     let vars: BTreeMap<String, Tensor> = vs.variables().into_iter().collect();
     if let Some(name) = vars.keys().find(|name| !tensors.contains_key(*name)) {
-        return Err(UNetError::MissingTensor {
-            path: path.to_path_buf(),
-            name: name.clone(),
-            expected: vars.len(),
-            found: tensors.len(),
-        });
+        return Err(UNetError::MissingTensor { path: path.to_path_buf(), name: name.clone(), expected: vars.len(), found: tensors.len() });
     }
     if let Some((_, (name, _))) = tensors.iter().find(|(current, _)| !vars.contains_key(*current)) {
         return Err(UNetError::UnexpectedTensor { path: path.to_path_buf(), name: name.clone() });
@@ -79,20 +71,11 @@ pub fn load_safetensors(vs: &mut VarStore, path: &Path) -> Result<(), UNetError>
     for (current, var) in &vars {
         let (name, view) = &tensors[current];
         if view.dtype() != Dtype::F32 {
-            return Err(UNetError::WrongDtype {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                found: format!("{:?}", view.dtype()),
-            });
+            return Err(UNetError::WrongDtype { path: path.to_path_buf(), name: name.clone(), found: format!("{:?}", view.dtype()) });
         }
         let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         if found != var.size() {
-            return Err(UNetError::ShapeMismatch {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                expected: var.size(),
-                found,
-            });
+            return Err(UNetError::ShapeMismatch { path: path.to_path_buf(), name: name.clone(), expected: var.size(), found });
         }
     }
     tch::no_grad(|| -> Result<(), UNetError> {
@@ -123,8 +106,7 @@ pub fn save_safetensors(vs: &VarStore, path: &Path) -> Result<(), UNetError> {
     }
     let mut views = Vec::with_capacity(host.len());
     for (name, shape, bytes) in &host {
-        let view =
-            TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
+        let view = TensorView::new(Dtype::F32, shape.clone(), bytes).map_err(|e| err(format!("tensor `{name}`: {e}")))?;
         views.push((name.as_str(), view));
     }
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);

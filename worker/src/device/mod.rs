@@ -4,10 +4,12 @@
 //!
 //! - `mod.rs`: the commands, the thread's loop and [`DeviceHandle`], the
 //!   async side's way to send them
+//! - `messages.rs`: what the commands carry to the thread and back
 //! - `work.rs`: what each command does on the thread
 //! - `error.rs`: [`DeviceError`], why a command failed
 
-mod error;
+pub mod error;
+pub mod messages;
 mod work;
 
 use bytes::Bytes;
@@ -20,90 +22,45 @@ use ddpm::train::{Outcome, TrainState};
 use tch::Device;
 use tokio::sync::{mpsc, oneshot};
 
-pub use error::DeviceError;
-
-/// A training replica's state as sent by the coordinator.
-pub struct TrainingState {
-    pub step: u64,
-    pub adam_step: u64,
-    pub params: Vec<f32>,
-    pub adam_m: Vec<f32>,
-    pub adam_v: Vec<f32>,
-}
-
-/// The gradient of one shard.
-pub struct Computed {
-    /// Mean L_simple over the shard.
-    pub loss: f64,
-    /// The mean gradient over the shard, flat in layout order.
-    pub grad: Vec<f32>,
-    /// Seconds spent on decode + forward + backward.
-    pub compute_s: f64,
-}
+use error::DeviceError;
+use messages::{AnalysisTask, Computed, EvalOutput, EvalTask, TrainingState};
 
 type Reply<T> = oneshot::Sender<Result<T, DeviceError>>;
 
 enum Cmd {
     Load(TrainingState, Reply<()>),
-    Compute { step: u64, samples: Vec<(u64, Bytes)>, reply: Reply<Computed> },
-    Apply { step: u64, grad: Vec<f32>, outcome: Outcome, reply: Reply<()> },
+    Compute {
+        step: u64,
+        samples: Vec<(u64, Bytes)>,
+        reply: Reply<Computed>,
+    },
+    Apply {
+        step: u64,
+        grad: Vec<f32>,
+        outcome: Outcome,
+        reply: Reply<()>,
+    },
     Checksum(Reply<u64>),
     /// Draws images; `weights` replaces the sampling weights (None: keep
     /// those of the previous task).
-    Sample { weights: Option<Vec<f32>>, req: SampleRequest, reply: Reply<Vec<u8>> },
+    Sample {
+        weights: Option<Vec<f32>>,
+        req: SampleRequest,
+        reply: Reply<Vec<u8>>,
+    },
     /// Measures images (drawn or given) for an evaluation job; `weights` as
     /// for `Sample`.
-    Eval { weights: Option<Vec<f32>>, task: EvalTask, reply: Reply<EvalOutput> },
+    Eval {
+        weights: Option<Vec<f32>>,
+        task: EvalTask,
+        reply: Reply<EvalOutput>,
+    },
     /// Draws an analysis task's images; `weights` as for `Sample`.
-    Analysis { weights: Option<Vec<f32>>, task: AnalysisTask, reply: Reply<Vec<u8>> },
-}
-
-/// One analysis task (`ddpm::train::analysis`), as the device thread runs it.
-#[derive(Debug)]
-pub enum AnalysisTask {
-    /// Rows `first_row..first_row + rows` of a progressive generation.
-    Progressive { seed: u64, first_row: u64, rows: usize, snapshots: usize, batch: usize },
-    /// Two decoded images, uint8 `[3, R, R]` each.
-    Interpolate { a: Vec<u8>, b: Vec<u8>, t: usize, lambdas: usize, seed: u64 },
-}
-
-/// Where an evaluation task's images come from.
-pub enum EvalImages {
-    /// Drawn with the job's weights.
-    Sample(SampleRequest),
-    /// Decoded dataset images uint8 `[n, 3, R, R]` with dataset indices
-    /// `first..first + n`.
-    Dataset { first: u64, pixels: Vec<u8> },
-}
-
-/// One evaluation task, as the device thread runs it.
-pub struct EvalTask {
-    pub images: EvalImages,
-    /// Pool-feature sums (FID).
-    pub features: bool,
-    /// Inception Score sums: (splits, images in the whole job).
-    pub inception_score: Option<(usize, u64)>,
-    /// The bound, with this noise seed.
-    pub bpd_seed: Option<u64>,
-    /// The Inception TorchScript file.
-    pub inception: String,
-    /// Images per forward pass of the feature network or the bound.
-    pub batch: usize,
-}
-
-/// What an evaluation task measured, in the wire forms of `ddpm::eval`;
-/// `None` is what the task did not ask for.
-#[derive(Debug, Default, PartialEq)]
-pub struct EvalOutput {
-    /// The drawn images (tasks on generated images; dataset images are
-    /// the coordinator's already).
-    pub images: Option<Vec<u8>>,
-    /// `FeatureStats` sums (FID).
-    pub features: Option<Vec<u8>>,
-    /// `ScoreStats` sums (Inception Score).
-    pub scores: Option<Vec<u8>>,
-    /// `BpdSums` (the bound).
-    pub bpd: Option<Vec<u8>>,
+    Analysis {
+        weights: Option<Vec<f32>>,
+        task: AnalysisTask,
+        reply: Reply<Vec<u8>>,
+    },
 }
 
 /// Handle on the device thread.
@@ -175,9 +132,8 @@ impl Thread {
                     let _ = reply.send(r);
                 }
                 Cmd::Eval { weights, task, reply } => {
-                    let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
-                        work::evaluate(&self.ema, &self.diffusion, &self.run, task, &mut self.inception, self.device)
-                    });
+                    let r = work::load_weights(&mut self.ema, weights)
+                        .and_then(|()| work::evaluate(&self.ema, &self.diffusion, &self.run, task, &mut self.inception, self.device));
                     let _ = reply.send(r);
                 }
             }

@@ -18,7 +18,8 @@ use ddpm::train::step::{self, DecodedSample};
 use ddpm::train::TrainState;
 use tch::{Device, Tensor};
 
-use super::{AnalysisTask, Computed, DeviceError, EvalImages, EvalOutput, EvalTask, TrainingState};
+use super::error::DeviceError;
+use super::messages::{AnalysisTask, Computed, EvalImages, EvalOutput, EvalTask, TrainingState};
 
 /// Replaces the replica's parameters, Adam moments and step with `s`.
 pub(super) fn load(state: &mut TrainState, run: &RunConfig, s: TrainingState) -> Result<(), DeviceError> {
@@ -85,12 +86,7 @@ pub(super) fn load_weights(ema: &mut FlatModel, weights: Option<Vec<f32>>) -> Re
 }
 
 /// Draws an analysis task's images with the sampling model.
-pub(super) fn analyse(
-    ema: &FlatModel,
-    diffusion: &GaussianDiffusion,
-    task: AnalysisTask,
-    device: Device,
-) -> Result<Vec<u8>, DeviceError> {
+pub(super) fn analyse(ema: &FlatModel, diffusion: &GaussianDiffusion, task: AnalysisTask, device: Device) -> Result<Vec<u8>, DeviceError> {
     match task {
         AnalysisTask::Progressive { seed, first_row, rows, snapshots, batch } => {
             // Rows in batches bound the memory of the trajectories; each
@@ -100,8 +96,7 @@ pub(super) fn analyse(
             while start < rows {
                 let n = batch.max(1).min(rows - start);
                 let row = first_row + start as u64;
-                let images = analysis::progressive(&ema.unet, diffusion, seed, row, n, snapshots, device)
-                    .map_err(DeviceError::Analysis)?;
+                let images = analysis::progressive(&ema.unet, diffusion, seed, row, n, snapshots, device).map_err(DeviceError::Analysis)?;
                 out.extend(images);
                 start += n;
             }
@@ -128,8 +123,7 @@ pub(super) fn evaluate(
     let (first, pixels, drawn) = match task.images {
         EvalImages::Sample(req) => {
             let first = req.first;
-            let pixels = sample::sample_images(&ema.unet, diffusion, &req, device, &mut |_, _| {})
-                .map_err(DeviceError::Sample)?;
+            let pixels = sample::sample_images(&ema.unet, diffusion, &req, device, &mut |_, _| {}).map_err(DeviceError::Sample)?;
             (first, pixels, true)
         }
         EvalImages::Dataset { first, pixels } => (first, pixels, false),
@@ -156,11 +150,7 @@ pub(super) fn evaluate(
 
 /// The Inception network at `path`, loaded unless it is the one kept from
 /// the previous task (loading takes seconds; a job's tasks share it).
-fn feature_network<'a>(
-    kept: &'a mut Option<InceptionModel>,
-    path: &Path,
-    device: Device,
-) -> Result<&'a InceptionModel, DeviceError> {
+fn feature_network<'a>(kept: &'a mut Option<InceptionModel>, path: &Path, device: Device) -> Result<&'a InceptionModel, DeviceError> {
     if kept.as_ref().map(|m| m.path()) != Some(path) {
         *kept = None;
         *kept = Some(InceptionModel::load(path, device).map_err(DeviceError::Inception)?);

@@ -8,8 +8,11 @@ use ddpm::proto;
 use ddpm::train::analysis::AnalysisKind;
 use ddpm::wire;
 
-use super::{inputs, ResultParts, Tasks};
-use crate::device::AnalysisTask;
+use super::context::Tasks;
+use super::error::TaskError;
+use super::inputs;
+use super::result::ResultParts;
+use crate::device::messages::AnalysisTask;
 use crate::directive::CallResult;
 
 /// Rows of a progressive generation per pass of the device.
@@ -20,11 +23,11 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::AnalysisAssignment, encode
     let kind = wire::analysis_kind(a.analysis);
     tracing::info!(job = a.job_id, kind = ?kind.as_ref().ok(), first = a.first, count = a.count, "analysis task");
     // A task this worker cannot set up fails before the weights are fetched.
-    let task = kind.map_err(anyhow::Error::from).and_then(|kind| device_task(kind, a, &encoded));
+    let task = kind.map_err(TaskError::from).and_then(|kind| device_task(kind, a, &encoded));
     let drawn = match task {
         Ok(task) => {
             let weights = t.job_weights(a.job_id).await?;
-            let images = t.dev.analysis(weights, task).await.map_err(anyhow::Error::from);
+            let images = t.dev.analysis(weights, task).await.map_err(TaskError::from);
             t.loaded(a.job_id, images.is_ok());
             images
         }
@@ -38,11 +41,13 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::AnalysisAssignment, encode
 }
 
 /// The device's form of the task.
-fn device_task(kind: AnalysisKind, a: &proto::AnalysisAssignment, encoded: &[proto::Sample]) -> anyhow::Result<AnalysisTask> {
+fn device_task(kind: AnalysisKind, a: &proto::AnalysisAssignment, encoded: &[proto::Sample]) -> Result<AnalysisTask, TaskError> {
     Ok(match kind {
         AnalysisKind::Progressive => {
             let snapshots = a.snapshots.max(1) as u64;
-            anyhow::ensure!(a.first.is_multiple_of(snapshots) && a.count.is_multiple_of(snapshots), "a progressive task must cover whole rows");
+            if !(a.first.is_multiple_of(snapshots) && a.count.is_multiple_of(snapshots)) {
+                return Err(TaskError::Shape("a progressive task must cover whole rows".into()));
+            }
             AnalysisTask::Progressive {
                 seed: a.seed,
                 first_row: a.first / snapshots,
@@ -52,7 +57,9 @@ fn device_task(kind: AnalysisKind, a: &proto::AnalysisAssignment, encoded: &[pro
             }
         }
         AnalysisKind::Interpolate => {
-            anyhow::ensure!(encoded.len() == 2, "an interpolation needs 2 images, the task has {}", encoded.len());
+            if encoded.len() != 2 {
+                return Err(TaskError::Shape(format!("an interpolation needs 2 images, the task has {}", encoded.len())));
+            }
             let decoder = inputs::decoder(&a.decoder_json)?;
             AnalysisTask::Interpolate {
                 a: inputs::decode_one(&decoder, &encoded[0])?,

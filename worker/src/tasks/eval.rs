@@ -7,8 +7,12 @@ use std::time::Instant;
 
 use ddpm::proto::{self, eval_assignment::Source};
 
-use super::{inputs, sample_request, ResultParts, Tasks};
-use crate::device::{EvalImages, EvalTask};
+use super::context::Tasks;
+use super::error::TaskError;
+use super::inputs;
+use super::result::ResultParts;
+use super::sample::sample_request;
+use crate::device::messages::{EvalImages, EvalTask};
 use crate::directive::CallResult;
 
 pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::EvalAssignment, encoded: Vec<proto::Sample>) -> CallResult<()> {
@@ -33,7 +37,7 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::EvalAssignment, encoded: V
                 inception: a.inception.clone(),
                 batch: a.batch.max(1) as usize,
             };
-            let out = t.dev.eval(weights, task).await.map_err(anyhow::Error::from);
+            let out = t.dev.eval(weights, task).await.map_err(TaskError::from);
             if needs_weights || out.is_err() {
                 t.loaded(a.job_id, out.is_ok());
             }
@@ -49,7 +53,7 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::EvalAssignment, encoded: V
 }
 
 /// The task's images, as the device takes them.
-fn images(a: &proto::EvalAssignment, encoded: &[proto::Sample]) -> anyhow::Result<EvalImages> {
+fn images(a: &proto::EvalAssignment, encoded: &[proto::Sample]) -> Result<EvalImages, TaskError> {
     Ok(match &a.source {
         Some(Source::Sample(s)) => EvalImages::Sample(sample_request(s)?),
         Some(Source::Dataset(d)) => {
@@ -57,6 +61,6 @@ fn images(a: &proto::EvalAssignment, encoded: &[proto::Sample]) -> anyhow::Resul
             let pixels = tokio::task::block_in_place(|| inputs::decode_dataset_images(d, encoded))?;
             EvalImages::Dataset { first: d.first, pixels }
         }
-        None => anyhow::bail!("an evaluation task without images"),
+        None => return Err(TaskError::Shape("an evaluation task without images".into())),
     })
 }

@@ -6,8 +6,9 @@
 use bytes::Bytes;
 use ddpm::proto::{self, result_message, ResultPart};
 
+use super::error::TaskError;
 use crate::client::Client;
-use crate::device::EvalOutput;
+use crate::device::messages::EvalOutput;
 use crate::directive::{CallResult, Directed};
 
 /// Largest data chunk of a result message (well under gRPC's limits).
@@ -36,19 +37,20 @@ impl ResultParts {
     }
 }
 
-/// The messages of a result: the header (with the error, if the task
-/// failed), then each part's chunks of at most `chunk_bytes`, part by part.
+/// The messages of a result: the header (with the error's message, if the
+/// task failed), then each part's chunks of at most `chunk_bytes`, part by
+/// part.
 /// A present part that is empty still sends one empty chunk, so the
 /// coordinator sees that it is there.
 pub fn result_messages(
     mut header: proto::ResultHeader,
-    result: Result<ResultParts, String>,
+    result: Result<ResultParts, TaskError>,
     chunk_bytes: usize,
 ) -> Vec<proto::ResultMessage> {
     let parts = match result {
         Ok(parts) => parts.0,
         Err(error) => {
-            header.error = error;
+            header.error = error.to_string();
             Vec::new()
         }
     };
@@ -71,16 +73,11 @@ pub fn result_messages(
 
 /// Sends a task's result (or why it failed) to the coordinator. A job that
 /// ended meanwhile answers with next-work: the caller drops the result.
-pub async fn send_result(
-    client: &mut Client,
-    header: proto::ResultHeader,
-    result: anyhow::Result<ResultParts>,
-) -> CallResult<()> {
+pub async fn send_result(client: &mut Client, header: proto::ResultHeader, result: Result<ResultParts, TaskError>) -> CallResult<()> {
     let job_id = header.job_id;
-    let result = result.map_err(|e| {
-        tracing::error!(job = job_id, "task failed: {e:#}");
-        format!("{e:#}")
-    });
+    if let Err(e) = &result {
+        tracing::error!(job = job_id, "task failed: {e}");
+    }
     let msgs = result_messages(header, result, CHUNK_BYTES);
     client.submit_result(tokio_stream::iter(msgs)).await.directed(&format!("sending the result of job {job_id}"))?;
     Ok(())
@@ -108,21 +105,13 @@ mod tests {
 
     #[test]
     fn parts_go_in_order_each_in_its_own_chunks() {
-        let out = EvalOutput {
-            images: Some(vec![1; 25]),
-            features: Some(vec![2; 10]),
-            scores: Some(vec![3; 3]),
-            bpd: Some(vec![4; 11]),
-        };
+        let out = EvalOutput { images: Some(vec![1; 25]), features: Some(vec![2; 10]), scores: Some(vec![3; 3]), bpd: Some(vec![4; 11]) };
         let msgs = result_messages(proto::ResultHeader { job_id: 5, ..Default::default() }, Ok(ResultParts::measured(out)), 10);
         let (header, data) = shape(&msgs);
         assert_eq!(header.job_id, 5);
         assert!(header.error.is_empty());
         use ResultPart::*;
-        assert_eq!(
-            data,
-            [(Images, 10), (Images, 10), (Images, 5), (FeatureStats, 10), (ScoreStats, 3), (BpdSums, 10), (BpdSums, 1)]
-        );
+        assert_eq!(data, [(Images, 10), (Images, 10), (Images, 5), (FeatureStats, 10), (ScoreStats, 3), (BpdSums, 10), (BpdSums, 1)]);
         // The chunks of a part concatenate to its bytes.
         let images: Vec<u8> = msgs[1..4]
             .iter()
@@ -152,9 +141,10 @@ mod tests {
 
     #[test]
     fn a_failed_task_sends_its_error_and_no_data() {
-        let msgs = result_messages(proto::ResultHeader { job_id: 2, ..Default::default() }, Err("no GPU memory".into()), 4);
+        let failed = Err(TaskError::Shape("a progressive task must cover whole rows".into()));
+        let msgs = result_messages(proto::ResultHeader { job_id: 2, ..Default::default() }, failed, 4);
         let (header, data) = shape(&msgs);
-        assert_eq!(header.error, "no GPU memory");
+        assert_eq!(header.error, "a progressive task must cover whole rows");
         assert!(data.is_empty());
     }
 

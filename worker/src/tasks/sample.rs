@@ -4,8 +4,12 @@
 use std::time::Instant;
 
 use ddpm::proto;
+use ddpm::train::sample::SampleRequest;
+use ddpm::wire;
 
-use super::{sample_request, ResultParts, Tasks};
+use super::context::Tasks;
+use super::error::TaskError;
+use super::result::ResultParts;
 use crate::directive::CallResult;
 
 pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::SampleAssignment) -> CallResult<()> {
@@ -17,7 +21,7 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::SampleAssignment) -> CallR
     let drawn = match request {
         Ok(request) => {
             let weights = t.job_weights(a.job_id).await?;
-            let images = t.dev.sample(weights, request).await.map_err(anyhow::Error::from);
+            let images = t.dev.sample(weights, request).await.map_err(TaskError::from);
             t.loaded(a.job_id, images.is_ok());
             images
         }
@@ -28,4 +32,16 @@ pub(super) async fn run(t: &mut Tasks<'_>, a: &proto::SampleAssignment) -> CallR
     }
     let header = t.header(a.job_id, a.first, a.count);
     t.send(header, drawn.map(ResultParts::images)).await
+}
+
+/// The device's request for images `[first, first + count)` of a sample
+/// assignment.
+pub(super) fn sample_request(a: &proto::SampleAssignment) -> Result<SampleRequest, wire::WireError> {
+    Ok(SampleRequest {
+        seed: a.seed,
+        first: a.first,
+        count: a.count,
+        sampler: wire::assignment_sampler(a)?,
+        batch: a.batch.max(1) as usize,
+    })
 }

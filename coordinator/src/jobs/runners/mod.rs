@@ -9,12 +9,13 @@ mod sample;
 use std::time::Instant;
 
 use super::context::JobContext;
+use super::failure::JobFailure;
 use super::queue::JobEnd;
 use super::results::Results;
 use super::spec::JobSpec;
 
 /// Runs job `id` to its end.
-pub async fn run(ctx: &JobContext, id: u64, spec: &JobSpec, results: &mut Results, started: Instant) -> anyhow::Result<JobEnd> {
+pub async fn run(ctx: &JobContext, id: u64, spec: &JobSpec, results: &mut Results, started: Instant) -> Result<JobEnd, JobFailure> {
     match spec {
         JobSpec::Sample(s) => sample::run_sample(ctx, id, s, results, started).await,
         JobSpec::Grid(g) => sample::run_grid(ctx, id, g, results).await,

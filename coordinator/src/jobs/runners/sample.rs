@@ -4,12 +4,14 @@
 use std::time::Instant;
 
 use crate::jobs::context::JobContext;
+use crate::jobs::failure::{JobFailure, Stage};
 use crate::jobs::outputs::{grid_png, job_dir, square_cols, write_images, JobRecord, GRID_IMAGES};
-use crate::jobs::sink::ImageSink;
 use crate::jobs::queue::JobEnd;
 use crate::jobs::results::{ResultPart, Results};
-use crate::jobs::scheduler::run_tasks;
-use crate::jobs::spec::{GridJobSpec, JobSpec, SampleJobSpec};
+use crate::jobs::sink::ImageSink;
+use crate::jobs::spec::{GridJobSpec, JobSpec};
+use crate::jobs::spec_sample::SampleJobSpec;
+use crate::jobs::task_loop::run_tasks;
 use crate::jobs::tasks::{ranges, TaskBoard};
 use crate::work::Work;
 
@@ -21,15 +23,15 @@ async fn draw(
     spec: &SampleJobSpec,
     results: &mut Results,
     keep: usize,
-) -> anyhow::Result<Option<(u64, ImageSink)>> {
-    let weights_step = ctx.pin(id, spec).await?;
+) -> Result<Option<(u64, ImageSink)>, JobFailure> {
+    let weights_step = ctx.pin(id, spec).await.or_fail(JobFailure::Weights)?;
     let mut sink = ImageSink::new(spec.count, ctx.resolution(), keep)?;
     let mut done = 0u64;
-    let make = |first, count| async move { Ok::<_, anyhow::Error>(Work::Sample(spec.assignment(id, weights_step, first, count))) };
+    let make = |first, count| async move { Ok(Work::Sample(spec.assignment(id, weights_step, first, count))) };
     let mut on_part = |part: ResultPart| {
         sink.put(&part)?;
         done += part.count;
-        ctx.queue.set_progress(id, done);
+        ctx.queue().set_progress(id, done);
         Ok(())
     };
     let board = TaskBoard::new(ranges(spec.count, spec.batch as u64));
@@ -39,16 +41,22 @@ async fn draw(
     Ok(Some((weights_step, sink)))
 }
 
-pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results: &mut Results, started: Instant) -> anyhow::Result<JobEnd> {
+pub async fn run_sample(
+    ctx: &JobContext,
+    id: u64,
+    spec: &SampleJobSpec,
+    results: &mut Results,
+    started: Instant,
+) -> Result<JobEnd, JobFailure> {
     let Some((weights_step, sink)) = draw(ctx, id, spec, results, GRID_IMAGES).await? else {
         return Ok(JobEnd::Cancelled);
     };
     let seconds = started.elapsed().as_secs_f64();
     let res = ctx.resolution();
     let dir = job_dir(id);
-    let mut outputs = write_images(&ctx.store, &dir, &sink, spec.individual_pngs).await?;
+    let mut outputs = write_images(ctx.store(), &dir, &sink, spec.individual_pngs).await.or_fail(JobFailure::Outputs)?;
     let json_key = format!("{dir}/job.json");
-    outputs.push(ctx.store.location(&json_key));
+    outputs.push(ctx.store().location(&json_key));
     let record = JobRecord {
         job_id: id,
         kind: "sample",
@@ -61,21 +69,21 @@ pub async fn run_sample(ctx: &JobContext, id: u64, spec: &SampleJobSpec, results
         metrics: None,
         outputs: &outputs,
     };
-    record.write(&ctx.store, &json_key).await?;
+    record.write(ctx.store(), &json_key).await.or_fail(JobFailure::Outputs)?;
     Ok(JobEnd::Done { outputs, metrics: String::new() })
 }
 
-pub async fn run_grid(ctx: &JobContext, id: u64, spec: &GridJobSpec, results: &mut Results) -> anyhow::Result<JobEnd> {
+pub async fn run_grid(ctx: &JobContext, id: u64, spec: &GridJobSpec, results: &mut Results) -> Result<JobEnd, JobFailure> {
     let s = &spec.sample;
     tracing::info!(images = s.count, sampler = %s.sampler, "drawing the sample grid from the EMA weights");
     let count = s.count as usize;
     let Some((_, sink)) = draw(ctx, id, s, results, count).await? else {
         return Ok(JobEnd::Cancelled);
     };
-    let png = grid_png(sink.head(), ctx.resolution(), square_cols(count), count)?;
+    let png = grid_png(sink.head(), ctx.resolution(), square_cols(count), count).or_fail(JobFailure::Outputs)?;
     let key = spec.key();
-    ctx.store.put(&key, png.into()).await?;
-    let location = ctx.store.location(&key);
+    ctx.store().put(&key, png.into()).await.or_fail(JobFailure::Outputs)?;
+    let location = ctx.store().location(&key);
     tracing::info!(grid = %location, "sample grid written");
     Ok(JobEnd::Done { outputs: vec![location], metrics: String::new() })
 }

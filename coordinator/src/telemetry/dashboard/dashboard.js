@@ -1,28 +1,32 @@
-// The coordinator's live dashboard: polls /api/status and /api/metrics
-// every 2 s and draws the run. No libraries and nothing fetched from
-// elsewhere (clusters are offline): the charts are inline SVG drawn here.
+// The coordinator's live dashboard: polls /api/status, /api/curves and
+// /api/metrics every 2 s and draws the run. No libraries and nothing
+// fetched from elsewhere (clusters are offline): the charts are inline SVG
+// drawn here. The server downsamples the curves to the chart's width in
+// pixels (first, last, min and max of each pixel column: the same pixels
+// as every point, spikes included), so a run of a million steps costs the
+// page a few thousand points.
 //
 // DOM contract (tests/dashboard.rs reads it): #loss-chart and #speed-chart
-// each hold one <polyline class="curve"> with one point per logged step and
-// carry data-points="<count>"; #latest-grid gets data-loaded="true" and
-// data-natural-width once its image has loaded; <body> carries data-step
-// and data-phase of the last status.
+// each hold one <polyline class="curve"> through the curve's points as the
+// server sent them (every step when there are no more steps than pixel
+// columns), and carry data-points="<step rows the curve stands for>" and
+// data-drawn="<points of the polyline>"; #latest-grid gets
+// data-loaded="true" and data-natural-width once its image has loaded;
+// <body> carries data-step and data-phase of the last status.
 "use strict";
 
 const POLL_MS = 2000;
 // A fetch that hangs longer than this counts as a lost connection.
 const FETCH_TIMEOUT_MS = 10000;
-// Pages of /api/metrics fetched in one poll while catching up.
-const MAX_PAGES_PER_POLL = 50;
 const SVG_NS = "http://www.w3.org/2000/svg";
+// The charts' margins in viewBox units (axes and labels).
+const MARGIN = { l: 62, r: 14, t: 12, b: 30 };
+const MAX_COLUMNS = 4096;
 
-// The run's step rows as far as the page has them, oldest first: only the
-// columns it draws, so that a run of a million steps stays small.
-const series = { steps: [], loss: [], ips: [] };
-// What identifies the series: a change of run or of resumed_from means
-// rows the page holds may have been superseded.
-let seriesKey = null;
-let lastElapsed = null;
+// The last /api/curves answer, and what it was asked for and holds: a
+// new one is drawn only when that changed.
+let curves = null;
+let curvesKey = null;
 let chartsDirty = true;
 let gridUrl = null;
 const rendered = {}; // table id -> JSON of what it shows
@@ -41,71 +45,40 @@ async function getJson(url) {
   }
 }
 
-function resetSeries() {
-  series.steps.length = 0;
-  series.loss.length = 0;
-  series.ips.length = 0;
-  chartsDirty = true;
+// Pixel columns of the charts' plot area on this screen.
+function plotColumns() {
+  const svg = byId("loss-chart");
+  const vb = svg.viewBox.baseVal;
+  const width = svg.getBoundingClientRect().width || vb.width;
+  const px = ((vb.width - MARGIN.l - MARGIN.r) / vb.width) * width * (window.devicePixelRatio || 1);
+  return Math.max(16, Math.min(MAX_COLUMNS, Math.round(px)));
 }
 
-function lastStep() {
-  const n = series.steps.length;
-  return n ? series.steps[n - 1] : 0;
+// Fetches the curves for this width; marks the charts for redrawing when
+// they changed (a new step, a restart that superseded rows, a resize).
+async function pullCurves() {
+  const columns = plotColumns();
+  const c = await getJson(`/api/curves?columns=${columns}`);
+  const key = `${c.rows}|${c.first_step}|${c.last_step}|${columns}`;
+  if (key !== curvesKey) {
+    curves = c;
+    curvesKey = key;
+    chartsDirty = true;
+  }
 }
 
-// Appends rows after the last step held; false if a row is one the page
-// already has (the log was rewritten: a restart), and nothing is appended.
-function appendRows(rows) {
-  let prev = lastStep();
-  for (const r of rows) {
-    if (typeof r.step !== "number" || r.step <= prev) return false;
-    prev = r.step;
-  }
-  for (const r of rows) {
-    series.steps.push(r.step);
-    series.loss.push(num(r.loss));
-    series.ips.push(num(r.images_per_s));
-  }
-  if (rows.length) chartsDirty = true;
-  return true;
-}
-
-// Brings the series up to the status's step; returns the evaluations.
-async function pullMetrics(status) {
-  // A restart: the rows after its checkpoint are superseded. It shows as
-  // a new resumed_from, a step behind the page's, or the clock going back.
-  const key = `${status.run}|${status.resumed_from}`;
-  const elapsed = num(status.elapsed_s);
-  const clockBack = elapsed !== null && lastElapsed !== null && elapsed < lastElapsed - 1;
-  lastElapsed = elapsed;
-  if (key !== seriesKey || (status.step ?? 0) < lastStep() || clockBack) {
-    seriesKey = key;
-    resetSeries();
-  }
-  let evals = [];
-  let refetched = false;
-  for (let page = 0; page < MAX_PAGES_PER_POLL; page++) {
-    const m = await getJson(`/api/metrics?after=${lastStep()}`);
-    evals = Array.isArray(m.evals) ? m.evals : [];
-    const rows = Array.isArray(m.steps) ? m.steps : [];
-    if (!appendRows(rows)) {
-      if (refetched) break; // the server keeps sending rows out of order: show what there is
-      refetched = true;
-      resetSeries();
-      continue;
-    }
-    // A server that pages its answer: go on while rows come and the
-    // status is ahead.
-    if (!rows.length || lastStep() >= (status.step ?? 0)) break;
-  }
-  return evals;
+// The evaluations (and no step rows).
+async function pullEvals() {
+  const m = await getJson("/api/metrics?limit=0");
+  return Array.isArray(m.evals) ? m.evals : [];
 }
 
 async function poll() {
   try {
     const status = await getJson("/api/status");
     renderStatus(status);
-    const evals = await pullMetrics(status);
+    await pullCurves();
+    const evals = await pullEvals();
     if (chartsDirty) {
       drawCharts();
       chartsDirty = false;
@@ -289,18 +262,40 @@ function progressBar(done, total, state) {
 // ---- charts ---------------------------------------------------------------
 
 function drawCharts() {
-  drawChart(byId("loss-chart"), series.steps, series.loss, { log: true, smooth: true, unit: "loss" });
-  drawChart(byId("speed-chart"), series.steps, series.ips, { log: false, smooth: false, unit: "images/s" });
+  const empty = { points: [], mean: [] };
+  const rows = curves ? curves.rows : 0;
+  drawChart(byId("loss-chart"), curves ? curves.loss : empty, rows, { log: true, smooth: true, unit: "loss" });
+  drawChart(byId("speed-chart"), curves ? curves.images_per_s : empty, rows, { log: false, smooth: false, unit: "images/s" });
 }
 
-// Draws ys over xs into `svg` (its viewBox gives the size): axes with
-// ticks and labels, the curve (one point per row), an average line on
-// request, and a read-out of the step under the pointer.
-function drawChart(svg, xs, ys, opt) {
+// Redraws at the new width once a resize has settled.
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => {
+    curvesKey = null;
+    pullCurves().then(() => {
+      if (chartsDirty) {
+        drawCharts();
+        chartsDirty = false;
+      }
+    }, () => {});
+  }, 300);
+});
+
+// Draws `curve` (its points [step, value|null], and its per-column means
+// [step, mean]) standing for `rows` step rows into `svg` (its viewBox gives
+// the size): axes with ticks and labels, the curve, the means as a smooth
+// line on request, and a read-out of the point under the pointer.
+function drawChart(svg, curve, rows, opt) {
+  const started = performance.now();
   const vb = svg.viewBox.baseVal;
   const W = vb.width, H = vb.height;
-  const m = { l: 62, r: 14, t: 12, b: 30 };
+  const m = MARGIN;
   const pw = W - m.l - m.r, ph = H - m.t - m.b;
+  const pts = Array.isArray(curve.points) ? curve.points : [];
+  const xs = pts.map((p) => p[0]);
+  const ys = pts.map((p) => num(p[1]));
   const n = xs.length;
 
   const finite = ys.filter((v) => v !== null && (!opt.log || v > 0));
@@ -346,13 +341,14 @@ function drawChart(svg, xs, ys, opt) {
   kids.push(svgEl("rect", { class: "frame", x: m.l, y: m.t, width: pw, height: ph }));
   kids.push(svgEl("text", { class: "axis-label", x: m.l - 6, y: m.t + ph + 18, "text-anchor": "end" }, "step"));
 
-  const pts = new Array(n);
-  for (let i = 0; i < n; i++) pts[i] = `${sx(xs[i]).toFixed(1)},${sy(ys[i]).toFixed(1)}`;
-  kids.push(svgEl("polyline", { class: "curve", points: pts.join(" ") }));
-  if (opt.smooth && n >= 10) {
-    const avg = movingAverage(ys, Math.max(3, Math.round(n / 150)));
+  const line = new Array(n);
+  for (let i = 0; i < n; i++) line[i] = `${sx(xs[i]).toFixed(1)},${sy(ys[i]).toFixed(1)}`;
+  kids.push(svgEl("polyline", { class: "curve", points: line.join(" ") }));
+  const means = (Array.isArray(curve.mean) ? curve.mean : []).filter((p) => num(p[1]) !== null && (!opt.log || p[1] > 0));
+  if (opt.smooth && means.length >= 10) {
+    const avg = movingAverage(means.map((p) => p[1]), Math.max(3, Math.round(means.length / 150)));
     const sp = [];
-    for (let i = 0; i < n; i++) if (avg[i] !== null) sp.push(`${sx(xs[i]).toFixed(1)},${sy(avg[i]).toFixed(1)}`);
+    for (let i = 0; i < means.length; i++) if (avg[i] !== null) sp.push(`${sx(means[i][0]).toFixed(1)},${sy(avg[i]).toFixed(1)}`);
     kids.push(svgEl("polyline", { class: "smooth", points: sp.join(" ") }));
   }
   if (n) kids.push(svgEl("circle", { class: "last", cx: sx(xs[n - 1]), cy: sy(ys[n - 1]), r: 3 }));
@@ -362,7 +358,9 @@ function drawChart(svg, xs, ys, opt) {
   const readout = svgEl("text", { class: "readout", x: m.l + 6, y: m.t + 14 }, "");
   kids.push(cursor, readout);
   svg.replaceChildren(...kids);
-  svg.dataset.points = String(n);
+  svg.dataset.points = String(rows);
+  svg.dataset.drawn = String(n);
+  svg.dataset.drawMs = (performance.now() - started).toFixed(1);
 
   svg.onmousemove = (ev) => {
     if (!n) return;

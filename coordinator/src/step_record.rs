@@ -1,6 +1,8 @@
 //! The record of one training step, produced by the loop and consumed by
-//! the metrics log (one JSON line), the status RPC and the progress line.
-//! Another consumer (an exporter) takes the same record.
+//! the metrics log (one JSON line), the status RPC, the metrics and the
+//! progress line; and the time left it implies. It lives below all of
+//! them (the training loop, `run_status.rs`, `telemetry/`), so that each
+//! imports it from here and none imports another for it.
 
 use serde::Serialize;
 
@@ -28,4 +30,10 @@ pub struct StepMetrics {
     pub last_checkpoint: u64,
     /// Steps done since that checkpoint: what a crash now would redo.
     pub unsaved_steps: u64,
+}
+
+/// Seconds left for `remaining` steps when `done` steps took `elapsed_s`
+/// (`None` before the first: nothing to go by).
+pub fn eta_s(elapsed_s: f64, done: u64, remaining: u64) -> Option<f64> {
+    (done > 0).then(|| elapsed_s / done as f64 * remaining as f64)
 }

@@ -1,0 +1,261 @@
+//! The step loop: what it carries from one step to the next
+//! ([`RunState`]), and each step in turn: gather the members that can
+//! compute it, read its batch, run attempts until one ends with a result,
+//! then apply the update and hand the step's record to every consumer.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ddpm::checkpoint::Uploader;
+use ddpm::config::TrainConfig;
+use ddpm::data::{order, Dataset};
+use ddpm::proto;
+
+use super::attempt::{StepEnd, StepPlan};
+use super::checksums::{self, ChecksumBook};
+use super::members;
+use super::metrics_log::MetricsLog;
+use super::periodic::PeriodicEvals;
+use super::progress::{self, Progress};
+use super::saver::Saver;
+use super::stragglers::StragglerPolicy;
+use super::trainer::Trainer;
+use crate::lifecycle::Phase;
+use crate::round::screen::Screening;
+use crate::round::RoundResult;
+use crate::step_record::StepMetrics;
+
+type Prefetch = tokio::task::JoinHandle<anyhow::Result<Vec<proto::Sample>>>;
+
+/// What the loop carries from one step to the next; the end of the run
+/// reads it too.
+pub struct RunState<'u> {
+    /// The last step done.
+    pub step: u64,
+    /// The step this start resumed from (0: a new run).
+    pub resumed_from: u64,
+    pub started: Instant,
+    /// The members of the last step done (or those left to redo the next).
+    pub active: BTreeSet<u64>,
+    pub checksums: ChecksumBook,
+    pub skipped: u64,
+    /// NaN until a step is done.
+    pub last_loss: f64,
+    pub saver: Saver<'u>,
+    pub metrics: MetricsLog,
+    pub evals: PeriodicEvals,
+    /// Idle members told to fetch the state again, expected back.
+    resyncing: BTreeSet<u64>,
+    /// The attempt at the next step (0: the first).
+    attempt: u32,
+    /// The next attempt goes through the star whatever the backend: the
+    /// ring's last attempt caught a lie it could not pin on anyone.
+    star_redo: bool,
+    progress: Progress,
+    /// The next step's batch, being read.
+    next: Option<(u64, Prefetch)>,
+    /// Per chunk, the members' median norm in the last applied step.
+    screen_reference: Option<Arc<Vec<f64>>>,
+    last_step_time: Option<Duration>,
+    started_training: bool,
+}
+
+/// Reads the encoded samples of step `step`'s global batch on a blocking thread.
+fn prefetch(config: &TrainConfig, dataset: &Arc<dyn Dataset>, step: u64) -> Prefetch {
+    let items = order::step_batch(config.train.seed, dataset.len(), config.train.batch_size, step);
+    let dataset = dataset.clone();
+    tokio::task::spawn_blocking(move || {
+        items
+            .into_iter()
+            .map(|it| Ok(proto::Sample { position: it.position, data: dataset.encoded(it.index)? }))
+            .collect::<anyhow::Result<Vec<_>>>()
+    })
+}
+
+impl RunState<'_> {
+    /// Step `s`'s global batch (read ahead during the step before), and the
+    /// read of the next one started.
+    async fn batch(&mut self, config: &TrainConfig, dataset: &Arc<dyn Dataset>, s: u64) -> anyhow::Result<Vec<proto::Sample>> {
+        let samples = match self.next.take() {
+            Some((n, handle)) if n == s => handle.await??,
+            _ => prefetch(config, dataset, s).await??,
+        };
+        if s < config.train.steps {
+            self.next = Some((s + 1, prefetch(config, dataset, s + 1)));
+        }
+        Ok(samples)
+    }
+}
+
+impl Trainer {
+    /// The loop's state before the first step of this start: the saver,
+    /// the metrics log and the periodic evaluations opened, the first
+    /// batch being read.
+    pub(super) async fn open_run<'a>(&'a self, uploader: &'a Uploader) -> anyhow::Result<RunState<'a>> {
+        let cfg = &self.config;
+        let (step, total) = (self.state.start_step, cfg.train.steps);
+        let run = RunState {
+            step,
+            resumed_from: step,
+            started: Instant::now(),
+            active: BTreeSet::new(),
+            checksums: ChecksumBook::default(),
+            skipped: self.start_skipped,
+            last_loss: f64::NAN,
+            saver: Saver::new(&self.state, uploader, self.store.clone(), self.dataset.len(), cfg, step),
+            metrics: MetricsLog::open(&self.store, &self.run, step, self.history.clone()).await?,
+            evals: PeriodicEvals::new(cfg).await?,
+            resyncing: BTreeSet::new(),
+            attempt: 0,
+            star_redo: false,
+            progress: Progress::default(),
+            next: (step < total).then(|| (step + 1, prefetch(cfg, &self.dataset, step + 1))),
+            screen_reference: None,
+            last_step_time: None,
+            started_training: false,
+        };
+        if step > 0 {
+            tracing::info!(step, total, "resumed: training continues after step {step}");
+        }
+        Ok(run)
+    }
+
+    /// Trains step after step: true after the config's last, false when a
+    /// stop was requested first. `first_min`: the workers the first step
+    /// needs (the start policy's); any will do after that.
+    pub(super) async fn steps(&self, run: &mut RunState<'_>, first_min: usize) -> anyhow::Result<bool> {
+        let cfg = &self.config;
+        let total = cfg.train.steps;
+        while run.step < total {
+            let s = run.step + 1;
+            let min = if run.started_training { 1 } else { first_min };
+            let Some(members) = self.gather(run, min).await else { return Ok(false) };
+            self.training_starts(run, members.len());
+            let t0 = Instant::now();
+            let samples = run.batch(cfg, &self.dataset, s).await?;
+            let plan = StepPlan {
+                step: s,
+                members,
+                checksum_requested: checksums::due(s, total, cfg.dist.checksum_every),
+                // `auto` is the ring until the NCCL exchange exists (Backend::resolve);
+                // `nccl` never trains: its workers refuse it when they register.
+                ring: cfg.dist.backend.may_use_ring() && !run.star_redo,
+            };
+            let screening = Screening { factor: cfg.dist.screen_factor, reference: run.screen_reference.clone() };
+            match self.run_step(&plan, run.attempt, &samples, screening).await {
+                StepEnd::Done(result) => self.step_done(run, &plan, *result, t0).await?,
+                StepEnd::Redo { left, through_star } => {
+                    self.telemetry.step_redone();
+                    run.attempt += 1;
+                    run.active = left;
+                    run.star_redo = through_star;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    /// The members of the next step; `None` when a stop was requested.
+    /// Members of the last step that are not back get the straggler
+    /// policy's grace (relative to that step's time), then the step goes on
+    /// without them; they rejoin when they return.
+    async fn gather(&self, run: &mut RunState<'_>, min: usize) -> Option<Vec<u64>> {
+        if self.lifecycle.stop_requested() {
+            return None;
+        }
+        let step_timeout = Duration::from_secs_f64(self.config.dist.step_timeout_s);
+        let wait = match run.last_step_time {
+            Some(took) => StragglerPolicy::new(&self.config.dist).grace(took).map_or(step_timeout, |g| g.min(step_timeout)),
+            None => step_timeout,
+        };
+        members::gather(&self.roster, &self.lifecycle, run.step, &run.active, &mut run.resyncing, min, wait).await
+    }
+
+    /// Before the first step of this start: the phase changes and the log
+    /// says so, once.
+    fn training_starts(&self, run: &mut RunState<'_>, workers: usize) {
+        if run.started_training {
+            return;
+        }
+        run.started_training = true;
+        self.lifecycle.set_phase(Phase::Training);
+        let cfg = &self.config;
+        let (steps, batch, params) = (cfg.train.steps, cfg.train.batch_size, self.state.layout.total);
+        tracing::info!(workers, steps, batch, params, reduction = cfg.dist.backend.name(), "training starts");
+    }
+
+    /// `plan`'s step, begun at `t0`, ended with `result`: the update
+    /// applied, the checksums checked, the step recorded, a checkpoint and
+    /// an evaluation if due.
+    async fn step_done(&self, run: &mut RunState<'_>, plan: &StepPlan, result: RoundResult, t0: Instant) -> anyhow::Result<()> {
+        let (s, cfg) = (plan.step, &self.config);
+        run.attempt = 0;
+        run.star_redo = false;
+        run.active = plan.members.iter().copied().collect();
+        let RoundResult { reduced, outcome, loss, compute_s, allreduce_s, per_member, chunk_medians, .. } = result;
+        if outcome.apply {
+            run.screen_reference = Some(Arc::new(chunk_medians));
+        }
+        self.state.apply(s, reduced, outcome).await?;
+        run.step = s;
+        if !outcome.apply {
+            run.skipped += 1;
+            let skipped = run.skipped;
+            tracing::warn!(step = s, grad_norm = outcome.grad_norm, skipped, "non-finite gradient: every replica skipped this update");
+        }
+        if plan.checksum_requested {
+            let (at, sum) = self.state.checksum().await?;
+            debug_assert_eq!(at, s);
+            run.checksums.expect(s, sum);
+        }
+        self.telemetry.checksum_mismatches(run.checksums.verify(&self.roster, s));
+        let took = t0.elapsed();
+        run.last_step_time = Some(took);
+        let saved = self.status.get();
+        let dt = took.as_secs_f64();
+        let record = StepMetrics {
+            step: s,
+            loss,
+            grad_norm: outcome.grad_norm,
+            applied: outcome.apply,
+            lr: cfg.lr_at(s),
+            workers: plan.members.len(),
+            step_s: dt,
+            compute_s,
+            allreduce_s,
+            images_per_s: cfg.train.batch_size as f64 / dt,
+            last_checkpoint: saved.last_checkpoint,
+            unsaved_steps: s.saturating_sub(saved.last_checkpoint),
+        };
+        self.record(run, plan, &record).await?;
+        for &(id, compute_s, shard) in &per_member {
+            self.roster.record_work(id, s, compute_s, shard);
+        }
+        run.last_loss = loss;
+        if s < cfg.train.steps {
+            run.saver.after_step(s, run.skipped).await?;
+        }
+        run.evals.after_step(&self.queue, &self.roster, &self.lifecycle, s, &mut run.metrics).await
+    }
+
+    /// The step's record, to each of its consumers: the metrics log, the
+    /// progress line (logged when due), the metrics and the status.
+    async fn record(&self, run: &mut RunState<'_>, plan: &StepPlan, record: &StepMetrics) -> anyhow::Result<()> {
+        let cfg = &self.config;
+        let (s, total, batch) = (plan.step, cfg.train.steps, cfg.train.batch_size);
+        run.metrics.push_step(record)?;
+        run.progress.add(record, batch);
+        let member_bytes = self.state.layout.total * cfg.dist.grad_dtype.bytes_per_element();
+        // The star receives every member's gradient, the ring one in all.
+        let copies = if plan.ring { 1 } else { plan.members.len() };
+        let reduced_bytes = (member_bytes * copies) as u64;
+        self.telemetry.record_step(record, batch, reduced_bytes, run.skipped, run.progress.images_per_s());
+        if progress::line_due(s, run.resumed_from, total, cfg.train.log_every) {
+            let eta = self.status.get().eta_s(total);
+            run.progress.log_and_reset(s, total, plan.members.len(), member_bytes, eta);
+            run.metrics.flush().await;
+        }
+        Ok(())
+    }
+}
