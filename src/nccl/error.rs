@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::Version;
+use super::version::Version;
 
 /// A place the loader looked for `libnccl.so.2`, and why it was not used.
 #[derive(Debug, Clone, PartialEq, Eq)]

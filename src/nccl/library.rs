@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::error::{NcclError, Tried};
 use super::search::{self, Candidate};
-use super::Version;
+use super::version::Version;
 
 /// The oldest NCCL ddpm accepts: 2.4.2 is the first release with
 /// `ncclCommAbort` and `ncclCommGetAsyncError`, which the exchange needs to
