@@ -10,9 +10,9 @@
 //! topology it detects, but a rank order that follows the hosts is what its
 //! defaults and its users (torchrun's node ranks) assume.
 //!
-//! Pure functions, no I/O: the coordinator calls [`order_by_host`] with the
-//! step's members (in their rank order so far: join order) and hands out
-//! the result as the ranks.
+//! Pure functions, no I/O: the coordinator's roster calls [`order_by_host`]
+//! with a ring step's members (in their rank order so far: join order) and
+//! the result is their ranks (`Roster::ring_order`).
 
 use std::net::IpAddr;
 
