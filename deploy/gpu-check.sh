@@ -1,90 +1,167 @@
 #!/usr/bin/env bash
-# The GPU check: runs the `--gpu 0` path on a CUDA machine with release
-# binaries built on another machine, against that machine's own libtorch
-# (the torch wheel in its Python). Prints what it measured and copies the
-# run's outputs to $OUT (default /tmp/ddpm-gpu-check).
+# The GPU check: one unattended command (at most about 8 minutes on one
+# GPU; DDPM_GPU_CHECK_BUDGET seconds, default 450, for its parts) that
+# measures ddpm's GPU path with release binaries built on another
+# machine, against that machine's own torch (its Python's wheel), and
+# writes one JSON file and one markdown table.
 #
-#   DDPM_BIN=gpu-bin deploy/gpu-check.sh
+#   deploy/gpu-check.sh [--bin DIR] [--out DIR] [--python PY]
+#   deploy/gpu-check.sh --cpu-smoke [--bin DIR] [--out DIR] [--python PY]
 #
-# 1. libtorch is found and sees the GPU;
-# 2. one device's training step, cifar10 U-Net at batch 128, against PyTorch
-#    eager on the same architecture (ratio), and against the paper's TPU v3-8
-#    (2,688 images/s);
-# 3. sampling on one device: cifar10 U-Net, batch 256, ancestral and DDIM 50
-#    timed over 20 evaluations each, against PyTorch eager and the paper's
-#    TPU v3-8 (256 images in 17 s);
-# 4. a real run: coordinator on the CPU, two workers on GPU 0, the cifar10
-#    model on synthetic data for 30 steps, replicas' checksums against the
-#    coordinator's CPU copy, and a sample grid (1000 ancestral steps) from
-#    the EMA weights;
-# 5. the same with the ring backend ([dist] backend = "ring"), 20 steps.
-set -u
+#   --bin DIR      ddpm, ddpm-coord and ddpm-worker (default $DDPM_BIN, else gpu-bin)
+#   --out DIR      where results.json, results.md and every log go
+#                  (default $OUT, else /tmp/ddpm-gpu-check)
+#   --python PY    a Python with torch (and diffusers for the baselines;
+#                  default $PYTHON, else python3)
+#   --cpu-smoke    the same pipeline on the CPU with the tiny preset and tiny
+#                  counts: proves the script works end to end on a machine
+#                  without a GPU. Its numbers are no measurement.
+#
+# What it measures, in this order, all on GPU 0:
+#  1. one device's training step, cifar10 U-Net at batch 128, fp32 and bf16
+#     ([train] precision), each against PyTorch eager on the same U-Net
+#     (fp32, and torch.autocast bf16), the two sides alternating in rounds
+#     in the same run (`ddpm bench train`);
+#  2. DDIM-50 sampling, cifar10 U-Net at batch 256: images/s against
+#     diffusers' UNet2DModel (`ddpm bench sample`);
+#  3. two workers sharing the GPU with each reduction backend this build has:
+#     the coordinator's star and the worker-to-worker ring (`nccl` is
+#     reported "not built yet": the exchange does not exist), a short run
+#     on synthetic data each, with every replica's parameter checksum
+#     compared to the coordinator's.
+# Without a GPU (no nvidia-smi, or a torch that sees no CUDA device) it
+# exits 2 before measuring anything, unless --cpu-smoke.
+#
+# Exit code: 0 every part ran (each result says what it measured), 1 a part
+# failed (results.json says which), 2 bad arguments or no GPU.
+set -uo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 bin="${DDPM_BIN:-gpu-bin}"
 out="${OUT:-/tmp/ddpm-gpu-check}"
-mkdir -p "$out"
 py="${PYTHON:-python3}"
+smoke=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --bin) bin=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        --python) py=$2; shift 2 ;;
+        --cpu-smoke) smoke=1; shift ;;
+        -h | --help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
+        *) echo "gpu-check.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "gpu-check.sh: $*" >&2; exit 2; }
+for b in ddpm ddpm-coord ddpm-worker; do
+    [ -x "$bin/$b" ] || die "$bin/$b is missing: build with cargo build --release --workspace --bins and pass its directory with --bin (or DDPM_BIN)"
+done
+"$py" -c 'import torch' 2>/dev/null || die "$py cannot import torch: pass --python PY (a Python with the torch wheel the binaries were built against)"
 torchlib=$("$py" -c 'import torch, os; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')
-export LD_LIBRARY_PATH="$torchlib:${LD_LIBRARY_PATH:-}"
+# The machine's libtorch, not the build machine's (a RUNPATH yields to this).
+export LD_LIBRARY_PATH="$torchlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-"$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())'
-echo "libraries the worker resolves:"
-ldd "$bin/ddpm-worker" | grep -E "libtorch|libc10|not found" | sed 's/^/  /'
+if [ $smoke = 0 ]; then
+    command -v nvidia-smi >/dev/null 2>&1 || die "no GPU here (nvidia-smi is missing): this check measures a GPU; run it on a CUDA machine, or pass --cpu-smoke to check the script itself on the CPU"
+    "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' \
+        || die "torch sees no CUDA device (driver, CUDA_VISIBLE_DEVICES or a CPU-only wheel): nothing to measure; --cpu-smoke checks the script on the CPU"
+    device=cuda:0 worker_device=(--gpu 0) preset=cifar10 train_batch=128 train_steps=20 rounds=3
+    sample_batch=256 sample_evals=20 dist_steps=30 dist_batch=128 threads=8
+else
+    device=cpu worker_device=(--device cpu) preset=tiny train_batch=8 train_steps=2 rounds=1
+    sample_batch=2 sample_evals=2 dist_steps=3 dist_batch=4 threads=1
+fi
 
-echo
-echo "== training step, one device (cifar10 U-Net, batch 128)"
-timeout 150 "$bin/ddpm" bench train --device cuda:0 --preset cifar10 --batch-size 128 --steps 20 --threads 8 --python "$py" \
-    2>&1 | tee "$out/bench-train.txt"
-ours=$(sed -n 's/^ddpm (tch): .* per step, \([0-9.]*\) img\/s/\1/p' "$out/bench-train.txt")
-[ -n "$ours" ] && "$py" -c "print(f'against the paper\'s TPU v3-8 (2,688 img/s): {float(\"$ours\") / 2688:.2f}x')"
+mkdir -p "$out" || die "cannot create $out"
+logs="$out/logs"
+rm -rf "$logs" && mkdir -p "$logs"
+start=$SECONDS
+echo "gpu-check: logs under $logs"
 
-echo
-echo "== sampling, one device (cifar10 U-Net, batch 256)"
-timeout 120 "$bin/ddpm" bench sample --device cuda:0 --presets cifar10 --batch 256 --evals 20 --threads 8 --python "$py" \
-    2>&1 | tee "$out/bench-sample.txt"
-
-# A run with the coordinator on the CPU and two workers on GPU 0:
-# dist_run NAME BACKEND STEPS SAMPLES (its files under $out/NAME).
-dist_run() {
-    local name="$1" backend="$2" steps="$3" samples="$4"
-    local dir="$out/$name" run="$out/$name/run"
-    mkdir -p "$dir"
-    echo
-    echo "== distributed run ($backend backend): coordinator on CPU, 2 workers on GPU 0"
-    "$bin/ddpm-coord" --preset cifar10 --data synthetic:shapes --workers 2 --steps "$steps" --batch-size 128 --samples "$samples" \
-        --backend "$backend" --listen 127.0.0.1:0 --run "$run" --threads 8 >"$dir/coord.out" 2>"$dir/coord.log" &
-    local coord=$! addr=""
-    for _ in $(seq 1 300); do
-        addr=$(sed -n 's/^listening on //p' "$dir/coord.out" | head -n1)
-        [ -n "$addr" ] && break
-        sleep 0.1
-    done
-    echo "coordinator at $addr"
-    "$bin/ddpm-worker" --coord "$addr" --gpu 0 --name gpu0-a 2>"$dir/worker-a.log" &
-    local wa=$!
-    "$bin/ddpm-worker" --coord "$addr" --gpu 0 --name gpu0-b 2>"$dir/worker-b.log" &
-    local wb=$!
-    ( sleep 200; kill $coord $wa $wb 2>/dev/null ) &
-    local watchdog=$!
-    wait $coord
-    echo "coordinator exit code $?"
-    wait $wa $wb
-    kill $watchdog 2>/dev/null
-    grep -E "step [0-9]+/|replica|sample grid|ring|error|ERROR|WARN" "$dir/coord.log" | sed 's/^.*Z //' | tail -n 12
-    cat "$dir/coord.out"
-    echo "summary:"
-    cat "$run/summary.json" 2>/dev/null
-    echo
-    echo "per-step seconds (step, compute, all-reduce), last 5:"
-    tail -n 5 "$run/metrics.jsonl" 2>/dev/null | "$py" -c '
-import json, sys
-for l in sys.stdin:
-    r = json.loads(l); print(r["step"], round(r["step_s"], 4), round(r["compute_s"], 4), round(r["allreduce_s"], 4))'
+# The whole check stays within $budget seconds (8 minutes with the start
+# of the machine's Python and CUDA): each part gets its own limit or what
+# is left, whichever is less (and at least 10 s, to fail with a message).
+budget=${DDPM_GPU_CHECK_BUDGET:-450}
+within() {
+    local want=$1 left=$((budget - (SECONDS - start)))
+    [ "$left" -lt "$want" ] && want=$left
+    [ "$want" -lt 10 ] && want=10
+    echo "$want"
 }
 
-dist_run star coordinator 30 16
-# The ring backend: the same run with the gradient worker to worker (two
-# workers on one GPU still exercise the GPU path: device-to-host gradient,
-# the ring over loopback, the coordinator's commit).
-dist_run ring ring 20 0
+# Runs "$@" with a time limit, its output in $logs/NAME.txt; a line saying how it ended.
+step() {
+    local name=$1 limit
+    limit=$(within "$2")
+    shift 2
+    echo "== $name"
+    timeout "$limit" "$@" >"$logs/$name.txt" 2>&1
+    local rc=$?
+    echo "$rc" >"$logs/$name.rc"
+    if [ $rc != 0 ]; then
+        echo "   $name failed (exit $rc; $logs/$name.txt):"
+        tail -n 5 "$logs/$name.txt" | sed 's/^/   /'
+    fi
+}
+
+{
+    date -u +%Y-%m-%dT%H:%M:%SZ
+    if [ $smoke = 0 ]; then nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -n1; else echo "cpu (smoke run)"; fi
+    "$py" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)'
+    "$bin/ddpm" --version
+} >"$logs/machine.txt" 2>&1
+
+# 1. One device's training step, fp32 then bf16, each alternating with PyTorch.
+for precision in fp32 bf16; do
+    step "train-$precision" 150 "$bin/ddpm" bench train --device "$device" --preset "$preset" --batch-size "$train_batch" \
+        --steps "$train_steps" --rounds "$rounds" --precision "$precision" --threads "$threads" --python "$py"
+done
+
+# 2. Sampling: DDIM-50 (and the ancestral step's cost) against diffusers.
+step sample 90 "$bin/ddpm" bench sample --device "$device" --presets "$preset" --batch "$sample_batch" --evals "$sample_evals" \
+    --threads "$threads" --python "$py"
+
+# 3. Two workers sharing the device, per backend: coordinator on the CPU.
+# dist_run BACKEND: files under $logs/dist-BACKEND/.
+dist_run() {
+    local backend=$1 dir="$logs/dist-$1"
+    mkdir -p "$dir"
+    echo "== dist-$backend"
+    # Each process under its own time limit: no watchdog left behind holding
+    # this script's output open.
+    local limit
+    limit=$(within 150)
+    timeout "$limit" "$bin/ddpm-coord" --preset "$preset" --data synthetic:shapes --workers 2 --steps "$dist_steps" --batch-size "$dist_batch" \
+        --samples 0 --backend "$backend" --listen 127.0.0.1:0 --run "$dir/run" --threads "$threads" >"$dir/coord.out" 2>"$dir/coord.log" &
+    local coord=$! addr=""
+    for _ in $(seq 1 600); do
+        addr=$(sed -n 's/^listening on //p' "$dir/coord.out" | head -n1)
+        [ -n "$addr" ] && break
+        kill -0 $coord 2>/dev/null || break
+        sleep 0.1
+    done
+    if [ -z "$addr" ]; then
+        echo 1 >"$dir/rc"
+        echo "   the coordinator did not start ($dir/coord.log)"
+        kill $coord 2>/dev/null
+        return 0
+    fi
+    local workers=()
+    for w in a b; do
+        timeout "$limit" "$bin/ddpm-worker" --coord "$addr" "${worker_device[@]}" --threads "$threads" --name "gpu0-$w" >"$dir/worker-$w.log" 2>&1 &
+        workers+=($!)
+    done
+    wait $coord
+    echo $? >"$dir/rc"
+    wait "${workers[@]}" 2>/dev/null
+    [ "$(cat "$dir/rc")" = 0 ] || echo "   dist-$backend failed ($dir/coord.log)"
+}
+dist_run coordinator
+dist_run ring
+
+"$py" "$here/gpu-check-report.py" --logs "$logs" --out "$out" --smoke "$smoke" --seconds $((SECONDS - start)) \
+    --sample-batch "$sample_batch" --dist-batch "$dist_batch"
+rc=$?
+echo "gpu-check: $((SECONDS - start)) s; $out/results.json and $out/results.md"
+cat "$out/results.md" 2>/dev/null
+exit $rc

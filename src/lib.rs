@@ -12,6 +12,7 @@ pub mod diffusion;
 pub mod eval;
 pub mod exit;
 pub mod imageio;
+pub mod nccl;
 pub mod observe;
 pub mod plot;
 pub mod ring;

@@ -334,3 +334,37 @@ fn exported_pipeline_loads_in_diffusers_and_samples_like_our_sampler() {
     assert!(err.contains("model_mean_type = \"mu\""), "{err}");
     assert!(!mu_out.exists());
 }
+
+/// A checkpoint of a run trained with `[train] precision = "bf16"`: its
+/// weights are the float32 masters, so the export is the same float32
+/// diffusers model, which loads and computes what our float32 U-Net does.
+#[test]
+fn a_bf16_trained_checkpoint_exports_and_loads_in_diffusers() {
+    let mut config = TrainConfig::tiny();
+    config.train.precision = ddpm::config::Precision::Bf16;
+    config.train.batch_size = 4;
+    // Past the zero-initialised output conv, so that the outputs are not trivially zero.
+    config.optim.warmup_steps = 0;
+    let mut trainer = ddpm::train::local::LocalTrainer::new(config.clone(), Device::Cpu).unwrap();
+    for _ in 0..3 {
+        assert!(trainer.step().unwrap().loss.is_finite());
+    }
+    let (params, ema) = (flat::to_vec_f32(&trainer.state.model.flat), flat::to_vec_f32(&trainer.ema));
+    let mut data = tiny_checkpoint();
+    data.order.batch_size = config.train.batch_size;
+    data.config = config;
+    data.layout = trainer.state.model.layout.clone();
+    (data.params, data.ema) = (params, ema);
+    let dir = tempfile::tempdir().unwrap();
+    let run = local_run(dir.path(), "run", &data);
+    let out = dir.path().join("export");
+    ddpm(&["checkpoints", "export", "--run", &run, "--ema", "--format", "diffusers", "--out", &out.display().to_string()]);
+    for file in std::fs::read_dir(&out).unwrap().filter_map(|e| e.ok()).filter(|e| e.path().extension().is_some_and(|x| x == "safetensors"))
+    {
+        let tensors = Tensor::read_safetensors(file.path()).unwrap();
+        assert!(tensors.iter().all(|(_, t)| t.kind() == tch::Kind::Float), "{}: not all float32", file.path().display());
+    }
+    let io = dir.path().join("io.safetensors");
+    write_io(&data, &data.ema, &io);
+    check_with_diffusers(&out, &io);
+}

@@ -267,3 +267,38 @@ fn ring_links_through_shared_memory_tcp_or_both_give_the_same_bits() {
     assert!(logs[1..].iter().any(|l| said(l, "tcp/shm")) && logs[1..].iter().any(|l| said(l, "shm/tcp")), "{logs:#?}");
     assert_eq!(mixed, shm, "the mixed ring's result differs from the shared-memory ring's");
 }
+
+/// Step 2's loss of a single-process run of `config`: the first step's is
+/// E[eps^2] whatever the arithmetic (the paper's initialisation zeroes the
+/// output convolution, so the network predicts exactly 0), while step 2
+/// runs the forward pass on weights that moved.
+fn second_loss(config: &str) -> f64 {
+    let cfg = TrainConfig::from_toml_str(config, &TrainConfig::tiny()).expect("test config");
+    let mut local = LocalTrainer::new(cfg, Device::Cpu).unwrap();
+    local.step().unwrap();
+    local.step().unwrap().loss
+}
+
+/// `[train] precision = "bf16"` travels in the run config to the workers:
+/// a 2-worker run (backend auto, the ring with CPU workers) computes step
+/// 2's loss in bf16, as the single-process bf16 run does, and not in fp32,
+/// and its replicas agree with the coordinator after every checked step.
+#[test]
+fn bf16_precision_reaches_the_workers_and_replicas_agree() {
+    let bf16 = CONFIG.replace("log_every = 1", "log_every = 1\nprecision = \"bf16\"");
+    let (want_bf16, want_fp32) = (second_loss(&bf16), second_loss(CONFIG));
+    let (run, summary) = run_distributed_with(2, &["--backend", "auto"], &bf16);
+    let rows = std::fs::read_to_string(run.path().join("run/metrics.jsonl")).unwrap();
+    let row = |step: u64| -> serde_json::Value {
+        rows.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|r| r["step"] == step).unwrap()
+    };
+    let got = row(2)["loss"].as_f64().unwrap();
+    let (to_bf16, to_fp32) = ((got - want_bf16).abs(), (got - want_fp32).abs());
+    eprintln!("step 2 loss: 2 workers bf16 {got:.7}, one process bf16 {want_bf16:.7}, fp32 {want_fp32:.7}");
+    assert!((want_bf16 - want_fp32).abs() > 1e-5, "bf16 and fp32 gave the same loss ({want_fp32}): the comparison would be empty");
+    assert!(to_bf16 * 10.0 < to_fp32, "the workers' step 2 ({got}) is not bf16's ({want_bf16}) rather than fp32's ({want_fp32})");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), 2, "{summary}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+    assert!(summary["final_loss"].as_f64().unwrap().is_finite(), "{summary}");
+}

@@ -274,6 +274,19 @@ fn the_image_layout_runs_the_binaries_on_its_own_libraries() {
     assert!(out.status.success(), "check.sh refused the layout or deploy/Dockerfile:\n{}{}", text(&out.stdout), text(&out.stderr));
     println!("{}", text(&out.stdout).trim());
 
+    // --- NCCL (CUDA wheel only): the layout carries the wheel's
+    // libnccl.so.2 beside libtorch, where ddpm's loader (src/nccl/search.rs)
+    // looks first in the image.
+    let wheel_nccl = site.join("nvidia/nccl/lib/libnccl.so.2");
+    if wheel_nccl.is_file() {
+        let laid = lib.join("libnccl.so.2");
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        assert_eq!(size(&laid), size(&wheel_nccl), "the layout's libnccl.so.2 is not the wheel's");
+        let candidates = ddpm::nccl::search::candidates(None, Some(&lib));
+        assert_eq!(candidates[0].target, laid, "the loader's first place in the image is not the layout's NCCL");
+        println!("the layout carries the wheel's NCCL at {}", laid.display());
+    }
+
     let before = snapshot(&out_dir);
 
     // --- `--version` of each binary, from the tree, with an empty

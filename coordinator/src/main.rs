@@ -98,8 +98,10 @@ struct Args {
     /// Gradient wire format, f32 or bf16 [default: the preset's, f32].
     #[arg(long, value_parser = parse_dtype)]
     grad_dtype: Option<GradDtype>,
-    /// How gradients are reduced: coordinator (through this process) or
-    /// ring (worker to worker) [default: the config's [dist] backend, coordinator].
+    /// How gradients are reduced: coordinator (through this process), ring
+    /// (worker to worker), nccl (GPU workers; not built yet: workers refuse
+    /// it) or auto (nccl when every member is a GPU, else the ring; the
+    /// ring until nccl exists) [default: the config's [dist] backend, coordinator].
     #[arg(long, value_parser = parse_backend)]
     backend: Option<Backend>,
     /// Images in the sample grid drawn at the end, 0 for none [default: the preset's].
@@ -199,7 +201,7 @@ enum FlagError {
     Seconds(String),
     #[error("unknown gradient dtype {0:?}: use f32 or bf16")]
     Dtype(String),
-    #[error("unknown reduction backend {0:?}: use coordinator or ring")]
+    #[error("unknown reduction backend {0:?}: use coordinator, ring, nccl or auto")]
     Backend(String),
 }
 
@@ -229,6 +231,8 @@ fn parse_backend(s: &str) -> Result<Backend, FlagError> {
     match s {
         "coordinator" => Ok(Backend::Coordinator),
         "ring" => Ok(Backend::Ring),
+        "nccl" => Ok(Backend::Nccl),
+        "auto" => Ok(Backend::Auto),
         _ => Err(FlagError::Backend(s.to_string())),
     }
 }

@@ -18,7 +18,8 @@
 #   - DT_NEEDED entries, resolved against torch/lib and then nvidia/*/lib
 #     (the directories the torch libraries' own RUNPATH names), and
 #   - library names written as strings inside those libraries that name a
-#     file in the same directories: what they dlopen() at run time.
+#     file in the same directories: what they dlopen() at run time, and
+#   - the libraries ddpm's own code dlopen()s (ddpm_opens below: NCCL).
 #     libcudnn.so.9 opens its sub-libraries (graph, ops, cnn, engines...)
 #     this way, libtorch_cuda.so opens libtorch_cuda_linalg.so, cuFFT and
 #     cuBLASLt open libnvrtc.so.13, which opens libnvrtc-builtins; none of
@@ -119,10 +120,26 @@ declare -A required=()  # file names some DT_NEEDED asks for
 declare -A external=()  # DT_NEEDED names left to the runtime image -> who needs them
 declare -A dropped=()   # file names found by name only, that could not load
 
+# Libraries ddpm itself opens by name at run time, never linked: NCCL for
+# GPU workers (src/nccl/ looks next to the loaded libtorch first, which in
+# the image is this lib/). libtorch_cuda.so needs libnccl.so.2 too today,
+# but the image must not depend on that staying so. Absent from a CPU
+# wheel, and then not needed: only CUDA workers load it.
+ddpm_opens=(libnccl.so.2)
+
 closure() {
     chosen=() why=() required=() external=()
     local queue=() obj obj_name name src file
     for b in "${binaries[@]}"; do queue+=("$bin_dir/$b"); done
+    for name in "${ddpm_opens[@]}"; do
+        src=$(resolve "$name")
+        [ -n "$src" ] || continue
+        file=$(basename "$src")
+        chosen[$file]=$src
+        why[$file]="opened by ddpm at run time (src/nccl)"
+        required[$file]=1
+        queue+=("$src")
+    done
     while [ ${#queue[@]} -gt 0 ]; do
         obj=${queue[0]}
         queue=("${queue[@]:1}")

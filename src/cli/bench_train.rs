@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use ddpm::config::TrainConfig;
+use ddpm::config::{Precision, TrainConfig};
 use ddpm::train::local::LocalTrainer;
 use tch::Device;
 
@@ -28,8 +28,20 @@ pub struct TrainArgs {
     /// changes) weighs on both alike.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// fp32, or bf16: ddpm under its bfloat16 autocast ([train] precision)
+    /// against PyTorch under torch.autocast(dtype=torch.bfloat16).
+    #[arg(long, default_value = "fp32", value_parser = parse_precision)]
+    pub precision: Precision,
     #[command(flatten)]
     pub on: bench_util::DeviceArgs,
+}
+
+fn parse_precision(s: &str) -> Result<Precision, String> {
+    match s {
+        "fp32" => Ok(Precision::Fp32),
+        "bf16" => Ok(Precision::Bf16),
+        _ => Err(format!("unknown precision {s:?}: use fp32 or bf16")),
+    }
 }
 
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
@@ -38,12 +50,14 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let mut cfg = TrainConfig::preset(&args.preset)?;
     cfg.data.spec = Some("synthetic:shapes".parse()?);
     cfg.train.batch_size = args.batch_size;
+    cfg.train.precision = args.precision;
     let mut trainer = LocalTrainer::new(cfg.clone(), device)?;
     let params = cfg.model.param_count();
     println!(
-        "training step, preset {} ({params} parameters), batch {}, {} on {}, {} thread(s), {} round(s) of {} steps each side",
+        "training step, preset {} ({params} parameters), batch {}, {}, {} on {}, {} thread(s), {} round(s) of {} steps each side",
         args.preset,
         args.batch_size,
+        args.precision.name(),
         cfg.model.image_size,
         args.on.device,
         args.on.threads,
@@ -140,6 +154,8 @@ impl Baseline {
             args.on.threads.to_string(),
             "--device".into(),
             args.on.device.clone(),
+            "--precision".into(),
+            args.precision.name().into(),
         ];
         Ok(Self { _dir: dir, python: bench_util::python(&args.on.python), args: a })
     }

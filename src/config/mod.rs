@@ -20,7 +20,8 @@ use crate::unet::UNetConfig;
 mod sections;
 
 pub use sections::{
-    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, SampleConfig,
+    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, Precision,
+    SampleConfig, NCCL_EXCHANGE_BUILT,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.

@@ -45,6 +45,40 @@ pub struct LoopConfig {
     pub ema_decay: f64,
     /// Log a progress line every this many steps.
     pub log_every: u64,
+    /// Arithmetic of the forward and backward passes: `fp32` (the paper's)
+    /// or `bf16` (libtorch autocast; parameters, gradients, Adam and the EMA
+    /// stay float32). See [`Precision`].
+    pub precision: Precision,
+}
+
+/// `[train] precision`: what the U-Net's forward and backward compute in.
+///
+/// `bf16` runs the forward pass under libtorch's autocast
+/// (`src/train/autocast.rs`): convolutions and matrix products take
+/// bfloat16 copies of their inputs and of the float32 weights, other ops
+/// follow their inputs' type, the loss is float32, and the backward pass
+/// follows the forward's types back to float32 gradients of the float32
+/// master weights. The update (clipping norm, Adam, the EMA) is the same
+/// float32 code as with `fp32`, so every replica still applies the same
+/// bits from the same reduced gradient. bfloat16 keeps float32's exponent
+/// range, so no loss scaling is needed (unlike float16).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Float32 throughout (the default, as in the paper).
+    #[default]
+    Fp32,
+    /// Autocast to bfloat16 for the forward and backward passes.
+    Bf16,
+}
+
+impl Precision {
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// How the work is distributed.
@@ -52,9 +86,11 @@ pub struct LoopConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DistConfig {
     /// How each step's gradient is reduced: `coordinator` (every member
-    /// streams its gradient to the coordinator, which sums and screens) or
+    /// streams its gradient to the coordinator, which sums and screens),
     /// `ring` (worker to worker over direct connections; the coordinator
-    /// receives one reduced gradient per step, a slice from each member).
+    /// receives one reduced gradient per step, a slice from each member),
+    /// `nccl` (GPU workers through NCCL; see [`Backend::Nccl`]) or `auto`
+    /// (see [`Backend::resolve`]).
     pub backend: Backend,
     /// Ring backend: seconds a member waits for its predecessor's next
     /// frame before it reports it as stalled (and the attempt is redone
@@ -107,6 +143,17 @@ pub struct DistConfig {
 pub enum Backend {
     Coordinator,
     Ring,
+    /// NCCL between GPU workers (`libnccl.so.2`, loaded at run time by
+    /// `ddpm::nccl`). Every training member must be a CUDA worker that can
+    /// load the library; one that cannot refuses when it registers, before
+    /// the run starts. The exchange over NCCL is not built yet (issue 31):
+    /// until it is, a worker that passes those checks refuses too, rather
+    /// than reduce through a backend the run did not ask for.
+    Nccl,
+    /// NCCL when every member of a step is a GPU worker, the ring
+    /// otherwise ([`Backend::resolve`]). Until the NCCL exchange exists it
+    /// always resolves to the ring.
+    Auto,
 }
 
 impl Backend {
@@ -114,9 +161,37 @@ impl Backend {
         match self {
             Backend::Coordinator => "coordinator",
             Backend::Ring => "ring",
+            Backend::Nccl => "nccl",
+            Backend::Auto => "auto",
         }
     }
+
+    /// The backend a step's members use: `auto` is NCCL when every member
+    /// computes on a GPU (NCCL needs a CUDA device on every rank) and the
+    /// exchange is built ([`NCCL_EXCHANGE_BUILT`]; not yet, so `auto` is
+    /// the ring everywhere today), else the ring (which carries any
+    /// device's gradient through host memory); the others are themselves.
+    pub fn resolve(self, every_member_gpu: bool) -> Backend {
+        match self {
+            Backend::Auto if every_member_gpu && NCCL_EXCHANGE_BUILT => Backend::Nccl,
+            Backend::Auto => Backend::Ring,
+            b => b,
+        }
+    }
+
+    /// Whether a training worker may be asked to run the ring, and so must
+    /// register with a peer endpoint: `ring`, and `auto` (which falls back
+    /// to it whenever a CPU worker is among the members).
+    pub fn may_use_ring(self) -> bool {
+        matches!(self, Backend::Ring | Backend::Auto)
+    }
 }
+
+/// Whether this build has the exchange over NCCL (the per-attempt
+/// communicator, the unique id handed out by the coordinator, the abort
+/// path). Not yet: the loader and the safe wrapper are in `ddpm::nccl`, the
+/// exchange comes after the ring protocol's rework (issue 30).
+pub const NCCL_EXCHANGE_BUILT: bool = false;
 
 /// Gradient wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -296,7 +371,7 @@ impl Default for OptimConfig {
 
 impl Default for LoopConfig {
     fn default() -> Self {
-        Self { batch_size: 128, steps: 800_000, seed: 0, ema_decay: 0.9999, log_every: 100 }
+        Self { batch_size: 128, steps: 800_000, seed: 0, ema_decay: 0.9999, log_every: 100, precision: Precision::Fp32 }
     }
 }
 

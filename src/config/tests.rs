@@ -109,3 +109,36 @@ fn validation_names_the_key() {
     let e = CheckpointConfig { every_minutes: -1.0, ..Default::default() }.validate().unwrap_err();
     assert_eq!(e.field, "checkpoint.every_minutes");
 }
+
+#[test]
+fn precision_and_backend_parse_and_name_the_key_when_wrong() {
+    let base = TrainConfig::tiny();
+    assert_eq!(base.train.precision, Precision::Fp32, "the paper's fp32 is the default");
+    let c = TrainConfig::from_toml_str("[train]\nprecision = \"bf16\"\n[dist]\nbackend = \"nccl\"\n", &base).unwrap();
+    assert_eq!((c.train.precision, c.dist.backend), (Precision::Bf16, Backend::Nccl));
+    c.validate().unwrap();
+    let c = TrainConfig::from_toml_str("[dist]\nbackend = \"auto\"\n", &base).unwrap();
+    assert_eq!(c.dist.backend, Backend::Auto);
+    let e = TrainConfig::from_toml_str("[train]\nprecision = \"fp16\"\n", &base).unwrap_err().to_string();
+    assert!(e.contains("train.precision") && e.contains("fp32") && e.contains("bf16"), "{e}");
+    let e = TrainConfig::from_toml_str("[dist]\nbackend = \"gloo\"\n", &base).unwrap_err().to_string();
+    assert!(e.contains("dist.backend") && e.contains("nccl") && e.contains("auto"), "{e}");
+    // A config saved before the key existed (a checkpoint's) reads as fp32.
+    let old = "[train]\nbatch_size = 8\n";
+    assert_eq!(TrainConfig::from_toml_str(old, &base).unwrap().train.precision, Precision::Fp32);
+}
+
+#[test]
+fn auto_is_the_ring_until_the_nccl_exchange_exists() {
+    // The rule: NCCL when every member is a GPU, else the ring; with no
+    // NCCL exchange built, the ring either way.
+    assert_eq!(Backend::Auto.resolve(false), Backend::Ring);
+    let all_gpu = if NCCL_EXCHANGE_BUILT { Backend::Nccl } else { Backend::Ring };
+    assert_eq!(Backend::Auto.resolve(true), all_gpu);
+    for b in [Backend::Coordinator, Backend::Ring, Backend::Nccl] {
+        assert_eq!(b.resolve(true), b);
+        assert_eq!(b.resolve(false), b);
+    }
+    assert!(Backend::Ring.may_use_ring() && Backend::Auto.may_use_ring());
+    assert!(!Backend::Coordinator.may_use_ring() && !Backend::Nccl.may_use_ring());
+}

@@ -12,7 +12,8 @@
 //! the outcome and ends a broken attempt. `plan.rs` is the shape both sides
 //! compute, `frame.rs` the bytes on a link, `allreduce.rs` the algorithm,
 //! `peers.rs` the listener and the dialling, `member.rs` one member's
-//! part in an attempt, `fault.rs` what a member reports when it breaks.
+//! part in an attempt, `fault.rs` what a member reports when it breaks,
+//! `topology.rs` the ring order that keeps each host's members together.
 
 mod allreduce;
 mod allreduce_links;
@@ -24,6 +25,7 @@ mod member;
 mod peers;
 pub mod plan;
 pub mod shm;
+pub mod topology;
 
 pub use allreduce::{all_reduce, RingSpec};
 pub use allreduce_links::{all_reduce_links, slots_needed, Next, Prev};

@@ -7,6 +7,7 @@
 //! [`TrainState::apply`] everywhere.
 
 pub mod analysis;
+pub mod autocast;
 mod error;
 pub mod flat;
 pub mod fused;

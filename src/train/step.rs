@@ -3,15 +3,17 @@
 //!
 //! 1. the shard's decoded images, flipped and scaled to [-1, 1];
 //! 2. per sample, `t` and `eps` drawn from `(seed, step, position)`;
-//! 3. `x_t = q_sample(x0, t, eps)`, the U-Net's prediction, the loss;
+//! 3. `x_t = q_sample(x0, t, eps)`, the U-Net's prediction (under bfloat16
+//!    autocast with `[train] precision = "bf16"`), the loss in float32;
 //! 4. backward, and the mean gradient over the shard as one flat tensor.
 
 use tch::{Device, Kind, Tensor};
 
-use crate::config::TrainConfig;
+use crate::config::{Precision, TrainConfig};
 use crate::data::{self, Decoder};
 use crate::diffusion::GaussianDiffusion;
 use crate::rng::{self, Purpose};
+use crate::train::autocast;
 use crate::train::flat::FlatModel;
 
 /// One decoded training sample: its stream position and `[C, H, W]` pixels.
@@ -28,12 +30,21 @@ pub struct StepContext {
     pub random_flip: bool,
     pub channels: usize,
     pub resolution: usize,
+    /// What the forward and backward passes compute in (`[train] precision`).
+    pub precision: Precision,
 }
 
 /// The step context of 1-based `step` of a run with `config`, whose samples
 /// `decoder` decodes.
 pub fn step_context(config: &TrainConfig, decoder: &Decoder, step: u64) -> StepContext {
-    StepContext { seed: config.train.seed, step, random_flip: config.data.random_flip, channels: 3, resolution: decoder.resolution() }
+    StepContext {
+        seed: config.train.seed,
+        step,
+        random_flip: config.data.random_flip,
+        channels: 3,
+        resolution: decoder.resolution(),
+        precision: config.train.precision,
+    }
 }
 
 /// A shard ready for the device: `x0` `[n, C, H, W]`, `t` `[n]`, `noise` like `x0`.
@@ -81,7 +92,12 @@ pub fn loss_and_grad(
     tch::manual_seed((rng::key(ctx.seed, Purpose::Dropout, ctx.step, first_position) >> 1) as i64);
     model.zero_grad();
     let x_t = diffusion.q_sample(&batch.x0, &batch.t, &batch.noise); // eq. (4)
-    let out = model.unet.forward_t(&x_t, &batch.t, true);
+
+    // Only the network runs under autocast (bf16); its output comes back to
+    // float32 so that the loss and its first gradient are float32, and
+    // backward (outside the region, as torch.autocast's recipe has it)
+    // follows the forward's types down to the float32 parameters.
+    let out = autocast::run(model.device(), ctx.precision, || model.unet.forward_t(&x_t, &batch.t, true).to_kind(Kind::Float));
     let losses = diffusion.training_losses(&out, &batch.x0, &x_t, &batch.t, &batch.noise); // [n]
     let loss = losses.mean(Kind::Float);
     loss.backward();

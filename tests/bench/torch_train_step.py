@@ -8,7 +8,10 @@ as --unet-module), then
 times full L_simple training steps: q_sample, forward, MSE to the noise,
 backward, gradient clipping, Adam and the EMA of the weights (the paper's
 recipe, as ddpm's step does it; the EMA with torch's fastest form,
-`_foreach_lerp_`). Prints one JSON line {"batch", "seconds": [..]} with the
+`_foreach_lerp_`). With --precision bf16 the forward pass runs under
+torch.autocast(dtype=torch.bfloat16) and backward outside it, the float32
+weights, Adam and EMA unchanged (what ddpm's [train] precision = "bf16"
+does). Prints one JSON line {"batch", "seconds": [..]} with the
 wall time of each step after WARMUP steps.
 
     python torch_train_step.py --config config.json --batch 32 --steps 10 --threads 1
@@ -54,6 +57,7 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--unet-module", default="torch_unet.py")
     p.add_argument("--params", type=int, default=0, help="expected parameter count (checked when > 0)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -81,8 +85,9 @@ def main():
         noise = torch.randn_like(x0)
         ab = abar[t].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-        out = call(model, xt, t)
-        loss = ((out - noise) ** 2).mean()
+        with torch.autocast(device_type=a.device.split(":")[0], dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+            out = call(model, xt, t)
+        loss = ((out.float() - noise) ** 2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -92,7 +97,7 @@ def main():
             torch.cuda.synchronize()
         if i >= a.warmup:
             times.append(time.perf_counter() - start)
-    print(json.dumps({"batch": a.batch, "model": kind, "params": n, "seconds": times}))
+    print(json.dumps({"batch": a.batch, "model": kind, "params": n, "precision": a.precision, "seconds": times}))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,14 @@
 //! `ddpm-worker --gpus all|N|I,J,...`: one worker process per GPU, as
 //! torchrun's `--nproc-per-node` starts one per device. Each child is this
-//! binary with the same flags and `--gpu I` (its own `--name` and metrics
-//! port); the parent forwards SIGTERM/Ctrl-C to them and exits with the
-//! code that matters most (see [`combine`]). A separate process per device
+//! binary with the same flags and `--gpu I`, its own `--name` and its own
+//! metrics and peer ports ([`PortPlan`]); the parent forwards
+//! SIGTERM/Ctrl-C to them and exits with the code that matters most (see [`combine`]). A separate process per device
 //! keeps each GPU's CUDA context, allocator and failures apart, and each
 //! child is an ordinary member of the run.
 
-use std::net::{AddrParseError, SocketAddr};
 use std::str::FromStr;
+
+use crate::ports::{ChildPorts, PortError, PortPlan};
 
 /// A `--gpus` value that names no usable set of devices.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -22,15 +23,6 @@ pub enum GpuSetError {
     NoneVisible,
     #[error("--gpus: device {device} requested but only {visible} are visible (0..{visible})")]
     NotVisible { device: usize, visible: usize },
-}
-
-/// A `--metrics-listen` value no worker process can serve on.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum MetricsAddrError {
-    #[error("--metrics-listen {listen:?}: {source}; give IP:PORT")]
-    Unreadable { listen: String, source: AddrParseError },
-    #[error("--metrics-listen {listen:?}: no port left for GPU process {index}")]
-    NoPortLeft { listen: String, index: usize },
 }
 
 /// Which GPUs `--gpus` names.
@@ -88,10 +80,10 @@ impl GpuSet {
 }
 
 /// The command line of the child for `gpu`: `args` (without the program)
-/// minus `--gpus`, `--name` and `--metrics-listen`, plus `--gpu`, the
-/// child's name and its metrics address.
-pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, metrics: Option<&str>) -> Vec<String> {
-    const REPLACED: [&str; 3] = ["--gpus", "--name", "--metrics-listen"];
+/// minus `--gpus`, `--name` and the port flags, plus `--gpu`, the child's
+/// name and its ports.
+pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, ports: &ChildPorts) -> Vec<String> {
+    const REPLACED: [&str; 5] = ["--gpus", "--name", "--metrics-listen", "--peer-listen", "--peer-advertise"];
     let mut out = Vec::new();
     let mut skip_value = false;
     for a in args {
@@ -112,22 +104,21 @@ pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, metrics: Opti
     if let Some(n) = name {
         out.push(format!("--name={n}-gpu{gpu}"));
     }
-    if let Some(m) = metrics {
+    if let Some(m) = &ports.metrics {
         out.push(format!("--metrics-listen={m}"));
+    }
+    out.push(format!("--peer-listen={}", ports.peer_listen));
+    if let Some(a) = &ports.peer_advertise {
+        out.push(format!("--peer-advertise={a}"));
     }
     out
 }
 
-/// Child `index`'s metrics address: the given port plus `index` (port 0
-/// stays 0: each child picks its own).
-pub fn metrics_addr(listen: &str, index: usize) -> Result<String, MetricsAddrError> {
-    let mut addr: SocketAddr = listen.parse().map_err(|source| MetricsAddrError::Unreadable { listen: listen.to_string(), source })?;
-    if addr.port() != 0 {
-        let port = usize::from(addr.port()) + index;
-        let port = u16::try_from(port).map_err(|_| MetricsAddrError::NoPortLeft { listen: listen.to_string(), index })?;
-        addr.set_port(port);
-    }
-    Ok(addr.to_string())
+/// Every child's command line for devices `ids`, or why these flags
+/// cannot give them distinct ports.
+pub fn plan_children(args: &[String], ids: &[usize], name: Option<&str>, ports: &PortPlan) -> Result<Vec<Vec<String>>, PortError> {
+    ports.check(ids.len())?;
+    Ok(ids.iter().enumerate().map(|(k, gpu)| child_args(args, *gpu, name, &ports.child(k))).collect())
 }
 
 /// One exit code for the children's: a failure (its own code) before a stop
@@ -194,14 +185,43 @@ mod tests {
     }
 
     #[test]
-    fn a_child_gets_its_gpu_name_and_port_and_no_gpus() {
-        let args = s(&["--coord", "c:50051", "--gpus", "all", "--name=n", "--metrics-listen", "0.0.0.0:9091", "--threads=4"]);
-        let child = child_args(&args, 1, Some("n"), Some("0.0.0.0:9092"));
-        assert_eq!(child, s(&["--coord", "c:50051", "--threads=4", "--gpu=1", "--name=n-gpu1", "--metrics-listen=0.0.0.0:9092"]));
-        assert_eq!(child_args(&s(&["--gpus=2"]), 0, None, None), s(&["--gpu=0"]));
-        assert_eq!(metrics_addr("0.0.0.0:9091", 3).unwrap(), "0.0.0.0:9094");
-        assert_eq!(metrics_addr("127.0.0.1:0", 3).unwrap(), "127.0.0.1:0");
-        assert!(metrics_addr("0.0.0.0:65535", 1).unwrap_err().to_string().contains("no port left"));
+    fn a_child_gets_its_gpu_name_and_ports_and_no_gpus() {
+        let args = s(&[
+            "--coord",
+            "c:50051",
+            "--gpus",
+            "all",
+            "--name=n",
+            "--metrics-listen",
+            "0.0.0.0:9091",
+            "--threads=4",
+            "--peer-listen",
+            "x",
+        ]);
+        let plan = PortPlan::parse(Some("0.0.0.0:9091"), "0.0.0.0:9100", Some("10.0.0.5")).unwrap();
+        let child = child_args(&args, 1, Some("n"), &plan.child(1));
+        let want = ["--coord", "c:50051", "--threads=4", "--gpu=1", "--name=n-gpu1", "--metrics-listen=0.0.0.0:9092"];
+        assert_eq!(child, s(&[&want[..], &["--peer-listen=0.0.0.0:9101", "--peer-advertise=10.0.0.5"]].concat()));
+        let off = PortPlan::parse(None, "off", None).unwrap();
+        assert_eq!(child_args(&s(&["--gpus=2", "--peer-listen=1.2.3.4:5"]), 0, None, &off.child(0)), s(&["--gpu=0", "--peer-listen=off"]));
+    }
+
+    #[test]
+    fn children_never_share_a_port() {
+        let plan = PortPlan::parse(Some("0.0.0.0:9091"), "0.0.0.0:9100", Some("pod-ip:7000")).unwrap();
+        let args = s(&["--coord", "c:1", "--gpus", "8"]);
+        let children = plan_children(&args, &(0..8).collect::<Vec<_>>(), None, &plan).unwrap();
+        let mut ports = std::collections::BTreeSet::new();
+        for c in &children {
+            for a in c.iter().filter(|a| a.starts_with("--metrics-listen=") || a.starts_with("--peer-listen=")) {
+                assert!(ports.insert(a.rsplit(':').next().unwrap().to_string()), "port of {a} used twice: {children:?}");
+            }
+        }
+        assert_eq!(ports.len(), 16);
+        assert!(children[7].contains(&"--peer-advertise=pod-ip:7007".to_string()), "{:?}", children[7]);
+        // The shipped manifests' single-GPU ports cannot start two.
+        let shipped = PortPlan::parse(Some("0.0.0.0:9091"), "0.0.0.0:9092", None).unwrap();
+        assert!(plan_children(&args, &[0, 1], None, &shipped).is_err());
     }
 
     #[test]

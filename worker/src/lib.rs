@@ -16,13 +16,18 @@
 //! - `tasks/`: job tasks (sampling, evaluation, analysis) and their results
 //! - `device/`: the thread that owns the model and every tensor
 //! - `telemetry.rs`: its metrics and health on `--metrics-listen`
+//! - `gpus.rs`: `--gpus`, one child process per GPU; `ports.rs`: each
+//!   child's own metrics and peer ports
+//! - `nccl_check.rs`: an NCCL run's refusal of a worker that cannot be a rank
 
 pub mod client;
 pub mod device;
 mod directive;
 pub mod exchange;
 pub mod gpus;
+mod nccl_check;
 pub mod options;
+pub mod ports;
 mod ring_exchange;
 mod session;
 mod tasks;

@@ -8,8 +8,9 @@ use clap::Parser;
 use ddpm::exit;
 use ddpm::wire::WorkerRole;
 use ddpm_worker::client::CoordinatorGone;
-use ddpm_worker::gpus::{GpuSet, MetricsAddrError};
+use ddpm_worker::gpus::{GpuSet, GpuSetError};
 use ddpm_worker::options::WorkerOptions;
+use ddpm_worker::ports::{PortError, PortPlan};
 use ddpm_worker::{run, Ended};
 use tch::Device;
 
@@ -35,8 +36,10 @@ struct Args {
     #[arg(long, conflicts_with = "device")]
     gpu: Option<usize>,
     /// One worker process per GPU: all (every visible device), a count N
-    /// (devices 0..N) or indices I,J,...; each gets --gpu I, NAME-gpuI as
-    /// its name and the --metrics-listen port plus its position.
+    /// (devices 0..N) or indices I,J,...; the K-th (from 0) gets --gpu I,
+    /// NAME-gpuI as its name, and the --metrics-listen and --peer-listen
+    /// ports (and a --peer-advertise port) plus K; ranges that would meet
+    /// are refused. With --check-config: prints each child's command line.
     #[arg(long, value_name = "all|N|I,J", value_parser = clap::value_parser!(GpuSet), conflicts_with_all = ["gpu", "device"])]
     gpus: Option<GpuSet>,
     /// Device to run on: cpu or cuda:N (default: cpu unless --gpu is given).
@@ -107,9 +110,9 @@ enum FlagError {
     #[error("--connect-timeout must be a positive number of seconds")]
     ConnectTimeout,
     #[error(transparent)]
-    MetricsAddr(#[from] MetricsAddrError),
-    #[error("--peer-listen {0:?}: give IP:PORT (port 0: any free one) or off")]
-    PeerListen(String),
+    Ports(#[from] PortError),
+    #[error(transparent)]
+    Gpus(#[from] GpuSetError),
 }
 
 /// The device `--device` names, without asking libtorch whether it exists.
@@ -142,8 +145,22 @@ fn pick_device(args: &Args) -> Result<Device, FlagError> {
     }
 }
 
+/// The ports flags, read once for both `--check-config` and `--gpus`.
+fn port_plan(args: &Args) -> Result<PortPlan, PortError> {
+    PortPlan::parse(args.metrics_listen.as_deref(), &args.peer_listen, args.peer_advertise.as_deref())
+}
+
+/// This process's flags, which each `--gpus` child gets with its own
+/// device, name and ports in place of the parent's (less `--check-config`,
+/// so that its dry run shows the children as `--gpus` starts them).
+fn child_argv() -> Vec<String> {
+    std::env::args().skip(1).filter(|a| a != "--check-config").collect()
+}
+
 /// `--check-config`: everything a flag says, short of the device, the
-/// token and TLS files and the coordinator.
+/// token and TLS files and the coordinator. With `--gpus N` or `I,J` it
+/// also prints each child's command line (stdout), so that a GPU node's
+/// flags can be checked on any machine.
 fn check_only(args: &Args) -> Result<(), FlagError> {
     if let Some(d) = &args.device {
         device_form(d)?;
@@ -159,11 +176,22 @@ fn check_only(args: &Args) -> Result<(), FlagError> {
     if !(args.connect_timeout.is_finite() && args.connect_timeout > 0.0) {
         return Err(FlagError::ConnectTimeout);
     }
-    if let Some(m) = &args.metrics_listen {
-        ddpm_worker::gpus::metrics_addr(m, 0)?;
-    }
-    if args.peer_listen != "off" && args.peer_listen.parse::<std::net::SocketAddr>().is_err() {
-        return Err(FlagError::PeerListen(args.peer_listen.clone()));
+    let ports = port_plan(args)?;
+    match &args.gpus {
+        // `all` has as many children as devices, which only a device check
+        // can count: say how many the ports fit instead.
+        Some(GpuSet::All) => match ports.capacity() {
+            usize::MAX => eprintln!("--gpus all: any number of GPU processes fit these ports"),
+            cap => eprintln!("--gpus all: up to {cap} GPU processes fit these ports"),
+        },
+        Some(set) => {
+            let ids = set.resolve(usize::MAX)?;
+            // The dry run: each child's command line, as --gpus would start it.
+            for child in ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), &ports)? {
+                println!("ddpm-worker {}", child.join(" "));
+            }
+        }
+        None => ports.check(1)?,
     }
     Ok(())
 }
@@ -178,18 +206,14 @@ fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
             return exit::code(exit::USAGE);
         }
     };
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let mut children = Vec::new();
-    for (index, gpu) in ids.iter().enumerate() {
-        let metrics = match args.metrics_listen.as_deref().map(|m| ddpm_worker::gpus::metrics_addr(m, index)).transpose() {
-            Ok(m) => m,
+    let children =
+        match port_plan(args).and_then(|ports| ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), &ports)) {
+            Ok(c) => c,
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::code(exit::USAGE);
             }
         };
-        children.push(ddpm_worker::gpus::child_args(&argv, *gpu, args.name.as_deref(), metrics.as_deref()));
-    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

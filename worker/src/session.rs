@@ -149,6 +149,9 @@ async fn join(
     credentials.set_session(&reply.session_secret);
     let run: RunConfig = serde_json::from_str(&reply.run_config_json)
         .map_err(|e| anyhow::anyhow!("the coordinator sent a run config this worker cannot read: {e}"))?;
+    // Before the model is built or the worker counts as ready: the run's
+    // backend may need what this worker lacks (a GPU, libnccl.so.2).
+    crate::nccl_check::check(run.train.dist.backend, opts.role, opts.device)?;
     let dev = match device.take() {
         Some((json, handle)) if json == reply.run_config_json => (json, handle),
         _ => {

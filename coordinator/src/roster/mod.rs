@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ddpm::proto;
+use ddpm::ring::topology::{order_by_host, Placed};
 use ddpm::wire::WorkerRole;
 use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
@@ -216,6 +217,15 @@ impl Roster {
     /// Where member `id` accepts ring neighbours (empty: nowhere), if it is one.
     pub fn peer_endpoint(&self, id: u64) -> Option<String> {
         self.lock().by_id.get(&id).map(|m| m.peer_endpoint.clone())
+    }
+
+    /// `members` (rank order so far: by id, which is join order) in ring
+    /// order: grouped by the host of their peer endpoints, so that a ring
+    /// over H hosts crosses the network H times ([`ddpm::ring::topology`]).
+    pub fn ring_order(&self, members: &[u64]) -> Vec<u64> {
+        let endpoints: Vec<String> = members.iter().map(|&id| self.peer_endpoint(id).unwrap_or_default()).collect();
+        let placed: Vec<Placed<'_>> = members.iter().zip(&endpoints).map(|(&id, e)| Placed { id, endpoint: e, host: None }).collect();
+        order_by_host(&placed)
     }
 
     /// The session secret of member `id`, for its RegisterReply.

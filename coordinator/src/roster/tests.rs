@@ -99,3 +99,20 @@ fn a_full_roster_refuses_until_a_member_leaves() {
     r.remove(a);
     r.register("c".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
 }
+
+#[test]
+fn a_ring_over_two_hosts_is_ordered_by_host() {
+    let r = Roster::default();
+    // Joined interleaved: host a, host b, host a, host b.
+    let endpoints = ["10.0.0.1:9100", "10.0.0.2:9100", "10.0.0.1:9101", "10.0.0.2:9101"];
+    let ids: Vec<u64> =
+        endpoints.iter().map(|e| r.register(format!("w{e}"), "cpu".into(), WorkerRole::Train, e.to_string()).unwrap()).collect();
+    assert_eq!(r.ring_order(&ids), vec![ids[0], ids[2], ids[1], ids[3]]);
+    // One host (every test on loopback, in any spelling): join order, unchanged.
+    let local = Roster::default();
+    let same: Vec<u64> = ["127.0.0.1:9102", "[::1]:9101", "localhost:9100"]
+        .iter()
+        .map(|e| local.register(format!("w{e}"), "cpu".into(), WorkerRole::Train, e.to_string()).unwrap())
+        .collect();
+    assert_eq!(local.ring_order(&same), same);
+}

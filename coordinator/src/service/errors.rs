@@ -27,7 +27,7 @@ pub enum RpcError {
     LayoutMismatch { worker: u64, got_params: u64, got_hash: u64, want_params: u64, want_hash: u64 },
     #[error("{0}")]
     UnknownRole(ddpm::wire::WireError),
-    #[error("this run reduces gradients worker to worker ([dist] backend = \"ring\"), but the worker advertised no peer endpoint: run a ddpm-worker of this release without --peer-listen off")]
+    #[error("this run reduces gradients worker to worker ([dist] backend = \"ring\" or \"auto\"), but the worker advertised no peer endpoint: run a ddpm-worker of this release without --peer-listen off")]
     NoPeerEndpoint,
     #[error("peer endpoint {0:?} is not HOST:PORT")]
     BadPeerEndpoint(String),

@@ -110,7 +110,8 @@ impl Coordinator for CoordService {
                 return Err(RpcError::BadPeerEndpoint(endpoint.chars().take(crate::limits::MAX_NAME_CHARS).collect()).into());
             }
         }
-        if self.run_config.train.dist.backend == ddpm::config::Backend::Ring && role == WorkerRole::Train && endpoint.is_empty() {
+        // `auto` falls back to the ring whenever a CPU worker is a member, so it needs the endpoint too.
+        if self.run_config.train.dist.backend.may_use_ring() && role == WorkerRole::Train && endpoint.is_empty() {
             tracing::warn!(name = %r.name, "refused a training worker without a peer endpoint (the ring backend needs one)");
             return Err(RpcError::NoPeerEndpoint.into());
         }

@@ -175,7 +175,7 @@ impl prom::Exporter for Telemetry {
             Phase::ALL.iter().map(|p| (vec![("phase", p.as_str().to_string())], f64::from(u8::from(*p == phase)))).collect();
         prom::gauges(e, "phase", "1 for the run's current phase.", &phases)?;
         let backend = vec![("backend", self.sources.reduction.name().to_string())];
-        prom::gauges(e, "reduction", "How gradients are reduced ([dist] backend): coordinator or ring.", &[(backend, 1.0)])?;
+        prom::gauges(e, "reduction", "How gradients are reduced ([dist] backend): coordinator, ring, nccl or auto.", &[(backend, 1.0)])?;
         prom::gauge(e, "step", "The last completed optimizer step.", None, s.step as f64)?;
         prom::gauge(e, "total_steps", "Optimizer steps the run trains for.", None, self.sources.total_steps as f64)?;
         if let Some(m) = &s.last {

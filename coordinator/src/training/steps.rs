@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ddpm::checkpoint::Uploader;
-use ddpm::config::{Backend, TrainConfig};
+use ddpm::config::TrainConfig;
 use ddpm::data::{order, Dataset};
 use ddpm::proto;
 use tokio::sync::oneshot;
@@ -163,11 +163,16 @@ impl Trainer {
             self.training_starts(run, members.len());
             let t0 = Instant::now();
             let samples = run.batch(cfg, &self.dataset, s).await?;
+            // `auto` is the ring until the NCCL exchange exists (Backend::resolve);
+            // `nccl` never trains: its workers refuse it when they register.
+            let ring = cfg.dist.backend.may_use_ring() && !run.star_redo;
             let plan = StepPlan {
                 step: s,
-                members,
+                // Ranks (the ring's order, and whose shard is whose) by host:
+                // each node's members are neighbours.
+                members: if ring { self.roster.ring_order(&members) } else { members },
                 checksum_requested: checksums::due(s, total, cfg.dist.checksum_every),
-                ring: cfg.dist.backend == Backend::Ring && !run.star_redo,
+                ring,
             };
             let screening = Screening { factor: cfg.dist.screen_factor, reference: run.screen_reference.clone() };
             match self.run_step(&plan, run.attempt, &samples, screening).await {
