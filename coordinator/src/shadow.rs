@@ -23,6 +23,10 @@
 //! feeder of each of its chunks is alive; when both are gone, that step's
 //! update cannot be completed: the shadow is then broken from that step on
 //! ([`Shadow::broken`]) and stays at the step before.
+//!
+//! One file for the queue of committed steps, the feed, the lag bound and
+//! the hooks at a step: they share one lock and one notion of "applied";
+//! split, each would need the others' internals.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,8 @@
 //! the reduction is timed: the coordinator's star, and the ring (worker to
 //! worker through `ddpm::ring`, with each member's scalars reported to the
 //! coordinator, the outcome back, and the shadow's feed after it, exactly
-//! as a worker does).
+//! as a worker does). One file for one command: its fake members, the ring
+//! alone, and the table they print.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
