@@ -2,7 +2,8 @@
 //! chunking, and the weighted accumulation the all-reduce does per chunk;
 //! the typed vocabulary of the proto (`vocab.rs`) and the directives that
 //! tell a worker what to do after an error (`directive.rs`); [`WireError`]
-//! (`error.rs`), what a peer can send wrong.
+//! (`error.rs`), what a peer can send wrong. One concept, the bytes of a
+//! gradient on the wire; the rest lives in the submodules named here.
 
 use std::ops::Range;
 
