@@ -185,6 +185,34 @@ fn the_ring_backend_with_one_to_four_workers_matches_the_reference_and_the_coord
     }
 }
 
+/// The ring with the coordinator's copy off (`[dist] shadow = "off"`):
+/// the replicas keep the EMA, the coordinator takes the state from one of
+/// them for the checkpoints (steps 4 and 8) and the final checksum, and
+/// compares the replicas among themselves after every step. 1 to 4
+/// workers end as the single-process reference.
+#[test]
+fn the_ring_with_the_shadow_off_matches_the_reference_with_state_from_the_replicas() {
+    let (want_params, want_ema) = reference();
+    for workers in [1, 2, 3, 4] {
+        let off = CONFIG.replace("checksum_every = 2", "checksum_every = 1\nchunk_kib = 64\nshadow = \"off\"")
+            + "\n[checkpoint]\nevery_steps = 4\n";
+        let (run, summary) = run_distributed_with(workers, &["--backend", "ring"], &off);
+        for step in [4, 8] {
+            let weights = run.path().join(format!("run/checkpoints/step_{step:010}"));
+            assert!(weights.join("model.safetensors").exists(), "no checkpoint of step {step} with the shadow off");
+        }
+        let weights = run.path().join("run/checkpoints/step_0000000008");
+        let dp = max_abs_diff(&read_weights(&weights.join("model.safetensors")), &want_params);
+        let de = max_abs_diff(&read_weights(&weights.join("ema.safetensors")), &want_ema);
+        eprintln!("ring, shadow off, {workers} worker(s): max |params - reference| = {dp:.3e}, max |ema - reference| = {de:.3e}");
+        assert!(dp < 1e-4 && de < 1e-4, "shadow off with {workers} workers: params {dp}, EMA {de} from the reference");
+        assert_eq!(summary["replicas_agree"], true, "{summary}");
+        assert_eq!(summary["replica_checksums"].as_object().unwrap().len(), workers, "{summary}");
+        assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+        assert_eq!(summary["checksums_compared"], 8 * workers as u64, "{summary}");
+    }
+}
+
 #[test]
 fn bf16_gradients_train_and_replicas_still_agree() {
     let (_run, summary) = run_distributed(2, &["--grad-dtype", "bf16"]);

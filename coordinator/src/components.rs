@@ -83,7 +83,7 @@ impl Components {
         });
         Ok(Self {
             store,
-            shadow: Shadow::start(state, skipped, dataset.len()),
+            shadow: Shadow::start(state, config.dist.shadow, skipped, dataset.len()),
             dataset,
             roster,
             rounds: Arc::default(),

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use ddpm::config::{Backend, GradDtype, TrainConfig};
+use ddpm::config::{Backend, GradDtype, ShadowMode, TrainConfig};
 use ddpm::exit;
 use ddpm::store::StoreArgs;
 use ddpm::wire::auth;
@@ -104,6 +104,13 @@ struct Args {
     /// ring until nccl exists) [default: the config's [dist] backend, coordinator].
     #[arg(long, value_parser = parse_backend)]
     backend: Option<Backend>,
+    /// With a worker-to-worker backend, whether this process keeps its own
+    /// copy of the state after every step: on (a crash of every worker
+    /// loses at most [dist] shadow_lag steps) or off (the replicas are the
+    /// truth; the state comes from one of them when a checkpoint, a job or
+    /// a joiner needs it) [default: the config's [dist] shadow, on].
+    #[arg(long, value_parser = parse_shadow)]
+    shadow: Option<ShadowMode>,
     /// Images in the sample grid drawn at the end, 0 for none [default: the preset's].
     #[arg(long)]
     samples: Option<u64>,
@@ -201,6 +208,8 @@ enum FlagError {
     Seconds(String),
     #[error("unknown gradient dtype {0:?}: use f32 or bf16")]
     Dtype(String),
+    #[error("unknown shadow mode {0:?}: use on or off")]
+    Shadow(String),
     #[error("unknown reduction backend {0:?}: use coordinator, ring, nccl or auto")]
     Backend(String),
 }
@@ -224,6 +233,14 @@ fn parse_dtype(s: &str) -> Result<GradDtype, FlagError> {
         "f32" => Ok(GradDtype::F32),
         "bf16" => Ok(GradDtype::Bf16),
         _ => Err(FlagError::Dtype(s.to_string())),
+    }
+}
+
+fn parse_shadow(s: &str) -> Result<ShadowMode, FlagError> {
+    match s {
+        "on" => Ok(ShadowMode::On),
+        "off" => Ok(ShadowMode::Off),
+        _ => Err(FlagError::Shadow(s.to_string())),
     }
 }
 
@@ -260,6 +277,9 @@ fn resolve(args: &Args) -> anyhow::Result<TrainConfig> {
     }
     if let Some(b) = args.backend {
         c.dist.backend = b;
+    }
+    if let Some(m) = args.shadow {
+        c.dist.shadow = m;
     }
     if let Some(n) = args.samples {
         c.sample.at_end = n > 0;

@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use ddpm::checkpoint::CheckpointData;
-use ddpm::config::GradDtype;
+use ddpm::config::{GradDtype, ShadowMode};
 use ddpm::proto;
 use ddpm::train::flat::Layout;
 use ddpm::train::Outcome;
@@ -40,6 +40,10 @@ use ddpm::wire::{self, WireError};
 use tokio::sync::{oneshot, Notify};
 
 use crate::state::{Snapshot, SnapshotKind, StateHandle};
+use upload::Upload;
+
+mod upload;
+pub use upload::UploadError;
 
 /// Why a fed chunk was refused.
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,9 @@ struct Pending {
     chunk_elements: usize,
     grad: Vec<f32>,
     hooks: Vec<Hook>,
+    /// `[dist] shadow = "off"`: this entry is a replica's whole state to
+    /// load, not an update.
+    upload: Option<Upload>,
 }
 
 struct Inner {
@@ -120,6 +127,9 @@ struct Inner {
     committed: u64,
     /// Steps skipped (non-finite gradients) up to `applied`.
     skipped: u64,
+    /// Steps skipped up to `committed` (kept with the shadow off, where
+    /// no update carries its outcome to the applier).
+    committed_skipped: u64,
     broken: Option<ShadowError>,
 }
 
@@ -127,6 +137,7 @@ struct Inner {
 /// the jobs.
 pub struct Shadow {
     state: StateHandle,
+    mode: ShadowMode,
     /// Samples in the dataset (checkpoints record the data stream's shape).
     dataset_len: usize,
     inner: Mutex<Inner>,
@@ -140,11 +151,11 @@ impl Shadow {
     /// The shadow over `state` (at its start step, with `skipped` steps
     /// skipped before) of a run on `dataset_len` samples, and its applier
     /// task.
-    pub fn start(state: StateHandle, skipped: u64, dataset_len: usize) -> Arc<Self> {
+    pub fn start(state: StateHandle, mode: ShadowMode, skipped: u64, dataset_len: usize) -> Arc<Self> {
         let step = state.start_step;
-        let inner = Inner { pending: VecDeque::new(), applied: step, committed: step, skipped, broken: None };
-        let shadow =
-            Arc::new(Self { state, dataset_len, inner: Mutex::new(inner), changed: Notify::new(), issuing: tokio::sync::Mutex::new(()) });
+        let inner = Inner { pending: VecDeque::new(), applied: step, committed: step, skipped, committed_skipped: skipped, broken: None };
+        let changed = Notify::new();
+        let shadow = Arc::new(Self { state, mode, dataset_len, inner: Mutex::new(inner), changed, issuing: tokio::sync::Mutex::new(()) });
         tokio::spawn(apply_in_order(shadow.clone()));
         shadow
     }
@@ -194,6 +205,7 @@ impl Shadow {
             chunk_elements: 1,
             grad,
             hooks: Vec::new(),
+            upload: None,
         };
         self.push(p);
     }
@@ -217,6 +229,7 @@ impl Shadow {
             chunk_elements,
             grad: self.state.gradient_buffer(total),
             hooks: Vec::new(),
+            upload: None,
         };
         self.push(p);
     }
@@ -224,6 +237,7 @@ impl Shadow {
     fn push(&self, p: Pending) {
         let mut inner = self.lock();
         inner.committed = p.step;
+        inner.committed_skipped += u64::from(!p.outcome.apply);
         inner.pending.push_back(p);
         drop(inner);
         self.changed.notify_waiters();
@@ -353,7 +367,8 @@ impl Shadow {
                 if let Some(e) = &inner.broken {
                     return Err(e.clone());
                 }
-                if inner.committed - inner.applied <= lag {
+                // Off: nothing follows the run step by step, nothing to wait for.
+                if self.mode == ShadowMode::Off || inner.committed - inner.applied <= lag {
                     return Ok(());
                 }
             }
@@ -372,6 +387,12 @@ impl Shadow {
             }
             if let Some(p) = inner.pending.iter_mut().find(|p| p.step == step) {
                 p.hooks.push(hook);
+                return Ok(());
+            }
+            if self.mode == ShadowMode::Off && step == inner.committed && step > inner.applied {
+                // Off: the state of the run's step comes from a replica.
+                let p = self.load_entry(&inner, step, hook);
+                inner.pending.push_back(p);
                 return Ok(());
             }
             if step != inner.applied {
@@ -412,10 +433,17 @@ impl Shadow {
 
     /// A snapshot at the run's last committed step (waiting for the
     /// shadow to get there).
+    /// With the shadow off, the state of whatever step the loop is at
+    /// when a replica is next asked for it.
     pub async fn snapshot_latest(&self, kind: SnapshotKind) -> Result<Snapshot, ShadowError> {
-        let step = self.lock().committed;
         let (tx, rx) = oneshot::channel();
-        self.at(step, Hook::Snapshot(kind, tx)).await?;
+        let hook = Hook::Snapshot(kind, tx);
+        if self.mode == ShadowMode::Off {
+            self.at_latest(hook).await?;
+        } else {
+            let step = self.lock().committed;
+            self.at(step, hook).await?;
+        }
         rx.await.map_err(|_| self.broken().unwrap_or(ShadowError::Stopped))
     }
 }
@@ -458,13 +486,21 @@ async fn apply_in_order(shadow: Arc<Shadow>) {
             changed.await;
             continue;
         };
-        if shadow.state.apply(p.step, p.grad, p.outcome).await.is_err() {
+        // A replica's state carries the skipped count of its step.
+        let (done, loaded_skipped) = match p.upload {
+            Some(upload) => {
+                let skipped = upload.skipped;
+                (shadow.state.load(upload.into_state()).await, Some(skipped))
+            }
+            None => (shadow.state.apply(p.step, p.grad, p.outcome).await, None),
+        };
+        if done.is_err() {
             return;
         }
         let skipped = {
             let mut inner = shadow.lock();
             inner.applied = p.step;
-            inner.skipped += u64::from(!p.outcome.apply);
+            inner.skipped = loaded_skipped.unwrap_or(inner.skipped + u64::from(!p.outcome.apply));
             inner.skipped
         };
         for hook in p.hooks {

@@ -24,6 +24,8 @@ pub enum SnapshotKind {
     Ema,
     /// The parameters only.
     Params,
+    /// Training and the EMA: what a replica keeps with `[dist] shadow = "off"`.
+    Replica,
 }
 
 /// A copy of (part of) the state on the host.
@@ -34,7 +36,19 @@ pub struct Snapshot {
     pub tensors: Vec<(String, Vec<f32>)>,
 }
 
+/// A replica's training state on the host, as it uploaded it
+/// (`[dist] shadow = "off"`): what the state thread loads in place of its own.
+pub struct Uploaded {
+    pub step: u64,
+    pub adam_step: u64,
+    pub params: Vec<f32>,
+    pub adam_m: Vec<f32>,
+    pub adam_v: Vec<f32>,
+    pub ema: Vec<f32>,
+}
+
 enum Cmd {
+    Load(Box<Uploaded>),
     Apply { step: u64, grad: Vec<f32>, outcome: Outcome },
     Snapshot { kind: SnapshotKind, reply: oneshot::Sender<Snapshot> },
     Checksum { reply: oneshot::Sender<(u64, u64)> },
@@ -98,6 +112,15 @@ impl StateHandle {
             let mut scratch = state.model.flat.empty_like();
             while let Some(cmd) = rx.blocking_recv() {
                 match cmd {
+                    Cmd::Load(u) => {
+                        let device = state.model.device();
+                        state.model.load_flat(&tch::Tensor::from_slice(&u.params));
+                        let (m, v) =
+                            (tch::Tensor::from_slice(&u.adam_m).to_device(device), tch::Tensor::from_slice(&u.adam_v).to_device(device));
+                        state.adam = optim::Adam::from_state(&config.optim, m, v, u.adam_step);
+                        state.step = u.step;
+                        ema.load_flat(&tch::Tensor::from_slice(&u.ema));
+                    }
                     Cmd::Apply { step, mut grad, outcome } => {
                         // Adam reads the round's buffer where it lies (clipping scales it in place).
                         flat::with_tensor_view(&mut grad, |g| state.apply(&config, step, g, &outcome));
@@ -116,6 +139,12 @@ impl StateHandle {
                                 ("adam_v".to_string(), flat::to_vec_f32(&state.adam.v)),
                             ],
                             SnapshotKind::Ema => vec![("ema".to_string(), flat::to_vec_f32(&ema.flat))],
+                            SnapshotKind::Replica => vec![
+                                ("params".to_string(), flat::to_vec_f32(&state.model.flat)),
+                                ("adam_m".to_string(), flat::to_vec_f32(&state.adam.m)),
+                                ("adam_v".to_string(), flat::to_vec_f32(&state.adam.v)),
+                                ("ema".to_string(), flat::to_vec_f32(&ema.flat)),
+                            ],
                             SnapshotKind::Params => vec![("params".to_string(), flat::to_vec_f32(&state.model.flat))],
                         };
                         let _ = reply.send(Snapshot { step: state.step, adam_step: state.adam.step, tensors });
@@ -146,6 +175,11 @@ impl StateHandle {
         let mut buf = self.spare.lock().ok().and_then(|mut s| s.take()).unwrap_or_default();
         buf.resize(len, 0.0);
         buf
+    }
+
+    /// Replaces the whole state by a replica's (lengths checked by the caller).
+    pub async fn load(&self, uploaded: Box<Uploaded>) -> anyhow::Result<()> {
+        self.send(Cmd::Load(uploaded)).await
     }
 
     pub async fn apply(&self, step: u64, grad: Vec<f32>, outcome: Outcome) -> anyhow::Result<()> {

@@ -16,6 +16,8 @@ pub enum Work {
     Analysis { assignment: proto::AnalysisAssignment, samples: Vec<proto::Sample> },
     /// Fetch the training state again.
     Resync(String),
+    /// Upload the training state of this step (`[dist] shadow = "off"`).
+    UploadState(u64),
     /// The coordinator stops: the run is finished, or (not `finished`) it
     /// resumes when the coordinator starts again.
     Shutdown { reason: String, finished: bool },

@@ -49,6 +49,10 @@ pub struct AllreduceArgs {
     /// `[dist] ring_shm`'s default (shared memory where it works).
     #[arg(long, default_value = "tcp,shm", value_delimiter = ',')]
     pub links: Vec<String>,
+    /// The coordinator's copy of the state in the ring runs, comma-separated:
+    /// on (fed after every step) and/or off (`[dist] shadow`).
+    #[arg(long, default_value = "on,off", value_delimiter = ',')]
+    pub shadow: Vec<String>,
     /// Skip the PyTorch gloo baseline.
     #[arg(long)]
     pub no_baseline: bool,
@@ -91,6 +95,7 @@ struct Member {
     c: CoordinatorClient<tonic::service::interceptor::InterceptedService<tonic::transport::Channel, wire::auth::Credentials>>,
     id: u64,
     total: usize,
+    layout_hash: u64,
     hb: tokio::task::JoinHandle<()>,
 }
 
@@ -133,20 +138,46 @@ impl Member {
                 }
             })
         };
-        Ok(Member { c, id, total: run.param_count as usize, hb })
+        Ok(Member { c, id, total: run.param_count as usize, layout_hash: run.layout_hash, hb })
     }
 
     /// The next training assignment (its samples skipped); `None` at the end.
     async fn next(&mut self, applied: u64) -> anyhow::Result<Option<proto::TrainAssignment>> {
-        let req = proto::NextWorkRequest { worker_id: self.id, applied_step: applied, param_checksum: 0 };
-        let mut work = self.c.next_work(req).await?.into_inner();
-        let a = match work.next().await.context("empty work stream")??.kind {
-            Some(work_message::Kind::Train(a)) => a,
-            Some(work_message::Kind::Shutdown(_)) => return Ok(None),
-            other => anyhow::bail!("unexpected work {other:?}"),
+        loop {
+            let req = proto::NextWorkRequest { worker_id: self.id, applied_step: applied, param_checksum: 0 };
+            let mut work = self.c.next_work(req).await?.into_inner();
+            let a = match work.next().await.context("empty work stream")??.kind {
+                Some(work_message::Kind::Train(a)) => a,
+                Some(work_message::Kind::Shutdown(_)) => return Ok(None),
+                Some(work_message::Kind::UploadState(u)) => {
+                    self.upload(u.step).await?;
+                    continue;
+                }
+                other => anyhow::bail!("unexpected work {other:?}"),
+            };
+            while work.next().await.is_some() {}
+            return Ok(Some(a));
+        }
+    }
+
+    /// `[dist] shadow = "off"`: the state the coordinator asks for at the
+    /// run's end (its last checkpoint and checksum). A bench member holds
+    /// no model, so it sends zeros of the model's size with their true
+    /// checksum; the bench's run is thrown away.
+    async fn upload(&mut self, step: u64) -> anyhow::Result<()> {
+        let zeros = vec![0f32; self.total];
+        let header = proto::StateHeader {
+            step,
+            tensors: wire::state::TRAINING_WITH_EMA.iter().map(|s| s.to_string()).collect(),
+            elements: self.total as u64,
+            layout_hash: self.layout_hash,
+            param_checksum: ddpm::train::flat::checksum_bytes(&wire::f32_bytes(&zeros)),
+            worker_id: self.id,
+            ..Default::default()
         };
-        while work.next().await.is_some() {}
-        Ok(Some(a))
+        let chunks: Vec<_> = wire::state::chunks(vec![&zeros; 4], header).collect();
+        self.c.push_state(tokio_stream::iter(chunks)).await?;
+        Ok(())
     }
 
     /// The step's header; `chunk_norms` as the worker's ring backend sends
@@ -394,7 +425,12 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
                 println!("  vs PyTorch DDP gloo, {n} processes, {g:.3} s: ddpm/gloo speed ratio {:.2} (>1: ddpm faster)", g / r);
             }
         }
-        for backend in &args.backend {
+        let runs = args.backend.iter().flat_map(|b| {
+            let modes: Vec<&str> = if b == "ring" { args.shadow.iter().map(String::as_str).collect() } else { vec!["on"] };
+            modes.into_iter().map(move |m| (b.as_str(), m))
+        });
+        for (backend, shadow) in runs {
+            anyhow::ensure!(shadow == "on" || shadow == "off", "unknown --shadow {shadow:?}: use on or off");
             let dir = tempfile::tempdir()?;
             let log = dir.path().join("coord.log");
             let coord_args: Vec<String> = [
@@ -408,6 +444,8 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
                 &args.dtype,
                 "--backend",
                 backend,
+                "--shadow",
+                shadow,
                 "--workers",
                 &n.to_string(),
                 "--steps",
@@ -445,7 +483,8 @@ pub fn run_allreduce(args: AllreduceArgs) -> anyhow::Result<()> {
             let t = slowest(|x| x.0);
             let gbps = bytes as f64 / t / 1e9;
             println!(
-                "ddpm {backend}, {n} workers: {t:.3} s per all-reduce, {gbps:.2} GB/s reduced per worker ({:.2}x raw TCP){}",
+                "ddpm {backend}{}, {n} workers: {t:.3} s per all-reduce, {gbps:.2} GB/s reduced per worker ({:.2}x raw TCP){}",
+                if ring { format!(" (shadow {shadow})") } else { String::new() },
                 gbps / tcp,
                 if ring {
                     let r = slowest(|x| x.1);

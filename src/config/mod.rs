@@ -21,7 +21,7 @@ mod sections;
 
 pub use sections::{
     Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, Precision,
-    SampleConfig, NCCL_EXCHANGE_BUILT,
+    SampleConfig, ShadowMode, NCCL_EXCHANGE_BUILT,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.
@@ -194,6 +194,14 @@ impl TrainConfig {
             return bad(
                 "dist.heartbeat_timeout_s",
                 format!("must exceed heartbeat_interval_s ({} <= {})", d.heartbeat_timeout_s, d.heartbeat_interval_s),
+            );
+        }
+        if d.shadow == ShadowMode::Off && d.backend == Backend::Coordinator {
+            return bad(
+                "dist.shadow",
+                "\"off\" needs a worker-to-worker backend: with backend = \"coordinator\" every reduced gradient passes \
+                 through the coordinator, which keeps its copy at no extra cost; set backend = \"ring\" or shadow = \"on\""
+                    .into(),
             );
         }
         self.checkpoint.validate().map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?;

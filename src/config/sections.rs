@@ -133,8 +133,38 @@ pub struct DistConfig {
     /// one computes; a crash of every worker loses at most this many steps
     /// plus the one in flight.
     pub shadow_lag: u64,
+    /// Whether the coordinator keeps its own per-step copy of the state
+    /// with a worker-to-worker backend: `on` (fed by the members after each
+    /// step, bounded by `shadow_lag`) or `off` (the replicas are the truth:
+    /// they keep the EMA too, and the coordinator takes the state from one
+    /// of them only when a checkpoint, a job or a joiner needs it). The
+    /// coordinator backend always keeps it: the reduced gradient is in its
+    /// hands anyway.
+    pub shadow: ShadowMode,
     /// Require the global batch to split evenly across the workers.
     pub require_even_shards: bool,
+}
+
+/// Whether the coordinator keeps a per-step copy of the state (`[dist] shadow`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ShadowMode {
+    /// Fed after every step: a crash of every worker loses at most
+    /// `shadow_lag` steps; costs the coordinator the model's bytes and an
+    /// Adam + EMA pass per step.
+    On,
+    /// No per-step copy: the coordinator's received bytes per step do not
+    /// grow with the model; the state comes from a replica when needed.
+    Off,
+}
+
+impl ShadowMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ShadowMode::On => "on",
+            ShadowMode::Off => "off",
+        }
+    }
 }
 
 /// The reduction backend (`[dist] backend`).
@@ -391,6 +421,7 @@ impl Default for DistConfig {
             screen_factor: 100.0,
             checksum_every: 100,
             shadow_lag: 2,
+            shadow: ShadowMode::On,
             require_even_shards: false,
         }
     }

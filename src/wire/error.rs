@@ -18,4 +18,6 @@ pub enum WireError {
     Sampler(#[from] crate::diffusion::SamplerError),
     #[error("unknown worker role {0:?}: use \"train\" or \"eval\"")]
     UnknownRole(String),
+    #[error("state stream has {got} bytes, expected {want} ({tensors} tensors of {elements} float32)")]
+    StateSize { got: usize, want: usize, tensors: usize, elements: usize },
 }

@@ -4,7 +4,6 @@
 
 use std::time::{Duration, Instant};
 
-use ddpm::config::GradDtype;
 use ddpm::proto::{self, coordinator_client::CoordinatorClient};
 use ddpm::runtime::error_chain;
 use ddpm::wire::tls::{is_tls_failure, ClientTls};
@@ -95,38 +94,21 @@ pub async fn fetch_state(
         bytes.extend_from_slice(&chunk.data);
     }
     let header = header.ok_or_else(|| anyhow::anyhow!("state stream without a header"))?;
-    let tensors = split_tensors(&bytes, header.tensors.len(), header.elements as usize)?;
+    let tensors = wire::state::split(&bytes, header.tensors.len(), header.elements as usize).map_err(anyhow::Error::from)?;
     Ok((header, tensors))
-}
-
-/// `count` float32 tensors of `elements` each from their concatenated
-/// little-endian bytes.
-fn split_tensors(bytes: &[u8], count: usize, elements: usize) -> anyhow::Result<Vec<Vec<f32>>> {
-    anyhow::ensure!(bytes.len() == count * elements * 4, "state stream has {} bytes, expected {}", bytes.len(), count * elements * 4);
-    if elements == 0 {
-        return Ok(vec![Vec::new(); count]);
-    }
-    Ok(bytes
-        .chunks_exact(elements * 4)
-        .map(|b| {
-            let mut v = vec![0f32; elements];
-            wire::decode_into(b, GradDtype::F32, 0, &mut v).expect("length checked");
-            v
-        })
-        .collect())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use ddpm::wire::{self, state};
 
     #[test]
     fn a_state_stream_splits_into_its_tensors() {
         let bytes = wire::f32_bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        let t = split_tensors(&bytes, 3, 2).unwrap();
+        let t = state::split(&bytes, 3, 2).unwrap();
         assert_eq!(t, vec![vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0, 6.0]]);
-        let e = split_tensors(&bytes[..20], 3, 2).unwrap_err();
-        assert_eq!(e.to_string(), "state stream has 20 bytes, expected 24");
-        assert_eq!(split_tensors(&[], 2, 0).unwrap(), vec![Vec::<f32>::new(); 2]);
+        let e = state::split(&bytes[..20], 3, 2).unwrap_err();
+        assert_eq!(e.to_string(), "state stream has 20 bytes, expected 24 (3 tensors of 2 float32)");
+        assert_eq!(state::split(&[], 2, 0).unwrap(), vec![Vec::<f32>::new(); 2]);
     }
 }

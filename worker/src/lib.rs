@@ -33,6 +33,7 @@ mod session;
 mod tasks;
 pub mod telemetry;
 mod training;
+mod upload;
 
 use std::time::Duration;
 

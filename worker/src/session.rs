@@ -286,6 +286,10 @@ impl Work<'_> {
                 self.applied = training::fetch_training_state(&mut self.client, self.id, self.dev).await?;
                 Ok(Next::Work)
             }
+            Some(work_message::Kind::UploadState(u)) => {
+                crate::upload::upload_state(&self.client, self.id, self.dev, u.step).await?;
+                Ok(Next::Work)
+            }
             Some(work_message::Kind::Shutdown(s)) if s.finished => {
                 tracing::info!(reason = %s.reason, "the coordinator ended the run");
                 Ok(Next::End(SessionEnd::Shutdown))

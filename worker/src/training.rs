@@ -5,6 +5,7 @@
 
 use bytes::Bytes;
 use ddpm::proto;
+use ddpm::wire::state;
 
 use crate::client::{self, Client};
 use crate::device::messages::TrainingState;
@@ -12,17 +13,16 @@ use crate::device::DeviceHandle;
 use crate::directive::CallResult;
 use crate::exchange::{Exchanged, GradientExchange};
 
-/// The tensors of a training state stream, in this order.
-const TRAINING_TENSORS: [&str; 3] = ["params", "adam_m", "adam_v"];
-
-/// Downloads the training state into the device; returns its step.
+/// Downloads the training state into the device (with the EMA when the
+/// run's replicas keep it); returns its step.
 pub async fn fetch_training_state(client: &mut Client, worker_id: u64, dev: &DeviceHandle) -> CallResult<u64> {
-    let (h, t) = client::fetch_state(client, worker_id, proto::StateKind::Training, 0).await?;
+    let (h, mut t) = client::fetch_state(client, worker_id, proto::StateKind::Training, 0).await?;
+    let ema = if h.tensors == state::TRAINING_WITH_EMA { t.pop() } else { None };
     let [params, adam_m, adam_v] = <[Vec<f32>; 3]>::try_from(t)
         .ok()
-        .filter(|_| h.tensors == TRAINING_TENSORS)
+        .filter(|_| h.tensors.len() >= 3 && h.tensors[..3] == state::TRAINING)
         .ok_or_else(|| anyhow::anyhow!("unexpected training state tensors {:?}", h.tensors))?;
-    dev.load(TrainingState { step: h.step, adam_step: h.adam_step, params, adam_m, adam_v }).await?;
+    dev.load(TrainingState { step: h.step, adam_step: h.adam_step, params, adam_m, adam_v, ema }).await?;
     tracing::info!(step = h.step, "training state loaded");
     Ok(h.step)
 }

@@ -8,7 +8,7 @@ use tonic::{Code, Status};
 
 use crate::roster::RosterError;
 use crate::round::RoundError;
-use crate::shadow::FeedError;
+use crate::shadow::{FeedError, UploadError};
 
 /// Errors a peer's request can cause.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,12 @@ pub enum RpcError {
     /// A chunk fed to the shadow that it does not expect: the worker goes on.
     #[error("the coordinator's copy of the state refused a chunk: {0}")]
     Feed(#[from] FeedError),
+    /// An uploaded state that was not asked for, or is malformed: the
+    /// worker goes on, another replica is asked.
+    #[error("the coordinator refused the uploaded state: {0}")]
+    Upload(#[from] UploadError),
+    #[error("the uploaded state is malformed: {0}")]
+    BadUpload(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -108,7 +114,8 @@ impl RpcError {
                 | RoundError::BadNorms { .. } => (Code::InvalidArgument, Rejoin),
                 RoundError::AlreadyStreaming { .. } => (Code::AlreadyExists, Quit),
             },
-            Self::Feed(_) => (Code::FailedPrecondition, NextWork),
+            Self::Feed(_) | Self::Upload(_) => (Code::FailedPrecondition, NextWork),
+            Self::BadUpload(_) => (Code::InvalidArgument, NextWork),
             Self::Internal(_) => (Code::Internal, Unspecified),
         }
     }

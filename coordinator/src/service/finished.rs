@@ -61,6 +61,9 @@ impl Coordinator for FinishedRun {
     async fn feed_shadow(&self, _: Request<Streaming<proto::GradientMessage>>) -> Result<Response<proto::FeedShadowReply>, Status> {
         over()
     }
+    async fn push_state(&self, _: Request<Streaming<proto::StateChunk>>) -> Result<Response<proto::PushStateReply>, Status> {
+        over()
+    }
     async fn submit_result(&self, _: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {
         over()
     }

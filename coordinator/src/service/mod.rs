@@ -10,6 +10,7 @@ mod gradients;
 pub mod incoming;
 mod results;
 mod streams;
+mod uploads;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -207,6 +208,7 @@ impl Coordinator for CoordService {
         let r = req.into_inner();
         self.roster.touch(r.worker_id)?;
         let snap = match proto::StateKind::try_from(r.kind) {
+            Ok(proto::StateKind::Training) if self.shadow.is_off() => self.snapshot(SnapshotKind::Replica).await?,
             Ok(proto::StateKind::Training) => self.snapshot(SnapshotKind::Training).await?,
             Ok(proto::StateKind::Ema) => self.snapshot(SnapshotKind::Ema).await?,
             Ok(proto::StateKind::Job) => {
@@ -221,6 +223,7 @@ impl Coordinator for CoordService {
             tensors: snap.tensors.iter().map(|(n, _)| n.clone()).collect(),
             elements: self.shadow.layout().total as u64,
             layout_hash: self.shadow.layout().hash(),
+            ..Default::default()
         };
         Ok(Response::new(Box::pin(ReceiverStream::new(streams::state_stream(snap, header)))))
     }
@@ -257,6 +260,24 @@ impl Coordinator for CoordService {
             }
         }
         Ok(Response::new(proto::FeedShadowReply { chunks }))
+    }
+
+    async fn push_state(&self, req: Request<Streaming<proto::StateChunk>>) -> Result<Response<proto::PushStateReply>, Status> {
+        let session = self.worker_session(&req)?;
+        let mut inbound = req.into_inner();
+        let (header, data) = uploads::first(&mut inbound).await?;
+        let worker = header.worker_id;
+        self.roster.check_session(worker, session.as_deref())?;
+        self.roster.touch(worker)?;
+        let got = uploads::read(&header, data, &mut inbound, self.shadow.layout()).await;
+        let offered = got.and_then(|state| Ok(self.shadow.offer_state(worker, state)?));
+        if let Err(e) = offered {
+            tracing::warn!(worker, step = header.step, "refusing an uploaded state: {e}");
+            self.shadow.upload_failed(worker);
+            return Err(e.into());
+        }
+        tracing::info!(worker, step = header.step, "the state of step {} arrived from worker {worker}", header.step);
+        Ok(Response::new(proto::PushStateReply {}))
     }
 
     async fn reduce_gradients(

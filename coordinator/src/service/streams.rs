@@ -18,8 +18,6 @@ pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 's
 
 /// Bytes of sample data per WorkMessage.
 const SAMPLE_BATCH_BYTES: usize = 2 << 20;
-/// Bytes of state per StateChunk.
-const STATE_CHUNK_BYTES: usize = 4 << 20;
 
 /// The messages of one piece of work: the assignment, then for a training
 /// step (or a task on dataset images) the samples in batches of about
@@ -32,6 +30,7 @@ pub fn work_messages(work: Work) -> Vec<proto::WorkMessage> {
         Work::Analysis { assignment, samples } => with_samples(msg(work_message::Kind::Analysis(assignment)), samples),
         Work::Sample(a) => vec![msg(work_message::Kind::Sample(a))],
         Work::Resync(reason) => vec![msg(work_message::Kind::Resync(proto::Resync { reason }))],
+        Work::UploadState(step) => vec![msg(work_message::Kind::UploadState(proto::UploadState { step }))],
         Work::Shutdown { reason, finished } => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason, finished }))],
     }
 }
@@ -55,18 +54,14 @@ fn with_samples(first: proto::WorkMessage, samples: Vec<proto::Sample>) -> Vec<p
     out
 }
 
-/// Streams `snap` as chunks of about STATE_CHUNK_BYTES, the header first.
+/// Streams `snap` as chunks of about `wire::state::STATE_CHUNK_BYTES`, the header first.
 pub fn state_stream(snap: Snapshot, header: proto::StateHeader) -> mpsc::Receiver<Result<proto::StateChunk, Status>> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
-        let per = STATE_CHUNK_BYTES / 4;
-        let mut first = Some(header);
-        for (_, values) in &snap.tensors {
-            for range in wire::chunk_ranges(values.len(), per) {
-                let chunk = proto::StateChunk { header: first.take(), data: wire::f32_bytes(&values[range]).into() };
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
+        let tensors = snap.tensors.iter().map(|(_, v)| v.as_slice()).collect();
+        for chunk in wire::state::chunks(tensors, header) {
+            if tx.send(Ok(chunk)).await.is_err() {
+                return;
             }
         }
     });

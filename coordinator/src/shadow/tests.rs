@@ -45,7 +45,7 @@ async fn direct_checksum(steps: &[(u64, Vec<f32>)]) -> u64 {
 
 #[tokio::test]
 async fn star_commits_are_applied_in_order_and_read_at_their_step() {
-    let shadow = Shadow::start(state(), 0, DATASET);
+    let shadow = Shadow::start(state(), ddpm::config::ShadowMode::On, 0, DATASET);
     let p = shadow.layout().total;
     let steps: Vec<(u64, Vec<f32>)> = (1..=3).map(|s| (s, gradient(p, s))).collect();
     // The checksum of step 2 asked for before step 2 is even committed is refused.
@@ -64,7 +64,7 @@ async fn star_commits_are_applied_in_order_and_read_at_their_step() {
 
 #[tokio::test]
 async fn a_ring_step_is_applied_once_every_chunk_came_from_its_owner_or_the_owners_predecessor() {
-    let shadow = Shadow::start(state(), 0, DATASET);
+    let shadow = Shadow::start(state(), ddpm::config::ShadowMode::On, 0, DATASET);
     let p = shadow.layout().total;
     let ce = p / 6 + 1; // 6 chunks: rank 0 owns 0..2, rank 1 owns 2..4, rank 2 owns 4..6
     let grad = gradient(p, 1);
@@ -94,7 +94,7 @@ async fn a_ring_step_is_applied_once_every_chunk_came_from_its_owner_or_the_owne
 /// A member may start feeding before the loop registered the step.
 #[tokio::test]
 async fn a_feed_that_comes_before_the_step_is_registered_waits_for_it() {
-    let shadow = Shadow::start(state(), 0, DATASET);
+    let shadow = Shadow::start(state(), ddpm::config::ShadowMode::On, 0, DATASET);
     let p = shadow.layout().total;
     let early = tokio::spawn({
         let shadow = shadow.clone();
@@ -109,7 +109,7 @@ async fn a_feed_that_comes_before_the_step_is_registered_waits_for_it() {
 
 #[tokio::test]
 async fn a_step_breaks_the_shadow_only_when_both_feeders_of_a_missing_chunk_left() {
-    let shadow = Shadow::start(state(), 0, DATASET);
+    let shadow = Shadow::start(state(), ddpm::config::ShadowMode::On, 0, DATASET);
     let p = shadow.layout().total;
     let ce = p / 6 + 1;
     let grad = gradient(p, 1);

@@ -117,7 +117,7 @@ impl Trainer {
                 grad_dtype: cfg.dist.grad_dtype.to_proto() as i32,
                 chunk_elements: chunk_elements as u32,
                 ring: ring.clone().map(|p| proto::RingPlan { rank: rank as u32, ..p }),
-                feed_shadow: plan.ring,
+                feed_shadow: plan.ring && !self.shadow.is_off(),
             };
             self.roster.send(*id, Work::Train { assignment, samples: samples[range.clone()].to_vec() });
         }

@@ -1,9 +1,11 @@
 //! Replica checksums against the coordinator's: every `checksum_every`
 //! steps (and after the last) each replica reports a hash of its
 //! parameters; one that differs from the coordinator's copy is counted and
-//! sent the coordinator's state.
+//! sent the coordinator's state. With the shadow off there is no copy of
+//! that step: the replicas are compared among themselves, and one that
+//! differs from a strict majority is counted and resynced.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::roster::Roster;
 
@@ -14,6 +16,8 @@ const KEEP_STEPS: u64 = 1000;
 pub struct ChecksumBook {
     /// The coordinator's checksum by step.
     expected: BTreeMap<u64, u64>,
+    /// Steps whose replicas are compared among themselves.
+    agreement: BTreeSet<u64>,
     mismatches: u64,
     compared: u64,
 }
@@ -28,6 +32,50 @@ impl ChecksumBook {
     /// The coordinator's checksum after `step`.
     pub fn expect(&mut self, step: u64, checksum: u64) {
         self.expected.insert(step, checksum);
+    }
+
+    /// Step `step`'s replicas are compared among themselves.
+    pub fn expect_agreement(&mut self, step: u64) {
+        self.agreement.insert(step);
+    }
+
+    /// Compares the replicas of the steps up to `upto` that are compared
+    /// among themselves (every member of a step reports its checksum of
+    /// the step before when it asks for work, so `upto` is the step before
+    /// the one just done, or the last one once its members are idle).
+    /// Returns the mismatches found.
+    pub fn verify_agreement(&mut self, roster: &Roster, upto: u64) -> u64 {
+        let steps: BTreeSet<u64> = self.agreement.iter().copied().filter(|&s| s <= upto).collect();
+        if steps.is_empty() {
+            return 0;
+        }
+        self.agreement.retain(|s| *s > upto);
+        let mut by_step: BTreeMap<u64, Vec<(u64, u64)>> = BTreeMap::new();
+        for (id, s, c) in roster.take_checksums(|s| steps.contains(&s), upto) {
+            by_step.entry(s).or_default().push((id, c));
+        }
+        let mut found = 0;
+        for (s, reports) in by_step {
+            let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+            for (_, c) in &reports {
+                *counts.entry(*c).or_default() += 1;
+            }
+            self.compared += reports.len() as u64;
+            let (&common, &n) = counts.iter().max_by_key(|(_, n)| **n).expect("a step with reports");
+            let majority = 2 * n > reports.len();
+            for &(id, c) in reports.iter().filter(|(_, c)| *c != common || !majority) {
+                found += 1;
+                if majority {
+                    tracing::error!(worker = id, step = s, got = %format!("{c:016x}"), want = %format!("{common:016x}"),
+                        "replica's parameters differ from the other replicas': resending the state");
+                    roster.resync_if_idle(id, format!("parameter checksum mismatch at step {s}"));
+                } else {
+                    tracing::error!(worker = id, step = s, got = %format!("{c:016x}"), "replicas disagree and none has a majority");
+                }
+            }
+        }
+        self.mismatches += found;
+        found
     }
 
     /// Compares what the members reported with the coordinator's; a
@@ -50,7 +98,7 @@ impl ChecksumBook {
         }
         self.expected.retain(|s, _| *s + KEEP_STEPS > step);
         self.mismatches += found;
-        found
+        found + self.verify_agreement(roster, step.saturating_sub(1))
     }
 
     /// Replica checksums compared so far.

@@ -79,6 +79,7 @@ impl Trainer {
         let final_ids = members::wait_idle(&self.roster, &run.active, total, step_timeout).await;
         run.await_shadow_sums().await;
         run.checksums.verify(&self.roster, total);
+        run.checksums.verify_agreement(&self.roster, total);
         let coord_sum = self.shadow.checksum_at(total).await?;
         let each: BTreeMap<u64, String> =
             final_ids.iter().filter_map(|id| self.roster.checksum(*id, total).map(|c| (*id, format!("{c:016x}")))).collect();

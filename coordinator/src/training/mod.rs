@@ -31,6 +31,7 @@ mod steps;
 mod stragglers;
 pub mod summary;
 pub mod trainer;
+mod uploads;
 
 use std::time::Instant;
 
@@ -61,7 +62,13 @@ impl Trainer {
         let started = Instant::now();
         // The error itself is returned (not its text), so that callers can
         // tell its kind (a start timeout has its own exit code).
-        let (summary, failure) = match self.train_steps(uploader).await {
+        // With the shadow off, what reads the state is served by replicas
+        // throughout: between steps, in a pause for an evaluation, at the end.
+        let trained = tokio::select! {
+            trained = self.train_steps(uploader) => trained,
+            never = self.serve_uploads() => match never {},
+        };
+        let (summary, failure) = match trained {
             Ok(summary) => (summary, None),
             Err(e) => {
                 let elapsed = started.elapsed().as_secs_f64();

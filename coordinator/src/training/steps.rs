@@ -160,6 +160,8 @@ impl Trainer {
             let s = run.step + 1;
             let min = if run.started_training { 1 } else { first_min };
             let Some(members) = self.gather(run, min).await else { return Ok(false) };
+            // The shadow off: what wants this step's state gets it before the next step.
+            self.ask_for_upload(run.step, &members);
             self.training_starts(run, members.len());
             let t0 = Instant::now();
             let samples = run.batch(cfg, &self.dataset, s).await?;
@@ -231,7 +233,11 @@ impl Trainer {
         }
         // The step is committed: its update reaches the shadow from here
         // (the star's in hand, the ring's fed by its members meanwhile).
-        if plan.ring {
+        // With the shadow off nothing follows (a star redo's gradient too:
+        // the coordinator's copy is of an older step).
+        if self.shadow.is_off() {
+            self.shadow.commit_outcome(s, outcome);
+        } else if plan.ring {
             let dist = &cfg.dist;
             self.shadow.expect_feed(s, attempt, plan.members.clone(), dist.grad_dtype, chunk_elements(dist), outcome);
         } else {
@@ -243,7 +249,10 @@ impl Trainer {
             let skipped = run.skipped;
             tracing::warn!(step = s, grad_norm = outcome.grad_norm, skipped, "non-finite gradient: every replica skipped this update");
         }
-        if plan.checksum_requested {
+        if plan.checksum_requested && self.shadow.is_off() {
+            // No copy to compare with: the replicas are compared among themselves.
+            run.checksums.expect_agreement(s);
+        } else if plan.checksum_requested {
             run.shadow_sums.push((s, self.shadow.request_checksum(s).await?));
         }
         run.take_shadow_sums();

@@ -5,13 +5,16 @@
 
 use ddpm::train::sample::SampleRequest;
 
-/// A training replica's state as sent by the coordinator.
+/// A training replica's state as sent by the coordinator, or as the
+/// replica uploads it.
 pub struct TrainingState {
     pub step: u64,
     pub adam_step: u64,
     pub params: Vec<f32>,
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
+    /// The EMA, which a replica keeps only with `[dist] shadow = "off"`.
+    pub ema: Option<Vec<f32>>,
 }
 
 /// The gradient of one shard.

@@ -19,7 +19,7 @@ use ddpm::eval::InceptionModel;
 use ddpm::train::flat::{self, FlatModel};
 use ddpm::train::sample::{self, SampleRequest};
 use ddpm::train::{Outcome, TrainState};
-use tch::Device;
+use tch::{Device, Tensor};
 use tokio::sync::{mpsc, oneshot};
 
 use error::DeviceError;
@@ -41,6 +41,9 @@ enum Cmd {
         reply: Reply<()>,
     },
     Checksum(Reply<u64>),
+    /// The replica's whole state with its EMA on the host, and the
+    /// parameters' checksum (`[dist] shadow = "off"`).
+    Export(Reply<(TrainingState, u64)>),
     /// Draws images; `weights` replaces the sampling weights (None: keep
     /// those of the previous task).
     Sample {
@@ -77,6 +80,9 @@ struct Thread {
     state: TrainState,
     /// The sampling model (a job's pinned weights, usually the EMA).
     ema: FlatModel,
+    /// `[dist] shadow = "off"`: the replica's own EMA of its parameters
+    /// (the coordinator keeps none), and its work buffer.
+    replica_ema: Option<(Tensor, Tensor)>,
     diffusion: GaussianDiffusion,
     /// The feature network of the last evaluation task, by path.
     inception: Option<InceptionModel>,
@@ -90,15 +96,20 @@ impl Thread {
         let state = TrainState::init(&run.train, device).map_err(DeviceError::Model)?;
         let ema = FlatModel::new(&run.train.model, device).map_err(DeviceError::Model)?;
         let diffusion = GaussianDiffusion::new(&run.train.diffusion).map_err(DeviceError::Diffusion)?;
-        Ok(Self { run, device, state, ema, diffusion, inception: None, spare: Vec::new() })
+        Ok(Self { run, device, state, ema, replica_ema: None, diffusion, inception: None, spare: Vec::new() })
     }
 
     fn serve(&mut self, mut rx: mpsc::Receiver<Cmd>) {
         // A dropped reply receiver is a caller that gave up: nothing to tell.
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
-                Cmd::Load(s, reply) => {
-                    let _ = reply.send(work::load(&mut self.state, &self.run, s));
+                Cmd::Load(mut s, reply) => {
+                    let ema = s.ema.take();
+                    let r = work::load(&mut self.state, &self.run, s).and_then(|()| {
+                        self.replica_ema = work::replica_ema(ema, &self.state)?;
+                        Ok(())
+                    });
+                    let _ = reply.send(r);
                 }
                 Cmd::Compute { step, samples, reply } => {
                     let into = std::mem::take(&mut self.spare);
@@ -111,6 +122,9 @@ impl Thread {
                     } else {
                         let mut g = self.state.model.load_grad(&grad);
                         self.state.apply(&self.run.train, step, &mut g, &outcome);
+                        if let (Some((ema, scratch)), true) = (self.replica_ema.as_mut(), outcome.apply) {
+                            ddpm::train::optim::ema_update(ema, &self.state.model.flat, self.run.train.train.ema_decay, scratch);
+                        }
                         self.spare = grad;
                         Ok(())
                     };
@@ -118,6 +132,9 @@ impl Thread {
                 }
                 Cmd::Checksum(reply) => {
                     let _ = reply.send(Ok(flat::checksum(&self.state.model.flat)));
+                }
+                Cmd::Export(reply) => {
+                    let _ = reply.send(work::export(&self.state, self.replica_ema.as_ref().map(|(e, _)| e)));
                 }
                 Cmd::Sample { weights, req, reply } => {
                     let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
@@ -183,6 +200,11 @@ impl DeviceHandle {
 
     pub async fn checksum(&self) -> Result<u64, DeviceError> {
         self.call(Cmd::Checksum).await
+    }
+
+    /// The replica's state with its EMA, and its parameters' checksum.
+    pub async fn export(&self) -> Result<(TrainingState, u64), DeviceError> {
+        self.call(Cmd::Export).await
     }
 
     pub async fn sample(&self, weights: Option<Vec<f32>>, req: SampleRequest) -> Result<Vec<u8>, DeviceError> {

@@ -41,6 +41,33 @@ pub(super) fn load(state: &mut TrainState, run: &RunConfig, s: TrainingState) ->
     Ok(())
 }
 
+/// The replica's own EMA from the `ema` a training state carried (with
+/// its work buffer), on the state's device; `None` when it carried none.
+pub(super) fn replica_ema(ema: Option<Vec<f32>>, state: &TrainState) -> Result<Option<(Tensor, Tensor)>, DeviceError> {
+    let Some(ema) = ema else { return Ok(None) };
+    let want = state.model.layout.total;
+    if ema.len() != want {
+        return Err(DeviceError::StateSize { name: "ema", got: ema.len(), want });
+    }
+    let ema = Tensor::from_slice(&ema).to_device(state.model.device());
+    let scratch = ema.empty_like();
+    Ok(Some((ema, scratch)))
+}
+
+/// Host copies of the replica's state and EMA, and its parameters' checksum.
+pub(super) fn export(state: &TrainState, ema: Option<&Tensor>) -> Result<(TrainingState, u64), DeviceError> {
+    let ema = ema.ok_or(DeviceError::NoReplicaEma)?;
+    let exported = TrainingState {
+        step: state.step,
+        adam_step: state.adam.step,
+        params: flat::to_vec_f32(&state.model.flat),
+        adam_m: flat::to_vec_f32(&state.adam.m),
+        adam_v: flat::to_vec_f32(&state.adam.v),
+        ema: Some(flat::to_vec_f32(ema)),
+    };
+    Ok((exported, flat::checksum(&state.model.flat)))
+}
+
 /// The mean loss and gradient of one shard of step `step_no`: the same
 /// batch construction as single-process training, keyed by the samples'
 /// stream positions, so the reduced gradient does not depend on the split.
