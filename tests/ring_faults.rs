@@ -19,7 +19,9 @@
 //! bytes, so the fault is mid-ring by construction, not by timing luck.
 //! The NaN is `DDPM_FAULT_GRAD_POISON`, the lie `DDPM_FAULT_RING_LIE`, a
 //! member that never feeds the coordinator's copy of the state
-//! `DDPM_FAULT_SKIP_FEED`, in the same file.
+//! `DDPM_FAULT_SKIP_FEED`, in the same file; a replica that never sends
+//! the state it was asked for (the shadow off) `DDPM_FAULT_HOLD_UPLOAD`
+//! (`worker/src/upload.rs`).
 
 mod common;
 
@@ -76,28 +78,29 @@ impl Run {
         self.dir.path().join("run")
     }
 
+    /// The same run with the coordinator's copy of the state off and a
+    /// checkpoint every `every` steps.
+    fn shadow_off(every: u64) -> Self {
+        let run = Self::new();
+        let config = CONFIG.replace("checksum_every = 1", "checksum_every = 1\nshadow = \"off\"");
+        std::fs::write(run.dir.path().join("run.toml"), format!("{config}\n[checkpoint]\nevery_steps = {every}\n")).unwrap();
+        run
+    }
+
     /// The coordinator and three workers; worker i gets the fault
     /// injection `fault[i]` (a variable and its value).
     fn start(&self, fault: [Option<(&str, &str)>; 3]) -> (Proc, Vec<Proc>) {
+        let (coord, addr) = self.coordinator();
+        let workers = fault.iter().enumerate().map(|(i, f)| worker(&addr, i, *f)).collect();
+        (coord, workers)
+    }
+
+    fn coordinator(&self) -> (Proc, String) {
         let config = self.dir.path().join("run.toml").display().to_string();
         let run = self.path().display().to_string();
         let steps = STEPS.to_string();
         let args = ["--preset", "tiny", "--config", &config, "--workers", "3", "--steps", &steps, "--threads", "1", "--run", &run];
-        let (coord, addr) = start_coordinator(&args);
-        let workers = fault
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let name = format!("w{i}");
-                let mut cmd = Command::new(binary("ddpm-worker"));
-                cmd.args(["--coord", &addr, "--device", "cpu", "--threads", "1", "--name", &name]).env("RUST_LOG", "info");
-                if let Some((var, value)) = f {
-                    cmd.env(var, value);
-                }
-                Proc::spawn(&name, cmd)
-            })
-            .collect();
-        (coord, workers)
+        start_coordinator(&args)
     }
 
     fn summary(&self) -> serde_json::Value {
@@ -107,6 +110,17 @@ impl Run {
     fn final_params(&self) -> HashMap<String, Vec<f32>> {
         read_tensors(&checkpoint(&self.path(), STEPS).join("model.safetensors"))
     }
+}
+
+/// Worker `i` of the coordinator at `addr`, with the fault injection `fault`.
+fn worker(addr: &str, i: usize, fault: Option<(&str, &str)>) -> Proc {
+    let name = format!("w{i}");
+    let mut cmd = Command::new(binary("ddpm-worker"));
+    cmd.args(["--coord", addr, "--device", "cpu", "--threads", "1", "--name", &name]).env("RUST_LOG", "info");
+    if let Some((var, value)) = fault {
+        cmd.env(var, value);
+    }
+    Proc::spawn(&name, cmd)
 }
 
 fn checkpoint(run: &Path, step: u64) -> PathBuf {
@@ -304,4 +318,72 @@ fn a_member_that_sends_the_ring_another_gradient_than_its_header_describes_is_ca
     let d = max_diff(&run.final_params(), fault_free());
     eprintln!("max |fault-free - liar caught by the audit| = {d:e}");
     assert!(d < 1e-4, "{d}");
+}
+
+/// With the coordinator's copy off (`[dist] shadow = "off"`), the state of
+/// a checkpoint comes from a replica. The replica asked for the state of
+/// step 4 holds it and is killed (kill -9): it is dropped, another is asked, the
+/// checkpoint of step 4 is that step's, and the run ends as the fault-free
+/// one does with the survivors agreeing.
+#[test]
+fn with_the_shadow_off_a_replica_killed_before_its_upload_is_replaced_by_another() {
+    fault_free();
+    let run = Run::shadow_off(4);
+    let token = run.dir.path().join("held").display().to_string();
+    let hold = format!("4:{token}");
+    let (mut coord, mut workers) = run.start([0, 1, 2].map(|_| Some(("DDPM_FAULT_HOLD_UPLOAD", hold.as_str()))));
+    let asked = coord.wait_for_line("for the state of step 4", Duration::from_secs(300));
+    let held_id: u64 = asked.split("asking worker ").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap();
+    let ids: Vec<u64> = workers.iter_mut().map(joined_id).collect();
+    let held = ids.iter().position(|&id| id == held_id).expect("the asked worker is one of the three");
+    workers[held].wait_for_line("fault injection: holding the state of step 4", Duration::from_secs(60));
+    workers[held].child.kill().unwrap();
+    coord.wait_for_line(&format!("worker {held_id} did not send the state of step 4; asking another replica"), Duration::from_secs(60));
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for (i, w) in workers.iter_mut().enumerate().filter(|(i, _)| *i != held) {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "w{i}: {}", w.output());
+    }
+    let out = coord.output();
+    assert!(out.contains("the state of step 4 arrived from worker"), "{out}");
+    assert!(!out.contains("the checkpoint asked at step 4 is of step"), "{out}");
+    assert!(checkpoint(&run.path(), 4).join("model.safetensors").exists(), "no checkpoint of step 4");
+    let summary = run.summary();
+    assert_eq!(summary["steps"], STEPS);
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    // Both survivors, unless one was dropped on a loaded machine (the 2 s
+    // peer timeout) and rejoined under a new id.
+    assert!(!summary["replica_checksums"].as_object().unwrap().is_empty(), "{summary}\n{out}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
+    let d = max_diff(&run.final_params(), fault_free());
+    eprintln!("max |fault-free - shadow off, uploader killed| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}
+
+/// With the coordinator's copy off, a worker that joins a run in progress
+/// gets the state (and the EMA the replicas keep) from a replica idle at
+/// the run's step, trains from there, and ends equal to the others.
+#[test]
+fn with_the_shadow_off_a_joiner_gets_its_state_from_a_replica() {
+    let run = Run::shadow_off(1000);
+    let config = run.dir.path().join("run.toml").display().to_string();
+    let path = run.path().display().to_string();
+    let args = ["--preset", "tiny", "--config", &config, "--workers", "2", "--steps", "40", "--threads", "1", "--run", &path];
+    let (mut coord, addr) = start_coordinator(&args);
+    let mut workers = vec![worker(&addr, 0, None), worker(&addr, 1, None)];
+    coord.wait_for_line("step=3", Duration::from_secs(300));
+    workers.push(worker(&addr, 2, None));
+    let loaded = workers[2].wait_for_line("training state loaded", Duration::from_secs(300));
+    let step: u64 = loaded.split("step=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap();
+    assert!(step >= 3, "the joiner loaded the state of step {step}: {loaded}");
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    let out = coord.output();
+    assert!(out.contains(&format!("for the state of step {step}")), "the state of step {step} was not asked of a replica:\n{out}");
+    let summary = run.summary();
+    assert_eq!(summary["steps"], 40);
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert!(summary["replica_checksums"].as_object().unwrap().len() >= 2, "{summary}");
+    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
 }

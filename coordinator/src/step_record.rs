@@ -30,6 +30,10 @@ pub struct StepMetrics {
     pub last_checkpoint: u64,
     /// Steps done since that checkpoint: what a crash now would redo.
     pub unsaved_steps: u64,
+    /// Gradient and state bytes this coordinator process received up to
+    /// this step (the steps' path, its copy's feed, replicas' uploads):
+    /// the difference between two rows is what those steps cost it.
+    pub coordinator_received_bytes: u64,
 }
 
 /// Seconds left for `remaining` steps when `done` steps took `elapsed_s`

@@ -19,6 +19,10 @@ pub struct DistArgs {
     /// Reduction backends to run, comma-separated: coordinator, ring.
     #[arg(long, default_value = "coordinator,ring", value_delimiter = ',')]
     pub backend: Vec<String>,
+    /// With the ring, the coordinator's copy of the state, comma-separated:
+    /// on (fed after every step) and/or off (`[dist] shadow`).
+    #[arg(long, default_value = "on", value_delimiter = ',')]
+    pub shadow: Vec<String>,
     /// Training recipe.
     #[arg(long, default_value = "tiny")]
     pub preset: String,
@@ -52,13 +56,16 @@ struct Measured {
     step_s: f64,
     compute_s: f64,
     allreduce_s: f64,
+    /// Bytes the coordinator received per step (gradients on the steps'
+    /// path, its copy's feed or the replicas' uploads), over the whole run.
+    received_per_step: f64,
     /// The machine's idle CPU fraction over the counted steps (Linux only):
     /// the most that overlapping the all-reduce with compute could give back.
     idle: Option<f64>,
 }
 
 /// One training run with `n` CPU workers and `backend`.
-fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, backend: &str) -> anyhow::Result<Measured> {
+fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, (backend, shadow): (&str, &str)) -> anyhow::Result<Measured> {
     let dir = tempfile::tempdir()?;
     let run = dir.path().join("run");
     // Every step's metrics row is written at once, so that the idle watch
@@ -84,6 +91,8 @@ fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, backend: &str) -
         &batch.to_string(),
         "--backend",
         backend,
+        "--shadow",
+        shadow,
         "--run",
         &run.display().to_string(),
     ]
@@ -105,7 +114,10 @@ fn measure(args: &DistArgs, data: &str, n: usize, batch: usize, backend: &str) -
     anyhow::ensure!(!counted.is_empty(), "run more than 3 steps");
     let col = |k: &str| median(&counted.iter().filter_map(|r| r[k].as_f64()).collect::<Vec<_>>());
     let idle = idle.finish();
-    Ok(Measured { step_s: col("step_s"), compute_s: col("compute_s"), allreduce_s: col("allreduce_s"), idle })
+    // Over the counted steps (a checkpoint's upload at the end is not a step's cost).
+    let received = |r: &serde_json::Value| r["coordinator_received_bytes"].as_f64().unwrap_or(f64::NAN);
+    let received_per_step = (received(rows.last().expect("counted rows")) - received(&rows[2])) / counted.len() as f64;
+    Ok(Measured { step_s: col("step_s"), compute_s: col("compute_s"), allreduce_s: col("allreduce_s"), received_per_step, idle })
 }
 
 /// PyTorch DDP (gloo) img/s with `n` processes of `per_worker` images.
@@ -156,9 +168,30 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     println!(
-        "{:>8} {:>12} {:>7} {:>10} {:>10} {:>12} {:>14} {:>9} {:>12} {:>9}",
-        "workers", "backend", "batch", "img/s", "step ms", "compute ms", "all-reduce ms", "speedup", "vs DDP gloo", "CPU idle"
+        "{:>8} {:>12} {:>7} {:>10} {:>10} {:>12} {:>14} {:>9} {:>12} {:>9} {:>14}",
+        "workers",
+        "backend",
+        "batch",
+        "img/s",
+        "step ms",
+        "compute ms",
+        "all-reduce ms",
+        "speedup",
+        "vs DDP gloo",
+        "CPU idle",
+        "coord MB/step"
     );
+    for s in &args.shadow {
+        anyhow::ensure!(s == "on" || s == "off", "unknown --shadow {s:?}: use on or off");
+    }
+    let runs: Vec<(&str, &str)> = args
+        .backend
+        .iter()
+        .flat_map(|b| {
+            let modes: Vec<&str> = if b == "ring" { args.shadow.iter().map(String::as_str).collect() } else { vec!["on"] };
+            modes.into_iter().map(move |m| (b.as_str(), m))
+        })
+        .collect();
     let tmp = tempfile::tempdir()?;
     let mut base = None;
     for &n in &args.workers {
@@ -178,17 +211,19 @@ pub fn run_dist(args: DistArgs) -> anyhow::Result<()> {
                 }
             }
         };
-        for backend in &args.backend {
-            let m = measure(&args, &data, n, batch, backend)?;
+        for &(backend, shadow) in &runs {
+            let m = measure(&args, &data, n, batch, (backend, shadow))?;
+            let label = if backend == "ring" { format!("ring/{shadow}") } else { backend.to_string() };
             let imgs = batch as f64 / m.step_s;
             let speedup = imgs / *base.get_or_insert(imgs);
             let vs = ddp.map_or("-".to_string(), |d| format!("{:.2}", imgs / d));
             let idle = m.idle.map_or("-".to_string(), |f| format!("{:.1}%", 100.0 * f));
             println!(
-                "{n:>8} {backend:>12} {batch:>7} {imgs:>10.2} {:>10.1} {:>12.1} {:>14.1} {speedup:>8.2}x {vs:>12} {idle:>9}",
+                "{n:>8} {label:>12} {batch:>7} {imgs:>10.2} {:>10.1} {:>12.1} {:>14.1} {speedup:>8.2}x {vs:>12} {idle:>9} {:>14.3}",
                 1e3 * m.step_s,
                 1e3 * m.compute_s,
-                1e3 * m.allreduce_s
+                1e3 * m.allreduce_s,
+                m.received_per_step / 1e6
             );
         }
         if let Some(d) = ddp {

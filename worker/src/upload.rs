@@ -15,8 +15,24 @@ use crate::device::messages::TrainingState;
 use crate::device::DeviceHandle;
 use crate::directive::CallResult;
 
+/// Fault injection for the tests (`tests/ring_faults.rs`):
+/// `DDPM_FAULT_HOLD_UPLOAD=STEP:FILE` makes the first worker asked for the
+/// state of step STEP (the one that creates FILE; every worker of the test
+/// has the variable, since which one is asked is the coordinator's choice)
+/// hold it forever, heartbeats going on, as a replica that hangs or dies
+/// before its upload arrives.
+fn upload_held(step: u64) -> bool {
+    let Ok(v) = std::env::var("DDPM_FAULT_HOLD_UPLOAD") else { return false };
+    let Some((s, file)) = v.split_once(':') else { return false };
+    s.parse::<u64>().ok() == Some(step) && std::fs::OpenOptions::new().write(true).create_new(true).open(file).is_ok()
+}
+
 /// Takes the replica's state of `asked` and starts sending it.
 pub async fn upload_state(client: &Client, worker_id: u64, dev: &DeviceHandle, asked: u64) -> CallResult<()> {
+    if upload_held(asked) {
+        tracing::warn!(step = asked, "fault injection: holding the state of step {asked}");
+        std::future::pending::<()>().await;
+    }
     let (exported, param_checksum) = dev.export().await?;
     if exported.step != asked {
         // The coordinator refuses it and asks another replica.

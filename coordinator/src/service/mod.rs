@@ -32,6 +32,7 @@ use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
 use crate::shadow::Shadow;
 use crate::state::{Snapshot, SnapshotKind};
+use crate::telemetry::metrics::Telemetry;
 use errors::RpcError;
 use streams::BoxStream;
 
@@ -51,6 +52,7 @@ pub struct CoordService {
     results: Arc<ResultRouter>,
     status: Arc<RunStatus>,
     lifecycle: Arc<Lifecycle>,
+    telemetry: Arc<Telemetry>,
     /// The run's location and the workers it waits for, for GetStatus.
     run_url: String,
     workers_expected: usize,
@@ -71,6 +73,7 @@ impl CoordService {
             results: parts.results.clone(),
             status: parts.status.clone(),
             lifecycle: parts.lifecycle.clone(),
+            telemetry: parts.telemetry.clone(),
             run_url: parts.store.url().to_string(),
             workers_expected,
         })
@@ -250,6 +253,7 @@ impl Coordinator for CoordService {
         while let Some(m) = inbound.next().await {
             match m? {
                 proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(c)) } => {
+                    self.telemetry.received_state(c.data.len() as u64);
                     self.shadow.offer(worker, step, attempt, &c).map_err(|e| {
                         tracing::warn!(worker, step, "refusing a chunk fed to the coordinator's copy of the state: {e}");
                         RpcError::Feed(e)
@@ -270,6 +274,9 @@ impl Coordinator for CoordService {
         self.roster.check_session(worker, session.as_deref())?;
         self.roster.touch(worker)?;
         let got = uploads::read(&header, data, &mut inbound, self.shadow.layout()).await;
+        if let Ok(u) = &got {
+            self.telemetry.received_state(4 * 4 * u.params.len() as u64);
+        }
         let offered = got.and_then(|state| Ok(self.shadow.offer_state(worker, state)?));
         if let Err(e) = offered {
             tracing::warn!(worker, step = header.step, "refusing an uploaded state: {e}");

@@ -30,6 +30,9 @@ struct Counts {
     steps: u64,
     images: u64,
     reduced_bytes: u64,
+    /// State bytes received off the steps' path: the shadow's feed (ring,
+    /// shadow on) and replicas' uploads (shadow off).
+    state_bytes: u64,
     redone: u64,
     /// Replica checksums that differed from the coordinator's.
     checksum_mismatches: u64,
@@ -53,6 +56,7 @@ impl Default for Counts {
             steps: 0,
             images: 0,
             reduced_bytes: 0,
+            state_bytes: 0,
             redone: 0,
             checksum_mismatches: 0,
             shadow_lag: 0,
@@ -114,6 +118,18 @@ impl Telemetry {
         c.images += batch as u64;
         c.reduced_bytes += reduced_bytes;
         self.sources.status.record(m, skipped, window_images_per_s);
+    }
+
+    /// `bytes` of state arrived off the steps' path (a feed's chunk, an upload).
+    pub fn received_state(&self, bytes: u64) {
+        self.lock().state_bytes += bytes;
+    }
+
+    /// Gradient and state bytes received by this process so far, on the
+    /// steps' path and off it.
+    pub fn received_bytes(&self) -> u64 {
+        let c = self.lock();
+        c.reduced_bytes + c.state_bytes
     }
 
     /// A step's round failed and the step is redone.
@@ -210,6 +226,13 @@ impl prom::Exporter for Telemetry {
             "Gradient bytes the coordinator received on the steps' path (the ring backend: scalars only, whatever the model's size).",
             bytes,
             c.reduced_bytes,
+        )?;
+        prom::counter(
+            e,
+            "state_received",
+            "State bytes the coordinator received off the steps' path: its copy's feed after each step ([dist] shadow = \"on\" with the ring) and replicas' uploads (shadow \"off\").",
+            bytes,
+            c.state_bytes,
         )?;
         prom::counter(e, "skipped_steps", "Updates skipped because the gradient was not finite (the whole run).", None, s.skipped_steps)?;
         prom::counter(e, "redone_steps", "Step attempts abandoned and redone (a member failed or was too slow).", None, c.redone)?;

@@ -116,6 +116,7 @@ impl Trainer {
             replicas_agree: replicas.agree,
             checksum_mismatches: run.checksums.mismatches(),
             checksums_compared: run.checksums.compared(),
+            received_bytes: self.telemetry.received_bytes(),
             checkpoint,
             grid,
             images_per_s: images as f64 / elapsed_s,

@@ -274,6 +274,8 @@ impl Trainer {
             images_per_s: cfg.train.batch_size as f64 / dt,
             last_checkpoint: saved.last_checkpoint,
             unsaved_steps: s.saturating_sub(saved.last_checkpoint),
+            // Filled in when the step is recorded.
+            coordinator_received_bytes: 0,
         };
         self.record(run, plan, &record).await?;
         for &(id, compute_s, shard) in &per_member {
@@ -320,11 +322,12 @@ impl Trainer {
     async fn record(&self, run: &mut RunState<'_>, plan: &StepPlan, record: &StepMetrics) -> anyhow::Result<()> {
         let cfg = &self.config;
         let (s, total, batch) = (plan.step, cfg.train.steps, cfg.train.batch_size);
-        run.metrics.push_step(record)?;
-        run.progress.add(record, batch);
         let params = self.shadow.layout().total;
         let member_bytes = params * cfg.dist.grad_dtype.bytes_per_element();
         let received = step_received_bytes(plan, params, &cfg.dist);
+        let record = &StepMetrics { coordinator_received_bytes: self.telemetry.received_bytes() + received, ..record.clone() };
+        run.metrics.push_step(record)?;
+        run.progress.add(record, batch);
         self.telemetry.record_step(record, batch, received, run.skipped, run.progress.images_per_s());
         if progress::line_due(s, run.resumed_from, total, cfg.train.log_every) {
             let eta = self.status.get().eta_s(total);

@@ -32,6 +32,10 @@ pub struct Summary {
     /// (a replica and a step each; `[dist] checksum_every`).
     #[serde(default)]
     pub checksums_compared: u64,
+    /// Gradient and state bytes the coordinator received over this start
+    /// (the steps' path and its copy's feed or the replicas' uploads).
+    #[serde(default)]
+    pub received_bytes: u64,
     /// The last checkpoint saved (a location in the run's store).
     pub checkpoint: Option<String>,
     /// The sample grid drawn at the end (a location in the run's store).
@@ -70,6 +74,7 @@ impl Summary {
             replicas_agree: false,
             checksum_mismatches: 0,
             checksums_compared: 0,
+            received_bytes: 0,
             checkpoint,
             grid: None,
             images_per_s: 0.0,

@@ -21,11 +21,6 @@ impl Trainer {
         }
         loop {
             let change = self.roster.next_change();
-            for id in self.shadow.uploads_owed() {
-                if !self.roster.contains(id) {
-                    self.shadow.upload_failed(id);
-                }
-            }
             // Idle at the committed step: between steps, or not in the one running.
             let step = self.shadow.steps().1;
             self.ask_for_upload(step, &self.roster.in_sync(step));
@@ -37,8 +32,17 @@ impl Trainer {
     /// shadow wants, if it wants one; the loop calls it before it hands out
     /// step `step + 1`, so that a checkpoint of `step` is of that step.
     pub(super) fn ask_for_upload(&self, step: u64, idle: &[u64]) {
+        if !self.shadow.is_off() {
+            return;
+        }
+        // An upload owed by a replica that left will not come: ask another.
+        for id in self.shadow.uploads_owed() {
+            if !self.roster.contains(id) {
+                self.shadow.upload_failed(id);
+            }
+        }
         let Some(&id) = idle.first() else { return };
-        if self.shadow.is_off() {
+        {
             if let Some(wanted) = self.shadow.claim_upload(step, id) {
                 // Only while it is idle still: after its next step's
                 // assignment it could no longer send this step's state.
