@@ -32,7 +32,7 @@ pub struct CudaVersion {
 impl CudaVersion {
     /// `cuDriverGetVersion`'s number: 1000 x major + 10 x minor (13000, 12080).
     pub fn from_driver_code(code: i32) -> Option<Self> {
-        (code > 0).then(|| Self { major: (code / 1000) as u32, minor: ((code % 1000) / 10) as u32 })
+        (code > 0).then_some(Self { major: (code / 1000) as u32, minor: ((code % 1000) / 10) as u32 })
     }
 
     /// "13.0", "12.8".

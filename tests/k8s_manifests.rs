@@ -439,9 +439,8 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
 /// The ports `pod`'s NetworkPolicies let in, as ranges (a named port
 /// resolved through the container's ports).
 fn allowed_ports(r: &Render, labels: &Value, c: &Value) -> Vec<(u64, u64)> {
-    let named = |name: &str| {
-        c["ports"].as_array().into_iter().flatten().find(|p| p["name"] == name).and_then(|p| p["containerPort"].as_u64())
-    };
+    let named =
+        |name: &str| c["ports"].as_array().into_iter().flatten().find(|p| p["name"] == name).and_then(|p| p["containerPort"].as_u64());
     let mut out = Vec::new();
     for np in r.all("NetworkPolicy").filter(|np| common::k8s::selects(&np["spec"]["podSelector"], labels)) {
         for rule in np["spec"]["ingress"].as_array().into_iter().flatten() {
@@ -494,9 +493,12 @@ fn gpu_node_problems(r: &Render, job: &Value, c: &Value) -> Vec<String> {
     }
     // /dev/shm: memory (the ring's outboxes), charged to the memory limit.
     let spec = &pod["spec"];
-    let shm = c["volumeMounts"].as_array().into_iter().flatten().find(|m| m["mountPath"] == "/dev/shm").and_then(|m| {
-        spec["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == m["name"]).map(|v| &v["emptyDir"])
-    });
+    let shm = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"] == "/dev/shm")
+        .and_then(|m| spec["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == m["name"]).map(|v| &v["emptyDir"]));
     let size = shm.and_then(|e| quantity(&e["sizeLimit"], false));
     let memory = quantity(&c["resources"]["limits"]["memory"], false);
     match (shm, size, memory) {
@@ -505,9 +507,11 @@ fn gpu_node_problems(r: &Render, job: &Value, c: &Value) -> Vec<String> {
     }
     // One such pod per node: a required anti-affinity on the hostname
     // against the pod's own labels.
-    let apart = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"].as_array().into_iter().flatten().any(
-        |t| t["topologyKey"] == "kubernetes.io/hostname" && common::k8s::selects(&t["labelSelector"], &pod["metadata"]["labels"]),
-    );
+    let apart = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["topologyKey"] == "kubernetes.io/hostname" && common::k8s::selects(&t["labelSelector"], &pod["metadata"]["labels"]));
     if !apart {
         problems.push(format!("{what}: no required pod anti-affinity on kubernetes.io/hostname that selects its own pods"));
     }

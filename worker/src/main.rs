@@ -233,14 +233,15 @@ fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
             return exit::code(exit::USAGE);
         }
     };
-    let children =
-        match port_plan(args).and_then(|ports| ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), args.threads, &ports)) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::code(exit::USAGE);
-            }
-        };
+    let children = match port_plan(args)
+        .and_then(|ports| ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), args.threads, &ports))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::code(exit::USAGE);
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
