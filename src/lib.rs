@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod cuda_driver;
 pub mod data;
 pub mod diffusion;
 pub mod eval;

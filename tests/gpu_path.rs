@@ -1,7 +1,9 @@
 //! What a machine without a GPU can show of the GPU path, with the real
 //! binaries: an NCCL run refuses a CPU worker before it joins; `--gpus`
 //! gives every child its own peer and metrics ports (a dry run through
-//! `--check-config`) and refuses ports that would collide; and
+//! `--check-config`) and refuses ports that would collide; a worker asked
+//! for a CUDA device refuses a machine without the NVIDIA driver before it
+//! starts, with what to do, and a CPU worker never asks for one; and
 //! deploy/gpu-check.sh refuses to measure where there is no GPU.
 
 mod common;
@@ -91,6 +93,43 @@ fn gpus_ports_that_would_collide_are_refused_before_any_child_starts() {
     let (code, _, stderr) = check_config(&["--gpus", "all", "--metrics-listen=0.0.0.0:9091", "--peer-listen=0.0.0.0:9100"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("up to 9 GPU processes fit"), "{stderr}");
+}
+
+/// A real worker process asked for a CUDA device, on a machine without the
+/// NVIDIA driver (this one: no libcuda.so.1), exits 2 (bad flags: the
+/// Job fails at once instead of retrying on the same node) with the
+/// driver's absence named, before it contacts anyone; `--device cpu`
+/// never loads the driver and gets as far as the (absent) coordinator.
+#[test]
+fn a_cuda_worker_refuses_a_machine_without_the_driver_and_a_cpu_worker_does_not_ask() {
+    // SAFETY: only probes whether the driver library exists here.
+    if unsafe { libloading::Library::new("libcuda.so.1") }.is_ok() {
+        eprintln!("skipped: this machine has an NVIDIA driver, so the no-driver refusal cannot be shown");
+        return;
+    }
+    let worker = |flags: &[&str]| {
+        let out = Command::new(binary("ddpm-worker"))
+            .args(["--coord", "127.0.0.1:1", "--connect-timeout", "1", "--threads", "1"])
+            .args(flags)
+            .env_remove("DDPM_METRICS_LISTEN")
+            .env_remove("DDPM_PEER_LISTEN")
+            .output()
+            .expect("ddpm-worker runs");
+        (out.status.code().unwrap_or(-1), text(&out.stderr))
+    };
+    for flags in [&["--gpu", "0"][..], &["--device", "cuda:1"], &["--gpus", "all"], &["--gpus", "2"]] {
+        let (code, stderr) = worker(flags);
+        assert_eq!(code, 2, "{flags:?}: {stderr}");
+        assert!(
+            stderr.contains("a CUDA device was asked for, but the NVIDIA driver cannot be loaded (libcuda.so.1")
+                && stderr.contains("install the driver, or use --device cpu"),
+            "{flags:?}: {stderr}"
+        );
+        assert!(!stderr.contains("cannot reach the coordinator"), "{flags:?} went on past the device check: {stderr}");
+    }
+    let (code, stderr) = worker(&["--device", "cpu"]);
+    assert_eq!(code, 4, "a CPU worker goes on to look for its coordinator: {stderr}");
+    assert!(stderr.contains("cannot reach the coordinator") && !stderr.contains("NVIDIA driver"), "{stderr}");
 }
 
 fn repo() -> PathBuf {

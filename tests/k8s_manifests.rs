@@ -323,6 +323,18 @@ fn the_binaries_accept_every_containers_command_line() {
 // ---------------------------------------------------------------------------
 // The world size, threads, resources, security.
 
+/// How many worker processes a worker container runs: one per GPU of its
+/// limit with `--gpus all`, N with `--gpus N`, else one.
+fn processes_per_pod(r: &Render, c: &Value) -> u64 {
+    let env = container_env(r, c).unwrap_or_default();
+    let args = container_args(c, &env);
+    match flag(&args, "--gpus") {
+        Some("all") => quantity(&c["resources"]["limits"]["nvidia.com/gpu"], false).map_or(0, |g| g as u64),
+        Some(n) => n.parse().unwrap_or(0),
+        None => 1,
+    }
+}
+
 #[test]
 fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
     let mut problems = Vec::new();
@@ -340,6 +352,9 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
                 spec["parallelism"], spec["completions"]
             ));
         }
+        // The coordinator counts worker processes: pods times processes per pod.
+        let per_pod = processes_per_pod(r, &spec["template"]["spec"]["containers"][0]);
+        let processes = parallelism.map(|p| p * per_pod);
         let coord = r.job_running("ddpm-coord");
         let cc = &coord["spec"]["template"]["spec"]["containers"][0];
         match container_env(r, cc) {
@@ -347,10 +362,10 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
             Ok(env) => {
                 let get = |k: &str| env.iter().rev().find(|(name, _)| name == k).map(|(_, v)| v.clone());
                 let world = get("DDPM_WORKERS").and_then(|v| v.parse::<u64>().ok());
-                if world.is_none() || world != parallelism {
+                if world.is_none() || world != processes {
                     problems.push(format!(
-                        "{n}: the coordinator's DDPM_WORKERS is {:?}, the worker Job's parallelism {parallelism:?}: they must be one \
-                         number (the overlay's replacements copy parallelism)",
+                        "{n}: the coordinator's DDPM_WORKERS is {:?}, but the worker Job runs {parallelism:?} pods of {per_pod} \
+                         worker processes: they must agree (the one-GPU overlays' replacements copy parallelism)",
                         get("DDPM_WORKERS")
                     ));
                 }
@@ -364,10 +379,13 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
                         let pdb = r
                             .all("PodDisruptionBudget")
                             .find(|p| p["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "worker");
+                        // The budget counts pods: enough of them for min-workers processes.
+                        let pods = m.div_ceil(per_pod.max(1));
                         if let Some(pdb) = pdb {
-                            if pdb["spec"]["minAvailable"].as_u64() != Some(m) {
+                            if pdb["spec"]["minAvailable"].as_u64() != Some(pods) {
                                 problems.push(format!(
-                                    "{n}: the worker PodDisruptionBudget's minAvailable {} is not DDPM_MIN_WORKERS {m}",
+                                    "{n}: the worker PodDisruptionBudget's minAvailable {} is not the {pods} pods that hold \
+                                     DDPM_MIN_WORKERS {m} worker processes",
                                     pdb["spec"]["minAvailable"]
                                 ));
                             }
@@ -397,17 +415,128 @@ fn the_world_size_is_set_once_and_threads_follow_the_cpu_limit() {
             if flag(&args, "--log-format") != Some("json") {
                 problems.push(format!("{what}: no --log-format=json"));
             }
-            let gpu = flag(&args, "--gpu").is_some();
+            // --gpu: one GPU; --gpus: a process per GPU of the limit.
+            let wanted = match (flag(&args, "--gpu"), flag(&args, "--gpus")) {
+                (Some(_), _) => Some(1.0),
+                (None, Some(_)) => Some(processes_per_pod(r, c) as f64).filter(|&g| g > 0.0),
+                (None, None) => None,
+            };
             let gpus = &res["limits"]["nvidia.com/gpu"];
-            if gpu && (quantity(gpus, false) != Some(1.0) || res["requests"]["nvidia.com/gpu"] != *gpus) {
-                problems.push(format!("{what}: --gpu without nvidia.com/gpu: 1 in its requests and limits"));
+            if wanted.is_some() && (quantity(gpus, false) != wanted || res["requests"]["nvidia.com/gpu"] != *gpus) {
+                problems.push(format!("{what}: runs {wanted:?} GPU processes but its nvidia.com/gpu requests and limits are not that"));
             }
-            if !gpu && !gpus.is_null() {
-                problems.push(format!("{what}: asks for a GPU but runs without --gpu"));
+            if wanted.is_none() && flag(&args, "--gpus").is_some() {
+                problems.push(format!("{what}: --gpus without an nvidia.com/gpu limit to count the processes"));
+            }
+            if wanted.is_none() && !gpus.is_null() {
+                problems.push(format!("{what}: asks for a GPU but runs without --gpu or --gpus"));
             }
         }
     }
     report("world size, threads and resources", problems);
+}
+
+/// The ports `pod`'s NetworkPolicies let in, as ranges (a named port
+/// resolved through the container's ports).
+fn allowed_ports(r: &Render, labels: &Value, c: &Value) -> Vec<(u64, u64)> {
+    let named =
+        |name: &str| c["ports"].as_array().into_iter().flatten().find(|p| p["name"] == name).and_then(|p| p["containerPort"].as_u64());
+    let mut out = Vec::new();
+    for np in r.all("NetworkPolicy").filter(|np| common::k8s::selects(&np["spec"]["podSelector"], labels)) {
+        for rule in np["spec"]["ingress"].as_array().into_iter().flatten() {
+            for p in rule["ports"].as_array().into_iter().flatten() {
+                let start = p["port"].as_u64().or_else(|| p["port"].as_str().and_then(named));
+                if let Some(start) = start {
+                    out.push((start, p["endPort"].as_u64().unwrap_or(start)));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The problems of one `--gpus` worker pod (components/gpu-node).
+fn gpu_node_problems(r: &Render, job: &Value, c: &Value) -> Vec<String> {
+    let what = format!("{}: {}", r.name, job["metadata"]["name"].as_str().unwrap_or("?"));
+    let pod = &job["spec"]["template"];
+    let Ok(env) = container_env(r, c) else { return vec![format!("{what}: its env does not resolve")] };
+    let n = processes_per_pod(r, c);
+    let mut problems = Vec::new();
+    // The dry run with the pod's GPU count (what `all` is on the node).
+    let mut args: Vec<String> = container_args(c, &env).into_iter().filter(|a| !a.starts_with("--gpus")).collect();
+    args.extend([format!("--gpus={n}"), "--check-config".to_string()]);
+    let (code, out) = run_check("ddpm-worker", &args, &env);
+    let children: Vec<&str> = out.lines().filter(|l| l.starts_with("ddpm-worker ")).collect();
+    if code != Some(0) || children.len() as u64 != n {
+        return vec![format!("{what}: --gpus={n} --check-config exited {code:?} with {} children:\n{out}", children.len())];
+    }
+    let allowed = allowed_ports(r, &pod["metadata"]["labels"], c);
+    let mut ports = BTreeSet::new();
+    for child in &children {
+        let mut child_args: Vec<String> = child.split_whitespace().skip(1).map(String::from).collect();
+        for f in ["--metrics-listen", "--peer-listen"] {
+            let port = flag(&child_args, f).and_then(|a| a.rsplit(':').next()?.parse::<u64>().ok());
+            match port {
+                Some(p) if !ports.insert(p) => problems.push(format!("{what}: port {p} ({f}) is taken twice: {child}")),
+                Some(p) if !allowed.iter().any(|&(a, b)| a <= p && p <= b) => {
+                    problems.push(format!("{what}: {f} port {p} is not let in by the worker NetworkPolicy ({allowed:?})"))
+                }
+                Some(_) => {}
+                None => problems.push(format!("{what}: a child without a {f} port: {child}")),
+            }
+        }
+        child_args.push("--check-config".to_string());
+        let (code, out) = run_check("ddpm-worker", &child_args, &env);
+        if code != Some(0) {
+            problems.push(format!("{what}: the child `{child}` fails --check-config ({code:?}):\n{out}"));
+        }
+    }
+    // /dev/shm: memory (the ring's outboxes), charged to the memory limit.
+    let spec = &pod["spec"];
+    let shm = c["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"] == "/dev/shm")
+        .and_then(|m| spec["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == m["name"]).map(|v| &v["emptyDir"]));
+    let size = shm.and_then(|e| quantity(&e["sizeLimit"], false));
+    let memory = quantity(&c["resources"]["limits"]["memory"], false);
+    match (shm, size, memory) {
+        (Some(e), Some(size), Some(memory)) if e["medium"] == "Memory" && size < memory => {}
+        _ => problems.push(format!("{what}: /dev/shm must be a memory emptyDir with a sizeLimit below the memory limit: {shm:?}")),
+    }
+    // One such pod per node: a required anti-affinity on the hostname
+    // against the pod's own labels.
+    let apart = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|t| t["topologyKey"] == "kubernetes.io/hostname" && common::k8s::selects(&t["labelSelector"], &pod["metadata"]["labels"]));
+    if !apart {
+        problems.push(format!("{what}: no required pod anti-affinity on kubernetes.io/hostname that selects its own pods"));
+    }
+    problems
+}
+
+/// A worker pod that runs `--gpus` (one pod per GPU node): the dry run with
+/// its GPU count starts one child per GPU, each child's command line passes
+/// `--check-config`, their ports never meet and the NetworkPolicy lets
+/// them in, /dev/shm is memory, and no two of the run's pods share a node.
+#[test]
+fn a_gpu_node_pod_starts_a_worker_per_gpu_on_ports_of_its_own() {
+    let mut problems = Vec::new();
+    let mut checked = 0;
+    for r in overlays() {
+        for (job, c) in r.ddpm_containers() {
+            let env = container_env(r, c).unwrap_or_default();
+            if binary_of(c) == Some("ddpm-worker") && flag(&container_args(c, &env), "--gpus").is_some() {
+                checked += 1;
+                problems.extend(gpu_node_problems(r, job, c));
+            }
+        }
+    }
+    assert!(checked > 0, "no overlay runs ddpm-worker --gpus");
+    report("GPU-node worker pods", problems);
 }
 
 /// Whether the podFailurePolicy `rules` hold a rule `action` for exit `code`.

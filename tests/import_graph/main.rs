@@ -48,7 +48,10 @@ use modules::Tree;
 const SOURCE_DIRS: [&str; 3] = ["src", "coordinator/src", "worker/src"];
 
 /// `.rs` files under the source directories that are not modules, and why.
-const NOT_MODULES: [(&str, &str); 1] = [("src/build/libtorch_link.rs", "included by the three build scripts (`include!`)")];
+const NOT_MODULES: [(&str, &str); 2] = [
+    ("src/build/libtorch_link.rs", "included by the three build scripts (`include!`)"),
+    ("src/build/torch_cuda.rs", "included by the root build script (`include!`)"),
+];
 
 /// Every `.rs` file under `dir` (relative to `base`), with its text.
 fn read_sources(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {

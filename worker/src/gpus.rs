@@ -80,10 +80,10 @@ impl GpuSet {
 }
 
 /// The command line of the child for `gpu`: `args` (without the program)
-/// minus `--gpus`, `--name` and the port flags, plus `--gpu`, the child's
-/// name and its ports.
-pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, ports: &ChildPorts) -> Vec<String> {
-    const REPLACED: [&str; 5] = ["--gpus", "--name", "--metrics-listen", "--peer-listen", "--peer-advertise"];
+/// minus `--gpus`, `--name`, `--threads` and the port flags, plus `--gpu`,
+/// the child's name, its share of the threads (none: `threads` 0) and its ports.
+pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, threads: i32, ports: &ChildPorts) -> Vec<String> {
+    const REPLACED: [&str; 6] = ["--gpus", "--name", "--threads", "--metrics-listen", "--peer-listen", "--peer-advertise"];
     let mut out = Vec::new();
     let mut skip_value = false;
     for a in args {
@@ -104,6 +104,9 @@ pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, ports: &Child
     if let Some(n) = name {
         out.push(format!("--name={n}-gpu{gpu}"));
     }
+    if threads > 0 {
+        out.push(format!("--threads={threads}"));
+    }
     if let Some(m) = &ports.metrics {
         out.push(format!("--metrics-listen={m}"));
     }
@@ -115,10 +118,20 @@ pub fn child_args(args: &[String], gpu: usize, name: Option<&str>, ports: &Child
 }
 
 /// Every child's command line for devices `ids`, or why these flags
-/// cannot give them distinct ports.
-pub fn plan_children(args: &[String], ids: &[usize], name: Option<&str>, ports: &PortPlan) -> Result<Vec<Vec<String>>, PortError> {
+/// cannot give them distinct ports. The parent's `--threads` (a pod's CPU
+/// limit) is shared out, `threads / N` each and at least 1, so that N
+/// children do not run N times as many threads as there are cores; 0
+/// (libtorch's default) stays 0.
+pub fn plan_children(
+    args: &[String],
+    ids: &[usize],
+    name: Option<&str>,
+    threads: i32,
+    ports: &PortPlan,
+) -> Result<Vec<Vec<String>>, PortError> {
     ports.check(ids.len())?;
-    Ok(ids.iter().enumerate().map(|(k, gpu)| child_args(args, *gpu, name, &ports.child(k))).collect())
+    let share = if threads > 0 { (threads / ids.len().max(1) as i32).max(1) } else { 0 };
+    Ok(ids.iter().enumerate().map(|(k, gpu)| child_args(args, *gpu, name, share, &ports.child(k))).collect())
 }
 
 /// One exit code for the children's: a failure (its own code) before a stop
@@ -199,18 +212,19 @@ mod tests {
             "x",
         ]);
         let plan = PortPlan::parse(Some("0.0.0.0:9091"), "0.0.0.0:9100", Some("10.0.0.5")).unwrap();
-        let child = child_args(&args, 1, Some("n"), &plan.child(1));
-        let want = ["--coord", "c:50051", "--threads=4", "--gpu=1", "--name=n-gpu1", "--metrics-listen=0.0.0.0:9092"];
+        let child = child_args(&args, 1, Some("n"), 2, &plan.child(1));
+        let want = ["--coord", "c:50051", "--gpu=1", "--name=n-gpu1", "--threads=2", "--metrics-listen=0.0.0.0:9092"];
         assert_eq!(child, s(&[&want[..], &["--peer-listen=0.0.0.0:9101", "--peer-advertise=10.0.0.5"]].concat()));
         let off = PortPlan::parse(None, "off", None).unwrap();
-        assert_eq!(child_args(&s(&["--gpus=2", "--peer-listen=1.2.3.4:5"]), 0, None, &off.child(0)), s(&["--gpu=0", "--peer-listen=off"]));
+        let bare = child_args(&s(&["--gpus=2", "--threads", "8", "--peer-listen=1.2.3.4:5"]), 0, None, 0, &off.child(0));
+        assert_eq!(bare, s(&["--gpu=0", "--peer-listen=off"]));
     }
 
     #[test]
     fn children_never_share_a_port() {
         let plan = PortPlan::parse(Some("0.0.0.0:9091"), "0.0.0.0:9100", Some("pod-ip:7000")).unwrap();
         let args = s(&["--coord", "c:1", "--gpus", "8"]);
-        let children = plan_children(&args, &(0..8).collect::<Vec<_>>(), None, &plan).unwrap();
+        let children = plan_children(&args, &(0..8).collect::<Vec<_>>(), None, 32, &plan).unwrap();
         let mut ports = std::collections::BTreeSet::new();
         for c in &children {
             for a in c.iter().filter(|a| a.starts_with("--metrics-listen=") || a.starts_with("--peer-listen=")) {
@@ -219,9 +233,13 @@ mod tests {
         }
         assert_eq!(ports.len(), 16);
         assert!(children[7].contains(&"--peer-advertise=pod-ip:7007".to_string()), "{:?}", children[7]);
+        // A pod's 32 cores, 4 for each of the 8; never fewer than 1.
+        assert!(children.iter().all(|c| c.contains(&"--threads=4".to_string())), "{children:?}");
+        let few = plan_children(&args, &[0, 1, 2], None, 2, &plan).unwrap();
+        assert!(few.iter().all(|c| c.contains(&"--threads=1".to_string())), "{few:?}");
         // The shipped manifests' single-GPU ports cannot start two.
         let shipped = PortPlan::parse(Some("0.0.0.0:9091"), "0.0.0.0:9092", None).unwrap();
-        assert!(plan_children(&args, &[0, 1], None, &shipped).is_err());
+        assert!(plan_children(&args, &[0, 1], None, 0, &shipped).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use ddpm::cuda_driver::DriverError;
 use ddpm::exit;
 use ddpm::wire::WorkerRole;
 use ddpm_worker::client::CoordinatorGone;
@@ -37,9 +38,10 @@ struct Args {
     gpu: Option<usize>,
     /// One worker process per GPU: all (every visible device), a count N
     /// (devices 0..N) or indices I,J,...; the K-th (from 0) gets --gpu I,
-    /// NAME-gpuI as its name, and the --metrics-listen and --peer-listen
-    /// ports (and a --peer-advertise port) plus K; ranges that would meet
-    /// are refused. With --check-config: prints each child's command line.
+    /// NAME-gpuI as its name, its share of --threads, and the
+    /// --metrics-listen and --peer-listen ports (and a --peer-advertise
+    /// port) plus K; ranges that would meet are refused. The NVIDIA driver
+    /// is checked first. With --check-config: prints each child's command line.
     #[arg(long, value_name = "all|N|I,J", value_parser = clap::value_parser!(GpuSet), conflicts_with_all = ["gpu", "device"])]
     gpus: Option<GpuSet>,
     /// Device to run on: cpu or cuda:N (default: cpu unless --gpu is given).
@@ -48,7 +50,8 @@ struct Args {
     /// Name in the coordinator's logs (default: hostname/device).
     #[arg(long)]
     name: Option<String>,
-    /// CPU threads for libtorch (0: its default, all cores).
+    /// CPU threads for libtorch (0: its default, all cores). With --gpus,
+    /// shared out: each of N children gets THREADS / N (at least 1).
     #[arg(long, default_value_t = 0)]
     threads: i32,
     /// "train": training steps, and sampling jobs once training is over;
@@ -113,6 +116,8 @@ enum FlagError {
     Ports(#[from] PortError),
     #[error(transparent)]
     Gpus(#[from] GpuSetError),
+    #[error(transparent)]
+    Driver(#[from] DriverError),
 }
 
 /// The device `--device` names, without asking libtorch whether it exists.
@@ -127,8 +132,26 @@ fn device_form(d: &str) -> Result<Option<usize>, FlagError> {
     }
 }
 
+/// Before any CUDA call: a libtorch with CUDA and a driver new enough for
+/// it (`ddpm::cuda_driver`), so that a node with an old driver or none
+/// refuses the worker with what to do instead of failing in libtorch.
+fn check_driver() -> Result<(), DriverError> {
+    let checked = ddpm::cuda_driver::check()?;
+    let built = checked.built.map(|b| b.to_string());
+    if checked.on_minor_compatibility() {
+        tracing::warn!(
+            driver_cuda = %checked.driver, built_cuda = built.as_deref(),
+            "the NVIDIA driver is older than this build's CUDA minor version: running on CUDA minor version compatibility"
+        );
+    } else {
+        tracing::info!(driver_cuda = %checked.driver, built_cuda = built.as_deref(), "NVIDIA driver checked");
+    }
+    Ok(())
+}
+
 fn pick_device(args: &Args) -> Result<Device, FlagError> {
     let cuda = |i: usize| -> Result<Device, FlagError> {
+        check_driver()?;
         if !tch::Cuda::is_available() {
             return Err(FlagError::NoCuda(i));
         }
@@ -187,7 +210,7 @@ fn check_only(args: &Args) -> Result<(), FlagError> {
         Some(set) => {
             let ids = set.resolve(usize::MAX)?;
             // The dry run: each child's command line, as --gpus would start it.
-            for child in ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), &ports)? {
+            for child in ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), args.threads, &ports)? {
                 println!("ddpm-worker {}", child.join(" "));
             }
         }
@@ -198,6 +221,10 @@ fn check_only(args: &Args) -> Result<(), FlagError> {
 
 /// `--gpus`: one child process per device; returns the combined exit code.
 fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
+    if let Err(e) = check_driver() {
+        eprintln!("error: {e}");
+        return exit::code(exit::USAGE);
+    }
     let visible = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
     let ids = match set.resolve(visible) {
         Ok(ids) => ids,
@@ -206,14 +233,15 @@ fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
             return exit::code(exit::USAGE);
         }
     };
-    let children =
-        match port_plan(args).and_then(|ports| ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), &ports)) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::code(exit::USAGE);
-            }
-        };
+    let children = match port_plan(args)
+        .and_then(|ports| ddpm_worker::gpus::plan_children(&child_argv(), &ids, args.name.as_deref(), args.threads, &ports))
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::code(exit::USAGE);
+        }
+    };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
