@@ -361,13 +361,15 @@ fn with_the_shadow_off_a_replica_killed_before_its_upload_is_replaced_by_another
 
 /// With the coordinator's copy off, a worker that joins a run in progress
 /// gets the state (and the EMA the replicas keep) from a replica idle at
-/// the run's step, trains from there, and ends equal to the others.
+/// the run's step, trains from there, and ends equal to the others; the
+/// sample grid at the end is drawn with the EMA a replica sent.
 #[test]
 fn with_the_shadow_off_a_joiner_gets_its_state_from_a_replica() {
     let run = Run::shadow_off(1000);
     let config = run.dir.path().join("run.toml").display().to_string();
     let path = run.path().display().to_string();
-    let args = ["--preset", "tiny", "--config", &config, "--workers", "2", "--steps", "40", "--threads", "1", "--run", &path];
+    let args =
+        ["--preset", "tiny", "--config", &config, "--workers", "2", "--steps", "40", "--samples", "4", "--threads", "1", "--run", &path];
     let (mut coord, addr) = start_coordinator(&args);
     let mut workers = vec![worker(&addr, 0, None), worker(&addr, 1, None)];
     coord.wait_for_line("step=3", Duration::from_secs(300));
@@ -385,5 +387,7 @@ fn with_the_shadow_off_a_joiner_gets_its_state_from_a_replica() {
     assert_eq!(summary["steps"], 40);
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert!(summary["replica_checksums"].as_object().unwrap().len() >= 2, "{summary}");
+    let grid = summary["grid"].as_str().expect("a sample grid");
+    assert!(std::path::Path::new(grid).exists(), "{grid}");
     assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
 }

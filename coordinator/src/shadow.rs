@@ -39,7 +39,7 @@ use ddpm::train::Outcome;
 use ddpm::wire::{self, WireError};
 use tokio::sync::{oneshot, Notify};
 
-use crate::state::{Snapshot, SnapshotKind, StateHandle};
+use crate::state::{Snapshot, SnapshotKind, StateHandle, Uploaded};
 use upload::Upload;
 
 mod upload;
@@ -510,6 +510,159 @@ async fn apply_in_order(shadow: Arc<Shadow>) {
         }
         drop(issuing);
         shadow.changed.notify_waiters();
+    }
+}
+
+/// `[dist] shadow = "off"` (`shadow/upload.rs` says how it works).
+impl Shadow {
+    /// Whether the shadow is off: the replicas keep the EMA and send the state.
+    pub fn is_off(&self) -> bool {
+        self.mode == ddpm::config::ShadowMode::Off
+    }
+
+    /// An entry waiting for a replica's state at `step` (bound) with `hook`.
+    fn load_entry(&self, inner: &Inner, step: u64, hook: Hook) -> Pending {
+        let upload = Upload { asked: None, bound: true, skipped: inner.committed_skipped, state: None };
+        let mut p = empty_entry(step, upload);
+        p.hooks.push(hook);
+        p
+    }
+
+    /// Step `step` committed (the shadow off: no update follows it).
+    pub fn commit_outcome(&self, step: u64, outcome: Outcome) {
+        let mut inner = self.lock();
+        inner.committed = step;
+        inner.committed_skipped += u64::from(!outcome.apply);
+    }
+
+    /// Runs `hook` on the state of the run's step when a replica is next
+    /// asked for it (at once if the shadow holds that step already).
+    async fn at_latest(&self, hook: Hook) -> Result<(), ShadowError> {
+        let _issuing = self.issuing.lock().await;
+        let skipped = {
+            let mut inner = self.lock();
+            if let Some(e) = &inner.broken {
+                return Err(e.clone());
+            }
+            let waiting = inner.pending.iter_mut().rev().find(|p| p.upload.as_ref().is_some_and(|u| u.asked.is_none()));
+            if let Some(p) = waiting {
+                p.hooks.push(hook);
+                return Ok(());
+            }
+            if !inner.pending.is_empty() || inner.applied != inner.committed {
+                let upload = Upload { asked: None, bound: false, skipped: 0, state: None };
+                let mut p = empty_entry(inner.committed, upload);
+                p.hooks.push(hook);
+                inner.pending.push_back(p);
+                drop(inner);
+                self.changed.notify_waiters();
+                return Ok(());
+            }
+            inner.skipped
+        };
+        run_hook(&self.state, hook, skipped, self.dataset_len).await
+    }
+
+    /// Asks replica `worker`, idle at `idle_step`, for the state the
+    /// shadow wants, if it wants one: returns the step to upload (always
+    /// `idle_step`), the entry marked as asked of `worker`. Unbound entries
+    /// take `idle_step`; an entry bound to an earlier step that no replica
+    /// can send any more (the run moved on) takes it too, less its
+    /// checksum hooks, which belong to their step.
+    pub fn claim_upload(&self, idle_step: u64, worker: u64) -> Option<u64> {
+        let mut inner = self.lock();
+        let skipped = inner.committed_skipped;
+        for p in inner.pending.iter_mut() {
+            let Some(u) = p.upload.as_mut() else { continue };
+            if u.asked.is_some() || u.state.is_some() {
+                continue;
+            }
+            if !u.bound || p.step < idle_step {
+                if p.step != idle_step {
+                    if u.bound {
+                        tracing::warn!(step = p.step, "no replica sent the state of step {}; taking step {idle_step}'s", p.step);
+                    }
+                    p.hooks.retain(|h| !matches!(h, Hook::Checksum(_)));
+                }
+                (p.step, u.bound, u.skipped) = (idle_step, true, skipped);
+            }
+        }
+        merge_same_step(&mut inner.pending);
+        let waiting = |p: &&mut Pending| p.step == idle_step && p.upload.as_ref().is_some_and(|u| u.waiting());
+        let p = inner.pending.iter_mut().find(waiting)?;
+        p.upload.as_mut().expect("found by its upload").asked = Some(worker);
+        Some(idle_step)
+    }
+
+    /// The replicas asked for uploads that have not arrived.
+    pub fn uploads_owed(&self) -> Vec<u64> {
+        let inner = self.lock();
+        inner.pending.iter().filter_map(|p| p.upload.as_ref().filter(|u| u.state.is_none()).and_then(|u| u.asked)).collect()
+    }
+
+    /// Replica `worker` will not send what it was asked for (it left, or
+    /// its upload was refused): another is asked.
+    pub fn upload_failed(&self, worker: u64) {
+        let mut inner = self.lock();
+        for p in inner.pending.iter_mut() {
+            if let Some(u) = p.upload.as_mut().filter(|u| u.asked == Some(worker) && u.state.is_none()) {
+                tracing::warn!(worker, step = p.step, "worker {worker} did not send the state of step {}; asking another replica", p.step);
+                u.asked = None;
+            }
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// Replica `worker`'s state of `state.step`, as it was asked for.
+    pub fn offer_state(&self, worker: u64, state: Uploaded) -> Result<(), UploadError> {
+        let mut inner = self.lock();
+        let step = state.step;
+        let entry = inner.pending.iter_mut().find(|p| p.step == step && p.upload.as_ref().is_some_and(|u| u.asked == Some(worker)));
+        let Some(p) = entry else { return Err(UploadError::NotAsked { worker, step }) };
+        let u = p.upload.as_mut().expect("found by its upload");
+        if u.state.is_none() {
+            u.state = Some(Box::new(state));
+            p.remaining = 0;
+        }
+        drop(inner);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+}
+
+/// A queue entry filled by `upload`, with no update.
+fn empty_entry(step: u64, upload: Upload) -> Pending {
+    Pending {
+        step,
+        attempt: 0,
+        outcome: Outcome::from_norm(0.0, 0.0),
+        members: Vec::new(),
+        owners: Vec::new(),
+        filled: Vec::new(),
+        lost: Vec::new(),
+        remaining: 1,
+        dtype: GradDtype::F32,
+        chunk_elements: 1,
+        grad: Vec::new(),
+        hooks: Vec::new(),
+        upload: Some(upload),
+    }
+}
+
+/// Entries of one step that wait for the same upload become one (their
+/// hooks in order): the state of a step is sent once.
+fn merge_same_step(pending: &mut VecDeque<Pending>) {
+    let mut i = 1;
+    while i < pending.len() {
+        let same = pending[i].step == pending[i - 1].step
+            && [&pending[i], &pending[i - 1]].iter().all(|p| p.upload.as_ref().is_some_and(Upload::waiting));
+        if same {
+            let p = pending.remove(i).expect("index in range");
+            pending[i - 1].hooks.extend(p.hooks);
+        } else {
+            i += 1;
+        }
     }
 }
 

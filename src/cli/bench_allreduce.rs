@@ -280,12 +280,14 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
             let tx = tx.clone();
             async move {
                 let mut kept = Vec::new();
+                // One buffer for every chunk, as the worker's `report_segment`.
+                let mut values = vec![0f32; ce];
                 while let Some((index, data)) = owned_rx.recv().await {
-                    let mut values = vec![0f32; data.len() / dtype.bytes_per_element()];
-                    if wire::decode_into(&data, dtype, index, &mut values).is_err() {
+                    let v = &mut values[..(data.len() / dtype.bytes_per_element()).min(ce)];
+                    if wire::decode_into(&data, dtype, index, v).is_err() {
                         break;
                     }
-                    let (sumsq, digest) = wire::digest::chunk_scalars(&values);
+                    let (sumsq, digest) = wire::digest::chunk_scalars(v);
                     let d = proto::SegmentDigest { index, sumsq, digest };
                     if tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Segment(d)) }).await.is_err() {
                         break;

@@ -75,7 +75,7 @@ pub fn as_json(r: &proto::StatusReply) -> serde_json::Value {
         "skipped_steps": r.skipped_steps, "last_checkpoint_step": r.last_checkpoint_step,
         "unsaved_steps": r.unsaved_steps, "checkpoint_error": (!r.checkpoint_error.is_empty()).then_some(&r.checkpoint_error),
         "checkpoint_steps": r.checkpoint_steps, "workers_expected": r.workers_expected, "reduction": r.reduction,
-        "shadow_step": r.shadow_step, "shadow_error": (!r.shadow_error.is_empty()).then_some(&r.shadow_error), "members": members,
+        "shadow_step": r.shadow_step, "shadow_off": r.shadow_off, "shadow_error": (!r.shadow_error.is_empty()).then_some(&r.shadow_error), "members": members,
     })
 }
 
@@ -114,7 +114,9 @@ pub fn render(r: &proto::StatusReply, coord: &str) -> String {
     if !r.checkpoint_error.is_empty() {
         let _ = writeln!(out, "           ! {}", r.checkpoint_error);
     }
-    if r.step > 0 && (r.shadow_step != r.step || !r.shadow_error.is_empty()) {
+    if r.shadow_off {
+        let _ = writeln!(out, "shadow     off: the replicas hold the state (the coordinator last took it at step {})", r.shadow_step);
+    } else if r.step > 0 && (r.shadow_step != r.step || !r.shadow_error.is_empty()) {
         // Only worth a line when it is behind: with the star it never is.
         let _ = writeln!(
             out,
@@ -200,6 +202,8 @@ mod tests {
         assert_eq!(j["reduction"], "ring");
         assert_eq!(j["shadow_step"], 23);
         assert!(!render(&proto::StatusReply { step: 25, shadow_step: 25, ..Default::default() }, "h:1").contains("shadow"));
+        let off = render(&proto::StatusReply { step: 25, shadow_step: 20, shadow_off: true, ..Default::default() }, "h:1");
+        assert!(off.contains("shadow     off: the replicas hold the state (the coordinator last took it at step 20)"), "{off}");
         assert!(as_json(&proto::StatusReply { eta_s: -1.0, ..Default::default() })["eta_s"].is_null());
     }
 }

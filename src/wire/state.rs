@@ -3,10 +3,9 @@
 //! then chunks of at most [`STATE_CHUNK_BYTES`], the tensors concatenated
 //! in the header's order.
 
-use crate::config::GradDtype;
 use crate::proto;
 
-use super::WireError;
+use super::error::WireError;
 
 /// Bytes of tensor data per state chunk.
 pub const STATE_CHUNK_BYTES: usize = 4 << 20;
@@ -23,11 +22,11 @@ pub const TRAINING_WITH_EMA: [&str; 4] = ["params", "adam_m", "adam_v", "ema"];
 pub fn chunks<'a>(tensors: Vec<&'a [f32]>, header: proto::StateHeader) -> impl Iterator<Item = proto::StateChunk> + 'a {
     let per = STATE_CHUNK_BYTES / 4;
     let mut first = Some(header);
-    let pieces = tensors.into_iter().flat_map(move |values| super::chunk_ranges(values.len(), per).map(move |r| &values[r]));
+    let pieces = tensors.into_iter().flat_map(move |values| values.chunks(per));
     // An empty state still sends its header.
     let pieces = pieces.map(Some).chain(std::iter::once(None));
     pieces.filter_map(move |piece| match (piece, first.take()) {
-        (Some(values), header) => Some(proto::StateChunk { header, data: super::f32_bytes(values).into() }),
+        (Some(values), header) => Some(proto::StateChunk { header, data: values.iter().flat_map(|v| v.to_le_bytes()).collect() }),
         (None, Some(header)) => Some(proto::StateChunk { header: Some(header), data: Default::default() }),
         (None, None) => None,
     })
@@ -43,14 +42,8 @@ pub fn split(bytes: &[u8], count: usize, elements: usize) -> Result<Vec<Vec<f32>
     if elements == 0 {
         return Ok(vec![Vec::new(); count]);
     }
-    Ok(bytes
-        .chunks_exact(elements * 4)
-        .map(|b| {
-            let mut v = vec![0f32; elements];
-            super::decode_into(b, GradDtype::F32, 0, &mut v).expect("length checked");
-            v
-        })
-        .collect())
+    let decode = |b: &[u8]| b.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect();
+    Ok(bytes.chunks_exact(elements * 4).map(decode).collect())
 }
 
 #[cfg(test)]

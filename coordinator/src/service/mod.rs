@@ -369,6 +369,7 @@ impl Coordinator for CoordService {
             reduction: self.run_config.train.dist.backend.name().into(),
             shadow_step: self.shadow.steps().0,
             shadow_error: self.shadow.broken().map(|e| e.to_string()).unwrap_or_default(),
+            shadow_off: self.shadow.is_off(),
         }))
     }
 }
