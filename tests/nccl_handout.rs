@@ -236,7 +236,7 @@ async fn a_member_killed_mid_attempt_gives_the_survivors_a_new_epoch_and_id() {
     let zero = second.iter().position(|p| p.rank == 0).unwrap();
     refused(members[zero].unique_id(first[0].epoch, &old_id).await, Code::FailedPrecondition, "is not the current one");
     let log = coord.output();
-    assert!(log.contains("step abandoned") || log.contains("dropped"), "{log}");
+    assert!(log.contains("dropped at once") && log.contains("step abandoned"), "{log}");
 }
 
 const MEMBER_ENV: &str = "DDPM_TEST_NCCL_MEMBER_COORD";
