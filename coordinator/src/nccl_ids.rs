@@ -89,6 +89,13 @@ impl NcclIds {
         });
     }
 
+    /// Ends whatever epoch is current (the run stops): members waiting for
+    /// an id are told at once rather than held until the server closes.
+    pub fn close(&self) {
+        let _g = self.decide.lock().unwrap_or_else(|p| p.into_inner());
+        self.current.send_if_modified(|c| c.take().is_some());
+    }
+
     /// Rank 0's id for `epoch`, from `worker`. Offering the same id again
     /// (a retry after a lost reply) is accepted.
     pub fn offer(&self, worker: u64, epoch: u64, id: Bytes) -> Result<(), NcclIdError> {
@@ -206,6 +213,9 @@ mod tests {
         ids.end(e);
         assert_eq!(waiter.await.unwrap(), Err(NcclIdError::Ended { epoch: e }));
         assert_eq!(ids.offer(1, e, id(1)), Err(NcclIdError::StaleEpoch { got: e, current: None }));
-        assert_ne!(ids.epoch_for(&[1, 2]), e, "after a failure, a fresh communicator");
+        let again = ids.epoch_for(&[1, 2]);
+        assert_ne!(again, e, "after a failure, a fresh communicator");
+        ids.close();
+        assert_eq!(ids.wait(1, again).await, Err(NcclIdError::StaleEpoch { got: again, current: None }), "closed with the run");
     }
 }
