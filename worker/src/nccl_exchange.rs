@@ -77,8 +77,6 @@ pub struct NcclExchange<'a> {
     pub worker_id: u64,
     pub dev: &'a DeviceHandle,
     pub link: &'a mut NcclLink,
-    /// Seconds the last all-reduce took (for the worker's metrics).
-    pub nccl_s: f64,
 }
 
 /// An NcclPlan checked against this worker: (rank, size).
@@ -152,7 +150,8 @@ impl GradientExchange for NcclExchange<'_> {
             }
             Raced::Ended(end) => return self.interrupted(end),
         };
-        self.nccl_s = started.elapsed().as_secs_f64();
+        // With the communicator's set-up on an epoch's first step.
+        tracing::debug!(step = a.step, seconds = started.elapsed().as_secs_f64(), "NCCL all-reduce done");
         anyhow::ensure!(grad.len() as u64 == header.elements, "the all-reduce returned {} values for {}", grad.len(), header.elements);
         let owned = report_owned(&mut grad, rank, size, chunk, dtype, &tx).await;
         let replica = proto::ReplicaDigest { digest: digest::gradient_digest(&grad, wire::chunk_ranges(grad.len(), chunk)) };

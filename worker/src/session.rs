@@ -314,7 +314,7 @@ impl Work<'_> {
                 let link = self.nccl.as_mut().ok_or_else(|| {
                     anyhow::anyhow!("the coordinator sent an NCCL plan, but this worker loaded no NCCL when it joined (a CPU worker)")
                 })?;
-                let mut exchange = NcclExchange { client: &mut self.client, worker_id: self.id, dev: self.dev, link, nccl_s: 0.0 };
+                let mut exchange = NcclExchange { client: &mut self.client, worker_id: self.id, dev: self.dev, link };
                 let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
                 self.stats.reduced_by("nccl", None);
                 ended
