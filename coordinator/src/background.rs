@@ -110,6 +110,7 @@ impl Background {
         parts.lifecycle.begin_shutdown(finished);
         let why = if finished { "the run is over" } else { "the coordinator stops; the run goes on when it starts again" };
         parts.roster.shutdown_all(why, finished);
+        parts.nccl_ids.close();
         self.uploader.close().await;
         self.drain.abort();
         // Give workers a moment to pick up the shutdown before the server goes.

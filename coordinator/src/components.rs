@@ -16,6 +16,7 @@ use crate::jobs::queue::JobQueue;
 use crate::jobs::results::ResultRouter;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
+use crate::nccl_ids::NcclIds;
 use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
@@ -38,6 +39,8 @@ pub struct Components {
     pub roster: Arc<Roster>,
     /// The step's all-reduce, while one is open.
     pub rounds: Arc<RoundSlot>,
+    /// The NCCL backend's communicator epochs and their unique ids.
+    pub nccl_ids: Arc<NcclIds>,
     pub lifecycle: Arc<Lifecycle>,
     /// The live numbers of the run.
     pub status: Arc<RunStatus>,
@@ -87,6 +90,7 @@ impl Components {
             dataset,
             roster,
             rounds: Arc::default(),
+            nccl_ids: Arc::default(),
             lifecycle,
             status,
             queue,

@@ -25,6 +25,7 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod limits;
 pub mod liveness;
+pub mod nccl_ids;
 pub mod options;
 pub mod roster;
 pub mod round;

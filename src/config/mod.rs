@@ -21,7 +21,7 @@ mod sections;
 
 pub use sections::{
     Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, Precision,
-    SampleConfig, ShadowMode, NCCL_EXCHANGE_BUILT,
+    SampleConfig, ShadowMode,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.

@@ -174,15 +174,13 @@ pub enum Backend {
     Coordinator,
     Ring,
     /// NCCL between GPU workers (`libnccl.so.2`, loaded at run time by
-    /// `ddpm::nccl`). Every training member must be a CUDA worker that can
+    /// `ddpm::nccl`; the worker's exchange in `nccl_exchange.rs`, not yet
+    /// run on a GPU). Every training member must be a CUDA worker that can
     /// load the library; one that cannot refuses when it registers, before
-    /// the run starts. The exchange over NCCL is not built yet (issue 31):
-    /// until it is, a worker that passes those checks refuses too, rather
-    /// than reduce through a backend the run did not ask for.
+    /// the run starts.
     Nccl,
     /// NCCL when every member of a step is a GPU worker, the ring
-    /// otherwise ([`Backend::resolve`]). Until the NCCL exchange exists it
-    /// always resolves to the ring.
+    /// otherwise ([`Backend::resolve`]).
     Auto,
 }
 
@@ -197,13 +195,12 @@ impl Backend {
     }
 
     /// The backend a step's members use: `auto` is NCCL when every member
-    /// computes on a GPU (NCCL needs a CUDA device on every rank) and the
-    /// exchange is built ([`NCCL_EXCHANGE_BUILT`]; not yet, so `auto` is
-    /// the ring everywhere today), else the ring (which carries any
-    /// device's gradient through host memory); the others are themselves.
+    /// computes on a GPU (NCCL needs a CUDA device on every rank), else the
+    /// ring (which carries any device's gradient through host memory); the
+    /// others are themselves.
     pub fn resolve(self, every_member_gpu: bool) -> Backend {
         match self {
-            Backend::Auto if every_member_gpu && NCCL_EXCHANGE_BUILT => Backend::Nccl,
+            Backend::Auto if every_member_gpu => Backend::Nccl,
             Backend::Auto => Backend::Ring,
             b => b,
         }
@@ -216,12 +213,6 @@ impl Backend {
         matches!(self, Backend::Ring | Backend::Auto)
     }
 }
-
-/// Whether this build has the exchange over NCCL (the per-attempt
-/// communicator, the unique id handed out by the coordinator, the abort
-/// path). Not yet: the loader and the safe wrapper are in `ddpm::nccl`, the
-/// exchange comes after the ring protocol's rework (issue 30).
-pub const NCCL_EXCHANGE_BUILT: bool = false;
 
 /// Gradient wire format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

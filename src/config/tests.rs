@@ -129,12 +129,9 @@ fn precision_and_backend_parse_and_name_the_key_when_wrong() {
 }
 
 #[test]
-fn auto_is_the_ring_until_the_nccl_exchange_exists() {
-    // The rule: NCCL when every member is a GPU, else the ring; with no
-    // NCCL exchange built, the ring either way.
+fn auto_is_nccl_when_every_member_is_a_gpu_else_the_ring() {
     assert_eq!(Backend::Auto.resolve(false), Backend::Ring);
-    let all_gpu = if NCCL_EXCHANGE_BUILT { Backend::Nccl } else { Backend::Ring };
-    assert_eq!(Backend::Auto.resolve(true), all_gpu);
+    assert_eq!(Backend::Auto.resolve(true), Backend::Nccl);
     for b in [Backend::Coordinator, Backend::Ring, Backend::Nccl] {
         assert_eq!(b.resolve(true), b);
         assert_eq!(b.resolve(false), b);

@@ -41,6 +41,12 @@ pub enum NcclError {
         "{library} is NCCL {found}, but ddpm needs {minimum} or newer ({why}): install a newer NCCL or point DDPM_NCCL_LIBRARY at one"
     )]
     TooOld { library: PathBuf, found: Version, minimum: Version, why: &'static str },
+    /// No CUDA runtime in this process (a CPU-only libtorch).
+    #[error("this process has no CUDA runtime (cudaSetDevice is not loaded): a CPU-only libtorch cannot run NCCL; use a CUDA build")]
+    NoCudaRuntime,
+    /// A CUDA runtime call that failed (`cudaError_t`).
+    #[error("{call} failed: CUDA error {code} (no usable device, or a driver older than the runtime)")]
+    Cuda { call: &'static str, code: i32 },
     /// A call that returned an error code.
     #[error("{call} failed: NCCL error {code} ({message})")]
     Call { call: &'static str, code: i32, message: String },

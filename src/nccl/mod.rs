@@ -11,20 +11,27 @@
 //! an NCCL run: a CPU worker or a missing library refuses there, before the
 //! run starts.
 //!
+//! `pinned.rs` pins the algorithm and protocol every replica reduces
+//! with; `cuda.rs` makes a rank's device current before it joins.
+//!
 //! Built and tested on a machine without a GPU: loading, the version, the
 //! unique id and every refusal are tested; a communicator, the all-reduce
-//! and abort have NOT YET RUN ON A GPU, and the exchange that will use them
-//! (the worker's `GradientExchange` over NCCL) is not written yet.
+//! and abort have NOT YET RUN ON A GPU, nor has the worker's exchange over
+//! them (`nccl_exchange.rs` of ddpm-worker).
 
 mod comm;
+mod cuda;
 mod error;
 mod library;
+mod pinned;
 pub mod search;
 mod version;
 
-pub use comm::{Comm, CudaStream, UniqueId};
+pub use comm::{Comm, CommWatch, CudaStream, UniqueId};
+pub use cuda::set_current_device;
 pub use error::{NcclError, Tried};
 pub use library::{check_version, Nccl, MINIMUM};
+pub use pinned::{pin_collectives, PINNED};
 pub use version::Version;
 
 /// What a worker checks when a run asks it for NCCL, before it joins:

@@ -121,3 +121,15 @@ fn joining_a_communicator_without_a_cuda_device_fails_with_nccls_error() {
     let e = Comm::init_rank(&nccl, 2, &id, 2).err().unwrap();
     assert!(e.to_string().contains("rank 2 is not below the size 2"), "{e}");
 }
+
+#[test]
+fn the_cuda_runtime_is_found_in_the_process_and_reports_no_device() {
+    // The CUDA libtorch this test binary links brings libcudart; without a
+    // GPU, cudaSetDevice answers with an error code (no device, or no
+    // driver), which comes back typed rather than as a crash.
+    match set_current_device(0) {
+        Err(NcclError::Cuda { call: "cudaSetDevice", code }) => assert_ne!(code, 0),
+        Ok(()) => assert!(tch::Cuda::is_available(), "device 0 set, but libtorch sees no CUDA device"),
+        Err(e) => panic!("{e}"),
+    }
+}

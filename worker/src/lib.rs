@@ -18,7 +18,8 @@
 //! - `telemetry.rs`: its metrics and health on `--metrics-listen`
 //! - `gpus.rs`: `--gpus`, one child process per GPU; `ports.rs`: each
 //!   child's own metrics and peer ports
-//! - `nccl_check.rs`: an NCCL run's refusal of a worker that cannot be a rank
+//! - `nccl_check.rs`: an NCCL run's refusal of a worker that cannot be a rank;
+//!   `nccl_exchange.rs`: the NCCL backend (not yet run on a GPU)
 
 pub mod client;
 pub mod device;
@@ -26,6 +27,7 @@ mod directive;
 pub mod exchange;
 pub mod gpus;
 mod nccl_check;
+mod nccl_exchange;
 pub mod options;
 pub mod ports;
 mod ring_exchange;

@@ -260,8 +260,13 @@ fn run_per_gpu(args: &Args, set: &GpuSet) -> ExitCode {
 
 fn main() -> ExitCode {
     ddpm::runtime::tune_allocator();
+    // Before any thread exists (ddpm::nccl::pinned says why).
+    let overridden = ddpm::nccl::pin_collectives();
     let args = Args::parse();
     args.log.init();
+    for (var, value, old) in overridden {
+        tracing::warn!("{var}={old} replaced by {var}={value}: every replica must reduce with the same NCCL algorithm and protocol");
+    }
     if args.check_config {
         return match check_only(&args) {
             Ok(()) => {

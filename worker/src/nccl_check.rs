@@ -1,32 +1,39 @@
-//! A training worker of a `[dist] backend = "nccl"` run checks, as soon as
-//! it has the run config (its registration reply), that it can be an NCCL
-//! rank: a CUDA device and a usable `libnccl.so.2` (`ddpm::nccl::preflight`).
-//! One that cannot exits with the reason before it builds the model or
-//! reports ready, so the run never counts it as a member. A worker has no
-//! config of its own, so registration is the earliest point it can know.
+//! A training worker of a run that may reduce over NCCL checks, as soon
+//! as it has the run config (its registration reply), that it can be an
+//! NCCL rank: a CUDA device and a usable `libnccl.so.2`
+//! (`ddpm::nccl::preflight`). One that cannot exits with the reason before
+//! it builds the model or reports ready, so the run never counts it as a
+//! member. A worker has no config of its own, so registration is the
+//! earliest point it can know.
 
-use ddpm::config::{Backend, NCCL_EXCHANGE_BUILT};
+use ddpm::config::Backend;
+use ddpm::nccl::Nccl;
 use ddpm::wire::WorkerRole;
 use tch::Device;
 
-/// `Ok` unless this worker is asked for NCCL and cannot give it.
-pub fn check(backend: Backend, role: WorkerRole, device: Device) -> anyhow::Result<()> {
-    // Eval workers never join a step; `auto` falls back to the ring for anyone.
-    if backend != Backend::Nccl || role != WorkerRole::Train {
-        return Ok(());
+/// The NCCL this worker reduces with, if the run may ask it to: with
+/// `backend = "nccl"` every training worker needs one (a CPU worker or a
+/// missing library refuses); with `"auto"` a GPU worker does (the
+/// coordinator picks NCCL when every member is a GPU worker), a CPU
+/// worker does not (it makes the run use the ring). `Ok(None)`: never asked.
+pub fn check(backend: Backend, role: WorkerRole, device: Device) -> anyhow::Result<Option<Nccl>> {
+    // Eval workers never join a step.
+    if role != WorkerRole::Train {
+        return Ok(None);
     }
-    let nccl = ddpm::nccl::preflight(device)?;
-    if NCCL_EXCHANGE_BUILT {
-        return Ok(());
+    match backend {
+        Backend::Nccl => Ok(Some(ddpm::nccl::preflight(device)?)),
+        Backend::Auto if device.is_cuda() => match ddpm::nccl::preflight(device) {
+            Ok(nccl) => Ok(Some(nccl)),
+            // Refused rather than quietly reduced through the ring: the
+            // coordinator would pick NCCL for a run of GPU workers.
+            Err(e) => Err(anyhow::anyhow!(
+                "{e}\n[dist] backend = \"auto\" reduces over NCCL when every member is a GPU worker, and this GPU worker \
+                 cannot load it: install it as above, or choose backend = \"ring\""
+            )),
+        },
+        Backend::Auto | Backend::Ring | Backend::Coordinator => Ok(None),
     }
-    // Refused rather than reduced through another backend: a run that asked
-    // for NCCL and silently got the ring would measure the wrong thing.
-    anyhow::bail!(
-        "this run asks for [dist] backend = \"nccl\" and NCCL {} loads from {}, but this ddpm has no NCCL exchange yet \
-         (issue 31): use backend = \"ring\", or \"auto\" (the ring until the NCCL exchange exists)",
-        nccl.version(),
-        nccl.path().display()
-    )
 }
 
 #[cfg(test)]
@@ -34,11 +41,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_training_worker_of_an_nccl_run_is_checked() {
+    fn a_training_worker_of_an_nccl_run_needs_a_gpu_and_auto_asks_no_cpu_worker() {
         for backend in [Backend::Coordinator, Backend::Ring, Backend::Auto] {
-            check(backend, WorkerRole::Train, Device::Cpu).unwrap();
+            assert!(check(backend, WorkerRole::Train, Device::Cpu).unwrap().is_none());
         }
-        check(Backend::Nccl, WorkerRole::Eval, Device::Cpu).unwrap();
+        assert!(check(Backend::Nccl, WorkerRole::Eval, Device::Cpu).unwrap().is_none());
         let e = check(Backend::Nccl, WorkerRole::Train, Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("needs a CUDA device") && e.contains("runs on cpu"), "{e}");
     }

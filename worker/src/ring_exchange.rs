@@ -58,7 +58,7 @@ fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
 /// `DDPM_FAULT_SKIP_FEED=STEP` makes this worker feed nothing of step
 /// STEP's update to the coordinator's copy of the state, as if it had
 /// died right after the outcome.
-fn feed_skipped(step: u64) -> bool {
+pub(crate) fn feed_skipped(step: u64) -> bool {
     std::env::var("DDPM_FAULT_SKIP_FEED").ok().and_then(|v| v.parse::<u64>().ok()) == Some(step)
 }
 
@@ -138,13 +138,13 @@ impl GradientExchange for RingExchange<'_> {
     }
 }
 
-fn msg(kind: gradient_message::Kind) -> proto::GradientMessage {
+pub(crate) fn msg(kind: gradient_message::Kind) -> proto::GradientMessage {
     proto::GradientMessage { kind: Some(kind) }
 }
 
 /// The step's header, with this member's chunk norms taken of its own
 /// gradient, and the fault injections around them.
-fn header_with_faults(
+pub(crate) fn header_with_faults(
     worker_id: u64,
     a: &proto::TrainAssignment,
     local: &mut Computed,
@@ -181,7 +181,7 @@ fn header_with_faults(
 /// Reports each final chunk of this member's segment (its float64 sum of
 /// squares and digest, of the values every replica applies) as it comes;
 /// returns the chunks as encoded, for the shadow's feed.
-async fn report_segment(
+pub(crate) async fn report_segment(
     mut owned: mpsc::UnboundedReceiver<(u32, Bytes)>,
     tx: mpsc::Sender<proto::GradientMessage>,
     dtype: GradDtype,
@@ -212,7 +212,7 @@ async fn report_segment(
 /// its successor's (`ddpm::ring::feed`), to the coordinator's copy of the
 /// state. In the background: nothing waits for
 /// it but the coordinator, which breaks its copy if it never arrives.
-async fn feed_shadow(mut client: Client, header: proto::GradientHeader, owned: Vec<(u32, Bytes)>) {
+pub(crate) async fn feed_shadow(mut client: Client, header: proto::GradientHeader, owned: Vec<(u32, Bytes)>) {
     let step = header.step;
     let messages = std::iter::once(msg(gradient_message::Kind::Header(header)))
         .chain(owned.into_iter().map(|(index, data)| msg(gradient_message::Kind::Chunk(proto::GradientChunk { index, data }))));

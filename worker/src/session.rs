@@ -17,6 +17,7 @@ use crate::client::Client;
 use crate::device::DeviceHandle;
 use crate::directive::{CallError, CallResult, Directed, Flow};
 use crate::exchange::CoordinatorExchange;
+use crate::nccl_exchange::{NcclExchange, NcclLink};
 use crate::options::WorkerOptions;
 use crate::ring_exchange::RingExchange;
 use crate::tasks::context::Tasks;
@@ -104,6 +105,7 @@ pub async fn session(
         loaded_job: None,
         stats: opts.stats.clone(),
         peers: opts.peers.clone(),
+        nccl: joined.nccl.map(NcclLink::new),
     };
     let result = work.run().await;
     heartbeat.abort();
@@ -122,6 +124,8 @@ struct Joined {
     id: u64,
     run: RunConfig,
     heartbeat: Duration,
+    /// The NCCL this worker reduces with when a step's plan says so.
+    nccl: Option<ddpm::nccl::Nccl>,
 }
 
 /// Registers, builds the model (or reuses the device's, for the same run
@@ -151,7 +155,7 @@ async fn join(
         .map_err(|e| anyhow::anyhow!("the coordinator sent a run config this worker cannot read: {e}"))?;
     // Before the model is built or the worker counts as ready: the run's
     // backend may need what this worker lacks (a GPU, libnccl.so.2).
-    crate::nccl_check::check(run.train.dist.backend, opts.role, opts.device)?;
+    let nccl = crate::nccl_check::check(run.train.dist.backend, opts.role, opts.device)?;
     let dev = match device.take() {
         Some((json, handle)) if json == reply.run_config_json => (json, handle),
         _ => {
@@ -167,7 +171,7 @@ async fn join(
         .directed("the coordinator refused this worker")?;
     tracing::info!(worker = id, coord = %opts.coord, "joined the run");
     opts.stats.set_member(Some(id)).await;
-    Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s) })
+    Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s), nccl })
 }
 
 /// Liveness, on the side of the work: one Attach call for the whole
@@ -213,6 +217,8 @@ struct Work<'a> {
     loaded_job: Option<u64>,
     stats: std::sync::Arc<crate::telemetry::WorkerStats>,
     peers: Option<std::sync::Arc<ddpm::ring::PeerListener>>,
+    /// The NCCL backend's library and communicator, kept from step to step.
+    nccl: Option<NcclLink>,
 }
 
 impl Work<'_> {
@@ -300,10 +306,19 @@ impl Work<'_> {
     }
 
     /// One training step through the backend the assignment names: the
-    /// coordinator's all-reduce, or the ring its plan describes.
+    /// coordinator's all-reduce, the ring its plan describes, or NCCL.
     async fn train(&mut self, a: &proto::TrainAssignment, samples: Vec<(u64, Bytes)>) -> CallResult<Next> {
         let started = std::time::Instant::now();
         let ended = match (&a.ring, &self.peers) {
+            _ if a.nccl.is_some() => {
+                let link = self.nccl.as_mut().ok_or_else(|| {
+                    anyhow::anyhow!("the coordinator sent an NCCL plan, but this worker loaded no NCCL when it joined (a CPU worker)")
+                })?;
+                let mut exchange = NcclExchange { client: &mut self.client, worker_id: self.id, dev: self.dev, link };
+                let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
+                self.stats.reduced_by("nccl", None);
+                ended
+            }
             (None, _) => {
                 let mut exchange = CoordinatorExchange { client: &mut self.client, worker_id: self.id };
                 let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;

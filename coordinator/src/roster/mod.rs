@@ -219,6 +219,16 @@ impl Roster {
         self.lock().by_id.get(&id).map(|m| m.peer_endpoint.clone())
     }
 
+    /// Whether every one of `members` computes on a CUDA device, as its
+    /// RegisterRequest said (a worker writes its device as `Cuda(N)` or
+    /// `cuda:N`): what `[dist] backend = "auto"` needs to pick NCCL. An
+    /// unknown id counts as no GPU.
+    pub fn every_gpu(&self, members: &[u64]) -> bool {
+        let roster = self.lock();
+        !members.is_empty()
+            && members.iter().all(|id| roster.by_id.get(id).is_some_and(|m| m.device.to_ascii_lowercase().starts_with("cuda")))
+    }
+
     /// `members` (rank order so far: by id, which is join order) in ring
     /// order: grouped by the host of their peer endpoints, so that a ring
     /// over H hosts crosses the network H times ([`ddpm::ring::topology`]).

@@ -6,6 +6,7 @@ use ddpm::proto::WorkerAction;
 use ddpm::wire::directive;
 use tonic::{Code, Status};
 
+use crate::nccl_ids::NcclIdError;
 use crate::roster::RosterError;
 use crate::round::RoundError;
 use crate::shadow::{FeedError, UploadError};
@@ -66,6 +67,9 @@ pub enum RpcError {
     Upload(#[from] UploadError),
     #[error("the uploaded state is malformed: {0}")]
     BadUpload(String),
+    /// The NCCL unique id's hand-out (NcclUniqueId).
+    #[error(transparent)]
+    NcclId(#[from] NcclIdError),
     #[error("{0}")]
     Internal(String),
 }
@@ -116,6 +120,14 @@ impl RpcError {
             },
             Self::Feed(_) | Self::Upload(_) => (Code::FailedPrecondition, NextWork),
             Self::BadUpload(_) => (Code::InvalidArgument, NextWork),
+            Self::NcclId(e) => match e {
+                // A member that sends what the protocol does not allow.
+                NcclIdError::WrongLength { .. } | NcclIdError::NotRankZero { .. } => (Code::InvalidArgument, Rejoin),
+                NcclIdError::NotMember { .. } | NcclIdError::AlreadyOffered { .. } => (Code::FailedPrecondition, Rejoin),
+                // An attempt that ended: the next assignment names the new epoch.
+                NcclIdError::StaleEpoch { .. } => (Code::FailedPrecondition, NextWork),
+                NcclIdError::Ended { .. } => (Code::Aborted, NextWork),
+            },
             Self::Internal(_) => (Code::Internal, Unspecified),
         }
     }
@@ -167,5 +179,9 @@ mod tests {
         assert_eq!(s.message(), "chunk 0 has 10 bytes");
         check(RoundError::NotMember { worker: 1, step: 2, attempt: 0 }, Code::FailedPrecondition, WorkerAction::Rejoin);
         check(RpcError::Internal("x".into()), Code::Internal, WorkerAction::Unspecified);
+        check(RpcError::NcclId(NcclIdError::WrongLength { got: 3, want: 128 }), Code::InvalidArgument, WorkerAction::Rejoin);
+        check(RpcError::NcclId(NcclIdError::NotRankZero { worker: 2, rank: 1, epoch: 9 }), Code::InvalidArgument, WorkerAction::Rejoin);
+        check(RpcError::NcclId(NcclIdError::StaleEpoch { got: 1, current: None }), Code::FailedPrecondition, WorkerAction::NextWork);
+        check(RpcError::NcclId(NcclIdError::Ended { epoch: 1 }), Code::Aborted, WorkerAction::NextWork);
     }
 }

@@ -64,6 +64,9 @@ impl Coordinator for FinishedRun {
     async fn push_state(&self, _: Request<Streaming<proto::StateChunk>>) -> Result<Response<proto::PushStateReply>, Status> {
         over()
     }
+    async fn nccl_unique_id(&self, _: Request<proto::NcclIdRequest>) -> Result<Response<proto::NcclIdReply>, Status> {
+        over()
+    }
     async fn submit_result(&self, _: Request<Streaming<proto::ResultMessage>>) -> Result<Response<proto::SubmitResultReply>, Status> {
         over()
     }

@@ -26,6 +26,7 @@ use crate::components::Components;
 use crate::jobs::pinned::PinnedWeights;
 use crate::jobs::results::{ResultPart, ResultRouter};
 use crate::lifecycle::Lifecycle;
+use crate::nccl_ids::NcclIds;
 use crate::roster::Roster;
 use crate::round::RoundError;
 use crate::round_slot::RoundSlot;
@@ -48,6 +49,7 @@ pub struct CoordService {
     shadow: Arc<Shadow>,
     roster: Arc<Roster>,
     rounds: Arc<RoundSlot>,
+    nccl_ids: Arc<NcclIds>,
     pinned: Arc<PinnedWeights>,
     results: Arc<ResultRouter>,
     status: Arc<RunStatus>,
@@ -69,6 +71,7 @@ impl CoordService {
             shadow: parts.shadow.clone(),
             roster: parts.roster.clone(),
             rounds: parts.rounds.clone(),
+            nccl_ids: parts.nccl_ids.clone(),
             pinned: parts.pinned.clone(),
             results: parts.results.clone(),
             status: parts.status.clone(),
@@ -285,6 +288,23 @@ impl Coordinator for CoordService {
         }
         tracing::info!(worker, step = header.step, "the state of step {} arrived from worker {worker}", header.step);
         Ok(Response::new(proto::PushStateReply {}))
+    }
+
+    async fn nccl_unique_id(&self, req: Request<proto::NcclIdRequest>) -> Result<Response<proto::NcclIdReply>, Status> {
+        self.authorize(&req, req.get_ref().worker_id)?;
+        let r = req.into_inner();
+        self.roster.touch(r.worker_id)?;
+        // Rank 0 offers (the board checks that it is rank 0); the others wait.
+        let unique_id = if r.unique_id.is_empty() {
+            self.nccl_ids.wait(r.worker_id, r.epoch).await
+        } else {
+            self.nccl_ids.offer(r.worker_id, r.epoch, r.unique_id.clone()).map(|()| r.unique_id)
+        }
+        .map_err(|e| {
+            tracing::warn!(worker = r.worker_id, epoch = r.epoch, "NCCL unique id: {e}");
+            RpcError::NcclId(e)
+        })?;
+        Ok(Response::new(proto::NcclIdReply { epoch: r.epoch, unique_id }))
     }
 
     async fn reduce_gradients(

@@ -27,8 +27,12 @@ pub struct StepPlan {
     pub members: Vec<u64>,
     /// The members report their parameters' checksum after it.
     pub checksum_requested: bool,
-    /// Through the ring backend, else the star.
+    /// Reduced worker to worker (the ring, or NCCL), committed on the
+    /// scalars the members report; else through the star.
     pub ring: bool,
+    /// Over NCCL (with `ring`: the same scalars commit it): the members
+    /// get an NcclPlan instead of a RingPlan.
+    pub nccl: bool,
 }
 
 /// What to do after a step's round ended.
@@ -74,10 +78,16 @@ impl Trainer {
         let chunk_elements = chunk_elements(&self.config.dist);
         let shards = order::shard_ranges(self.config.train.batch_size, plan.members.len());
         let (round, done) = self.open_round(plan, attempt, &shards, chunk_elements, screening);
-        self.hand_out(plan, attempt, samples, &shards, chunk_elements);
+        let epoch = self.hand_out(plan, attempt, samples, &shards, chunk_elements);
         let ended = self.await_round(&round, done).await;
         self.rounds.close();
-        self.settle(plan, attempt, &round, ended).await
+        let end = self.settle(plan, attempt, &round, ended).await;
+        if let (Some(epoch), StepEnd::Redo { .. }) = (epoch, &end) {
+            // A communicator whose attempt failed may have lost a rank: its
+            // members abort it, and the redo's members get a new epoch.
+            self.nccl_ids.end(epoch);
+        }
+        end
     }
 
     /// The round of the attempt, open for the members' gradients.
@@ -102,10 +112,19 @@ impl Trainer {
         (round, done)
     }
 
-    /// Sends each member its assignment and its shard of `samples`.
-    fn hand_out(&self, plan: &StepPlan, attempt: u32, samples: &[proto::Sample], shards: &[Range<usize>], chunk_elements: usize) {
+    /// Sends each member its assignment and its shard of `samples`;
+    /// returns the NCCL epoch of the attempt, if it is over NCCL.
+    fn hand_out(
+        &self,
+        plan: &StepPlan,
+        attempt: u32,
+        samples: &[proto::Sample],
+        shards: &[Range<usize>],
+        chunk_elements: usize,
+    ) -> Option<u64> {
         let cfg = &self.config;
-        let ring = plan.ring.then(|| self.ring_plan(&plan.members));
+        let nccl = plan.nccl.then(|| self.nccl_plan(&plan.members));
+        let ring = (plan.ring && !plan.nccl).then(|| self.ring_plan(&plan.members));
         for (rank, (id, range)) in plan.members.iter().zip(shards).enumerate() {
             let assignment = proto::TrainAssignment {
                 step: plan.step,
@@ -118,9 +137,17 @@ impl Trainer {
                 chunk_elements: chunk_elements as u32,
                 ring: ring.clone().map(|p| proto::RingPlan { rank: rank as u32, ..p }),
                 feed_shadow: plan.ring && !self.shadow.is_off(),
+                nccl: nccl.clone().map(|p| proto::NcclPlan { rank: rank as u32, ..p }),
             };
             self.roster.send(*id, Work::Train { assignment, samples: samples[range.clone()].to_vec() });
         }
+        nccl.map(|p| p.epoch)
+    }
+
+    /// The NCCL communicator of `members` (rank order; the rank is set per
+    /// member): the current epoch while they are the same, else a new one.
+    fn nccl_plan(&self, members: &[u64]) -> proto::NcclPlan {
+        proto::NcclPlan { epoch: self.nccl_ids.epoch_for(members), rank: 0, size: members.len() as u32, members: members.to_vec() }
     }
 
     /// A fresh ring for `members` (rank order; the rank is set per member):

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ddpm::checkpoint::Uploader;
-use ddpm::config::TrainConfig;
+use ddpm::config::{Backend, TrainConfig};
 use ddpm::data::{order, Dataset};
 use ddpm::proto;
 use tokio::sync::oneshot;
@@ -165,9 +165,11 @@ impl Trainer {
             self.training_starts(run, members.len());
             let t0 = Instant::now();
             let samples = run.batch(cfg, &self.dataset, s).await?;
-            // `auto` is the ring until the NCCL exchange exists (Backend::resolve);
-            // `nccl` never trains: its workers refuse it when they register.
-            let ring = cfg.dist.backend.may_use_ring() && !run.star_redo;
+            // `auto` is NCCL when every member is a GPU worker, else the ring
+            // (Backend::resolve); a redo after a failed audit goes through the star.
+            let backend = cfg.dist.backend.resolve(self.roster.every_gpu(&members));
+            let nccl = backend == Backend::Nccl && !run.star_redo;
+            let ring = (backend == Backend::Ring || nccl) && !run.star_redo;
             let plan = StepPlan {
                 step: s,
                 // Ranks (the ring's order, and whose shard is whose) by host:
@@ -175,6 +177,7 @@ impl Trainer {
                 members: if ring { self.roster.ring_order(&members) } else { members },
                 checksum_requested: checksums::due(s, total, cfg.dist.checksum_every),
                 ring,
+                nccl,
             };
             let screening = Screening { factor: cfg.dist.screen_factor, reference: run.screen_reference.clone() };
             match self.run_step(&plan, run.attempt, &samples, screening).await {

@@ -13,6 +13,7 @@ use super::start::StartPolicy;
 use crate::components::Components;
 use crate::jobs::queue::JobQueue;
 use crate::lifecycle::Lifecycle;
+use crate::nccl_ids::NcclIds;
 use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
@@ -34,6 +35,8 @@ pub struct Trainer {
     pub(super) start_skipped: u64,
     pub(super) roster: Arc<Roster>,
     pub(super) rounds: Arc<RoundSlot>,
+    /// The NCCL backend's communicator epochs.
+    pub(super) nccl_ids: Arc<NcclIds>,
     pub(super) lifecycle: Arc<Lifecycle>,
     pub(super) status: Arc<RunStatus>,
     pub(super) queue: Arc<JobQueue>,
@@ -58,6 +61,7 @@ impl Trainer {
             start_skipped,
             roster: parts.roster.clone(),
             rounds: parts.rounds.clone(),
+            nccl_ids: parts.nccl_ids.clone(),
             lifecycle: parts.lifecycle.clone(),
             status: parts.status.clone(),
             queue: parts.queue.clone(),

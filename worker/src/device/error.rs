@@ -65,4 +65,14 @@ pub enum DeviceError {
     /// Computing the bound in bits/dim.
     #[error("computing the bound: {0}")]
     Bound(EvalError),
+    /// An NCCL call of the NCCL backend (joining, the all-reduce, its
+    /// asynchronous error or an abort).
+    #[error("NCCL: {0}")]
+    Nccl(ddpm::nccl::NcclError),
+    /// A tensor operation around the NCCL all-reduce.
+    #[error("the NCCL all-reduce's tensors: {0}")]
+    NcclTensor(tch::TchError),
+    /// An all-reduce asked of a thread that has joined no communicator.
+    #[error("an NCCL all-reduce without a communicator: join the epoch first")]
+    NoCommunicator,
 }

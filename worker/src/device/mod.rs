@@ -6,16 +6,19 @@
 //!   async side's way to send them
 //! - `messages.rs`: what the commands carry to the thread and back
 //! - `work.rs`: what each command does on the thread
+//! - `nccl.rs`: what the NCCL backend's commands do on the thread
 //! - `error.rs`: [`DeviceError`], why a command failed
 
 pub mod error;
 pub mod messages;
+mod nccl;
 mod work;
 
 use bytes::Bytes;
 use ddpm::config::RunConfig;
 use ddpm::diffusion::GaussianDiffusion;
 use ddpm::eval::InceptionModel;
+use ddpm::nccl::{Comm, CommWatch, Nccl, UniqueId};
 use ddpm::train::flat::{self, FlatModel};
 use ddpm::train::sample::{self, SampleRequest};
 use ddpm::train::{Outcome, TrainState};
@@ -44,6 +47,20 @@ enum Cmd {
     /// The replica's whole state with its EMA on the host, and the
     /// parameters' checksum (`[dist] shadow = "off"`).
     Export(Reply<(TrainingState, u64)>),
+    /// Joins an NCCL communicator (replacing the last one).
+    NcclJoin {
+        nccl: Nccl,
+        id: UniqueId,
+        rank: usize,
+        size: usize,
+        reply: Reply<CommWatch>,
+    },
+    /// The NCCL all-reduce of a step's gradient, pre-scaled by `weight`.
+    NcclAllReduce {
+        grad: Vec<f32>,
+        weight: f32,
+        reply: Reply<Vec<f32>>,
+    },
     /// Draws images; `weights` replaces the sampling weights (None: keep
     /// those of the previous task).
     Sample {
@@ -89,6 +106,8 @@ struct Thread {
     /// The last applied gradient's host buffer, reused for the next
     /// computed one (no fresh 143 MB a step).
     spare: Vec<f32>,
+    /// The NCCL backend's communicator of the current epoch.
+    comm: Option<Comm>,
 }
 
 impl Thread {
@@ -96,7 +115,7 @@ impl Thread {
         let state = TrainState::init(&run.train, device).map_err(DeviceError::Model)?;
         let ema = FlatModel::new(&run.train.model, device).map_err(DeviceError::Model)?;
         let diffusion = GaussianDiffusion::new(&run.train.diffusion).map_err(DeviceError::Diffusion)?;
-        Ok(Self { run, device, state, ema, replica_ema: None, diffusion, inception: None, spare: Vec::new() })
+        Ok(Self { run, device, state, ema, replica_ema: None, diffusion, inception: None, spare: Vec::new(), comm: None })
     }
 
     fn serve(&mut self, mut rx: mpsc::Receiver<Cmd>) {
@@ -129,6 +148,12 @@ impl Thread {
                         Ok(())
                     };
                     let _ = reply.send(r);
+                }
+                Cmd::NcclJoin { nccl, id, rank, size, reply } => {
+                    let _ = reply.send(nccl::join(&mut self.comm, self.device, &nccl, &id, rank, size));
+                }
+                Cmd::NcclAllReduce { grad, weight, reply } => {
+                    let _ = reply.send(nccl::all_reduce(self.comm.as_ref(), self.device, grad, weight));
                 }
                 Cmd::Checksum(reply) => {
                     let _ = reply.send(Ok(flat::checksum(&self.state.model.flat)));
@@ -196,6 +221,14 @@ impl DeviceHandle {
 
     pub async fn apply(&self, step: u64, grad: Vec<f32>, outcome: Outcome) -> Result<(), DeviceError> {
         self.call(|reply| Cmd::Apply { step, grad, outcome, reply }).await
+    }
+
+    pub async fn nccl_join(&self, nccl: Nccl, id: UniqueId, rank: usize, size: usize) -> Result<CommWatch, DeviceError> {
+        self.call(|reply| Cmd::NcclJoin { nccl, id, rank, size, reply }).await
+    }
+
+    pub async fn nccl_all_reduce(&self, grad: Vec<f32>, weight: f32) -> Result<Vec<f32>, DeviceError> {
+        self.call(|reply| Cmd::NcclAllReduce { grad, weight, reply }).await
     }
 
     pub async fn checksum(&self) -> Result<u64, DeviceError> {
