@@ -52,6 +52,11 @@ struct Member {
     last_seen: Instant,
     /// Waiting in NextWork for its next assignment.
     idle: bool,
+    /// Work sent but not yet picked up by a NextWork call. A member that
+    /// reports idle with work still queued is not idle: it reports before
+    /// it reads its mailbox, and a report of the step it was at when an
+    /// upload was asked must not hide the step assignment queued behind it.
+    queued: u32,
     /// The last training step whose update it applied, as it reported.
     applied_step: u64,
     /// Parameter checksums it reported, by step, and whether each was
@@ -80,6 +85,7 @@ impl Member {
     /// Hands the worker a piece of work (picked up by its NextWork call).
     fn send(&mut self, work: Work) {
         self.idle = false;
+        self.queued += 1;
         // The receiver lives as long as the member; a send can only fail
         // after removal, when nobody listens any more.
         let _ = self.mailbox.send(work);
@@ -155,6 +161,7 @@ impl Roster {
                 ready: false,
                 last_seen: Instant::now(),
                 idle: false,
+                queued: 0,
                 applied_step: 0,
                 checksums: BTreeMap::new(),
                 mailbox,
@@ -278,11 +285,18 @@ impl Roster {
         if checksum != 0 {
             member.checksums.insert(applied_step, (checksum, false));
         }
-        member.idle = true;
+        member.idle = member.queued == 0;
         let inbox = member.inbox.clone();
         drop(m);
         self.notify();
         Ok(inbox)
+    }
+
+    /// Member `id`'s NextWork call took one piece of work from its mailbox.
+    pub fn delivered(&self, id: u64) {
+        if let Some(member) = self.lock().by_id.get_mut(&id) {
+            member.queued = member.queued.saturating_sub(1);
+        }
     }
 
     /// Hands `work` to member `id`; false if it is not a member.
@@ -335,6 +349,13 @@ impl Roster {
     pub fn in_sync(&self, step: u64) -> Vec<u64> {
         let m = self.lock();
         m.by_id.iter().filter(|(_, x)| x.is_trainer() && x.idle && x.applied_step == step).map(|(id, _)| *id).collect()
+    }
+
+    /// Ready training members whose last report was after `step`, idle or
+    /// not: the replicas known to hold that step's state.
+    pub fn at_step(&self, step: u64) -> Vec<u64> {
+        let m = self.lock();
+        m.by_id.iter().filter(|(_, x)| x.is_trainer() && x.applied_step == step).map(|(id, _)| *id).collect()
     }
 
     /// Sends every ready, idle training member that is not at `step` the

@@ -116,3 +116,23 @@ fn a_ring_over_two_hosts_is_ordered_by_host() {
         .collect();
     assert_eq!(local.ring_order(&same), same);
 }
+
+#[test]
+fn a_member_reporting_idle_with_work_queued_is_not_idle() {
+    // The upload race: asked for its state while idle at step 4, then given
+    // step 5; its report after the upload (still at 4) arrives before it
+    // reads step 5 from its mailbox, and must not make it look idle at 4.
+    let (r, ids) = roster_with(1);
+    let id = ids[0];
+    r.mark_ready(id).unwrap();
+    r.report_idle(id, 4, 0).unwrap();
+    assert!(r.send(id, Work::Resync("upload".into())));
+    assert!(r.send(id, Work::Resync("step 5".into())));
+    r.delivered(id);
+    r.report_idle(id, 4, 0).unwrap();
+    assert_eq!(r.in_sync(4), Vec::<u64>::new(), "step 5 is still queued");
+    assert!(r.resync_out_of_sync(5).is_empty(), "a member with queued work is not told to resync");
+    r.delivered(id);
+    r.report_idle(id, 5, 0).unwrap();
+    assert_eq!(r.in_sync(5), vec![id]);
+}

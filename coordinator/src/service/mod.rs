@@ -241,6 +241,7 @@ impl Coordinator for CoordService {
         let r = req.into_inner();
         let inbox = self.roster.report_idle(r.worker_id, r.applied_step, r.param_checksum)?;
         let work = inbox.lock().await.recv().await.ok_or_else(|| ending(&self.lifecycle))?;
+        self.roster.delivered(r.worker_id);
         let messages = streams::work_messages(work);
         Ok(Response::new(Box::pin(tokio_stream::iter(messages.into_iter().map(Ok)))))
     }
