@@ -391,3 +391,53 @@ fn with_the_shadow_off_a_joiner_gets_its_state_from_a_replica() {
     assert!(std::path::Path::new(grid).exists(), "{grid}");
     assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
 }
+
+/// With the coordinator's copy off, the replicas are the only holders of
+/// the last step's state. When every worker is killed (-9) mid-step after
+/// the checkpoint of step 4, the coordinator waits the step timeout for a
+/// replica, then exits 1 saying what was lost and how to resume; started
+/// again with new workers, it resumes from the checkpoint of step 4 and
+/// the run ends equal to the fault-free one, each step once in its log.
+#[test]
+fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
+    fault_free();
+    let run = Run::shadow_off(4);
+    let toml = run.dir.path().join("run.toml");
+    let config =
+        std::fs::read_to_string(&toml).unwrap().replace("heartbeat_timeout_s = 600.0", "heartbeat_timeout_s = 600.0\nstep_timeout_s = 5.0");
+    std::fs::write(&toml, config).unwrap();
+    let (mut coord, mut workers) = run.start([Some(("DDPM_FAULT_RING_FREEZE", "6:120")), None, None]);
+    coord.wait_for_line("checkpoint saved step=4", Duration::from_secs(300));
+    workers[0].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
+    for w in &mut workers {
+        w.child.kill().unwrap();
+        let _ = w.child.wait();
+    }
+    assert_eq!(coord.wait(Duration::from_secs(120)), 1, "{}", coord.output());
+    let out = coord.output();
+    assert!(out.contains("every worker holding the state of step 5 is gone"), "{out}");
+    assert!(out.contains("resume from the checkpoint of step 4 (1 steps are trained again)"), "{out}");
+    assert!(run.summary()["error"].as_str().is_some_and(|e| e.contains("step 5")), "{}", run.summary());
+
+    let (mut coord, mut workers) = run.start([None, None, None]);
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    assert!(coord.output().contains("training continues after step 4"), "{}", coord.output());
+    let summary = run.summary();
+    assert_eq!(summary["steps"], STEPS);
+    assert_eq!(summary["resumed_from"], 4, "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    let logged: Vec<u64> = std::fs::read_to_string(run.path().join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|row| row.get("loss").is_some())
+        .map(|row| row["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logged, (1..=STEPS).collect::<Vec<_>>(), "each step once in metrics.jsonl");
+    let d = max_diff(&run.final_params(), fault_free());
+    eprintln!("max |fault-free - shadow off, every worker killed, resumed| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}

@@ -520,6 +520,14 @@ impl Shadow {
         self.mode == ddpm::config::ShadowMode::Off
     }
 
+    /// Whether only the replicas hold the state of the committed step:
+    /// the shadow is off and its copy is of an earlier step (it holds the
+    /// committed step at a start, and after an upload of that step).
+    pub fn replicas_only(&self) -> bool {
+        let inner = self.lock();
+        self.is_off() && inner.applied != inner.committed
+    }
+
     /// An entry waiting for a replica's state at `step` (bound) with `hook`.
     fn load_entry(&self, inner: &Inner, step: u64, hook: Hook) -> Pending {
         let upload = Upload { asked: None, bound: true, skipped: inner.committed_skipped, state: None };

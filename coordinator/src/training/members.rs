@@ -3,6 +3,11 @@
 //! waits (up to the step timeout) for every live member of the previous
 //! step and every joiner that is fetching the state, so that a step is not
 //! started with fewer members than are about to be there.
+//!
+//! With the shadow off the replicas may be the only holders of the last
+//! step's state: when every one of them is gone for the step timeout,
+//! the wait ends with [`Gathered::StateLost`] (the run resumes from its
+//! checkpoint on the next start) instead of waiting for nobody.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -20,6 +25,41 @@ pub enum Decision {
     Wait { have: usize, need: usize, missing: Vec<u64> },
 }
 
+/// How a wait for the next step's members ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gathered {
+    /// These members (rank order) compute the next step.
+    Members(Vec<u64>),
+    /// A stop was requested while waiting.
+    Stopped,
+    /// Nobody holds the last step's state any more: no live member was in
+    /// it or reported it, and the coordinator keeps no copy.
+    StateLost,
+}
+
+/// The run cannot go on: every replica of step `step` is gone and the
+/// coordinator keeps no copy (`[dist] shadow = "off"`). Exit code 1:
+/// starting the coordinator again resumes from the newest checkpoint.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "every worker holding the state of step {step} is gone, and with [dist] shadow = \"off\" the coordinator keeps no copy of it: \
+     start ddpm-coord again on this run to resume from {}; \
+     to lose no step when every worker dies at once, use --shadow on",
+    resume_point(*checkpoint, *step)
+)]
+pub struct StateLost {
+    pub step: u64,
+    /// The newest checkpoint's step (0: none yet).
+    pub checkpoint: u64,
+}
+
+fn resume_point(checkpoint: u64, step: u64) -> String {
+    match checkpoint {
+        0 => format!("the start (no checkpoint yet; {step} steps are trained again)"),
+        c => format!("the checkpoint of step {c} ({} steps are trained again)", step - c.min(step)),
+    }
+}
+
 /// The decision for members `in_sync` now, when `expected` (live members
 /// of the previous step, and joiners fetching the state) should be there,
 /// at least `min` are needed, and `timed_out` says the wait is over.
@@ -32,18 +72,27 @@ pub fn decide(in_sync: &[u64], expected: &BTreeSet<u64>, min: usize, timed_out: 
     }
 }
 
-/// Waits until the members that can compute step `step + 1` are known.
-/// Idle members that are out of sync are told to fetch the state again
-/// (and are then expected). `None` when a stop was requested while waiting.
-pub async fn gather(
-    roster: &Roster,
-    lifecycle: &Lifecycle,
-    step: u64,
-    previous: &BTreeSet<u64>,
-    resyncing: &mut BTreeSet<u64>,
-    min: usize,
-    timeout: Duration,
-) -> Option<Vec<u64>> {
+/// What a wait for step `step + 1`'s members expects.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    /// The last step done.
+    pub step: u64,
+    /// The members of the last step done (or those left to redo the next).
+    pub previous: &'a BTreeSet<u64>,
+    /// Members needed at least.
+    pub min: usize,
+    /// How long to wait for `previous` and the resyncing joiners.
+    pub timeout: Duration,
+    /// The coordinator has no copy of step `step`'s state: the wait ends
+    /// when no replica of it is left.
+    pub replicas_only: bool,
+}
+
+/// Waits until the members that can compute step `want.step + 1` are
+/// known. Idle members that are out of sync are told to fetch the state
+/// again (and are then expected, in `resyncing`).
+pub async fn gather(roster: &Roster, lifecycle: &Lifecycle, want: Wanted<'_>, resyncing: &mut BTreeSet<u64>) -> Gathered {
+    let Wanted { step, previous, min, timeout, replicas_only } = want;
     let started = Instant::now();
     let mut last_log = Instant::now();
     loop {
@@ -65,9 +114,13 @@ pub async fn gather(
                         timeout.as_secs_f64()
                     );
                 }
-                return Some(members);
+                return Gathered::Members(members);
             }
             Decision::Wait { have, need, missing } => {
+                let timed_out = started.elapsed() > timeout;
+                if replicas_only && timed_out && roster.live(previous).is_empty() && roster.at_step(step).is_empty() {
+                    return Gathered::StateLost;
+                }
                 if last_log.elapsed() > Duration::from_secs(10) {
                     tracing::info!(have, need, ?missing, "waiting for workers");
                     last_log = Instant::now();
@@ -75,7 +128,7 @@ pub async fn gather(
             }
         }
         if lifecycle.stop_requested() {
-            return None;
+            return Gathered::Stopped;
         }
         tokio::select! {
             _ = change => {}
@@ -117,10 +170,9 @@ mod tests {
         assert!(matches!(decide(&[], &set(&[1]), 1, true), Decision::Wait { .. }));
     }
 
-    #[tokio::test]
-    async fn a_joiner_out_of_sync_is_resynced_and_awaited() {
+    /// Member a idle after step 5, member b just joined (at 0).
+    fn a_at_5_and_a_joiner() -> (Roster, Lifecycle, u64, u64) {
         let roster = Roster::default();
-        let lifecycle = Lifecycle::default();
         let a = roster.register("a".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
         let b = roster.register("b".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
         for id in [a, b] {
@@ -128,15 +180,34 @@ mod tests {
         }
         roster.report_idle(a, 5, 0).unwrap();
         roster.report_idle(b, 0, 0).unwrap();
+        (roster, Lifecycle::default(), a, b)
+    }
+
+    #[tokio::test]
+    async fn a_joiner_out_of_sync_is_resynced_and_awaited() {
+        let (roster, lifecycle, a, b) = a_at_5_and_a_joiner();
         let mut resyncing = BTreeSet::new();
         // b is told to resync and expected: with a short timeout the step goes on with a alone.
-        let got = gather(&roster, &lifecycle, 5, &set(&[a]), &mut resyncing, 1, Duration::from_millis(50)).await;
-        assert_eq!(got, Some(vec![a]));
+        let got = gather(
+            &roster,
+            &lifecycle,
+            Wanted { step: 5, previous: &set(&[a]), min: 1, timeout: Duration::from_millis(50), replicas_only: true },
+            &mut resyncing,
+        )
+        .await;
+        assert_eq!(got, Gathered::Members(vec![a]));
         assert_eq!(resyncing, set(&[b]));
-        // b comes back in sync: it is in the next step.
+        // b reads its order, and comes back in sync: it is in the next step.
+        roster.delivered(b);
         roster.report_idle(b, 5, 0).unwrap();
-        let got = gather(&roster, &lifecycle, 5, &set(&[a]), &mut resyncing, 1, Duration::from_secs(5)).await;
-        assert_eq!(got, Some(vec![a, b]));
+        let got = gather(
+            &roster,
+            &lifecycle,
+            Wanted { step: 5, previous: &set(&[a]), min: 1, timeout: Duration::from_secs(5), replicas_only: true },
+            &mut resyncing,
+        )
+        .await;
+        assert_eq!(got, Gathered::Members(vec![a, b]));
         assert!(resyncing.is_empty());
     }
 
@@ -145,6 +216,39 @@ mod tests {
         let roster = Roster::default();
         let lifecycle = Lifecycle::default();
         lifecycle.request_stop();
-        assert_eq!(gather(&roster, &lifecycle, 0, &set(&[]), &mut BTreeSet::new(), 1, Duration::from_secs(60)).await, None);
+        let got = gather(
+            &roster,
+            &lifecycle,
+            Wanted { step: 0, previous: &set(&[]), min: 1, timeout: Duration::from_secs(60), replicas_only: false },
+            &mut BTreeSet::new(),
+        )
+        .await;
+        assert_eq!(got, Gathered::Stopped);
+    }
+
+    #[tokio::test]
+    async fn with_no_replica_of_the_step_left_the_state_is_lost_after_the_timeout() {
+        // a held step 5 and left; b joined (at 0) and is told to resync.
+        let (roster, lifecycle, a, _) = a_at_5_and_a_joiner();
+        roster.remove(a);
+        let wait = Duration::from_millis(50);
+        let got = gather(
+            &roster,
+            &lifecycle,
+            Wanted { step: 5, previous: &set(&[a]), min: 1, timeout: wait, replicas_only: true },
+            &mut BTreeSet::new(),
+        )
+        .await;
+        assert_eq!(got, Gathered::StateLost);
+        // The same with the coordinator's copy of step 5: the joiner gets it.
+        let (previous, mut resyncing) = (set(&[a]), BTreeSet::new());
+        let gathering = gather(
+            &roster,
+            &lifecycle,
+            Wanted { step: 5, previous: &previous, min: 1, timeout: wait, replicas_only: false },
+            &mut resyncing,
+        );
+        let got = tokio::time::timeout(Duration::from_millis(300), gathering).await;
+        assert!(got.is_err(), "with a copy, the loop waits for the joiner: {got:?}");
     }
 }

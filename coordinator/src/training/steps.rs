@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use super::attempt::{chunk_elements, step_received_bytes, StepEnd, StepPlan};
 use super::checksums::{self, ChecksumBook};
-use super::members;
+use super::members::{self, Gathered, StateLost, Wanted};
 use super::metrics_log::MetricsLog;
 use super::periodic::PeriodicEvals;
 use super::progress::{self, Progress};
@@ -159,7 +159,11 @@ impl Trainer {
         while run.step < total {
             let s = run.step + 1;
             let min = if run.started_training { 1 } else { first_min };
-            let Some(members) = self.gather(run, min).await else { return Ok(false) };
+            let members = match self.gather(run, min).await {
+                Gathered::Members(m) => m,
+                Gathered::Stopped => return Ok(false),
+                Gathered::StateLost => return Err(StateLost { step: run.step, checkpoint: self.status.get().last_checkpoint }.into()),
+            };
             // The shadow off: what wants this step's state gets it before the next step.
             self.ask_for_upload(run.step, &members);
             self.training_starts(run, members.len());
@@ -197,16 +201,18 @@ impl Trainer {
     /// Members of the last step that are not back get the straggler
     /// policy's grace (relative to that step's time), then the step goes on
     /// without them; they rejoin when they return.
-    async fn gather(&self, run: &mut RunState<'_>, min: usize) -> Option<Vec<u64>> {
+    async fn gather(&self, run: &mut RunState<'_>, min: usize) -> Gathered {
         if self.lifecycle.stop_requested() {
-            return None;
+            return Gathered::Stopped;
         }
         let step_timeout = Duration::from_secs_f64(self.config.dist.step_timeout_s);
         let wait = match run.last_step_time {
             Some(took) => StragglerPolicy::new(&self.config.dist).grace(took).map_or(step_timeout, |g| g.min(step_timeout)),
             None => step_timeout,
         };
-        members::gather(&self.roster, &self.lifecycle, run.step, &run.active, &mut run.resyncing, min, wait).await
+        let replicas_only = self.shadow.replicas_only();
+        let want = Wanted { step: run.step, previous: &run.active, min, timeout: wait, replicas_only };
+        members::gather(&self.roster, &self.lifecycle, want, &mut run.resyncing).await
     }
 
     /// Before the first step of this start: the phase changes and the log
