@@ -71,10 +71,15 @@ def sample_part(logs, batch):
     return r
 
 
-def dist_part(logs, backend, batch):
-    """Two workers on one device: images/s over the second half of the run, and the replicas' checksums."""
-    d = os.path.join(logs, f"dist-{backend}")
-    r = {"backend": backend, "exit_code": exit_code(os.path.join(d, "rc"))}
+# The distributed runs: name -> (backend, workers).
+DIST = {"coordinator": ("coordinator", 2), "ring": ("ring", 2), "ring-shadow-off": ("ring", 2), "nccl": ("nccl", 1)}
+
+
+def dist_part(logs, name, batch):
+    """Workers on one device: images/s over the second half of the run, and the replicas' checksums."""
+    d = os.path.join(logs, f"dist-{name}")
+    backend, workers = DIST[name]
+    r = {"backend": backend, "workers": workers, "exit_code": exit_code(os.path.join(d, "rc"))}
     try:
         with open(os.path.join(d, "run", "summary.json")) as f:
             s = json.load(f)
@@ -117,9 +122,10 @@ def failures(res):
         out.append(f"sample: exit {s['exit_code']}")
     elif s["pytorch_ddim50_img_s"] is None:
         out.append("sample: no PyTorch baseline")
-    for b in ("coordinator", "ring"):
-        d = res["dist"][b]
-        if d["exit_code"] != 0 or d.get("replicas_agree") is not True or d.get("replicas") != 2:
+    for b, d in res["dist"].items():
+        if d.get("status"):
+            continue
+        if d["exit_code"] != 0 or d.get("replicas_agree") is not True or d.get("replicas") != d["workers"]:
             out.append(f"dist {b}: exit {d['exit_code']}, replicas {d.get('replicas')}, agree {d.get('replicas_agree')}")
     return out
 
@@ -147,12 +153,13 @@ def markdown(res):
         f"| DDIM-50 sampling, batch {s['batch']} (img/s) | {fmt(s['ddpm_ddim50_img_s'], 1)} | {fmt(s['pytorch_ddim50_img_s'], 1)} "
         f"| {fmt(s.get('ratio'), 2)} |"
     )
-    lines += ["", "| two workers on one device | img/s | replicas agree with the coordinator |", "|---|---|---|"]
-    for b in ("coordinator", "ring"):
-        d = res["dist"][b]
+    lines += ["", "| workers on one device | img/s | replicas agree with the coordinator |", "|---|---|---|"]
+    for b, d in res["dist"].items():
+        if d.get("status"):
+            lines.append(f"| {b} | {d['status']} | - |")
+            continue
         agree = f"{d.get('replicas_agree')} ({d.get('replicas')} replicas, {d.get('checksum_mismatches')} mismatches)"
-        lines.append(f"| {b} | {fmt(d.get('img_s'))} | {agree} |")
-    lines.append("| nccl | not built yet | - |")
+        lines.append(f"| {b}, {d['workers']} worker(s) | {fmt(d.get('img_s'))} | {agree} |")
     tpu = [(p, res["train"][p].get("ratio_to_paper_tpu_v3_8")) for p in ("fp32", "bf16")]
     if any(r is not None for _, r in tpu):
         ratios = ", ".join(f"{p} {fmt(r, 2)}x" for p, r in tpu)
@@ -184,9 +191,10 @@ def main():
         "paper_tpu_v3_8_img_s": PAPER_TPU_IMG_S,
         "train": {p: train_part(a.logs, p) for p in ("fp32", "bf16")},
         "sample": sample_part(a.logs, a.sample_batch),
-        "dist": {b: dist_part(a.logs, b, a.dist_batch) for b in ("coordinator", "ring")},
+        "dist": {b: dist_part(a.logs, b, a.dist_batch) for b in DIST if os.path.isdir(os.path.join(a.logs, f"dist-{b}"))},
     }
-    res["dist"]["nccl"] = {"backend": "nccl", "status": "not built yet"}
+    if a.smoke:
+        res["dist"]["nccl"] = {"backend": "nccl", "status": "not run: NCCL needs a GPU (CPU smoke run)"}
     # The paper's figure is for its CIFAR-10 model on a TPU v3-8: only a
     # measured cifar10 step is compared with it.
     if res["preset"] == "cifar10" and not res["smoke"]:

@@ -24,11 +24,12 @@
 #     in the same run (`ddpm bench train`);
 #  2. DDIM-50 sampling, cifar10 U-Net at batch 256: images/s against
 #     diffusers' UNet2DModel (`ddpm bench sample`);
-#  3. two workers sharing the GPU with each reduction backend this build has:
-#     the coordinator's star and the worker-to-worker ring (`nccl` is
-#     reported "not built yet": the exchange does not exist), a short run
-#     on synthetic data each, with every replica's parameter checksum
-#     compared to the coordinator's.
+#  3. two workers sharing the GPU with the coordinator's star and with the
+#     worker-to-worker ring (its shadow on, and off), and NCCL at world
+#     size 1 (NCCL puts one rank on a GPU; the exchange has never run on a
+#     GPU before this), a short run on synthetic data each, with every
+#     replica's parameter checksum compared to the coordinator's. The CPU
+#     smoke run skips NCCL (it needs a GPU).
 # Without a GPU (no nvidia-smi, or a torch that sees no CUDA device) it
 # exits 2 before measuring anything, unless --cpu-smoke.
 #
@@ -122,17 +123,18 @@ step sample 90 "$bin/ddpm" bench sample --device "$device" --presets "$preset" -
     --threads "$threads" --python "$py"
 
 # 3. Two workers sharing the device, per backend: coordinator on the CPU.
-# dist_run BACKEND: files under $logs/dist-BACKEND/.
+# dist_run NAME BACKEND WORKERS [COORD FLAGS...]: files under $logs/dist-NAME/.
 dist_run() {
-    local backend=$1 dir="$logs/dist-$1"
+    local name=$1 backend=$2 n=$3 dir="$logs/dist-$1"
+    shift 3
     mkdir -p "$dir"
-    echo "== dist-$backend"
+    echo "== dist-$name"
     # Each process under its own time limit: no watchdog left behind holding
     # this script's output open.
     local limit
     limit=$(within 150)
-    timeout "$limit" "$bin/ddpm-coord" --preset "$preset" --data synthetic:shapes --workers 2 --steps "$dist_steps" --batch-size "$dist_batch" \
-        --samples 0 --backend "$backend" --listen 127.0.0.1:0 --run "$dir/run" --threads "$threads" >"$dir/coord.out" 2>"$dir/coord.log" &
+    timeout "$limit" "$bin/ddpm-coord" --preset "$preset" --data synthetic:shapes --workers "$n" --steps "$dist_steps" --batch-size "$dist_batch" \
+        --samples 0 --backend "$backend" "$@" --listen 127.0.0.1:0 --run "$dir/run" --threads "$threads" >"$dir/coord.out" 2>"$dir/coord.log" &
     local coord=$! addr=""
     for _ in $(seq 1 600); do
         addr=$(sed -n 's/^listening on //p' "$dir/coord.out" | head -n1)
@@ -147,17 +149,19 @@ dist_run() {
         return 0
     fi
     local workers=()
-    for w in a b; do
+    for w in $(seq 1 "$n"); do
         timeout "$limit" "$bin/ddpm-worker" --coord "$addr" "${worker_device[@]}" --threads "$threads" --name "gpu0-$w" >"$dir/worker-$w.log" 2>&1 &
         workers+=($!)
     done
     wait $coord
     echo $? >"$dir/rc"
     wait "${workers[@]}" 2>/dev/null
-    [ "$(cat "$dir/rc")" = 0 ] || echo "   dist-$backend failed ($dir/coord.log)"
+    [ "$(cat "$dir/rc")" = 0 ] || echo "   dist-$name failed ($dir/coord.log)"
 }
-dist_run coordinator
-dist_run ring
+dist_run coordinator coordinator 2
+dist_run ring ring 2
+dist_run ring-shadow-off ring 2 --shadow off
+[ $smoke = 1 ] || dist_run nccl nccl 1
 
 "$py" "$here/gpu-check-report.py" --logs "$logs" --out "$out" --smoke "$smoke" --seconds $((SECONDS - start)) \
     --sample-batch "$sample_batch" --dist-batch "$dist_batch"

@@ -184,7 +184,11 @@ fn the_gpu_check_runs_end_to_end_on_the_cpu_with_cpu_smoke() {
         let d = &results["dist"][b];
         assert_eq!((d["replicas"].as_u64(), d["replicas_agree"].as_bool()), (Some(2), Some(true)), "{d}");
     }
-    assert_eq!(results["dist"]["nccl"]["status"], "not built yet");
+    assert_eq!(results["dist"]["nccl"]["status"], "not run: NCCL needs a GPU (CPU smoke run)");
+    assert_eq!(results["dist"]["ring-shadow-off"]["replicas_agree"], true, "{results}");
     let table = std::fs::read_to_string(out_dir.path().join("results.md")).unwrap();
-    assert!(table.contains("CPU SMOKE RUN: not a measurement") && table.contains("| nccl | not built yet |"), "{table}");
+    assert!(
+        table.contains("CPU SMOKE RUN: not a measurement") && table.contains("| nccl | not run: NCCL needs a GPU (CPU smoke run) |"),
+        "{table}"
+    );
 }
