@@ -93,8 +93,10 @@ async fn wrong_protocol_and_wrong_model_are_refused_at_registration() {
     let reply = c.register(register_req(ddpm::wire::PROTOCOL_VERSION)).await.unwrap().into_inner();
     credentials.set_session(&reply.session_secret);
     let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
-    let e =
-        c.ready(proto::ReadyRequest { worker_id: reply.worker_id, layout_hash: 1, param_count: run.param_count + 1 }).await.unwrap_err();
+    let e = c
+        .ready(proto::ReadyRequest { worker_id: reply.worker_id, layout_hash: 1, param_count: run.param_count + 1, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     assert!(e.message().contains("different ddpm build"), "{}", e.message());
     // Refused means removed: the id is gone.
@@ -209,7 +211,9 @@ async fn fake_member(addr: &str) -> (Client, u64, RunConfig, tokio::task::JoinHa
     credentials.set_session(&reply.session_secret);
     let id = reply.worker_id;
     let run: RunConfig = serde_json::from_str(&reply.run_config_json).unwrap();
-    c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count }).await.unwrap();
+    c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count, ..Default::default() })
+        .await
+        .unwrap();
     let hb = {
         let mut c = c.clone();
         tokio::spawn(async move {

@@ -328,3 +328,56 @@ fn a_second_coordinator_is_refused_and_a_finished_run_restarted_changes_nothing(
     assert_eq!(before.keys().collect::<Vec<_>>(), after.keys().collect::<Vec<_>>());
     assert!(before == after, "a restarted finished run changed its files");
 }
+
+/// The ring with the coordinator's copy of the state off: the replicas
+/// hold the run's last step, so a coordinator killed with -9 (after the
+/// checkpoint of step 6, while step 9 is held up by a member frozen
+/// mid-ring) loses nothing: the same command again finds the workers,
+/// which kept their state, checks by checksum that they agree, takes
+/// step 8 from one of them and goes on from there. No step is trained
+/// twice, each is in the log once, and the run ends as a straight one.
+#[test]
+fn with_the_shadow_off_a_new_coordinator_goes_on_from_the_replicas_step() {
+    const RING_OFF: &str = "[dist]\nbackend = \"ring\"\nshadow = \"off\"\nchecksum_every = 1\n";
+    let straight = Run::with_config(RING_OFF);
+    straight.finish(12);
+
+    let run = Run::with_config(RING_OFF);
+    let addr = free_addr();
+    let mut coord = run.start_at(&addr, 12);
+    let worker = |i: usize, fault: Option<&str>| {
+        let name = format!("w{i}");
+        let mut cmd = std::process::Command::new(common::binary("ddpm-worker"));
+        cmd.args(["--coord", &addr, "--device", "cpu", "--threads", "1", "--name", &name]).env("RUST_LOG", "info");
+        if let Some(f) = fault {
+            cmd.env("DDPM_FAULT_RING_FREEZE", f);
+        }
+        Proc::spawn(&name, cmd)
+    };
+    let mut workers = vec![worker(0, Some("9:6")), worker(1, None)];
+    coord.wait_for_line("checkpoint saved step=6", Duration::from_secs(300));
+    workers[0].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
+    coord.child.kill().unwrap();
+    coord.child.wait().unwrap();
+    assert_eq!(run.logged_steps(), (1..=8).collect::<Vec<_>>(), "the killed coordinator logged steps 1 to 8:\n{}", coord.output());
+
+    let mut again = run.start_at(&addr, 12);
+    again.wait_for_line(
+        "the live replicas hold step 8 (2 of 2 agree by checksum): going on from it, not from step 6",
+        Duration::from_secs(120),
+    );
+    assert_eq!(again.wait(Duration::from_secs(300)), 0, "{}", again.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+        assert!(w.output().contains("keeping the training state of step 8"), "{}", w.output());
+    }
+    let out = again.output();
+    assert!(!out.contains("step 8/12"), "step 8 was trained again:\n{out}");
+    let summary = run.summary();
+    assert_eq!((summary["steps"].as_u64(), summary["resumed_from"].as_u64()), (Some(12), Some(8)), "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(run.logged_steps(), (1..=12).collect::<Vec<_>>(), "each step once");
+    let d = run.max_diff(&straight, 12);
+    eprintln!("max |straight - coordinator killed, replicas' step adopted| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}

@@ -77,7 +77,9 @@ impl Member {
         credentials.set_session(&reg.session_secret);
         let run: RunConfig = serde_json::from_str(&reg.run_config_json).unwrap();
         let id = reg.worker_id;
-        c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count }).await.unwrap();
+        c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count, ..Default::default() })
+            .await
+            .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(proto::HeartbeatRequest { worker_id: id }).await.unwrap();
         let mut replies = c.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();

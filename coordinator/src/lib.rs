@@ -139,6 +139,7 @@ async fn start(
         decoder: parts.dataset.decoder(),
         param_count: layout.total as u64,
         layout_hash: layout.hash(),
+        run_id: ddpm::store::run_id::ensure(&parts.store).await?,
     };
     tracing::info!(%addr, params = layout.total, run = %parts.store.url(), "coordinator listening");
     let background = Background::start(listener, opts, &parts, run_config, lease, shutdown).await?;

@@ -66,6 +66,13 @@ impl RunStatus {
         }
     }
 
+    /// This start goes on from step `step` (the replicas' step, newer than
+    /// the checkpoint it loaded), with `skipped` steps skipped up to it.
+    pub fn resumed_at(&self, step: u64, skipped: u64) {
+        let mut info = self.lock();
+        (info.step, info.resumed_from, info.skipped_steps) = (step, step, skipped);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, StatusInfo> {
         self.info.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -489,8 +489,8 @@ async fn apply_in_order(shadow: Arc<Shadow>) {
         // A replica's state carries the skipped count of its step.
         let (done, loaded_skipped) = match p.upload {
             Some(upload) => {
-                let skipped = upload.skipped;
-                (shadow.state.load(upload.into_state()).await, Some(skipped))
+                let (state, skipped) = upload.into_state();
+                (shadow.state.load(state).await, Some(skipped))
             }
             None => (shadow.state.apply(p.step, p.grad, p.outcome).await, None),
         };
@@ -501,6 +501,10 @@ async fn apply_in_order(shadow: Arc<Shadow>) {
             let mut inner = shadow.lock();
             inner.applied = p.step;
             inner.skipped = loaded_skipped.unwrap_or(inner.skipped + u64::from(!p.outcome.apply));
+            if inner.committed == p.step {
+                // The same count (an adopted step's is known only now).
+                inner.committed_skipped = inner.skipped;
+            }
             inner.skipped
         };
         for hook in p.hooks {
@@ -530,10 +534,26 @@ impl Shadow {
 
     /// An entry waiting for a replica's state at `step` (bound) with `hook`.
     fn load_entry(&self, inner: &Inner, step: u64, hook: Hook) -> Pending {
-        let upload = Upload { asked: None, bound: true, skipped: inner.committed_skipped, state: None };
+        let upload = Upload { asked: None, bound: true, skipped: Some(inner.committed_skipped), state: None };
         let mut p = empty_entry(step, upload);
         p.hooks.push(hook);
         p
+    }
+
+    /// A start goes on from step `step`, which the replicas hold: the run
+    /// is at it, and the shadow's copy once one of them uploaded it.
+    pub fn adopt(&self, step: u64) {
+        let mut inner = self.lock();
+        let upload = Upload { asked: None, bound: true, skipped: None, state: None };
+        inner.pending.push_back(empty_entry(step, upload));
+        inner.committed = step;
+        drop(inner);
+        self.changed.notify_waiters();
+    }
+
+    /// Steps skipped up to the committed step.
+    pub fn committed_skipped(&self) -> u64 {
+        self.lock().committed_skipped
     }
 
     /// Step `step` committed (the shadow off: no update follows it).
@@ -558,7 +578,7 @@ impl Shadow {
                 return Ok(());
             }
             if !inner.pending.is_empty() || inner.applied != inner.committed {
-                let upload = Upload { asked: None, bound: false, skipped: 0, state: None };
+                let upload = Upload { asked: None, bound: false, skipped: Some(0), state: None };
                 let mut p = empty_entry(inner.committed, upload);
                 p.hooks.push(hook);
                 inner.pending.push_back(p);
@@ -592,7 +612,7 @@ impl Shadow {
                     }
                     p.hooks.retain(|h| !matches!(h, Hook::Checksum(_)));
                 }
-                (p.step, u.bound, u.skipped) = (idle_step, true, skipped);
+                (p.step, u.bound, u.skipped) = (idle_step, true, Some(skipped));
             }
         }
         merge_same_step(&mut inner.pending);

@@ -128,7 +128,8 @@ impl Member {
         let id = reg.worker_id;
         credentials.set_session(&reg.session_secret);
         let run: RunConfig = serde_json::from_str(&reg.run_config_json)?;
-        c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count }).await?;
+        c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count, ..Default::default() })
+            .await?;
         let hb = {
             let mut c = c.clone();
             tokio::spawn(async move {

@@ -56,6 +56,10 @@ pub struct RunConfig {
     pub param_count: u64,
     /// Hash of the parameter layout (`train::flat::Layout::hash`).
     pub layout_hash: u64,
+    /// The run's id (`ddpm::store::run_id`): a worker keeps its device's
+    /// state across coordinators only for the same run (0: unknown).
+    #[serde(default)]
+    pub run_id: u64,
 }
 
 /// The names `TrainConfig::preset` accepts.

@@ -22,14 +22,15 @@
 //! Files: `run_store.rs` ([`RunStore`], the API), `options.rs` (the
 //! `--run` grammar, S3 options, clap flags), `error.rs` (the error and its
 //! classification), `lease.rs` (the run lease: one coordinator per run),
-//! `metrics_rows.rs` (a run's metrics log read back), `faulty.rs` (faults
-//! injected for tests).
+//! `metrics_rows.rs` (a run's metrics log read back), `run_id.rs` (the
+//! run's id), `faulty.rs` (faults injected for tests).
 
 mod error;
 pub mod faulty;
 pub mod lease;
 pub mod metrics_rows;
 mod options;
+pub mod run_id;
 mod run_store;
 
 pub use error::{FenceError, StoreError};

@@ -67,6 +67,9 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
     // The device (and its model) outlives a membership: a worker dropped
     // and registering again for the same run config reuses it.
     let mut device: Option<(String, DeviceHandle)> = None;
+    // The training step whose state that device holds (0: none): a new
+    // coordinator of the same run may go on from it (shadow off).
+    let mut held_step = 0u64;
     let mut backoff = RECONNECT_BACKOFF.0;
     // Since when every attempt to join failed on a broken connection.
     let mut not_joined_since: Option<std::time::Instant> = None;
@@ -77,7 +80,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
                 // A fresh session secret per membership.
                 let credentials = ddpm::wire::auth::Credentials::new(opts.token.clone());
                 let client = client::connect(&opts.coord, &opts.tls, opts.connect_timeout, credentials.clone()).await?;
-                session::session(client, &credentials, &opts, &mut device).await
+                session::session(client, &credentials, &opts, &mut device, &mut held_step).await
             } => r?,
             _ = &mut shutdown => {
                 tracing::info!("shutdown requested");

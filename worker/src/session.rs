@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ddpm::config::RunConfig;
+use ddpm::config::{RunConfig, ShadowMode};
 use ddpm::proto::{self, work_message};
 use ddpm::wire::{self, auth::Credentials, WorkerRole};
 use tokio_stream::StreamExt;
@@ -81,14 +81,17 @@ fn on_error(e: CallError, phase: Phase) -> anyhow::Result<Next> {
     }
 }
 
-/// One membership: register, build (or reuse) the model, work until dropped or done.
+/// One membership: register, build (or reuse) the model, work until
+/// dropped or done. `held_step`: the training step whose state `device`
+/// holds from earlier memberships (0: none), updated when this one ends.
 pub async fn session(
     mut client: Client,
     credentials: &Credentials,
     opts: &WorkerOptions,
     device: &mut Option<(String, DeviceHandle)>,
+    held_step: &mut u64,
 ) -> anyhow::Result<SessionEnd> {
-    let joined = match join(&mut client, credentials, opts, device).await {
+    let joined = match join(&mut client, credentials, opts, device, *held_step).await {
         Ok(joined) => joined,
         Err(e) => return end(on_error(e, Phase::Joining)?),
     };
@@ -106,9 +109,11 @@ pub async fn session(
         stats: opts.stats.clone(),
         peers: opts.peers.clone(),
         nccl: joined.nccl.map(NcclLink::new),
+        keep: joined.keep,
     };
     let result = work.run().await;
     heartbeat.abort();
+    *held_step = if opts.role == WorkerRole::Train { work.applied } else { 0 };
     result
 }
 
@@ -126,6 +131,9 @@ struct Joined {
     heartbeat: Duration,
     /// The NCCL this worker reduces with when a step's plan says so.
     nccl: Option<ddpm::nccl::Nccl>,
+    /// The step of the device's state, kept instead of fetched: the
+    /// coordinator said so (ReadyReply's keep_state).
+    keep: Option<u64>,
 }
 
 /// Registers, builds the model (or reuses the device's, for the same run
@@ -135,6 +143,7 @@ async fn join(
     credentials: &Credentials,
     opts: &WorkerOptions,
     device: &mut Option<(String, DeviceHandle)>,
+    held_step: u64,
 ) -> CallResult<Joined> {
     let reply = client
         .register(proto::RegisterRequest {
@@ -156,6 +165,9 @@ async fn join(
     // Before the model is built or the worker counts as ready: the run's
     // backend may need what this worker lacks (a GPU, libnccl.so.2).
     let nccl = crate::nccl_check::check(run.train.dist.backend, opts.role, opts.device)?;
+    // Same run config, run id included: the device's state is this run's.
+    let reused = device.as_ref().is_some_and(|(json, _)| *json == reply.run_config_json);
+    let offered = if reused && opts.role == WorkerRole::Train && run.train.dist.shadow == ShadowMode::Off { held_step } else { 0 };
     let dev = match device.take() {
         Some((json, handle)) if json == reply.run_config_json => (json, handle),
         _ => {
@@ -165,13 +177,12 @@ async fn join(
         }
     };
     let dev = &device.insert(dev).1;
-    client
-        .ready(proto::ReadyRequest { worker_id: id, layout_hash: dev.layout_hash, param_count: dev.param_count })
-        .await
-        .directed("the coordinator refused this worker")?;
+    let ready = proto::ReadyRequest { worker_id: id, layout_hash: dev.layout_hash, param_count: dev.param_count, held_step: offered };
+    let answer = client.ready(ready).await.directed("the coordinator refused this worker")?.into_inner();
     tracing::info!(worker = id, coord = %opts.coord, "joined the run");
     opts.stats.set_member(Some(id)).await;
-    Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s), nccl })
+    let keep = (answer.keep_state && offered > 0).then_some(offered);
+    Ok(Joined { id, run, heartbeat: Duration::from_secs_f64(reply.heartbeat_interval_s), nccl, keep })
 }
 
 /// Liveness, on the side of the work: one Attach call for the whole
@@ -219,12 +230,20 @@ struct Work<'a> {
     peers: Option<std::sync::Arc<ddpm::ring::PeerListener>>,
     /// The NCCL backend's library and communicator, kept from step to step.
     nccl: Option<NcclLink>,
+    /// The step of the device's state to keep at the start, not fetch.
+    keep: Option<u64>,
 }
 
 impl Work<'_> {
     async fn run(&mut self) -> anyhow::Result<SessionEnd> {
         // An eval worker never trains: it needs no training state.
-        if self.role == WorkerRole::Train {
+        if let Some(step) = self.keep.take() {
+            // Its step and checksum go with the first NextWork: the
+            // coordinator goes on from it, or resyncs this worker.
+            self.applied = step;
+            self.checksum = self.dev.checksum().await?;
+            tracing::info!(step, "keeping the training state of step {step} this device holds, as the coordinator asked");
+        } else if self.role == WorkerRole::Train {
             match training::fetch_training_state(&mut self.client, self.id, self.dev).await {
                 Ok(step) => self.applied = step,
                 Err(e) => return end(on_error(e, Phase::Joining)?),

@@ -98,6 +98,9 @@ struct Members {
     next_id: u64,
     /// Members dropped since the roster was made (removed or reaped).
     lost: u64,
+    /// The start stopped looking for the replicas' step: a member that
+    /// joins with a state of its own fetches the run's instead.
+    held_closed: bool,
 }
 
 /// How many workers came and went, since the coordinator started.
@@ -186,6 +189,27 @@ impl Roster {
         drop(m);
         self.notify();
         Ok(info)
+    }
+
+    /// Whether a member joining with the state of an earlier membership
+    /// may keep it (only until the start has chosen the run's step).
+    pub fn takes_held(&self) -> bool {
+        !self.lock().held_closed
+    }
+
+    /// Stops taking held states; returns the idle training members as
+    /// `(id, step, checksum)`: the step they reported and the parameter
+    /// checksum they reported with it (0: none).
+    pub fn close_held(&self) -> Vec<(u64, u64, u64)> {
+        let mut m = self.lock();
+        m.held_closed = true;
+        let idle = m.by_id.iter().filter(|(_, x)| x.is_trainer() && x.idle);
+        idle.map(|(id, x)| (*id, x.applied_step, x.checksums.get(&x.applied_step).map_or(0, |(c, _)| *c))).collect()
+    }
+
+    /// Ready, idle training members, at any step.
+    pub fn idle_trainers(&self) -> usize {
+        self.lock().by_id.values().filter(|x| x.is_trainer() && x.idle).count()
     }
 
     /// Drops a member; its info if it was one.

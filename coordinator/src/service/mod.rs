@@ -153,8 +153,11 @@ impl Coordinator for CoordService {
             return Err(e.into());
         }
         let member = self.roster.mark_ready(r.worker_id)?;
-        tracing::info!(worker = r.worker_id, name = %member.name, "worker ready");
-        Ok(Response::new(proto::ReadyReply {}))
+        // With the shadow off a starting coordinator looks for the step its
+        // replicas hold (training/adopt.rs); once chosen, joiners fetch it.
+        let keep_state = r.held_step > 0 && self.shadow.is_off() && self.roster.takes_held();
+        tracing::info!(worker = r.worker_id, name = %member.name, held_step = r.held_step, keep_state, "worker ready");
+        Ok(Response::new(proto::ReadyReply { keep_state }))
     }
 
     async fn heartbeat(&self, req: Request<proto::HeartbeatRequest>) -> Result<Response<proto::HeartbeatReply>, Status> {

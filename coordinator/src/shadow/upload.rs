@@ -25,8 +25,10 @@ pub struct Upload {
     /// Whether the entry's step is fixed (else it is set when a replica is
     /// asked).
     pub bound: bool,
-    /// Steps skipped up to the entry's step.
-    pub skipped: u64,
+    /// Steps skipped up to the entry's step; `None` for a start going on
+    /// from the replicas' step (nothing else knows it): the step less the
+    /// updates applied, from the state itself.
+    pub skipped: Option<u64>,
     pub state: Option<Box<Uploaded>>,
 }
 
@@ -36,8 +38,11 @@ impl Upload {
         self.asked.is_none() && self.state.is_none()
     }
 
-    pub fn into_state(self) -> Box<Uploaded> {
-        self.state.expect("an entry is applied once its upload arrived")
+    /// The state, and the steps skipped up to its step.
+    pub fn into_state(self) -> (Box<Uploaded>, u64) {
+        let state = self.state.expect("an entry is applied once its upload arrived");
+        let skipped = self.skipped.unwrap_or(state.step.saturating_sub(state.adam_step));
+        (state, skipped)
     }
 }
 

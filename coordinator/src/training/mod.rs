@@ -13,10 +13,12 @@
 //! Files: `trainer.rs` (what the loop drives), `steps.rs` (the loop and
 //! what it carries from step to step), `attempt.rs` (one attempt at a
 //! step), `finish.rs` (the end of the run), and the parts with state of
-//! their own: `start.rs`, `members.rs`, `stragglers.rs`, `checksums.rs`,
+//! their own: `start.rs`, `adopt.rs` (a start going on from the live
+//! replicas' step), `members.rs`, `stragglers.rs`, `checksums.rs`,
 //! `saver.rs`, `metrics_log.rs`, `progress.rs`, `periodic.rs`,
 //! `end_grid.rs`, `summary.rs`.
 
+mod adopt;
 mod attempt;
 mod checksums;
 mod end_grid;
@@ -72,7 +74,8 @@ impl Trainer {
             Ok(summary) => (summary, None),
             Err(e) => {
                 let elapsed = started.elapsed().as_secs_f64();
-                (Summary::failed(&self.status.get(), self.shadow.start_step(), &self.store, elapsed, format!("{e:#}")), Some(e))
+                let status = self.status.get();
+                (Summary::failed(&status, status.resumed_from, &self.store, elapsed, format!("{e:#}")), Some(e))
             }
         };
         let written = summary.write(&self.store).await;
@@ -91,11 +94,16 @@ impl Trainer {
     /// [`Trainer::train`] up to its summary; a final checkpoint that could
     /// not be saved is the summary's `error`.
     async fn train_steps(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
-        let mut run = self.open_run(uploader).await?;
         let (workers, min_workers) = (self.start.workers, self.start.min_workers);
         tracing::info!(workers, min_workers, "waiting for {workers} workers to join");
+        if !self.shadow.is_off() {
+            // Only the replicas' EMA makes their state whole (adopt.rs).
+            self.roster.close_held();
+        }
         // A stop while waiting is noticed by the loop's first gather.
-        let first_min = start::await_start(&self.roster, &self.lifecycle, run.step, &self.start).await?.unwrap_or(workers);
+        let first_min = start::await_start(&self.roster, &self.lifecycle, self.shadow.start_step(), &self.start).await?.unwrap_or(workers);
+        self.adopt_replicas().await?;
+        let mut run = self.open_run(uploader).await?;
         let all_done = self.steps(&mut run, first_min).await?;
         run.evals.log_finished(&self.queue, &mut run.metrics)?;
         run.metrics.flush_all().await;

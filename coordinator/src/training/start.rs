@@ -100,9 +100,15 @@ pub async fn await_start(roster: &Roster, lifecycle: &Lifecycle, step: u64, poli
     let mut count_since = Instant::now();
     loop {
         let change = roster.next_change();
-        // Joiners of a resumed run fetch its state first (as in `members::gather`).
-        roster.resync_out_of_sync(step);
-        let have = roster.in_sync(step).len();
+        // Joiners of a resumed run fetch its state first (as in
+        // `members::gather`), unless the start may go on from the step the
+        // replicas hold (training/adopt.rs decides once they are here).
+        let have = if roster.takes_held() {
+            roster.idle_trainers()
+        } else {
+            roster.resync_out_of_sync(step);
+            roster.in_sync(step).len()
+        };
         if have != last_count {
             last_count = have;
             count_since = Instant::now();

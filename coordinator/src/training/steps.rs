@@ -122,14 +122,15 @@ impl Trainer {
     /// batch being read.
     pub(super) async fn open_run<'a>(&'a self, uploader: &'a Uploader) -> anyhow::Result<RunState<'a>> {
         let cfg = &self.config;
-        let (step, total) = (self.shadow.start_step(), cfg.train.steps);
+        // The checkpoint's step, or the replicas' that the start went on from.
+        let (step, total) = (self.shadow.steps().1, cfg.train.steps);
         let run = RunState {
             step,
             resumed_from: step,
             started: Instant::now(),
             active: BTreeSet::new(),
             checksums: ChecksumBook::default(),
-            skipped: self.start_skipped,
+            skipped: if step == self.shadow.start_step() { self.start_skipped } else { self.shadow.committed_skipped() },
             last_loss: f64::NAN,
             saver: Saver::new(&self.shadow, uploader, self.store.clone(), cfg, step),
             metrics: MetricsLog::open(&self.store, &self.run, step, self.history.clone()).await?,
