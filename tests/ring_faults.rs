@@ -441,3 +441,32 @@ fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
     eprintln!("max |fault-free - shadow off, every worker killed, resumed| = {d:e}");
     assert!(d < 1e-4, "{d}");
 }
+
+/// With the coordinator's copy off and every replica's checksum reported
+/// each step (`checksum_every = 1`), a replica whose parameters went bad
+/// after step 4 (`DDPM_FAULT_ALTER_PARAMS`) is outvoted by the two others
+/// when the members of step 5 are gathered: it is named, counted and
+/// resynced from a good replica before it computes another gradient, and
+/// the run ends as the fault-free one.
+#[test]
+fn with_the_shadow_off_a_replica_whose_parameters_were_altered_is_resynced_before_the_next_step() {
+    fault_free();
+    let run = Run::shadow_off(1000);
+    let (mut coord, mut workers) = run.start([None, Some(("DDPM_FAULT_ALTER_PARAMS", "4")), None]);
+    let altered = joined_id(&mut workers[1]);
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    workers[1].wait_for_line("fault injection: altering this replica's parameters", Duration::from_secs(1));
+    let out = coord.output();
+    let named = out.lines().find(|l| l.contains("replica's parameters differ from the other replicas'")).unwrap_or_else(|| panic!("{out}"));
+    assert!(named.contains(&format!("worker={altered}")) && named.contains("step=4"), "{named}");
+    assert!(workers[1].output().contains("parameter checksum mismatch at step 4"), "{}", workers[1].output());
+    let summary = run.summary();
+    assert_eq!(summary["checksum_mismatches"], 1, "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    let d = max_diff(&run.final_params(), fault_free());
+    eprintln!("max |fault-free - shadow off, a replica altered after step 4| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}

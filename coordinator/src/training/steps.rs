@@ -165,6 +165,15 @@ impl Trainer {
                 Gathered::Stopped => return Ok(false),
                 Gathered::StateLost => return Err(StateLost { step: run.step, checkpoint: self.status.get().last_checkpoint }.into()),
             };
+            // Replicas compared among themselves (the shadow off): their
+            // reports of the last step came with their requests for work, so
+            // one that differs is resynced before it computes another
+            // gradient, and the members are gathered again without it.
+            let differ = run.checksums.verify_agreement(&self.roster, run.step);
+            if differ > 0 {
+                self.telemetry.checksum_mismatches(differ);
+                continue;
+            }
             // The shadow off: what wants this step's state gets it before the next step.
             self.ask_for_upload(run.step, &members);
             self.training_starts(run, members.len());

@@ -141,6 +141,7 @@ impl Thread {
                     } else {
                         let mut g = self.state.model.load_grad(&grad);
                         self.state.apply(&self.run.train, step, &mut g, &outcome);
+                        work::alter_params_if_asked(&mut self.state, step);
                         if let (Some((ema, scratch)), true) = (self.replica_ema.as_mut(), outcome.apply) {
                             ddpm::train::optim::ema_update(ema, &self.state.model.flat, self.run.train.train.ema_decay, scratch);
                         }

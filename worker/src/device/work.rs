@@ -209,3 +209,17 @@ fn bound_sums(
     }
     Ok(sums.to_bytes())
 }
+
+/// Fault injection for the tests (`tests/ring_faults.rs`):
+/// `DDPM_FAULT_ALTER_PARAMS=STEP` adds 1e-3 to this replica's first
+/// parameter once it applied step STEP, like memory that went bad: its
+/// checksum then differs from the other replicas'.
+pub fn alter_params_if_asked(state: &mut TrainState, step: u64) {
+    let asked = std::env::var("DDPM_FAULT_ALTER_PARAMS").ok().and_then(|v| v.parse::<u64>().ok()) == Some(step);
+    if asked {
+        tracing::warn!(step, "fault injection: altering this replica's parameters");
+        tch::no_grad(|| {
+            let _ = state.model.flat.narrow(0, 0, 1).f_add_scalar_(1e-3);
+        });
+    }
+}
