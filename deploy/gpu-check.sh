@@ -127,6 +127,9 @@ step sample 90 "$bin/ddpm" bench sample --device "$device" --presets "$preset" -
 dist_run() {
     local name=$1 backend=$2 n=$3 dir="$logs/dist-$1"
     shift 3
+    # This run's own coordinator flags (the script's arguments are not
+    # forwarded to ddpm-coord).
+    local flags=("$@")
     mkdir -p "$dir"
     echo "== dist-$name"
     # Each process under its own time limit: no watchdog left behind holding
@@ -134,7 +137,7 @@ dist_run() {
     local limit
     limit=$(within 150)
     timeout "$limit" "$bin/ddpm-coord" --preset "$preset" --data synthetic:shapes --workers "$n" --steps "$dist_steps" --batch-size "$dist_batch" \
-        --samples 0 --backend "$backend" "$@" --listen 127.0.0.1:0 --run "$dir/run" --threads "$threads" >"$dir/coord.out" 2>"$dir/coord.log" &
+        --samples 0 --backend "$backend" ${flags[@]+"${flags[@]}"} --listen 127.0.0.1:0 --run "$dir/run" --threads "$threads" >"$dir/coord.out" 2>"$dir/coord.log" &
     local coord=$! addr=""
     for _ in $(seq 1 600); do
         addr=$(sed -n 's/^listening on //p' "$dir/coord.out" | head -n1)

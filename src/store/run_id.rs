@@ -5,7 +5,8 @@
 //! new run at the same address, or at the same path after the old one was
 //! deleted, never goes on from another run's replicas.
 
-use super::{RunStore, StoreError};
+use super::error::StoreError;
+use super::run_store::RunStore;
 
 /// The run's id's key in its store.
 pub const KEY: &str = "run_id";
