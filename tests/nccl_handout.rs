@@ -7,8 +7,9 @@
 //! the wrong length, of another epoch or from a member that is not rank 0
 //! are refused by reason; a member killed (kill -9) in the middle of an
 //! attempt ends it, and the survivors' redo names a new epoch whose rank 0
-//! hands out a fresh id; `auto` is NCCL for GPU members and the ring as
-//! soon as one member is a CPU worker.
+//! hands out a fresh id; `auto` is NCCL for GPU members that loaded NCCL
+//! and the ring as soon as one member is a CPU worker or a GPU worker
+//! without NCCL.
 //!
 //! The communicator, the all-reduce and abort need a GPU and are not
 //! exercised here (worker/src/nccl_exchange.rs).
@@ -56,8 +57,9 @@ struct Member {
 }
 
 impl Member {
-    /// Joins as a worker on `device` (as a worker writes it: `Cuda(0)`, `Cpu`).
-    async fn join(addr: &str, device: &str) -> Member {
+    /// Joins as a worker on `device` (as a worker writes it: `Cuda(0)`,
+    /// `Cpu`), able to be an NCCL rank when it is a GPU worker and `nccl`.
+    async fn join_as(addr: &str, device: &str, nccl: bool) -> Member {
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
         let credentials = wire::auth::Credentials::default();
         let mut c = CoordinatorClient::with_interceptor(channel, credentials.clone());
@@ -77,14 +79,25 @@ impl Member {
         credentials.set_session(&reg.session_secret);
         let run: RunConfig = serde_json::from_str(&reg.run_config_json).unwrap();
         let id = reg.worker_id;
-        c.ready(proto::ReadyRequest { worker_id: id, layout_hash: run.layout_hash, param_count: run.param_count, ..Default::default() })
-            .await
-            .unwrap();
+        let can_nccl = nccl && device.starts_with("Cuda");
+        let ready = proto::ReadyRequest {
+            worker_id: id,
+            layout_hash: run.layout_hash,
+            param_count: run.param_count,
+            nccl: can_nccl,
+            ..Default::default()
+        };
+        c.ready(ready).await.unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tx.send(proto::HeartbeatRequest { worker_id: id }).await.unwrap();
         let mut replies = c.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
         tokio::spawn(async move { while let Some(Ok(_)) = replies.next().await {} });
         Member { c, id, params: run.param_count, _attach: tx }
+    }
+
+    /// Joins as a worker on `device`; a GPU worker loaded NCCL.
+    async fn join(addr: &str, device: &str) -> Member {
+        Self::join_as(addr, device, true).await
     }
 
     /// The next training assignment (its samples skipped).
@@ -263,14 +276,16 @@ fn member_process() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn auto_is_nccl_for_gpu_members_and_the_ring_with_a_cpu_member() {
-    for (devices, nccl) in [(["Cuda(0)", "Cuda(1)"], true), (["Cuda(0)", "Cpu"], false)] {
+async fn auto_is_nccl_for_gpu_members_and_the_ring_with_a_cpu_member_or_a_gpu_member_without_nccl() {
+    // (devices, whether the second loaded NCCL, whether the step is NCCL's)
+    let cases = [(["Cuda(0)", "Cuda(1)"], true, true), (["Cuda(0)", "Cpu"], true, false), (["Cuda(0)", "Cuda(1)"], false, false)];
+    for (devices, second_nccl, nccl) in cases {
         let dir = tempdir();
         let (_coord, addr) = coordinator(&dir, "auto", 2);
-        let mut members = vec![Member::join(&addr, devices[0]).await, Member::join(&addr, devices[1]).await];
+        let mut members = vec![Member::join(&addr, devices[0]).await, Member::join_as(&addr, devices[1], second_nccl).await];
         let assignments = next_all(&mut members).await;
         for a in &assignments {
-            assert_eq!((a.nccl.is_some(), a.ring.is_some()), (nccl, !nccl), "{devices:?}: {a:?}");
+            assert_eq!((a.nccl.is_some(), a.ring.is_some()), (nccl, !nccl), "{devices:?} {second_nccl}: {a:?}");
         }
     }
 }

@@ -195,12 +195,12 @@ impl Backend {
     }
 
     /// The backend a step's members use: `auto` is NCCL when every member
-    /// computes on a GPU (NCCL needs a CUDA device on every rank), else the
-    /// ring (which carries any device's gradient through host memory); the
+    /// can be an NCCL rank (a GPU worker that loaded NCCL), else the ring
+    /// (which carries any device's gradient through host memory); the
     /// others are themselves.
-    pub fn resolve(self, every_member_gpu: bool) -> Backend {
+    pub fn resolve(self, every_member_nccl: bool) -> Backend {
         match self {
-            Backend::Auto if every_member_gpu => Backend::Nccl,
+            Backend::Auto if every_member_nccl => Backend::Nccl,
             Backend::Auto => Backend::Ring,
             b => b,
         }

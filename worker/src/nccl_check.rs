@@ -13,9 +13,10 @@ use tch::Device;
 
 /// The NCCL this worker reduces with, if the run may ask it to: with
 /// `backend = "nccl"` every training worker needs one (a CPU worker or a
-/// missing library refuses); with `"auto"` a GPU worker does (the
-/// coordinator picks NCCL when every member is a GPU worker), a CPU
-/// worker does not (it makes the run use the ring). `Ok(None)`: never asked.
+/// missing library refuses); with `"auto"` a GPU worker loads it if it can
+/// (the coordinator picks NCCL when every member can), and one that cannot
+/// (or a CPU worker) goes without: its steps use the ring. `Ok(None)`:
+/// never asked.
 pub fn check(backend: Backend, role: WorkerRole, device: Device) -> anyhow::Result<Option<Nccl>> {
     // Eval workers never join a step.
     if role != WorkerRole::Train {
@@ -25,12 +26,16 @@ pub fn check(backend: Backend, role: WorkerRole, device: Device) -> anyhow::Resu
         Backend::Nccl => Ok(Some(ddpm::nccl::preflight(device)?)),
         Backend::Auto if device.is_cuda() => match ddpm::nccl::preflight(device) {
             Ok(nccl) => Ok(Some(nccl)),
-            // Refused rather than quietly reduced through the ring: the
-            // coordinator would pick NCCL for a run of GPU workers.
-            Err(e) => Err(anyhow::anyhow!(
-                "{e}\n[dist] backend = \"auto\" reduces over NCCL when every member is a GPU worker, and this GPU worker \
-                 cannot load it: install it as above, or choose backend = \"ring\""
-            )),
+            // `auto` falls back: this worker tells the coordinator it cannot
+            // be an NCCL rank (ReadyRequest.nccl), and steps it is in go
+            // through the ring. Said loudly: it is the slower path.
+            Err(e) => {
+                tracing::warn!(
+                    "{e}\n[dist] backend = \"auto\": this GPU worker cannot be an NCCL rank, so every step it is in \
+                     reduces through the ring instead (slower on GPUs); install NCCL as above to get it back"
+                );
+                Ok(None)
+            }
         },
         Backend::Auto | Backend::Ring | Backend::Coordinator => Ok(None),
     }
@@ -48,5 +53,17 @@ mod tests {
         assert!(check(Backend::Nccl, WorkerRole::Eval, Device::Cpu).unwrap().is_none());
         let e = check(Backend::Nccl, WorkerRole::Train, Device::Cpu).unwrap_err().to_string();
         assert!(e.contains("needs a CUDA device") && e.contains("runs on cpu"), "{e}");
+    }
+
+    #[test]
+    fn with_auto_a_gpu_worker_that_cannot_load_nccl_goes_without_it() {
+        // A GPU worker on a machine without a usable CUDA/NCCL (this one):
+        // `nccl` refuses it, `auto` lets it train through the ring.
+        let gpu = Device::Cuda(0);
+        if ddpm::nccl::preflight(gpu).is_ok() {
+            return; // a machine with a GPU and NCCL: nothing to fall back from
+        }
+        assert!(check(Backend::Nccl, WorkerRole::Train, gpu).is_err());
+        assert!(check(Backend::Auto, WorkerRole::Train, gpu).unwrap().is_none());
     }
 }

@@ -177,7 +177,13 @@ async fn join(
         }
     };
     let dev = &device.insert(dev).1;
-    let ready = proto::ReadyRequest { worker_id: id, layout_hash: dev.layout_hash, param_count: dev.param_count, held_step: offered };
+    let ready = proto::ReadyRequest {
+        worker_id: id,
+        layout_hash: dev.layout_hash,
+        param_count: dev.param_count,
+        held_step: offered,
+        nccl: nccl.is_some(),
+    };
     let answer = client.ready(ready).await.directed("the coordinator refused this worker")?.into_inner();
     tracing::info!(worker = id, coord = %opts.coord, "joined the run");
     opts.stats.set_member(Some(id)).await;

@@ -71,6 +71,8 @@ struct Member {
     last_work: Option<(u64, f64, u32)>,
     /// Where it accepts ring neighbours (empty: no listener).
     peer_endpoint: String,
+    /// It computes on a GPU and loaded NCCL (its ReadyRequest said so).
+    nccl: bool,
 }
 
 impl Member {
@@ -172,6 +174,7 @@ impl Roster {
                 secret: ddpm::wire::auth::new_secret(),
                 last_work: None,
                 peer_endpoint,
+                nccl: false,
             },
         );
         drop(m);
@@ -250,14 +253,19 @@ impl Roster {
         self.lock().by_id.get(&id).map(|m| m.peer_endpoint.clone())
     }
 
-    /// Whether every one of `members` computes on a CUDA device, as its
-    /// RegisterRequest said (a worker writes its device as `Cuda(N)` or
-    /// `cuda:N`): what `[dist] backend = "auto"` needs to pick NCCL. An
-    /// unknown id counts as no GPU.
-    pub fn every_gpu(&self, members: &[u64]) -> bool {
+    /// Whether every one of `members` can be an NCCL rank (a GPU worker
+    /// that loaded NCCL, as its ReadyRequest said): what `[dist] backend =
+    /// "auto"` needs to pick NCCL. An unknown id counts as unable.
+    pub fn every_nccl(&self, members: &[u64]) -> bool {
         let roster = self.lock();
-        !members.is_empty()
-            && members.iter().all(|id| roster.by_id.get(id).is_some_and(|m| m.device.to_ascii_lowercase().starts_with("cuda")))
+        !members.is_empty() && members.iter().all(|id| roster.by_id.get(id).is_some_and(|m| m.nccl))
+    }
+
+    /// Records whether member `id` can be an NCCL rank.
+    pub fn set_nccl(&self, id: u64, nccl: bool) {
+        if let Some(m) = self.lock().by_id.get_mut(&id) {
+            m.nccl = nccl;
+        }
     }
 
     /// `members` (rank order so far: by id, which is join order) in ring

@@ -152,6 +152,7 @@ impl Coordinator for CoordService {
             tracing::warn!(worker = r.worker_id, "refused: {e}");
             return Err(e.into());
         }
+        self.roster.set_nccl(r.worker_id, r.nccl);
         let member = self.roster.mark_ready(r.worker_id)?;
         // With the shadow off a starting coordinator looks for the step its
         // replicas hold (training/adopt.rs); once chosen, joiners fetch it.
