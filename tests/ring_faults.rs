@@ -107,6 +107,17 @@ impl Run {
         serde_json::from_str(&std::fs::read_to_string(self.path().join("summary.json")).unwrap()).unwrap()
     }
 
+    /// The steps of metrics.jsonl's training rows, in order.
+    fn logged_steps(&self) -> Vec<u64> {
+        std::fs::read_to_string(self.path().join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|row| row.get("loss").is_some())
+            .map(|row| row["step"].as_u64().unwrap())
+            .collect()
+    }
+
     fn final_params(&self) -> HashMap<String, Vec<f32>> {
         read_tensors(&checkpoint(&self.path(), STEPS).join("model.safetensors"))
     }
@@ -429,14 +440,7 @@ fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
     assert_eq!(summary["steps"], STEPS);
     assert_eq!(summary["resumed_from"], 4, "{summary}");
     assert_eq!(summary["replicas_agree"], true, "{summary}");
-    let logged: Vec<u64> = std::fs::read_to_string(run.path().join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|row| row.get("loss").is_some())
-        .map(|row| row["step"].as_u64().unwrap())
-        .collect();
-    assert_eq!(logged, (1..=STEPS).collect::<Vec<_>>(), "each step once in metrics.jsonl");
+    assert_eq!(run.logged_steps(), (1..=STEPS).collect::<Vec<_>>(), "each step once in metrics.jsonl");
     let d = max_diff(&run.final_params(), fault_free());
     eprintln!("max |fault-free - shadow off, every worker killed, resumed| = {d:e}");
     assert!(d < 1e-4, "{d}");
@@ -468,5 +472,47 @@ fn with_the_shadow_off_a_replica_whose_parameters_were_altered_is_resynced_befor
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     let d = max_diff(&run.final_params(), fault_free());
     eprintln!("max |fault-free - shadow off, a replica altered after step 4| = {d:e}");
+    assert!(d < 1e-4, "{d}");
+}
+
+/// With the coordinator's copy on (the default), killing every worker
+/// loses at most `shadow_lag` steps and the one in flight, not what
+/// followed the last checkpoint: step 5's update never reaches the copy
+/// (`DDPM_FAULT_SKIP_FEED` on every member), the loop runs on to step 7
+/// (the lag of 2), and while it waits for the copy every worker is killed
+/// -9. The coordinator saves the copy's last whole step (4) as a
+/// checkpoint and exits 1 saying so; started again with new workers it
+/// resumes from there, and the run ends as the fault-free one with each
+/// step once in the metrics log.
+#[test]
+fn with_the_shadow_on_losing_every_worker_resumes_from_the_coordinators_copy() {
+    fault_free();
+    let run = Run::new();
+    let toml = run.dir.path().join("run.toml");
+    let config = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, format!("{config}\n[checkpoint]\nevery_steps = 1000\n")).unwrap();
+    let (mut coord, mut workers) = run.start([0, 1, 2].map(|_| Some(("DDPM_FAULT_SKIP_FEED", "5"))));
+    coord.wait_for_line("step 7/8", Duration::from_secs(300));
+    for w in &mut workers {
+        w.child.kill().unwrap();
+        let _ = w.child.wait();
+    }
+    assert_eq!(coord.wait(Duration::from_secs(120)), 1, "{}", coord.output());
+    let out = coord.output();
+    assert!(out.contains("holds step 4 whole and saved it as a checkpoint"), "{out}");
+    assert!(out.contains("(3 steps are trained again)"), "{out}");
+    assert!(checkpoint(&run.path(), 4).join("model.safetensors").exists(), "no checkpoint of step 4:\n{out}");
+
+    let (mut coord, mut workers) = run.start([None, None, None]);
+    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    for w in &mut workers {
+        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
+    }
+    let summary = run.summary();
+    assert_eq!((summary["steps"].as_u64(), summary["resumed_from"].as_u64()), (Some(STEPS), Some(4)), "{summary}");
+    assert_eq!(summary["replicas_agree"], true, "{summary}");
+    assert_eq!(run.logged_steps(), (1..=STEPS).collect::<Vec<_>>(), "each step once in metrics.jsonl");
+    let d = max_diff(&run.final_params(), fault_free());
+    eprintln!("max |fault-free - shadow on, every worker killed, resumed from the copy| = {d:e}");
     assert!(d < 1e-4, "{d}");
 }

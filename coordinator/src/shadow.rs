@@ -355,6 +355,16 @@ impl Shadow {
         self.changed.notify_waiters();
     }
 
+    /// The state of the last step the shadow applied, as a checkpoint: what
+    /// a broken shadow still holds whole (the steps after it never had
+    /// their whole update).
+    pub async fn capture_applied(&self) -> Result<CheckpointData, ShadowError> {
+        // Behind an update being applied, not in the middle of it.
+        let _issuing = self.issuing.lock().await;
+        let skipped = self.lock().skipped;
+        self.state.capture(skipped, self.dataset_len).await.map_err(|_| ShadowError::Stopped)
+    }
+
     /// Waits until the shadow is at most `lag` steps behind the run (or
     /// broken, which is returned).
     pub async fn wait_lag(&self, lag: u64) -> Result<(), ShadowError> {

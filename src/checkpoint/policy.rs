@@ -20,6 +20,10 @@ pub enum Reason {
     End,
     /// The process was asked to stop.
     Signal,
+    /// The run lost what it needed to go on (every member that could
+    /// complete a step's update): the coordinator's copy of its last whole
+    /// step is saved for the next start.
+    Salvage,
 }
 
 impl std::fmt::Display for Reason {
@@ -29,6 +33,7 @@ impl std::fmt::Display for Reason {
             Reason::Time => "time",
             Reason::End => "end",
             Reason::Signal => "signal",
+            Reason::Salvage => "salvage",
         })
     }
 }

@@ -13,7 +13,7 @@
 
 use std::time::Duration;
 
-use super::members::StateLost;
+use super::lost::StateLost;
 use super::trainer::Trainer;
 
 /// The step the start goes on from, and who holds it.

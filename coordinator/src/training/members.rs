@@ -7,7 +7,7 @@
 //! With the shadow off the replicas may be the only holders of the last
 //! step's state: when every one of them is gone for the step timeout,
 //! the wait ends with [`Gathered::StateLost`] (the run resumes from its
-//! checkpoint on the next start) instead of waiting for nobody.
+//! checkpoint on the next start, `lost.rs`) instead of waiting for nobody.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -35,29 +35,6 @@ pub enum Gathered {
     /// Nobody holds the last step's state any more: no live member was in
     /// it or reported it, and the coordinator keeps no copy.
     StateLost,
-}
-
-/// The run cannot go on: every replica of step `step` is gone and the
-/// coordinator keeps no copy (`[dist] shadow = "off"`). Exit code 1:
-/// starting the coordinator again resumes from the newest checkpoint.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "every worker holding the state of step {step} is gone, and with [dist] shadow = \"off\" the coordinator keeps no copy of it: \
-     start ddpm-coord again on this run to resume from {}; \
-     to lose no step when every worker dies at once, use --shadow on",
-    resume_point(*checkpoint, *step)
-)]
-pub struct StateLost {
-    pub step: u64,
-    /// The newest checkpoint's step (0: none yet).
-    pub checkpoint: u64,
-}
-
-fn resume_point(checkpoint: u64, step: u64) -> String {
-    match checkpoint {
-        0 => format!("the start (no checkpoint yet; {step} steps are trained again)"),
-        c => format!("the checkpoint of step {c} ({} steps are trained again)", step - c.min(step)),
-    }
 }
 
 /// The decision for members `in_sync` now, when `expected` (live members

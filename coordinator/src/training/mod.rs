@@ -14,7 +14,8 @@
 //! what it carries from step to step), `attempt.rs` (one attempt at a
 //! step), `finish.rs` (the end of the run), and the parts with state of
 //! their own: `start.rs`, `adopt.rs` (a start going on from the live
-//! replicas' step), `members.rs`, `stragglers.rs`, `checksums.rs`,
+//! replicas' step), `lost.rs` (what a restart resumes from when the
+//! state of the last steps is lost), `members.rs`, `stragglers.rs`, `checksums.rs`,
 //! `saver.rs`, `metrics_log.rs`, `progress.rs`, `periodic.rs`,
 //! `end_grid.rs`, `summary.rs`.
 
@@ -23,6 +24,7 @@ mod attempt;
 mod checksums;
 mod end_grid;
 mod finish;
+mod lost;
 mod members;
 mod metrics_log;
 mod periodic;
@@ -91,6 +93,16 @@ impl Trainer {
         }
     }
 
+    /// The coordinator's copy broke (`e` ended the loop): saves the last
+    /// step it holds whole, and returns the error a restart resumes from.
+    async fn salvage(&self, run: &mut steps::RunState<'_>, e: anyhow::Error) -> anyhow::Error {
+        let why = self.shadow.broken().map_or_else(|| format!("{e:#}"), |b| b.to_string());
+        match run.saver.salvage(self.status.get().last_checkpoint).await {
+            Ok(saved) => lost::ShadowLost { why, saved, run_step: run.step }.into(),
+            Err(s) => e.context(format!("the coordinator's copy of the state could not be saved either: {s:#}")),
+        }
+    }
+
     /// [`Trainer::train`] up to its summary; a final checkpoint that could
     /// not be saved is the summary's `error`.
     async fn train_steps(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
@@ -104,7 +116,12 @@ impl Trainer {
         let first_min = start::await_start(&self.roster, &self.lifecycle, self.shadow.start_step(), &self.start).await?.unwrap_or(workers);
         self.adopt_replicas().await?;
         let mut run = self.open_run(uploader).await?;
-        let all_done = self.steps(&mut run, first_min).await?;
+        let all_done = match self.steps(&mut run, first_min).await {
+            Ok(done) => done,
+            // Its last whole step is worth saving before the run ends.
+            Err(e) if self.shadow.broken().is_some() => return Err(self.salvage(&mut run, e).await),
+            Err(e) => return Err(e),
+        };
         run.evals.log_finished(&self.queue, &mut run.metrics)?;
         run.metrics.flush_all().await;
         if all_done {

@@ -110,6 +110,22 @@ impl<'a> Saver<'a> {
         self.hand_over(true).await
     }
 
+    /// The shadow broke: saves the last step it holds whole unless the
+    /// newest checkpoint in the store (`saved`) is of it, and waits for
+    /// the upload; returns that step.
+    pub async fn salvage(&mut self, saved: u64) -> anyhow::Result<u64> {
+        // A capture asked of a later step can never complete now.
+        self.capturing = None;
+        let data = self.shadow.capture_applied().await?;
+        let step = data.step;
+        if step > saved {
+            tracing::warn!(step, "saving the coordinator's copy of the state at step {step}, the last it holds whole");
+            self.uploader.submit(data, Reason::Salvage);
+            self.flush().await?;
+        }
+        Ok(step)
+    }
+
     /// Waits for the uploads; where the last one went, or an error if it failed.
     pub async fn flush(&mut self) -> anyhow::Result<Option<String>> {
         self.hand_over(true).await?;

@@ -15,7 +15,8 @@ use tokio::sync::oneshot;
 
 use super::attempt::{chunk_elements, step_received_bytes, StepEnd, StepPlan};
 use super::checksums::{self, ChecksumBook};
-use super::members::{self, Gathered, StateLost, Wanted};
+use super::lost::StateLost;
+use super::members::{self, Gathered, Wanted};
 use super::metrics_log::MetricsLog;
 use super::periodic::PeriodicEvals;
 use super::progress::{self, Progress};
@@ -179,9 +180,9 @@ impl Trainer {
             self.training_starts(run, members.len());
             let t0 = Instant::now();
             let samples = run.batch(cfg, &self.dataset, s).await?;
-            // `auto` is NCCL when every member is a GPU worker, else the ring
+            // `auto` is NCCL when every member can be an NCCL rank, else the ring
             // (Backend::resolve); a redo after a failed audit goes through the star.
-            let backend = cfg.dist.backend.resolve(self.roster.every_gpu(&members));
+            let backend = cfg.dist.backend.resolve(self.roster.every_nccl(&members));
             let nccl = backend == Backend::Nccl && !run.star_redo;
             let ring = (backend == Backend::Ring || nccl) && !run.star_redo;
             let plan = StepPlan {
