@@ -329,20 +329,30 @@ fn a_second_coordinator_is_refused_and_a_finished_run_restarted_changes_nothing(
     assert!(before == after, "a restarted finished run changed its files");
 }
 
-/// The ring with the coordinator's copy of the state off: the replicas
-/// hold the run's last step, so a coordinator killed with -9 (after the
-/// checkpoint of step 6, while step 9 is held up by a member frozen
+/// A worker-to-worker backend: the replicas keep the EMA too, so they
+/// hold the run's whole last step, and a coordinator killed with -9 (after
+/// the checkpoint of step 6, while step 9 is held up by a member frozen
 /// mid-ring) loses nothing: the same command again finds the workers,
 /// which kept their state, checks by checksum that they agree, takes
 /// step 8 from one of them and goes on from there. No step is trained
-/// twice, each is in the log once, and the run ends as a straight one.
+/// twice, each is in the log once, and the run ends as a straight one;
+/// with the coordinator's copy of the state off, and on (it died with the
+/// coordinator).
 #[test]
 fn with_the_shadow_off_a_new_coordinator_goes_on_from_the_replicas_step() {
-    const RING_OFF: &str = "[dist]\nbackend = \"ring\"\nshadow = \"off\"\nchecksum_every = 1\n";
-    let straight = Run::with_config(RING_OFF);
+    a_new_coordinator_goes_on_from_the_replicas_step("[dist]\nbackend = \"ring\"\nshadow = \"off\"\nchecksum_every = 1\n");
+}
+
+#[test]
+fn with_the_shadow_on_a_new_coordinator_goes_on_from_the_replicas_step() {
+    a_new_coordinator_goes_on_from_the_replicas_step("[dist]\nbackend = \"ring\"\nchecksum_every = 1\n");
+}
+
+fn a_new_coordinator_goes_on_from_the_replicas_step(dist: &str) {
+    let straight = Run::with_config(dist);
     straight.finish(12);
 
-    let run = Run::with_config(RING_OFF);
+    let run = Run::with_config(dist);
     let addr = free_addr();
     let mut coord = run.start_at(&addr, 12);
     let worker = |i: usize, fault: Option<&str>| {

@@ -194,6 +194,14 @@ impl Backend {
         }
     }
 
+    /// Whether the replicas keep the EMA beside their parameters and Adam
+    /// (every backend but the star, whose workers keep nothing between
+    /// steps that the coordinator does not): a replica's state is then the
+    /// whole training state, which a new coordinator may go on from.
+    pub fn replicas_keep_ema(self) -> bool {
+        self != Backend::Coordinator
+    }
+
     /// The backend a step's members use: `auto` is NCCL when every member
     /// can be an NCCL rank (a GPU worker that loaded NCCL), else the ring
     /// (which carries any device's gradient through host memory); the

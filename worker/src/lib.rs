@@ -68,7 +68,7 @@ pub async fn run(opts: WorkerOptions, shutdown: impl std::future::Future<Output 
     // and registering again for the same run config reuses it.
     let mut device: Option<(String, DeviceHandle)> = None;
     // The training step whose state that device holds (0: none): a new
-    // coordinator of the same run may go on from it (shadow off).
+    // coordinator of the same run may go on from it (a worker-to-worker backend).
     let mut held_step = 0u64;
     let mut backoff = RECONNECT_BACKOFF.0;
     // Since when every attempt to join failed on a broken connection.

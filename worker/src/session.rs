@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use ddpm::config::{RunConfig, ShadowMode};
+use ddpm::config::RunConfig;
 use ddpm::proto::{self, work_message};
 use ddpm::wire::{self, auth::Credentials, WorkerRole};
 use tokio_stream::StreamExt;
@@ -167,7 +167,7 @@ async fn join(
     let nccl = crate::nccl_check::check(run.train.dist.backend, opts.role, opts.device)?;
     // Same run config, run id included: the device's state is this run's.
     let reused = device.as_ref().is_some_and(|(json, _)| *json == reply.run_config_json);
-    let offered = if reused && opts.role == WorkerRole::Train && run.train.dist.shadow == ShadowMode::Off { held_step } else { 0 };
+    let offered = if reused && opts.role == WorkerRole::Train && run.train.dist.backend.replicas_keep_ema() { held_step } else { 0 };
     let dev = match device.take() {
         Some((json, handle)) if json == reply.run_config_json => (json, handle),
         _ => {

@@ -1,6 +1,7 @@
 //! `[dist] shadow = "off"`: the coordinator keeps no copy of the state, so
 //! when it needs one (a checkpoint, a job's weights, a joiner) it asks a
-//! replica idle at the run's step (UploadState). The replica copies its
+//! replica idle at the run's step (UploadState); with the shadow on, a
+//! new coordinator asks one for the step it goes on from. The replica copies its
 //! state and EMA to the host on the device thread, in order with its
 //! steps, so the copy is exactly that step's; the upload itself runs in
 //! the background while the replica goes on training.

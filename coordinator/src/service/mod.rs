@@ -154,9 +154,9 @@ impl Coordinator for CoordService {
         }
         self.roster.set_nccl(r.worker_id, r.nccl);
         let member = self.roster.mark_ready(r.worker_id)?;
-        // With the shadow off a starting coordinator looks for the step its
-        // replicas hold (training/adopt.rs); once chosen, joiners fetch it.
-        let keep_state = r.held_step > 0 && self.shadow.is_off() && self.roster.takes_held();
+        // A starting coordinator looks for the step its replicas hold
+        // (training/adopt.rs); once chosen, joiners fetch it.
+        let keep_state = r.held_step > 0 && self.run_config.train.dist.backend.replicas_keep_ema() && self.roster.takes_held();
         tracing::info!(worker = r.worker_id, name = %member.name, held_step = r.held_step, keep_state, "worker ready");
         Ok(Response::new(proto::ReadyReply { keep_state }))
     }
@@ -218,7 +218,10 @@ impl Coordinator for CoordService {
         let r = req.into_inner();
         self.roster.touch(r.worker_id)?;
         let snap = match proto::StateKind::try_from(r.kind) {
-            Ok(proto::StateKind::Training) if self.shadow.is_off() => self.snapshot(SnapshotKind::Replica).await?,
+            // With the EMA: the replicas keep it (all but the star).
+            Ok(proto::StateKind::Training) if self.run_config.train.dist.backend.replicas_keep_ema() => {
+                self.snapshot(SnapshotKind::Replica).await?
+            }
             Ok(proto::StateKind::Training) => self.snapshot(SnapshotKind::Training).await?,
             Ok(proto::StateKind::Ema) => self.snapshot(SnapshotKind::Ema).await?,
             Ok(proto::StateKind::Job) => {

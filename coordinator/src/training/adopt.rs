@@ -1,7 +1,8 @@
 //! A start on a run whose workers outlived its last coordinator (killed
-//! with -9, or stopped): with `[dist] shadow = "off"` they hold the state
-//! of the run's last committed step, newer than the checkpoint this start
-//! loaded. Such workers keep their state when they join (ReadyReply's
+//! with -9): with a worker-to-worker backend the replicas keep the EMA
+//! too, so they hold the whole state of the run's last committed step,
+//! newer than the checkpoint this start loaded (with the shadow on as
+//! well: the coordinator's copy died with it). Such workers keep their state when they join (ReadyReply's
 //! `keep_state`) and report their step and parameter checksum; once the
 //! start's workers are there, the step the most of them hold is chosen if
 //! a strict majority of its holders agree by checksum. The shadow then
@@ -67,12 +68,14 @@ impl Trainer {
             "the live replicas hold step {step} ({n} of {of} agree by checksum): going on from it, not from step {start}"
         );
         self.shadow.adopt(step);
-        // The uploads task asks a replica idle at `step` (the agreeing ones: the others were resynced).
+        // A replica idle at `step` is asked (the agreeing ones: the others
+        // were resynced); with the shadow off the uploads task asks too.
         loop {
             let change = self.roster.next_change();
             if self.shadow.steps().0 == step || self.lifecycle.stop_requested() {
                 break;
             }
+            self.ask_for_upload(step, &self.roster.in_sync(step));
             if let Some(e) = self.shadow.broken() {
                 anyhow::bail!("the state of step {step} from the replicas could not be loaded: {e}");
             }

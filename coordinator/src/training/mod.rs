@@ -108,8 +108,8 @@ impl Trainer {
     async fn train_steps(&self, uploader: &Uploader) -> anyhow::Result<Summary> {
         let (workers, min_workers) = (self.start.workers, self.start.min_workers);
         tracing::info!(workers, min_workers, "waiting for {workers} workers to join");
-        if !self.shadow.is_off() {
-            // Only the replicas' EMA makes their state whole (adopt.rs).
+        if !self.config.dist.backend.replicas_keep_ema() {
+            // The star's workers keep no EMA: their state is not whole (adopt.rs).
             self.roster.close_held();
         }
         // A stop while waiting is noticed by the loop's first gather.

@@ -32,9 +32,8 @@ impl Trainer {
     /// shadow wants, if it wants one; the loop calls it before it hands out
     /// step `step + 1`, so that a checkpoint of `step` is of that step.
     pub(super) fn ask_for_upload(&self, step: u64, idle: &[u64]) {
-        if !self.shadow.is_off() {
-            return;
-        }
+        // With the shadow on, only a start going on from its replicas' step
+        // wants an upload (adopt.rs); the queue says when none is wanted.
         // An upload owed by a replica that left will not come: ask another.
         for id in self.shadow.uploads_owed() {
             if !self.roster.contains(id) {

@@ -35,8 +35,8 @@ pub enum DeviceError {
     #[error("state tensor {name} has {got} elements, the model {want}")]
     StateSize { name: &'static str, got: usize, want: usize },
     /// Asked for its state with the EMA, which only a replica of a run
-    /// with `[dist] shadow = "off"` keeps.
-    #[error("this replica keeps no EMA (the run's [dist] shadow is not \"off\", or its state came without one)")]
+    /// with a worker-to-worker backend keeps.
+    #[error("this replica keeps no EMA (the run's [dist] backend is the coordinator's star, or its state came without one)")]
     NoReplicaEma,
     /// A reduced gradient of another model.
     #[error("reduced gradient has {got} elements, the model {want}")]

@@ -13,7 +13,7 @@ pub struct TrainingState {
     pub params: Vec<f32>,
     pub adam_m: Vec<f32>,
     pub adam_v: Vec<f32>,
-    /// The EMA, which a replica keeps only with `[dist] shadow = "off"`.
+    /// The EMA, which a replica keeps with a worker-to-worker backend.
     pub ema: Option<Vec<f32>>,
 }
 

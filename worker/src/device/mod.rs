@@ -45,7 +45,7 @@ enum Cmd {
     },
     Checksum(Reply<u64>),
     /// The replica's whole state with its EMA on the host, and the
-    /// parameters' checksum (`[dist] shadow = "off"`).
+    /// parameters' checksum (a worker-to-worker backend).
     Export(Reply<(TrainingState, u64)>),
     /// Joins an NCCL communicator (replacing the last one).
     NcclJoin {
@@ -97,8 +97,9 @@ struct Thread {
     state: TrainState,
     /// The sampling model (a job's pinned weights, usually the EMA).
     ema: FlatModel,
-    /// `[dist] shadow = "off"`: the replica's own EMA of its parameters
-    /// (the coordinator keeps none), and its work buffer.
+    /// A worker-to-worker backend's replica: its own EMA of its
+    /// parameters (the run's state without the coordinator's copy), and
+    /// its work buffer.
     replica_ema: Option<(Tensor, Tensor)>,
     diffusion: GaussianDiffusion,
     /// The feature network of the last evaluation task, by path.
