@@ -20,6 +20,7 @@ pub mod ring;
 pub mod rng;
 pub mod runtime;
 pub mod store;
+pub mod sumsq;
 pub mod train;
 pub mod unet;
 pub mod wire;

@@ -114,7 +114,7 @@ pub fn sum_squares_cpu(t: &Tensor) -> Option<f64> {
     let g = unsafe { std::slice::from_raw_parts(ptr as *const f32, n) };
     let len = part_len(n);
     let sums: Vec<f64> = std::thread::scope(|s| {
-        let parts: Vec<_> = g.chunks(len).map(|g| s.spawn(move || g.iter().map(|&x| x as f64 * x as f64).sum::<f64>())).collect();
+        let parts: Vec<_> = g.chunks(len).map(|g| s.spawn(move || crate::sumsq::sum_squares(g))).collect();
         parts.into_iter().map(|h| h.join().unwrap_or(f64::NAN)).collect()
     });
     Some(sums.iter().sum())

@@ -25,10 +25,9 @@ pub fn chunk_digest(values: &[f32]) -> u64 {
 }
 
 /// `(sum of squares in float64, digest)` of one reduced chunk, as its
-/// owner reports it (the sum in element order, like the star's).
+/// owner reports it (the sum as the star takes it: `crate::sumsq`).
 pub fn chunk_scalars(values: &[f32]) -> (f64, u64) {
-    let sumsq = values.iter().map(|&g| f64::from(g) * f64::from(g)).sum();
-    (sumsq, chunk_digest(values))
+    (crate::sumsq::sum_squares(values), chunk_digest(values))
 }
 
 /// The replica digest of a gradient whose chunks have the digests
@@ -74,7 +73,7 @@ mod tests {
     }
 
     #[test]
-    fn the_sum_of_squares_is_summed_in_float64_in_element_order() {
+    fn the_sum_of_squares_is_summed_in_float64() {
         let values = [3.0f32, 4.0, f32::MIN_POSITIVE];
         let (sumsq, _) = chunk_scalars(&values);
         assert_eq!(sumsq, 25.0 + f64::from(f32::MIN_POSITIVE).powi(2));

@@ -140,22 +140,6 @@ pub fn decode_into(bytes: &[u8], dtype: GradDtype, index: u32, out: &mut [f32]) 
     Ok(())
 }
 
-/// [`decode_into`], also returning the float64 sum of the squares of the
-/// decoded values in their order (the same bits as summing afterwards):
-/// block by block, so the values are summed while still in the cache
-/// instead of read from memory a second time.
-pub fn decode_into_sumsq(bytes: &[u8], dtype: GradDtype, index: u32, out: &mut [f32]) -> Result<f64, WireError> {
-    check_len(bytes, out.len(), dtype, index)?;
-    const BLOCK: usize = 1 << 14;
-    let per = dtype.bytes_per_element();
-    let mut sumsq = 0.0f64;
-    for (o, b) in out.chunks_mut(BLOCK).zip(bytes.chunks(BLOCK * per)) {
-        decode_into(b, dtype, index, o)?;
-        sumsq = o.iter().fold(sumsq, |s, &g| s + (g as f64) * (g as f64));
-    }
-    Ok(sumsq)
-}
-
 /// `acc += weight * decode(bytes)`, the all-reduce's per-member step.
 pub fn accumulate(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, acc: &mut [f32]) -> Result<(), WireError> {
     check_len(bytes, acc.len(), dtype, index)?;
@@ -282,17 +266,19 @@ pub fn accumulate_screened(bytes: &[u8], dtype: GradDtype, index: u32, weight: f
     const BLOCK: usize = 2048;
     let mut buf = [0f32; BLOCK];
     let per = dtype.bytes_per_element();
-    let (mut finite, mut sumsq) = (true, 0.0f64);
+    // BLOCK is a whole number of the sum's lanes: the sum is the one
+    // `chunk_norms` takes of the decoded values.
+    let (mut finite, mut sumsq) = (true, crate::sumsq::SquareSum::default());
     for (a, b) in acc.chunks_mut(BLOCK).zip(bytes.chunks(BLOCK * per)) {
         let tmp = &mut buf[..a.len()];
         decode_into(b, dtype, index, tmp)?;
+        sumsq.add(tmp);
         for (x, y) in a.iter_mut().zip(tmp.iter()) {
             finite &= y.is_finite();
-            sumsq += (*y as f64) * (*y as f64);
             *x += weight * y;
         }
     }
-    Ok((finite, sumsq))
+    Ok((finite, sumsq.total()))
 }
 
 /// The L2 norm of each chunk of `values` (`chunk_ranges`), summed in
@@ -300,7 +286,7 @@ pub fn accumulate_screened(bytes: &[u8], dtype: GradDtype, index: u32, weight: f
 /// reports these for its own gradient so that the coordinator can screen
 /// it as it screens the star's chunks.
 pub fn chunk_norms(values: &[f32], chunk_elements: usize) -> Vec<f64> {
-    chunk_ranges(values.len(), chunk_elements).map(|r| values[r].iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt()).collect()
+    chunk_ranges(values.len(), chunk_elements).map(|r| crate::sumsq::sum_squares(&values[r]).sqrt()).collect()
 }
 
 /// Rounds values through the wire dtype in place (what the receiver sees).
@@ -371,22 +357,6 @@ mod tests {
             let mut acc = [1.0f32; 3];
             accumulate(&b, dtype, 0, 0.5, &mut acc).unwrap();
             assert_eq!(acc, [1.75, 0.0, 2.625]);
-        }
-    }
-
-    #[test]
-    fn decoding_with_the_sum_of_squares_gives_the_sums_bits() {
-        // More than one block, values of every magnitude.
-        let values: Vec<f32> = (0..40_000).map(|i| ((i * 7919) % 1013) as f32 * 1e-3 - 0.4 + (i as f32).sqrt() * 1e-7).collect();
-        for dtype in [GradDtype::F32, GradDtype::Bf16] {
-            let bytes = encode(&values, dtype);
-            let (mut a, mut b) = (vec![0f32; values.len()], vec![0f32; values.len()]);
-            decode_into(&bytes, dtype, 3, &mut a).unwrap();
-            let want: f64 = a.iter().map(|&g| (g as f64) * (g as f64)).sum();
-            let got = decode_into_sumsq(&bytes, dtype, 3, &mut b).unwrap();
-            assert_eq!(got.to_bits(), want.to_bits(), "{dtype:?}");
-            assert_eq!(a, b);
-            assert!(decode_into_sumsq(&bytes[..10], dtype, 3, &mut b).is_err());
         }
     }
 

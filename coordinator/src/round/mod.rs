@@ -457,7 +457,7 @@ impl Round {
             self.screening.judge(i, &stats).map_err(|(culprit, reason)| OfferError::Screened { culprit: self.members[culprit], reason })?;
         wire::round_trip(acc, self.dtype);
         let encoded = wire::encode(acc, self.dtype);
-        inner.sumsq[i] = acc.iter().map(|&g| (g as f64) * (g as f64)).sum();
+        inner.sumsq[i] = ddpm::sumsq::sum_squares(acc);
         inner.medians[i] = median;
         inner.reduced_chunks += 1;
         let msg = ReducedMessage { kind: Some(reduced_message::Kind::Chunk(proto::GradientChunk { index, data: encoded })) };
