@@ -25,9 +25,22 @@ pub fn chunk_digest(values: &[f32]) -> u64 {
 }
 
 /// `(sum of squares in float64, digest)` of one reduced chunk, as its
-/// owner reports it (the sum as the star takes it: `crate::sumsq`).
+/// owner reports it (the sum as the star takes it: `crate::sumsq`). One
+/// pass: each block is summed and hashed while it is in the cache (the
+/// streaming hash gives [`chunk_digest`]'s value), so the chunk is read
+/// from memory once, not twice.
 pub fn chunk_scalars(values: &[f32]) -> (f64, u64) {
-    (crate::sumsq::sum_squares(values), chunk_digest(values))
+    if cfg!(target_endian = "big") {
+        return (crate::sumsq::sum_squares(values), chunk_digest(values));
+    }
+    // A whole number of the sum's lanes (`SquareSum::add`'s contract).
+    const BLOCK: usize = 4096;
+    let (mut sumsq, mut h) = (crate::sumsq::SquareSum::default(), Xxh3::new());
+    for block in values.chunks(BLOCK) {
+        sumsq.add(block);
+        h.update(bytemuck::cast_slice(block));
+    }
+    (sumsq.total(), h.digest())
 }
 
 /// The replica digest of a gradient whose chunks have the digests
@@ -56,6 +69,16 @@ mod tests {
         let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
         let owners: Vec<u64> = chunk_ranges(values.len(), 64).map(|r| chunk_scalars(&values[r]).1).collect();
         assert_eq!(gradient_digest(&values, chunk_ranges(values.len(), 64)), replica_digest(owners));
+    }
+
+    #[test]
+    fn the_one_pass_scalars_are_the_sum_and_the_digest_taken_apart() {
+        for len in [0, 1, 4095, 4096, 4097, 20_000] {
+            let values: Vec<f32> = (0..len).map(|i| (i as f32 * 0.11).cos()).collect();
+            let (sumsq, digest) = chunk_scalars(&values);
+            assert_eq!(sumsq.to_bits(), crate::sumsq::sum_squares(&values).to_bits(), "{len}");
+            assert_eq!(digest, chunk_digest(&values), "{len}");
+        }
     }
 
     #[test]
