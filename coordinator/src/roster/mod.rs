@@ -18,9 +18,10 @@ use tokio::sync::{mpsc, Mutex as AsyncMutex};
 
 use crate::changes::Changes;
 use crate::work::Work;
+use member::Member;
+pub use member::{Inbox, MemberInfo};
 
-/// A member's mailbox, for its NextWork call to wait on.
-pub type Inbox = Arc<AsyncMutex<mpsc::UnboundedReceiver<Work>>>;
+mod member;
 
 /// Why the roster refused a worker's call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,65 +34,6 @@ pub enum RosterError {
     WrongSession(u64),
     /// The roster holds its cap of members.
     Full(usize),
-}
-
-/// What the roster knows of a member that others may read.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemberInfo {
-    pub id: u64,
-    pub name: String,
-    pub role: WorkerRole,
-}
-
-struct Member {
-    name: String,
-    device: String,
-    role: WorkerRole,
-    /// Built the run's model (passed the layout check).
-    ready: bool,
-    last_seen: Instant,
-    /// Waiting in NextWork for its next assignment.
-    idle: bool,
-    /// Work sent but not yet picked up by a NextWork call. A member that
-    /// reports idle with work still queued is not idle: it reports before
-    /// it reads its mailbox, and a report of the step it was at when an
-    /// upload was asked must not hide the step assignment queued behind it.
-    queued: u32,
-    /// The last training step whose update it applied, as it reported.
-    applied_step: u64,
-    /// Parameter checksums it reported, by step, and whether each was
-    /// compared already.
-    checksums: BTreeMap<u64, (u64, bool)>,
-    mailbox: mpsc::UnboundedSender<Work>,
-    inbox: Inbox,
-    /// The session secret its calls must carry (RegisterReply gave it).
-    secret: String,
-    /// Its part in the last training step it computed: (step, compute
-    /// seconds, shard size), for the status and the dashboard.
-    last_work: Option<(u64, f64, u32)>,
-    /// Where it accepts ring neighbours (empty: no listener).
-    peer_endpoint: String,
-    /// It computes on a GPU and loaded NCCL (its ReadyRequest said so).
-    nccl: bool,
-}
-
-impl Member {
-    fn info(&self, id: u64) -> MemberInfo {
-        MemberInfo { id, name: self.name.clone(), role: self.role }
-    }
-
-    fn is_trainer(&self) -> bool {
-        self.ready && self.role == WorkerRole::Train
-    }
-
-    /// Hands the worker a piece of work (picked up by its NextWork call).
-    fn send(&mut self, work: Work) {
-        self.idle = false;
-        self.queued += 1;
-        // The receiver lives as long as the member; a send can only fail
-        // after removal, when nobody listens any more.
-        let _ = self.mailbox.send(work);
-    }
 }
 
 #[derive(Default)]
