@@ -22,6 +22,10 @@
 //! `DDPM_FAULT_SKIP_FEED`, in the same file; a replica that never sends
 //! the state it was asked for (the shadow off) `DDPM_FAULT_HOLD_UPLOAD`
 //! (`worker/src/upload.rs`).
+//!
+//! Over 450 lines and still one concept, the ring's failures provoked with
+//! real processes: each test is a whole scenario (start, fault, what
+//! survived) built on this file's helpers.
 
 mod common;
 
