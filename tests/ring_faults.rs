@@ -280,8 +280,8 @@ fn a_member_that_never_feeds_the_coordinators_copy_costs_it_nothing() {
 
 /// A member whose device computed garbage (a NaN in its gradient) is
 /// screened out before any replica applies the step, though the
-/// coordinator never sees its gradient: the chunk norms in its header give
-/// it away. The step is redone by the others, so no step is skipped (the
+/// coordinator never sees its gradient: the chunk norms it reports (taken
+/// as its ring read the gradient) give it away. The step is redone by the others, so no step is skipped (the
 /// NaN in the ring's sum would have made every replica skip it), and the
 /// run ends as the fault-free one does.
 #[test]
@@ -293,16 +293,15 @@ fn a_member_with_a_non_finite_gradient_is_screened_out_by_its_chunk_norms_and_th
     workers[1].wait_for_line("fault injection: this worker's gradient starts with NaN", Duration::from_secs(300));
     let rejected = coord.wait_for_line("rejecting gradient", Duration::from_secs(60));
     assert!(
-        rejected.contains(&format!("worker {poisoned} sent a non-finite gradient"))
-            && rejected.contains("by the chunk norms in its header"),
+        rejected.contains(&format!("worker {poisoned} sent a non-finite gradient")) && rejected.contains("by the chunk norms it reported"),
         "the poisoned worker is {poisoned}: {rejected}"
     );
     let summary = assert_survived(&run, &mut coord, &mut workers, "poisoned member screened out");
     assert_eq!(summary["skipped_steps"], 0, "no step skipped: {summary}");
 }
 
-/// A member that lies: its header reports the chunk norms of its true
-/// gradient, but it sends the ring 1e20 as its first element, which
+/// A member that lies: it reports the chunk norms of its true gradient,
+/// but it sends the ring 1e20 as its first element, which
 /// screening would refuse if the coordinator saw it. The reduced chunk is
 /// then longer than the members' chunks together can be, so the
 /// coordinator refuses the attempt before any replica applies it and,

@@ -16,7 +16,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use ddpm::config::{GradDtype, RunConfig};
 use ddpm::proto::{self, coordinator_client::CoordinatorClient, gradient_message, reduced_message, work_message};
-use ddpm::ring::{feed, PeerListener, RingMembership, RingSpec};
+use ddpm::ring::{feed, Measured, PeerListener, RingMembership, RingSpec};
 use ddpm::wire;
 use tokio_stream::StreamExt;
 
@@ -271,40 +271,31 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
         let (rank, n, ce) = (spec.rank, spec.n, spec.chunk_elements);
         let start = Instant::now();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let header = m.header(&a, dtype, wire::chunk_norms(&work, ce));
+        // No norms: the ring takes them as it reads the gradient.
+        let header = m.header(&a, dtype, Vec::new());
         tx.send(header.clone()).await?;
         let mut inbound = m.c.reduce_gradients(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
-        // The owner's scalars of each final chunk of its segment, as a
-        // worker reports them; the bytes kept for the shadow's feed.
-        let (owned_tx, mut owned_rx) = tokio::sync::mpsc::unbounded_channel::<(u32, Bytes)>();
-        let upload = tokio::spawn({
-            let tx = tx.clone();
-            async move {
-                let mut kept = Vec::new();
-                // One buffer for every chunk, as the worker's `report_segment`.
-                let mut values = vec![0f32; ce];
-                while let Some((index, data)) = owned_rx.recv().await {
-                    let v = &mut values[..(data.len() / dtype.bytes_per_element()).min(ce)];
-                    if wire::decode_into(&data, dtype, index, v).is_err() {
-                        break;
+        // What the ring measures goes up as it comes, as a worker's does.
+        let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let report = async {
+            while let Some(e) = events.recv().await {
+                let kind = match e {
+                    Measured::Norms(norms) => gradient_message::Kind::Norms(proto::ChunkNorms { norms }),
+                    Measured::Segment { index, sumsq, digest } => {
+                        gradient_message::Kind::Segment(proto::SegmentDigest { index, sumsq, digest })
                     }
-                    let (sumsq, digest) = wire::digest::chunk_scalars(v);
-                    let d = proto::SegmentDigest { index, sumsq, digest };
-                    if tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Segment(d)) }).await.is_err() {
-                        break;
-                    }
-                    kept.push((index, data));
+                };
+                if tx.send(proto::GradientMessage { kind: Some(kind) }).await.is_err() {
+                    break;
                 }
-                kept
             }
-        });
-        let reduced = plan
-            .all_reduce(&peers, spec, work, owned_tx, None)
-            .await
-            .map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
-        let digest = wire::digest::gradient_digest(&reduced, wire::chunk_ranges(m.total, ce));
+        };
+        let (reduced, ()) = tokio::join!(plan.all_reduce(&peers, spec, work, events_tx, None), report);
+        let reduced = reduced.map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
+        let digest = reduced.digest;
         tx.send(proto::GradientMessage { kind: Some(gradient_message::Kind::Replica(proto::ReplicaDigest { digest })) }).await?;
         let ring_s = start.elapsed().as_secs_f64();
+        let reduced = reduced.grad;
         anyhow::ensure!(reduced.len() == m.total);
         while let Some(msg) = inbound.next().await {
             if let Some(reduced_message::Kind::Outcome(_)) = msg?.kind {
@@ -313,9 +304,8 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
         }
         // The step is committed: the shadow's feed goes in the background,
         // as a worker's does.
-        let mut fed = upload.await?;
         if a.feed_shadow {
-            fed.extend(feed::successor_chunks(&reduced, rank, n, ce, dtype));
+            let fed = feed::fed_chunks(&reduced, rank, n, ce, dtype);
             let messages = std::iter::once(header)
                 .chain(fed.into_iter().map(|(index, data)| proto::GradientMessage {
                     kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index, data })),
@@ -360,14 +350,15 @@ async fn ring_alone(
                 buf.copy_from_slice(&grad);
                 tokio::spawn(async move {
                     let spec = RingSpec { n, rank, total, chunk_elements, dtype, weight: 1.0 / n as f32, peer_timeout: plan.timeout, shm };
-                    // Nobody takes the owned segment: gloo uploads nothing either.
-                    let (owned, _) = tokio::sync::mpsc::unbounded_channel();
+                    // Nobody hears what the ring measures: gloo reports nothing either
+                    // (the ring takes its measures all the same, as it passes).
+                    let (events, _) = tokio::sync::mpsc::unbounded_channel();
                     let start = Instant::now();
-                    let buf = plan
-                        .all_reduce(&peers, spec, buf, owned, None)
+                    let r = plan
+                        .all_reduce(&peers, spec, buf, events, None)
                         .await
                         .map_err(|f| anyhow::anyhow!("ring broke at {} ({:?}): {f}", f.suspect, f.kind))?;
-                    anyhow::Ok((start.elapsed().as_secs_f64(), buf))
+                    anyhow::Ok((start.elapsed().as_secs_f64(), r.grad))
                 })
             })
             .collect();

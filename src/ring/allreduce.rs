@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 use super::fault::{LinkFault, RingError};
 use super::frame;
+use super::measure::Measure;
 use super::plan::{self, FrameId, Phase};
 use crate::config::GradDtype;
 use crate::wire;
@@ -59,10 +60,11 @@ impl Payload<'_> {
 }
 
 /// All-reduces `grad` (this member's mean shard gradient) around the ring,
-/// in place: every member ends with the same bits in its `grad`. The
-/// chunks of this member's own segment are handed to `owned` as soon as
-/// they are final (in order), for the coordinator's copy; nothing is
-/// encoded for it once its receiver is gone.
+/// in place: every member ends with the same bits in its `grad`. `measure`
+/// takes the norms of this member's chunks as they are read, the scalars
+/// of its own segment's chunks as they become final and the digest of
+/// each other chunk as it arrives (`measure.rs`); over TCP each is one
+/// more read of a chunk the loop has just touched.
 ///
 /// In place is sound because a member reads each of its chunks once, in
 /// the reduce-scatter, before the reduced values for that chunk exist
@@ -80,7 +82,7 @@ pub async fn all_reduce<R, W>(
     grad: &mut [f32],
     mut prev: R,
     mut next: W,
-    owned: mpsc::UnboundedSender<(u32, Bytes)>,
+    measure: &mut Measure,
     pool: &mut Vec<Vec<u8>>,
 ) -> Result<(), RingError>
 where
@@ -99,11 +101,13 @@ where
         // Alone: the reduced gradient is this member's `0 + w * g`, through the wire dtype.
         for c in 0..chunks {
             let out = &mut grad[ranges[c].clone()];
+            measure.local(c, out);
+            measure.local_done();
             for o in out.iter_mut() {
                 *o = 0.0 + spec.weight * *o;
             }
             wire::round_trip(out, dtype);
-            let _ = owned.send((c as u32, wire::encode(out, dtype)));
+            measure.owned(c, out);
         }
         return Ok(());
     }
@@ -149,6 +153,8 @@ where
         let first = plan::first_sent_segment(spec.rank, n);
         for c in segments[first].clone() {
             let mut buf = spare();
+            measure.local(c, slots[c]);
+            measure.local_done();
             wire::encode_weighted_into(slots[c], dtype, spec.weight, &mut buf);
             send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, Payload::Pooled(buf));
         }
@@ -164,6 +170,7 @@ where
                 debug_assert_eq!(slots[c].len(), ranges[c].len(), "chunk {c} received twice");
                 let into: &mut [u8] = bytemuck::cast_slice_mut(&mut *slots[c]);
                 read_frame_into(&mut prev, id.tag(n), id.chunk, timeout, into).await.map_err(RingError::Prev)?;
+                measure.gathered(c, slots[c]);
                 if id.step < last {
                     send(FrameId { step: id.step + 1, ..id }, Payload::Borrowed(finalize(&mut slots, c)));
                 }
@@ -172,6 +179,8 @@ where
             read_frame(&mut prev, id.tag(n), id.chunk, bytes_of(c), timeout, &mut buf).await.map_err(RingError::Prev)?;
             match id.phase {
                 Phase::ReduceScatter if id.step < last => {
+                    measure.local(c, slots[c]);
+                    measure.local_done();
                     // One pass: the partial sum in, ours added, out again.
                     wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, slots[c]).map_err(bad)?;
                     send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
@@ -179,22 +188,21 @@ where
                 Phase::ReduceScatter => {
                     // Our own segment's chunk is complete: what every replica keeps.
                     let mine = &mut *slots[c];
+                    measure.local(c, mine);
+                    measure.local_done();
                     wire::add_to_weighted(&buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
                     wire::round_trip(mine, dtype);
+                    measure.owned(c, mine);
                     let gather = FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk };
                     if raw {
-                        if !owned.is_closed() {
-                            let _ = owned.send((id.chunk, Bytes::copy_from_slice(bytemuck::cast_slice(&*mine))));
-                        }
                         send(gather, Payload::Borrowed(finalize(&mut slots, c)));
                     } else {
-                        let encoded = wire::encode(mine, dtype);
-                        let _ = owned.send((id.chunk, encoded.clone()));
-                        send(gather, Payload::Shared(encoded));
+                        send(gather, Payload::Shared(wire::encode(mine, dtype)));
                     }
                 }
                 Phase::AllGather => {
                     wire::decode_into(&buf, dtype, id.chunk, slots[c]).map_err(bad)?;
+                    measure.gathered(c, slots[c]);
                     if id.step < last {
                         send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
                     }
@@ -270,7 +278,9 @@ pub(super) async fn read_frame(
 #[cfg(test)]
 mod tests {
     use super::super::fault::RingFaultKind;
+    use super::super::measure::Measured;
     use super::*;
+    use crate::wire::digest;
 
     /// The star's sum in rank order (the coordinator backend's arithmetic).
     fn star(grads: &[Vec<f32>], weights: &[f32], dtype: GradDtype) -> Vec<f32> {
@@ -286,8 +296,12 @@ mod tests {
         acc
     }
 
+    /// What one member ends with: its gradient, what it measured as it
+    /// went, and its replica digest.
+    type Member = (Vec<f32>, Vec<Measured>, Option<u64>);
+
     /// Runs a ring of `n` members over in-memory pipes.
-    async fn ring(grads: &[Vec<f32>], weights: &[f32], chunk: usize, dtype: GradDtype) -> Vec<(Vec<f32>, Vec<(u32, Bytes)>)> {
+    async fn ring(grads: &[Vec<f32>], weights: &[f32], chunk: usize, dtype: GradDtype) -> Vec<Member> {
         let n = grads.len();
         // Link r carries rank r's frames to rank r+1.
         let (mut writers, mut readers): (Vec<_>, Vec<_>) = (0..n).map(|_| tokio::io::duplex(1 << 12)).unzip();
@@ -308,13 +322,14 @@ mod tests {
             let local = grads[r].clone();
             tasks.push(tokio::spawn(async move {
                 let (tx, mut rx) = mpsc::unbounded_channel();
+                let mut measure = Measure::new(wire::chunk_count(spec.total, spec.chunk_elements), tx);
                 let mut got = local;
-                all_reduce(&spec, &mut got, rd, w, tx, &mut Vec::new()).await.unwrap();
-                let mut owned = Vec::new();
-                while let Ok(c) = rx.try_recv() {
-                    owned.push(c);
+                all_reduce(&spec, &mut got, rd, w, &mut measure, &mut Vec::new()).await.unwrap();
+                let mut events = Vec::new();
+                while let Ok(e) = rx.try_recv() {
+                    events.push(e);
                 }
-                (got, owned)
+                (got, events, measure.replica_digest())
             }));
         }
         let mut out = Vec::new();
@@ -337,7 +352,7 @@ mod tests {
                 let weights: Vec<f32> = (0..n).map(|r| (r + 1) as f32 / (n * (n + 1) / 2) as f32).collect();
                 let out = ring(&g, &weights, 10, dtype).await;
                 let want = star(&g, &weights, dtype);
-                for (r, (got, _)) in out.iter().enumerate() {
+                for (r, (got, ..)) in out.iter().enumerate() {
                     assert_eq!(
                         got.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
                         out[0].0.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
@@ -351,22 +366,38 @@ mod tests {
                         assert_eq!(got, &want, "{n} ranks");
                     }
                 }
-                // The owned chunks partition the gradient, each with the kept bits.
-                let chunks = wire::chunk_count(total, 10);
-                let owners = plan::chunk_owners(chunks, n);
-                let mut seen = vec![false; chunks];
-                for (r, (got, owned)) in out.iter().enumerate() {
-                    for (c, bytes) in owned {
-                        assert_eq!(owners[*c as usize], r);
-                        assert!(!seen[*c as usize]);
-                        seen[*c as usize] = true;
-                        let range = wire::chunk_ranges(total, 10).nth(*c as usize).unwrap();
-                        assert_eq!(*bytes, wire::encode(&got[range], dtype));
-                    }
-                }
-                assert!(seen.iter().all(|&s| s), "{n} ranks: some chunk owned by nobody");
+                check_measures(&g, &out, 10);
             }
         }
+    }
+
+    /// What each member measured is what separate passes give: the norms
+    /// of its own chunks, the scalars of each chunk of its segment (the
+    /// segments partition the gradient) and the digest of what it holds.
+    fn check_measures(g: &[Vec<f32>], out: &[Member], chunk: usize) {
+        let (n, total) = (g.len(), g[0].len());
+        let chunks = wire::chunk_count(total, chunk);
+        let owners = plan::chunk_owners(chunks, n);
+        let mut seen = vec![false; chunks];
+        for (r, (got, events, replica)) in out.iter().enumerate() {
+            let norms = wire::chunk_norms(&g[r], chunk);
+            assert_eq!(events.iter().filter(|e| **e == Measured::Norms(norms.clone())).count(), 1, "{n} ranks: rank {r}'s norms");
+            for e in events {
+                if let Measured::Segment { index, sumsq, digest } = e {
+                    let c = *index as usize;
+                    assert_eq!(owners[c], r);
+                    assert!(!seen[c]);
+                    seen[c] = true;
+                    let range = wire::chunk_ranges(total, chunk).nth(c).unwrap();
+                    assert_eq!((sumsq.to_bits(), *digest), {
+                        let (s, d) = digest::chunk_scalars(&got[range]);
+                        (s.to_bits(), d)
+                    });
+                }
+            }
+            assert_eq!(*replica, Some(digest::gradient_digest(got, wire::chunk_ranges(total, chunk))), "{n} ranks: rank {r}'s digest");
+        }
+        assert!(seen.iter().all(|&s| s), "{n} ranks: some chunk owned by nobody");
     }
 
     #[tokio::test]
@@ -374,9 +405,10 @@ mod tests {
         let g = grads(4, 5);
         let out = ring(&g, &[0.25; 4], 4, GradDtype::F32).await;
         let want = star(&g, &[0.25; 4], GradDtype::F32);
-        for (got, _) in &out {
+        for (got, ..) in &out {
             assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
         }
+        check_measures(&g, &out, 4);
     }
 
     #[tokio::test]
@@ -394,12 +426,13 @@ mod tests {
         let (_keep_open, prev) = tokio::io::duplex(64);
         let (next, _sink) = tokio::io::duplex(1 << 12);
         let (tx, _rx) = mpsc::unbounded_channel();
-        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx.clone(), &mut Vec::new()).await.err().unwrap();
+        let mut measure = Measure::new(2, tx);
+        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, &mut measure, &mut Vec::new()).await.err().unwrap();
         assert!(matches!(&e, RingError::Prev(f) if f.kind == RingFaultKind::Stalled && f.detail.contains("sent nothing for 0.2 s")), "{e}");
         let (closed, prev) = tokio::io::duplex(64);
         drop(closed);
         let (next, _sink) = tokio::io::duplex(1 << 12);
-        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, tx, &mut Vec::new()).await.err().unwrap();
+        let e = all_reduce(&spec, &mut [1.0; 8], prev, next, &mut measure, &mut Vec::new()).await.err().unwrap();
         assert!(matches!(&e, RingError::Prev(f) if f.kind == RingFaultKind::Closed && f.detail.contains("ended")), "{e}");
     }
 }

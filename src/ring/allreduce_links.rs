@@ -24,13 +24,14 @@
 use std::sync::atomic::{fence, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
+use xxhash_rust::xxh3::Xxh3;
 
 use super::allreduce::{bad_frame, read_frame, stalled, unwritable, RingSpec};
 use super::fault::{LinkFault, RingError};
 use super::frame;
+use super::measure::{blocks, Measure, Scalars};
 use super::plan::{self, FrameId, Phase};
 use super::shm::{Outbox, View};
 use crate::config::GradDtype;
@@ -214,7 +215,7 @@ pub async fn all_reduce_links<R, A, W, C>(
     grad: &mut [f32],
     prev: Prev<'_, R, A>,
     next: Next<'_, W, C>,
-    owned: mpsc::UnboundedSender<(u32, Bytes)>,
+    measure: &mut Measure,
     pool: &mut Vec<Vec<u8>>,
 ) -> Result<(), RingError>
 where
@@ -276,8 +277,14 @@ where
     let work = async move {
         let first = plan::first_sent_segment(spec.rank, n);
         for c in segments[first].clone() {
-            let len = bytes_of(c);
-            weighted_into(sink.slot(len, lend).await?, w, &grad[ranges[c].clone()]);
+            let (len, local) = (bytes_of(c), &grad[ranges[c].clone()]);
+            let out = sink.slot(len, lend).await?;
+            // Block by block, each measured while the loop has it in cache.
+            for r in blocks(local.len()) {
+                measure.local(c, &local[r.clone()]);
+                weighted_into(&mut out[r.start * 4..r.end * 4], w, &local[r]);
+            }
+            measure.local_done();
             sink.publish(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }.tag(n), c as u32, len).await?;
             tokio::task::yield_now().await;
         }
@@ -288,25 +295,47 @@ where
             let on = FrameId { step: id.step + 1, ..id };
             match id.phase {
                 Phase::ReduceScatter if id.step < last => {
-                    // One pass: the partial sum in, ours added, into the outgoing frame.
-                    add_weighted_into(inp, sink.slot(len, lend).await?, w, &grad[ranges[c].clone()]);
+                    // One pass: the partial sum in, ours added (and measured), into the outgoing frame.
+                    let (local, out) = (&grad[ranges[c].clone()], sink.slot(len, lend).await?);
+                    for r in blocks(local.len()) {
+                        let b = r.start * 4..r.end * 4;
+                        measure.local(c, &local[r.clone()]);
+                        add_weighted_into(&inp[b.clone()], &mut out[b], w, &local[r]);
+                    }
+                    measure.local_done();
                     sink.publish(on.tag(n), id.chunk, len).await?;
                 }
                 Phase::ReduceScatter => {
                     // Our own segment's chunk is complete: what every replica keeps.
-                    let mine = &mut grad[ranges[c].clone()];
-                    wire::add_to_weighted(inp, GradDtype::F32, id.chunk, w, mine).map_err(|e| RingError::Prev(bad_frame(&e)))?;
-                    let mine: &[u8] = bytemuck::cast_slice(&*mine);
-                    if !owned.is_closed() {
-                        let _ = owned.send((id.chunk, Bytes::copy_from_slice(mine)));
+                    let (mine, out) = (&mut grad[ranges[c].clone()], sink.slot(len, lend).await?);
+                    let mut scalars = Scalars::default();
+                    for r in blocks(mine.len()) {
+                        let (b, mine) = (r.start * 4..r.end * 4, &mut mine[r]);
+                        measure.local(c, mine);
+                        wire::add_to_weighted(&inp[b.clone()], GradDtype::F32, id.chunk, w, mine)
+                            .map_err(|e| RingError::Prev(bad_frame(&e)))?;
+                        scalars.add(mine);
+                        out[b].copy_from_slice(bytemuck::cast_slice(&*mine));
                     }
-                    sink.slot(len, lend).await?.copy_from_slice(mine);
+                    measure.local_done();
+                    measure.owned_done(c, scalars);
                     sink.publish(FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk }.tag(n), id.chunk, len).await?;
                 }
                 Phase::AllGather => {
-                    bytemuck::cast_slice_mut::<f32, u8>(&mut grad[ranges[c].clone()]).copy_from_slice(inp);
-                    if id.step < last {
-                        sink.slot(len, lend).await?.copy_from_slice(inp);
+                    // Into the gradient (and on), hashed block by block as it lands.
+                    let into = bytemuck::cast_slice_mut::<f32, u8>(&mut grad[ranges[c].clone()]);
+                    let mut out = if id.step < last { Some(sink.slot(len, lend).await?) } else { None };
+                    let mut hash = Xxh3::new();
+                    for r in blocks(len / 4) {
+                        let b = r.start * 4..r.end * 4;
+                        into[b.clone()].copy_from_slice(&inp[b.clone()]);
+                        hash.update(&into[b.clone()]);
+                        if let Some(out) = out.as_mut() {
+                            out[b.clone()].copy_from_slice(&inp[b]);
+                        }
+                    }
+                    measure.gathered_done(c, hash);
+                    if out.is_some() {
                         sink.publish(on.tag(n), id.chunk, len).await?;
                     }
                 }
@@ -342,6 +371,7 @@ where
 mod tests {
     use super::super::all_reduce;
     use super::super::fault::RingFaultKind;
+    use super::super::measure::Measured;
     use super::*;
 
     fn grads(n: usize, total: usize) -> Vec<Vec<f32>> {
@@ -361,7 +391,14 @@ mod tests {
         }
     }
 
-    type Reduced = Vec<(Vec<f32>, Vec<(u32, Bytes)>)>;
+    /// Each member's gradient, what it measured and its replica digest.
+    type Reduced = Vec<(Vec<f32>, Vec<Measured>, Option<u64>)>;
+
+    /// A fresh measure of `total` values in chunks of `chunk`, and what hears it.
+    fn measure(total: usize, chunk: usize) -> (Measure, mpsc::UnboundedReceiver<Measured>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Measure::new(wire::chunk_count(total, chunk), tx), rx)
+    }
 
     /// The TCP ring (`allreduce.rs`) over in-memory pipes: the reference.
     async fn tcp_ring(g: &[Vec<f32>], chunk: usize) -> Reduced {
@@ -373,9 +410,9 @@ mod tests {
             let (w, rd) = (writers.pop().unwrap(), readers.pop().unwrap());
             let (s, mut local) = (spec(n, r, g[r].len(), chunk), g[r].clone());
             tasks.push(tokio::spawn(async move {
-                let (tx, mut rx) = mpsc::unbounded_channel();
-                all_reduce(&s, &mut local, rd, w, tx, &mut Vec::new()).await.unwrap();
-                (local, std::iter::from_fn(|| rx.try_recv().ok()).collect())
+                let (mut m, mut rx) = measure(s.total, chunk);
+                all_reduce(&s, &mut local, rd, w, &mut m, &mut Vec::new()).await.unwrap();
+                (local, std::iter::from_fn(|| rx.try_recv().ok()).collect(), m.replica_digest())
             }));
         }
         let mut out = Vec::new();
@@ -412,14 +449,14 @@ mod tests {
         for (r, (view, to_next, from_prev, mut outbox, s)) in tasks.into_iter().enumerate() {
             let mut local = g[r].clone();
             handles.push(tokio::spawn(async move {
-                let (tx, mut rx) = mpsc::unbounded_channel();
+                let (mut m, mut rx) = measure(s.total, chunk);
                 let (in_r, in_w) = tokio::io::split(from_prev);
                 let (out_r, out_w) = tokio::io::split(to_next);
                 let prev = Prev { read: in_r, write: in_w, shared: view.as_ref() };
                 let next = Next { write: out_w, read: out_r, shared: outbox.as_mut() };
                 let mut pool = Vec::new();
-                all_reduce_links(&s, &mut local, prev, next, tx, &mut pool).await.unwrap();
-                (local, std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>())
+                all_reduce_links(&s, &mut local, prev, next, &mut m, &mut pool).await.unwrap();
+                (local, std::iter::from_fn(|| rx.try_recv().ok()).collect::<Vec<_>>(), m.replica_digest())
             }));
         }
         let mut out = Vec::new();
@@ -445,7 +482,9 @@ mod tests {
                     for r in 0..n {
                         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                         assert_eq!(bits(&got[r].0), bits(&want[r].0), "{n} ranks, {total}/{chunk}, links {shared:?}: rank {r}");
-                        assert_eq!(got[r].1, want[r].1, "{n} ranks, links {shared:?}: rank {r}'s owned chunks");
+                        assert_eq!(got[r].1, want[r].1, "{n} ranks, links {shared:?}: rank {r}'s measures");
+                        assert_eq!(got[r].2, want[r].2, "{n} ranks, links {shared:?}: rank {r}'s replica digest");
+                        assert!(got[r].2.is_some());
                     }
                 }
             }
@@ -462,7 +501,7 @@ mod tests {
         let (a, _b) = tokio::io::duplex(1 << 16);
         let (p, mut q) = tokio::io::duplex(1 << 16);
         // The predecessor's first segment, so this member sends past its first.
-        let (tx, _rx) = mpsc::unbounded_channel();
+        let (mut m, _rx) = measure(40, 4);
         let feed = async {
             for c in 0..5u32 {
                 frame::write_frame(&mut q, 0, c, &[0u8; 16]).await.unwrap();
@@ -476,7 +515,7 @@ mod tests {
             &mut grad,
             Prev { read: in_r, write: in_w, shared: None },
             Next { write: out_w, read: out_r, shared: Some(&mut outbox) },
-            tx,
+            &mut m,
             &mut pool,
         );
         let (e, ()) = tokio::join!(run, feed);
@@ -485,7 +524,6 @@ mod tests {
         let (a, mut b) = tokio::io::duplex(1 << 16);
         b.write_all(&99u32.to_le_bytes()).await.unwrap();
         let (p, _q) = tokio::io::duplex(1 << 16);
-        let (tx, _rx) = mpsc::unbounded_channel();
         let (out_r, out_w) = tokio::io::split(a);
         let (in_r, in_w) = tokio::io::split(p);
         let mut outbox = Outbox::create(dir.path(), 1, 16).unwrap();
@@ -494,7 +532,7 @@ mod tests {
             &mut [1.0; 40],
             Prev { read: in_r, write: in_w, shared: None },
             Next { write: out_w, read: out_r, shared: Some(&mut outbox) },
-            tx,
+            &mut m,
             &mut Vec::new(),
         )
         .await;

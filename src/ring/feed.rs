@@ -18,8 +18,21 @@ pub fn successor_chunks(grad: &[f32], rank: usize, n: usize, chunk_elements: usi
     if n < 2 {
         return Vec::new();
     }
+    segment_chunks(grad, (rank + 1) % n, n, chunk_elements, dtype)
+}
+
+/// What rank `rank` feeds: the chunks of its own segment, then its
+/// successor's ([`successor_chunks`]).
+pub fn fed_chunks(grad: &[f32], rank: usize, n: usize, chunk_elements: usize, dtype: GradDtype) -> Vec<(u32, Bytes)> {
+    let mut fed = segment_chunks(grad, rank, n, chunk_elements, dtype);
+    fed.extend(successor_chunks(grad, rank, n, chunk_elements, dtype));
+    fed
+}
+
+/// The chunks of rank `owner`'s segment, encoded as `dtype`.
+fn segment_chunks(grad: &[f32], owner: usize, n: usize, chunk_elements: usize, dtype: GradDtype) -> Vec<(u32, Bytes)> {
     let chunks = wire::chunk_count(grad.len(), chunk_elements);
-    let segment = super::plan::segments(chunks, n)[(rank + 1) % n].clone();
+    let segment = super::plan::segments(chunks, n.max(1))[owner].clone();
     wire::chunk_ranges(grad.len(), chunk_elements)
         .enumerate()
         .skip(segment.start)
@@ -33,7 +46,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_member_feeds_its_successors_segment_and_a_lone_member_nothing_more() {
+    fn a_member_feeds_its_own_and_its_successors_segment_and_a_lone_member_every_chunk_once() {
         let grad: Vec<f32> = (0..10).map(|i| i as f32).collect();
         // 5 chunks of 2 in a ring of 2: rank 0 owns 0..2, rank 1 owns 2..5.
         let fed = successor_chunks(&grad, 0, 2, 2, GradDtype::F32);
@@ -42,5 +55,10 @@ mod tests {
         let fed = successor_chunks(&grad, 1, 2, 2, GradDtype::F32);
         assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1], "the last rank's successor is rank 0");
         assert!(successor_chunks(&grad, 0, 1, 2, GradDtype::F32).is_empty());
+        let fed = fed_chunks(&grad, 1, 2, 2, GradDtype::F32);
+        assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2, 3, 4, 0, 1], "its own, then its successor's");
+        let fed = fed_chunks(&grad, 0, 1, 2, GradDtype::Bf16);
+        assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "alone: every chunk, once");
+        assert_eq!(fed[1].1, wire::encode(&[2.0, 3.0], GradDtype::Bf16));
     }
 }

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::allreduce::{all_reduce, RingSpec};
@@ -13,6 +12,7 @@ use super::allreduce_links::{all_reduce_links, slots_needed, Next, Prev};
 use super::fault::{RingError, RingFault};
 use super::frame::{Hello, KEY_BYTES};
 use super::links;
+use super::measure::{Measure, Measured};
 use super::peers::{connect, PeerListener};
 use crate::config::GradDtype;
 use crate::{proto, wire};
@@ -74,24 +74,34 @@ impl RingMembership {
     }
 
     /// Connects to both neighbours and all-reduces `local` in place,
-    /// returning it; the chunks of
-    /// this member's segment go to `owned` as they are final. `first_bytes`
-    /// hears when the predecessor's first bytes arrive (fault injection).
-    /// An error names the neighbour at fault (its worker id), the kind of
-    /// fault and why.
+    /// returning it with its replica digest; `events` hears this member's
+    /// chunk norms once its gradient was read and the scalars of each
+    /// chunk of its segment as it becomes final (`measure.rs`).
+    /// `first_bytes` hears when the predecessor's first bytes arrive
+    /// (fault injection). An error names the neighbour at fault (its
+    /// worker id), the kind of fault and why.
     pub async fn all_reduce(
         &self,
         peers: &PeerListener,
         spec: RingSpec,
         mut local: Vec<f32>,
-        owned: mpsc::UnboundedSender<(u32, Bytes)>,
+        events: mpsc::UnboundedSender<Measured>,
         first_bytes: Option<oneshot::Sender<()>>,
-    ) -> Result<Vec<f32>, RingFault> {
+    ) -> Result<Reduced, RingFault> {
         let n = self.members.len();
+        let mut measure = Measure::new(wire::chunk_count(spec.total, spec.chunk_elements), events);
+        let done = |grad: Vec<f32>, measure: Measure| {
+            // Every chunk is measured once the ring succeeded (owned or
+            // gathered); the separate pass is only a guard.
+            let digest = measure
+                .replica_digest()
+                .unwrap_or_else(|| wire::digest::gradient_digest(&grad, wire::chunk_ranges(grad.len(), spec.chunk_elements)));
+            Reduced { grad, digest }
+        };
         if n == 1 {
             // Alone the ring reads and writes nothing, so it cannot fail.
-            let r = all_reduce(&spec, &mut local, tokio::io::empty(), tokio::io::sink(), owned, &mut Vec::new()).await;
-            return r.map(|()| local).map_err(|e| RingFault::new(self.me, &e));
+            let r = all_reduce(&spec, &mut local, tokio::io::empty(), tokio::io::sink(), &mut measure, &mut Vec::new()).await;
+            return r.map(|()| done(local, measure)).map_err(|e| RingFault::new(self.me, &e));
         }
         let (next_id, next_endpoint) = &self.members[(self.rank + 1) % n];
         let (prev_id, _) = &self.members[(self.rank + n - 1) % n];
@@ -135,19 +145,27 @@ impl RingMembership {
         let mut frames = peers.take_frames();
         let reduced = if !out_shm && view.is_none() {
             let inn = FirstBytes { inner: inn, arrived: first_bytes };
-            all_reduce(&spec, &mut local, inn, out, owned, &mut frames).await
+            all_reduce(&spec, &mut local, inn, out, &mut measure, &mut frames).await
         } else {
             let (in_read, in_write) = inn.into_split();
             let (out_read, out_write) = out.into_split();
             let prev = Prev { read: FirstBytes { inner: in_read, arrived: first_bytes }, write: in_write, shared: view.as_ref() };
             let next = Next { write: out_write, read: out_read, shared: outbox.as_mut().filter(|_| out_shm) };
-            all_reduce_links(&spec, &mut local, prev, next, owned, &mut frames).await
+            all_reduce_links(&spec, &mut local, prev, next, &mut measure, &mut frames).await
         };
         peers.keep_frames(frames);
         peers.keep_outbox(outbox);
         peers.keep_view(view);
-        reduced.map(|()| local).map_err(blame)
+        reduced.map(|()| done(local, measure)).map_err(blame)
     }
+}
+
+/// A member's result of a successful all-reduce.
+pub struct Reduced {
+    /// The reduced gradient, the same bits in every member.
+    pub grad: Vec<f32>,
+    /// Its replica digest (`wire::digest::replica_digest` of its chunks).
+    pub digest: u64,
 }
 
 /// A reader that tells once its first bytes arrived (fault injection).

@@ -7,12 +7,14 @@
 //!
 //! The coordinator stays the control plane: it tells each attempt's
 //! members their ring (ranks, endpoints, an epoch and a one-time key) in
-//! the assignment, receives each member's reduced segment (one gradient per
-//! step in all, for its exact copy of parameters, Adam and EMA), decides
-//! the outcome and ends a broken attempt. `plan.rs` is the shape both sides
+//! the assignment, receives the scalars each step commits on (and, with
+//! its shadow on, each member's reduced segment after the commit, for its
+//! copy of parameters, Adam and EMA), decides the outcome and ends a
+//! broken attempt. `plan.rs` is the shape both sides
 //! compute, `frame.rs` the bytes on a link, `allreduce.rs` the algorithm,
 //! `peers.rs` the listener and the dialling, `member.rs` one member's
-//! part in an attempt, `fault.rs` what a member reports when it breaks,
+//! part in an attempt, `measure.rs` the scalars a step commits on, taken
+//! as the ring passes over the gradient, `fault.rs` what a member reports when it breaks,
 //! `topology.rs` the ring order that keeps each host's members together.
 
 mod allreduce;
@@ -21,6 +23,7 @@ pub mod fault;
 pub mod feed;
 pub mod frame;
 mod links;
+pub mod measure;
 mod member;
 mod peers;
 pub mod plan;
@@ -30,5 +33,6 @@ pub mod topology;
 pub use allreduce::{all_reduce, RingSpec};
 pub use allreduce_links::{all_reduce_links, slots_needed, Next, Prev};
 pub use fault::{LinkFault, RingError, RingFault, RingFaultKind};
-pub use member::{PlanError, RingMembership};
+pub use measure::Measured;
+pub use member::{PlanError, Reduced, RingMembership};
 pub use peers::{advertised_endpoint, connect, PeerListener};

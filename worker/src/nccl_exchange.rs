@@ -25,6 +25,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use ddpm::config::GradDtype;
 use ddpm::nccl::{CommWatch, Nccl, UniqueId};
 use ddpm::proto::{self, gradient_message, reduced_message};
@@ -39,7 +40,7 @@ use crate::device::messages::Computed;
 use crate::device::DeviceHandle;
 use crate::directive::CallError;
 use crate::exchange::{ended, Exchanged, GradientExchange};
-use crate::ring_exchange::{feed_shadow, feed_skipped, header_with_faults, msg, report_segment};
+use crate::ring_exchange::{feed_shadow, feed_skipped, header_with_faults, msg};
 
 /// How often the communicator's asynchronous error is polled while an
 /// all-reduce runs (PyTorch's NCCL watchdog polls on the same order).
@@ -254,7 +255,7 @@ async fn report_owned(
     chunk: usize,
     dtype: GradDtype,
     tx: &mpsc::Sender<proto::GradientMessage>,
-) -> Vec<(u32, bytes::Bytes)> {
+) -> Vec<(u32, Bytes)> {
     let segment = plan::segments(wire::chunk_count(grad.len(), chunk), size)[rank].clone();
     let (owned_tx, owned_rx) = mpsc::unbounded_channel();
     for (i, range) in wire::chunk_ranges(grad.len(), chunk).enumerate() {
@@ -269,6 +270,36 @@ async fn report_owned(
     }
     drop(owned_tx);
     report_segment(owned_rx, tx.clone(), dtype, chunk).await
+}
+
+/// Reports each final chunk of this member's segment (its float64 sum of
+/// squares and digest, of the values every replica applies) as it comes;
+/// returns the chunks as encoded, for the shadow's feed.
+async fn report_segment(
+    mut owned: mpsc::UnboundedReceiver<(u32, Bytes)>,
+    tx: mpsc::Sender<proto::GradientMessage>,
+    dtype: GradDtype,
+    chunk_elements: usize,
+) -> Vec<(u32, Bytes)> {
+    let mut kept = Vec::new();
+    let mut values = vec![0f32; chunk_elements];
+    while let Some((index, data)) = owned.recv().await {
+        let n = data.len() / dtype.bytes_per_element();
+        let v = &mut values[..n.min(chunk_elements)];
+        if wire::decode_into(&data, dtype, index, v).is_err() {
+            // The ring checked its own frames: this cannot be, and the
+            // coordinator, missing this digest, ends the attempt.
+            tracing::error!(index, "an owned chunk of the wrong size; not reported");
+            return kept;
+        }
+        let (sumsq, digest) = digest::chunk_scalars(v);
+        let d = proto::SegmentDigest { index, sumsq, digest };
+        if tx.send(msg(gradient_message::Kind::Segment(d))).await.is_err() {
+            return kept;
+        }
+        kept.push((index, data));
+    }
+    kept
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! The ring backend of [`GradientExchange`]: the gradient goes worker to
 //! worker (`ddpm::ring`), and the coordinator's ReduceGradients stream
 //! carries only scalars, what the control plane decides on: the header
-//! (loss, shard, compute time, and the norm of each chunk of this member's
-//! own gradient, which the coordinator screens as it screens the star's
-//! chunks), the sum of squares and digest of each chunk of this member's
-//! reduced segment as soon as it is final (while the all-gather still
-//! runs), the digest of the whole reduced gradient once this replica holds
-//! it, a fault report if the ring breaks, and back the step's outcome,
-//! which commits the step.
+//! (loss, shard, compute time), the norm of each chunk of this member's
+//! own gradient once the ring has read it (the coordinator screens them
+//! as it screens the star's chunks), the sum of squares and digest of
+//! each chunk of this member's reduced segment as soon as it is final
+//! (while the all-gather still runs), the digest of the whole reduced
+//! gradient once this replica holds it, a fault report if the ring
+//! breaks, and back the step's outcome, which commits the step. The ring
+//! takes every one of these as it passes over the gradient
+//! (`ddpm::ring::measure`): no separate pass over it holds the step back.
 //!
 //! The update is applied only after the outcome arrives, and the outcome
 //! comes only when every replica holds the bits the owners measured. After
@@ -23,9 +25,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ddpm::config::GradDtype;
 use ddpm::proto::{self, gradient_message, reduced_message};
-use ddpm::ring::{feed, PeerListener, RingFault, RingMembership, RingSpec};
+use ddpm::ring::{feed, Measured, PeerListener, Reduced, RingFault, RingMembership, RingSpec};
 use ddpm::train::Outcome;
-use ddpm::wire::{self, digest};
+use ddpm::wire;
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 
@@ -66,9 +68,9 @@ pub(crate) fn feed_skipped(step: u64) -> bool {
 /// the first element of this worker's gradient to VALUE (`NaN`, `1e20`) in
 /// step STEP's first ring attempt: `DDPM_FAULT_GRAD_POISON=STEP:VALUE`
 /// before its chunk norms are taken, like a device that computed garbage;
-/// `DDPM_FAULT_RING_LIE=STEP:VALUE` after, so that its header describes
-/// another gradient than the one it sends the ring, like a member that
-/// lies (it behaves when the redo goes through the star).
+/// `DDPM_FAULT_RING_LIE=STEP:VALUE` after, so that the norms it reports
+/// describe another gradient than the one it sends the ring, like a
+/// member that lies (it behaves when the redo goes through the star).
 fn fault_value(var: &str, step: u64, attempt: u32) -> Option<f32> {
     let v = std::env::var(var).ok()?;
     let (s, value) = v.split_once(':')?;
@@ -92,7 +94,10 @@ impl GradientExchange for RingExchange<'_> {
             peer_timeout: plan.timeout,
             shm: p.shm,
         };
-        let header = header_with_faults(self.worker_id, a, &mut local, dtype, spec.chunk_elements);
+        poison(a, &mut local);
+        let lie = lie(a, &mut local, spec.chunk_elements);
+        // The norms come once the ring has read the gradient.
+        let header = header(self.worker_id, a, &local, dtype, Vec::new());
         let (tx, rx) = mpsc::channel(16);
         tx.send(msg(gradient_message::Kind::Header(header.clone()))).await.map_err(|_| anyhow::anyhow!("upload queue closed"))?;
         let context = format!("the all-reduce of step {} failed", a.step);
@@ -100,41 +105,28 @@ impl GradientExchange for RingExchange<'_> {
             Ok(r) => r.into_inner(),
             Err(s) => return ended(CallError::from_status(&s, &context)),
         };
-        // This member's segment: its digests go up as its chunks become
-        // final; its bytes stay here for the shadow's feed.
-        let (owned_tx, owned_rx) = mpsc::unbounded_channel::<(u32, Bytes)>();
-        let segment = tokio::spawn(report_segment(owned_rx, tx.clone(), dtype, spec.chunk_elements));
-        let chunking = (spec.total, spec.chunk_elements);
-        let (rank, n) = (spec.rank, spec.n);
+        let (rank, n, chunk) = (spec.rank, spec.n, spec.chunk_elements);
         let started = Instant::now();
         let freeze = freeze_at(a.step, a.attempt);
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
-        let ring = plan.all_reduce(self.peers, spec, local.grad, owned_tx, Some(first_tx));
-        let steps = Steps { step: a.step, context: &context, tx: &tx, chunking, freeze, first_bytes: freeze.map(|_| first_rx) };
+        // What the ring measures goes up as it comes, beside the ring.
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let ring = async {
+            let ring = plan.all_reduce(self.peers, spec, local.grad, events_tx, Some(first_tx));
+            tokio::join!(ring, report_measures(events_rx, tx.clone(), lie)).0
+        };
+        let steps = Steps { step: a.step, context: &context, tx: &tx, freeze, first_bytes: freeze.map(|_| first_rx) };
         let result = steps.run(ring, inbound, &mut self.ring_s, started).await;
-        match result {
-            Ok(Exchanged::Reduced { grad, outcome }) => {
-                if a.feed_shadow && feed_skipped(a.step) {
-                    tracing::warn!(step = a.step, "fault injection: feeding nothing of this step to the coordinator's copy of the state");
-                    segment.abort();
-                } else if a.feed_shadow {
-                    let mut fed = segment.await.unwrap_or_default();
-                    fed.extend(feed::successor_chunks(&grad, rank, n, chunking.1, dtype));
-                    tokio::spawn(feed_shadow(self.client.clone(), header, fed));
-                } else {
-                    segment.abort();
-                }
-                Ok(Exchanged::Reduced { grad, outcome })
-            }
-            Ok(other) => {
-                segment.abort();
-                Ok(other)
-            }
-            Err(e) => {
-                segment.abort();
-                ended(e)
+        if let Ok(Exchanged::Reduced { grad, .. }) = &result {
+            if a.feed_shadow && feed_skipped(a.step) {
+                tracing::warn!(step = a.step, "fault injection: feeding nothing of this step to the coordinator's copy of the state");
+            } else if a.feed_shadow {
+                // Encoded from the applied gradient: the bits the owners measured.
+                let fed = feed::fed_chunks(grad, rank, n, chunk, dtype);
+                tokio::spawn(feed_shadow(self.client.clone(), header, fed));
             }
         }
+        result.or_else(ended)
     }
 }
 
@@ -143,7 +135,8 @@ pub(crate) fn msg(kind: gradient_message::Kind) -> proto::GradientMessage {
 }
 
 /// The step's header, with this member's chunk norms taken of its own
-/// gradient, and the fault injections around them.
+/// gradient in one more read of it (NCCL's way), and the fault injections
+/// around them.
 pub(crate) fn header_with_faults(
     worker_id: u64,
     a: &proto::TrainAssignment,
@@ -151,11 +144,14 @@ pub(crate) fn header_with_faults(
     dtype: GradDtype,
     chunk: usize,
 ) -> proto::GradientHeader {
-    if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_GRAD_POISON", a.step, a.attempt), local.grad.first_mut()) {
-        tracing::warn!(step = a.step, "fault injection: this worker's gradient starts with {value}");
-        *first = value;
-    }
-    let header = proto::GradientHeader {
+    poison(a, local);
+    let norms = wire::chunk_norms(&local.grad, chunk);
+    lie(a, local, chunk);
+    header(worker_id, a, local, dtype, norms)
+}
+
+fn header(worker_id: u64, a: &proto::TrainAssignment, local: &Computed, dtype: GradDtype, chunk_norms: Vec<f64>) -> proto::GradientHeader {
+    proto::GradientHeader {
         worker_id,
         step: a.step,
         attempt: a.attempt,
@@ -164,48 +160,49 @@ pub(crate) fn header_with_faults(
         loss: local.loss,
         samples: a.shard_size,
         compute_s: local.compute_s,
-        // One read of the gradient (memory-bound, a few percent of the
-        // ring's own passes over it).
-        chunk_norms: wire::chunk_norms(&local.grad, chunk),
-    };
-    if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_RING_LIE", a.step, a.attempt), local.grad.first_mut()) {
-        tracing::warn!(
-            step = a.step,
-            "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element"
-        );
-        *first = value;
+        chunk_norms,
     }
-    header
 }
 
-/// Reports each final chunk of this member's segment (its float64 sum of
-/// squares and digest, of the values every replica applies) as it comes;
-/// returns the chunks as encoded, for the shadow's feed.
-pub(crate) async fn report_segment(
-    mut owned: mpsc::UnboundedReceiver<(u32, Bytes)>,
-    tx: mpsc::Sender<proto::GradientMessage>,
-    dtype: GradDtype,
-    chunk_elements: usize,
-) -> Vec<(u32, Bytes)> {
-    let mut kept = Vec::new();
-    let mut values = vec![0f32; chunk_elements];
-    while let Some((index, data)) = owned.recv().await {
-        let n = data.len() / dtype.bytes_per_element();
-        let v = &mut values[..n.min(chunk_elements)];
-        if wire::decode_into(&data, dtype, index, v).is_err() {
-            // The ring checked its own frames: this cannot be, and the
-            // coordinator, missing this digest, ends the attempt.
-            tracing::error!(index, "an owned chunk of the wrong size; not reported");
-            return kept;
-        }
-        let (sumsq, digest) = digest::chunk_scalars(v);
-        let d = proto::SegmentDigest { index, sumsq, digest };
-        if tx.send(msg(gradient_message::Kind::Segment(d))).await.is_err() {
-            return kept;
-        }
-        kept.push((index, data));
+/// `DDPM_FAULT_GRAD_POISON` (see [`fault_value`]).
+fn poison(a: &proto::TrainAssignment, local: &mut Computed) {
+    if let (Some(value), Some(first)) = (fault_value("DDPM_FAULT_GRAD_POISON", a.step, a.attempt), local.grad.first_mut()) {
+        tracing::warn!(step = a.step, "fault injection: this worker's gradient starts with {value}");
+        *first = value;
     }
-    kept
+}
+
+/// `DDPM_FAULT_RING_LIE` (see [`fault_value`]): where it applies, the
+/// chunk norms of the gradient before the lie, which this member then
+/// reports.
+fn lie(a: &proto::TrainAssignment, local: &mut Computed, chunk: usize) -> Option<Vec<f64>> {
+    let value = fault_value("DDPM_FAULT_RING_LIE", a.step, a.attempt)?;
+    let honest = wire::chunk_norms(&local.grad, chunk);
+    let first = local.grad.first_mut()?;
+    tracing::warn!(
+        step = a.step,
+        "fault injection: this worker's header describes its gradient, but the ring gets {value} as its first element"
+    );
+    *first = value;
+    Some(honest)
+}
+
+/// Sends the coordinator what the ring measured as it comes: this
+/// member's chunk norms (or, lying, `lie`) and each final chunk's scalars.
+async fn report_measures(
+    mut events: mpsc::UnboundedReceiver<Measured>,
+    tx: mpsc::Sender<proto::GradientMessage>,
+    mut lie: Option<Vec<f64>>,
+) {
+    while let Some(e) = events.recv().await {
+        let kind = match e {
+            Measured::Norms(norms) => gradient_message::Kind::Norms(proto::ChunkNorms { norms: lie.take().unwrap_or(norms) }),
+            Measured::Segment { index, sumsq, digest } => gradient_message::Kind::Segment(proto::SegmentDigest { index, sumsq, digest }),
+        };
+        if tx.send(msg(kind)).await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Streams this member's reduced segment of the step `header` names, and
@@ -226,8 +223,6 @@ struct Steps<'a> {
     step: u64,
     context: &'a str,
     tx: &'a mpsc::Sender<proto::GradientMessage>,
-    /// (elements, elements per chunk) of the step's gradient.
-    chunking: (usize, usize),
     freeze: Option<Duration>,
     first_bytes: Option<tokio::sync::oneshot::Receiver<()>>,
 }
@@ -237,7 +232,7 @@ impl Steps<'_> {
     /// fault) to the coordinator, and waits for the outcome on `inbound`.
     async fn run(
         mut self,
-        ring: impl std::future::Future<Output = Result<Vec<f32>, RingFault>>,
+        ring: impl std::future::Future<Output = Result<Reduced, RingFault>>,
         mut inbound: tonic::Streaming<proto::ReducedMessage>,
         ring_s: &mut f64,
         started: Instant,
@@ -245,14 +240,15 @@ impl Steps<'_> {
         tokio::pin!(ring);
         let step = self.step;
         // None while the ring runs; then its result.
-        let mut reduced: Option<Result<Vec<f32>, RingFault>> = None;
+        let mut reduced: Option<Result<Reduced, RingFault>> = None;
         let mut outcome: Option<proto::StepOutcome> = None;
         loop {
             if let (Some(_), Some(o)) = (&reduced, &outcome) {
                 return Ok(match reduced.take().expect("matched") {
-                    Ok(grad) => {
-                        Exchanged::Reduced { grad, outcome: Outcome { apply: o.apply, grad_norm: o.grad_norm, clip_scale: o.clip_scale } }
-                    }
+                    Ok(r) => Exchanged::Reduced {
+                        grad: r.grad,
+                        outcome: Outcome { apply: o.apply, grad_norm: o.grad_norm, clip_scale: o.clip_scale },
+                    },
                     // Committed without this replica's copy complete (the
                     // coordinator waits for every replica's digest, so this
                     // is a coordinator that did not): it is behind.
@@ -263,13 +259,17 @@ impl Steps<'_> {
                 arrived = async { self.first_bytes.as_mut().expect("guarded").await }, if self.first_bytes.is_some() => {
                     self.first_bytes = None;
                     if arrived.is_ok() {
-                        let secs = self.freeze.expect("set with first_bytes");
-                        tracing::warn!(step, "fault injection: freezing the ring for {:.1} s", secs.as_secs_f64());
-                        tokio::time::sleep(secs).await;
+                        self.freeze().await;
                     }
                 }
                 r = &mut ring, if reduced.is_none() => {
                     *ring_s = started.elapsed().as_secs_f64();
+                    // A small ring can end in the poll that brought its
+                    // first bytes: the freeze due then comes before this
+                    // replica reports, as it would have mid-ring.
+                    if self.first_bytes.take().is_some_and(|mut rx| rx.try_recv().is_ok()) {
+                        self.freeze().await;
+                    }
                     reduced = Some(self.report(r).await);
                 }
                 // After the outcome the coordinator ends the stream: not read again.
@@ -283,16 +283,21 @@ impl Steps<'_> {
         }
     }
 
+    /// The fault injection's freeze: nothing of this step moves for its seconds.
+    async fn freeze(&self) {
+        let secs = self.freeze.expect("set with first_bytes");
+        tracing::warn!(step = self.step, "fault injection: freezing the ring for {:.1} s", secs.as_secs_f64());
+        tokio::time::sleep(secs).await;
+    }
+
     /// Tells the coordinator how the ring ended here: this replica's
     /// digest of the whole reduced gradient, or the fault naming a
     /// neighbour.
-    async fn report(&self, r: Result<Vec<f32>, RingFault>) -> Result<Vec<f32>, RingFault> {
+    async fn report(&self, r: Result<Reduced, RingFault>) -> Result<Reduced, RingFault> {
         match &r {
-            Ok(grad) => {
-                // One read of the gradient, on the step's path: the price
-                // of committing on scalars.
-                let (total, chunk) = self.chunking;
-                let d = proto::ReplicaDigest { digest: digest::gradient_digest(grad, wire::chunk_ranges(total, chunk)) };
+            Ok(reduced) => {
+                // Taken by the ring as the all-gather brought each chunk.
+                let d = proto::ReplicaDigest { digest: reduced.digest };
                 let _ = self.tx.send(msg(gradient_message::Kind::Replica(d))).await;
             }
             Err(fault) => {

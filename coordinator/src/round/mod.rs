@@ -18,8 +18,9 @@
 //! replica's digest is the one the owners' chunk digests give: every
 //! replica then applies the bits the owners measured. The round never sees
 //! a member's own gradient, so it screens the per-chunk norms each member
-//! reports in its header instead, once every header is in and before any
-//! outcome. Norms a member merely reports would let it send the ring
+//! reports instead (in its header, or in a ChunkNorms message once its
+//! ring has read its gradient: [`Round::offer_norms`]), once every
+//! member's are in and before any outcome. Norms a member merely reports would let it send the ring
 //! something else, so before the outcome the round also audits each
 //! reduced chunk's sum of squares against them (`audit.rs`): a sum can be
 //! no longer than its parts. No gradient byte reaches the coordinator on
@@ -110,6 +111,9 @@ pub enum OfferError {
     /// Ring backend: a second replica digest.
     #[error("sent a second replica digest")]
     SecondReplica,
+    /// Ring backend: chunk norms that cannot be screened, or a second set.
+    #[error("{0}")]
+    BadNorms(String),
     /// Ring backend: a member's segment must arrive in order.
     #[error("sent chunk {index} where chunk {due} was due")]
     OutOfOrder { index: u32, due: u32 },
@@ -347,8 +351,10 @@ impl Round {
         if !loss_ok(header.loss) {
             return Err(RoundError::BadLoss { worker: header.worker_id, loss: header.loss });
         }
-        if self.owners.is_some() {
-            self.check_norms(header)?;
+        // A ring member's norms come here or later (`offer_norms`).
+        let norms = self.owners.is_some() && !header.chunk_norms.is_empty();
+        if norms {
+            self.check_norms(&header.chunk_norms).map_err(|why| RoundError::BadNorms { worker: header.worker_id, why })?;
         }
         let mut inner = self.lock();
         if inner.finished {
@@ -360,24 +366,41 @@ impl Round {
         inner.outbound[rank] = Some(out);
         inner.losses[rank] = Some((header.loss, header.samples, header.compute_s));
         inner.last_header = Some(Instant::now());
-        if self.owners.is_some() {
+        if norms {
             inner.norms[rank] = Some(header.chunk_norms.clone());
             self.screen_members(&mut inner);
         }
         Ok(rank)
     }
 
-    /// Ring backend: a header's norms must be one per chunk, each a norm
+    /// Ring backend: member `rank`'s chunk norms, sent after a header
+    /// without them. Returns the outcome to send if this completed the
+    /// round; a failed screening waits in [`Round::pending_failure`].
+    pub fn offer_norms(&self, rank: usize, norms: Vec<f64>) -> Result<Vec<(Outbound, ReducedMessage)>, OfferError> {
+        if self.owners.is_none() {
+            return Err(OfferError::BadNorms("sent chunk norms on a step reduced by the coordinator, which screens the chunks".into()));
+        }
+        self.check_norms(&norms).map_err(OfferError::BadNorms)?;
+        let mut inner = self.lock();
+        if inner.finished {
+            return Ok(Vec::new());
+        }
+        if inner.norms[rank].is_some() {
+            return Err(OfferError::BadNorms("sent its chunk norms a second time".into()));
+        }
+        inner.norms[rank] = Some(norms);
+        self.screen_members(&mut inner);
+        Ok(self.finish_ring_if_complete(&mut inner))
+    }
+
+    /// Ring backend: a member's norms must be one per chunk, each a norm
     /// (non-negative) or not finite (a NaN or infinity in the chunk).
-    fn check_norms(&self, header: &proto::GradientHeader) -> Result<(), RoundError> {
-        let worker = header.worker_id;
-        let norms = &header.chunk_norms;
+    fn check_norms(&self, norms: &[f64]) -> Result<(), String> {
         if norms.len() != self.chunks {
-            let why = format!("sent {} chunk norms in its header, but the ring round has {} chunks", norms.len(), self.chunks);
-            return Err(RoundError::BadNorms { worker, why });
+            return Err(format!("sent {} chunk norms, but the ring round has {} chunks", norms.len(), self.chunks));
         }
         if let Some(i) = norms.iter().position(|&x| x < 0.0) {
-            return Err(RoundError::BadNorms { worker, why: format!("sent the norm {} for chunk {i}, which no norm can be", norms[i]) });
+            return Err(format!("sent the norm {} for chunk {i}, which no norm can be", norms[i]));
         }
         Ok(())
     }
@@ -396,7 +419,7 @@ impl Round {
                 Ok(median) => inner.medians[i] = median,
                 Err((rank, reason)) => {
                     let culprit = self.members[rank];
-                    let reason = format!("worker {culprit} {reason} (by the chunk norms in its header)");
+                    let reason = format!("worker {culprit} {reason} (by the chunk norms it reported)");
                     inner.pending_failure = Some(RoundFailure::new(Some(culprit), reason));
                     return;
                 }

@@ -280,6 +280,44 @@ fn a_ring_header_without_one_norm_per_chunk_or_with_a_negative_one_is_refused() 
     star.join(&header(10, 1, 6), mpsc::channel(16).0).unwrap();
 }
 
+/// Ring backend: a member whose ring took its norms sends them after its
+/// header; the step waits for them, screens them when the last are in and
+/// refuses a second set, a wrong count, and norms on a star step.
+#[tokio::test]
+async fn a_ring_round_waits_for_norms_sent_after_the_header() {
+    let (round, rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 4, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    round.join(&ring_header(10, 1, 4, &[1.0, 1.0]), mpsc::channel(16).0).unwrap();
+    round.join(&header(20, 1, 4), mpsc::channel(16).0).unwrap();
+    let reduced: [&[f32]; 2] = [&[0.6, 0.8], &[0.0, 1.0]];
+    assert!(round.offer_segment(0, &seg(0, reduced[0])).unwrap().is_empty());
+    assert!(round.offer_segment(1, &seg(1, reduced[1])).unwrap().is_empty());
+    assert!(round.offer_replica(0, replica(&reduced)).unwrap().is_empty());
+    assert!(round.offer_replica(1, replica(&reduced)).unwrap().is_empty(), "no outcome before rank 1's norms");
+    let e = round.offer_norms(1, vec![1.0]).unwrap_err();
+    assert!(e.to_string().contains("sent 1 chunk norms, but the ring round has 2 chunks"), "{e}");
+    let e = round.offer_norms(0, vec![1.0, 1.0]).unwrap_err();
+    assert!(e.to_string().contains("a second time"), "{e}");
+    assert_eq!(round.offer_norms(1, vec![1.0, 1.0]).unwrap().len(), 2, "the outcome to both members");
+    assert!(rx.await.unwrap().is_ok());
+
+    // Screened when they come: a NaN names its member.
+    let (round, _rx) = Round::new(1, 0, vec![10, 20], &[1, 1], 4, 2, GradDtype::F32, 0.0);
+    let round = round.ring();
+    round.join(&header(10, 1, 4), mpsc::channel(16).0).unwrap();
+    round.join(&header(20, 1, 4), mpsc::channel(16).0).unwrap();
+    assert!(round.offer_norms(0, vec![1.0, 1.0]).unwrap().is_empty());
+    assert!(round.pending_failure().is_none(), "not judged before every member's norms are in");
+    assert!(round.offer_norms(1, vec![f64::NAN, 1.0]).unwrap().is_empty());
+    let failure = round.pending_failure().expect("screened out");
+    assert_eq!(failure.culprit, Some(20));
+    assert!(failure.reason.contains("by the chunk norms it reported"), "{}", failure.reason);
+
+    let (star, _rx) = Round::new(1, 0, vec![10], &[1], 4, 2, GradDtype::F32, 0.0);
+    star.join(&header(10, 1, 4), mpsc::channel(16).0).unwrap();
+    assert!(star.offer_norms(0, vec![1.0, 1.0]).unwrap_err().to_string().contains("reduced by the coordinator"));
+}
+
 fn fault(suspect: u64, kind: RingFaultKind, reason: &str) -> FaultReport {
     FaultReport { suspect, kind: Some(kind), reason: reason.into() }
 }

@@ -2,9 +2,10 @@
 //! the reduced chunks and the outcome back. A malformed stream fails the
 //! round with the member as its culprit, a chunk that screening refuses
 //! with whichever member it names, through [`Round::fail`]. With the ring
-//! backend the stream carries only scalars: the digests of the member's
-//! reduced segment and of its replica and, if its ring broke, a fault
-//! report naming a neighbour.
+//! backend the stream carries only scalars: the norms of the member's own
+//! gradient (in its header or after it), the digests of its reduced
+//! segment and of its replica and, if its ring broke, a fault report
+//! naming a neighbour.
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub async fn pump(round: Arc<Round>, rank: usize, worker: u64, mut inbound: Stre
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Chunk(c)) })) => round.offer(rank, c),
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Segment(d)) })) => round.offer_segment(rank, &d),
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Replica(d)) })) => round.offer_replica(rank, d.digest),
+            Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Norms(n)) })) => round.offer_norms(rank, n.norms),
             Some(Ok(proto::GradientMessage { kind: Some(gradient_message::Kind::Fault(f)) })) if round.is_ring() => {
                 let kind = RingFaultKind::from_proto(f.kind);
                 tracing::warn!(worker, suspect = f.suspect, ?kind, step = round.step, "ring fault reported: {}", f.reason);
