@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::fault::{LinkFault, RingError};
 use super::frame;
-use super::measure::Measure;
+use super::measure::{blocks, Measure, Scalars};
 use super::plan::{self, FrameId, Phase};
 use crate::config::GradDtype;
 use crate::wire;
@@ -152,10 +152,14 @@ where
         // Reduce-scatter step 0: this member's part of the segment before its own.
         let first = plan::first_sent_segment(spec.rank, n);
         for c in segments[first].clone() {
-            let mut buf = spare();
-            measure.local(c, slots[c]);
+            let (mut buf, per) = (spare(), dtype.bytes_per_element());
+            buf.resize(ranges[c].len() * per, 0);
+            // Block by block, each measured while the loop has it in cache.
+            for r in blocks(ranges[c].len()) {
+                measure.local(c, &slots[c][r.clone()]);
+                wire::encode_weighted_to(&slots[c][r.clone()], dtype, spec.weight, &mut buf[r.start * per..r.end * per]);
+            }
             measure.local_done();
-            wire::encode_weighted_into(slots[c], dtype, spec.weight, &mut buf);
             send(FrameId { phase: Phase::ReduceScatter, step: 0, chunk: c as u32 }, Payload::Pooled(buf));
         }
 
@@ -179,20 +183,29 @@ where
             read_frame(&mut prev, id.tag(n), id.chunk, bytes_of(c), timeout, &mut buf).await.map_err(RingError::Prev)?;
             match id.phase {
                 Phase::ReduceScatter if id.step < last => {
-                    measure.local(c, slots[c]);
+                    // One pass: the partial sum in, ours added (and measured), out again.
+                    let per = dtype.bytes_per_element();
+                    for r in blocks(ranges[c].len()) {
+                        measure.local(c, &slots[c][r.clone()]);
+                        wire::add_weighted_in_place(&mut buf[r.start * per..r.end * per], dtype, id.chunk, spec.weight, &slots[c][r])
+                            .map_err(bad)?;
+                    }
                     measure.local_done();
-                    // One pass: the partial sum in, ours added, out again.
-                    wire::add_weighted_in_place(&mut buf, dtype, id.chunk, spec.weight, slots[c]).map_err(bad)?;
                     send(FrameId { step: id.step + 1, ..id }, Payload::Pooled(std::mem::replace(&mut buf, spare())));
                 }
                 Phase::ReduceScatter => {
                     // Our own segment's chunk is complete: what every replica keeps.
-                    let mine = &mut *slots[c];
-                    measure.local(c, mine);
+                    let (mine, per) = (&mut *slots[c], dtype.bytes_per_element());
+                    let mut scalars = Scalars::default();
+                    for r in blocks(mine.len()) {
+                        let (b, mine) = (r.start * per..r.end * per, &mut mine[r]);
+                        measure.local(c, mine);
+                        wire::add_to_weighted(&buf[b], dtype, id.chunk, spec.weight, mine).map_err(bad)?;
+                        wire::round_trip(mine, dtype);
+                        scalars.add(mine);
+                    }
                     measure.local_done();
-                    wire::add_to_weighted(&buf, dtype, id.chunk, spec.weight, mine).map_err(bad)?;
-                    wire::round_trip(mine, dtype);
-                    measure.owned(c, mine);
+                    measure.owned_done(c, scalars);
                     let gather = FrameId { phase: Phase::AllGather, step: 0, chunk: id.chunk };
                     if raw {
                         send(gather, Payload::Borrowed(finalize(&mut slots, c)));

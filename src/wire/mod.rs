@@ -237,6 +237,12 @@ pub fn add_to_weighted(bytes: &[u8], dtype: GradDtype, index: u32, weight: f32, 
 /// a member's first term of a ring sum, as the star's sum starts.
 pub fn encode_weighted_into(local: &[f32], dtype: GradDtype, weight: f32, out: &mut Vec<u8>) {
     out.resize(local.len() * dtype.bytes_per_element(), 0);
+    encode_weighted_to(local, dtype, weight, out);
+}
+
+/// [`encode_weighted_into`] into `out`, which holds exactly the encoded
+/// length (a block of a frame being filled).
+pub fn encode_weighted_to(local: &[f32], dtype: GradDtype, weight: f32, out: &mut [u8]) {
     match dtype {
         GradDtype::F32 => match as_f32s_mut(out) {
             Some(out) => {
