@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
+use xxhash_rust::xxh3::Xxh3;
 
 use super::fault::{LinkFault, RingError};
 use super::frame;
@@ -173,8 +174,10 @@ where
                 // A final chunk: into the gradient, and on from there.
                 debug_assert_eq!(slots[c].len(), ranges[c].len(), "chunk {c} received twice");
                 let into: &mut [u8] = bytemuck::cast_slice_mut(&mut *slots[c]);
-                read_frame_into(&mut prev, id.tag(n), id.chunk, timeout, into).await.map_err(RingError::Prev)?;
-                measure.gathered(c, slots[c]);
+                // Hashed piece by piece as the socket fills it, while in cache.
+                let mut hash = Xxh3::new();
+                read_frame_into(&mut prev, id.tag(n), id.chunk, timeout, into, &mut hash).await.map_err(RingError::Prev)?;
+                measure.gathered_done(c, hash);
                 if id.step < last {
                     send(FrameId { step: id.step + 1, ..id }, Payload::Borrowed(finalize(&mut slots, c)));
                 }
@@ -250,13 +253,15 @@ pub(super) fn stalled(timeout: Duration) -> LinkFault {
 }
 
 /// The next frame's payload read into `into` (its exact size), checked
-/// against what is due, within `timeout`.
+/// against what is due, within `timeout`; each piece is fed to `hash` as
+/// it lands.
 async fn read_frame_into(
     r: &mut (impl AsyncRead + Unpin),
     tag: u32,
     chunk: u32,
     timeout: Duration,
     into: &mut [u8],
+    hash: &mut Xxh3,
 ) -> Result<(), LinkFault> {
     use tokio::io::AsyncReadExt;
     let len = into.len();
@@ -270,6 +275,7 @@ async fn read_frame_into(
         if n == 0 {
             return Err(frame::ended_inside(got, len));
         }
+        hash.update(&into[got..got + n]);
         got += n;
     }
     Ok(())
