@@ -124,8 +124,10 @@ pub struct DistConfig {
     /// refused and the step redone without it (0: no norm bound; a lone
     /// non-finite chunk is always refused).
     pub screen_factor: f64,
-    /// Compare every replica's parameter checksum with the coordinator's
-    /// every this many steps (0: never).
+    /// Compare every replica's parameter digest (`train::param_digest`)
+    /// with the others' and the coordinator's every this many steps (0:
+    /// never). Every step by default: the digest is read in place, on the
+    /// host's threads or by tensor ops on the device.
     pub checksum_every: u64,
     /// Steps the coordinator's own copy of the state (the shadow) may lag
     /// behind the run before the next step waits for it. With the ring its
@@ -418,7 +420,7 @@ impl Default for DistConfig {
             straggler_factor: 4.0,
             straggler_min_s: 30.0,
             screen_factor: 100.0,
-            checksum_every: 100,
+            checksum_every: 1,
             shadow_lag: 2,
             shadow: ShadowMode::On,
             require_even_shards: false,

@@ -9,6 +9,7 @@
 
 use tch::{nn, Device, Kind, Tensor};
 
+use super::{fused, param_digest};
 use crate::rng::mix64;
 use crate::unet::{UNet, UNetConfig, UNetError};
 
@@ -204,18 +205,17 @@ fn bind_grads(vars: &[Tensor], layout: &Layout, device: Device) -> Tensor {
     grad
 }
 
-/// A hash of a flat float32 tensor's exact bits (copied to the host).
+/// The digest of a flat float32 tensor's exact bits
+/// (`param_digest.rs`): read in place on the host's threads, or by tensor
+/// ops on its device (no copy of the model).
 pub fn checksum(flat: &Tensor) -> u64 {
-    let host = flat.to_device(Device::Cpu).contiguous();
-    let n = host.numel();
-    let mut bytes = vec![0u8; n * 4];
-    host.copy_data_u8(&mut bytes, n);
-    checksum_bytes(&bytes)
+    fused::digest_cpu(flat).unwrap_or_else(|| param_digest::on_device(flat))
 }
 
-/// The same hash over raw little-endian bytes.
+/// The same digest of raw little-endian float32 bytes (an uploaded state).
 pub fn checksum_bytes(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes)
+    let values: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    param_digest::of_values(&values)
 }
 
 /// Runs `f` on a `[n]` float32 CPU tensor that is `values` itself (no

@@ -12,6 +12,8 @@
 
 use tch::{Device, Kind, Tensor};
 
+use super::param_digest;
+
 /// Adam's per-step constants, already rounded to float32 (see `optim.rs`).
 #[derive(Debug, Clone, Copy)]
 pub struct AdamScalars {
@@ -120,6 +122,22 @@ pub fn sum_squares_cpu(t: &Tensor) -> Option<f64> {
     Some(sums.iter().sum())
 }
 
+/// The parameter digest (`param_digest.rs`) of a contiguous float32 CPU
+/// tensor, read where it lies by `tch::get_num_threads()` threads; or None.
+pub fn digest_cpu(t: &Tensor) -> Option<u64> {
+    let (ptr, n) = host_f32(t)?;
+    // SAFETY: a contiguous float32 buffer of `n` elements, only read here
+    // while `t` is borrowed.
+    let values = unsafe { std::slice::from_raw_parts(ptr as *const f32, n) };
+    let len = part_len(n);
+    let sums: Vec<u64> = std::thread::scope(|s| {
+        let parts: Vec<_> =
+            values.chunks(len).enumerate().map(|(k, v)| s.spawn(move || param_digest::partial(v, (k * len) as u64))).collect();
+        parts.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+    });
+    Some(param_digest::finish(sums.iter().fold(0u64, |a, b| a.wrapping_add(*b)), n as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +213,7 @@ mod tests {
         let _ = ema1.g_sub_(&(&p0 - &p).g_mul_scalar(c(1e-4)));
         same_bits("ema", &ema, &ema1);
 
+        assert_eq!(digest_cpu(&g), Some(crate::train::param_digest::of_values(&h(&g))), "cut among threads");
         let want = f64::try_from(g.to_kind(Kind::Double).square().sum(Kind::Double)).unwrap();
         let got = sum_squares_cpu(&g).unwrap();
         assert!((got - want).abs() <= want * 1e-12, "{got} vs {want}");

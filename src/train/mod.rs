@@ -13,6 +13,7 @@ pub mod flat;
 pub mod fused;
 pub mod local;
 pub mod optim;
+pub mod param_digest;
 pub mod replica;
 pub mod sample;
 pub mod step;
