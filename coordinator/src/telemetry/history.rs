@@ -1,13 +1,15 @@
 //! The run's metrics history in memory, for the dashboard: every step's
 //! loss and images/s (the two curves it draws), from the run's metrics log
-//! up to the step this start resumed from (read once, line by line, so the
-//! curves cover the whole run after a restart), then every row the metrics
-//! log writes, as it writes it; and the periodic evaluations' rows.
+//! up to the step this start resumed from (read line by line, so the
+//! curves cover the whole run after a restart; read again up to the
+//! replicas' step when a start goes on from theirs), then every row the
+//! metrics log writes, as it writes it; and the periodic evaluations' rows.
 //!
 //! Kept in columns of 16 bytes a step (step, loss and images/s as f32):
 //! 12.8 MB for the paper's 800,000 CIFAR-10 steps, 19 MB for LSUN's 1.2M.
 //! The full rows stay in the log (`ddpm metrics plot` reads them there).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use ddpm::store::metrics_rows::{self, EvalRow, StepRow};
@@ -92,6 +94,9 @@ pub struct StepPoint {
 #[derive(Default)]
 pub struct RunHistory {
     columns: Mutex<Columns>,
+    /// The newest step any load was asked to keep the log's rows up to: a
+    /// load that ends after a later one keeps what that one kept.
+    upto: AtomicU64,
 }
 
 /// The run's metrics log as columns, read part by part.
@@ -113,6 +118,7 @@ impl RunHistory {
     /// read leaves the earlier rows out: the dashboard then shows this
     /// start only.
     pub async fn load(&self, store: &RunStore, upto: u64) {
+        self.upto.fetch_max(upto, Ordering::SeqCst);
         let mut loaded = match read_log(store).await {
             Ok(c) => c,
             Err(e) => {
@@ -120,10 +126,11 @@ impl RunHistory {
                 return;
             }
         };
+        let mut held = self.lock();
+        let upto = self.upto.load(Ordering::SeqCst);
         let keep = loaded.step.partition_point(|&s| s <= upto);
         loaded.truncate(keep);
         loaded.evals.retain(|r| r.step <= upto);
-        let mut held = self.lock();
         let pushed = std::mem::take(&mut *held);
         loaded.reserve(pushed.step.len());
         for i in (0..pushed.step.len()).filter(|&i| pushed.step[i] > upto) {
@@ -208,6 +215,31 @@ mod tests {
         assert_eq!(after.iter().map(|r| (r.step, r.loss)).collect::<Vec<_>>(), vec![(4, Some(0.4)), (5, Some(0.05))]);
         assert_eq!(h.steps_after(0, 2).len(), 2);
         assert_eq!(h.bytes(), 5 * 16);
+    }
+
+    /// A start that goes on from the replicas' step 5, after the checkpoint
+    /// of step 3, keeps the log's rows 4 and 5 (the killed coordinator's),
+    /// whichever of its two loads ends last.
+    #[tokio::test]
+    async fn a_start_that_goes_on_from_the_replicas_step_keeps_the_rows_up_to_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: String = (1..=5).map(|s| format!("{{\"step\":{s},\"loss\":{}}}\n", s as f64 / 10.0)).collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
+        let store = RunStore::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let steps = |h: &RunHistory| h.steps_after(0, 100).iter().map(|r| r.step).collect::<Vec<_>>();
+        // The start's load (up to its checkpoint), then the adoption's.
+        let h = RunHistory::default();
+        h.load(&store, 3).await;
+        assert_eq!(steps(&h), vec![1, 2, 3]);
+        h.load(&store, 5).await;
+        h.push_step(row(6, 0.6));
+        assert_eq!(steps(&h), vec![1, 2, 3, 4, 5, 6]);
+        // The start's load ending last keeps the adopted rows too.
+        let h = RunHistory::default();
+        h.load(&store, 5).await;
+        h.push_step(row(6, 0.6));
+        h.load(&store, 3).await;
+        assert_eq!(steps(&h), vec![1, 2, 3, 4, 5, 6]);
     }
 
     #[test]

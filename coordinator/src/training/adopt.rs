@@ -85,6 +85,10 @@ impl Trainer {
             let _ = tokio::time::timeout(Duration::from_millis(100), change).await;
         }
         self.status.resumed_at(step, self.shadow.committed_skipped());
+        // The dashboard's curves keep the killed coordinator's rows up to
+        // this step (the start's load kept them up to the checkpoint).
+        let (history, store) = (self.history.clone(), self.store.clone());
+        tokio::spawn(async move { history.load(&store, step).await });
         Ok(())
     }
 }
