@@ -200,12 +200,18 @@ mod tests {
         serde_json::from_value(serde_json::json!({ "step": step, "loss": loss })).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_resumed_start_keeps_the_rows_up_to_its_checkpoint_then_appends() {
+    /// A run whose metrics log holds steps 1 to `last` (loss `step / 10`).
+    fn logged(last: u64) -> (tempfile::TempDir, RunStore) {
         let dir = tempfile::tempdir().unwrap();
-        let lines: String = (1..=6).map(|s| format!("{{\"step\":{s},\"loss\":{}}}\n", s as f64 / 10.0)).collect();
+        let lines: String = (1..=last).map(|s| format!("{{\"step\":{s},\"loss\":{}}}\n", s as f64 / 10.0)).collect();
         std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
         let store = RunStore::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn a_resumed_start_keeps_the_rows_up_to_its_checkpoint_then_appends() {
+        let (_dir, store) = logged(6);
         let h = RunHistory::default();
         // A row of this start arrives before the earlier rows are loaded.
         h.push_step(row(5, 0.05));
@@ -222,10 +228,7 @@ mod tests {
     /// whichever of its two loads ends last.
     #[tokio::test]
     async fn a_start_that_goes_on_from_the_replicas_step_keeps_the_rows_up_to_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let lines: String = (1..=5).map(|s| format!("{{\"step\":{s},\"loss\":{}}}\n", s as f64 / 10.0)).collect();
-        std::fs::write(dir.path().join("metrics.jsonl"), lines).unwrap();
-        let store = RunStore::open(dir.path().to_str().unwrap(), &Default::default()).unwrap();
+        let (_dir, store) = logged(5);
         let steps = |h: &RunHistory| h.steps_after(0, 100).iter().map(|r| r.step).collect::<Vec<_>>();
         // The start's load (up to its checkpoint), then the adoption's.
         let h = RunHistory::default();
