@@ -198,13 +198,15 @@ async fn the_jobset_ends_its_workers_when_the_coordinator_fails_for_good() {
     }
     coord.wait_for_line("\"step 20/", Duration::from_secs(600));
 
-    // The node dies with the run's volume: the run's directory on the
-    // claim is gone (a file stands in its place), the coordinator is killed.
+    // The node dies with the run's volume: the coordinator is killed, and
+    // the run's directory on the claim is gone (a file stands in its
+    // place). Removed once the coordinator is dead: while it lives it may
+    // write a file into the directory being removed.
     let run_dir = PathBuf::from(coord_pod.args.iter().find_map(|a| a.strip_prefix("--run=")).expect("the coordinator's --run"));
-    std::fs::remove_dir_all(&run_dir).unwrap();
-    std::fs::write(&run_dir, "the volume is lost").unwrap();
     kill(&coord, "-KILL");
     let code = coord.wait(Duration::from_secs(30));
+    std::fs::remove_dir_all(&run_dir).unwrap();
+    std::fs::write(&run_dir, "the volume is lost").unwrap();
     assert_eq!(job_action(&coord_job, "coordinator", (code >= 0).then_some(code)), JobAction::Count);
     let mut failures = 1;
     let mut restarts = 0;
