@@ -12,6 +12,10 @@
 //!   config.toml            the resolved TrainConfig
 //!   manifest.json          written last: every file with its size and sha256 ([`Manifest`])
 //! ```
+//!
+//! That is the whole layout (format version 1), written by the
+//! coordinator. The sharded layout (version 2: one file per replica, a
+//! `layout.json` instead of the three tensor files) is `sharded.rs`'s.
 
 use std::collections::HashMap;
 
@@ -25,8 +29,12 @@ use super::error::CheckpointError;
 use crate::data::OrderState;
 use crate::train::flat::Layout;
 
-/// Version of the layout above; readers refuse newer ones.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest version this ddpm reads; readers refuse newer ones.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of the whole layout above (older readers read it).
+pub const WHOLE_VERSION: u32 = 1;
+/// The version of the sharded layout (`sharded.rs`).
+pub const SHARDED_VERSION: u32 = 2;
 /// The `format` field of every manifest.
 pub const FORMAT_NAME: &str = "ddpm-checkpoint";
 /// The directory of all checkpoints under the run's root.
@@ -37,7 +45,9 @@ pub const EMA_FILE: &str = "ema.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.json";
 pub const CONFIG_FILE: &str = "config.toml";
-/// The data files, in the order they are written (the manifest comes after).
+/// The sharded layout's parameter names and shapes.
+pub const LAYOUT_FILE: &str = "layout.json";
+/// The data files of the whole layout, in the order they are written (the manifest comes after).
 pub const DATA_FILES: [&str; 5] = [MODEL_FILE, EMA_FILE, OPTIMIZER_FILE, STATE_FILE, CONFIG_FILE];
 
 /// Tensor name prefixes of Adam's moments in `optimizer.safetensors`.
@@ -70,6 +80,19 @@ pub struct Manifest {
     /// The ddpm version that wrote it.
     pub ddpm_version: String,
     pub files: Vec<FileEntry>,
+    /// The sharded layout only: which values of the flat buffers each
+    /// shard file holds, in order (empty: the whole layout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardEntry>,
+}
+
+/// One shard of a sharded checkpoint: values `start..end` of the flat
+/// buffers (parameters, EMA, Adam's moments) are in file `name`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardEntry {
+    pub name: String,
+    pub start: u64,
+    pub end: u64,
 }
 
 /// One file of a checkpoint.
@@ -100,8 +123,16 @@ impl Manifest {
         if m.step != step {
             return Err(ManifestError::WrongStep { found: m.step, dir: step_dir(step) });
         }
-        if let Some(missing) = DATA_FILES.iter().find(|f| !m.files.iter().any(|e| e.name == **f)) {
-            return Err(ManifestError::Unlisted(missing));
+        let listed = |name: &str| m.files.iter().any(|e| e.name == name);
+        if m.shards.is_empty() {
+            if let Some(missing) = DATA_FILES.iter().find(|f| !listed(f)) {
+                return Err(ManifestError::Unlisted(missing.to_string()));
+            }
+        } else {
+            let own = [STATE_FILE, CONFIG_FILE, LAYOUT_FILE].map(str::to_string);
+            if let Some(missing) = own.into_iter().chain(m.shards.iter().map(|s| s.name.clone())).find(|f| !listed(f)) {
+                return Err(ManifestError::Unlisted(missing));
+            }
         }
         Ok(m)
     }
@@ -132,7 +163,7 @@ pub enum ManifestError {
     #[error("manifest.json says step {found} but lives in {dir}")]
     WrongStep { found: u64, dir: String },
     #[error("manifest.json does not list {0}")]
-    Unlisted(&'static str),
+    Unlisted(String),
     #[error("{name} is missing")]
     Missing { name: String },
     #[error("{name} has {found} bytes, the manifest says {listed}")]

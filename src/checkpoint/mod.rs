@@ -4,7 +4,8 @@
 //!
 //! Storage is separate from policy: this module says what a checkpoint is
 //! (`data.rs` in memory, `format.rs` in the store), how to write, list, verify, read and prune them
-//! (`ops.rs`), when to take one (`policy.rs`), and how to upload one in the
+//! (`ops.rs`), the sharded layout the replicas write when the coordinator
+//! keeps no copy of the state (`sharded.rs`), when to take one (`policy.rs`), and how to upload one in the
 //! background with retries (`uploader.rs`). The settings (when to save,
 //! what to keep, upload retries) are the `[checkpoint]` section of the
 //! training config, [`CheckpointConfig`] in `crate::config`. The
@@ -23,6 +24,7 @@ mod error;
 pub mod format;
 mod ops;
 pub mod policy;
+pub mod sharded;
 pub mod uploader;
 
 /// `[checkpoint]` lives with the rest of the config; re-exported here for
@@ -31,7 +33,7 @@ pub use crate::config::CheckpointConfig;
 pub use data::CheckpointData;
 pub use encode::{decode, encode, Encoded, EncodedFile};
 pub use error::CheckpointError;
-pub use format::{step_dir, Manifest, ManifestError, StateFile, FORMAT_VERSION};
+pub use format::{step_dir, Manifest, ManifestError, ShardEntry, StateFile, FORMAT_VERSION};
 pub use ops::{
     latest_complete, list, load_latest, prune, read, verify, write, write_encoded, CheckpointInfo, Loaded, PruneReport, Skipped,
     WriteReport,

@@ -16,6 +16,7 @@ use super::data::CheckpointData;
 use super::encode::{self, Encoded};
 use super::error::CheckpointError;
 use super::format::{self, FileEntry, Manifest};
+use super::sharded;
 use crate::store::{ObjectInfo, RunStore, StoreError};
 
 /// What [`write`] did.
@@ -82,11 +83,12 @@ pub async fn write_encoded(store: &RunStore, enc: &Encoded) -> Result<WriteRepor
     try_join_all(enc.files.iter().map(|f| async move { store.put(&key(step, f.name), f.bytes.clone()).await })).await?;
     let manifest = Manifest {
         format: format::FORMAT_NAME.into(),
-        format_version: format::FORMAT_VERSION,
+        format_version: format::WHOLE_VERSION,
         step,
         created: Utc::now(),
         ddpm_version: env!("CARGO_PKG_VERSION").into(),
         files: enc.files.iter().map(|f| FileEntry { name: f.name.into(), bytes: f.bytes.len() as u64, sha256: f.sha256.clone() }).collect(),
+        shards: Vec::new(),
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Invalid { reason: e.to_string() })?;
     store.put(&key(step, format::MANIFEST_FILE), Bytes::from(json)).await?;
@@ -184,12 +186,15 @@ pub async fn verify(store: &RunStore, step: u64) -> Result<Manifest, CheckpointE
     Ok(fetch_verified(store, step).await?.0)
 }
 
-/// Reads and verifies the checkpoint of step `step`.
+/// Reads and verifies the checkpoint of step `step`, of either layout.
 pub async fn read(store: &RunStore, step: u64) -> Result<CheckpointData, CheckpointError> {
-    let (_, files) = fetch_verified(store, step).await?;
-    tokio::task::spawn_blocking(move || encode::decode(step, &files))
-        .await
-        .map_err(|e| CheckpointError::Invalid { reason: format!("decoding task failed: {e}") })?
+    let (manifest, files) = fetch_verified(store, step).await?;
+    tokio::task::spawn_blocking(move || match manifest.shards.is_empty() {
+        true => encode::decode(step, &files),
+        false => sharded::decode(step, &manifest, &files),
+    })
+    .await
+    .map_err(|e| CheckpointError::Invalid { reason: format!("decoding task failed: {e}") })?
 }
 
 /// Whether an error means "this checkpoint is bad, try an older one" (as

@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::data::CheckpointData;
+use super::encode::Encoded;
 use super::error::CheckpointError;
 use super::policy::Reason;
-use super::{encode, ops};
+use super::sharded::ShardedCommit;
+use super::{encode, ops, sharded};
 use crate::config::CheckpointConfig;
 use crate::store::RunStore;
 
@@ -72,7 +74,25 @@ pub enum UploadEvent {
 struct Job {
     seq: u64,
     reason: Reason,
-    data: Arc<CheckpointData>,
+    payload: Payload,
+}
+
+/// What a job uploads.
+enum Payload {
+    /// The whole state, encoded and written here (the whole layout).
+    Whole(Arc<CheckpointData>),
+    /// Shards the replicas wrote: only their manifest and small files are
+    /// written here (the sharded layout, `sharded.rs`).
+    Sharded(Arc<ShardedCommit>),
+}
+
+impl Job {
+    fn step(&self) -> u64 {
+        match &self.payload {
+            Payload::Whole(d) => d.step,
+            Payload::Sharded(c) => c.step,
+        }
+    }
 }
 
 struct Shared {
@@ -108,7 +128,7 @@ impl Shared {
     }
 
     fn pending_step(&self) -> Option<u64> {
-        self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|j| j.data.step)
+        self.slot.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(Job::step)
     }
 }
 
@@ -140,11 +160,22 @@ impl Uploader {
     /// Queues `data` for upload and returns at once. Returns the step of a
     /// waiting checkpoint this one replaced, if any.
     pub fn submit(&self, data: CheckpointData, reason: Reason) -> Option<u64> {
+        self.queue(Payload::Whole(Arc::new(data)), reason)
+    }
+
+    /// Queues the commit of a sharded checkpoint whose shards the replicas
+    /// wrote (its manifest and small files), as [`Uploader::submit`] does.
+    pub fn submit_sharded(&self, commit: ShardedCommit, reason: Reason) -> Option<u64> {
+        self.queue(Payload::Sharded(Arc::new(commit)), reason)
+    }
+
+    fn queue(&self, payload: Payload, reason: Reason) -> Option<u64> {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::SeqCst);
-        let step = data.step;
-        let old = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(Job { seq, reason, data: Arc::new(data) });
+        let job = Job { seq, reason, payload };
+        let step = job.step();
+        let old = self.shared.slot.lock().unwrap_or_else(|p| p.into_inner()).replace(job);
         self.shared.wake.notify_one();
-        let replaced = old.map(|j| j.data.step);
+        let replaced = old.map(|j| j.step());
         if let Some(old_step) = replaced {
             self.shared.emit(UploadEvent::Superseded { step: old_step, by: step });
         }
@@ -223,19 +254,48 @@ fn retryable(e: &CheckpointError) -> bool {
     matches!(e, CheckpointError::Store(s) if s.is_transient())
 }
 
+/// The job's files ready to write: encoded (the whole layout, on a
+/// blocking thread) or already shards in the store.
+enum Ready {
+    Whole(Encoded),
+    Sharded(Arc<ShardedCommit>),
+}
+
+impl Ready {
+    async fn prepare(payload: &Payload) -> Result<Self, String> {
+        match payload {
+            Payload::Sharded(c) => Ok(Ready::Sharded(c.clone())),
+            Payload::Whole(data) => {
+                let data = data.clone();
+                match tokio::task::spawn_blocking(move || encode::encode(&data)).await {
+                    Ok(Ok(enc)) => Ok(Ready::Whole(enc)),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(format!("encoding task failed: {e}")),
+                }
+            }
+        }
+    }
+
+    /// One attempt at writing; the bytes written.
+    async fn write(&self, store: &RunStore) -> Result<u64, CheckpointError> {
+        match self {
+            Ready::Whole(enc) => Ok(ops::write_encoded(store, enc).await?.bytes),
+            Ready::Sharded(c) => sharded::commit(store, c).await,
+        }
+    }
+}
+
 async fn upload(shared: &Shared, store: &RunStore, config: &UploaderConfig, job: &Job) {
-    let step = job.data.step;
+    let step = job.step();
     let start = Instant::now();
-    let data = job.data.clone();
-    let enc = match tokio::task::spawn_blocking(move || encode::encode(&data)).await {
-        Ok(Ok(enc)) => enc,
-        Ok(Err(e)) => return shared.emit(UploadEvent::Failed { step, attempts: 0, error: e.to_string() }),
-        Err(e) => return shared.emit(UploadEvent::Failed { step, attempts: 0, error: format!("encoding task failed: {e}") }),
+    let ready = match Ready::prepare(&job.payload).await {
+        Ok(r) => r,
+        Err(error) => return shared.emit(UploadEvent::Failed { step, attempts: 0, error }),
     };
     let mut backoff = config.initial_backoff;
     for attempt in 1..=config.attempts {
-        let err = match ops::write_encoded(store, &enc).await {
-            Ok(report) => {
+        let err = match ready.write(store).await {
+            Ok(bytes) => {
                 let pruned = match ops::prune(store, config.keep_last, config.milestone_every).await {
                     Ok(p) => p.deleted.into_iter().chain(p.torn_removed).collect(),
                     Err(e) => {
@@ -244,14 +304,7 @@ async fn upload(shared: &Shared, store: &RunStore, config: &UploaderConfig, job:
                     }
                 };
                 let seconds = start.elapsed().as_secs_f64();
-                return shared.emit(UploadEvent::Saved {
-                    step,
-                    reason: job.reason,
-                    bytes: report.bytes,
-                    seconds,
-                    attempts: attempt,
-                    pruned,
-                });
+                return shared.emit(UploadEvent::Saved { step, reason: job.reason, bytes, seconds, attempts: attempt, pruned });
             }
             Err(e) => e,
         };
