@@ -186,10 +186,11 @@ fn the_ring_backend_with_one_to_four_workers_matches_the_reference_and_the_coord
 }
 
 /// The ring with the coordinator's copy off (`[dist] shadow = "off"`):
-/// the replicas keep the EMA, the coordinator takes the state from one of
-/// them for the checkpoints (steps 4 and 8) and the final checksum, and
-/// compares the replicas among themselves after every step. 1 to 4
-/// workers end as the single-process reference.
+/// the replicas keep the EMA and write a shard each of the periodic
+/// checkpoint (step 4), the coordinator takes the state from one of them
+/// for the last checkpoint (step 8) and the final checksum, and compares
+/// the replicas among themselves after every step. 1 to 4 workers end as
+/// the single-process reference.
 #[test]
 fn the_ring_with_the_shadow_off_matches_the_reference_with_state_from_the_replicas() {
     let (want_params, want_ema) = reference();
@@ -198,9 +199,12 @@ fn the_ring_with_the_shadow_off_matches_the_reference_with_state_from_the_replic
             + "\n[checkpoint]\nevery_steps = 4\n";
         let (run, summary) = run_distributed_with(workers, &["--backend", "ring"], &off);
         for step in [4, 8] {
-            let weights = run.path().join(format!("run/checkpoints/step_{step:010}"));
-            assert!(weights.join("model.safetensors").exists(), "no checkpoint of step {step} with the shadow off");
+            let dir = run.path().join(format!("run/checkpoints/step_{step:010}"));
+            assert!(dir.join("manifest.json").exists(), "no checkpoint of step {step} with the shadow off");
         }
+        // Step 4's (periodic) is the replicas' shards, one each; step 8's (the last) the coordinator's.
+        let shard = format!("run/checkpoints/step_0000000004/shard_{:03}_of_{workers:03}.safetensors", workers - 1);
+        assert!(run.path().join(shard).exists(), "step 4 was not written by the {workers} replicas");
         let weights = run.path().join("run/checkpoints/step_0000000008");
         let dp = max_abs_diff(&read_weights(&weights.join("model.safetensors")), &want_params);
         let de = max_abs_diff(&read_weights(&weights.join("ema.safetensors")), &want_ema);

@@ -83,11 +83,14 @@ impl Run {
     }
 
     /// The same run with the coordinator's copy of the state off and a
-    /// checkpoint every `every` steps.
+    /// checkpoint every `every` steps, each through the coordinator (what
+    /// these tests are about: tests/sharded_checkpoints.rs has the
+    /// replicas' own).
     fn shadow_off(every: u64) -> Self {
         let run = Self::new();
         let config = CONFIG.replace("checksum_every = 1", "checksum_every = 1\nshadow = \"off\"");
-        std::fs::write(run.dir.path().join("run.toml"), format!("{config}\n[checkpoint]\nevery_steps = {every}\n")).unwrap();
+        let checkpoints = format!("[checkpoint]\nevery_steps = {every}\nwriters = \"coordinator\"\n");
+        std::fs::write(run.dir.path().join("run.toml"), format!("{config}\n{checkpoints}")).unwrap();
         run
     }
 

@@ -21,6 +21,7 @@ use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
 use crate::shadow::Shadow;
+use crate::shard_book::ShardBook;
 use crate::state::StateHandle;
 use crate::telemetry::history::RunHistory;
 use crate::telemetry::metrics::{Sources, Telemetry};
@@ -41,6 +42,8 @@ pub struct Components {
     pub rounds: Arc<RoundSlot>,
     /// The NCCL backend's communicator epochs and their unique ids.
     pub nccl_ids: Arc<NcclIds>,
+    /// The sharded checkpoint whose shards the replicas are writing.
+    pub shards: Arc<ShardBook>,
     pub lifecycle: Arc<Lifecycle>,
     /// The live numbers of the run.
     pub status: Arc<RunStatus>,
@@ -91,6 +94,7 @@ impl Components {
             roster,
             rounds: Arc::default(),
             nccl_ids: Arc::default(),
+            shards: Arc::default(),
             lifecycle,
             status,
             queue,

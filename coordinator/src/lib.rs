@@ -34,6 +34,7 @@ pub mod run_status;
 pub mod server;
 pub mod service;
 pub mod shadow;
+pub mod shard_book;
 pub mod state;
 pub mod step_record;
 pub mod telemetry;

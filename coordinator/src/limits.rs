@@ -30,6 +30,9 @@ pub const MAX_JOB_REQUEST_BYTES: usize = 64 << 10;
 /// Characters a worker's name, device or version may have.
 pub const MAX_NAME_CHARS: usize = 256;
 
+/// Bytes of a worker's error text (a shard report's) kept for the log.
+pub const MAX_REPORT_CHARS: usize = 2048;
+
 /// Requests one connection may have open at once (a worker needs a few:
 /// its Attach stream, NextWork, a gradient and a result upload).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;

@@ -18,6 +18,8 @@ pub enum Work {
     Resync(String),
     /// Upload the training state of this step (`[dist] shadow = "off"`).
     UploadState(u64),
+    /// Write this shard of the state to the run's store (`[checkpoint] writers = "replicas"`).
+    WriteShard(proto::WriteShard),
     /// The coordinator stops: the run is finished, or (not `finished`) it
     /// resumes when the coordinator starts again.
     Shutdown { reason: String, finished: bool },

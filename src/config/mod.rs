@@ -20,8 +20,8 @@ use crate::unet::UNetConfig;
 mod sections;
 
 pub use sections::{
-    Backend, CheckpointConfig, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig, Precision,
-    SampleConfig, ShadowMode,
+    Backend, CheckpointConfig, CheckpointWriters, DataConfig, DistConfig, EvalConfig, GradDtype, InvalidField, LoopConfig, OptimConfig,
+    Precision, SampleConfig, ShadowMode,
 };
 
 /// Everything that defines a training run; saved with every checkpoint.

@@ -337,6 +337,24 @@ pub struct CheckpointConfig {
     pub retry_initial_s: f64,
     /// The longest wait between two attempts, in seconds.
     pub retry_max_s: f64,
+    /// Who writes a checkpoint's parameters, EMA and Adam moments when the
+    /// coordinator keeps no copy of them (`[dist] shadow = "off"`).
+    pub writers: CheckpointWriters,
+}
+
+/// Who writes a checkpoint's tensors with the shadow off (`[checkpoint] writers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointWriters {
+    /// Each replica writes a 1/N shard straight to the run's store (the
+    /// sharded layout); the coordinator checks them and writes the
+    /// manifest. Its workers need the store's credentials. A periodic
+    /// checkpoint only: the last one of a start, which no step waits for,
+    /// goes through the coordinator.
+    Replicas,
+    /// One replica sends the whole state to the coordinator, which writes
+    /// it (the whole layout).
+    Coordinator,
 }
 
 impl Default for CheckpointConfig {
@@ -351,6 +369,7 @@ impl Default for CheckpointConfig {
             upload_attempts: 8,
             retry_initial_s: 2.0,
             retry_max_s: 120.0,
+            writers: CheckpointWriters::Replicas,
         }
     }
 }

@@ -35,4 +35,4 @@ mod run_store;
 
 pub use error::{FenceError, StoreError};
 pub use options::{Location, RetryOptions, StoreArgs, StoreOptions, DEFAULT_PART_SIZE, MIN_PART_SIZE};
-pub use run_store::{Fence, ObjectInfo, RunStore};
+pub use run_store::{Fence, ObjectInfo, PeerLocation, RunStore};

@@ -47,6 +47,20 @@ pub struct RunStore {
     part_size: usize,
     /// Asked before every write (none: writes are not fenced).
     fence: Option<Arc<dyn Fence>>,
+    /// How another process reaches this store ([`RunStore::peer_location`]).
+    peer: Arc<PeerLocation>,
+}
+
+/// How another process (a replica writing its checkpoint shard) reaches a
+/// store, its credentials apart: they stay in each process's environment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerLocation {
+    /// An absolute local path, or `s3://bucket/prefix`.
+    pub url: String,
+    /// S3 only: the endpoint and region as this process resolved them.
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_allow_http: bool,
 }
 
 impl RunStore {
@@ -78,6 +92,8 @@ impl RunStore {
     fn open_local(url: &str, dir: &std::path::Path, opts: &StoreOptions) -> Result<Self, StoreError> {
         let cfg = |reason: String| StoreError::Config { url: url.to_string(), reason };
         std::fs::create_dir_all(dir).map_err(|e| cfg(format!("cannot create the directory {}: {e}", dir.display())))?;
+        // Another process (a replica) may not share this one's working directory.
+        let absolute = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let fs = LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| cfg(format!("cannot use the directory {}: {e}", dir.display())))?
             .with_automatic_cleanup(true)
@@ -91,6 +107,7 @@ impl RunStore {
             bucket: None,
             part_size: opts.part_size.unwrap_or(DEFAULT_PART_SIZE).max(MIN_PART_SIZE),
             fence: None,
+            peer: Arc::new(PeerLocation { url: absolute.display().to_string(), ..PeerLocation::default() }),
         })
     }
 
@@ -126,6 +143,12 @@ impl RunStore {
         }
         let s3 = b.build().map_err(|e| StoreError::Config { url: url.to_string(), reason: e.to_string() })?;
         let endpoint = r.endpoint.clone().unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", r.region));
+        let peer = PeerLocation {
+            url: url.to_string(),
+            s3_endpoint: r.endpoint.clone(),
+            s3_region: Some(r.region.clone()),
+            s3_allow_http: r.allow_http,
+        };
         Ok(Self {
             inner: Arc::new(s3),
             root: prefix,
@@ -135,6 +158,7 @@ impl RunStore {
             bucket: Some(bucket),
             part_size: r.part_size,
             fence: None,
+            peer: Arc::new(peer),
         })
     }
 
@@ -146,6 +170,12 @@ impl RunStore {
     /// Where `key` of the store is, for people (logs, summaries, job outputs).
     pub fn location(&self, key: &str) -> String {
         format!("{}/{key}", self.url().trim_end_matches('/'))
+    }
+
+    /// How another process reaches this store: the absolute path, or the
+    /// S3 location with its endpoint and region (never the credentials).
+    pub fn peer_location(&self) -> &PeerLocation {
+        &self.peer
     }
 
     /// True for an S3 store.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod diffusers_check;
 pub mod k8s;
 pub mod pss;
 

@@ -321,6 +321,10 @@ impl Work<'_> {
                 crate::upload::upload_state(&self.client, self.id, self.dev, u.step).await?;
                 Ok(Next::Work)
             }
+            Some(work_message::Kind::WriteShard(w)) => {
+                crate::shard::write_shard(&self.client, self.id, self.dev, w).await?;
+                Ok(Next::Work)
+            }
             Some(work_message::Kind::Shutdown(s)) if s.finished => {
                 tracing::info!(reason = %s.reason, "the coordinator ended the run");
                 Ok(Next::End(SessionEnd::Shutdown))

@@ -18,14 +18,10 @@ use crate::directive::CallResult;
 
 /// Fault injection for the tests (`tests/ring_faults.rs`):
 /// `DDPM_FAULT_HOLD_UPLOAD=STEP:FILE` makes the first worker asked for the
-/// state of step STEP (the one that creates FILE; every worker of the test
-/// has the variable, since which one is asked is the coordinator's choice)
-/// hold it forever, heartbeats going on, as a replica that hangs or dies
-/// before its upload arrives.
+/// state of step STEP hold it forever, heartbeats going on, as a replica
+/// that hangs or dies before its upload arrives.
 fn upload_held(step: u64) -> bool {
-    let Ok(v) = std::env::var("DDPM_FAULT_HOLD_UPLOAD") else { return false };
-    let Some((s, file)) = v.split_once(':') else { return false };
-    s.parse::<u64>().ok() == Some(step) && std::fs::OpenOptions::new().write(true).create_new(true).open(file).is_ok()
+    crate::fault::first_at_step("DDPM_FAULT_HOLD_UPLOAD", step)
 }
 
 /// Takes the replica's state of `asked` and starts sending it.

@@ -10,6 +10,7 @@ use crate::nccl_ids::NcclIdError;
 use crate::roster::RosterError;
 use crate::round::RoundError;
 use crate::shadow::{FeedError, UploadError};
+use crate::shard_book::ShardError;
 
 /// Errors a peer's request can cause.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,9 @@ pub enum RpcError {
     /// The NCCL unique id's hand-out (NcclUniqueId).
     #[error(transparent)]
     NcclId(#[from] NcclIdError),
+    /// A checkpoint shard's report (ReportShard) that no checkpoint waits for.
+    #[error("the coordinator refused the shard report: {0}")]
+    Shard(#[from] ShardError),
     #[error("{0}")]
     Internal(String),
 }
@@ -120,6 +124,10 @@ impl RpcError {
             },
             Self::Feed(_) | Self::Upload(_) => (Code::FailedPrecondition, NextWork),
             Self::BadUpload(_) => (Code::InvalidArgument, NextWork),
+            // The checkpoint was given up (another replica failed, a newer one
+            // began): the shard is simply not used.
+            Self::Shard(ShardError::NotWaiting { .. }) => (Code::FailedPrecondition, NextWork),
+            Self::Shard(ShardError::NotAsked { .. } | ShardError::Again { .. }) => (Code::InvalidArgument, NextWork),
             Self::NcclId(e) => match e {
                 // A member that sends what the protocol does not allow.
                 NcclIdError::WrongLength { .. } | NcclIdError::NotRankZero { .. } => (Code::InvalidArgument, Rejoin),

@@ -64,6 +64,9 @@ impl Coordinator for FinishedRun {
     async fn push_state(&self, _: Request<Streaming<proto::StateChunk>>) -> Result<Response<proto::PushStateReply>, Status> {
         over()
     }
+    async fn report_shard(&self, _: Request<proto::ShardReport>) -> Result<Response<proto::ShardReportReply>, Status> {
+        over()
+    }
     async fn nccl_unique_id(&self, _: Request<proto::NcclIdRequest>) -> Result<Response<proto::NcclIdReply>, Status> {
         over()
     }

@@ -36,6 +36,7 @@ use crate::round::RoundError;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
 use crate::shadow::Shadow;
+use crate::shard_book::ShardBook;
 use crate::state::{Snapshot, SnapshotKind};
 use crate::telemetry::metrics::Telemetry;
 use errors::RpcError;
@@ -54,6 +55,7 @@ pub struct CoordService {
     roster: Arc<Roster>,
     rounds: Arc<RoundSlot>,
     nccl_ids: Arc<NcclIds>,
+    shards: Arc<ShardBook>,
     pinned: Arc<PinnedWeights>,
     results: Arc<ResultRouter>,
     status: Arc<RunStatus>,
@@ -76,6 +78,7 @@ impl CoordService {
             roster: parts.roster.clone(),
             rounds: parts.rounds.clone(),
             nccl_ids: parts.nccl_ids.clone(),
+            shards: parts.shards.clone(),
             pinned: parts.pinned.clone(),
             results: parts.results.clone(),
             status: parts.status.clone(),
@@ -300,6 +303,25 @@ impl Coordinator for CoordService {
         }
         tracing::info!(worker, step = header.step, "the state of step {} arrived from worker {worker}", header.step);
         Ok(Response::new(proto::PushStateReply {}))
+    }
+
+    async fn report_shard(&self, req: Request<proto::ShardReport>) -> Result<Response<proto::ShardReportReply>, Status> {
+        self.authorize(&req, req.get_ref().worker_id)?;
+        let mut r = req.into_inner();
+        let worker = r.worker_id;
+        self.roster.touch(worker)?;
+        // A peer's words go into the log: bounded.
+        let mut keep = r.error.len().min(crate::limits::MAX_REPORT_CHARS);
+        while !r.error.is_char_boundary(keep) {
+            keep -= 1;
+        }
+        r.error.truncate(keep);
+        let (step, index) = (r.step, r.index);
+        self.shards.report(worker, r).map_err(|e| {
+            tracing::warn!(worker, step, shard = index, "refusing a shard report: {e}");
+            RpcError::Shard(e)
+        })?;
+        Ok(Response::new(proto::ShardReportReply {}))
     }
 
     async fn nccl_unique_id(&self, req: Request<proto::NcclIdRequest>) -> Result<Response<proto::NcclIdReply>, Status> {

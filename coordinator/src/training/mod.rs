@@ -30,6 +30,7 @@ mod metrics_log;
 mod periodic;
 mod progress;
 mod saver;
+mod shard_writers;
 pub mod start;
 mod steps;
 mod stragglers;

@@ -2,14 +2,18 @@
 //! when (every N steps, every M minutes, at the end, when asked to stop);
 //! the shadow captures the state of that exact step when its update is
 //! applied (the loop goes on meanwhile), the background uploader saves,
-//! and training never waits for an upload except at the end.
+//! and training never waits for an upload except at the end. With the
+//! shadow off and `[checkpoint] writers = "replicas"`, a periodic
+//! checkpoint is written by the replicas instead, a shard each
+//! (`shard_writers.rs`), and only its manifest by the uploader.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ddpm::checkpoint::{self, CheckpointData, CheckpointPolicy, Reason, UploadEvent, Uploader};
 use ddpm::store::RunStore;
 use tokio::sync::oneshot;
 
+use super::shard_writers::{Polled, ShardWriters};
 use crate::shadow::Shadow;
 
 /// A capture asked of the shadow and not yet handed to the uploader.
@@ -27,6 +31,9 @@ pub struct Saver<'a> {
     last_save: Instant,
     last_saved_step: Option<u64>,
     capturing: Option<Capturing>,
+    /// The replicas' sharded checkpoints, when they write them; the wait
+    /// for their reports.
+    shards: Option<(ShardWriters, Duration)>,
 }
 
 impl<'a> Saver<'a> {
@@ -40,12 +47,70 @@ impl<'a> Saver<'a> {
             last_save: Instant::now(),
             last_saved_step: (resumed_from > 0).then_some(resumed_from),
             capturing: None,
+            shards: None,
         }
+    }
+
+    /// Periodic checkpoints written by the replicas through `writers`,
+    /// each waited for at most `timeout`.
+    pub fn with_shards(mut self, writers: ShardWriters, timeout: Duration) -> Self {
+        self.shards = Some((writers, timeout));
+        self
+    }
+
+    /// Before the loop hands out step `step + 1` to `members`, idle at
+    /// `step`: their shards of a checkpoint of `step`, if one is wanted.
+    pub fn send_shards(&mut self, step: u64, members: &[u64], step_time: Option<Duration>) {
+        if let Some((w, _)) = self.shards.as_mut() {
+            w.send(step, members, step_time);
+        }
+    }
+
+    /// Moves the replicas' checkpoint in flight on (`wait`: until it is
+    /// over): a complete one to the uploader, a failed one saved the whole
+    /// way at `step` (the run's step, which the replicas hold), one that
+    /// the loop will not hand out any more (`wait`) the whole way at its
+    /// own. True if it started a whole save of `step`.
+    async fn settle_shards(&mut self, step: u64, wait: bool) -> anyhow::Result<bool> {
+        let whole = loop {
+            let Some((w, timeout)) = self.shards.as_mut() else { return Ok(false) };
+            if wait {
+                if let Some(unsent) = w.take_unsent() {
+                    break unsent;
+                }
+            }
+            match w.poll(*timeout) {
+                Polled::Done(commit, reason) => {
+                    self.uploader.submit_sharded(*commit, reason);
+                    return Ok(false);
+                }
+                Polled::Failed { reason } => break (step, reason),
+                Polled::Pending if wait && w.busy() => tokio::time::sleep(Duration::from_millis(20)).await,
+                Polled::Pending => return Ok(false),
+            }
+        };
+        self.save_whole(whole.0, whole.1).await?;
+        Ok(whole.0 == step)
     }
 
     /// Asks the shadow for the state after `step`; it reaches the uploader
     /// (which never blocks training) once the shadow applied that step.
     async fn save(&mut self, step: u64, reason: Reason) -> anyhow::Result<()> {
+        // One replicas' checkpoint at a time.
+        if self.settle_shards(step, true).await? {
+            return Ok(());
+        }
+        if let Some((w, _)) = self.shards.as_mut().filter(|(w, _)| w.takes(reason)) {
+            w.want(step, reason);
+            self.last_save = Instant::now();
+            self.last_saved_step = Some(step);
+            return Ok(());
+        }
+        self.save_whole(step, reason).await
+    }
+
+    /// Asks the shadow (or, with it off, one replica) for the whole state.
+    async fn save_whole(&mut self, step: u64, reason: Reason) -> anyhow::Result<()> {
         // One capture at a time: an earlier one still waiting is taken first.
         self.hand_over(true).await?;
         let data = self.shadow.request_capture(step).await?;
@@ -88,6 +153,7 @@ impl<'a> Saver<'a> {
     /// and saves if the policy says so.
     pub async fn after_step(&mut self, step: u64) -> anyhow::Result<()> {
         self.hand_over(false).await?;
+        self.settle_shards(step, false).await?;
         if let Some(reason) = self.policy.should_save(step, Instant::now(), self.last_save) {
             self.save(step, reason).await?;
         }
@@ -96,6 +162,7 @@ impl<'a> Saver<'a> {
 
     /// Stopped after `step`: saves unless that step is saved already.
     pub async fn on_stop(&mut self, step: u64) -> anyhow::Result<()> {
+        self.settle_shards(step, true).await?;
         if let Some(reason) = self.policy.on_signal(step, self.last_saved_step) {
             self.save(step, reason).await?;
         }
@@ -104,6 +171,7 @@ impl<'a> Saver<'a> {
 
     /// After the last step `step`: saves as the policy says.
     pub async fn at_end(&mut self, step: u64) -> anyhow::Result<()> {
+        self.settle_shards(step, true).await?;
         if let Some(reason) = self.policy.at_end(step, self.last_saved_step) {
             self.save(step, reason).await?;
         }
@@ -116,6 +184,9 @@ impl<'a> Saver<'a> {
     pub async fn salvage(&mut self, saved: u64) -> anyhow::Result<u64> {
         // A capture asked of a later step can never complete now.
         self.capturing = None;
+        if let Some((w, _)) = self.shards.as_mut() {
+            w.abandon();
+        }
         let data = self.shadow.capture_applied().await?;
         let step = data.step;
         if step > saved {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ddpm::checkpoint::Uploader;
-use ddpm::config::{Backend, TrainConfig};
+use ddpm::config::{Backend, CheckpointWriters, TrainConfig};
 use ddpm::data::{order, Dataset};
 use ddpm::proto;
 use tokio::sync::oneshot;
@@ -21,6 +21,7 @@ use super::metrics_log::MetricsLog;
 use super::periodic::PeriodicEvals;
 use super::progress::{self, Progress};
 use super::saver::Saver;
+use super::shard_writers::ShardWriters;
 use super::stragglers::StragglerPolicy;
 use super::trainer::Trainer;
 use crate::lifecycle::Phase;
@@ -133,7 +134,7 @@ impl Trainer {
             checksums: ChecksumBook::default(),
             skipped: if step == self.shadow.start_step() { self.start_skipped } else { self.shadow.committed_skipped() },
             last_loss: f64::NAN,
-            saver: Saver::new(&self.shadow, uploader, self.store.clone(), cfg, step),
+            saver: self.saver(uploader, step),
             metrics: MetricsLog::open(&self.store, &self.run, step, self.history.clone()).await?,
             evals: PeriodicEvals::new(cfg).await?,
             resyncing: BTreeSet::new(),
@@ -150,6 +151,19 @@ impl Trainer {
             tracing::info!(step, total, "resumed: training continues after step {step}");
         }
         Ok(run)
+    }
+
+    /// The run's saver: with the shadow off and `[checkpoint] writers =
+    /// "replicas"`, periodic checkpoints are the replicas' shards.
+    fn saver<'a>(&'a self, uploader: &'a Uploader, step: u64) -> Saver<'a> {
+        let cfg = &self.config;
+        let saver = Saver::new(&self.shadow, uploader, self.store.clone(), cfg, step);
+        if !self.shadow.is_off() || cfg.checkpoint.writers != CheckpointWriters::Replicas {
+            return saver;
+        }
+        let (layout, len) = (self.shadow.layout().clone(), self.dataset.len());
+        let writers = ShardWriters::new(self.shards.clone(), self.roster.clone(), &self.store, cfg, layout, len);
+        saver.with_shards(writers, Duration::from_secs_f64(cfg.dist.step_timeout_s))
     }
 
     /// Trains step after step: true after the config's last, false when a
@@ -177,6 +191,7 @@ impl Trainer {
             }
             // The shadow off: what wants this step's state gets it before the next step.
             self.ask_for_upload(run.step, &members);
+            run.saver.send_shards(run.step, &members, run.last_step_time);
             self.training_starts(run, members.len());
             let t0 = Instant::now();
             let samples = run.batch(cfg, &self.dataset, s).await?;

@@ -18,6 +18,7 @@ use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
 use crate::shadow::Shadow;
+use crate::shard_book::ShardBook;
 use crate::telemetry::history::RunHistory;
 use crate::telemetry::metrics::Telemetry;
 
@@ -37,6 +38,8 @@ pub struct Trainer {
     pub(super) rounds: Arc<RoundSlot>,
     /// The NCCL backend's communicator epochs.
     pub(super) nccl_ids: Arc<NcclIds>,
+    /// The replicas' reports of a sharded checkpoint's shards.
+    pub(super) shards: Arc<ShardBook>,
     pub(super) lifecycle: Arc<Lifecycle>,
     pub(super) status: Arc<RunStatus>,
     pub(super) queue: Arc<JobQueue>,
@@ -62,6 +65,7 @@ impl Trainer {
             roster: parts.roster.clone(),
             rounds: parts.rounds.clone(),
             nccl_ids: parts.nccl_ids.clone(),
+            shards: parts.shards.clone(),
             lifecycle: parts.lifecycle.clone(),
             status: parts.status.clone(),
             queue: parts.queue.clone(),

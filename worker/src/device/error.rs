@@ -38,6 +38,9 @@ pub enum DeviceError {
     /// with a worker-to-worker backend keeps.
     #[error("this replica keeps no EMA (the run's [dist] backend is the coordinator's star, or its state came without one)")]
     NoReplicaEma,
+    /// A checkpoint shard of values the model does not have.
+    #[error("asked for values {start}..{end} of the state, but the model has {total}")]
+    ShardRange { start: usize, end: usize, total: usize },
     /// A reduced gradient of another model.
     #[error("reduced gradient has {got} elements, the model {want}")]
     GradientSize { got: usize, want: usize },

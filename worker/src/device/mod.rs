@@ -47,6 +47,13 @@ enum Cmd {
     /// The replica's whole state with its EMA on the host, and the
     /// parameters' checksum (a worker-to-worker backend).
     Export(Reply<(TrainingState, u64)>),
+    /// Values `start..end` of the replica's state and EMA on the host
+    /// (its shard of a sharded checkpoint).
+    ExportRange {
+        start: usize,
+        end: usize,
+        reply: Reply<TrainingState>,
+    },
     /// Joins an NCCL communicator (replacing the last one).
     NcclJoin {
         nccl: Nccl,
@@ -163,6 +170,9 @@ impl Thread {
                 Cmd::Export(reply) => {
                     let _ = reply.send(work::export(&self.state, self.replica_ema.as_ref().map(|(e, _)| e)));
                 }
+                Cmd::ExportRange { start, end, reply } => {
+                    let _ = reply.send(work::export_range(&self.state, self.replica_ema.as_ref().map(|(e, _)| e), start, end));
+                }
                 Cmd::Sample { weights, req, reply } => {
                     let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
                         sample::sample_images(&self.ema.unet, &self.diffusion, &req, self.device, &mut |_, _| {})
@@ -240,6 +250,12 @@ impl DeviceHandle {
     /// The replica's state with its EMA, and its parameters' checksum.
     pub async fn export(&self) -> Result<(TrainingState, u64), DeviceError> {
         self.call(Cmd::Export).await
+    }
+
+    /// Values `start..end` of the replica's state with its EMA, copied to
+    /// the host in order with its steps.
+    pub async fn export_range(&self, start: usize, end: usize) -> Result<TrainingState, DeviceError> {
+        self.call(|reply| Cmd::ExportRange { start, end, reply }).await
     }
 
     pub async fn sample(&self, weights: Option<Vec<f32>>, req: SampleRequest) -> Result<Vec<u8>, DeviceError> {

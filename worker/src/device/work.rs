@@ -68,6 +68,26 @@ pub(super) fn export(state: &TrainState, ema: Option<&Tensor>) -> Result<(Traini
     Ok((exported, flat::checksum(&state.model.flat)))
 }
 
+/// Values `start..end` of the replica's state and EMA on the host: its
+/// shard of a sharded checkpoint, a copy of 1/N of the state instead of
+/// the whole (all the step loop waits for).
+pub(super) fn export_range(state: &TrainState, ema: Option<&Tensor>, start: usize, end: usize) -> Result<TrainingState, DeviceError> {
+    let ema = ema.ok_or(DeviceError::NoReplicaEma)?;
+    let total = state.model.flat.numel();
+    if start > end || end > total {
+        return Err(DeviceError::ShardRange { start, end, total });
+    }
+    let cut = |t: &Tensor| flat::to_vec_f32(&t.narrow(0, start as i64, (end - start) as i64));
+    Ok(TrainingState {
+        step: state.step,
+        adam_step: state.adam.step,
+        params: cut(&state.model.flat),
+        adam_m: cut(&state.adam.m),
+        adam_v: cut(&state.adam.v),
+        ema: Some(cut(ema)),
+    })
+}
+
 /// The mean loss and gradient of one shard of step `step_no`: the same
 /// batch construction as single-process training, keyed by the samples'
 /// stream positions, so the reduced gradient does not depend on the split.
