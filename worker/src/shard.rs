@@ -1,10 +1,10 @@
 //! `[checkpoint] writers = "replicas"` (the shadow off): a replica told to
-//! (WriteShard) copies its shard of the state to the host on the device
-//! thread, in order with its steps, so the copy is exactly that step's;
-//! then, in the background while the next step computes, writes it
-//! straight to the run's store and reports what it wrote (or why it could
-//! not) to the coordinator, which writes the manifest.
-
+//! (WriteShard) copies its shard of the state to the host, taken in order
+//! with its steps so that it is exactly that step's, on a thread beside
+//! the next step (whose update waits for the copy, not the step); then,
+//! in the background, writes it straight to the run's store and reports
+//! what it wrote (or why it could not) to the coordinator, which writes
+//! the manifest.
 use std::time::Instant;
 
 use ddpm::checkpoint::sharded::{self, ShardData};
@@ -31,6 +31,7 @@ fn shard_fails(step: u64) -> bool {
 pub async fn write_shard(client: &Client, worker_id: u64, dev: &DeviceHandle, asked: proto::WriteShard) -> CallResult<()> {
     let started = Instant::now();
     let copied = dev.export_range(asked.start as usize, asked.end as usize).await;
+    // The copy's own time, beside the next step (whose update waits only for what is left of it).
     let copy_s = started.elapsed().as_secs_f64();
     let report = proto::ShardReport { worker_id, step: asked.step, index: asked.index, count: asked.count, copy_s, ..Default::default() };
     match copied {
@@ -52,7 +53,7 @@ pub async fn write_shard(client: &Client, worker_id: u64, dev: &DeviceHandle, as
 async fn write_and_report(client: Client, asked: proto::WriteShard, state: TrainingState, report: proto::ShardReport) {
     let (step, index) = (asked.step, asked.index);
     let adam_step = state.adam_step;
-    let report = match write(asked, state).await {
+    let report = match in_background(write(asked, state)).await {
         Ok((written, digest_part)) => {
             tracing::info!(step, shard = index, bytes = written.bytes, "wrote shard {index} of the checkpoint of step {step}");
             proto::ShardReport { name: written.name, bytes: written.bytes, sha256: written.sha256, adam_step, digest_part, ..report }
@@ -63,6 +64,38 @@ async fn write_and_report(client: Client, asked: proto::WriteShard, state: Train
         }
     };
     send_report(client, report).await;
+}
+
+/// Runs `work` on a thread of its own at the lowest CPU priority (and
+/// the threads it starts, which inherit it), so that on a host whose cores
+/// the workers' steps keep busy the write takes what they leave idle
+/// instead of slowing the step; returns its result.
+async fn in_background<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, String>> + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new().name("shard-writer".into()).spawn(move || {
+        lowest_priority();
+        let done = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(work),
+            Err(e) => Err(format!("cannot start the shard writer's runtime: {e}")),
+        };
+        let _ = tx.send(done);
+    });
+    spawned.map_err(|e| format!("cannot start the shard writer's thread: {e}"))?;
+    rx.await.unwrap_or_else(|_| Err("the shard writer's thread ended without a result".into()))
+}
+
+/// Nice 19 for the calling thread (Linux: per thread); elsewhere nothing.
+fn lowest_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: two syscalls about the calling thread alone, touching no
+    // memory; lowering one's own priority needs no privilege, and a failure
+    // only leaves it as it was.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+    }
 }
 
 /// The shard's digest part and its write; an error in words.
@@ -94,12 +127,7 @@ async fn write(asked: proto::WriteShard, state: TrainingState) -> Result<(sharde
         adam_m: state.adam_m,
         adam_v: state.adam_v,
     };
-    let (shard, digest_part) = tokio::task::spawn_blocking(move || {
-        let part = param_digest::partial(&shard.params, start);
-        (shard, part)
-    })
-    .await
-    .map_err(|e| format!("the digest task failed: {e}"))?;
+    let digest_part = param_digest::partial(&shard.params, start);
     let written = sharded::write_shard(&store, shard).await.map_err(|e| e.to_string())?;
     Ok((written, digest_part))
 }

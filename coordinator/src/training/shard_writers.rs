@@ -4,7 +4,8 @@
 //! coordinator. The saver asks for one ([`ShardWriters::want`]); the loop
 //! hands each replica idle at that step its shard before the next step
 //! ([`ShardWriters::send`]), so the replica's copy is of exactly that step
-//! and its step loop waits only for the host copy of 1/N of the state;
+//! (it runs beside the next step's forward and backward; only that step's
+//! update waits for what is left of it);
 //! the saver polls ([`ShardWriters::poll`]) until every shard is reported,
 //! checks them and hands the commit (manifest last) to the uploader.
 //!
@@ -177,14 +178,15 @@ impl ShardWriters {
             }
             ShardState::Reported { asked, reports, .. } => match self.check(step, digest, &asked, &reports) {
                 Ok(commit) => {
-                    let held = reports.iter().map(|r| r.copy_s).fold(0.0, f64::max);
-                    let share = step_time.map(|t| format!(", {:.2}% of the step before", 100.0 * held / t.as_secs_f64().max(1e-9)));
+                    let copy_s = reports.iter().map(|r| r.copy_s).fold(0.0, f64::max);
+                    let share = step_time.map(|t| format!(" ({:.1}% of the step before)", 100.0 * copy_s / t.as_secs_f64().max(1e-9)));
                     tracing::info!(
                         step,
                         shards = reports.len(),
-                        copy_s = held,
-                        "every shard of the checkpoint of step {step} is written; the replicas' steps waited {:.1} ms for their copies{}",
-                        held * 1e3,
+                        copy_s,
+                        "every shard of the checkpoint of step {step} is written; the replicas' host copies took {:.1} ms{}, \
+                         beside their next step",
+                        copy_s * 1e3,
                         share.unwrap_or_default()
                     );
                     self.in_flight = None;

@@ -48,7 +48,7 @@ enum Cmd {
     /// parameters' checksum (a worker-to-worker backend).
     Export(Reply<(TrainingState, u64)>),
     /// Values `start..end` of the replica's state and EMA on the host
-    /// (its shard of a sharded checkpoint).
+    /// (its shard of a sharded checkpoint), copied beside the next step.
     ExportRange {
         start: usize,
         end: usize,
@@ -116,6 +116,9 @@ struct Thread {
     spare: Vec<f32>,
     /// The NCCL backend's communicator of the current epoch.
     comm: Option<Comm>,
+    /// A checkpoint shard's host copy running beside the next step: joined
+    /// before anything writes the state.
+    snapshot: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Thread {
@@ -123,7 +126,17 @@ impl Thread {
         let state = TrainState::init(&run.train, device).map_err(DeviceError::Model)?;
         let ema = FlatModel::new(&run.train.model, device).map_err(DeviceError::Model)?;
         let diffusion = GaussianDiffusion::new(&run.train.diffusion).map_err(DeviceError::Diffusion)?;
-        Ok(Self { run, device, state, ema, replica_ema: None, diffusion, inception: None, spare: Vec::new(), comm: None })
+        Ok(Self { run, device, state, ema, replica_ema: None, diffusion, inception: None, spare: Vec::new(), comm: None, snapshot: None })
+    }
+
+    /// Waits for a shard's host copy still reading the state, before the
+    /// state is written; says how long the step loop waited for it.
+    fn settle_snapshot(&mut self) {
+        let Some(copy) = self.snapshot.take() else { return };
+        let started = std::time::Instant::now();
+        let _ = copy.join();
+        let waited_ms = started.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(waited_ms, "the checkpoint shard's copy held this update {waited_ms:.1} ms");
     }
 
     fn serve(&mut self, mut rx: mpsc::Receiver<Cmd>) {
@@ -131,6 +144,7 @@ impl Thread {
         while let Some(cmd) = rx.blocking_recv() {
             match cmd {
                 Cmd::Load(mut s, reply) => {
+                    self.settle_snapshot();
                     let ema = s.ema.take();
                     let r = work::load(&mut self.state, &self.run, s).and_then(|()| {
                         self.replica_ema = work::replica_ema(ema, &self.state)?;
@@ -143,6 +157,7 @@ impl Thread {
                     let _ = reply.send(work::compute(&mut self.state, &self.diffusion, &self.run, step, samples, into));
                 }
                 Cmd::Apply { step, grad, outcome, reply } => {
+                    self.settle_snapshot();
                     let want = self.state.model.layout.total;
                     let r = if grad.len() != want {
                         Err(DeviceError::GradientSize { got: grad.len(), want })
@@ -171,7 +186,11 @@ impl Thread {
                     let _ = reply.send(work::export(&self.state, self.replica_ema.as_ref().map(|(e, _)| e)));
                 }
                 Cmd::ExportRange { start, end, reply } => {
-                    let _ = reply.send(work::export_range(&self.state, self.replica_ema.as_ref().map(|(e, _)| e), start, end));
+                    self.settle_snapshot();
+                    match work::RangeViews::of(&self.state, self.replica_ema.as_ref().map(|(e, _)| e), start, end) {
+                        Ok(views) => self.snapshot = Some(std::thread::spawn(move || drop(reply.send(Ok(views.copy()))))),
+                        Err(e) => drop(reply.send(Err(e))),
+                    }
                 }
                 Cmd::Sample { weights, req, reply } => {
                     let r = work::load_weights(&mut self.ema, weights).and_then(|()| {
@@ -253,7 +272,9 @@ impl DeviceHandle {
     }
 
     /// Values `start..end` of the replica's state with its EMA, copied to
-    /// the host in order with its steps.
+    /// the host as of the last command before this one (the copy runs
+    /// beside the next step's forward and backward; only the update after
+    /// it waits for it).
     pub async fn export_range(&self, start: usize, end: usize) -> Result<TrainingState, DeviceError> {
         self.call(|reply| Cmd::ExportRange { start, end, reply }).await
     }

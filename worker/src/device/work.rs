@@ -68,24 +68,35 @@ pub(super) fn export(state: &TrainState, ema: Option<&Tensor>) -> Result<(Traini
     Ok((exported, flat::checksum(&state.model.flat)))
 }
 
-/// Values `start..end` of the replica's state and EMA on the host: its
-/// shard of a sharded checkpoint, a copy of 1/N of the state instead of
-/// the whole (all the step loop waits for).
-pub(super) fn export_range(state: &TrainState, ema: Option<&Tensor>, start: usize, end: usize) -> Result<TrainingState, DeviceError> {
-    let ema = ema.ok_or(DeviceError::NoReplicaEma)?;
-    let total = state.model.flat.numel();
-    if start > end || end > total {
-        return Err(DeviceError::ShardRange { start, end, total });
+/// Views (no copy) of values `start..end` of the replica's state and
+/// EMA: its shard of a sharded checkpoint. [`RangeViews::copy`] reads them
+/// to the host on another thread while the next step's forward and
+/// backward read the same tensors; the device thread waits for that copy
+/// only before it writes them (the next update, a load).
+pub(super) struct RangeViews {
+    step: u64,
+    adam_step: u64,
+    /// Parameters, Adam's moments, the EMA.
+    views: [Tensor; 4],
+}
+
+impl RangeViews {
+    pub(super) fn of(state: &TrainState, ema: Option<&Tensor>, start: usize, end: usize) -> Result<Self, DeviceError> {
+        let ema = ema.ok_or(DeviceError::NoReplicaEma)?;
+        let total = state.model.flat.numel();
+        if start > end || end > total {
+            return Err(DeviceError::ShardRange { start, end, total });
+        }
+        let cut = |t: &Tensor| t.narrow(0, start as i64, (end - start) as i64);
+        let views = [cut(&state.model.flat), cut(&state.adam.m), cut(&state.adam.v), cut(ema)];
+        Ok(Self { step: state.step, adam_step: state.adam.step, views })
     }
-    let cut = |t: &Tensor| flat::to_vec_f32(&t.narrow(0, start as i64, (end - start) as i64));
-    Ok(TrainingState {
-        step: state.step,
-        adam_step: state.adam.step,
-        params: cut(&state.model.flat),
-        adam_m: cut(&state.adam.m),
-        adam_v: cut(&state.adam.v),
-        ema: Some(cut(ema)),
-    })
+
+    /// The host copy.
+    pub(super) fn copy(self) -> TrainingState {
+        let [params, adam_m, adam_v, ema] = self.views.map(|t| flat::to_vec_f32(&t));
+        TrainingState { step: self.step, adam_step: self.adam_step, params, adam_m, adam_v, ema: Some(ema) }
+    }
 }
 
 /// The mean loss and gradient of one shard of step `step_no`: the same
