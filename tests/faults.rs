@@ -43,9 +43,22 @@ impl Run {
 
     /// A run whose config adds `extra` (whole TOML sections) to CONFIG.
     fn with_config(extra: &str) -> Self {
+        Self::with_toml(&format!("{CONFIG}\n{extra}"))
+    }
+
+    /// The same with checkpoints taken through the coordinator even with
+    /// the shadow off: the replicas' sharded ones are committed at the
+    /// first step boundary after their last shard is written, which a
+    /// frozen step can put after the kill this test times against.
+    fn with_coordinator_checkpoints(extra: &str) -> Self {
+        let config = CONFIG.replace("keep_last = 10", "keep_last = 10\nwriters = \"coordinator\"");
+        Self::with_toml(&format!("{config}\n{extra}"))
+    }
+
+    fn with_toml(toml: &str) -> Self {
         let dir = tempdir();
         let config = dir.path().join("run.toml");
-        std::fs::write(&config, format!("{CONFIG}\n{extra}")).unwrap();
+        std::fs::write(&config, toml).unwrap();
         Run { config: config.display().to_string(), dir }
     }
 
@@ -189,12 +202,6 @@ fn a_metrics_log_that_cannot_be_written_holds_its_rows_and_the_run_finishes() {
     assert!(run.path().join("checkpoints/step_0000000010/manifest.json").exists());
 }
 
-/// A free loopback address (bound once, then released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 fn kill(p: &Proc, signal: &str) {
     let pid = p.child.id().to_string();
     assert!(std::process::Command::new("kill").args([signal, &pid]).status().unwrap().success());
@@ -209,7 +216,7 @@ fn a_killed_coordinator_gets_its_workers_back_and_the_run_ends_as_a_straight_one
     straight.finish(12);
 
     let run = Run::new();
-    let addr = free_addr();
+    let addr = common::free_addr();
     let mut coord = run.start_at(&addr, 12);
     let mut workers: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();
     // Step 6's checkpoint goes up in the background: killed after it
@@ -349,11 +356,11 @@ fn with_the_shadow_on_a_new_coordinator_goes_on_from_the_replicas_step() {
 }
 
 fn a_new_coordinator_goes_on_from_the_replicas_step(dist: &str) {
-    let straight = Run::with_config(dist);
+    let straight = Run::with_coordinator_checkpoints(dist);
     straight.finish(12);
 
-    let run = Run::with_config(dist);
-    let addr = free_addr();
+    let run = Run::with_coordinator_checkpoints(dist);
+    let addr = common::free_addr();
     let mut coord = run.start_at(&addr, 12);
     let worker = |i: usize, fault: Option<&str>| {
         let name = format!("w{i}");

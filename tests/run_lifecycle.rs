@@ -27,12 +27,6 @@ every_minutes = 0.0
 at_end = false
 "#;
 
-/// A free loopback address (bound once, then released).
-fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
 fn signal(p: &Proc, sig: &str) {
     assert!(Command::new("kill").args([sig, &p.child.id().to_string()]).status().unwrap().success());
 }
@@ -56,7 +50,7 @@ fn alive(p: &mut Proc) -> bool {
 #[test]
 fn sigterm_exits_75_and_the_same_workers_rejoin_the_restart_which_ends_with_0() {
     let dir = tempdir();
-    let addr = free_addr();
+    let addr = common::free_addr();
     let mut coord = coordinator(dir.path(), &addr, 16, &["--workers", "2"]);
     let mut workers: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();
     coord.wait_for_line("step 2/16", Duration::from_secs(300));
@@ -101,7 +95,7 @@ fn sigterm_exits_75_and_the_same_workers_rejoin_the_restart_which_ends_with_0() 
 #[test]
 fn a_worker_stopped_before_the_end_exits_75() {
     // Nobody listens there: the worker keeps trying until told to stop.
-    let mut w = start_worker(&free_addr(), "w");
+    let mut w = start_worker(&common::free_addr(), "w");
     std::thread::sleep(Duration::from_secs(1));
     signal(&w, "-TERM");
     assert_eq!(w.wait(Duration::from_secs(30)), 75, "{}", w.output());
@@ -110,7 +104,7 @@ fn a_worker_stopped_before_the_end_exits_75() {
 #[test]
 fn with_min_workers_the_run_starts_with_what_came_and_a_late_worker_joins() {
     let dir = tempdir();
-    let addr = free_addr();
+    let addr = common::free_addr();
     let mut coord = coordinator(dir.path(), &addr, 40, &["--workers", "3", "--min-workers", "2", "--start-grace", "1"]);
     let _early: Vec<Proc> = (0..2).map(|i| start_worker(&addr, &format!("w{i}"))).collect();
     let line = coord.wait_for_line("starting with 2 of 3 workers", Duration::from_secs(300));
@@ -125,7 +119,7 @@ fn with_min_workers_the_run_starts_with_what_came_and_a_late_worker_joins() {
 #[test]
 fn too_few_workers_by_the_start_timeout_exit_3_and_say_what_to_check() {
     let dir = tempdir();
-    let addr = free_addr();
+    let addr = common::free_addr();
     let mut coord = coordinator(dir.path(), &addr, 8, &["--workers", "2", "--start-timeout", "3"]);
     let mut w = start_worker(&addr, "w0");
     assert_eq!(coord.wait(Duration::from_secs(120)), 3, "{}", coord.output());

@@ -145,9 +145,16 @@ fn four_replicas_write_a_sharded_checkpoint_that_two_resume_and_diffusers_loads(
     assert!(dp < 1e-4 && de < 1e-4, "params {dp}, EMA {de}");
     assert!(max_abs_diff(&resumed.params, &at4.params) > 1e-4, "the resumed run did not train");
 
+    // `ddpm checkpoints list` says which is which.
+    let run = first.display().to_string();
+    let listed = Command::new(env!("CARGO_BIN_EXE_ddpm")).args(["checkpoints", "list", "--run", &run, "--json"]).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let shards: Vec<(u64, u64)> =
+        listed.as_array().unwrap().iter().map(|c| (c["step"].as_u64().unwrap(), c["shards"].as_u64().unwrap())).collect();
+    assert_eq!(shards, [(4, 4), (8, 0)], "{listed}");
+
     // The sharded checkpoint exported to diffusers loads there and computes what our U-Net does.
     let out = dir.path().join("export");
-    let run = first.display().to_string();
     let export = Command::new(env!("CARGO_BIN_EXE_ddpm"))
         .args(["checkpoints", "export", "--run", &run, "--step", "4", "--ema", "--format", "diffusers", "--out", out.to_str().unwrap()])
         .output()

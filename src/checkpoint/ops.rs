@@ -40,6 +40,8 @@ pub struct CheckpointInfo {
     pub complete: bool,
     /// Why it is not complete.
     pub problem: Option<String>,
+    /// The replicas' shards of the sharded layout (0: the whole layout, or torn).
+    pub shards: usize,
 }
 
 /// A checkpoint skipped while looking for the latest one.
@@ -123,7 +125,7 @@ async fn inspect(store: &RunStore, step: u64, objects: &[ObjectInfo]) -> Result<
     let bytes = objects.iter().map(|o| o.size).sum();
     let newest = objects.iter().map(|o| o.last_modified).max().unwrap_or_else(Utc::now);
     let sizes: HashMap<&str, u64> = objects.iter().filter_map(|o| Some((o.key.rsplit('/').next()?, o.size))).collect();
-    let torn = |problem: String| CheckpointInfo { step, created: newest, bytes, complete: false, problem: Some(problem) };
+    let torn = |problem: String| CheckpointInfo { step, created: newest, bytes, complete: false, problem: Some(problem), shards: 0 };
     if !sizes.contains_key(format::MANIFEST_FILE) {
         return Ok(torn("no manifest.json: data without a manifest (an upload that did not finish)".into()));
     }
@@ -138,7 +140,7 @@ async fn inspect(store: &RunStore, step: u64, objects: &[ObjectInfo]) -> Result<
     if let Err(problem) = manifest.check_sizes(&sizes) {
         return Ok(torn(problem.to_string()));
     }
-    Ok(CheckpointInfo { step, created: manifest.created, bytes, complete: true, problem: None })
+    Ok(CheckpointInfo { step, created: manifest.created, bytes, complete: true, problem: None, shards: manifest.shards.len() })
 }
 
 /// Downloads the manifest and every file of step `step` and checks sizes

@@ -141,6 +141,7 @@ async fn list(args: ListArgs) -> anyhow::Result<()> {
             (None, false) => "complete".to_string(),
             (Some(p), _) => format!("torn: {p}"),
         };
+        let status = if c.shards > 0 { format!("{status} ({} shards, by the replicas)", c.shards) } else { status };
         println!("{:>12}  {:<20}  {:>10}  {status}", c.step, c.created.format("%Y-%m-%d %H:%M:%S"), human(c.bytes));
     }
     Ok(())
@@ -154,6 +155,7 @@ fn row_json(c: &CheckpointInfo, latest: Option<u64>) -> serde_json::Value {
         "complete": c.complete,
         "latest": Some(c.step) == latest,
         "problem": c.problem,
+        "shards": c.shards,
     })
 }
 

@@ -90,34 +90,6 @@ pub struct PodSpec {
     pub container: Value,
 }
 
-/// A port no one listens on now, for a container port. Drawn below the
-/// kernel's ephemeral range (`ip_local_port_range`), from which every
-/// `:0` listener of the tests' processes (peer listeners, metrics ports)
-/// takes its port: a port from that range, freed here and bound by a pod
-/// later, could meanwhile be taken by one of them (seen in the full
-/// suite: "Address already in use", and a connection reset where no
-/// coordinator should listen). Each port is handed out once per process.
-fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32768)
-        .clamp(12_000, 65_535);
-    // From 10000 up to the ephemeral range, starting where this process's id
-    // points, so that test processes run one after another do not reuse ports.
-    let span = low - 10_000;
-    let start = std::process::id() % span;
-    for _ in 0..span {
-        let port = (10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
-        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port from 10000 to {low}");
-}
-
 fn rand_u128() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let s = std::collections::hash_map::RandomState::new();
@@ -137,7 +109,10 @@ impl Cluster {
         let mut services = BTreeMap::new();
         for svc in render.all("Service") {
             for p in svc["spec"]["ports"].as_array().unwrap() {
-                services.insert((svc["metadata"]["name"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap() as u16), free_port());
+                services.insert(
+                    (svc["metadata"]["name"].as_str().unwrap().to_string(), p["port"].as_u64().unwrap() as u16),
+                    super::free_port(),
+                );
             }
         }
         Cluster { render, secrets, root: tempdir(), services, pods_started: 0 }
@@ -175,7 +150,7 @@ impl Cluster {
                 }
             }
         }
-        free_port()
+        super::free_port()
     }
 
     /// A new pod of the Job running `binary` (index: an Indexed Job's), as

@@ -153,6 +153,40 @@ pub fn start_worker(addr: &str, name: &str) -> Proc {
     Proc::start(name, "ddpm-worker", &["--coord", addr, "--device", "cpu", "--threads", "1", "--name", name])
 }
 
+/// A port no one listens on now, for a server a test starts later (a
+/// pod's container port, a coordinator started again at its address). Drawn below the
+/// kernel's ephemeral range (`ip_local_port_range`), from which every
+/// `:0` listener of the tests' processes (peer listeners, metrics ports)
+/// takes its port: a port from that range, freed here and bound by a pod
+/// later, could meanwhile be taken by one of them (seen in the full
+/// suite: "Address already in use", and a connection reset where no
+/// coordinator should listen). Each port is handed out once per process.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768)
+        .clamp(12_000, 65_535);
+    // From 10000 up to the ephemeral range, starting where this process's id
+    // points, so that test processes run one after another do not reuse ports.
+    let span = low - 10_000;
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = (10_000 + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port from 10000 to {low}");
+}
+
+/// A loopback address on a [`free_port`].
+pub fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 /// A fresh temporary directory.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
