@@ -1,5 +1,8 @@
 //! The sections of [`TrainConfig`](super::TrainConfig), one struct per
 //! component, each with its documented `Default` (the `cifar10` preset's).
+//!
+//! Over 450 lines and still one concept: the config file's schema, every
+//! key with its meaning and default where a user looks for it.
 
 use serde::{Deserialize, Serialize};
 
