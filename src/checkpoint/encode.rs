@@ -109,12 +109,7 @@ pub fn decode(step: u64, files: &HashMap<String, Bytes>) -> Result<CheckpointDat
     let get = |name: &str| files.get(name).ok_or_else(|| CheckpointError::Torn { step, problem: format!("{name} is missing") });
     let bad = |file: &str, reason: String| CheckpointError::Format { step, file: file.to_string(), reason };
 
-    let state: StateFile = serde_json::from_slice(get(format::STATE_FILE)?).map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
-    if state.step != step {
-        return Err(bad(format::STATE_FILE, format!("says step {} in the directory of step {step}", state.step)));
-    }
-    let text = std::str::from_utf8(get(format::CONFIG_FILE)?).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
-    let config = TrainConfig::from_toml_str(text, &TrainConfig::default()).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
+    let (state, config) = state_and_config(step, files)?;
 
     let model = get(format::MODEL_FILE)?;
     let layout: Layout = format::layout_of(step, format::MODEL_FILE, model)?;
@@ -135,6 +130,32 @@ pub fn decode(step: u64, files: &HashMap<String, Bytes>) -> Result<CheckpointDat
     }
     let adam_v = moments.pop().unwrap_or_default();
     let adam_m = moments.pop().unwrap_or_default();
+    assemble(step, state, config, layout, [params, adam_m, adam_v, ema])
+}
+
+/// `state.json` (of step `step`) and `config.toml` of a checkpoint's
+/// files, either layout.
+pub(super) fn state_and_config(step: u64, files: &HashMap<String, Bytes>) -> Result<(StateFile, TrainConfig), CheckpointError> {
+    let get = |name: &str| files.get(name).ok_or_else(|| CheckpointError::Torn { step, problem: format!("{name} is missing") });
+    let bad = |file: &str, reason: String| CheckpointError::Format { step, file: file.to_string(), reason };
+    let state: StateFile = serde_json::from_slice(get(format::STATE_FILE)?).map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
+    if state.step != step {
+        return Err(bad(format::STATE_FILE, format!("says step {} in the directory of step {step}", state.step)));
+    }
+    let text = std::str::from_utf8(get(format::CONFIG_FILE)?).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
+    let config = TrainConfig::from_toml_str(text, &TrainConfig::default()).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
+    Ok((state, config))
+}
+
+/// The checkpoint of `state`, `config`, `layout` and its flat buffers
+/// `[params, adam_m, adam_v, ema]`, checked to agree with each other.
+pub(super) fn assemble(
+    step: u64,
+    state: StateFile,
+    config: TrainConfig,
+    layout: Layout,
+    [params, adam_m, adam_v, ema]: [Vec<f32>; 4],
+) -> Result<CheckpointData, CheckpointError> {
     let data = CheckpointData {
         step,
         adam_step: state.adam_step,
@@ -147,6 +168,6 @@ pub fn decode(step: u64, files: &HashMap<String, Bytes>) -> Result<CheckpointDat
         adam_v,
         ema,
     };
-    data.validate().map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
+    data.validate().map_err(|e| CheckpointError::Format { step, file: format::STATE_FILE.into(), reason: e.to_string() })?;
     Ok(data)
 }

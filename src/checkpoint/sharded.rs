@@ -29,6 +29,7 @@ use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use super::data::CheckpointData;
+use super::encode;
 use super::error::CheckpointError;
 use super::format::{self, FileEntry, Manifest, ShardEntry, StateFile};
 use crate::config::TrainConfig;
@@ -306,12 +307,7 @@ pub(super) fn decode_shard(
 pub(super) fn decode(step: u64, manifest: &Manifest, files: &HashMap<String, Bytes>) -> Result<CheckpointData, CheckpointError> {
     let get = |name: &str| files.get(name).ok_or_else(|| CheckpointError::Torn { step, problem: format!("{name} is missing") });
     let bad = |file: &str, reason: String| CheckpointError::Format { step, file: file.to_string(), reason };
-    let state: StateFile = serde_json::from_slice(get(format::STATE_FILE)?).map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
-    if state.step != step {
-        return Err(bad(format::STATE_FILE, format!("says step {} in the directory of step {step}", state.step)));
-    }
-    let text = std::str::from_utf8(get(format::CONFIG_FILE)?).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
-    let config = TrainConfig::from_toml_str(text, &TrainConfig::default()).map_err(|e| bad(format::CONFIG_FILE, e.to_string()))?;
+    let (state, config) = encode::state_and_config(step, files)?;
     let layout = decode_layout(step, get(format::LAYOUT_FILE)?)?;
     if layout.hash() != state.layout_hash || layout.total as u64 != state.param_count {
         return Err(bad(format::LAYOUT_FILE, "its tensors do not match state.json's layout hash".into()));
@@ -323,20 +319,7 @@ pub(super) fn decode(step: u64, manifest: &Manifest, files: &HashMap<String, Byt
     for entry in &manifest.shards {
         decode_shard(step, state.adam_step, entry, get(&entry.name)?, [&mut params, &mut ema, &mut adam_m, &mut adam_v])?;
     }
-    let data = CheckpointData {
-        step,
-        adam_step: state.adam_step,
-        skipped_steps: state.skipped_steps,
-        order: state.data,
-        config,
-        layout,
-        params,
-        adam_m,
-        adam_v,
-        ema,
-    };
-    data.validate().map_err(|e| bad(format::STATE_FILE, e.to_string()))?;
-    Ok(data)
+    encode::assemble(step, state, config, layout, [params, adam_m, adam_v, ema])
 }
 
 #[cfg(test)]
