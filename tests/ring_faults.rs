@@ -14,6 +14,10 @@
 //! taking frames from its outbox slots, and a killed one's outbox is
 //! swept away.
 //!
+//! Over 450 lines and still one concept: one run setup shared by every
+//! fault of the ring's data plane (and of its replicas with the shadow
+//! off), each test a scenario of a few screens.
+//!
 //! The freeze is the worker's fault injection `DDPM_FAULT_RING_FREEZE`
 //! (`worker/src/ring_exchange.rs`): it lands after the predecessor's first
 //! bytes, so the fault is mid-ring by construction, not by timing luck.
