@@ -380,39 +380,6 @@ fn with_the_shadow_off_a_replica_killed_before_its_upload_is_replaced_by_another
     assert!(d < 1e-4, "{d}");
 }
 
-/// With the coordinator's copy off, a worker that joins a run in progress
-/// gets the state (and the EMA the replicas keep) from a replica idle at
-/// the run's step, trains from there, and ends equal to the others; the
-/// sample grid at the end is drawn with the EMA a replica sent.
-#[test]
-fn with_the_shadow_off_a_joiner_gets_its_state_from_a_replica() {
-    let run = Run::shadow_off(1000);
-    let config = run.dir.path().join("run.toml").display().to_string();
-    let path = run.path().display().to_string();
-    let args =
-        ["--preset", "tiny", "--config", &config, "--workers", "2", "--steps", "40", "--samples", "4", "--threads", "1", "--run", &path];
-    let (mut coord, addr) = start_coordinator(&args);
-    let mut workers = vec![worker(&addr, 0, None), worker(&addr, 1, None)];
-    coord.wait_for_line("step=3", Duration::from_secs(300));
-    workers.push(worker(&addr, 2, None));
-    let loaded = workers[2].wait_for_line("training state loaded", Duration::from_secs(300));
-    let step: u64 = loaded.split("step=").nth(1).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).unwrap();
-    assert!(step >= 3, "the joiner loaded the state of step {step}: {loaded}");
-    assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
-    for w in &mut workers {
-        assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
-    }
-    let out = coord.output();
-    assert!(out.contains(&format!("for the state of step {step}")), "the state of step {step} was not asked of a replica:\n{out}");
-    let summary = run.summary();
-    assert_eq!(summary["steps"], 40);
-    assert_eq!(summary["replicas_agree"], true, "{summary}");
-    assert!(summary["replica_checksums"].as_object().unwrap().len() >= 2, "{summary}");
-    let grid = summary["grid"].as_str().expect("a sample grid");
-    assert!(std::path::Path::new(grid).exists(), "{grid}");
-    assert_eq!(summary["checksum_mismatches"], 0, "{summary}");
-}
-
 /// With the coordinator's copy off, the replicas are the only holders of
 /// the last step's state. When every worker is killed (-9) mid-step after
 /// the checkpoint of step 4, the coordinator waits the step timeout for a
@@ -460,8 +427,8 @@ fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
 /// each step (`checksum_every = 1`), a replica whose parameters went bad
 /// after step 4 (`DDPM_FAULT_ALTER_PARAMS`) is outvoted by the two others
 /// when the members of step 5 are gathered: it is named, counted and
-/// resynced from a good replica before it computes another gradient, and
-/// the run ends as the fault-free one.
+/// resynced from a good replica, straight over the peer link, before it
+/// computes another gradient, and the run ends as the fault-free one.
 #[test]
 fn with_the_shadow_off_a_replica_whose_parameters_were_altered_is_resynced_before_the_next_step() {
     fault_free();
@@ -477,6 +444,9 @@ fn with_the_shadow_off_a_replica_whose_parameters_were_altered_is_resynced_befor
     let named = out.lines().find(|l| l.contains("replica's parameters differ from the other replicas'")).unwrap_or_else(|| panic!("{out}"));
     assert!(named.contains(&format!("worker={altered}")) && named.contains("step=4"), "{named}");
     assert!(workers[1].output().contains("parameter checksum mismatch at step 4"), "{}", workers[1].output());
+    let resynced = workers[1].output();
+    let from_peer = resynced.lines().any(|l| l.contains("training state loaded from worker") && l.contains("peer to peer"));
+    assert!(from_peer, "the replica was not resynced from a peer:\n{resynced}");
     let summary = run.summary();
     assert_eq!(summary["checksum_mismatches"], 1, "{summary}");
     assert_eq!(summary["replicas_agree"], true, "{summary}");

@@ -17,6 +17,7 @@ use crate::jobs::results::ResultRouter;
 use crate::lifecycle::Lifecycle;
 use crate::limits::Limits;
 use crate::nccl_ids::NcclIds;
+use crate::peer_syncs::PeerSyncs;
 use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
@@ -44,6 +45,8 @@ pub struct Components {
     pub nccl_ids: Arc<NcclIds>,
     /// The sharded checkpoint whose shards the replicas are writing.
     pub shards: Arc<ShardBook>,
+    /// Joiners waiting for their state from a peer replica.
+    pub peer_syncs: Arc<PeerSyncs>,
     pub lifecycle: Arc<Lifecycle>,
     /// The live numbers of the run.
     pub status: Arc<RunStatus>,
@@ -95,6 +98,7 @@ impl Components {
             rounds: Arc::default(),
             nccl_ids: Arc::default(),
             shards: Arc::default(),
+            peer_syncs: Arc::default(),
             lifecycle,
             status,
             queue,

@@ -27,6 +27,7 @@ pub mod limits;
 pub mod liveness;
 pub mod nccl_ids;
 pub mod options;
+pub mod peer_syncs;
 pub mod roster;
 pub mod round;
 pub mod round_slot;

@@ -20,6 +20,8 @@ pub enum Work {
     UploadState(u64),
     /// Write this shard of the state to the run's store (`[checkpoint] writers = "replicas"`).
     WriteShard(proto::WriteShard),
+    /// Send the training state of this step to a joining peer's listener.
+    SendState(proto::SendState),
     /// The coordinator stops: the run is finished, or (not `finished`) it
     /// resumes when the coordinator starts again.
     Shutdown { reason: String, finished: bool },

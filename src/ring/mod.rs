@@ -14,7 +14,8 @@
 //! compute, `frame.rs` the bytes on a link, `allreduce.rs` the algorithm,
 //! `peers.rs` the listener and the dialling, `member.rs` one member's
 //! part in an attempt, `measure.rs` the scalars a step commits on, taken
-//! as the ring passes over the gradient, `fault.rs` what a member reports when it breaks,
+//! as the ring passes over the gradient, `state_link.rs` a replica's state
+//! sent over the same listeners to a joining peer, `fault.rs` what a member reports when it breaks,
 //! `topology.rs` the ring order that keeps each host's members together.
 
 mod allreduce;
@@ -28,6 +29,7 @@ mod member;
 mod peers;
 pub mod plan;
 pub mod shm;
+pub mod state_link;
 pub mod topology;
 
 pub use allreduce::{all_reduce, RingSpec};

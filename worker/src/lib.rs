@@ -30,6 +30,7 @@ pub mod gpus;
 mod nccl_check;
 mod nccl_exchange;
 pub mod options;
+mod peer_state;
 pub mod ports;
 mod ring_exchange;
 mod session;

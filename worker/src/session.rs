@@ -250,7 +250,7 @@ impl Work<'_> {
             self.checksum = self.dev.checksum().await?;
             tracing::info!(step, "keeping the training state of step {step} this device holds, as the coordinator asked");
         } else if self.role == WorkerRole::Train {
-            match training::fetch_training_state(&mut self.client, self.id, self.dev).await {
+            match training::fetch_training_state(&mut self.client, self.id, self.dev, self.peers.as_deref()).await {
                 Ok(step) => self.applied = step,
                 Err(e) => return end(on_error(e, Phase::Joining)?),
             }
@@ -314,11 +314,15 @@ impl Work<'_> {
             }
             Some(work_message::Kind::Resync(r)) => {
                 tracing::info!(reason = %r.reason, "fetching the training state again");
-                self.applied = training::fetch_training_state(&mut self.client, self.id, self.dev).await?;
+                self.applied = training::fetch_training_state(&mut self.client, self.id, self.dev, self.peers.as_deref()).await?;
                 Ok(Next::Work)
             }
             Some(work_message::Kind::UploadState(u)) => {
                 crate::upload::upload_state(&self.client, self.id, self.dev, u.step).await?;
+                Ok(Next::Work)
+            }
+            Some(work_message::Kind::SendState(s)) => {
+                crate::peer_state::send_state(self.id, self.dev, s).await?;
                 Ok(Next::Work)
             }
             Some(work_message::Kind::WriteShard(w)) => {

@@ -13,9 +13,26 @@ use crate::device::DeviceHandle;
 use crate::directive::CallResult;
 use crate::exchange::{Exchanged, GradientExchange};
 
-/// Downloads the training state into the device (with the EMA when the
-/// run's replicas keep it); returns its step.
-pub async fn fetch_training_state(client: &mut Client, worker_id: u64, dev: &DeviceHandle) -> CallResult<u64> {
+/// Loads the training state into the device: from a peer replica when
+/// this worker has a peer listener and one can send it, else (and when
+/// that fails) through the coordinator; returns its step.
+pub async fn fetch_training_state(
+    client: &mut Client,
+    worker_id: u64,
+    dev: &DeviceHandle,
+    peers: Option<&ddpm::ring::PeerListener>,
+) -> CallResult<u64> {
+    if let Some(peers) = peers {
+        if let Some(step) = crate::peer_state::sync(client, worker_id, dev, peers).await {
+            return Ok(step);
+        }
+    }
+    fetch_from_coordinator(client, worker_id, dev).await
+}
+
+/// Downloads the training state through the coordinator (with the EMA
+/// when the run's replicas keep it); returns its step.
+async fn fetch_from_coordinator(client: &mut Client, worker_id: u64, dev: &DeviceHandle) -> CallResult<u64> {
     let (h, mut t) = client::fetch_state(client, worker_id, proto::StateKind::Training, 0).await?;
     let ema = if h.tensors == state::TRAINING_WITH_EMA { t.pop() } else { None };
     let [params, adam_m, adam_v] = <[Vec<f32>; 3]>::try_from(t)

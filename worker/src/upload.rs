@@ -35,7 +35,15 @@ pub async fn upload_state(client: &Client, worker_id: u64, dev: &DeviceHandle, a
         // The coordinator refuses it and asks another replica.
         tracing::warn!(asked, step = exported.step, "asked for the state of step {asked}, but this replica is at step {}", exported.step);
     }
-    let header = proto::StateHeader {
+    let header = state_header(worker_id, dev, &exported, param_checksum);
+    tokio::spawn(push(client.clone(), header, exported));
+    Ok(())
+}
+
+/// The header of `exported` (with its EMA) sent by replica `worker_id`,
+/// whose parameters' digest is `param_checksum`.
+pub fn state_header(worker_id: u64, dev: &DeviceHandle, exported: &TrainingState, param_checksum: u64) -> proto::StateHeader {
+    proto::StateHeader {
         step: exported.step,
         adam_step: exported.adam_step,
         tensors: TRAINING_WITH_EMA.iter().map(|s| s.to_string()).collect(),
@@ -43,9 +51,7 @@ pub async fn upload_state(client: &Client, worker_id: u64, dev: &DeviceHandle, a
         layout_hash: dev.layout_hash,
         param_checksum,
         worker_id,
-    };
-    tokio::spawn(push(client.clone(), header, exported));
-    Ok(())
+    }
 }
 
 /// Streams `exported` after `header`; the coordinator says whether it took it.

@@ -38,6 +38,8 @@ pub(super) struct Member {
     pub(super) queued: u32,
     /// The last training step whose update it applied, as it reported.
     pub(super) applied_step: u64,
+    /// It asked for work at least once: it holds a training state.
+    pub(super) reported: bool,
     /// Parameter checksums it reported, by step, and whether each was
     /// compared already.
     pub(super) checksums: BTreeMap<u64, (u64, bool)>,

@@ -110,6 +110,7 @@ impl Roster {
                 idle: false,
                 queued: 0,
                 applied_step: 0,
+                reported: false,
                 checksums: BTreeMap::new(),
                 mailbox,
                 inbox: Arc::new(AsyncMutex::new(inbox)),
@@ -256,6 +257,7 @@ impl Roster {
         }
         member.last_seen = Instant::now();
         member.applied_step = applied_step;
+        member.reported = true;
         if checksum != 0 {
             member.checksums.insert(applied_step, (checksum, false));
         }
@@ -323,6 +325,12 @@ impl Roster {
     pub fn in_sync(&self, step: u64) -> Vec<u64> {
         let m = self.lock();
         m.by_id.iter().filter(|(_, x)| x.is_trainer() && x.idle && x.applied_step == step).map(|(id, _)| *id).collect()
+    }
+
+    /// Whether a training member other than `id` holds a state (it asked
+    /// for work since it joined): one that can send `id` its state.
+    pub fn others_hold_state(&self, id: u64) -> bool {
+        self.lock().by_id.iter().any(|(&other, x)| other != id && x.is_trainer() && x.reported)
     }
 
     /// Ready training members whose last report was after `step`, idle or

@@ -136,3 +136,17 @@ fn a_member_reporting_idle_with_work_queued_is_not_idle() {
     r.report_idle(id, 5, 0).unwrap();
     assert_eq!(r.in_sync(5), vec![id]);
 }
+
+#[test]
+fn only_a_member_that_asked_for_work_can_send_a_joiner_its_state() {
+    let (r, ids) = roster_with(2);
+    let (a, b) = (ids[0], ids[1]);
+    for id in [a, b] {
+        r.mark_ready(id).unwrap();
+    }
+    // Both still loading their first state: neither can send the other one.
+    assert!(!r.others_hold_state(a) && !r.others_hold_state(b));
+    r.report_idle(a, 0, 0).unwrap();
+    assert!(r.others_hold_state(b), "a holds a state b can take");
+    assert!(!r.others_hold_state(a), "never from itself");
+}

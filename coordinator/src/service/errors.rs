@@ -74,6 +74,12 @@ pub enum RpcError {
     /// A checkpoint shard's report (ReportShard) that no checkpoint waits for.
     #[error("the coordinator refused the shard report: {0}")]
     Shard(#[from] ShardError),
+    /// No peer can send this worker its state (SyncFromPeer): it takes
+    /// it through the coordinator (FetchState).
+    #[error("no peer can send the state: {0}; fetch it from the coordinator")]
+    NoPeerSync(&'static str),
+    #[error("no replica was idle at the run's step within {0:.0} s to send the state; fetch it from the coordinator")]
+    NoPeerIdle(f64),
     #[error("{0}")]
     Internal(String),
 }
@@ -136,6 +142,9 @@ impl RpcError {
                 NcclIdError::StaleEpoch { .. } => (Code::FailedPrecondition, NextWork),
                 NcclIdError::Ended { .. } => (Code::Aborted, NextWork),
             },
+            // The worker falls back to FetchState, whose answer directs it.
+            Self::NoPeerSync(_) => (Code::FailedPrecondition, NextWork),
+            Self::NoPeerIdle(_) => (Code::DeadlineExceeded, NextWork),
             Self::Internal(_) => (Code::Internal, Unspecified),
         }
     }
@@ -178,6 +187,8 @@ mod tests {
         let s = check(v, Code::FailedPrecondition, WorkerAction::Quit);
         assert!(s.message().contains("protocol version 99") && s.message().contains("version 1"));
         check(RpcError::RunOver, Code::Unavailable, WorkerAction::Stop);
+        let s = check(RpcError::NoPeerIdle(30.0), Code::DeadlineExceeded, WorkerAction::NextWork);
+        assert!(s.message().contains("within 30 s") && s.message().contains("fetch it from the coordinator"));
         check(RpcError::Stopping, Code::Unavailable, WorkerAction::Reconnect);
         check(RpcError::UnknownJob(3), Code::NotFound, WorkerAction::NextWork);
         check(RosterError::NotReady(2), Code::FailedPrecondition, WorkerAction::Rejoin);

@@ -47,6 +47,9 @@ impl Coordinator for FinishedRun {
     async fn fetch_state(&self, _: Request<proto::FetchStateRequest>) -> Result<Response<Self::FetchStateStream>, Status> {
         over()
     }
+    async fn sync_from_peer(&self, _: Request<proto::PeerSyncRequest>) -> Result<Response<proto::PeerSyncReply>, Status> {
+        over()
+    }
     type NextWorkStream = BoxStream<proto::WorkMessage>;
     async fn next_work(&self, _: Request<proto::NextWorkRequest>) -> Result<Response<Self::NextWorkStream>, Status> {
         over()

@@ -31,6 +31,7 @@ use crate::jobs::pinned::PinnedWeights;
 use crate::jobs::results::{ResultPart, ResultRouter};
 use crate::lifecycle::Lifecycle;
 use crate::nccl_ids::NcclIds;
+use crate::peer_syncs::PeerSyncs;
 use crate::roster::Roster;
 use crate::round::RoundError;
 use crate::round_slot::RoundSlot;
@@ -56,6 +57,7 @@ pub struct CoordService {
     rounds: Arc<RoundSlot>,
     nccl_ids: Arc<NcclIds>,
     shards: Arc<ShardBook>,
+    peer_syncs: Arc<PeerSyncs>,
     pinned: Arc<PinnedWeights>,
     results: Arc<ResultRouter>,
     status: Arc<RunStatus>,
@@ -79,6 +81,7 @@ impl CoordService {
             rounds: parts.rounds.clone(),
             nccl_ids: parts.nccl_ids.clone(),
             shards: parts.shards.clone(),
+            peer_syncs: parts.peer_syncs.clone(),
             pinned: parts.pinned.clone(),
             results: parts.results.clone(),
             status: parts.status.clone(),
@@ -322,6 +325,46 @@ impl Coordinator for CoordService {
             RpcError::Shard(e)
         })?;
         Ok(Response::new(proto::ShardReportReply {}))
+    }
+
+    async fn sync_from_peer(&self, req: Request<proto::PeerSyncRequest>) -> Result<Response<proto::PeerSyncReply>, Status> {
+        self.authorize(&req, req.get_ref().worker_id)?;
+        let worker = req.into_inner().worker_id;
+        self.roster.touch(worker)?;
+        let dist = &self.run_config.train.dist;
+        if !dist.backend.replicas_keep_ema() {
+            return Err(RpcError::NoPeerSync("the replicas keep no EMA with [dist] backend = \"coordinator\"").into());
+        }
+        // At a start nobody holds a state yet: waiting would only delay it.
+        if !self.roster.others_hold_state(worker) {
+            return Err(RpcError::NoPeerSync("no other replica holds a state yet").into());
+        }
+        let endpoint = self.roster.peer_endpoint(worker).filter(|e| !e.is_empty());
+        let endpoint = endpoint.ok_or(RpcError::NoPeerSync("this worker has no peer listener (--peer-listen off)"))?;
+        let wait = dist.step_timeout_s.max(1.0);
+        let assigned = self.peer_syncs.wait_for(worker, endpoint);
+        let a = match tokio::time::timeout(Duration::from_secs_f64(wait), assigned).await {
+            Ok(Ok(a)) => a,
+            // Replaced by a newer call of the same worker.
+            Ok(Err(_)) => return Err(RpcError::NoPeerSync("a newer request of this worker replaced this one").into()),
+            Err(_) => return Err(RpcError::NoPeerIdle(wait).into()),
+        };
+        tracing::info!(
+            worker,
+            from = a.from,
+            step = a.step,
+            "worker {worker} takes the state of step {} from worker {}, peer to peer",
+            a.step,
+            a.from
+        );
+        Ok(Response::new(proto::PeerSyncReply {
+            step: a.step,
+            from_worker: a.from,
+            epoch: a.epoch,
+            key: a.key.to_vec().into(),
+            param_checksum: a.param_checksum.unwrap_or(0),
+            timeout_s: wait.max(60.0),
+        }))
     }
 
     async fn nccl_unique_id(&self, req: Request<proto::NcclIdRequest>) -> Result<Response<proto::NcclIdReply>, Status> {

@@ -189,7 +189,8 @@ impl Trainer {
                 self.telemetry.checksum_mismatches(differ);
                 continue;
             }
-            // The shadow off: what wants this step's state gets it before the next step.
+            // What wants this step's state gets it before the next step (with the
+            // shadow off, a checkpoint or a job; in any mode, a joiner from a peer).
             self.ask_for_upload(run.step, &members);
             run.saver.send_shards(run.step, &members, run.last_step_time);
             self.training_starts(run, members.len());

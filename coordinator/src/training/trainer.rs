@@ -14,6 +14,7 @@ use crate::components::Components;
 use crate::jobs::queue::JobQueue;
 use crate::lifecycle::Lifecycle;
 use crate::nccl_ids::NcclIds;
+use crate::peer_syncs::PeerSyncs;
 use crate::roster::Roster;
 use crate::round_slot::RoundSlot;
 use crate::run_status::RunStatus;
@@ -40,6 +41,8 @@ pub struct Trainer {
     pub(super) nccl_ids: Arc<NcclIds>,
     /// The replicas' reports of a sharded checkpoint's shards.
     pub(super) shards: Arc<ShardBook>,
+    /// Joiners waiting for their state from a peer replica.
+    pub(super) peer_syncs: Arc<PeerSyncs>,
     pub(super) lifecycle: Arc<Lifecycle>,
     pub(super) status: Arc<RunStatus>,
     pub(super) queue: Arc<JobQueue>,
@@ -66,6 +69,7 @@ impl Trainer {
             rounds: parts.rounds.clone(),
             nccl_ids: parts.nccl_ids.clone(),
             shards: parts.shards.clone(),
+            peer_syncs: parts.peer_syncs.clone(),
             lifecycle: parts.lifecycle.clone(),
             status: parts.status.clone(),
             queue: parts.queue.clone(),
