@@ -242,3 +242,40 @@ fn a_replica_killed_before_its_shard_report_costs_the_sharded_checkpoint_not_the
     let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["replicas_agree"], true, "{summary}");
 }
+
+/// The replicas' checkpoint of step 4 is committed as soon as its last
+/// shard is reported, in the middle of step 5, not at the step's end:
+/// step 5 is frozen in one member's ring (`DDPM_FAULT_RING_FREEZE`, the
+/// peer and step timeouts out of reach) while the checkpoint is saved,
+/// and a coordinator killed (-9) right then leaves it complete, with no
+/// step after 4 logged.
+#[test]
+fn a_sharded_checkpoint_is_committed_when_its_last_shard_is_reported_not_after_the_next_step() {
+    let dir = tempdir();
+    let run_dir = dir.path().join("run");
+    let cfg = dir.path().join("run.toml");
+    let config = CONFIG.replace("heartbeat_timeout_s = 60", "heartbeat_timeout_s = 600\nring_peer_timeout_s = 600\nstraggler_factor = 0.0");
+    std::fs::write(&cfg, config).unwrap();
+    let args =
+        ["--preset", "tiny", "--config", cfg.to_str().unwrap(), "--workers", "2", "--run", run_dir.to_str().unwrap(), "--threads", "1"];
+    let (mut coord, addr) = start_coordinator(&args);
+    let mut ws = vec![worker(&addr, 0, &[("DDPM_FAULT_RING_FREEZE", "5:300".into())]), worker(&addr, 1, &[])];
+    ws[0].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
+    coord.wait_for_line("checkpoint saved step=4", Duration::from_secs(200));
+    coord.child.kill().unwrap();
+    let _ = coord.child.wait();
+    for w in &mut ws {
+        w.child.kill().unwrap();
+        let _ = w.child.wait();
+    }
+    let (manifest, data) = read(&run_dir, 4);
+    assert_eq!((manifest.shards.len(), data.step), (2, 4), "{manifest:?}");
+    let logged: Vec<u64> = std::fs::read_to_string(run_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|row| row.get("loss").is_some())
+        .map(|row| row["step"].as_u64().unwrap())
+        .collect();
+    assert!(logged.iter().all(|&s| s <= 4), "step 5 ended before the checkpoint of step 4 was saved: {logged:?}");
+}

@@ -1,9 +1,10 @@
 //! `[checkpoint] writers = "replicas"`: the one sharded checkpoint whose
 //! shards are being written, between the training loop that asked each
 //! replica for its shard ([`ShardBook::open`]) and the ReportShard rpc
-//! that brings what each wrote ([`ShardBook::report`]). The saver polls
-//! it ([`ShardBook::take`]) and commits the checkpoint once every shard
-//! is in, or gives up on it.
+//! that brings what each wrote ([`ShardBook::report`]). The saver is
+//! woken when the last shard is in ([`ShardBook::completed`]), even in
+//! the middle of a step, and takes the set ([`ShardBook::take`]) to
+//! commit it; it polls between steps to give up on one that is late.
 //!
 //! Only the current set is held: a report of another step, of a shard
 //! not asked of its sender, or a second report of one shard is refused,
@@ -12,6 +13,8 @@
 use std::sync::Mutex;
 
 use ddpm::proto;
+use tokio::sync::futures::Notified;
+use tokio::sync::Notify;
 
 /// Why a shard report was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +57,8 @@ pub enum ShardState {
 #[derive(Default)]
 pub struct ShardBook {
     open: Mutex<Option<Open>>,
+    /// Raised when the open set's last report arrives.
+    complete: Notify,
 }
 
 impl ShardBook {
@@ -86,7 +91,21 @@ impl ShardBook {
             return Err(ShardError::Again { step: r.step, index: r.index });
         }
         o.reports[i] = Some(r);
+        if o.reports.iter().all(Option::is_some) {
+            self.complete.notify_waiters();
+        }
         Ok(())
+    }
+
+    /// Whether every shard of the open set is reported.
+    pub fn is_complete(&self) -> bool {
+        self.lock().as_ref().is_some_and(|o| o.reports.iter().all(Option::is_some))
+    }
+
+    /// Resolves when an open set's last report arrives after this call
+    /// (check [`ShardBook::is_complete`] after creating it: nothing is missed).
+    pub fn completed(&self) -> Notified<'_> {
+        self.complete.notified()
     }
 
     /// Where the open set stands; a complete one is taken out.
@@ -105,6 +124,13 @@ impl ShardBook {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `f` is ready at its first poll.
+    fn futures_ready(f: std::pin::Pin<&mut Notified<'_>>) -> bool {
+        use std::future::Future;
+        let waker = std::task::Waker::noop();
+        f.poll(&mut std::task::Context::from_waker(waker)).is_ready()
+    }
 
     fn asked() -> Vec<Asked> {
         vec![Asked { worker: 7, index: 0, start: 0, end: 5 }, Asked { worker: 9, index: 1, start: 5, end: 10 }]
@@ -127,7 +153,14 @@ mod tests {
         book.report(9, report(4, 1, 2)).unwrap();
         assert_eq!(book.report(9, report(4, 1, 2)), Err(ShardError::Again { step: 4, index: 1 }));
         assert_eq!(book.take(), ShardState::Waiting(vec![7]));
+        assert!(!book.is_complete());
+        // The last report wakes whoever waits for the set.
+        let completed = book.completed();
+        tokio::pin!(completed);
+        completed.as_mut().enable();
         book.report(7, report(4, 0, 2)).unwrap();
+        assert!(book.is_complete());
+        assert!(futures_ready(completed.as_mut()), "the last report woke nobody");
         match book.take() {
             ShardState::Reported { step, asked: a, reports } => {
                 assert_eq!((step, a, reports.iter().map(|r| r.index).collect::<Vec<_>>()), (4, asked(), vec![0, 1]));

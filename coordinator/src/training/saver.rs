@@ -7,6 +7,7 @@
 //! checkpoint is written by the replicas instead, a shard each
 //! (`shard_writers.rs`), and only its manifest by the uploader.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use ddpm::checkpoint::{self, CheckpointData, CheckpointPolicy, Reason, UploadEvent, Uploader};
@@ -34,6 +35,9 @@ pub struct Saver<'a> {
     /// The replicas' sharded checkpoints, when they write them; the wait
     /// for their reports.
     shards: Option<(ShardWriters, Duration)>,
+    /// A replicas' checkpoint that failed its checks during a step: saved
+    /// the whole way at the next step boundary.
+    failed_shards: Option<Reason>,
 }
 
 impl<'a> Saver<'a> {
@@ -48,6 +52,7 @@ impl<'a> Saver<'a> {
             last_saved_step: (resumed_from > 0).then_some(resumed_from),
             capturing: None,
             shards: None,
+            failed_shards: None,
         }
     }
 
@@ -72,6 +77,10 @@ impl<'a> Saver<'a> {
     /// the loop will not hand out any more (`wait`) the whole way at its
     /// own. True if it started a whole save of `step`.
     async fn settle_shards(&mut self, step: u64, wait: bool) -> anyhow::Result<bool> {
+        if let Some(reason) = self.failed_shards.take() {
+            self.save_whole(step, reason).await?;
+            return Ok(true);
+        }
         let whole = loop {
             let Some((w, timeout)) = self.shards.as_mut() else { return Ok(false) };
             if wait {
@@ -91,6 +100,38 @@ impl<'a> Saver<'a> {
         };
         self.save_whole(whole.0, whole.1).await?;
         Ok(whole.0 == step)
+    }
+
+    /// Runs `step` (a training step's future) and meanwhile commits the
+    /// replicas' checkpoint the moment its last shard is reported, not at
+    /// the next step boundary: a coordinator killed (or a step frozen) in
+    /// between costs nothing. A set that fails its checks is saved the
+    /// whole way at the boundary, where the replicas hold the run's step.
+    pub async fn commit_during<T>(&mut self, step: impl Future<Output = T>) -> T {
+        tokio::pin!(step);
+        loop {
+            let Some(book) = self.shards.as_ref().map(|(w, _)| w.book()) else { return step.await };
+            let completed = book.completed();
+            tokio::pin!(completed);
+            completed.as_mut().enable();
+            self.commit_reported();
+            tokio::select! {
+                out = &mut step => return out,
+                _ = completed => {}
+            }
+        }
+    }
+
+    /// Commits the replicas' checkpoint if every shard is reported.
+    fn commit_reported(&mut self) {
+        let Some((w, timeout)) = self.shards.as_mut().filter(|(w, _)| w.reported()) else { return };
+        match w.poll(*timeout) {
+            Polled::Done(commit, reason) => {
+                self.uploader.submit_sharded(*commit, reason);
+            }
+            Polled::Failed { reason } => self.failed_shards = Some(reason),
+            Polled::Pending => {}
+        }
     }
 
     /// Asks the shadow for the state after `step`; it reaches the uploader

@@ -6,8 +6,10 @@
 //! ([`ShardWriters::send`]), so the replica's copy is of exactly that step
 //! (it runs beside the next step's forward and backward; only that step's
 //! update waits for what is left of it);
-//! the saver polls ([`ShardWriters::poll`]) until every shard is reported,
-//! checks them and hands the commit (manifest last) to the uploader.
+//! once every shard is reported the saver (woken by the last report, in
+//! the middle of a step if need be) checks them and hands the commit
+//! (manifest last) to the uploader ([`ShardWriters::poll`]); between steps
+//! it polls, to give up on a set that is late.
 //!
 //! Anything wrong (a replica's error, a replica gone, no report within
 //! the step timeout, shards that do not add up to the replicas' digest)
@@ -93,6 +95,16 @@ impl ShardWriters {
     /// Whether a checkpoint is asked for and not over.
     pub fn busy(&self) -> bool {
         self.in_flight.is_some()
+    }
+
+    /// Whether the shards handed out are all reported (poll takes them).
+    pub fn reported(&self) -> bool {
+        self.in_flight.as_ref().is_some_and(|f| f.sent.is_some()) && self.book.is_complete()
+    }
+
+    /// The book the reports arrive in (to wait for the last one).
+    pub fn book(&self) -> Arc<ShardBook> {
+        self.book.clone()
     }
 
     /// Gives up whatever is in flight (the state it was of is gone).

@@ -211,7 +211,10 @@ impl Trainer {
                 nccl,
             };
             let screening = Screening { factor: cfg.dist.screen_factor, reference: run.screen_reference.clone() };
-            match self.run_step(&plan, run.attempt, &samples, screening).await {
+            // A replicas' checkpoint whose last shard is reported during the
+            // step is committed then, not after it.
+            let attempt = run.attempt;
+            match run.saver.commit_during(self.run_step(&plan, attempt, &samples, screening)).await {
                 StepEnd::Done(result) => self.step_done(run, &plan, *result, t0).await?,
                 StepEnd::Redo { left, through_star } => {
                     self.telemetry.step_redone();
@@ -239,7 +242,8 @@ impl Trainer {
         };
         let replicas_only = self.shadow.replicas_only();
         let want = Wanted { step: run.step, previous: &run.active, min, timeout: wait, replicas_only };
-        members::gather(&self.roster, &self.lifecycle, want, &mut run.resyncing).await
+        // Shards reported while the loop waits are committed then too.
+        run.saver.commit_during(members::gather(&self.roster, &self.lifecycle, want, &mut run.resyncing)).await
     }
 
     /// Before the first step of this start: the phase changes and the log
