@@ -3,6 +3,11 @@
 //! heartbeats on the side, until the coordinator drops this worker or the
 //! run ends. Every failed coordinator call ends up in [`on_error`], which
 //! acts on its directive (`directive.rs`).
+//!
+//! Over 450 lines and still one concept: one membership's life, whose work
+//! loop dispatches every kind of work message in one match; each arm
+//! calls the file that does the work (`training.rs`, `upload.rs`,
+//! `shard.rs`, `peer_state.rs`, `tasks/`), and what grows goes there.
 
 use std::time::Duration;
 
