@@ -107,10 +107,16 @@ impl Run {
     }
 
     fn coordinator(&self) -> (Proc, String) {
+        self.coordinator_with(&[])
+    }
+
+    /// The coordinator with `extra` flags.
+    fn coordinator_with(&self, extra: &[&str]) -> (Proc, String) {
         let config = self.dir.path().join("run.toml").display().to_string();
         let run = self.path().display().to_string();
         let steps = STEPS.to_string();
-        let args = ["--preset", "tiny", "--config", &config, "--workers", "3", "--steps", &steps, "--threads", "1", "--run", &run];
+        let mut args = vec!["--preset", "tiny", "--config", &config, "--workers", "3", "--steps", &steps, "--threads", "1", "--run", &run];
+        args.extend(extra);
         start_coordinator(&args)
     }
 
@@ -383,9 +389,12 @@ fn with_the_shadow_off_a_replica_killed_before_its_upload_is_replaced_by_another
 /// With the coordinator's copy off, the replicas are the only holders of
 /// the last step's state. When every worker is killed (-9) mid-step after
 /// the checkpoint of step 4, the coordinator waits the step timeout for a
-/// replica, then exits 1 saying what was lost and how to resume; started
-/// again with new workers, it resumes from the checkpoint of step 4 and
-/// the run ends equal to the fault-free one, each step once in its log.
+/// replica, says what was lost, and starts the run again itself, in the
+/// same process on the same address. New workers that die at the same
+/// point (the same fault) end it with exit 1: the start got no further.
+/// Started again by hand with healthy workers, the run resumes from the
+/// checkpoint of step 4 and ends equal to the fault-free one, each step
+/// once in its log.
 #[test]
 fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
     fault_free();
@@ -394,17 +403,22 @@ fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
     let config =
         std::fs::read_to_string(&toml).unwrap().replace("heartbeat_timeout_s = 600.0", "heartbeat_timeout_s = 600.0\nstep_timeout_s = 5.0");
     std::fs::write(&toml, config).unwrap();
-    let (mut coord, mut workers) = run.start([Some(("DDPM_FAULT_RING_FREEZE", "6:120")), None, None]);
+    let (mut coord, addr) = run.coordinator();
+    let freeze = Some(("DDPM_FAULT_RING_FREEZE", "6:120"));
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&addr, i, if i == 0 { freeze } else { None })).collect();
     coord.wait_for_line("checkpoint saved step=4", Duration::from_secs(300));
-    workers[0].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
-    for w in &mut workers {
-        w.child.kill().unwrap();
-        let _ = w.child.wait();
-    }
+    kill_all_when_frozen(&mut workers);
+    let again = coord.wait_for_line("starts the run again itself", Duration::from_secs(120));
+    assert!(again.contains("every worker holding the state of step 5 is gone"), "{again}");
+    assert!(again.contains("resumes from the checkpoint of step 4 (1 steps are trained again)"), "{again}");
+
+    // The same deaths at the same step: no second start in place.
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&addr, i, if i == 0 { freeze } else { None })).collect();
+    kill_all_when_frozen(&mut workers);
     assert_eq!(coord.wait(Duration::from_secs(120)), 1, "{}", coord.output());
     let out = coord.output();
-    assert!(out.contains("every worker holding the state of step 5 is gone"), "{out}");
-    assert!(out.contains("resume from the checkpoint of step 4 (1 steps are trained again)"), "{out}");
+    assert!(out.contains("without getting past step 5"), "{out}");
+    assert_eq!(out.matches("training continues after step 4").count(), 1, "the second start resumed from step 4:\n{out}");
     assert!(run.summary()["error"].as_str().is_some_and(|e| e.contains("step 5")), "{}", run.summary());
 
     let (mut coord, mut workers) = run.start([None, None, None]);
@@ -421,6 +435,15 @@ fn with_the_shadow_off_losing_every_worker_resumes_from_the_checkpoint() {
     let d = max_diff(&run.final_params(), fault_free());
     eprintln!("max |fault-free - shadow off, every worker killed, resumed| = {d:e}");
     assert!(d < 1e-4, "{d}");
+}
+
+/// Kills (-9) every worker once worker 0 froze in the ring (its fault).
+fn kill_all_when_frozen(workers: &mut [Proc]) {
+    workers[0].wait_for_line("fault injection: freezing the ring", Duration::from_secs(300));
+    for w in workers {
+        w.child.kill().unwrap();
+        let _ = w.child.wait();
+    }
 }
 
 /// With the coordinator's copy off and every replica's checksum reported
@@ -461,9 +484,10 @@ fn with_the_shadow_off_a_replica_whose_parameters_were_altered_is_resynced_befor
 /// (`DDPM_FAULT_SKIP_FEED` on every member), the loop runs on to step 7
 /// (the lag of 2), and while it waits for the copy every worker is killed
 /// -9. The coordinator saves the copy's last whole step (4) as a
-/// checkpoint and exits 1 saying so; started again with new workers it
-/// resumes from there, and the run ends as the fault-free one with each
-/// step once in the metrics log.
+/// checkpoint and starts the run again itself, in the same process on the
+/// same addresses (the metrics port too): new workers join it, it resumes
+/// from step 4, and the run ends as the fault-free one with each step
+/// once in the metrics log.
 #[test]
 fn with_the_shadow_on_losing_every_worker_resumes_from_the_coordinators_copy() {
     fault_free();
@@ -471,20 +495,24 @@ fn with_the_shadow_on_losing_every_worker_resumes_from_the_coordinators_copy() {
     let toml = run.dir.path().join("run.toml");
     let config = std::fs::read_to_string(&toml).unwrap();
     std::fs::write(&toml, format!("{config}\n[checkpoint]\nevery_steps = 1000\n")).unwrap();
-    let (mut coord, mut workers) = run.start([0, 1, 2].map(|_| Some(("DDPM_FAULT_SKIP_FEED", "5"))));
+    let (mut coord, addr) = run.coordinator_with(&["--metrics-listen", "127.0.0.1:0"]);
+    let metrics = coord.wait_for_line("metrics on http://", Duration::from_secs(60));
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&addr, i, Some(("DDPM_FAULT_SKIP_FEED", "5")))).collect();
     coord.wait_for_line("step 7/8", Duration::from_secs(300));
     for w in &mut workers {
         w.child.kill().unwrap();
         let _ = w.child.wait();
     }
-    assert_eq!(coord.wait(Duration::from_secs(120)), 1, "{}", coord.output());
-    let out = coord.output();
-    assert!(out.contains("holds step 4 whole and saved it as a checkpoint"), "{out}");
-    assert!(out.contains("(3 steps are trained again)"), "{out}");
-    assert!(checkpoint(&run.path(), 4).join("model.safetensors").exists(), "no checkpoint of step 4:\n{out}");
+    let again = coord.wait_for_line("starts the run again itself", Duration::from_secs(120));
+    assert!(again.contains("holds step 4 whole and saved it as a checkpoint"), "{again}");
+    assert!(again.contains("resumes from the checkpoint of step 4 (3 steps are trained again)"), "{again}");
+    assert!(checkpoint(&run.path(), 4).join("model.safetensors").exists(), "no checkpoint of step 4:\n{}", coord.output());
 
-    let (mut coord, mut workers) = run.start([None, None, None]);
+    let mut workers: Vec<Proc> = (0..3).map(|i| worker(&addr, i, None)).collect();
     assert_eq!(coord.wait(Duration::from_secs(300)), 0, "{}", coord.output());
+    // The second start served the metrics port the first had bound.
+    let served: Vec<String> = coord.output().lines().filter(|l| l.contains("metrics on http://")).map(str::to_string).collect();
+    assert_eq!(served, [metrics.clone(), metrics], "both starts on one metrics port");
     for w in &mut workers {
         assert_eq!(w.wait(Duration::from_secs(60)), 0, "{}", w.output());
     }
@@ -493,6 +521,6 @@ fn with_the_shadow_on_losing_every_worker_resumes_from_the_coordinators_copy() {
     assert_eq!(summary["replicas_agree"], true, "{summary}");
     assert_eq!(run.logged_steps(), (1..=STEPS).collect::<Vec<_>>(), "each step once in metrics.jsonl");
     let d = max_diff(&run.final_params(), fault_free());
-    eprintln!("max |fault-free - shadow on, every worker killed, resumed from the copy| = {d:e}");
+    eprintln!("max |fault-free - shadow on, every worker killed, resumed from the copy in place| = {d:e}");
     assert!(d < 1e-4, "{d}");
 }

@@ -6,6 +6,7 @@
 //! it stops them in the order the workers and the store need.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +37,7 @@ pub struct Background {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     server_stop: Arc<Notify>,
     health_watch: JoinHandle<()>,
-    metrics_port: Option<JoinHandle<()>>,
+    metrics_port: Option<(JoinHandle<()>, SocketAddr)>,
     history_load: JoinHandle<()>,
     reaper: JoinHandle<()>,
     scheduler: JoinHandle<()>,
@@ -100,6 +101,11 @@ impl Background {
         &self.uploader
     }
 
+    /// The metrics port's address, as bound (none: no metrics port).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_port.as_ref().map(|(_, addr)| *addr)
+    }
+
     /// The end of a run, after training and the jobs it serves: no more
     /// jobs or stop requests, the workers told (`finished`: the run is
     /// over; else it goes on when the coordinator starts again), the
@@ -123,7 +129,7 @@ impl Background {
         self.keeper.abort();
         self.health_watch.abort();
         self.history_load.abort();
-        if let Some(port) = self.metrics_port {
+        if let Some((port, _)) = self.metrics_port {
             // Stopped with the lifecycle's shutdown; bounded like the gRPC server.
             close_within(port, "the metrics port still had requests open 2 s after the run ended; closing it").await;
         }

@@ -28,6 +28,7 @@ pub mod liveness;
 pub mod nccl_ids;
 pub mod options;
 pub mod peer_syncs;
+pub mod restart;
 pub mod roster;
 pub mod round;
 pub mod round_slot;
@@ -58,26 +59,56 @@ use components::Components;
 use jobs::queue::JobQueue;
 use lifecycle::{Lifecycle, Phase};
 use options::CoordOptions;
+use restart::{Restarts, StopSignal};
 use training::summary::Summary;
 use training::trainer::Trainer;
 
 /// Opens the run's store, resumes from its latest complete checkpoint (or
 /// refuses to, with `fresh`), and trains on `listener` until the run ends.
 /// When `shutdown` resolves the current step finishes, a checkpoint is saved
-/// and the run returns early (`Summary::stopped`). Returns the run's summary.
+/// and the run returns early (`Summary::stopped`). A start that loses every
+/// worker holding the run's last steps is followed by another, in this
+/// process and on the same addresses, while each gets further
+/// ([`restart`]). Returns the run's summary.
 pub async fn run(
     listener: TcpListener,
-    opts: CoordOptions,
+    mut opts: CoordOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Summary> {
     opts.check()?;
     let store = RunStore::open(&opts.run, &opts.store)?;
     store.check().await?;
     let dataset = open_dataset(&opts.config, &opts.store).await?;
-    let resume = resume_point(&store, opts.fresh).await?;
+    let stop = StopSignal::watch(shutdown);
+    let mut restarts = Restarts::default();
+    let mut listener = listener;
+    loop {
+        let addr = listener.local_addr()?;
+        match run_once(listener, &mut opts, &store, dataset.clone(), stop.future()).await {
+            Err(e) if restarts.again(&e, stop.requested()) => {
+                // The run has a past now: it resumes, whatever --fresh said.
+                opts.fresh = false;
+                listener = restart::rebind(addr).await?;
+            }
+            ended => return ended,
+        }
+    }
+}
+
+/// One start of the run on `listener`: takes the lease, builds the
+/// components, trains, stops them. Pins `opts.metrics_listen` to the
+/// address it bound, so that a later start serves the same port.
+async fn run_once(
+    listener: TcpListener,
+    opts: &mut CoordOptions,
+    store: &RunStore,
+    dataset: Arc<dyn Dataset>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Summary> {
+    let resume = resume_point(store, opts.fresh).await?;
     // A finished run started again changes nothing: without --serve it
     // ends here, before taking the lease; with it, it only serves jobs.
-    let finished = training::finished_run(&store, &opts.config, resume.as_ref()).await;
+    let finished = training::finished_run(store, &opts.config, resume.as_ref()).await;
     if let Some(done) = finished.as_ref().filter(|_| !opts.serve) {
         tracing::info!(run = %store.url(), steps = done.steps, "the run is already finished (summary.json): nothing to do; raise --steps to train on, or use another --run");
         let linger = opts.finished_linger;
@@ -85,21 +116,22 @@ pub async fn run(
         return Ok(done.clone());
     }
     let addr: SocketAddr = listener.local_addr()?;
-    let lease = Arc::new(RunLease::acquire(&store, &Identity::this_process(&addr.to_string()), opts.lease_ttl).await?);
+    let lease = Arc::new(RunLease::acquire(store, &Identity::this_process(&addr.to_string()), opts.lease_ttl).await?);
     tracing::info!(epoch = lease.epoch(), "run lease taken: this coordinator alone writes to the run");
     // Every write from here on (checkpoints, metrics, job outputs, the
     // summary) is refused once the lease is lost or goes stale.
-    let store = store.fenced_by(lease.fence());
+    let store = store.clone().fenced_by(lease.fence());
     let start_skipped = resume.as_ref().map_or(0, |r| r.skipped_steps);
     // A start-up failure from here on hands the lease back, so that the
     // next start need not wait for it to expire.
-    let (parts, background) = match start(listener, &opts, store, dataset, resume, lease.clone(), shutdown).await {
+    let (parts, background) = match start(listener, opts, store, dataset, resume, lease.clone(), shutdown).await {
         Ok(started) => started,
         Err(e) => {
             lease.release().await;
             return Err(e);
         }
     };
+    opts.metrics_listen = background.metrics_addr().map(|a| a.to_string()).or(opts.metrics_listen.take());
     let result = match finished {
         Some(done) => {
             parts.lifecycle.set_phase(Phase::Done);

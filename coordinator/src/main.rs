@@ -26,7 +26,10 @@ use ddpm_coord::training::summary::Summary;
 /// latest complete checkpoint when there is one) and draws a sample grid at
 /// the end. SIGTERM or Ctrl-C: the current step finishes, a checkpoint is
 /// saved, and the same command (with the same --run) resumes the run.
-/// Started again on a finished run, it changes nothing and exits 0.
+/// Started again on a finished run, it changes nothing and exits 0. When
+/// every worker holding the last steps is lost, it starts the run again
+/// itself on the same address (from its copy or the newest checkpoint),
+/// unless they were lost at the same step the last time (then exit 1).
 ///
 /// Exit codes: 0 the run is finished; 1 an error (starting again resumes);
 /// 2 bad flags or config; 3 fewer than --min-workers within --start-timeout;
@@ -99,9 +102,10 @@ struct Args {
     #[arg(long, value_parser = parse_dtype)]
     grad_dtype: Option<GradDtype>,
     /// How gradients are reduced: coordinator (through this process), ring
-    /// (worker to worker), nccl (GPU workers; not built yet: workers refuse
-    /// it) or auto (nccl when every member is a GPU, else the ring; the
-    /// ring until nccl exists) [default: the config's [dist] backend, coordinator].
+    /// (worker to worker), nccl (GPU workers with libnccl.so.2; a worker
+    /// without a GPU or the library refuses it before the run starts) or
+    /// auto (nccl when every member is a GPU, else the ring) [default: the
+    /// config's [dist] backend, coordinator].
     #[arg(long, value_parser = parse_backend)]
     backend: Option<Backend>,
     /// With a worker-to-worker backend, whether this process keeps its own

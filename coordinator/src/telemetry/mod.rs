@@ -21,15 +21,16 @@ use history::RunHistory;
 use metrics::Telemetry;
 
 /// Binds `addr` and serves the HTTP port (metrics, dashboard) until the
-/// coordinator shuts down; prints its URL.
+/// coordinator shuts down; prints its URL and returns the address bound.
 pub async fn start_port(
     addr: &str,
     telemetry: &Arc<Telemetry>,
     history: Arc<RunHistory>,
     store: RunStore,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
     let listener = ddpm::observe::http::bind(addr).await?;
-    ddpm::observe::http::announce(listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    ddpm::observe::http::announce(bound);
     let api = api::Api::new(telemetry.sources().clone(), history, store);
     let lifecycle = telemetry.sources().lifecycle.clone();
     let stop = async move {
@@ -37,7 +38,7 @@ pub async fn start_port(
             lifecycle.changed_within(Duration::from_millis(500)).await;
         }
     };
-    Ok(ddpm::observe::http::spawn(listener, http::router(telemetry.registry(), api), stop))
+    Ok((ddpm::observe::http::spawn(listener, http::router(telemetry.registry(), api), stop), bound))
 }
 
 /// The services the coordinator's health service names.

@@ -24,7 +24,7 @@ mod attempt;
 mod checksums;
 mod end_grid;
 mod finish;
-mod lost;
+pub mod lost;
 mod members;
 mod metrics_log;
 mod periodic;
