@@ -266,10 +266,11 @@ fn a_member_killed_mid_ring_is_dropped_at_once_and_the_step_redone() {
 
 /// A member that feeds nothing of a committed step's update to the
 /// coordinator's copy of the state (as if it died right after the
-/// outcome) costs that copy nothing: its predecessor in the ring feeds the
-/// same chunks. The coordinator's checksum is compared with every
-/// replica's after every step (`checksum_every = 1`), so its copy stayed
-/// exact throughout, and the run ends as the fault-free one does.
+/// outcome) costs that copy nothing: its predecessor in the ring kept the
+/// same chunks and feeds them when the coordinator, waiting at the lag
+/// bound, asks for its spare. The coordinator's checksum is compared with
+/// every replica's after every step (`checksum_every = 1`), so its copy
+/// stayed exact throughout, and the run ends as the fault-free one does.
 #[test]
 fn a_member_that_never_feeds_the_coordinators_copy_costs_it_nothing() {
     fault_free();
@@ -282,6 +283,11 @@ fn a_member_that_never_feeds_the_coordinators_copy_costs_it_nothing() {
     }
     let out = coord.output();
     assert!(!out.contains("stops following the run"), "{out}");
+    let asked = out.lines().find(|l| l.contains("did not come from its owner: asking worker")).unwrap_or_else(|| panic!("{out}"));
+    assert!(asked.contains("part of step 3's update"), "{asked}");
+    let fed: Vec<String> =
+        workers.iter_mut().map(|w| w.output()).filter(|o| o.contains("successor's part of step 3 (asked for)")).collect();
+    assert_eq!(fed.len(), 1, "one spare holder fed step 3's missing part");
     let summary = run.summary();
     assert_eq!(summary["steps"], STEPS);
     assert_eq!(summary["replicas_agree"], true, "{summary}");

@@ -17,12 +17,13 @@
 //! step `s`'s, however far the loop has gone meanwhile.
 //!
 //! Every replica holds the whole reduced gradient after the all-gather, so
-//! each chunk is fed twice: by its owner and by the owner's predecessor in
-//! the ring (the first copy is taken, the second ignored). A member that
-//! leaves before it fed a committed step costs nothing while the other
-//! feeder of each of its chunks is alive; when both are gone, that step's
-//! update cannot be completed: the shadow is then broken from that step on
-//! ([`Shadow::broken`]) and stays at the step before.
+//! each chunk has two feeders: its owner, which feeds it at once, and the
+//! owner's predecessor in the ring, which keeps it as a spare and feeds it
+//! only when asked (`shadow/spares.rs`: the owner left, or did not feed).
+//! A member that leaves before it fed a committed step costs nothing while
+//! the other feeder of each of its chunks is alive; when both are gone,
+//! that step's update cannot be completed: the shadow is then broken from
+//! that step on ([`Shadow::broken`]) and stays at the step before.
 //!
 //! One file for the queue of committed steps, the feed, the lag bound and
 //! the hooks at a step: they share one lock and one notion of "applied";
@@ -42,7 +43,9 @@ use tokio::sync::{oneshot, Notify};
 use crate::state::{Snapshot, SnapshotKind, StateHandle, Uploaded};
 use upload::Upload;
 
+mod spares;
 mod upload;
+pub use spares::FeedStream;
 pub use upload::UploadError;
 
 /// Why a fed chunk was refused.
@@ -109,6 +112,8 @@ struct Pending {
     filled: Vec<bool>,
     /// Per rank, whether the member left.
     lost: Vec<bool>,
+    /// Per rank, its feed streams and whether its spare was asked for.
+    ranks: Vec<spares::RankFeed>,
     remaining: usize,
     dtype: GradDtype,
     chunk_elements: usize,
@@ -200,6 +205,7 @@ impl Shadow {
             owners: Vec::new(),
             filled: Vec::new(),
             lost: Vec::new(),
+            ranks: Vec::new(),
             remaining: 0,
             dtype: GradDtype::F32,
             chunk_elements: 1,
@@ -211,8 +217,8 @@ impl Shadow {
     }
 
     /// Step `step` (attempt `attempt`) committed through the ring: its
-    /// members (rank order) will feed their own and their successors'
-    /// segments' reduced chunks.
+    /// members (rank order) will feed their own segments' reduced chunks,
+    /// and their successors' when asked.
     pub fn expect_feed(&self, step: u64, attempt: u32, members: Vec<u64>, dtype: GradDtype, chunk_elements: usize, outcome: Outcome) {
         let total = self.state.layout.total;
         let chunks = wire::chunk_count(total, chunk_elements);
@@ -222,6 +228,7 @@ impl Shadow {
             outcome,
             filled: vec![false; chunks],
             lost: vec![false; members.len()],
+            ranks: vec![spares::RankFeed::default(); members.len()],
             owners: ddpm::ring::plan::chunk_owners(chunks, members.len()),
             members,
             remaining: chunks,
@@ -259,8 +266,9 @@ impl Shadow {
             return Err(FeedError::NotOwned { step, index, owner, worker });
         }
         if p.filled[i] {
-            // The other feeder's copy came first: the same bits (every
-            // replica's digest matched before the step committed).
+            // The other feeder's copy came first (a spare asked for while
+            // the owner's feed was slow): the same bits (every replica's
+            // digest matched before the step committed).
             return Ok(());
         }
         let range = wire::chunk_ranges(p.grad.len(), p.chunk_elements).nth(i).expect("index < chunks");
@@ -679,6 +687,7 @@ fn empty_entry(step: u64, upload: Upload) -> Pending {
         owners: Vec::new(),
         filled: Vec::new(),
         lost: Vec::new(),
+        ranks: Vec::new(),
         remaining: 1,
         dtype: GradDtype::F32,
         chunk_elements: 1,

@@ -22,6 +22,9 @@ pub enum Work {
     WriteShard(proto::WriteShard),
     /// Send the training state of this step to a joining peer's listener.
     SendState(proto::SendState),
+    /// Feed the coordinator's copy the successor's chunks of this step
+    /// the worker kept (the shadow on).
+    FeedSpare(proto::FeedSpare),
     /// The coordinator stops: the run is finished, or (not `finished`) it
     /// resumes when the coordinator starts again.
     Shutdown { reason: String, finished: bool },

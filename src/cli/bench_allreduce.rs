@@ -255,6 +255,8 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
     let mut work = grad.clone();
     let mut times = Vec::new();
     let mut applied = 0;
+    // Spares kept as a worker keeps them (`[dist] shadow_lag` + 2 steps).
+    let mut spares = std::collections::VecDeque::new();
     while let Some(a) = m.next(applied).await? {
         work.copy_from_slice(&grad);
         let plan = RingMembership::from_plan(a.ring.as_ref().context("no ring plan: is the coordinator's backend ring?")?, m.id)?;
@@ -303,9 +305,14 @@ async fn ring_member(addr: String, dtype: GradDtype) -> anyhow::Result<Times> {
             }
         }
         // The step is committed: the shadow's feed goes in the background,
-        // as a worker's does.
+        // as a worker's does, and the successor's chunks are kept as its
+        // spare (the copy a worker pays for; never asked for here).
         if a.feed_shadow {
-            let fed = feed::fed_chunks(&reduced, rank, n, ce, dtype);
+            spares.push_back(feed::successor_chunks(&reduced, rank, n, ce, dtype));
+            if spares.len() > 4 {
+                spares.pop_front();
+            }
+            let fed = feed::own_chunks(&reduced, rank, n, ce, dtype);
             let messages = std::iter::once(header)
                 .chain(fed.into_iter().map(|(index, data)| proto::GradientMessage {
                     kind: Some(gradient_message::Kind::Chunk(proto::GradientChunk { index, data })),

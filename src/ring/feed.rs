@@ -1,9 +1,10 @@
 //! What a ring member feeds the coordinator's copy of the state (its
 //! shadow) after a step commits: the reduced chunks of its own segment, as
-//! they went round the ring, and those of its successor's, which it holds
-//! too after the all-gather. Each chunk thus has two feeders, so a member
-//! that dies before it fed its part costs the shadow nothing while its
-//! predecessor lives.
+//! they went round the ring. It keeps those of its successor's segment,
+//! which it holds too after the all-gather, as a spare: sent only when the
+//! coordinator asks (the successor died or did not feed), so each chunk
+//! crosses to the coordinator once while a member that dies before it fed
+//! its part still costs the shadow nothing while its predecessor lives.
 
 use bytes::Bytes;
 
@@ -21,12 +22,9 @@ pub fn successor_chunks(grad: &[f32], rank: usize, n: usize, chunk_elements: usi
     segment_chunks(grad, (rank + 1) % n, n, chunk_elements, dtype)
 }
 
-/// What rank `rank` feeds: the chunks of its own segment, then its
-/// successor's ([`successor_chunks`]).
-pub fn fed_chunks(grad: &[f32], rank: usize, n: usize, chunk_elements: usize, dtype: GradDtype) -> Vec<(u32, Bytes)> {
-    let mut fed = segment_chunks(grad, rank, n, chunk_elements, dtype);
-    fed.extend(successor_chunks(grad, rank, n, chunk_elements, dtype));
-    fed
+/// What rank `rank` feeds at once: the chunks of its own segment.
+pub fn own_chunks(grad: &[f32], rank: usize, n: usize, chunk_elements: usize, dtype: GradDtype) -> Vec<(u32, Bytes)> {
+    segment_chunks(grad, rank, n, chunk_elements, dtype)
 }
 
 /// The chunks of rank `owner`'s segment, encoded as `dtype`.
@@ -46,7 +44,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_member_feeds_its_own_and_its_successors_segment_and_a_lone_member_every_chunk_once() {
+    fn a_member_feeds_its_own_segment_and_keeps_its_successors_and_a_lone_member_feeds_every_chunk() {
         let grad: Vec<f32> = (0..10).map(|i| i as f32).collect();
         // 5 chunks of 2 in a ring of 2: rank 0 owns 0..2, rank 1 owns 2..5.
         let fed = successor_chunks(&grad, 0, 2, 2, GradDtype::F32);
@@ -55,9 +53,9 @@ mod tests {
         let fed = successor_chunks(&grad, 1, 2, 2, GradDtype::F32);
         assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1], "the last rank's successor is rank 0");
         assert!(successor_chunks(&grad, 0, 1, 2, GradDtype::F32).is_empty());
-        let fed = fed_chunks(&grad, 1, 2, 2, GradDtype::F32);
-        assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2, 3, 4, 0, 1], "its own, then its successor's");
-        let fed = fed_chunks(&grad, 0, 1, 2, GradDtype::Bf16);
+        let fed = own_chunks(&grad, 1, 2, 2, GradDtype::F32);
+        assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![2, 3, 4], "its own segment");
+        let fed = own_chunks(&grad, 0, 1, 2, GradDtype::Bf16);
         assert_eq!(fed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4], "alone: every chunk, once");
         assert_eq!(fed[1].1, wire::encode(&[2.0, 3.0], GradDtype::Bf16));
     }

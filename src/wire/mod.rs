@@ -25,7 +25,7 @@ pub use vocab::{analysis_kind, assignment_sampler, sampler_kind, set_assignment_
 
 /// The protocol version of `proto/ddpm.proto`; a worker speaking another is
 /// refused at registration.
-pub const PROTOCOL_VERSION: u32 = 8;
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// Largest gRPC message either side accepts (chunks are at most 16 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;

@@ -35,6 +35,7 @@ pub mod ports;
 mod ring_exchange;
 mod session;
 mod shard;
+mod spares;
 mod tasks;
 pub mod telemetry;
 mod training;

@@ -40,7 +40,8 @@ use crate::device::messages::Computed;
 use crate::device::DeviceHandle;
 use crate::directive::CallError;
 use crate::exchange::{ended, Exchanged, GradientExchange};
-use crate::ring_exchange::{feed_shadow, feed_skipped, header_with_faults, msg};
+use crate::ring_exchange::{feed_and_keep, header_with_faults, msg};
+use crate::spares::Spares;
 
 /// How often the communicator's asynchronous error is polled while an
 /// all-reduce runs (PyTorch's NCCL watchdog polls on the same order).
@@ -78,6 +79,8 @@ pub struct NcclExchange<'a> {
     pub worker_id: u64,
     pub dev: &'a DeviceHandle,
     pub link: &'a mut NcclLink,
+    /// The shadow's spares this member keeps.
+    pub spares: &'a mut Spares,
 }
 
 /// An NcclPlan checked against this worker: (rank, size).
@@ -164,12 +167,9 @@ impl GradientExchange for NcclExchange<'_> {
                 return verdict(m, &context);
             }
         };
-        if a.feed_shadow && feed_skipped(a.step) {
-            tracing::warn!(step = a.step, "fault injection: feeding nothing of this step to the coordinator's copy of the state");
-        } else if a.feed_shadow {
-            let mut fed = owned;
-            fed.extend(feed::successor_chunks(&grad, rank, size, chunk, dtype));
-            tokio::spawn(feed_shadow(self.client.clone(), header, fed));
+        if a.feed_shadow {
+            let spare = feed::successor_chunks(&grad, rank, size, chunk, dtype);
+            feed_and_keep(self.client, self.spares, header, owned, spare);
         }
         let outcome = Outcome { apply: outcome.apply, grad_norm: outcome.grad_norm, clip_scale: outcome.clip_scale };
         Ok(Exchanged::Reduced { grad, outcome })

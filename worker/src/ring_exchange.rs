@@ -35,6 +35,7 @@ use crate::client::Client;
 use crate::device::messages::Computed;
 use crate::directive::CallError;
 use crate::exchange::{ended, Exchanged, GradientExchange};
+use crate::spares::Spares;
 
 /// The worker-to-worker all-reduce.
 pub struct RingExchange<'a> {
@@ -43,6 +44,8 @@ pub struct RingExchange<'a> {
     pub peers: &'a PeerListener,
     /// Seconds the last ring took (for the worker's metrics).
     pub ring_s: f64,
+    /// The shadow's spares this member keeps.
+    pub spares: &'a mut Spares,
 }
 
 /// Fault injection for the tests (`tests/ring_faults.rs`):
@@ -58,9 +61,9 @@ fn freeze_at(step: u64, attempt: u32) -> Option<Duration> {
 
 /// Fault injection for the tests (`tests/ring_faults.rs`):
 /// `DDPM_FAULT_SKIP_FEED=STEP` makes this worker feed nothing of step
-/// STEP's update to the coordinator's copy of the state, as if it had
-/// died right after the outcome.
-pub(crate) fn feed_skipped(step: u64) -> bool {
+/// STEP's update to the coordinator's copy of the state and keep no spare
+/// of it, as if it had died right after the outcome.
+fn feed_skipped(step: u64) -> bool {
     std::env::var("DDPM_FAULT_SKIP_FEED").ok().and_then(|v| v.parse::<u64>().ok()) == Some(step)
 }
 
@@ -118,12 +121,11 @@ impl GradientExchange for RingExchange<'_> {
         let steps = Steps { step: a.step, context: &context, tx: &tx, freeze, first_bytes: freeze.map(|_| first_rx) };
         let result = steps.run(ring, inbound, &mut self.ring_s, started).await;
         if let Ok(Exchanged::Reduced { grad, .. }) = &result {
-            if a.feed_shadow && feed_skipped(a.step) {
-                tracing::warn!(step = a.step, "fault injection: feeding nothing of this step to the coordinator's copy of the state");
-            } else if a.feed_shadow {
+            if a.feed_shadow {
                 // Encoded from the applied gradient: the bits the owners measured.
-                let fed = feed::fed_chunks(grad, rank, n, chunk, dtype);
-                tokio::spawn(feed_shadow(self.client.clone(), header, fed));
+                let own = feed::own_chunks(grad, rank, n, chunk, dtype);
+                let spare = feed::successor_chunks(grad, rank, n, chunk, dtype);
+                feed_and_keep(self.client, self.spares, header, own, spare);
             }
         }
         result.or_else(ended)
@@ -205,10 +207,29 @@ async fn report_measures(
     }
 }
 
-/// Streams this member's reduced segment of the step `header` names, and
-/// its successor's (`ddpm::ring::feed`), to the coordinator's copy of the
-/// state. In the background: nothing waits for
-/// it but the coordinator, which breaks its copy if it never arrives.
+/// After a step's outcome with the shadow on: feeds this member's `own`
+/// reduced chunks of the step `header` names to the coordinator's copy of
+/// the state in the background, and keeps its successor's (`spare`) in
+/// case the coordinator asks for them (`ddpm::ring::feed`).
+pub(crate) fn feed_and_keep(
+    client: &Client,
+    spares: &mut Spares,
+    header: proto::GradientHeader,
+    own: Vec<(u32, Bytes)>,
+    spare: Vec<(u32, Bytes)>,
+) {
+    if feed_skipped(header.step) {
+        tracing::warn!(step = header.step, "fault injection: feeding nothing of this step to the coordinator's copy of the state");
+        return;
+    }
+    spares.keep(header.clone(), spare);
+    tokio::spawn(feed_shadow(client.clone(), header, own));
+}
+
+/// Streams reduced chunks of the step `header` names to the coordinator's
+/// copy of the state. In the background: nothing waits for it but the
+/// coordinator, which asks for the spare, then breaks its copy, if it
+/// never arrives.
 pub(crate) async fn feed_shadow(mut client: Client, header: proto::GradientHeader, owned: Vec<(u32, Bytes)>) {
     let step = header.step;
     let messages = std::iter::once(msg(gradient_message::Kind::Header(header)))

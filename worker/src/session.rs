@@ -25,6 +25,7 @@ use crate::exchange::CoordinatorExchange;
 use crate::nccl_exchange::{NcclExchange, NcclLink};
 use crate::options::WorkerOptions;
 use crate::ring_exchange::RingExchange;
+use crate::spares::Spares;
 use crate::tasks::context::Tasks;
 use crate::training::{self, StepEnd};
 
@@ -102,6 +103,7 @@ pub async fn session(
     };
     let dev = &device.as_ref().expect("join builds the device").1;
     let heartbeat = tokio::spawn(heartbeats(client.clone(), joined.id, joined.heartbeat));
+    let spares = Spares::new(joined.run.train.dist.shadow_lag);
     let mut work = Work {
         client,
         id: joined.id,
@@ -115,6 +117,7 @@ pub async fn session(
         peers: opts.peers.clone(),
         nccl: joined.nccl.map(NcclLink::new),
         keep: joined.keep,
+        spares,
     };
     let result = work.run().await;
     heartbeat.abort();
@@ -243,6 +246,8 @@ struct Work<'a> {
     nccl: Option<NcclLink>,
     /// The step of the device's state to keep at the start, not fetch.
     keep: Option<u64>,
+    /// The successor's reduced chunks of the last steps (the shadow on).
+    spares: Spares,
 }
 
 impl Work<'_> {
@@ -330,6 +335,10 @@ impl Work<'_> {
                 crate::peer_state::send_state(self.id, self.dev, s).await?;
                 Ok(Next::Work)
             }
+            Some(work_message::Kind::FeedSpare(f)) => {
+                self.feed_spare(f);
+                Ok(Next::Work)
+            }
             Some(work_message::Kind::WriteShard(w)) => {
                 crate::shard::write_shard(&self.client, self.id, self.dev, w).await?;
                 Ok(Next::Work)
@@ -352,7 +361,8 @@ impl Work<'_> {
                 let link = self.nccl.as_mut().ok_or_else(|| {
                     anyhow::anyhow!("the coordinator sent an NCCL plan, but this worker loaded no NCCL when it joined (a CPU worker)")
                 })?;
-                let mut exchange = NcclExchange { client: &mut self.client, worker_id: self.id, dev: self.dev, link };
+                let spares = &mut self.spares;
+                let mut exchange = NcclExchange { client: &mut self.client, worker_id: self.id, dev: self.dev, link, spares };
                 let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
                 self.stats.reduced_by("nccl", None);
                 ended
@@ -364,7 +374,8 @@ impl Work<'_> {
                 ended
             }
             (Some(_), Some(peers)) => {
-                let mut exchange = RingExchange { client: &mut self.client, worker_id: self.id, peers, ring_s: 0.0 };
+                let spares = &mut self.spares;
+                let mut exchange = RingExchange { client: &mut self.client, worker_id: self.id, peers, ring_s: 0.0, spares };
                 let ended = training::train_step(&mut exchange, self.dev, a, samples).await?;
                 self.stats.reduced_by("ring", Some((exchange.ring_s, peers.last_links())));
                 ended
@@ -403,6 +414,24 @@ impl Work<'_> {
                 Ok(Next::End(SessionEnd::Shutdown))
             }
             StepEnd::Lost(reason) => Ok(Next::End(SessionEnd::Lost(reason))),
+        }
+    }
+
+    /// Feeds the coordinator's copy the spare it asked for, in the
+    /// background; one no longer kept is not an error here: the
+    /// coordinator gives the step up after its timeout.
+    fn feed_spare(&mut self, f: proto::FeedSpare) {
+        match self.spares.take(f.step, f.attempt) {
+            Some((header, chunks)) => {
+                tracing::info!(step = f.step, "feeding the coordinator's copy the successor's part of step {} (asked for)", f.step);
+                tokio::spawn(crate::ring_exchange::feed_shadow(self.client.clone(), header, chunks));
+            }
+            None => tracing::warn!(
+                step = f.step,
+                attempt = f.attempt,
+                "asked for the spare of step {}, which this worker no longer keeps",
+                f.step
+            ),
         }
     }
 

@@ -270,6 +270,8 @@ impl Coordinator for CoordService {
         let (worker, step, attempt) = (header.worker_id, header.step, header.attempt);
         // The member had the outcome before the loop registered the step.
         self.shadow.expecting(step, attempt, FEED_WAIT).await.map_err(RpcError::Feed)?;
+        // Whether it is still feeding decides when its spare is asked for.
+        let _open = self.shadow.open_feed(worker, step, attempt);
         let mut chunks = 0u32;
         while let Some(m) = inbound.next().await {
             match m? {

@@ -33,6 +33,7 @@ pub fn work_messages(work: Work) -> Vec<proto::WorkMessage> {
         Work::UploadState(step) => vec![msg(work_message::Kind::UploadState(proto::UploadState { step }))],
         Work::WriteShard(w) => vec![msg(work_message::Kind::WriteShard(w))],
         Work::SendState(s) => vec![msg(work_message::Kind::SendState(s))],
+        Work::FeedSpare(f) => vec![msg(work_message::Kind::FeedSpare(f))],
         Work::Shutdown { reason, finished } => vec![msg(work_message::Kind::Shutdown(proto::Shutdown { reason, finished }))],
     }
 }

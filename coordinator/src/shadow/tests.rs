@@ -129,3 +129,59 @@ async fn a_step_breaks_the_shadow_only_when_both_feeders_of_a_missing_chunk_left
     assert!(matches!(shadow.checksum_at(1).await, Err(ShadowError::Broken { step: 1, .. })));
     assert_eq!(shadow.steps(), (0, 1), "the shadow stays at the step before");
 }
+
+/// Each chunk crosses once: the spare of rank r's chunks is asked of its
+/// predecessor only when r left, its feed ended without them, or its feed
+/// has not begun `SPARE_GRACE` into the wait; each spare once; and never
+/// of a holder that left too.
+#[tokio::test]
+async fn a_spare_is_asked_for_only_when_its_owner_did_not_feed() {
+    let shadow = Shadow::start(state(), ddpm::config::ShadowMode::On, 0, DATASET);
+    let p = shadow.layout().total;
+    let ce = p / 6 + 1; // rank 0 (worker 1) owns chunks 0..2, rank 1 (2) 2..4, rank 2 (3) 4..6
+    let grad = gradient(p, 1);
+    shadow.expect_feed(1, 0, vec![1, 2, 3], GradDtype::F32, ce, outcome());
+    let short = Duration::from_millis(100);
+    let asked = |waited| shadow.spares_wanted(waited).into_iter().map(|(holder, f)| (holder, f.step, f.attempt)).collect::<Vec<_>>();
+    // Worker 1 feeds all of its chunks; worker 2's feed is open, worker 3 has not begun.
+    {
+        let _one = shadow.open_feed(1, 1, 0);
+        for i in 0..2 {
+            shadow.offer(1, 1, 0, &chunk(&grad, ce, i)).unwrap();
+        }
+    }
+    let two = shadow.open_feed(2, 1, 0);
+    shadow.offer(2, 1, 0, &chunk(&grad, ce, 2)).unwrap();
+    assert_eq!(asked(short), [], "every owner fed, is feeding or may still begin");
+    // Past the grace, worker 3 (rank 2) is taken as one that will not feed: worker 2 holds its spare.
+    assert_eq!(asked(spares::SPARE_GRACE), [(2, 1, 0)]);
+    assert_eq!(asked(spares::SPARE_GRACE), [], "asked once");
+    // Worker 2's feed ends without chunk 3: its spare is worker 1's.
+    drop(two);
+    assert_eq!(asked(short), [(1, 1, 0)]);
+    // The spares come; the step completes as if the owners had fed.
+    shadow.offer(1, 1, 0, &chunk(&grad, ce, 3)).unwrap();
+    for i in 4..6 {
+        shadow.offer(2, 1, 0, &chunk(&grad, ce, i)).unwrap();
+    }
+    shadow.wait_lag(0).await.unwrap();
+    assert_eq!(shadow.checksum_at(1).await.unwrap(), direct_checksum(&[(1, grad.clone())]).await);
+
+    // Step 2: worker 2 left before it fed; worker 1 keeps its spare. Worker
+    // 3 left too: its spare holder is gone, nothing is asked of it.
+    let grad2 = gradient(p, 2);
+    shadow.expect_feed(2, 0, vec![1, 2, 3], GradDtype::F32, ce, outcome());
+    shadow.member_lost(2);
+    assert_eq!(asked(short), [(1, 2, 0)], "the owner left: at once");
+    for i in [0, 1, 4, 5] {
+        shadow.offer(if i < 2 { 1 } else { 3 }, 2, 0, &chunk(&grad2, ce, i)).unwrap();
+    }
+    shadow.member_lost(3);
+    assert_eq!(asked(spares::SPARE_GRACE), [], "rank 2's chunks came; rank 1's spare was asked already");
+    assert!(shadow.broken().is_none(), "worker 1 still holds rank 1's spare");
+    for i in 2..4 {
+        shadow.offer(1, 2, 0, &chunk(&grad2, ce, i)).unwrap();
+    }
+    shadow.wait_lag(0).await.unwrap();
+    assert_eq!(shadow.steps(), (2, 2));
+}

@@ -28,6 +28,7 @@ use crate::lifecycle::Phase;
 use crate::round::screen::Screening;
 use crate::round::RoundResult;
 use crate::step_record::StepMetrics;
+use crate::work::Work;
 
 type Prefetch = tokio::task::JoinHandle<anyhow::Result<Vec<proto::Sample>>>;
 
@@ -331,8 +332,9 @@ impl Trainer {
 
     /// Waits while the shadow is more than `[dist] shadow_lag` steps
     /// behind: the one place training waits for the coordinator's copy.
-    /// A member that owes its part of a committed step and is gone, or
-    /// none of it arriving within the step timeout, breaks the shadow.
+    /// A part whose owner did not feed it is asked of the member keeping
+    /// its spare; a part whose two feeders are gone, or none of it
+    /// arriving within the step timeout, breaks the shadow.
     async fn keep_shadow_close(&self) -> anyhow::Result<()> {
         let dist = &self.config.dist;
         let started = Instant::now();
@@ -349,10 +351,27 @@ impl Trainer {
                             self.shadow.member_lost(id);
                         }
                     }
+                    self.ask_for_spares(started.elapsed());
                     if started.elapsed().as_secs_f64() > dist.step_timeout_s {
                         self.shadow.give_up(format!("no part of its update arrived for {:.0} s", dist.step_timeout_s));
                     }
                 }
+            }
+        }
+    }
+
+    /// Asks the members keeping the spares the shadow wants for them.
+    fn ask_for_spares(&self, waited: Duration) {
+        for (holder, ask) in self.shadow.spares_wanted(waited) {
+            let step = ask.step;
+            if self.roster.send(holder, Work::FeedSpare(ask)) {
+                tracing::warn!(
+                    worker = holder,
+                    step,
+                    "part of step {step}'s update did not come from its owner: asking worker {holder} for its spare"
+                );
+            } else {
+                self.shadow.member_lost(holder);
             }
         }
     }
