@@ -45,7 +45,6 @@ use upload::Upload;
 
 mod spares;
 mod upload;
-pub use spares::FeedStream;
 pub use upload::UploadError;
 
 /// Why a fed chunk was refused.
@@ -96,6 +95,21 @@ impl Pending {
     /// A missing chunk both of whose feeders are gone.
     fn orphan(&self) -> Option<usize> {
         (0..self.filled.len()).find(|&i| !self.filled[i] && (0..self.lost.len()).all(|r| !self.feeds(r, i) || self.lost[r]))
+    }
+}
+
+/// A feed stream of one member for one step, open while this lives (see
+/// [`Shadow::open_feed`]).
+pub struct FeedStream<'a> {
+    shadow: &'a Shadow,
+    worker: u64,
+    step: u64,
+    attempt: u32,
+}
+
+impl Drop for FeedStream<'_> {
+    fn drop(&mut self) {
+        self.shadow.with_rank(self.worker, self.step, self.attempt, spares::RankFeed::closed);
     }
 }
 
@@ -281,6 +295,36 @@ impl Shadow {
             self.changed.notify_waiters();
         }
         Ok(())
+    }
+
+    /// `worker`'s feed of step `step` (attempt `attempt`) is open until the
+    /// returned guard drops: whether an owner is still feeding decides
+    /// when its spare is asked for (`shadow/spares.rs`).
+    pub fn open_feed(&self, worker: u64, step: u64, attempt: u32) -> FeedStream<'_> {
+        self.with_rank(worker, step, attempt, spares::RankFeed::opened);
+        FeedStream { shadow: self, worker, step, attempt }
+    }
+
+    fn with_rank(&self, worker: u64, step: u64, attempt: u32, change: impl FnOnce(&mut spares::RankFeed)) {
+        let mut inner = self.lock();
+        let p = inner.pending.iter_mut().find(|p| p.step == step && p.attempt == attempt && !p.owners.is_empty());
+        if let Some((p, r)) = p.and_then(|p| p.members.iter().position(|&m| m == worker).map(|r| (p, r))) {
+            change(&mut p.ranks[r]);
+        }
+    }
+
+    /// The spares to ask for now, `waited` into a wait at the lag bound:
+    /// (the holder, what to ask it). Each is returned once.
+    pub fn spares_wanted(&self, waited: std::time::Duration) -> Vec<(u64, proto::FeedSpare)> {
+        let mut inner = self.lock();
+        let mut wanted = Vec::new();
+        for p in inner.pending.iter_mut() {
+            let n = p.members.len();
+            for r in spares::to_ask(&p.owners, &p.filled, &p.lost, &mut p.ranks, waited) {
+                wanted.push((p.members[(r + n - 1) % n], proto::FeedSpare { step: p.step, attempt: p.attempt }));
+            }
+        }
+        wanted
     }
 
     /// Members that still owe chunks of a committed step.

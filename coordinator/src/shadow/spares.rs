@@ -7,12 +7,11 @@
 //! has not even begun [`SPARE_GRACE`] into that wait. A spare that never
 //! comes ends like a feed that never comes: the step timeout gives the
 //! step up.
+//!
+//! The rules over one committed step's ranks; the shadow (`shadow.rs`)
+//! keeps a [`RankFeed`] per rank of each step it waits for.
 
 use std::time::Duration;
-
-use ddpm::proto;
-
-use super::{Pending, Shadow};
 
 /// How long the loop waits at the bound for an owner whose feed has not
 /// begun before it asks for the spare. The owner streams right after the
@@ -22,7 +21,7 @@ pub const SPARE_GRACE: Duration = Duration::from_secs(2);
 
 /// One rank of a ring step, as a feeder.
 #[derive(Debug, Clone, Default)]
-pub(super) struct RankFeed {
+pub struct RankFeed {
     /// Its feed streams open now.
     open: u32,
     /// Whether one of its feed streams ended.
@@ -31,78 +30,61 @@ pub(super) struct RankFeed {
     spare_asked: bool,
 }
 
-impl Pending {
-    /// Whether owner rank `r` will not feed its missing chunks: it left,
+impl RankFeed {
+    pub fn opened(&mut self) {
+        self.open += 1;
+    }
+
+    pub fn closed(&mut self) {
+        self.open = self.open.saturating_sub(1);
+        self.ended = true;
+    }
+
+    /// Whether this owner will not feed its missing chunks: it `left`,
     /// its feed ended without them, or it has not begun after `waited`.
-    fn owner_failed(&self, r: usize, waited: Duration) -> bool {
-        let f = &self.ranks[r];
-        self.lost[r] || (f.open == 0 && (f.ended || waited >= SPARE_GRACE))
-    }
-
-    /// The ranks whose spare holders to ask now (each once), and marks them asked.
-    fn spares_to_ask(&mut self, waited: Duration) -> Vec<usize> {
-        let n = self.members.len();
-        if self.owners.is_empty() || n < 2 {
-            return Vec::new();
-        }
-        let mut missing = vec![false; n];
-        for (i, &filled) in self.filled.iter().enumerate() {
-            missing[self.owners[i]] |= !filled;
-        }
-        let ask: Vec<usize> = (0..n)
-            .filter(|&r| missing[r] && !self.ranks[r].spare_asked && self.owner_failed(r, waited) && !self.lost[(r + n - 1) % n])
-            .collect();
-        for &r in &ask {
-            self.ranks[r].spare_asked = true;
-        }
-        ask
+    fn failed(&self, left: bool, waited: Duration) -> bool {
+        left || (self.open == 0 && (self.ended || waited >= SPARE_GRACE))
     }
 }
 
-/// A feed stream of one member for one step, open while this lives.
-pub struct FeedStream<'a> {
-    shadow: &'a Shadow,
-    worker: u64,
-    step: u64,
-    attempt: u32,
+/// The owner ranks whose spares to ask for now, of a step whose chunk `i`
+/// is owned by rank `owners[i]` and has arrived when `filled[i]`, with
+/// `lost[r]` for ranks that left: each once (marked in `ranks`), and
+/// never of a holder (the owner's predecessor) that left too.
+pub fn to_ask(owners: &[usize], filled: &[bool], lost: &[bool], ranks: &mut [RankFeed], waited: Duration) -> Vec<usize> {
+    let n = ranks.len();
+    if owners.is_empty() || n < 2 {
+        return Vec::new();
+    }
+    let mut missing = vec![false; n];
+    for (&owner, &arrived) in owners.iter().zip(filled) {
+        missing[owner] |= !arrived;
+    }
+    let ask: Vec<usize> =
+        (0..n).filter(|&r| missing[r] && !ranks[r].spare_asked && ranks[r].failed(lost[r], waited) && !lost[(r + n - 1) % n]).collect();
+    for &r in &ask {
+        ranks[r].spare_asked = true;
+    }
+    ask
 }
 
-impl Drop for FeedStream<'_> {
-    fn drop(&mut self) {
-        self.shadow.with_rank(self.worker, self.step, self.attempt, |f| {
-            f.open = f.open.saturating_sub(1);
-            f.ended = true;
-        });
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Shadow {
-    /// `worker`'s feed of step `step` (attempt `attempt`) is open until the
-    /// returned guard drops.
-    pub fn open_feed(&self, worker: u64, step: u64, attempt: u32) -> FeedStream<'_> {
-        self.with_rank(worker, step, attempt, |f| f.open += 1);
-        FeedStream { shadow: self, worker, step, attempt }
-    }
-
-    fn with_rank(&self, worker: u64, step: u64, attempt: u32, change: impl FnOnce(&mut RankFeed)) {
-        let mut inner = self.lock();
-        let p = inner.pending.iter_mut().find(|p| p.step == step && p.attempt == attempt && !p.owners.is_empty());
-        if let Some((p, r)) = p.and_then(|p| p.members.iter().position(|&m| m == worker).map(|r| (p, r))) {
-            change(&mut p.ranks[r]);
-        }
-    }
-
-    /// The spares to ask for now, `waited` into a wait at the lag bound:
-    /// (the holder, what to ask it). Each is returned once.
-    pub fn spares_wanted(&self, waited: Duration) -> Vec<(u64, proto::FeedSpare)> {
-        let mut inner = self.lock();
-        let mut wanted = Vec::new();
-        for p in inner.pending.iter_mut() {
-            let n = p.members.len();
-            for r in p.spares_to_ask(waited) {
-                wanted.push((p.members[(r + n - 1) % n], proto::FeedSpare { step: p.step, attempt: p.attempt }));
-            }
-        }
-        wanted
+    #[test]
+    fn an_owner_is_asked_for_once_and_only_when_it_will_not_feed() {
+        // 2 ranks, chunks 0..2 owned by rank 0, 2..4 by rank 1; chunk 3 missing.
+        let (owners, filled) = ([0, 0, 1, 1], [true, true, true, false]);
+        let mut ranks = vec![RankFeed::default(); 2];
+        let short = Duration::from_millis(10);
+        ranks[1].opened();
+        assert!(to_ask(&owners, &filled, &[false, false], &mut ranks, SPARE_GRACE).is_empty(), "rank 1 is feeding");
+        ranks[1].closed();
+        assert_eq!(to_ask(&owners, &filled, &[false, false], &mut ranks, short), [1], "its feed ended without chunk 3");
+        assert!(to_ask(&owners, &filled, &[false, false], &mut ranks, short).is_empty(), "asked once");
+        let mut fresh = vec![RankFeed::default(); 2];
+        assert!(to_ask(&owners, &filled, &[true, false], &mut fresh, short).is_empty(), "the holder (rank 0) left");
+        assert_eq!(to_ask(&owners, &filled, &[false, true], &mut fresh, short), [1], "the owner left");
     }
 }
