@@ -92,9 +92,12 @@ fn assert_agreeing(summary: &serde_json::Value) {
 
 /// The joiner's state came from a replica over the peer link, and the
 /// coordinator relayed none: no upload was asked of that step, and the
-/// joiner never fetched one.
+/// joiner never fetched one. The loop waited for that one transfer: the
+/// joiner was never resynced (it did not load a step the run had left).
 fn assert_peer_to_peer(j: &Joined) {
-    let loaded = j.joiner.lines().find(|l| l.contains("training state loaded")).expect("the joiner loaded no state");
+    let loads: Vec<&str> = j.joiner.lines().filter(|l| l.contains("training state loaded")).collect();
+    assert_eq!(loads.len(), 1, "the joiner loaded a state {} times:\n{}", loads.len(), j.joiner);
+    let loaded = loads[0];
     assert!(loaded.contains("peer to peer"), "{loaded}\n{}", j.joiner);
     let step = step_of(loaded);
     assert!(step >= 3, "the joiner loaded the state of step {step}: {loaded}");

@@ -55,9 +55,16 @@ impl PeerSyncs {
 
     /// Whether anyone waits (a caller that gave up does not).
     pub fn any(&self) -> bool {
+        !self.joiners().is_empty()
+    }
+
+    /// Who waits (callers that gave up do not): the training loop expects
+    /// them in the next step, so that a joiner loads the step the run
+    /// waits at instead of one the run leaves behind while it loads.
+    pub fn joiners(&self) -> Vec<u64> {
         let mut w = self.lock();
         w.retain(|x| !x.reply.is_closed());
-        !w.is_empty()
+        w.iter().map(|x| x.joiner).collect()
     }
 
     /// Hands each waiter to one of `idle` (replicas idle at `step`, in

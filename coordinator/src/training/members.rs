@@ -2,7 +2,11 @@
 //! awaited again: whoever is ready, idle and in sync trains, but the loop
 //! waits (up to the step timeout) for every live member of the previous
 //! step and every joiner that is fetching the state, so that a step is not
-//! started with fewer members than are about to be there.
+//! started with fewer members than are about to be there. A joiner waiting
+//! for its state from a peer is expected too: a replica idle at the step
+//! the loop waits at sends it meanwhile (`training/uploads.rs`), so the
+//! joiner trains the next step instead of loading a step the run has
+//! left and fetching again.
 //!
 //! With the shadow off the replicas may be the only holders of the last
 //! step's state: when every one of them is gone for the step timeout,
@@ -13,6 +17,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use crate::lifecycle::Lifecycle;
+use crate::peer_syncs::PeerSyncs;
 use crate::roster::Roster;
 
 /// What to do about the next step's members.
@@ -68,13 +73,20 @@ pub struct Wanted<'a> {
 /// Waits until the members that can compute step `want.step + 1` are
 /// known. Idle members that are out of sync are told to fetch the state
 /// again (and are then expected, in `resyncing`).
-pub async fn gather(roster: &Roster, lifecycle: &Lifecycle, want: Wanted<'_>, resyncing: &mut BTreeSet<u64>) -> Gathered {
+pub async fn gather(
+    roster: &Roster,
+    lifecycle: &Lifecycle,
+    joining: &PeerSyncs,
+    want: Wanted<'_>,
+    resyncing: &mut BTreeSet<u64>,
+) -> Gathered {
     let Wanted { step, previous, min, timeout, replicas_only } = want;
     let started = Instant::now();
     let mut last_log = Instant::now();
     loop {
         let change = roster.next_change();
         resyncing.extend(roster.resync_out_of_sync(step));
+        resyncing.extend(joining.joiners());
         *resyncing = roster.live(resyncing);
         let in_sync = roster.in_sync(step);
         for id in &in_sync {
@@ -168,6 +180,7 @@ mod tests {
         let got = gather(
             &roster,
             &lifecycle,
+            &PeerSyncs::default(),
             Wanted { step: 5, previous: &set(&[a]), min: 1, timeout: Duration::from_millis(50), replicas_only: true },
             &mut resyncing,
         )
@@ -180,12 +193,42 @@ mod tests {
         let got = gather(
             &roster,
             &lifecycle,
+            &PeerSyncs::default(),
             Wanted { step: 5, previous: &set(&[a]), min: 1, timeout: Duration::from_secs(5), replicas_only: true },
             &mut resyncing,
         )
         .await;
         assert_eq!(got, Gathered::Members(vec![a, b]));
         assert!(resyncing.is_empty());
+    }
+
+    /// A joiner waiting for its state from a peer is expected before it
+    /// holds the step: the step waits for it (until the timeout), and it
+    /// is a member as soon as it is idle at the step.
+    #[tokio::test]
+    async fn a_joiner_waiting_for_a_peers_state_is_awaited() {
+        let roster = Roster::default();
+        let a = roster.register("a".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
+        roster.mark_ready(a).unwrap();
+        roster.report_idle(a, 5, 0).unwrap();
+        let b = roster.register("b".into(), "cpu".into(), WorkerRole::Train, String::new()).unwrap();
+        roster.mark_ready(b).unwrap();
+        let (lifecycle, peers) = (Lifecycle::default(), PeerSyncs::default());
+        let _waiting = peers.wait_for(b, "127.0.0.1:9".into());
+        let none = set(&[]);
+        let want = |timeout| Wanted { step: 5, previous: &none, min: 1, timeout, replicas_only: true };
+        let mut resyncing = BTreeSet::new();
+        let got = gather(&roster, &lifecycle, &peers, want(Duration::from_millis(50)), &mut resyncing).await;
+        assert_eq!(got, Gathered::Members(vec![a]), "after the timeout, without it");
+        assert_eq!(resyncing, set(&[b]), "still expected");
+        // Within the timeout it loads step 5 (from a peer) and asks for work: it trains the next step.
+        let gathering = gather(&roster, &lifecycle, &peers, want(Duration::from_secs(30)), &mut resyncing);
+        let arrives = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            roster.report_idle(b, 5, 0).unwrap();
+        };
+        let (got, ()) = tokio::join!(gathering, arrives);
+        assert_eq!(got, Gathered::Members(vec![a, b]));
     }
 
     #[tokio::test]
@@ -196,6 +239,7 @@ mod tests {
         let got = gather(
             &roster,
             &lifecycle,
+            &PeerSyncs::default(),
             Wanted { step: 0, previous: &set(&[]), min: 1, timeout: Duration::from_secs(60), replicas_only: false },
             &mut BTreeSet::new(),
         )
@@ -212,16 +256,18 @@ mod tests {
         let got = gather(
             &roster,
             &lifecycle,
+            &PeerSyncs::default(),
             Wanted { step: 5, previous: &set(&[a]), min: 1, timeout: wait, replicas_only: true },
             &mut BTreeSet::new(),
         )
         .await;
         assert_eq!(got, Gathered::StateLost);
         // The same with the coordinator's copy of step 5: the joiner gets it.
-        let (previous, mut resyncing) = (set(&[a]), BTreeSet::new());
+        let (previous, mut resyncing, peers) = (set(&[a]), BTreeSet::new(), PeerSyncs::default());
         let gathering = gather(
             &roster,
             &lifecycle,
+            &peers,
             Wanted { step: 5, previous: &previous, min: 1, timeout: wait, replicas_only: false },
             &mut resyncing,
         );

@@ -244,7 +244,7 @@ impl Trainer {
         let replicas_only = self.shadow.replicas_only();
         let want = Wanted { step: run.step, previous: &run.active, min, timeout: wait, replicas_only };
         // Shards reported while the loop waits are committed then too.
-        run.saver.commit_during(members::gather(&self.roster, &self.lifecycle, want, &mut run.resyncing)).await
+        run.saver.commit_during(members::gather(&self.roster, &self.lifecycle, &self.peer_syncs, want, &mut run.resyncing)).await
     }
 
     /// Before the first step of this start: the phase changes and the log
